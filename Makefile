@@ -1,0 +1,29 @@
+# Two commands for a fresh machine:  `make demo` (build the demo, train a MoL job)  and  `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build by default; on a GPU machine install your CUDA torch into $(VENV) first and it is kept.
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/mol train examples/demo-mol.yaml --out runs/demo-mol --resume
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .mol .pytest_cache .ruff_cache

@@ -1,0 +1,198 @@
+"""``mol`` command line: train, export, demo.
+
+    mol train SPEC.yaml --out DIR [--resume] [--set FIELD=VALUE ...]
+    mol export DIR/checkpoints/step-N OUT [--merged]
+    mol demo [DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from .spec import JobSpec, format_validation_error
+
+DEMO_PREFIX = "demo:"
+
+
+class CliError(Exception):
+    """A user error: printed as one message, exit status 2, no traceback."""
+
+
+class SpecLoader(yaml.SafeLoader):
+    """YAML without 1.1's base-60 numbers (``ratio: 4:1`` stays a string) and with ``1e-3`` as a float."""
+
+
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+SpecLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789"))
+SpecLoader.add_implicit_resolver(
+    _FLOAT,
+    re.compile(r"^[-+]?([0-9][0-9_]*)?\.[0-9_]*([eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
+               r"|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str):
+    """Parse YAML with :class:`SpecLoader`."""
+    return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["lora.rank=8", "max_steps=20"]`` -> nested dict; values are parsed as YAML (numbers, lists, ...)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        field, sep, raw = pair.partition("=")
+        if not sep or not field.strip():
+            raise CliError(f"--set {pair!r}: expected FIELD=VALUE")
+        target = out
+        *parents, leaf = field.strip().split(".")
+        for name in parents:
+            target = target.setdefault(name, {})
+        target[leaf] = load_yaml(raw) if raw.strip() else ""
+    return out
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if nested else value
+    return merged
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """The JobSpec in a YAML file with ``--set`` overrides applied; CliError naming the field when invalid."""
+    try:
+        raw = load_yaml(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise CliError(f"{path}: spec file not found") from None
+    except yaml.YAMLError as err:
+        raise CliError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise CliError(f"{path}: the spec must be a YAML mapping of field: value")
+    try:
+        return JobSpec.model_validate(_merge(raw, parse_overrides(list(overrides))))
+    except ValidationError as err:
+        raise CliError(f"invalid job spec {path}:\n{format_validation_error(err)}") from None
+
+
+def resolve_local(spec: JobSpec, demo_dir: str | None = None) -> JobSpec:
+    """``spec`` with ``demo:NAME`` references pointing into the demo directory (built on first use)."""
+    refs = [spec.base_model, *spec.domain_data, *spec.general_data, spec.eval_data or ""]
+    if not any(r.startswith(DEMO_PREFIX) for r in refs):
+        return spec
+    from .demo import build_demo
+
+    root = build_demo(demo_dir, log=lambda m: print(m, file=sys.stderr)).root
+
+    def resolve(ref: str) -> str:
+        return str(root / ref.removeprefix(DEMO_PREFIX)) if ref.startswith(DEMO_PREFIX) else ref
+
+    return spec.resolve_paths(resolve)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .callbacks import ConsoleLogger, JsonlLogger
+    from .train import train
+
+    spec = resolve_local(load_spec(args.spec, args.set), args.demo_dir)
+    result = train(spec, args.out, [JsonlLogger(args.out), ConsoleLogger(every=args.log_every)], resume=args.resume)
+    print(summary(Path(args.out), result.status, result.checkpoint))
+    return 0 if result.status == "succeeded" else 1
+
+
+def summary(out: Path, status: str, checkpoint: Path | None) -> str:
+    """First and last value of each metric in ``out/metrics.jsonl``, and where the checkpoint is."""
+    first: dict[str, tuple[int, float]] = {}
+    last: dict[str, tuple[int, float]] = {}
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        point = json.loads(line)
+        for name, value in point.items():
+            if name != "step" and name != "train/tokens_per_s":
+                first.setdefault(name, (point["step"], value))
+                last[name] = (point["step"], value)
+    lines = [f"run {status}: {out}", f"  {'metric':<22} {'first':>18} {'last':>18}"]
+    for name in sorted(first):
+        (s0, v0), (s1, v1) = first[name], last[name]
+        lines.append(f"  {name:<22} {v0:>10.4g} @ {s0:<5} {v1:>10.4g} @ {s1:<5}")
+    if checkpoint:
+        lines.append(f"checkpoint: {checkpoint}")
+        lines.append(f"export:     mol export {checkpoint} {out / 'export'}")
+    return "\n".join(lines)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out, merged=args.merged, base_model=args.base_model)
+    print(out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import build_demo
+
+    paths = build_demo(args.dir, log=lambda m: print(m, file=sys.stderr))
+    for name in ("root", "model", "domain", "general", "eval"):
+        print(f"{name:8} {getattr(paths, name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mol", description="Mixture-of-Losses domain adaptation of causal LMs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a job spec (YAML)")
+    p.add_argument("spec", help="job spec YAML; 'demo:NAME' references point into the demo directory")
+    p.add_argument("--out", required=True, help="run directory: metrics.jsonl, events.jsonl, checkpoints/")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a spec field")
+    p.add_argument("--demo-dir", default=None, help="demo directory (default: $MOL_HOME/demo)")
+    p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="export a checkpoint as a Hugging Face directory")
+    p.add_argument("checkpoint")
+    p.add_argument("out")
+    p.add_argument("--merged", action="store_true", help="LoRA: merge the adapter into the base weights")
+    p.add_argument("--base-model", default=None, help="LoRA: base model directory, if it moved")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="build (or reuse) the offline demo model and corpora")
+    p.add_argument("dir", nargs="?", default=None, help="default: $MOL_HOME/demo ($MOL_HOME defaults to ./.mol)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mol`` console script; returns the exit status."""
+    from .data import DataError
+    from .export import ExportError
+    from .modeling import ModelError
+    from .train import TrainError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CliError, DataError, ModelError, TrainError, ExportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

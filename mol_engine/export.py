@@ -1,0 +1,83 @@
+"""Checkpoint -> Hugging Face directory that ``AutoModelForCausalLM.from_pretrained`` loads.
+
+Full fine-tuning checkpoints already hold a complete model directory. LoRA checkpoints hold a PEFT
+adapter: exported as is (small; loading it needs the base model) or merged into the base weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+class ExportError(ValueError):
+    """The checkpoint cannot be exported as asked."""
+
+
+def model_dir(checkpoint: str | Path) -> Path:
+    """The model directory inside a checkpoint (or the argument itself when it is one)."""
+    path = Path(checkpoint)
+    inner = path / "model"
+    found = inner if inner.is_dir() else path
+    if not ((found / "config.json").is_file() or (found / "adapter_config.json").is_file()):
+        raise ExportError(f"{checkpoint}: not a checkpoint (no model/config.json or adapter_config.json)")
+    return found
+
+
+def is_adapter(checkpoint: str | Path) -> bool:
+    """Whether the checkpoint holds a LoRA adapter rather than full weights."""
+    return (model_dir(checkpoint) / "adapter_config.json").is_file()
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, merged: bool = False,
+                      base_model: str | None = None) -> Path:
+    """Write a loadable HF directory to ``out`` and return it: full weights, or (LoRA) adapter/merged.
+
+    ``base_model`` overrides the base directory recorded in a LoRA adapter (needed to merge).
+    """
+    source, out = model_dir(checkpoint), Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out}: already exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        if is_adapter(source) and merged:
+            _merge(source, tmp, base_model)
+        else:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
+            if base_model and is_adapter(source):
+                _set_adapter_base(tmp, base_model)
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _adapter_base(source: Path, base_model: str | None) -> str:
+    base = base_model or json.loads((source / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base or not (Path(base) / "config.json").is_file():
+        raise ExportError(f"{source}: base model '{base}' not found locally; pass its directory to merge")
+    return base
+
+
+def _merge(source: Path, dest: Path, base_model: str | None) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(_adapter_base(source, base_model), local_files_only=True)
+    merged = PeftModel.from_pretrained(base, source, local_files_only=True).merge_and_unload()
+    merged.save_pretrained(dest, safe_serialization=True)
+    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(dest)
+
+
+def _set_adapter_base(directory: Path, base_model: str) -> None:
+    config_path = directory / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = str(base_model)
+    config_path.write_text(json.dumps(config, indent=2))

@@ -1,0 +1,144 @@
+"""JobSpec: the single definition of a training job, shared by the library, the CLI, the API and the worker.
+
+Data and model fields hold *references* (paths for the CLI, ids for the API); whoever runs the job resolves
+them to local paths with :meth:`JobSpec.resolve_paths` before calling :func:`mol_engine.train.train`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Method = Literal["mol", "cpt", "domain_only"]
+
+
+class LoraSpec(BaseModel):
+    """LoRA settings, used when ``finetune == "lora"``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, ge=1, le=1024)
+    alpha: float = Field(32.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class JobSpec(BaseModel):
+    """A domain-adaptation job: base model, corpora, method and hyperparameters, with defaults."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    name: str = Field("mol-job", min_length=1, max_length=200)
+    base_model: str = Field(min_length=1, description="Hugging Face model directory (or, via the API, a model id)")
+    domain_data: list[str] = Field(min_length=1, description="domain corpus files (JSONL `text`, .txt, Parquet)")
+    general_data: list[str] = Field(default_factory=list, description="general corpus files")
+    general_source: Literal["corpus", "self"] = "corpus"
+    self_sample_tokens: int = Field(200_000, ge=1_000, description="tokens sampled from the base when source=self")
+    eval_data: str | None = Field(None, description="optional QA set (JSONL with `question`, `answer`)")
+
+    method: Method = "mol"
+    ratio: str = Field("1:1", description="domain:general rows per step, e.g. '1:1' or '4:1'")
+    kl_weight: float = Field(1.0, ge=0, le=1000)
+    kl_direction: Literal["reverse", "forward"] = "reverse"
+
+    finetune: Literal["full", "lora"] = "full"
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+
+    seq_len: int = Field(512, ge=8, le=131_072)
+    batch_size: int = Field(8, ge=1, le=4096, description="rows per micro-batch")
+    grad_accum: int = Field(1, ge=1, le=1024)
+    lr: float = Field(2e-5, gt=0, le=1.0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    max_steps: int = Field(1000, ge=1, le=10_000_000)
+
+    eval_every: int = Field(100, ge=1)
+    eval_batches: int = Field(8, ge=1, description="held-out blocks per corpus at each evaluation, in batches")
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
+    qa_max_new_tokens: int = Field(16, ge=1, le=512)
+    qa_prompt: str = "Question: {question}\nAnswer:"
+    save_every: int = Field(200, ge=1)
+    keep_checkpoints: int | None = Field(None, ge=1, description="keep only the newest N (None: all)")
+
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    gradient_checkpointing: bool = False
+    loss_chunk_tokens: int | None = Field(
+        None, ge=1, description="positions per log-softmax chunk; None sizes chunks to ~64 MiB of fp32 logits"
+    )
+
+    @field_validator("ratio")
+    @classmethod
+    def _check_ratio(cls, value: str) -> str:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
+        if not match or int(match[1]) < 1 or int(match[2]) < 1:
+            raise ValueError("ratio must look like 'D:G' with positive integers, e.g. '1:1' or '4:1'")
+        return f"{int(match[1])}:{int(match[2])}"
+
+    @field_validator("qa_prompt")
+    @classmethod
+    def _check_prompt(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("qa_prompt must contain the placeholder {question}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_general(self) -> JobSpec:
+        if self.general_source == "self" and self.general_data:
+            raise ValueError("general_data must be empty when general_source is 'self'")
+        needs_general = self.method != "domain_only" and self.general_source == "corpus"
+        if needs_general and not self.general_data:
+            raise ValueError(
+                f"general_data is required for method '{self.method}' "
+                "(or set general_source: self to sample general text from the base model)"
+            )
+        if self.method != "domain_only" and self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 so each step holds domain and general rows")
+        return self
+
+    @property
+    def uses_general(self) -> bool:
+        """Whether steps draw general rows (every method but ``domain_only``)."""
+        return self.method != "domain_only"
+
+    def rows_per_batch(self) -> tuple[int, int]:
+        """(domain rows, general rows) in one micro-batch: the ratio rounded, at least one of each."""
+        if not self.uses_general:
+            return self.batch_size, 0
+        d, g = (int(x) for x in self.ratio.split(":"))
+        n_domain = round(self.batch_size * d / (d + g))
+        n_domain = min(max(n_domain, 1), self.batch_size - 1)
+        return n_domain, self.batch_size - n_domain
+
+    def resolve_paths(self, resolve: Callable[[str], str]) -> JobSpec:
+        """A copy whose model and data references went through ``resolve`` (reference -> local path)."""
+        return self.model_copy(
+            update={
+                "base_model": resolve(self.base_model),
+                "domain_data": [resolve(p) for p in self.domain_data],
+                "general_data": [resolve(p) for p in self.general_data],
+                "eval_data": resolve(self.eval_data) if self.eval_data else None,
+            }
+        )
+
+
+def format_validation_error(error: Exception) -> str:
+    """One line per problem, each naming the field at fault (``lora.rank: ...``)."""
+    errors = getattr(error, "errors", None)
+    if not callable(errors):
+        return str(error)
+    lines = []
+    for item in errors():
+        where = ".".join(str(p) for p in item["loc"]) or "spec"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
+        lines.append(f"{where}: {message}")
+    return "\n".join(lines)

@@ -1,0 +1,265 @@
+"""The training loop: one function, :func:`train`, reading top to bottom.
+
+setup (model, reference, data, optimizer, resume) -> [step: micro-batches -> losses -> backward -> clip ->
+optimizer -> metrics -> eval -> checkpoint -> stop?] -> final checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from .callbacks import Callback, CallbackList
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import Batch, Corpus, MixedBatches, build_corpus, read_documents, read_qa
+from .evaluate import heldout_metrics, qa_exact_match
+from .losses import chunk_size
+from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
+from .objective import ROUTES, batch_losses, objective
+from .reference import Reference, make_reference
+from .self_sample import self_general_corpus
+from .spec import JobSpec
+
+
+class TrainError(RuntimeError):
+    """The run cannot start as asked; the message says what to change."""
+
+
+@dataclass
+class TrainResult:
+    status: Literal["succeeded", "cancelled"]
+    step: int
+    out_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
+    checkpoint: Path | None = None
+
+
+def lr_factor(step: int, spec: JobSpec) -> float:
+    """Multiplier of ``spec.lr`` for optimizer step ``step`` (0-based): linear warmup, then the schedule."""
+    if step < spec.warmup_steps:
+        return (step + 1) / (spec.warmup_steps + 1)
+    if spec.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - spec.warmup_steps) / max(1, spec.max_steps - spec.warmup_steps))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if spec.schedule == "cosine" else 1 - progress
+    return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * shape
+
+
+@dataclass
+class _Run:
+    """Everything the loop needs, built once by :func:`_setup`."""
+
+    spec: JobSpec
+    out: Path
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: object
+    model: nn.Module
+    reference: Reference | None
+    domain: Corpus
+    general: Corpus | None
+    qa: list
+    batches: MixedBatches
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    chunk: int
+    eos_id: int
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+
+def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = (), resume: bool = False) -> TrainResult:
+    """Run ``spec`` (model and data fields already local paths), writing checkpoints under ``out_dir``.
+
+    With ``resume`` the run continues from the newest complete checkpoint (or starts, if there is none).
+    Returns how the run ended and the last value of every metric.
+    """
+    out = Path(out_dir)
+    cb = CallbackList(callbacks)
+    run = _setup(spec, out, cb)
+    start = _restore(run, cb) if resume else _check_fresh(out)
+    last: dict[str, float] = {}
+    if start == 0:
+        last |= _evaluate(run, 0, cb)
+    step, status, saved = start, "succeeded", None
+    for step in range(start + 1, spec.max_steps + 1):
+        metrics = _train_step(run, step)
+        cb.on_metrics(step, metrics)
+        last |= metrics
+        if step % spec.eval_every == 0 or step == spec.max_steps:
+            last |= _evaluate(run, step, cb)
+        if step % spec.save_every == 0 or step == spec.max_steps:
+            saved = _save(run, step, cb)
+        if cb.should_stop() and step < spec.max_steps:
+            status = "cancelled"
+            break
+    message = f"stopped at step {step} (checkpoints kept)" if status == "cancelled" else f"finished at step {step}"
+    cb.on_event({"step": step, "kind": status, "message": message})
+    return TrainResult(status, step, out, last, saved or latest_checkpoint(out))
+
+
+def _setup(spec: JobSpec, out: Path, cb: Callback) -> _Run:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(spec.seed)
+    device = pick_device(spec)
+    dtype = pick_dtype(spec, device)
+    lora = spec.finetune == "lora"
+    tokenizer = load_tokenizer(spec.base_model)
+    eos_id = tokenizer.eos_token_id
+    # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
+    model = load_model(spec.base_model, device, dtype if lora else torch.float32)
+    domain, general = _corpora(spec, out, model, tokenizer, device)
+    if lora:
+        model = add_lora(model, spec)
+    if spec.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    needs_reference = ROUTES[spec.method][1] or general is not None
+    reference = make_reference(model, lora, dtype) if needs_reference else None
+    model.train()
+    optimizer = _optimizer(model, spec, device)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
+    n_domain, n_general = spec.rows_per_batch()
+    batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
+                           spec.seed)
+    vocab = model.get_output_embeddings().weight.shape[0]
+    trainable, total = count_parameters(model)
+    cb.on_event({"step": 0, "kind": "config", "message": (
+        f"method={spec.method} kl_direction={spec.kl_direction} kl_weight={spec.kl_weight} "
+        f"rows/micro-batch domain:general={n_domain}:{n_general} finetune={spec.finetune} "
+        f"reference={getattr(reference, 'kind', 'none')} device={device} dtype={str(dtype).removeprefix('torch.')} "
+        f"trainable={trainable:,}/{total:,} params"),
+        "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
+    qa = read_qa(spec.eval_data) if spec.eval_data else []
+    return _Run(spec, out, device, dtype, tokenizer, model, reference, domain, general, qa, batches, optimizer,
+                scheduler, chunk_size(vocab, spec.loss_chunk_tokens), eos_id)
+
+
+def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device) -> tuple[Corpus, Corpus | None]:
+    def corpus(files: list[str], seed: int) -> Corpus:
+        docs = [doc for f in files for doc in read_documents(f)]
+        return build_corpus(docs, tokenizer, spec.seq_len, spec.heldout_fraction, seed, tokenizer.eos_token_id,
+                            tokenizer.pad_token_id)
+
+    general_files = spec.general_data
+    if spec.general_source == "self":
+        general_files = [str(self_general_corpus(out, model, tokenizer, spec.self_sample_tokens,
+                                                 max_len=spec.seq_len, seed=spec.seed, device=device))]
+    return corpus(spec.domain_data, spec.seed), corpus(general_files, spec.seed + 1) if general_files else None
+
+
+def _optimizer(model: nn.Module, spec: JobSpec, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=spec.lr, betas=(0.9, 0.95),
+                             fused=device.type == "cuda")
+
+
+def _check_fresh(out: Path) -> int:
+    if latest_checkpoint(out):
+        raise TrainError(f"{out} already holds checkpoints: resume the run or choose another output directory")
+    return 0
+
+
+def _restore(run: _Run, cb: Callback) -> int:
+    ckpt = latest_checkpoint(run.out)
+    if ckpt is None:
+        cb.on_rewind(-1)
+        return 0
+    state = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, lora=run.spec.finetune == "lora")
+    run.batches.load_state(state["data"])
+    cb.on_rewind(state["step"])
+    cb.on_event({"step": state["step"], "kind": "resumed", "message": f"resumed from {ckpt.name}"})
+    return int(state["step"])
+
+
+def _step_token_counts(batches: Sequence[Batch], method: str, eos_id: int) -> tuple[int, int]:
+    """(CE target tokens, KL target tokens) over the whole optimizer step."""
+    ce_on_general, kl_on_general = ROUTES[method]
+    n_ce = n_kl = 0
+    for batch in batches:
+        valid = batch.target_mask(eos_id)
+        n_domain = int(valid[~batch.is_general].sum())
+        n_general = int(valid[batch.is_general].sum())
+        n_ce += n_domain + (n_general if ce_on_general else 0)
+        n_kl += n_general if kl_on_general else 0
+    return n_ce, n_kl
+
+
+def _train_step(run: _Run, step: int) -> dict[str, float]:
+    spec = run.spec
+    started = time.perf_counter()
+    micro = [run.batches.next_batch().to(run.device) for _ in range(spec.grad_accum)]
+    n_ce, n_kl = _step_token_counts(micro, spec.method, run.eos_id)
+    sums = torch.zeros(3, device=run.device)  # domain CE, general CE, general KL (token sums)
+    counts = [0, 0, 0]
+    for batch in micro:
+        with run.autocast():
+            parts = batch_losses(run.model, batch, method=spec.method, eos_id=run.eos_id, chunk=run.chunk,
+                                 reference=run.reference, kl_direction=spec.kl_direction)
+            loss = objective(parts, n_ce, n_kl, spec.kl_weight)
+        loss.backward()
+        sums += torch.stack([parts.domain_ce, parts.general_ce, parts.general_kl]).detach()
+        counts = [counts[0] + parts.n_domain, counts[1] + parts.n_general_ce, counts[2] + parts.n_general_kl]
+    params = [p for g in run.optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf"))
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    domain_ce, general_ce, general_kl = (s / max(c, 1) for s, c in zip(sums.tolist(), counts, strict=True))
+    metrics = {"train/domain_ce": domain_ce}
+    if counts[2]:
+        metrics["train/general_kl"] = general_kl
+    if counts[1]:
+        metrics["train/general_ce"] = general_ce
+    ce_part = (sums[0] + sums[1]).item() / max(n_ce, 1)
+    tokens = sum(b.n_tokens for b in micro)
+    return metrics | {
+        "train/loss": ce_part + spec.kl_weight * general_kl * (counts[2] > 0),
+        "train/lr": lr,
+        "train/grad_norm": float(grad_norm),
+        "train/tokens_per_s": tokens / (time.perf_counter() - started),
+    }
+
+
+def _evaluate(run: _Run, step: int, cb: Callback) -> dict[str, float]:
+    spec = run.spec
+    run.model.eval()
+    n_blocks = spec.eval_batches * spec.batch_size
+    with run.autocast():
+        metrics = heldout_metrics(
+            run.model, domain=run.domain.heldout.select(range(min(n_blocks, len(run.domain.heldout)))),
+            general=run.general.heldout.select(range(min(n_blocks, len(run.general.heldout)))) if run.general else None,
+            reference=run.reference, batch_size=spec.batch_size, eos_id=run.eos_id, chunk=run.chunk,
+            kl_direction=spec.kl_direction, device=run.device)
+        if run.qa:
+            metrics["eval/qa_exact_match"] = qa_exact_match(
+                run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
+                device=run.device)
+    run.model.train()
+    cb.on_metrics(step, metrics)
+    shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in metrics.items())
+    cb.on_event({"step": step, "kind": "eval", "message": f"evaluation at step {step}: {shown}"})
+    return metrics
+
+
+def _save(run: _Run, step: int, cb: Callback) -> Path:
+    state = {"data": run.batches.state(), "spec": run.spec.model_dump(mode="json"),
+             "finetune": run.spec.finetune, "base_model": run.spec.base_model}
+    path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
+                           keep=run.spec.keep_checkpoints)
+    cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name})
+    return path

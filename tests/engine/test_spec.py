@@ -1,0 +1,52 @@
+import pytest
+from pydantic import ValidationError
+
+from mol_engine.spec import JobSpec, format_validation_error
+
+BASE = {"base_model": "m", "domain_data": ["d.jsonl"], "general_data": ["g.jsonl"]}
+
+
+def errors(**fields) -> str:
+    with pytest.raises(ValidationError) as info:
+        JobSpec(**(BASE | fields))
+    return format_validation_error(info.value)
+
+
+def test_defaults_are_the_papers():
+    spec = JobSpec(**BASE)
+    assert (spec.method, spec.ratio, spec.kl_weight, spec.schedule, spec.kl_direction) == (
+        "mol", "1:1", 1.0, "cosine", "reverse")
+    assert spec.rows_per_batch() == (4, 4)
+
+
+def test_unknown_field_is_named():
+    assert errors(learning_rate=0.1) == "learning_rate: unknown field"
+    assert "lora.rnk: unknown field" in errors(lora={"rnk": 4})
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [({"kl_weight": -1}, "kl_weight"), ({"lr": 0}, "lr"), ({"seq_len": 2}, "seq_len"), ({"ratio": "2-1"}, "ratio"),
+     ({"ratio": "0:1"}, "ratio"), ({"method": "sft"}, "method"), ({"lora": {"rank": 0}}, "lora.rank"),
+     ({"max_steps": 0}, "max_steps"), ({"qa_prompt": "no placeholder"}, "qa_prompt")],
+)
+def test_out_of_range_fields_are_named(fields, where):
+    assert errors(**fields).startswith(f"{where}:")
+
+
+def test_general_data_required_unless_self_or_domain_only():
+    assert "general_data is required" in errors(general_data=[])
+    assert JobSpec(**(BASE | {"general_data": [], "general_source": "self"})).uses_general
+    assert JobSpec(**(BASE | {"general_data": [], "method": "domain_only"})).rows_per_batch() == (8, 0)
+    assert "must be empty" in errors(general_source="self")
+
+
+@pytest.mark.parametrize(("ratio", "batch", "rows"), [("4:1", 10, (8, 2)), ("1:2", 9, (3, 6)), ("9:1", 4, (3, 1))])
+def test_rows_per_batch_follow_the_ratio(ratio, batch, rows):
+    assert JobSpec(**(BASE | {"ratio": ratio, "batch_size": batch})).rows_per_batch() == rows
+
+
+def test_resolve_paths_maps_every_reference():
+    spec = JobSpec(**(BASE | {"eval_data": "qa.jsonl"})).resolve_paths(lambda ref: f"/data/{ref}")
+    assert (spec.base_model, spec.domain_data, spec.general_data, spec.eval_data) == (
+        "/data/m", ["/data/d.jsonl"], ["/data/g.jsonl"], "/data/qa.jsonl")
