@@ -1,10 +1,10 @@
-# Two commands for a fresh machine:  `make demo` (build the demo, train a MoL job)  and  `make test`.
+# Two commands for a fresh machine:  `make up` (the service with the demo)  and  `make test`.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU build by default; on a GPU machine install your CUDA torch into $(VENV) first and it is kept.
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint clean
+.PHONY: setup up demo test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,10 +15,14 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+up: setup
+	$(VENV)/bin/mol up
+
 demo: setup
 	$(VENV)/bin/mol train examples/demo-mol.yaml --out runs/demo-mol --resume
 
 test: setup
+	bash scripts/start-services
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

@@ -176,14 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mol`` console script; returns the exit status."""
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Entry point of the engine's CLI (``python -m mol_engine``); returns the exit status.
+
+    ``parser`` lets a caller add commands (the service adds up, worker, token).
+    """
     from .data import DataError
     from .export import ExportError
     from .modeling import ModelError
     from .train import TrainError
 
-    args = build_parser().parse_args(argv)
+    args = (parser or build_parser()).parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars would drown the training log
     try:
         return args.func(args)
     except (CliError, DataError, ModelError, TrainError, ExportError) as err:

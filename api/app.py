@@ -1,0 +1,52 @@
+"""The FastAPI application: routes, error shapes, CORS, the dashboard's static files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+
+from .db import init_db, make_engine
+from .deps import Services
+from .routes import checkpoints, datasets, jobs, misc
+from .settings import Settings
+
+
+def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
+    parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in err.errors()]
+    return JSONResponse({"detail": "\n".join(parts)}, status_code=422)
+
+
+def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
+    """The API for ``settings``; ``enqueue`` hands job ids to the workers (default: the Celery queue)."""
+    settings = settings or Settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.uses_filesystem_broker:
+        settings.broker_dir.mkdir(parents=True, exist_ok=True)
+    sessions = init_db(make_engine(settings.db_url))
+    if enqueue is None:
+        from worker.queue import celery_enqueue
+
+        enqueue = celery_enqueue(settings)
+    app = FastAPI(title="MoL Studio", version="1", docs_url="/docs")
+    app.state.services = Services(settings=settings, sessions=sessions, enqueue=enqueue)
+    app.state.tails = {}  # job id -> JobTail: one database tail per watched job (api.stream)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+                           allow_methods=["*"], allow_headers=["*"])
+    for module in (misc, datasets, jobs, checkpoints):
+        app.include_router(module.router)
+    frontend = Path(__file__).resolve().parent.parent / "frontend"
+    if frontend.is_dir():
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/", StaticFiles(directory=frontend, html=True), name="frontend")
+    return app
+
+
+__all__ = ["HTTPException", "create_app"]

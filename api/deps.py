@@ -1,0 +1,49 @@
+"""Request dependencies: the services object, a database session, the calling owner."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.orm import Session, sessionmaker
+
+from .auth import COOKIE, owner_of
+from .settings import Settings
+
+
+@dataclass
+class Services:
+    """What handlers need, built once per app: settings, the session factory, and the job queue."""
+
+    settings: Settings
+    sessions: sessionmaker
+    enqueue: object  # Callable[[str], None]: hand a job id to the workers
+
+
+def services(request: Request) -> Services:
+    return request.app.state.services
+
+
+def session(svc: Annotated[Services, Depends(services)]) -> Iterator[Session]:
+    with svc.sessions() as db:
+        yield db
+
+
+def owner(request: Request, db: Annotated[Session, Depends(session)],
+          svc: Annotated[Services, Depends(services)]) -> str:
+    """The owner of the request's bearer token (or of the dashboard's cookie); 401 without a valid one."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE, "")
+    found = owner_of(db, token, svc.settings.static_tokens()) if token else None
+    if found is None:
+        raise HTTPException(401, "missing or invalid token: send 'Authorization: Bearer <token>'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    return found
+
+
+Owner = Annotated[str, Depends(owner)]
+DB = Annotated[Session, Depends(session)]
+Svc = Annotated[Services, Depends(services)]

@@ -1,0 +1,66 @@
+"""The service's one settings object, read from ``MOL_*`` environment variables.
+
+With nothing set, everything lives under ``MOL_HOME`` (default ``./.mol``): SQLite, the filesystem broker,
+datasets and runs. ``MOL_DATABASE_URL`` and ``MOL_BROKER_URL`` switch to PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MOL_", extra="ignore")
+
+    home: Path = Path(".mol")
+    database_url: str | None = None
+    broker_url: str | None = None
+    models_dir: Path | None = Field(None, description="each sub-directory with a config.json is a base model")
+    demo_model: bool = Field(True, description="offer the in-tree demo model as 'demo'")
+    demo_pretrain_steps: int | None = Field(None, ge=1, description="demo base pre-training steps (None: default)")
+    tokens: str = Field("", description="owner:token pairs, comma separated, accepted besides stored tokens")
+    max_upload_mb: float = Field(1024, gt=0)
+    cors_origins: list[str] = Field(default_factory=list)
+    job_attempts: int = Field(3, ge=1, description="attempts before a job that keeps crashing is failed")
+    heartbeat_s: float = Field(10, gt=0)
+    lease_timeout_s: float = Field(120, gt=0, description="a running job without heartbeat this long is stale")
+    cancel_grace_s: float = Field(10, gt=0)
+    stream_poll_s: float = Field(0.5, gt=0)
+    stream_keepalive_s: float = Field(15, gt=0)
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'mol.db').resolve()}"
+
+    @cached_property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.broker.startswith("filesystem")
+
+    @property
+    def broker_dir(self) -> Path:
+        return self.home / "broker"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 2**20)
+
+    def static_tokens(self) -> dict[str, str]:
+        """token -> owner from ``MOL_TOKENS`` ("alice:tok1,bob:tok2")."""
+        pairs = (item.split(":", 1) for item in self.tokens.split(",") if ":" in item)
+        return {token.strip(): owner.strip() for owner, token in pairs if token.strip() and owner.strip()}

@@ -1,0 +1,80 @@
+"""Checks that turn client input into trusted records: dataset contents, job references, model ids."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mol_engine.data import DataError, read_documents, read_qa
+from mol_engine.spec import JobSpec
+
+from .settings import Settings
+
+PURPOSES = ("domain", "general", "eval")
+ACTIVE = ("queued", "running")
+CORPUS_SUFFIXES = (".jsonl", ".ndjson", ".json", ".txt", ".text", ".md", ".parquet")
+QA_SUFFIXES = (".jsonl", ".ndjson", ".json")
+
+
+def inspect_dataset(path: Path, purpose: str, filename: str) -> tuple[int, int]:
+    """(documents, approximate tokens) of a stored upload; DataError naming the field or the client's line."""
+    if purpose not in PURPOSES:
+        raise DataError(f"purpose: must be one of {', '.join(PURPOSES)} (got '{purpose}')")
+    allowed = QA_SUFFIXES if purpose == "eval" else CORPUS_SUFFIXES
+    if path.suffix not in allowed:
+        raise DataError(f"file: '{filename}' must end with one of {', '.join(allowed)} for purpose '{purpose}'")
+    try:
+        if purpose == "eval":
+            pairs = read_qa(path)
+            return len(pairs), sum(len(p.question) + len(p.answer) for p in pairs) // 4
+        docs = read_documents(path)
+        return len(docs), sum(len(d) for d in docs) // 4
+    except DataError as err:
+        raise DataError(str(err).replace(str(path), filename)) from None
+
+
+def dataset_refs(spec: dict[str, Any]) -> set[str]:
+    """Every dataset id a stored job spec refers to."""
+    refs = set(spec.get("domain_data", [])) | set(spec.get("general_data", []))
+    return refs | ({spec["eval_data"]} if spec.get("eval_data") else set())
+
+
+def available_models(settings: Settings) -> dict[str, Path]:
+    """Model id -> directory: ``demo`` (when built or buildable) and each model directory under MOL_MODELS_DIR."""
+    from mol_engine.demo import DemoPaths
+
+    models: dict[str, Path] = {}
+    if settings.demo_model:
+        models["demo"] = DemoPaths.under(settings.home / "demo").model
+    if settings.models_dir and settings.models_dir.is_dir():
+        for path in sorted(settings.models_dir.iterdir()):
+            if (path / "config.json").is_file():
+                models[path.name] = path
+    return models
+
+
+def model_type(path: Path) -> str | None:
+    try:
+        return json.loads((path / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def check_references(spec: JobSpec, owned: dict[str, Any], models: dict[str, Path]) -> list[str]:
+    """Problems with a spec's model and dataset ids (``owned``: id -> Dataset of this owner), each naming the field."""
+    problems = []
+    if spec.base_model not in models:
+        problems.append(f"base_model: unknown model '{spec.base_model}' (see GET /v1/models)")
+    fields = [("domain_data", spec.domain_data, "domain"), ("general_data", spec.general_data, "general")]
+    fields.append(("eval_data", [spec.eval_data] if spec.eval_data else [], "eval"))
+    for field, ids, purpose in fields:
+        for i, dataset_id in enumerate(ids):
+            where = f"{field}[{i}]" if field != "eval_data" else field
+            dataset = owned.get(dataset_id)
+            if dataset is None:
+                problems.append(f"{where}: unknown dataset '{dataset_id}'")
+            elif dataset.purpose != purpose:
+                problems.append(
+                    f"{where}: dataset '{dataset_id}' was uploaded for '{dataset.purpose}', not '{purpose}'")
+    return problems

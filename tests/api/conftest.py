@@ -1,0 +1,79 @@
+import os
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
+
+
+@pytest.fixture
+def queued() -> list[str]:
+    return []
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A scratch PostgreSQL database on 127.0.0.1:5432 (started by .ci/run), dropped at the end."""
+    import sqlalchemy
+
+    name = f"mol_test_{os.getpid()}"
+    admin = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+                                     isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def settings(request, tmp_path, tiny_model_dir) -> Settings:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny").symlink_to(tiny_model_dir)
+    database_url = None
+    if request.param == "postgresql":
+        from sqlalchemy import create_engine
+
+        from api.db import Base
+
+        database_url = request.getfixturevalue("postgres_url")
+        engine = create_engine(database_url)
+        Base.metadata.drop_all(engine)  # every test starts from an empty schema
+        engine.dispose()
+    return Settings(home=tmp_path / "home", models_dir=models, demo_model=False, max_upload_mb=0.05,
+                    database_url=database_url, tokens=",".join(f"{o}:{t}" for o, t in TOKENS.items()),
+                    stream_poll_s=0.05)
+
+
+@pytest.fixture
+def client(settings, queued) -> TestClient:
+    app = create_app(settings, enqueue=queued.append)
+    with TestClient(app) as c:
+        yield c
+
+
+def _auth(owner: str = "alice") -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[owner]}"}
+
+
+@pytest.fixture
+def auth():
+    """auth(owner="alice") -> the Authorization header of that owner."""
+    return _auth
+
+
+@pytest.fixture
+def upload(client):
+    """upload(content, purpose="domain", filename="data.jsonl", owner="alice") -> the response."""
+
+    def send(content: bytes | str, purpose: str = "domain", filename: str = "data.jsonl", owner: str = "alice"):
+        data = content.encode() if isinstance(content, str) else content
+        return client.post("/v1/datasets", headers=_auth(owner), data={"purpose": purpose},
+                           files={"file": (filename, data, "application/octet-stream")})
+
+    return send

@@ -1,0 +1,48 @@
+import json
+
+DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(5))
+
+
+def test_upload_list_get_delete(client, settings, auth, upload):
+    created = upload(DOCS)
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert body["documents"] == 5 and body["bytes"] == len(DOCS) and len(body["sha256"]) == 64
+    assert body["filename"] == "data.jsonl"
+    stored = list(settings.datasets_dir.iterdir())
+    assert len(stored) == 1 and stored[0].name != "data.jsonl"  # server-chosen name
+    assert [d["id"] for d in client.get("/v1/datasets", headers=auth()).json()] == [body["id"]]
+    assert client.get(f"/v1/datasets/{body['id']}", headers=auth()).json()["sha256"] == body["sha256"]
+    assert client.delete(f"/v1/datasets/{body['id']}", headers=auth()).status_code == 204
+    assert client.get(f"/v1/datasets/{body['id']}", headers=auth()).status_code == 404
+    assert list(settings.datasets_dir.iterdir()) == []
+
+
+def test_bad_uploads_get_clear_4xx_and_leave_nothing(client, settings, auth, upload):
+    cases = [
+        (upload(""), 422, "no documents found"),
+        (upload('{"text": "ok"}\n{"text": oops}\n'), 422, "data.jsonl, line 2: invalid JSON"),
+        (upload(DOCS, purpose="training"), 422, "purpose: must be one of domain, general, eval"),
+        (upload(DOCS, filename="data.csv"), 422, "file: 'data.csv' must end with one of"),
+        (upload(DOCS, purpose="eval"), 422, "line 1: missing field 'question'"),
+        (upload("x" * 60_000, filename="big.txt"), 413, "larger than the limit"),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status, response.text
+        assert message in response.json()["detail"]
+    assert [p for p in settings.datasets_dir.iterdir()] == []
+
+
+def test_missing_file_part(client, auth):
+    response = client.post("/v1/datasets", headers=auth(), data={"purpose": "domain"},
+                           files={"other": ("x.txt", b"abc")})
+    assert response.status_code == 422 and "file: missing" in response.json()["detail"]
+
+
+def test_auth_and_isolation(client, auth, upload):
+    assert client.get("/v1/datasets").status_code == 401
+    assert client.get("/v1/datasets", headers={"Authorization": "Bearer nope"}).status_code == 401
+    mine = upload(DOCS).json()["id"]
+    assert client.get(f"/v1/datasets/{mine}", headers=auth("bob")).status_code == 404
+    assert client.delete(f"/v1/datasets/{mine}", headers=auth("bob")).status_code == 404
+    assert client.get("/v1/datasets", headers=auth("bob")).json() == []

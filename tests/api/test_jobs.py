@@ -1,0 +1,77 @@
+import json
+
+import pytest
+
+DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(5))
+QA = json.dumps({"question": "What is 1 plus 1?", "answer": "2"}) + "\n"
+
+
+@pytest.fixture
+def datasets(upload):
+    return {p: upload(DOCS if p != "eval" else QA, purpose=p).json()["id"] for p in ("domain", "general", "eval")}
+
+
+def spec(datasets, **extra):
+    return {"name": "t", "base_model": "tiny", "domain_data": [datasets["domain"]],
+            "general_data": [datasets["general"]], "eval_data": datasets["eval"], "max_steps": 5} | extra
+
+
+def test_submit_validates_stores_and_enqueues(client, auth, datasets, queued):
+    response = client.post("/v1/jobs", headers=auth(), json=spec(datasets))
+    assert response.status_code == 201, response.text
+    job = response.json()
+    assert job["status"] == "queued" and job["max_steps"] == 5 and job["progress"] == 0
+    assert queued == [job["id"]]
+    assert client.get(f"/v1/jobs/{job['id']}", headers=auth()).json()["spec"]["domain_data"] == [datasets["domain"]]
+    assert [j["id"] for j in client.get("/v1/jobs", headers=auth()).json()] == [job["id"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"kl_weight": -1}, "kl_weight: Input should be greater than or equal to 0"),
+     ({"learning_rate": 1}, "learning_rate: unknown field"),
+     ({"base_model": "gpt-9"}, "base_model: unknown model 'gpt-9'"),
+     ({"domain_data": ["ds_nope"]}, "domain_data[0]: unknown dataset 'ds_nope'"),
+     ({"method": "sft"}, "method: Input should be 'mol', 'cpt' or 'domain_only'")],
+)
+def test_bad_specs_name_the_field(client, auth, datasets, queued, change, message):
+    response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, **change))
+    assert response.status_code == 422 and message in response.json()["detail"]
+    assert queued == []
+
+
+def test_dataset_purpose_must_match(client, auth, datasets):
+    response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, eval_data=datasets["domain"]))
+    assert response.status_code == 422
+    assert "eval_data: dataset" in response.json()["detail"] and "'domain', not 'eval'" in response.json()["detail"]
+
+
+def test_other_owners_datasets_and_jobs_are_invisible(client, auth, datasets):
+    assert client.post("/v1/jobs", headers=auth("bob"), json=spec(datasets)).status_code == 422
+    job = client.post("/v1/jobs", headers=auth(), json=spec(datasets)).json()
+    for method, path in [("get", ""), ("post", "/cancel"), ("get", "/metrics"), ("get", "/events"),
+                         ("get", "/checkpoints"), ("get", "/checkpoints/step-1/download")]:
+        assert getattr(client, method)(f"/v1/jobs/{job['id']}{path}", headers=auth("bob")).status_code == 404
+
+
+def test_cancel_a_queued_job_and_refuse_twice(client, auth, datasets):
+    job = client.post("/v1/jobs", headers=auth(), json=spec(datasets)).json()
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth())
+    assert cancelled.json()["status"] == "cancelled"
+    again = client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth())
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+    events = client.get(f"/v1/jobs/{job['id']}/events", headers=auth()).json()
+    assert [e["kind"] for e in events] == ["cancelled"]
+
+
+def test_dataset_in_use_cannot_be_deleted(client, auth, datasets):
+    client.post("/v1/jobs", headers=auth(), json=spec(datasets))
+    response = client.delete(f"/v1/datasets/{datasets['domain']}", headers=auth())
+    assert response.status_code == 409 and "used by active job" in response.json()["detail"]
+
+
+def test_models_and_health(client, auth):
+    models = client.get("/v1/models", headers=auth()).json()
+    assert [m["id"] for m in models] == ["tiny"] and models[0]["model_type"] == "llama"
+    assert client.get("/v1/models").status_code == 401
+    assert client.get("/healthz").json()["database"] == "ok"

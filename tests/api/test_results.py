@@ -1,0 +1,101 @@
+"""Metrics, events, checkpoints and downloads of a job that really ran (the worker's runner, in-process)."""
+
+import io
+import json
+import tarfile
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from api.app import create_app
+from worker.runner import run
+
+DOCS = "".join(json.dumps({"text": f"Question: What is {i} plus 1?\nAnswer: {i + 1}"}) + "\n" for i in range(40))
+PROSE = "".join(json.dumps({"text": f"The river and the stone number {i} under the quiet morning."}) + "\n"
+                for i in range(40))
+
+
+@pytest.fixture
+def finished_job(client, auth, upload, settings):
+    def make(**extra) -> str:
+        domain = upload(DOCS).json()["id"]
+        general = upload(PROSE, purpose="general").json()["id"]
+        spec = {"name": "r", "base_model": "tiny", "domain_data": [domain], "general_data": [general],
+                "seq_len": 32, "batch_size": 4, "lr": 3e-3, "max_steps": 4, "eval_every": 2, "save_every": 2,
+                "eval_batches": 1} | extra
+        job_id = client.post("/v1/jobs", headers=auth(), json=spec).json()["id"]
+        assert run(job_id, settings) == "succeeded"
+        return job_id
+
+    return make
+
+
+def test_metrics_and_events_with_after(client, auth, finished_job):
+    job_id = finished_job()
+    points = client.get(f"/v1/jobs/{job_id}/metrics", headers=auth()).json()
+    assert [p["step"] for p in points if "train/loss" in p] == [1, 2, 3, 4]
+    assert [p["step"] for p in points if "eval/domain_ppl" in p] == [0, 2, 4]
+    later = client.get(f"/v1/jobs/{job_id}/metrics", headers=auth(), params={"after": points[2]["seq"]}).json()
+    assert later == points[3:]
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=auth()).json()
+    assert events[0]["kind"] == "config" and events[-1]["kind"] == "succeeded"
+    assert client.get(f"/v1/jobs/{job_id}/events", headers=auth(), params={"after": events[-1]["seq"]}).json() == []
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["finished_at"]
+
+
+def test_sse_sends_backlog_then_ends_and_resumes_from_last_event_id(client, auth, finished_job):
+    job_id = finished_job()
+    with client.stream("GET", f"/v1/jobs/{job_id}/metrics", headers=auth() | {"Accept": "text/event-stream"}) as s:
+        lines = list(s.iter_lines())
+    ids = [line[3:].strip() for line in lines if line.startswith("id:")]
+    data = [json.loads(line[5:]) for line in lines if line.startswith("data:")]
+    assert data[-1] == {"status": "succeeded"} and len(data) - 1 == len(
+        client.get(f"/v1/jobs/{job_id}/metrics", headers=auth()).json())
+    resume_at = ids[3]
+    headers = auth() | {"Accept": "text/event-stream", "Last-Event-ID": resume_at}
+    with client.stream("GET", f"/v1/jobs/{job_id}/metrics", headers=headers) as s:
+        rest = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
+    assert rest == data[4:]
+
+
+def test_checkpoint_download_is_a_loadable_hf_directory(client, auth, finished_job, tmp_path):
+    job_id = finished_job()
+    listed = client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth()).json()
+    assert [(c["name"], c["kind"]) for c in listed] == [("step-2", "full"), ("step-4", "full")]
+    response = client.get(f"/v1/jobs/{job_id}/checkpoints/step-4/download", headers=auth())
+    assert response.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+        tar.extractall(tmp_path, filter="data")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / f"{job_id}-step-4")
+    assert model.config.model_type == "llama"
+    refused = client.get(f"/v1/jobs/{job_id}/checkpoints/step-4/download", headers=auth(), params={"format": "adapter"})
+    assert refused.status_code == 422 and "only available for LoRA" in refused.json()["detail"]
+    assert client.get(f"/v1/jobs/{job_id}/checkpoints/step-9/download", headers=auth()).status_code == 404
+    assert client.get(f"/v1/jobs/{job_id}/checkpoints/..%2F..%2Fx/download", headers=auth()).status_code == 404
+
+
+def test_lora_job_downloads_as_adapter_or_merged(client, auth, finished_job, tmp_path):
+    job_id = finished_job(finetune="lora", lora={"rank": 4}, max_steps=2)
+    for fmt in ("adapter", "merged"):
+        response = client.get(f"/v1/jobs/{job_id}/checkpoints/step-2/download", headers=auth(), params={"format": fmt})
+        assert response.status_code == 200, response.text
+        with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
+            names = tar.getnames()
+        assert any(n.endswith("adapter_config.json") for n in names) == (fmt == "adapter")
+
+
+def test_restarting_the_api_loses_nothing(client, auth, finished_job, settings, queued):
+    job_id = finished_job()
+    before = client.get(f"/v1/jobs/{job_id}/metrics", headers=auth()).json()
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(settings, enqueue=queued.append)) as again:
+        assert again.get(f"/v1/jobs/{job_id}", headers=auth()).json()["status"] == "succeeded"
+        assert again.get(f"/v1/jobs/{job_id}/metrics", headers=auth()).json() == before
+        assert len(again.get("/v1/datasets", headers=auth()).json()) == 2
+
+
+def test_health_reports_database_broker_and_workers(client):
+    report = client.get("/healthz").json()
+    assert report["database"] == "ok" and report["broker"] == "ok" and report["workers"] == []

@@ -1,0 +1,110 @@
+"""The whole service as a user starts it (`mol up`, embedded default), driven through the REST API only."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def service(tmp_path):
+    port = free_port()
+    env = os.environ | {"MOL_HOME": str(tmp_path / "home"), "MOL_DEMO_PRETRAIN_STEPS": "5"}
+    env.pop("MOL_BROKER_URL", None)
+    env.pop("MOL_DATABASE_URL", None)
+    log = (tmp_path / "mol-up.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up", "--port", str(port)], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+    url = None
+    deadline = time.monotonic() + 300
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError(f"mol up exited: {log.seek(0) or log.read()[-2000:]}")
+        url = re.search(r"http://\S+\?token=(\S+)", line)
+    assert url, "mol up printed no dashboard URL"
+    base, token = url[0].split("/?token=")[0], url[1]
+    client = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if client.get("/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    yield client, tmp_path / "home"
+    client.close()
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+    try:
+        assert proc.wait(60) == 0 or proc.returncode in (-signal.SIGINT, 130)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_upload_train_stream_download_load(service, tmp_path):
+    client, home = service
+    assert [m["id"] for m in client.get("/v1/models").json()] == ["demo"]
+    demo = home / "demo"
+    ids = {}
+    for purpose, name in (("domain", "domain.jsonl"), ("general", "general.jsonl"), ("eval", "eval.jsonl")):
+        with (demo / name).open("rb") as handle:
+            response = client.post("/v1/datasets", data={"purpose": purpose}, files={"file": (name, handle)})
+        assert response.status_code == 201, response.text
+        ids[purpose] = response.json()["id"]
+    spec = {"name": "e2e", "base_model": "demo", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
+            "eval_data": ids["eval"], "method": "mol", "seq_len": 64, "batch_size": 8, "lr": 1e-3, "max_steps": 6,
+            "eval_every": 3, "save_every": 3, "eval_batches": 1, "qa_max_new_tokens": 3}
+    job = client.post("/v1/jobs", json=spec).json()
+
+    points, end = [], None
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers={"Accept": "text/event-stream"},
+                       timeout=300) as stream:
+        kind = None
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:"):
+                data = json.loads(line[5:])
+                if kind == "metric":
+                    points.append(data)
+                elif kind == "end":
+                    end = data
+                    break
+    assert end == {"status": "succeeded"}
+    assert sorted({p["step"] for p in points if "train/loss" in p}) == [1, 2, 3, 4, 5, 6]
+    assert client.get(f"/v1/jobs/{job['id']}").json()["status"] == "succeeded"
+
+    names = [c["name"] for c in client.get(f"/v1/jobs/{job['id']}/checkpoints").json()]
+    assert names == ["step-3", "step-6"]
+    archive = client.get(f"/v1/jobs/{job['id']}/checkpoints/step-6/download")
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(archive.content), mode="r:gz") as tar:
+        tar.extractall(tmp_path / "download", filter="data")
+    model_dir = next((tmp_path / "download").iterdir())
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(demo / "model")
+    x = torch.tensor([[base.config.bos_token_id, 5, 6, 7]])
+    assert (model(x).logits - base(x).logits).abs().max() > 1e-4

@@ -1,0 +1,89 @@
+"""A real Redis (127.0.0.1:6379, started by .ci/run) and real Celery worker processes started by the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+
+REDIS_DB = 11
+TOKEN = "tok-worker-tests"
+
+
+@pytest.fixture
+def service_env(tmp_path, tiny_model_dir) -> dict[str, str]:
+    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+    client.ping()  # fails loudly when Redis is not running: .ci/run starts it
+    client.flushdb()
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny").symlink_to(tiny_model_dir)
+    return {"MOL_HOME": str(tmp_path / "home"), "MOL_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+            "MOL_MODELS_DIR": str(models), "MOL_DEMO_MODEL": "false", "MOL_TOKENS": f"tester:{TOKEN}",
+            "MOL_STREAM_POLL_S": "0.05", "MOL_CANCEL_GRACE_S": "5", "MOL_HEARTBEAT_S": "1"}
+
+
+class Workers:
+    """Starts and kills Celery worker processes for one test."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = os.environ | env
+        self.log_dir = log_dir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> subprocess.Popen:
+        log = (self.log_dir / f"worker-{len(self.procs)}.log").open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+             "--loglevel=info", "-n", f"test{len(self.procs)}@%h"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def workers(service_env, tmp_path):
+    pool = Workers(service_env, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def api(service_env, monkeypatch):
+    for key, value in service_env.items():
+        monkeypatch.setenv(key, value)
+    with TestClient(create_app(Settings())) as client:
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        yield client
+
+
+def _wait_for(predicate, timeout: float = 120, every: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def wait_for():
+    """wait_for(predicate, timeout=120, what=...) -> the predicate's first truthy value."""
+    return _wait_for

@@ -1,0 +1,102 @@
+import json
+import os
+import signal
+
+import pytest
+
+from api.db import Job
+
+
+@pytest.fixture
+def submit(api, corpora):
+    ids = {}
+    for purpose in ("domain", "general", "eval"):
+        with open(corpora[purpose], "rb") as handle:
+            response = api.post("/v1/datasets", data={"purpose": purpose}, files={"file": ("x.jsonl", handle)})
+        ids[purpose] = response.json()["id"]
+
+    def send(**extra) -> str:
+        spec = {"name": "w", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
+                "eval_data": ids["eval"], "seq_len": 32, "batch_size": 4, "lr": 3e-3, "max_steps": 6,
+                "eval_every": 3, "save_every": 2, "eval_batches": 1, "qa_max_new_tokens": 2} | extra
+        response = api.post("/v1/jobs", json=spec)
+        assert response.status_code == 201, response.text
+        return response.json()["id"]
+
+    return send
+
+
+def status(api, job_id):
+    return api.get(f"/v1/jobs/{job_id}").json()
+
+
+def test_job_runs_to_success_with_metrics_in_the_database(api, workers, submit, wait_for):
+    workers.start()
+    job_id = submit()
+    job = wait_for(lambda: (j := status(api, job_id))["status"] in ("succeeded", "failed") and j, what="job end")
+    assert job["status"] == "succeeded", job["error"]
+    assert job["step"] == 6 and job["progress"] == 1.0 and "eval/general_kl" in job["last_metrics"]
+    steps = [p["step"] for p in api.get(f"/v1/jobs/{job_id}/metrics").json() if "train/loss" in p]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    assert [c["name"] for c in api.get(f"/v1/jobs/{job_id}/checkpoints").json()] == [
+        "step-2", "step-4", "step-6"]
+    health = api.get("/healthz").json()
+    assert health["broker"] == "ok" and len(health["workers"]) == 1
+
+
+def test_cancel_stops_a_running_job_and_keeps_checkpoints(api, workers, submit, wait_for):
+    workers.start()
+    job_id = submit(max_steps=5000, save_every=2)
+    wait_for(lambda: status(api, job_id)["step"] >= 3, what="job to reach step 3")
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
+    job = wait_for(lambda: (j := status(api, job_id))["status"] != "running" and j, timeout=15, what="cancel")
+    assert job["status"] == "cancelled" and job["step"] < 5000
+    assert api.get(f"/v1/jobs/{job_id}/checkpoints").json()  # kept
+
+
+def test_sigkilled_worker_job_resumes_on_a_new_worker_without_gaps(api, workers, submit, wait_for):
+    first = workers.start()
+    job_id = submit(max_steps=60, save_every=5, eval_every=30)
+    wait_for(lambda: status(api, job_id)["step"] >= 12, what="job to reach step 12")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    with api.app.state.services.sessions() as db:
+        runner = db.get(Job, job_id).lease_owner
+    pid = int(runner.rsplit(":", 1)[1])
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=30, what="the orphaned runner to stop")
+    assert status(api, job_id)["status"] == "running"  # not finished by the dead worker
+    workers.start()
+    job = wait_for(lambda: (j := status(api, job_id))["status"] in ("succeeded", "failed") and j, timeout=180,
+                   what="resumed job to end")
+    assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 2
+    steps = [p["step"] for p in api.get(f"/v1/jobs/{job_id}/metrics").json() if "train/loss" in p]
+    assert steps == list(range(1, 61))  # no duplicate, no missing step
+    kinds = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events").json()]
+    assert "resumed" in kinds
+
+
+def test_sse_delivers_every_point_once_across_a_reconnect(api, workers, submit, wait_for):
+    workers.start()
+    job_id = submit(max_steps=12)
+    received, last_id = [], None
+    with api.stream("GET", f"/v1/jobs/{job_id}/metrics", headers={"Accept": "text/event-stream"}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("id:"):
+                last_id = line[3:].strip()
+            if line.startswith("data:"):
+                received.append(json.loads(line[5:]))
+                if len(received) == 5:
+                    break
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": last_id}
+    with api.stream("GET", f"/v1/jobs/{job_id}/metrics", headers=headers) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                point = json.loads(line[5:])
+                if "status" in point:
+                    break
+                received.append(point)
+    seqs = [p["seq"] for p in received]
+    assert seqs == sorted(set(seqs))
+    assert seqs == [p["seq"] for p in api.get(f"/v1/jobs/{job_id}/metrics").json()]
+    assert status(api, job_id)["status"] == "succeeded"

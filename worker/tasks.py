@@ -1,0 +1,129 @@
+"""The Celery task that runs one job, and the reconciler that re-queues jobs nobody is running.
+
+The task starts the engine in a child process with its own process group (``python -m worker.runner``),
+watches it, and, when the user cancels, gives it ``cancel_grace_s`` to stop cooperatively before ending the
+whole group. Killing the worker kills the child too (it notices its parent is gone); the job stays
+``running`` with a dead lease, and the reconciler of the next worker start re-queues it to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+from celery import signals
+from sqlalchemy import or_, select
+
+from api.db import Job, WorkerSeen, init_db, make_engine, utcnow
+from api.settings import Settings
+
+from .celery_app import app
+from .queue import TASK_NAME
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+def run_job(self, job_id: str) -> str:
+    """Run ``job_id`` in a child process until it ends; returns the runner's final word."""
+    settings = _settings()
+    child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id], start_new_session=True,
+                             stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    sessions = init_db(make_engine(settings.db_url))
+    cancel_seen: float | None = None
+    while child.poll() is None:
+        time.sleep(0.5)
+        with sessions() as db:
+            cancelled = db.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+        if cancelled and cancel_seen is None:
+            cancel_seen = time.monotonic()
+        if cancel_seen is not None and time.monotonic() - cancel_seen > settings.cancel_grace_s:
+            _end_group(child)
+            _mark_cancelled(sessions, job_id)
+            return "cancelled"
+    out = (child.stdout.read() if child.stdout else "").strip().splitlines()
+    return out[-1] if out else f"exit {child.returncode}"
+
+
+def _end_group(child: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(child.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            child.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _mark_cancelled(sessions, job_id: str) -> None:
+    with sessions.begin() as db:
+        job = db.get(Job, job_id)
+        if job.status == "running":
+            job.status, job.finished_at, job.lease_owner = "cancelled", utcnow(), None
+
+
+def _lease_is_dead(lease_owner: str | None, heartbeat_at, settings: Settings) -> bool:
+    """A lease is dead when its process on this host is gone, or its heartbeat is older than the timeout."""
+    if lease_owner:
+        host, _, pid = lease_owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+    return heartbeat_at is None or heartbeat_at < utcnow() - timedelta(seconds=settings.lease_timeout_s)
+
+
+def reconcile(settings: Settings | None = None) -> list[str]:
+    """Re-queue jobs left behind: running with a dead lease, or queued for long without being picked up."""
+    settings = settings or _settings()
+    sessions = init_db(make_engine(settings.db_url))
+    stuck_since = utcnow() - timedelta(seconds=settings.lease_timeout_s)
+    requeued = []
+    with sessions.begin() as db:
+        jobs = db.scalars(select(Job).where(or_(Job.status == "running", Job.status == "queued")))
+        for job in jobs:
+            heartbeat = job.heartbeat_at.replace(tzinfo=utcnow().tzinfo) if job.heartbeat_at else None
+            if job.status == "running" and _lease_is_dead(job.lease_owner, heartbeat, settings):
+                job.status, job.lease_owner, job.queued_at = "queued", None, utcnow()
+                requeued.append(job.id)
+            elif job.status == "queued" and job.queued_at.replace(tzinfo=utcnow().tzinfo) < stuck_since:
+                job.queued_at = utcnow()
+                requeued.append(job.id)
+    for job_id in requeued:
+        run_job.delay(job_id)
+    return requeued
+
+
+@signals.worker_ready.connect
+def _reconcile_on_start(**_kwargs) -> None:
+    """Re-queue what a dead worker left behind now, then keep checking in the background."""
+    settings = _settings()
+    sessions = init_db(make_engine(settings.db_url))
+    name = f"{socket.gethostname()}:{os.getpid()}"
+    reconcile(settings)
+
+    def loop() -> None:
+        last_reconcile = time.monotonic()
+        while True:
+            with sessions.begin() as db:
+                db.merge(WorkerSeen(name=name, last_seen=utcnow()))
+            if time.monotonic() - last_reconcile > max(5.0, settings.lease_timeout_s / 2):
+                reconcile(settings)
+                last_reconcile = time.monotonic()
+            time.sleep(settings.heartbeat_s)
+
+    threading.Thread(target=loop, name="mol-reconciler", daemon=True).start()
