@@ -155,7 +155,7 @@ def pack(token_docs: Sequence[Sequence[int]], seq_len: int, eos_id: int, pad_id:
 
 def tokenize(tokenizer, docs: Sequence[str]) -> list[list[int]]:
     """Token ids of each document, without special tokens (EOS is added when packing)."""
-    return tokenizer(list(docs), add_special_tokens=False)["input_ids"]
+    return tokenizer(list(docs), add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def build_corpus(
