@@ -88,7 +88,7 @@ def test_target_mask_excludes_padding_and_document_starts():
 class WordTokenizer:
     """Whitespace tokenizer with the call signature of a Hugging Face tokenizer."""
 
-    def __call__(self, docs, add_special_tokens=False):
+    def __call__(self, docs, add_special_tokens=False, verbose=True):
         return {"input_ids": [[10 + len(w) for w in d.split()] for d in docs]}
 
 
