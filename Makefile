@@ -23,6 +23,7 @@ demo: setup
 
 test: setup
 	bash scripts/start-services
+	bash scripts/ensure-chromium
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

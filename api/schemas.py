@@ -31,6 +31,7 @@ class JobOut(BaseModel):
     spec: dict[str, Any]
     last_metrics: dict[str, Any]
     error: str | None
+    cancel_requested: bool
     attempt: int
     created_at: datetime
     started_at: datetime | None

@@ -8,6 +8,8 @@ from datetime import timedelta
 from fastapi import APIRouter
 from sqlalchemy import select, text
 
+from mol_engine.spec import JobSpec
+
 from ..db import WorkerSeen, utcnow
 from ..deps import Owner, Svc
 from ..schemas import ModelOut
@@ -20,6 +22,12 @@ router = APIRouter()
 def list_models(owner: Owner, svc: Svc) -> list[ModelOut]:
     return [ModelOut(id=name, path=str(path), model_type=model_type(path))
             for name, path in available_models(svc.settings).items() if (path / "config.json").is_file()]
+
+
+@router.get("/v1/jobspec", tags=["jobs"])
+def job_spec_schema(owner: Owner) -> dict:
+    """The JSON schema of a job spec, with every default: the dashboard builds its form from it."""
+    return JobSpec.model_json_schema()
 
 
 @router.get("/healthz", tags=["health"])

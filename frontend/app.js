@@ -1,0 +1,76 @@
+// The dashboard: sign-in, a hash router, and the four views (jobs, new job, job page, compare).
+import { api, signIn, signOut, token } from "./api.js";
+import { el } from "./dom.js";
+import { comparePage } from "./views/compare.js";
+import { jobPage } from "./views/job.js";
+import { jobsPage } from "./views/jobs.js";
+import { newJobPage } from "./views/new.js";
+
+const view = document.getElementById("view");
+let cleanup = () => {};
+
+async function start() {
+  const params = new URLSearchParams(location.search);
+  const fromUrl = params.get("token");
+  if (fromUrl) {
+    history.replaceState(null, "", location.pathname + (location.hash || "#/jobs"));  // keep it out of history
+    try {
+      await signIn(fromUrl);
+    } catch (err) {
+      return showSignIn(`The token in the link was refused (${err.message}).`);
+    }
+  }
+  if (!token()) return showSignIn("");
+  try {
+    const me = await api("/v1/session", { method: "POST" });
+    showOwner(me.owner);
+  } catch {
+    return showSignIn("Your session has expired: sign in again.");
+  }
+  window.addEventListener("hashchange", route);
+  route();
+}
+
+function showOwner(owner) {
+  const who = document.getElementById("who");
+  who.replaceChildren(el("span", { class: "muted" }, `signed in as ${owner}`), " ",
+    el("button", { class: "link", onclick: async () => { await signOut(); location.reload(); } }, "sign out"));
+}
+
+function showSignIn(message) {
+  const form = document.getElementById("signin").content.cloneNode(true);
+  view.replaceChildren(form);
+  const error = document.getElementById("signin-error");
+  error.textContent = message;
+  document.getElementById("signin-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      await signIn(new FormData(e.target).get("token").trim());
+      location.hash = "#/jobs";
+      location.reload();
+    } catch (err) {
+      error.textContent = err.status === 401 ? "This token is not valid on this server." : err.message;
+    }
+  });
+}
+
+function route() {
+  cleanup();
+  cleanup = () => {};
+  const [path, query] = (location.hash.slice(1) || "/jobs").split("?");
+  const parts = path.split("/").filter(Boolean);
+  document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === parts[0]));
+  const pages = {
+    jobs: () => jobsPage(view),
+    new: () => newJobPage(view),
+    job: () => jobPage(view, parts[1]),
+    compare: () => comparePage(view, new URLSearchParams(query).get("ids")?.split(",").filter(Boolean) ?? []),
+  };
+  const page = pages[parts[0]] ?? pages.jobs;
+  Promise.resolve(page()).then((stop) => { cleanup = stop ?? (() => {}); }).catch((err) => {
+    view.replaceChildren(el("section", { class: "card" }, el("h1", {}, "Something went wrong"),
+      el("p", { class: "error" }, err.message), el("p", {}, el("a", { href: "#/jobs" }, "Back to the jobs"))));
+  });
+}
+
+start();

@@ -1,0 +1,64 @@
+// Jobs list: live (refreshed every 2 s), with a selection to compare.
+import { api } from "../api.js";
+import { age, duration, el, fmt, statusBadge } from "../dom.js";
+
+function eta(job) {
+  if (job.status !== "running" || !job.started_at || job.step < 1) return "";
+  const elapsed = (Date.now() - new Date(job.started_at).getTime()) / 1000;
+  return `ETA ${duration((elapsed / job.step) * (job.max_steps - job.step))}`;
+}
+
+function row(job, selected, onToggle) {
+  const m = job.last_metrics || {};
+  return el("tr", { "data-job": job.id },
+    el("td", {}, el("input", { type: "checkbox", checked: selected.has(job.id), "aria-label": `select ${job.name}`,
+      onchange: (e) => onToggle(job.id, e.target.checked) })),
+    el("td", {}, el("a", { href: `#/job/${job.id}` }, job.name)),
+    el("td", {}, job.spec.base_model),
+    el("td", {}, job.spec.method),
+    el("td", {}, statusBadge(job.status)),
+    el("td", { class: "progress-cell" },
+      el("progress", { max: job.max_steps, value: job.step }),
+      el("span", { class: "muted" }, ` ${job.step} / ${job.max_steps} ${eta(job)}`)),
+    el("td", { class: "num" }, fmt(m["train/domain_ce"])),
+    el("td", { class: "num" }, fmt(m["train/general_kl"])),
+    el("td", { class: "muted" }, age(job.created_at)));
+}
+
+export async function jobsPage(view) {
+  const selected = new Set();
+  const compare = el("a", { class: "button", href: "#/compare" }, "Compare selected");
+  const body = el("tbody");
+  const table = el("table", { class: "jobs" },
+    el("thead", {}, el("tr", {}, ["", "Name", "Base model", "Method", "Status", "Progress", "Domain CE", "General KL",
+      "Created"].map((h) => el("th", {}, h)))), body);
+  const empty = el("div", { class: "empty" }, el("p", {}, "No jobs yet."),
+    el("p", {}, "Start one from ", el("a", { href: "#/new" }, "New job"),
+      ": the demo model and corpora are ready to pick."));
+  const error = el("p", { class: "error" });
+  view.replaceChildren(el("section", { class: "card" },
+    el("div", { class: "toolbar" }, el("h1", {}, "Jobs"), el("span", { class: "spacer" }), compare,
+      el("a", { class: "button primary", href: "#/new" }, "New job")), error, table, empty));
+
+  const onToggle = (id, on) => {
+    if (on) selected.add(id); else selected.delete(id);
+    compare.href = `#/compare?ids=${[...selected].join(",")}`;
+    compare.textContent = `Compare selected (${selected.size})`;
+  };
+  onToggle(null, false);
+
+  async function refresh() {
+    try {
+      const jobs = await api("/v1/jobs");
+      body.replaceChildren(...jobs.map((job) => row(job, selected, onToggle)));
+      empty.hidden = jobs.length > 0;
+      table.hidden = jobs.length === 0;
+      error.textContent = "";
+    } catch (err) {
+      error.textContent = `Could not load the jobs: ${err.message}`;
+    }
+  }
+  await refresh();
+  const timer = setInterval(refresh, 2000);
+  return () => clearInterval(timer);
+}
