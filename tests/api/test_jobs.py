@@ -75,3 +75,22 @@ def test_models_and_health(client, auth):
     assert [m["id"] for m in models] == ["tiny"] and models[0]["model_type"] == "llama"
     assert client.get("/v1/models").status_code == 401
     assert client.get("/healthz").json()["database"] == "ok"
+
+
+def test_session_cookie_authenticates_streams_and_downloads(client, auth):
+    assert client.post("/v1/session").status_code == 401
+    response = client.post("/v1/session", headers=auth())
+    assert response.json() == {"owner": "alice"}
+    cookie = response.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert client.get("/v1/jobs").status_code == 200  # the cookie alone now authenticates
+    assert client.delete("/v1/session").status_code == 204
+    client.cookies.clear()
+    assert client.get("/v1/jobs").status_code == 401
+
+
+def test_jobspec_schema_carries_the_defaults(client, auth):
+    schema = client.get("/v1/jobspec", headers=auth()).json()
+    assert schema["properties"]["ratio"]["default"] == "1:1"
+    assert schema["properties"]["method"]["default"] == "mol"
+    assert client.get("/v1/jobspec").status_code == 401
