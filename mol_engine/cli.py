@@ -1,4 +1,4 @@
-"""``mol`` command line: train, export, demo.
+"""``mol`` command line: train, export, demo, replicate.
 
     mol train SPEC.yaml --out DIR [--resume] [--set FIELD=VALUE ...]
     mol export DIR/checkpoints/step-N OUT [--merged]
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -109,7 +110,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     spec = resolve_local(load_spec(args.spec, args.set), args.demo_dir)
     result = train(spec, args.out, [JsonlLogger(args.out), ConsoleLogger(every=args.log_every)], resume=args.resume)
-    print(summary(Path(args.out), result.status, result.checkpoint))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        print(summary(Path(args.out), result.status, result.checkpoint))
     return 0 if result.status == "succeeded" else 1
 
 
@@ -150,6 +152,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replicate(args: argparse.Namespace) -> int:
+    from .replicate import main as replicate
+
+    return replicate(args.out, args.docs, args.steps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mol", description="Mixture-of-Losses domain adaptation of causal LMs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -169,6 +177,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merged", action="store_true", help="LoRA: merge the adapter into the base weights")
     p.add_argument("--base-model", default=None, help="LoRA: base model directory, if it moved")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("replicate", help="domain_only, CPT and MoL at 4 ratios on the demo -> docs/results.md")
+    p.add_argument("--out", default="runs/replicate", help="where the runs go (reused when complete)")
+    p.add_argument("--docs", default="docs", help="where results.md, results.json and the plots go")
+    p.add_argument("--steps", type=int, default=None, help="override max_steps (default: the demo spec's)")
+    p.set_defaults(func=cmd_replicate)
 
     p = sub.add_parser("demo", help="build (or reuse) the offline demo model and corpora")
     p.add_argument("dir", nargs="?", default=None, help="default: $MOL_HOME/demo ($MOL_HOME defaults to ./.mol)")

@@ -20,10 +20,11 @@ from torch import nn
 from .callbacks import Callback, CallbackList
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import Batch, Corpus, MixedBatches, build_corpus, read_documents, read_qa
+from .distributed import World, join_world, local_device, wrap
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
-from .objective import ROUTES, batch_losses, objective
+from .objective import ROUTES, objective
 from .reference import Reference, make_reference
 from .self_sample import self_general_corpus
 from .spec import JobSpec
@@ -72,6 +73,8 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     chunk: int
     eos_id: int
+    world: World
+    step_losses: nn.Module  # model + losses; DistributedDataParallel under torchrun
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -86,8 +89,16 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
     Returns how the run ended and the last value of every metric.
     """
     out = Path(out_dir)
-    cb = CallbackList(callbacks)
-    run = _setup(spec, out, cb)
+    world = join_world(pick_device(spec).type)
+    cb = CallbackList(callbacks if world.is_main else [])  # rank 0 reports for all ranks
+    try:
+        return _loop(spec, out, cb, world, resume)
+    finally:
+        world.close()
+
+
+def _loop(spec: JobSpec, out: Path, cb: Callback, world: World, resume: bool) -> TrainResult:
+    run = _setup(spec, out, cb, world)
     start = _restore(run, cb) if resume else _check_fresh(out)
     last: dict[str, float] = {}
     if start == 0:
@@ -101,7 +112,7 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
             last |= _evaluate(run, step, cb)
         if step % spec.save_every == 0 or step == spec.max_steps:
             saved = _save(run, step, cb)
-        if cb.should_stop() and step < spec.max_steps:
+        if world.agree(cb.should_stop(), run.device) and step < spec.max_steps:
             status = "cancelled"
             break
     message = f"stopped at step {step} (checkpoints kept)" if status == "cancelled" else f"finished at step {step}"
@@ -109,17 +120,17 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
     return TrainResult(status, step, out, last, saved or latest_checkpoint(out))
 
 
-def _setup(spec: JobSpec, out: Path, cb: Callback) -> _Run:
+def _setup(spec: JobSpec, out: Path, cb: Callback, world: World) -> _Run:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
-    device = pick_device(spec)
+    device = local_device(pick_device(spec))
     dtype = pick_dtype(spec, device)
     lora = spec.finetune == "lora"
     tokenizer = load_tokenizer(spec.base_model)
     eos_id = tokenizer.eos_token_id
     # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
     model = load_model(spec.base_model, device, dtype if lora else torch.float32)
-    domain, general = _corpora(spec, out, model, tokenizer, device)
+    domain, general = _corpora(spec, out, model, tokenizer, device, world)
     if lora:
         model = add_lora(model, spec)
     if spec.gradient_checkpointing:
@@ -131,30 +142,37 @@ def _setup(spec: JobSpec, out: Path, cb: Callback) -> _Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
-                           spec.seed)
-    vocab = model.get_output_embeddings().weight.shape[0]
+                           spec.seed, rank=world.rank, world_size=world.size)
+    chunk = chunk_size(model.get_output_embeddings().weight.shape[0], spec.loss_chunk_tokens)
+    step_losses = wrap(model, world, device, method=spec.method, eos_id=eos_id, chunk=chunk, reference=reference,
+                       kl_direction=spec.kl_direction)
     trainable, total = count_parameters(model)
     cb.on_event({"step": 0, "kind": "config", "message": (
         f"method={spec.method} kl_direction={spec.kl_direction} kl_weight={spec.kl_weight} "
         f"rows/micro-batch domain:general={n_domain}:{n_general} finetune={spec.finetune} "
         f"reference={getattr(reference, 'kind', 'none')} device={device} dtype={str(dtype).removeprefix('torch.')} "
-        f"trainable={trainable:,}/{total:,} params"),
+        f"trainable={trainable:,}/{total:,} params processes={world.size}"),
         "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
     qa = read_qa(spec.eval_data) if spec.eval_data else []
     return _Run(spec, out, device, dtype, tokenizer, model, reference, domain, general, qa, batches, optimizer,
-                scheduler, chunk_size(vocab, spec.loss_chunk_tokens), eos_id)
+                scheduler, chunk, eos_id, world, step_losses)
 
 
-def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device) -> tuple[Corpus, Corpus | None]:
+def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device,
+             world: World) -> tuple[Corpus, Corpus | None]:
     def corpus(files: list[str], seed: int) -> Corpus:
         docs = [doc for f in files for doc in read_documents(f)]
         return build_corpus(docs, tokenizer, spec.seq_len, spec.heldout_fraction, seed, tokenizer.eos_token_id,
                             tokenizer.pad_token_id)
 
     general_files = spec.general_data
-    if spec.general_source == "self":
+    if spec.general_source == "self":  # rank 0 samples, the others read what it wrote
+        if not world.is_main:
+            world.barrier()
         general_files = [str(self_general_corpus(out, model, tokenizer, spec.self_sample_tokens,
                                                  max_len=spec.seq_len, seed=spec.seed, device=device))]
+        if world.is_main:
+            world.barrier()
     return corpus(spec.domain_data, spec.seed), corpus(general_files, spec.seed + 1) if general_files else None
 
 
@@ -202,15 +220,17 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
     spec = run.spec
     started = time.perf_counter()
     micro = [run.batches.next_batch().to(run.device) for _ in range(spec.grad_accum)]
-    n_ce, n_kl = _step_token_counts(micro, spec.method, run.eos_id)
+    # Normalise by the step's token counts over all ranks (per rank: DDP averages the gradients).
+    n_ce, n_kl = (n / run.world.size for n in run.world.sum(list(_step_token_counts(micro, spec.method, run.eos_id)),
+                                                             run.device))
     sums = torch.zeros(3, device=run.device)  # domain CE, general CE, general KL (token sums)
     counts = [0, 0, 0]
-    for batch in micro:
-        with run.autocast():
-            parts = batch_losses(run.model, batch, method=spec.method, eos_id=run.eos_id, chunk=run.chunk,
-                                 reference=run.reference, kl_direction=spec.kl_direction)
+    for i, batch in enumerate(micro):
+        sync = i == len(micro) - 1 or not hasattr(run.step_losses, "no_sync")
+        with run.autocast(), contextlib.nullcontext() if sync else run.step_losses.no_sync():
+            parts = run.step_losses(batch.input_ids, batch.attention_mask, batch.is_general)
             loss = objective(parts, n_ce, n_kl, spec.kl_weight)
-        loss.backward()
+            loss.backward()
         sums += torch.stack([parts.domain_ce, parts.general_ce, parts.general_kl]).detach()
         counts = [counts[0] + parts.n_domain, counts[1] + parts.n_general_ce, counts[2] + parts.n_general_kl]
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
@@ -219,14 +239,15 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    domain_ce, general_ce, general_kl = (s / max(c, 1) for s, c in zip(sums.tolist(), counts, strict=True))
+    totals = run.world.sum([*sums.tolist(), *counts, sum(b.n_tokens for b in micro)], run.device)
+    sums, counts, tokens = totals[:3], totals[3:6], totals[6]
+    domain_ce, general_ce, general_kl = (s / max(c, 1) for s, c in zip(sums, counts, strict=True))
     metrics = {"train/domain_ce": domain_ce}
     if counts[2]:
         metrics["train/general_kl"] = general_kl
     if counts[1]:
         metrics["train/general_ce"] = general_ce
-    ce_part = (sums[0] + sums[1]).item() / max(n_ce, 1)
-    tokens = sum(b.n_tokens for b in micro)
+    ce_part = (sums[0] + sums[1]) / max(counts[0] + counts[1], 1)
     return metrics | {
         "train/loss": ce_part + spec.kl_weight * general_kl * (counts[2] > 0),
         "train/lr": lr,
@@ -259,7 +280,10 @@ def _evaluate(run: _Run, step: int, cb: Callback) -> dict[str, float]:
 def _save(run: _Run, step: int, cb: Callback) -> Path:
     state = {"data": run.batches.state(), "spec": run.spec.model_dump(mode="json"),
              "finetune": run.spec.finetune, "base_model": run.spec.base_model}
-    path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
-                           keep=run.spec.keep_checkpoints)
+    path = run.out / "checkpoints" / f"step-{step}"
+    if run.world.is_main:
+        path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
+                               keep=run.spec.keep_checkpoints)
+    run.world.barrier()  # every rank resumes from the same, complete checkpoint
     cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name})
     return path
