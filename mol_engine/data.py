@@ -191,9 +191,11 @@ class Batch:
     input_ids: Tensor  # [B, T]
     attention_mask: Tensor  # [B, T]
     is_general: Tensor  # [B] bool
+    general_rows: Tensor | None = None  # [G] the general corpus block of each general row (for cached targets)
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.is_general)))
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.is_general)),
+                     self.general_rows)
 
     def target_mask(self, eos_id: int) -> Tensor:
         """[B, T-1] bool: the target at t+1 is a real token and not the first token of a new document."""
@@ -234,27 +236,31 @@ class MixedBatches:
         self.domain, self.general = domain, general
         self.n_domain, self.n_general = n_domain, n_general
         self.rank, self.world_size = rank, world_size
-        self.domain_rows = RowStream(len(domain), seed)
-        self.general_rows = RowStream(len(general), seed + 1) if general is not None else None
+        self.domain_stream = RowStream(len(domain), seed)
+        self.general_stream = RowStream(len(general), seed + 1) if general is not None else None
 
     def next_batch(self) -> Batch:
         """The next micro-batch of this rank (all ranks advance the streams by the global batch)."""
-        parts = [self._take(self.domain, self.domain_rows, self.n_domain)]
+        domain_rows = self._take(self.domain_stream, self.n_domain)
+        parts = [self.domain.select(domain_rows)]
+        general_rows = None
         if self.n_general:
-            parts.append(self._take(self.general, self.general_rows, self.n_general))
+            general_rows = torch.tensor(self._take(self.general_stream, self.n_general), dtype=torch.long)
+            parts.append(self.general.select(general_rows))
         flags = torch.cat([torch.zeros(self.n_domain, dtype=torch.bool), torch.ones(self.n_general, dtype=torch.bool)])
-        return Batch(torch.cat([p.input_ids for p in parts]), torch.cat([p.attention_mask for p in parts]), flags)
+        return Batch(torch.cat([p.input_ids for p in parts]), torch.cat([p.attention_mask for p in parts]), flags,
+                     general_rows)
 
-    def _take(self, blocks: Blocks, stream: RowStream, per_rank: int) -> Blocks:
+    def _take(self, stream: RowStream, per_rank: int) -> list[int]:
         rows = stream.take(per_rank * self.world_size)
-        return blocks.select(rows[self.rank * per_rank : (self.rank + 1) * per_rank])
+        return rows[self.rank * per_rank : (self.rank + 1) * per_rank]
 
     def state(self) -> dict:
         """The stream position, enough to resume exactly here."""
-        return {"domain": self.domain_rows.position,
-                "general": self.general_rows.position if self.general_rows else 0}
+        return {"domain": self.domain_stream.position,
+                "general": self.general_stream.position if self.general_stream else 0}
 
     def load_state(self, state: dict) -> None:
-        self.domain_rows.position = int(state["domain"])
-        if self.general_rows:
-            self.general_rows.position = int(state["general"])
+        self.domain_stream.position = int(state["domain"])
+        if self.general_stream:
+            self.general_stream.position = int(state["general"])

@@ -79,8 +79,10 @@ class StepLosses(nn.Module):
         self.model = model
         self.loss_kwargs = loss_kwargs
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_general: torch.Tensor) -> TokenSums:
-        return batch_losses(self.model, Batch(input_ids, attention_mask, is_general), **self.loss_kwargs)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_general: torch.Tensor,
+                general_rows: torch.Tensor | None = None) -> TokenSums:
+        return batch_losses(self.model, Batch(input_ids, attention_mask, is_general, general_rows),
+                            **self.loss_kwargs)
 
 
 def wrap(model: nn.Module, world: World, device: torch.device, **loss_kwargs) -> nn.Module:

@@ -8,7 +8,9 @@ For a step whose rows are split into domain rows D and general rows G (a flag pe
     loss = CE + λ · KL
 
 where T_D and T_G are the valid target positions (no padding, no first token of a new document) of the
-domain and general rows. Full-vocabulary logits are only ever formed for a chunk of positions at a time
+domain and general rows. With a cached reference (:mod:`mol_engine.reference_cache`) KL_t is taken over k+1
+buckets instead of the vocabulary: the base's top-k tokens at t and one tail bucket for all the others
+(:func:`token_topk_kl`). Full-vocabulary logits are only ever formed for a chunk of positions at a time
 (and recomputed in backward) so memory does not grow with positions × vocabulary.
 """
 
@@ -36,17 +38,102 @@ def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 def token_kl(logits: Tensor, ref_logits: Tensor, direction: KLDirection = "reverse") -> Tensor:
     """Per-token KL divergence over the vocabulary, float32, shape [N].
 
-    ``reverse``: KL(p_θ ‖ p_ref) = Σ_v p_θ (log p_θ − log p_ref);
-    ``forward``: KL(p_ref ‖ p_θ) = Σ_v p_ref (log p_ref − log p_θ).
-    Gradients flow into ``logits`` only.
+    ``reverse``: KL(p_θ ‖ p_ref) = Σ_v p_θ (log p_θ − log p_ref),  ∂/∂z_v = p_θ,v (log p_θ,v − log p_ref,v − KL);
+    ``forward``: KL(p_ref ‖ p_θ) = Σ_v p_ref (log p_ref − log p_θ),  ∂/∂z_v = p_θ,v − p_ref,v.
+    Gradients flow into ``logits`` only. The backward is written out (:class:`_VocabKL`), so a chunk keeps one
+    [N, V] float32 tensor for it instead of the four or five that log_softmax + kl_div would keep.
     """
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    log_q = F.log_softmax(ref_logits.detach().float(), dim=-1)
-    if direction == "reverse":
-        return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
-    if direction == "forward":
-        return F.kl_div(log_p, log_q, log_target=True, reduction="none").sum(-1)
-    raise ValueError(f"unknown KL direction {direction!r}")
+    if direction not in ("reverse", "forward"):
+        raise ValueError(f"unknown KL direction {direction!r}")
+    with torch.no_grad():
+        log_q = F.log_softmax(_upcast(ref_logits.detach()), dim=-1)
+    return _VocabKL.apply(logits, log_q, direction == "reverse")
+
+
+TAIL_FLOOR = -80.0  # log-probability floor of a tail bucket, so that 0·log 0 terms stay finite
+
+
+def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_tail: Tensor,
+                  direction: KLDirection = "reverse") -> Tensor:
+    """Per-token KL over k+1 buckets against a cached reference, float32, shape [N].
+
+    The buckets are the reference's top-k tokens ``ref_index`` [N, k] and the tail (every other token):
+
+        P_i = softmax(z)_{v_i},   P_tail = Σ_{v ∉ top-k} softmax(z)_v
+        Q_i = exp(ref_logprob_i), Q_tail = exp(ref_tail),   Σ_i Q_i + Q_tail = 1
+        reverse: Σ_b P_b (log P_b − log Q_b),  ∂/∂z_v = p_v (log P_b(v) − log Q_b(v) − KL)
+        forward: Σ_b Q_b (log Q_b − log P_b),  ∂/∂z_v = p_v (1 − Q_b(v) / P_b(v))
+
+    where b(v) is the bucket of token v. Both sides are proper distributions over the same buckets, so this is a
+    true KL (of the coarsened distributions: never above the full-vocabulary KL), unlike plain top-k truncation,
+    which drops the tail and biases the targets. Gradients flow into ``logits``; backward keeps one [N, V] tensor.
+    """
+    if direction not in ("reverse", "forward"):
+        raise ValueError(f"unknown KL direction {direction!r}")
+    log_q = torch.cat([ref_logprob, ref_tail[:, None]], dim=-1).to(_upcast(logits).dtype)
+    return _BucketKL.apply(logits, ref_index, log_q, direction == "reverse")
+
+
+def _upcast(x: Tensor) -> Tensor:
+    """float32 for half precisions (float64 stays, for gradcheck)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
+class _VocabKL(torch.autograd.Function):
+    """KL between softmax(logits) and a fixed distribution ``log_q`` over the whole vocabulary (see token_kl).
+
+    The gradient for a unit upstream gradient is formed in forward, so backward keeps a single [N, V] tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
+        ctx.dtype = logits.dtype
+        log_p = F.log_softmax(_upcast(logits), dim=-1)
+        p = log_p.exp()
+        if reverse:
+            p_diff = log_p.sub_(log_q).mul_(p)  # p (log p − log q), in place of log p
+            kl = p_diff.sum(-1)
+            unit_grad = p_diff.addcmul_(p, -kl[:, None]) if ctx.needs_input_grad[0] else None
+        else:
+            q = log_q.exp()
+            kl = torch.linalg.vecdot(q, log_q - log_p)
+            unit_grad = p.sub_(q) if ctx.needs_input_grad[0] else None
+        ctx.save_for_backward(unit_grad)
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl: Tensor) -> tuple[Tensor, None, None]:
+        (unit_grad,) = ctx.saved_tensors
+        return (unit_grad * grad_kl[:, None]).to(ctx.dtype), None, None
+
+
+class _BucketKL(torch.autograd.Function):
+    """KL between softmax(logits) coarsened to k+1 buckets and ``log_q`` [N, k+1] (see token_topk_kl)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
+        ctx.dtype = logits.dtype
+        log_p = F.log_softmax(_upcast(logits), dim=-1)
+        log_top = log_p.gather(-1, index)
+        p = log_p.exp_()  # probabilities, in place
+        tail = p.scatter(-1, index, 0.0).sum(-1)
+        log_bucket = torch.cat([log_top, tail.log().clamp_min(TAIL_FLOOR)[:, None]], dim=-1)
+        if reverse:
+            bucket = log_bucket.exp()
+            kl = (bucket * (log_bucket - log_q)).sum(-1)
+            coef = log_bucket - log_q - kl[:, None]
+        else:
+            q = log_q.exp()
+            kl = (q * (log_q - log_bucket)).sum(-1)
+            coef = 1 - (log_q - log_bucket).exp()
+        ctx.save_for_backward(p, index, log_top.exp() * coef[:, :-1], coef[:, -1])
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad_kl: Tensor) -> tuple[Tensor, None, None, None]:
+        p, index, top_grad, tail_coef = ctx.saved_tensors
+        grad = (p * tail_coef[:, None]).scatter_(-1, index, top_grad)  # tail tokens, then the top-k ones
+        return grad.mul_(grad_kl[:, None]).to(ctx.dtype), None, None, None
 
 
 def mol_loss(ce_sum: Tensor, n_ce: int, kl_sum: Tensor, n_kl: int, kl_weight: float) -> Tensor:
@@ -80,15 +167,25 @@ def chunked_kl_sum(hidden: Tensor, head: Head, ref_hidden: Tensor, ref_head: Hea
     return _sum_over_chunks(piece, chunk, hidden, ref_hidden)
 
 
-def _sum_over_chunks(piece: Callable[..., Tensor], chunk: int, first: Tensor, second: Tensor) -> Tensor:
+def chunked_topk_kl_sum(hidden: Tensor, head: Head, ref_index: Tensor, ref_logprob: Tensor, ref_tail: Tensor,
+                        direction: KLDirection, chunk: int) -> Tensor:
+    """Σ over positions of :func:`token_topk_kl` against cached top-k targets, chunk by chunk."""
+    def piece(h: Tensor, index: Tensor, logprob: Tensor, tail: Tensor) -> Tensor:
+        return token_topk_kl(head(h), index, logprob, tail, direction).sum()
+
+    return _sum_over_chunks(piece, chunk, hidden, ref_index, ref_logprob, ref_tail)
+
+
+def _sum_over_chunks(piece: Callable[..., Tensor], chunk: int, first: Tensor, *rest: Tensor) -> Tensor:
+    """Σ of ``piece`` over ``chunk``-position slices of ``first`` and the tensors aligned with it."""
     n = first.shape[0]
     if n == 0:
         return first.sum() * 0.0  # keeps the graph connected, so every parameter still gets a gradient
+    slices = [[t[s : s + chunk] for t in (first, *rest)] for s in range(0, n, chunk)]
     if n <= chunk or not torch.is_grad_enabled():
-        return sum((piece(first[s : s + chunk], second[s : s + chunk]) for s in range(0, n, chunk)),
-                   start=first.new_zeros((), dtype=torch.float32))
+        return sum((piece(*parts) for parts in slices), start=first.new_zeros((), dtype=torch.float32))
     total = first.new_zeros((), dtype=torch.float32)
-    for s in range(0, n, chunk):
+    for parts in slices:
         # Recompute this chunk's logits in backward instead of keeping [chunk, V] alive per chunk.
-        total = total + checkpoint(piece, first[s : s + chunk], second[s : s + chunk], use_reentrant=False)
+        total = total + checkpoint(piece, *parts, use_reentrant=False)
     return total

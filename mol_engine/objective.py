@@ -13,9 +13,10 @@ import torch
 from torch import Tensor, nn
 
 from .data import Batch
-from .losses import KLDirection, chunked_ce_sum, chunked_kl_sum, mol_loss
+from .losses import KLDirection, chunked_ce_sum, chunked_kl_sum, chunked_topk_kl_sum, mol_loss
 from .modeling import hidden_states, logits_head
 from .reference import Reference
+from .reference_cache import TopKTargets
 
 
 @dataclass
@@ -42,9 +43,14 @@ def batch_losses(
     eos_id: int,
     chunk: int,
     reference: Reference | None = None,
+    cached: TopKTargets | None = None,
     kl_direction: KLDirection = "reverse",
 ) -> TokenSums:
-    """Token sums of each loss term for ``batch`` (on the model's device) under ``method``."""
+    """Token sums of each loss term for ``batch`` (on the model's device) under ``method``.
+
+    The KL term compares with ``cached`` top-k targets when given (the batch must carry ``general_rows``),
+    else with the ``reference`` model run on the general rows.
+    """
     ce_on_general, kl_on_general = ROUTES[method]
     hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
     head = logits_head(model)
@@ -58,7 +64,10 @@ def batch_losses(
     domain_ce = chunked_ce_sum(hidden[domain_pos], head, targets[domain_pos], chunk)
     general_ce = chunked_ce_sum(hidden[general_pos], head, targets[general_pos], chunk) if ce_on_general else zero
     general_kl = zero
-    if kl_on_general and n_general:
+    if kl_on_general and n_general and cached is not None:
+        index, logprob, tail = cached.lookup(batch.general_rows, valid[batch.is_general], hidden.device)
+        general_kl = chunked_topk_kl_sum(hidden[general_pos], head, index, logprob, tail, kl_direction, chunk)
+    elif kl_on_general and n_general:
         if reference is None:
             raise ValueError(f"method '{method}' needs a reference model")
         rows = batch.is_general

@@ -43,6 +43,10 @@ class JobSpec(BaseModel):
     ratio: str = Field("1:1", description="domain:general rows per step, e.g. '1:1' or '4:1'")
     kl_weight: float = Field(1.0, ge=0, le=1000)
     kl_direction: Literal["reverse", "forward"] = "reverse"
+    reference: Literal["exact", "cached"] = Field(
+        "exact", description="exact: run the base model on the general rows every step; cached: compare with its "
+        "top-k next-token distribution (plus a tail bucket), computed once per corpus and model and reused")
+    reference_top_k: int = Field(64, ge=1, le=4096, description="tokens per position the cached reference keeps")
 
     finetune: Literal["full", "lora"] = "full"
     lora: LoraSpec = Field(default_factory=LoraSpec)
@@ -99,6 +103,8 @@ class JobSpec(BaseModel):
                 f"general_data is required for method '{self.method}' "
                 "(or set general_source: self to sample general text from the base model)"
             )
+        if self.reference == "cached" and self.method != "mol":
+            raise ValueError(f"reference 'cached' only applies to method 'mol' (method is '{self.method}')")
         if self.method != "domain_only" and self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 so each step holds domain and general rows")
         return self

@@ -26,8 +26,11 @@ from .losses import chunk_size
 from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
 from .objective import ROUTES, objective
 from .reference import Reference, make_reference
+from .reference_cache import TopKTargets, cache_key, cache_root, load_or_build
 from .self_sample import self_general_corpus
 from .spec import JobSpec
+
+BUILD_TOKENS = 16_384  # tokens per reference forward when caching its top-k (no gradients, so larger batches)
 
 
 class TrainError(RuntimeError):
@@ -55,8 +58,8 @@ def lr_factor(step: int, spec: JobSpec) -> float:
 
 
 @dataclass
-class _Run:
-    """Everything the loop needs, built once by :func:`_setup`."""
+class Run:
+    """Everything the loop needs, built once by :func:`setup_run`."""
 
     spec: JobSpec
     out: Path
@@ -64,7 +67,8 @@ class _Run:
     dtype: torch.dtype
     tokenizer: object
     model: nn.Module
-    reference: Reference | None
+    reference: Reference | None  # the exact base distribution: evaluation, and training unless cached
+    cached: TopKTargets | None  # the base's cached top-k targets on the general corpus (reference: cached)
     domain: Corpus
     general: Corpus | None
     qa: list
@@ -98,14 +102,14 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
 
 
 def _loop(spec: JobSpec, out: Path, cb: Callback, world: World, resume: bool) -> TrainResult:
-    run = _setup(spec, out, cb, world)
+    run = setup_run(spec, out, cb, world)
     start = _restore(run, cb) if resume else _check_fresh(out)
     last: dict[str, float] = {}
     if start == 0:
         last |= _evaluate(run, 0, cb)
     step, status, saved = start, "succeeded", None
     for step in range(start + 1, spec.max_steps + 1):
-        metrics = _train_step(run, step)
+        metrics = train_step(run, step)
         cb.on_metrics(step, metrics)
         last |= metrics
         if step % spec.eval_every == 0 or step == spec.max_steps:
@@ -120,7 +124,9 @@ def _loop(spec: JobSpec, out: Path, cb: Callback, world: World, resume: bool) ->
     return TrainResult(status, step, out, last, saved or latest_checkpoint(out))
 
 
-def _setup(spec: JobSpec, out: Path, cb: Callback, world: World) -> _Run:
+def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World | None = None) -> Run:
+    """Load the model, reference and data and build the optimizer: everything :func:`train_step` needs."""
+    cb, world = cb or Callback(), world or World()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(spec.seed)
     device = local_device(pick_device(spec))
@@ -130,7 +136,7 @@ def _setup(spec: JobSpec, out: Path, cb: Callback, world: World) -> _Run:
     eos_id = tokenizer.eos_token_id
     # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
     model = load_model(spec.base_model, device, dtype if lora else torch.float32)
-    domain, general = _corpora(spec, out, model, tokenizer, device, world)
+    domain, general, general_files = _corpora(spec, out, model, tokenizer, device, world)
     if lora:
         model = add_lora(model, spec)
     if spec.gradient_checkpointing:
@@ -143,23 +149,30 @@ def _setup(spec: JobSpec, out: Path, cb: Callback, world: World) -> _Run:
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
                            spec.seed, rank=world.rank, world_size=world.size)
-    chunk = chunk_size(model.get_output_embeddings().weight.shape[0], spec.loss_chunk_tokens)
-    step_losses = wrap(model, world, device, method=spec.method, eos_id=eos_id, chunk=chunk, reference=reference,
-                       kl_direction=spec.kl_direction)
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    chunk = chunk_size(vocab_size, spec.loss_chunk_tokens)
+    cached = None
+    if spec.reference == "cached" and reference is not None and general is not None:
+        cached = _cached_reference(spec, reference, general, general_files[0], vocab_size, dtype, device, chunk,
+                                   world, cb)
+    step_losses = wrap(model, world, device, method=spec.method, eos_id=eos_id, chunk=chunk,
+                       reference=None if cached else reference, cached=cached, kl_direction=spec.kl_direction)
     trainable, total = count_parameters(model)
     cb.on_event({"step": 0, "kind": "config", "message": (
         f"method={spec.method} kl_direction={spec.kl_direction} kl_weight={spec.kl_weight} "
         f"rows/micro-batch domain:general={n_domain}:{n_general} finetune={spec.finetune} "
-        f"reference={getattr(reference, 'kind', 'none')} device={device} dtype={str(dtype).removeprefix('torch.')} "
+        f"reference={getattr(cached or reference, 'kind', 'none')} device={device} "
+        f"dtype={str(dtype).removeprefix('torch.')} "
         f"trainable={trainable:,}/{total:,} params processes={world.size}"),
         "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
     qa = read_qa(spec.eval_data) if spec.eval_data else []
-    return _Run(spec, out, device, dtype, tokenizer, model, reference, domain, general, qa, batches, optimizer,
-                scheduler, chunk, eos_id, world, step_losses)
+    return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
+               optimizer, scheduler, chunk, eos_id, world, step_losses)
 
 
 def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device,
-             world: World) -> tuple[Corpus, Corpus | None]:
+             world: World) -> tuple[Corpus, Corpus | None, list[str]]:
+    """The domain and general corpora, and the general corpus's files."""
     def corpus(files: list[str], seed: int) -> Corpus:
         docs = [doc for f in files for doc in read_documents(f)]
         return build_corpus(docs, tokenizer, spec.seq_len, spec.heldout_fraction, seed, tokenizer.eos_token_id,
@@ -173,7 +186,23 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device,
                                                  max_len=spec.seq_len, seed=spec.seed, device=device))]
         if world.is_main:
             world.barrier()
-    return corpus(spec.domain_data, spec.seed), corpus(general_files, spec.seed + 1) if general_files else None
+    general = corpus(general_files, spec.seed + 1) if general_files else None
+    return corpus(spec.domain_data, spec.seed), general, general_files
+
+
+def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data_file: str, vocab_size: int,
+                      dtype: torch.dtype, device: torch.device, chunk: int, world: World, cb: Callback) -> TopKTargets:
+    """The base's top-k targets on the general training blocks: reused from an earlier job, or built (rank 0)."""
+    key = cache_key(spec.base_model, general.train, spec.reference_top_k, dtype)
+    if not world.is_main:
+        world.barrier()
+    cached = load_or_build(reference, general.train, root=cache_root(data_file), key=key, k=spec.reference_top_k,
+                           vocab_size=vocab_size, device=device,
+                           batch_size=max(spec.batch_size, BUILD_TOKENS // spec.seq_len), chunk=chunk,
+                           log=lambda message: cb.on_event({"step": 0, "kind": "reference-cache", "message": message}))
+    if world.is_main:
+        world.barrier()
+    return cached
 
 
 def _optimizer(model: nn.Module, spec: JobSpec, device: torch.device) -> torch.optim.Optimizer:
@@ -191,7 +220,7 @@ def _check_fresh(out: Path) -> int:
     return 0
 
 
-def _restore(run: _Run, cb: Callback) -> int:
+def _restore(run: Run, cb: Callback) -> int:
     ckpt = latest_checkpoint(run.out)
     if ckpt is None:
         cb.on_rewind(-1)
@@ -216,7 +245,8 @@ def _step_token_counts(batches: Sequence[Batch], method: str, eos_id: int) -> tu
     return n_ce, n_kl
 
 
-def _train_step(run: _Run, step: int) -> dict[str, float]:
+def train_step(run: Run, step: int) -> dict[str, float]:
+    """One optimizer step (``step`` counts from 1): micro-batches, losses, backward, clip, update; its metrics."""
     spec = run.spec
     started = time.perf_counter()
     micro = [run.batches.next_batch().to(run.device) for _ in range(spec.grad_accum)]
@@ -228,7 +258,7 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
     for i, batch in enumerate(micro):
         sync = i == len(micro) - 1 or not hasattr(run.step_losses, "no_sync")
         with run.autocast(), contextlib.nullcontext() if sync else run.step_losses.no_sync():
-            parts = run.step_losses(batch.input_ids, batch.attention_mask, batch.is_general)
+            parts = run.step_losses(batch.input_ids, batch.attention_mask, batch.is_general, batch.general_rows)
             loss = objective(parts, n_ce, n_kl, spec.kl_weight)
             loss.backward()
         sums += torch.stack([parts.domain_ce, parts.general_ce, parts.general_kl]).detach()
@@ -256,7 +286,7 @@ def _train_step(run: _Run, step: int) -> dict[str, float]:
     }
 
 
-def _evaluate(run: _Run, step: int, cb: Callback) -> dict[str, float]:
+def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     spec = run.spec
     run.model.eval()
     n_blocks = spec.eval_batches * spec.batch_size
@@ -277,7 +307,7 @@ def _evaluate(run: _Run, step: int, cb: Callback) -> dict[str, float]:
     return metrics
 
 
-def _save(run: _Run, step: int, cb: Callback) -> Path:
+def _save(run: Run, step: int, cb: Callback) -> Path:
     state = {"data": run.batches.state(), "spec": run.spec.model_dump(mode="json"),
              "finetune": run.spec.finetune, "base_model": run.spec.base_model}
     path = run.out / "checkpoints" / f"step-{step}"

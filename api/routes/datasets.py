@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
@@ -10,6 +11,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from mol_engine.data import DataError
+from mol_engine.reference_cache import cache_root
 
 from ..db import Dataset, Job
 from ..deps import DB, Owner, Svc
@@ -72,3 +74,4 @@ def delete_dataset(dataset_id: str, owner: Owner, db: DB) -> None:
     db.delete(dataset)
     db.commit()
     Path(dataset.path).unlink(missing_ok=True)
+    shutil.rmtree(cache_root(dataset.path), ignore_errors=True)  # cached reference targets built on it

@@ -74,6 +74,10 @@ export async function newJobPage(view) {
       el("div", { class: "choices" }, [["mol", "MoL: CE on domain, KL to the base on general"],
         ["cpt", "CPT baseline: CE on everything"], ["domain_only", "Domain only"]].map(([value, text]) =>
         el("label", {}, el("input", { type: "radio", name: "method", value, checked: value === defaults.method }), text))),
+      el("div", { class: "choices" }, [["exact", "Exact reference: the base model runs on the general rows every step"],
+        ["cached", "Cached reference (MoL only): the base's top-k, computed once per corpus and model; faster"]]
+        .map(([value, text]) => el("label", {},
+          el("input", { type: "radio", name: "reference", value, checked: value === defaults.reference }), text))),
       el("label", { class: "inline" }, el("input", { type: "checkbox", name: "with_cpt", checked: true }),
         "Also run a CPT baseline on the same data"),
       el("div", { class: "choices" }, ["full", "lora"].map((value) => el("label", {},
@@ -96,12 +100,14 @@ export async function newJobPage(view) {
     const data = new FormData(form);
     const spec = { name: data.get("name"), base_model: data.get("base_model"), method: data.get("method"),
       finetune: data.get("finetune"), domain_data: [data.get("domain_data")].filter(Boolean),
-      general_data: [data.get("general_data")].filter(Boolean), eval_data: data.get("eval_data") || null };
+      general_data: [data.get("general_data")].filter(Boolean), eval_data: data.get("eval_data") || null,
+      reference: data.get("method") === "mol" ? data.get("reference") : "exact" };
     for (const [name, , type] of NUMBERS) spec[name] = type === "number" ? Number(data.get(name)) : data.get(name);
     try {
       const job = await api("/v1/jobs", { method: "POST", json: spec });
       if (data.get("with_cpt") && spec.method !== "cpt") {
-        await api("/v1/jobs", { method: "POST", json: { ...spec, method: "cpt", name: `${spec.name}-cpt` } });
+        await api("/v1/jobs", { method: "POST",
+          json: { ...spec, method: "cpt", reference: "exact", name: `${spec.name}-cpt` } });
         location.hash = "#/jobs";
       } else {
         location.hash = `#/job/${job.id}`;

@@ -13,6 +13,7 @@ def test_upload_list_get_delete(client, settings, auth, upload):
     assert len(stored) == 1 and stored[0].name != "data.jsonl"  # server-chosen name
     assert [d["id"] for d in client.get("/v1/datasets", headers=auth()).json()] == [body["id"]]
     assert client.get(f"/v1/datasets/{body['id']}", headers=auth()).json()["sha256"] == body["sha256"]
+    (stored[0].with_name(stored[0].name + ".mol-cache") / "topk-0123").mkdir(parents=True)  # a job cached targets
     assert client.delete(f"/v1/datasets/{body['id']}", headers=auth()).status_code == 204
     assert client.get(f"/v1/datasets/{body['id']}", headers=auth()).status_code == 404
     assert list(settings.datasets_dir.iterdir()) == []

@@ -81,7 +81,8 @@ def test_gradient_accumulation_equals_the_large_batch(make_spec, tmp_path):
     small = train(make_spec(batch_size=4, grad_accum=2, max_steps=2, eval_every=100), tmp_path / "a")
     large = train(make_spec(batch_size=8, grad_accum=1, max_steps=2, eval_every=100), tmp_path / "b")
     for key in ("train/domain_ce", "train/general_kl", "train/loss", "train/grad_norm"):
-        assert small.metrics[key] == pytest.approx(large.metrics[key], rel=1e-4), key
+        # KL is ~1e-4 after two steps and float32 cancellation leaves ~1e-8 of it to summation order
+        assert small.metrics[key] == pytest.approx(large.metrics[key], rel=1e-4, abs=1e-7), key
 
 
 @pytest.mark.parametrize("method", ["cpt", "domain_only"])

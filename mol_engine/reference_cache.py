@@ -1,0 +1,150 @@
+"""The base model's next-token distribution on a general corpus, computed once and reused: top-k plus a tail.
+
+For every target position of every training block of the general corpus the cache holds the base model's k
+most likely next tokens, their log-probabilities, and the log-probability of all other tokens together (the
+tail bucket), so that ``Σ_i q_i + q_tail = 1``. Training against it (``reference: cached`` in the spec)
+compares the model with the base over these k+1 buckets (:func:`mol_engine.losses.token_topk_kl`) and skips
+the reference forward pass of every step.
+
+Layout, next to the first general data file, in ``<file>.mol-cache/topk-<key>/``: ``indices.npy``
+[blocks, T-1, k] (uint16 when the vocabulary allows, else int32), ``logprobs.npy`` [blocks, T-1, k] float16,
+``tail.npy`` [blocks, T-1] float32 and ``meta.json``. The key hashes the model (config and weight files),
+the blocks' token ids, k and the compute dtype, so any change gives a new cache, and every job on the same
+corpus and model reuses it. The directory appears by an atomic rename: a concurrent job never reads half of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .data import Blocks
+from .losses import TAIL_FLOOR
+from .reference import Reference
+
+FORMAT = 1
+
+
+def cache_root(data_file: str | Path) -> Path:
+    """Where caches for the corpus whose first file is ``data_file`` live (deleted along with the dataset)."""
+    path = Path(data_file)
+    return path.with_name(path.name + ".mol-cache")
+
+
+def cache_key(model_dir: str | Path, blocks: Blocks, k: int, dtype: torch.dtype) -> str:
+    """A digest of everything the cached distribution depends on."""
+    digest = hashlib.sha256(f"format={FORMAT} k={k} dtype={dtype}".encode())
+    model_dir = Path(model_dir)
+    digest.update((model_dir / "config.json").read_bytes())
+    for weights in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
+        stat = weights.stat()
+        digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update(blocks.input_ids.numpy().tobytes())
+    digest.update(blocks.attention_mask.numpy().tobytes())
+    return digest.hexdigest()[:24]
+
+
+class TopKTargets:
+    """A built cache, memory-mapped: looks up the base's top-k targets of given blocks and positions."""
+
+    kind = "cached-top-k"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.meta = json.loads((path / "meta.json").read_text())
+        self.k = int(self.meta["k"])
+        self.indices = np.load(path / "indices.npy", mmap_mode="r")
+        self.logprobs = np.load(path / "logprobs.npy", mmap_mode="r")
+        self.tail = np.load(path / "tail.npy", mmap_mode="r")
+
+    def lookup(self, rows: Tensor, positions: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """Targets at ``positions`` [G, T-1] (bool) of blocks ``rows`` [G], flattened in row-major order.
+
+        Returns (token index [n, k] int64, log q [n, k] float32, log q_tail [n] float32), renormalised so
+        each position's k+1 buckets sum to one exactly (the stored values are rounded to float16).
+        """
+        picked = np.sort(rows.cpu().numpy())  # sorted reads are sequential on disk; restore the order below
+        order = torch.from_numpy(np.searchsorted(picked, rows.cpu().numpy()))
+        where = positions.cpu()
+        index = torch.from_numpy(self.indices[picked].astype(np.int64))[order][where]
+        logprob = torch.from_numpy(self.logprobs[picked].astype(np.float32))[order][where]
+        tail = torch.from_numpy(np.asarray(self.tail[picked]))[order][where]
+        total = torch.logsumexp(torch.cat([logprob, tail[:, None]], dim=-1), dim=-1)
+        return (index.to(device, non_blocking=True), (logprob - total[:, None]).to(device, non_blocking=True),
+                (tail - total).to(device, non_blocking=True))
+
+
+def load_or_build(reference: Reference, blocks: Blocks, *, root: Path, key: str, k: int, vocab_size: int,
+                  device: torch.device, batch_size: int, chunk: int,
+                  log: Callable[[str], None] = lambda message: None) -> TopKTargets:
+    """The cache under ``root/topk-key``, computed with ``reference`` over ``blocks`` when it is not there yet."""
+    final = root / f"topk-{key}"
+    if (final / "meta.json").is_file():
+        log(f"reusing the cached reference in {final}")
+        return TopKTargets(final)
+    root.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    started = time.perf_counter()
+    try:
+        _compute(reference, blocks, scratch, k=k, vocab_size=vocab_size, device=device, batch_size=batch_size,
+                 chunk=chunk)
+        (scratch / "meta.json").write_text(json.dumps({
+            "format": FORMAT, "k": k, "vocab_size": vocab_size, "blocks": len(blocks),
+            "seq_len": blocks.input_ids.shape[1], "seconds": round(time.perf_counter() - started, 2)}))
+        try:
+            os.rename(scratch, final)
+        except OSError:  # another job finished the same cache first: use theirs
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    log(f"cached the reference's top-{k} on {len(blocks)} general blocks in {time.perf_counter() - started:.1f}s"
+        f" ({_size(final) / 2**20:.1f} MiB in {final})")
+    return TopKTargets(final)
+
+
+@torch.no_grad()
+def _compute(reference: Reference, blocks: Blocks, dest: Path, *, k: int, vocab_size: int, device: torch.device,
+             batch_size: int, chunk: int) -> None:
+    if not 1 <= k < vocab_size:
+        raise ValueError(f"reference_top_k: must be between 1 and the vocabulary size - 1 ({vocab_size - 1})")
+    n, length = blocks.input_ids.shape
+    shape = (n, length - 1, k)
+    index_dtype = np.uint16 if vocab_size <= 2**16 else np.int32
+    indices = np.lib.format.open_memmap(dest / "indices.npy", mode="w+", dtype=index_dtype, shape=shape)
+    logprobs = np.lib.format.open_memmap(dest / "logprobs.npy", mode="w+", dtype=np.float16, shape=shape)
+    tails = np.lib.format.open_memmap(dest / "tail.npy", mode="w+", dtype=np.float32, shape=shape[:2])
+    for start in range(0, n, batch_size):
+        ids = blocks.input_ids[start : start + batch_size].to(device)
+        mask = blocks.attention_mask[start : start + batch_size].to(device)
+        hidden = reference.hidden(ids, mask)[:, :-1]
+        rows = hidden.shape[0]
+        hidden = hidden.reshape(rows * (length - 1), -1)
+        top_lp, top_ix, tail_lp = [], [], []
+        for s in range(0, hidden.shape[0], chunk):
+            log_q = F.log_softmax(reference.head(hidden[s : s + chunk]).float(), dim=-1)
+            values, index = log_q.topk(k, dim=-1)
+            top_lp.append(values)
+            top_ix.append(index)
+            tail_lp.append(torch.logsumexp(log_q.scatter(-1, index, float("-inf")), dim=-1).clamp_min(TAIL_FLOOR))
+        end = start + rows
+        indices[start:end] = torch.cat(top_ix).view(rows, length - 1, k).cpu().numpy().astype(index_dtype)
+        logprobs[start:end] = torch.cat(top_lp).view(rows, length - 1, k).cpu().numpy().astype(np.float16)
+        tails[start:end] = torch.cat(tail_lp).view(rows, length - 1).cpu().numpy()
+    for array in (indices, logprobs, tails):
+        array.flush()
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir())
