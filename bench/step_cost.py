@@ -22,7 +22,6 @@ import itertools
 import json
 import math
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -265,25 +264,28 @@ def paired_ratio(label: str, key: str, num: list[float], den: list[float], resul
 # ---------------------------------------------------------------- memory probes (one process each)
 
 
+# Every allocation over 1 MiB gets its own mapping, returned to the OS when freed: peak RSS then follows the live
+# tensors rather than how glibc happened to reuse its heap (repeat runs agree within 2 MiB instead of ±30 MiB).
+# It slows allocation, so probes measure memory only; throughput is measured in-process, without it.
+PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(2**20)}
+
+
 def probe(config: dict) -> dict:
-    """Train ``config`` for a few steps in this process; peak RSS above the pre-setup baseline, and tokens/s."""
+    """Train ``config`` for a few steps in this process; peak RSS above the pre-setup baseline."""
     shape = Shape(**config["shape"])
     spec = engine_spec(Path(config["model"]), config["data"], shape, config["method"], config["finetune"],
                        config["reference"])
-    if config.get("loss_chunk_tokens"):
-        spec = spec.model_copy(update={"loss_chunk_tokens": config["loss_chunk_tokens"]})
     import peft  # noqa: F401  (imports the run would trigger lazily, kept out of the measurement)
     import transformers.models.llama.modeling_llama  # noqa: F401
 
     baseline = reset_peak_rss()
-    variant = EngineVariant(spec, Path(config["out"]))
-    times = variant.timed_steps(config["steps"])[1:]  # the first step allocates the optimizer state
-    return {"peak_mib": peak_rss_mib() - baseline, "tokens_per_s": shape.tokens * len(times) / sum(times)}
+    EngineVariant(spec, Path(config["out"])).timed_steps(config["steps"])  # step 1 allocates the optimizer state
+    return {"peak_mib": peak_rss_mib() - baseline}
 
 
 def run_probe(config: dict) -> dict:
     result = subprocess.run([sys.executable, __file__, "--probe", json.dumps(config)], capture_output=True,
-                            text=True, check=False)
+                            text=True, check=False, env=os.environ | PROBE_ENV)
     if result.returncode:
         raise RuntimeError(f"memory probe {config['method']}/{config['finetune']} failed:\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -375,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         say(paired_ratio("engine CPT / bare PyTorch loop throughput", "engine_vs_bare_loop_throughput",
                          tps["cpt_full"], tps["bare_loop"], results))
         built = next(m for m in cache_build if "cached the reference" in m)
-        say("cached reference build: " + re.sub(r" in /\S+[)]", ")", built))  # no temporary path in the report
+        say(f"cached reference build: {built}")
         results |= {f"tokens_per_s_{name}": round(statistics.median(values), 1) for name, values in tps.items()}
         del variants, cpt_run
 
@@ -418,22 +420,28 @@ def _count(model_dir: Path) -> int:
 
 
 def scale_study(root: Path, data: dict[str, str], demo: Path, quick: bool, say, log) -> list[dict]:
-    """CPT and MoL tokens/s and peak memory as sequence length and vocabulary grow (one process per point)."""
+    """CPT and MoL tokens/s (interleaved, in this process) and peak memory (one process each) as sequence length
+    and vocabulary grow."""
     small = Shape(hidden=128, layers=2, heads=4, intermediate=344, vocab=8192, seq_len=256, batch_size=2)
     seqs, vocabs = ([64, 128], [2048, 4096]) if quick else ([256, 512, 1024, 2048], [8192, 32768, 131072])
     points = [replace(small, seq_len=s) for s in seqs] + [replace(small, seq_len=seqs[0], vocab=v) for v in vocabs[1:]]
     points.append(replace(small, seq_len=seqs[-1], vocab=vocabs[-1]))
     log(f"== 3. Scaling: Llama h={small.hidden} layers={small.layers}, batch {small.batch_size} rows (1 domain + 1 "
-        "general), full fine-tuning, one process per point")
+        "general), full fine-tuning; tokens/s interleaved here, peak memory one fresh process each")
     rows = []
     for shape in points:
         model = make_model(root, shape, demo)
         point = {"seq_len": shape.seq_len, "vocab": shape.vocab}
+        variants = {method: EngineVariant(engine_spec(model, data, shape, method),
+                                          root / f"scale-{method}-{shape.seq_len}-{shape.vocab}")
+                    for method in ("cpt", "mol")}
+        tps = interleaved_throughput(variants, shape, rounds=1 if quick else 2, steps=2, log=lambda m: None)
+        del variants
         for method in ("cpt", "mol"):
             out = run_probe({"model": str(model), "data": data, "shape": asdict(shape), "method": method,
-                             "finetune": "full", "reference": "exact", "steps": 2 if quick else 3,
-                             "out": str(root / f"scale-{method}-{shape.seq_len}-{shape.vocab}")})
-            point[f"{method}_tokens_per_s"] = round(out["tokens_per_s"], 1)
+                             "finetune": "full", "reference": "exact", "steps": 3,
+                             "out": str(root / f"scale-mem-{method}-{shape.seq_len}-{shape.vocab}")})
+            point[f"{method}_tokens_per_s"] = round(statistics.median(tps[method]), 1)
             point[f"{method}_peak_mib"] = round(out["peak_mib"], 1)
         weights = _count(model) * 4 / 2**20
         point["reference_weights_mib"] = round(weights, 1)
@@ -522,7 +530,8 @@ def write_report(docs: Path, head: Shape, results: dict, lines: list[str]) -> No
         f"({os.cpu_count()} CPU cores, fp32). Do not edit by hand; rerun the bench.", "",
         f"Headline shape: {head.describe()}. Throughput is the median over rounds of interleaved runs (every "
         "variant on the same model, batch shape and rows); peak memory is each variant alone in a fresh process "
-        "(peak RSS minus the RSS before the run was set up).", "",
+        "(peak RSS minus the RSS before the run was set up, with glibc told to return every allocation over 1 MiB "
+        "to the OS when it is freed, so that RSS follows the live tensors; see `PROBE_ENV`).", "",
         *table, "", "Every ratio with its inputs:", "", "```", *lines, "```", "",
         "## Scaling (full fine-tuning, 1 domain + 1 general row per step)", "", *scale, "",
         "The MoL−CPT gap minus the frozen copy's weights is the reference's hidden states and the few "

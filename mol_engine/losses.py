@@ -43,11 +43,25 @@ def token_kl(logits: Tensor, ref_logits: Tensor, direction: KLDirection = "rever
     Gradients flow into ``logits`` only. The backward is written out (:class:`_VocabKL`), so a chunk keeps one
     [N, V] float32 tensor for it instead of the four or five that log_softmax + kl_div would keep.
     """
-    if direction not in ("reverse", "forward"):
-        raise ValueError(f"unknown KL direction {direction!r}")
     with torch.no_grad():
         log_q = F.log_softmax(_upcast(ref_logits.detach()), dim=-1)
+    return _kl_to(logits, log_q, direction)
+
+
+def _kl_to(logits: Tensor, log_q: Tensor, direction: KLDirection) -> Tensor:
+    """:func:`token_kl` against reference log-probabilities ``log_q``, which it overwrites (a fresh tensor)."""
+    if direction not in ("reverse", "forward"):
+        raise ValueError(f"unknown KL direction {direction!r}")
     return _VocabKL.apply(logits, log_q, direction == "reverse")
+
+
+def _log_softmax_(logits: Tensor) -> Tensor:
+    """log_softmax over the last dimension, in place on a fresh float32 tensor (no second [N, V] copy).
+
+    The same arithmetic as the model side of :class:`_VocabKL`, so the KL of a model to itself is exactly 0.
+    """
+    logits = _upcast(logits)
+    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
 
 
 TAIL_FLOOR = -80.0  # log-probability floor of a tail bucket, so that 0·log 0 terms stay finite
@@ -82,22 +96,26 @@ def _upcast(x: Tensor) -> Tensor:
 class _VocabKL(torch.autograd.Function):
     """KL between softmax(logits) and a fixed distribution ``log_q`` over the whole vocabulary (see token_kl).
 
-    The gradient for a unit upstream gradient is formed in forward, so backward keeps a single [N, V] tensor.
+    The gradient for a unit upstream gradient is formed in forward, in the buffers of log p and of ``log_q``
+    (which is consumed), so forward holds at most three [N, V] tensors besides the logits (forward KL) or two
+    (reverse KL), and backward keeps one.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
         ctx.dtype = logits.dtype
-        log_p = F.log_softmax(_upcast(logits), dim=-1)
-        p = log_p.exp()
-        if reverse:
-            p_diff = log_p.sub_(log_q).mul_(p)  # p (log p − log q), in place of log p
-            kl = p_diff.sum(-1)
-            unit_grad = p_diff.addcmul_(p, -kl[:, None]) if ctx.needs_input_grad[0] else None
-        else:
+        want_grad = ctx.needs_input_grad[0]
+        logits = _upcast(logits)
+        log_p = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # as _log_softmax_, out of place
+        if reverse:  # KL = Σ p (log p − log q), unit gradient p (log p − log q − KL)
+            diff = log_q.neg_().add_(log_p)
+            p = log_p.exp_()
+            kl = torch.linalg.vecdot(p, diff)
+            unit_grad = diff.sub_(kl[:, None]).mul_(p) if want_grad else None
+        else:  # KL = Σ q (log q − log p), unit gradient p − q
             q = log_q.exp()
-            kl = torch.linalg.vecdot(q, log_q - log_p)
-            unit_grad = p.sub_(q) if ctx.needs_input_grad[0] else None
+            kl = torch.linalg.vecdot(q, log_q.sub_(log_p))
+            unit_grad = log_p.exp_().sub_(q) if want_grad else None
         ctx.save_for_backward(unit_grad)
         return kl
 
@@ -108,32 +126,35 @@ class _VocabKL(torch.autograd.Function):
 
 
 class _BucketKL(torch.autograd.Function):
-    """KL between softmax(logits) coarsened to k+1 buckets and ``log_q`` [N, k+1] (see token_topk_kl)."""
+    """KL between softmax(logits) coarsened to k+1 buckets and ``log_q`` [N, k+1] (see token_topk_kl).
+
+    One [N, V] buffer: log p, then p, then p with the top-k zeroed (summed for the tail bucket), then the unit
+    gradient, which backward keeps.
+    """
 
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
         ctx.dtype = logits.dtype
         log_p = F.log_softmax(_upcast(logits), dim=-1)
         log_top = log_p.gather(-1, index)
-        p = log_p.exp_()  # probabilities, in place
-        tail = p.scatter(-1, index, 0.0).sum(-1)
-        log_bucket = torch.cat([log_top, tail.log().clamp_min(TAIL_FLOOR)[:, None]], dim=-1)
+        tail_p = log_p.exp_().scatter_(-1, index, 0.0)  # p on the tail tokens, 0 on the top-k
+        log_bucket = torch.cat([log_top, tail_p.sum(-1).log().clamp_min(TAIL_FLOOR)[:, None]], dim=-1)
         if reverse:
-            bucket = log_bucket.exp()
-            kl = (bucket * (log_bucket - log_q)).sum(-1)
+            kl = (log_bucket.exp() * (log_bucket - log_q)).sum(-1)
             coef = log_bucket - log_q - kl[:, None]
         else:
-            q = log_q.exp()
-            kl = (q * (log_q - log_bucket)).sum(-1)
+            kl = (log_q.exp() * (log_q - log_bucket)).sum(-1)
             coef = 1 - (log_q - log_bucket).exp()
-        ctx.save_for_backward(p, index, log_top.exp() * coef[:, :-1], coef[:, -1])
+        unit_grad = None
+        if ctx.needs_input_grad[0]:  # p_v · coef of v's bucket: the tail's in place, then the top-k tokens'
+            unit_grad = tail_p.mul_(coef[:, -1:]).scatter_(-1, index, log_top.exp() * coef[:, :-1])
+        ctx.save_for_backward(unit_grad)
         return kl
 
     @staticmethod
     def backward(ctx, grad_kl: Tensor) -> tuple[Tensor, None, None, None]:
-        p, index, top_grad, tail_coef = ctx.saved_tensors
-        grad = (p * tail_coef[:, None]).scatter_(-1, index, top_grad)  # tail tokens, then the top-k ones
-        return grad.mul_(grad_kl[:, None]).to(ctx.dtype), None, None, None
+        (unit_grad,) = ctx.saved_tensors
+        return (unit_grad * grad_kl[:, None]).to(ctx.dtype), None, None, None
 
 
 def mol_loss(ce_sum: Tensor, n_ce: int, kl_sum: Tensor, n_kl: int, kl_weight: float) -> Tensor:
@@ -161,8 +182,8 @@ def chunked_kl_sum(hidden: Tensor, head: Head, ref_hidden: Tensor, ref_head: Hea
     """Σ over positions of the per-token KL between ``head(hidden)`` and the reference, chunk by chunk."""
     def piece(h: Tensor, r: Tensor) -> Tensor:
         with torch.no_grad():
-            ref_logits = ref_head(r)
-        return token_kl(head(h), ref_logits, direction).sum()
+            log_q = _log_softmax_(ref_head(r))
+        return _kl_to(head(h), log_q, direction).sum()
 
     return _sum_over_chunks(piece, chunk, hidden, ref_hidden)
 

@@ -52,28 +52,31 @@ def batch_losses(
     else with the ``reference`` model run on the general rows.
     """
     ce_on_general, kl_on_general = ROUTES[method]
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
-    head = logits_head(model)
-    targets = batch.input_ids[:, 1:]
     valid = batch.target_mask(eos_id)
-    domain_pos = valid & ~batch.is_general[:, None]
-    general_pos = valid & batch.is_general[:, None]
+    rows = batch.is_general
+    general_pos = valid & rows[:, None]
     n_general = int(general_pos.sum())
-
-    zero = hidden.new_zeros((), dtype=torch.float32)
-    domain_ce = chunked_ce_sum(hidden[domain_pos], head, targets[domain_pos], chunk)
-    general_ce = chunked_ce_sum(hidden[general_pos], head, targets[general_pos], chunk) if ce_on_general else zero
-    general_kl = zero
+    kl_targets = None  # what the KL compares with, prepared before the model's activations exist
     if kl_on_general and n_general and cached is not None:
-        index, logprob, tail = cached.lookup(batch.general_rows, valid[batch.is_general], hidden.device)
-        general_kl = chunked_topk_kl_sum(hidden[general_pos], head, index, logprob, tail, kl_direction, chunk)
+        kl_targets = cached.lookup(batch.general_rows, valid[rows], batch.input_ids.device)
     elif kl_on_general and n_general:
         if reference is None:
             raise ValueError(f"method '{method}' needs a reference model")
-        rows = batch.is_general
-        ref_hidden = reference.hidden(batch.input_ids[rows], batch.attention_mask[rows])[:, :-1]
-        general_kl = chunked_kl_sum(hidden[general_pos], head, ref_hidden[valid[rows]], reference.head,
-                                    kl_direction, chunk)
+        kl_targets = reference.hidden(batch.input_ids[rows], batch.attention_mask[rows])[:, :-1][valid[rows]]
+
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
+    head = logits_head(model)
+    targets = batch.input_ids[:, 1:]
+    domain_pos = valid & ~rows[:, None]
+    zero = hidden.new_zeros((), dtype=torch.float32)
+    # KL first: its chunk holds one more [positions, V] tensor than CE's, so it runs while fewer CE tensors are kept
+    general_kl = zero
+    if kl_targets is not None and cached is not None:
+        general_kl = chunked_topk_kl_sum(hidden[general_pos], head, *kl_targets, kl_direction, chunk)
+    elif kl_targets is not None:
+        general_kl = chunked_kl_sum(hidden[general_pos], head, kl_targets, reference.head, kl_direction, chunk)
+    domain_ce = chunked_ce_sum(hidden[domain_pos], head, targets[domain_pos], chunk)
+    general_ce = chunked_ce_sum(hidden[general_pos], head, targets[general_pos], chunk) if ce_on_general else zero
     return TokenSums(
         domain_ce=domain_ce, n_domain=int(domain_pos.sum()),
         general_ce=general_ce, n_general_ce=n_general if ce_on_general else 0,

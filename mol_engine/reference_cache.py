@@ -91,7 +91,7 @@ def load_or_build(reference: Reference, blocks: Blocks, *, root: Path, key: str,
     """The cache under ``root/topk-key``, computed with ``reference`` over ``blocks`` when it is not there yet."""
     final = root / f"topk-{key}"
     if (final / "meta.json").is_file():
-        log(f"reusing the cached reference in {final}")
+        log(f"reusing the cached reference {final.name}")
         return TopKTargets(final)
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
@@ -110,7 +110,7 @@ def load_or_build(reference: Reference, blocks: Blocks, *, root: Path, key: str,
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     log(f"cached the reference's top-{k} on {len(blocks)} general blocks in {time.perf_counter() - started:.1f}s"
-        f" ({_size(final) / 2**20:.1f} MiB in {final})")
+        f" ({_size(final) / 2**20:.1f} MiB, {final.name})")
     return TopKTargets(final)
 
 

@@ -1,7 +1,6 @@
 """bench/step_cost.py keeps working against the engine: its variants train side by side on the same rows."""
 
 import importlib.util
-import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -51,5 +50,4 @@ def test_memory_probe_measures_a_fresh_process(tiny_model_dir, corpora, tmp_path
               "reference": "exact", "steps": 2, "out": str(tmp_path / "probe"),
               "data": {"domain": str(corpora["domain"]), "general": str(corpora["general"])}}
     out = bench.run_probe(config)
-    assert out["peak_mib"] > 0 and out["tokens_per_s"] > 0
-    assert json.loads(json.dumps(out)) == out
+    assert set(out) == {"peak_mib"} and 5 < out["peak_mib"] < 2000
