@@ -24,6 +24,7 @@ demo: setup
 test: setup
 	bash scripts/start-services
 	bash scripts/ensure-chromium
+	bash scripts/ensure-firefox
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

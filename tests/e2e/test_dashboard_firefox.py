@@ -1,0 +1,46 @@
+"""The dashboard in headless Firefox: Debian's firefox-esr over WebDriver BiDi, driven by puppeteer-core (node)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+FIREFOX = Path("/usr/bin/firefox-esr")
+DRIVER = Path(__file__).resolve().parent / "firefox"
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
+
+
+def test_jobs_new_job_and_live_job_page_work_in_firefox(service, tmp_path):
+    assert FIREFOX.exists(), "Debian's firefox-esr is missing: .ci/run installs it (scripts/ensure-firefox)"
+    assert (DRIVER / "node_modules" / "puppeteer-core").is_dir(), "scripts/ensure-firefox installs puppeteer-core"
+    client, demo = service.client, service.home / "demo"
+    ids = {}
+    for purpose in ("domain", "general", "eval"):
+        with (demo / f"{purpose}.jsonl").open("rb") as handle:
+            response = client.post("/v1/datasets", data={"purpose": purpose},
+                                   files={"file": (f"{purpose}.jsonl", handle)})
+        assert response.status_code == 201, response.text
+        ids[purpose] = response.json()["id"]
+    # a MoL job on the cached reference: the worker builds the cache next to the stored general dataset
+    spec = {"name": "firefox-mol", "base_model": "demo", "domain_data": [ids["domain"]],
+            "general_data": [ids["general"]], "eval_data": ids["eval"], "reference": "cached", "seq_len": 64,
+            "batch_size": 8, "lr": 3e-3, "max_steps": 8, "eval_every": 4, "save_every": 8, "eval_batches": 1,
+            "qa_max_new_tokens": 3}
+    job = client.post("/v1/jobs", json=spec)
+    assert job.status_code == 201, job.text
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": oops}\n')
+    SHOTS.mkdir(parents=True, exist_ok=True)
+
+    run = subprocess.run(["node", str(DRIVER / "dashboard.mjs"), service.url, "firefox-mol", str(SHOTS), str(broken)],
+                         capture_output=True, text=True, timeout=600, check=False)
+    assert run.returncode == 0, f"{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["token_left_url"] and seen["jobs"] == 1 and seen["page_errors"] == []
+    assert seen["default_lr"] == "0.00002" or float(seen["default_lr"]) == 2e-5
+    assert "broken.jsonl, line 2: invalid JSON" in seen["refused_upload"]
+    assert seen["points"] == 8 and seen["eval_points"] == 3 and seen["canvases"] >= 1 and seen["eval_charts"] >= 6
+    events = client.get(f"/v1/jobs/{job.json()['id']}/events").json()
+    assert any(e["kind"] == "reference-cache" for e in events), events
+    assert list((service.home / "datasets").glob("*.mol-cache/topk-*/meta.json"))  # next to the stored dataset
