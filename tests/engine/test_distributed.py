@@ -51,3 +51,28 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume(make_spec
         for key in KEYS:
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-6), (a["step"], key)
+
+
+def test_two_processes_build_and_share_the_cached_reference(make_spec, corpora, tmp_path):
+    """Rank 0 builds the top-k cache while rank 1 waits; both then read their own rows' targets."""
+    copies = {}
+    for name in ("one", "two"):  # a corpus copy each, so the 2-process run builds its own cache
+        copies[name] = tmp_path / f"general-{name}.jsonl"
+        shutil.copy(corpora["general"], copies[name])
+    single = make_spec(batch_size=8, max_steps=3, save_every=3, eval_every=3, reference="cached",
+                       reference_top_k=16, general_data=[str(copies["one"])])
+    train(single, tmp_path / "one", [JsonlLogger(tmp_path / "one")])
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(single.model_copy(
+        update={"batch_size": 4, "general_data": [str(copies["two"])]}).model_dump(mode="json")))
+    torchrun(spec_path, tmp_path / "two")
+
+    assert len(list(tmp_path.glob("general-two.jsonl.mol-cache/topk-*/meta.json"))) == 1
+    assert not list(tmp_path.glob("general-two.jsonl.mol-cache/.building-*"))  # nothing half-written left
+    events = [json.loads(line) for line in (tmp_path / "two" / "events.jsonl").read_text().splitlines()]
+    assert [e["message"].split(" ")[0] for e in events if e["kind"] == "reference-cache"] == ["cached"]
+    one, two = points(tmp_path / "one"), points(tmp_path / "two")
+    for a, b in zip(one, two, strict=True):
+        for key in KEYS:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-6), (a["step"], key)
