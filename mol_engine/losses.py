@@ -58,10 +58,11 @@ def _kl_to(logits: Tensor, log_q: Tensor, direction: KLDirection) -> Tensor:
 def _log_softmax_(logits: Tensor) -> Tensor:
     """log_softmax over the last dimension, in place on a fresh float32 tensor (no second [N, V] copy).
 
-    The same arithmetic as the model side of :class:`_VocabKL`, so the KL of a model to itself is exactly 0.
+    The same kernel as the model side of :class:`_VocabKL`, so the KL of a model to itself is exactly 0; the
+    kernel's last pass is elementwise, so writing over its input is safe (and checked bit-exact in the tests).
     """
     logits = _upcast(logits)
-    return logits.sub_(torch.logsumexp(logits, dim=-1, keepdim=True))
+    return torch.log_softmax(logits, dim=-1, out=logits)
 
 
 TAIL_FLOOR = -80.0  # log-probability floor of a tail bucket, so that 0·log 0 terms stay finite
@@ -105,8 +106,7 @@ class _VocabKL(torch.autograd.Function):
     def forward(ctx, logits: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
         ctx.dtype = logits.dtype
         want_grad = ctx.needs_input_grad[0]
-        logits = _upcast(logits)
-        log_p = logits - torch.logsumexp(logits, dim=-1, keepdim=True)  # as _log_softmax_, out of place
+        log_p = F.log_softmax(_upcast(logits), dim=-1)
         if reverse:  # KL = Σ p (log p − log q), unit gradient p (log p − log q − KL)
             diff = log_q.neg_().add_(log_p)
             p = log_p.exp_()

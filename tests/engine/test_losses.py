@@ -106,3 +106,13 @@ def test_kl_keeps_the_logits_dtype_for_its_gradient():
     assert kl.dtype == torch.float32
     kl.sum().backward()
     assert logits.grad.dtype == torch.bfloat16 and torch.isfinite(logits.grad.float()).all()
+
+
+def test_in_place_log_softmax_of_the_reference_is_bit_exact():
+    from mol_engine.losses import _log_softmax_
+
+    logits = torch.randn(37, 1000) * 4
+    expected = torch.log_softmax(logits, -1)
+    fresh = logits.clone()
+    out = _log_softmax_(fresh)
+    assert out.data_ptr() == fresh.data_ptr() and torch.equal(out, expected)  # no second [N, V] buffer
