@@ -60,7 +60,7 @@ def test_submit_watch_compare_download(service, page, tmp_path):
 
     page.get_by_role("link", name="demo-mol", exact=True).click()
     training = page.locator('[data-chart="Training cross-entropy"]')
-    points = "+document.querySelector('[data-chart=\"Training cross-entropy\"]').dataset.points"
+    points = "+document.querySelector('[data-chart=\"Training cross-entropy\"]')?.dataset.points"
     page.wait_for_function(f"() => {points} > 0")
     first = int(training.get_attribute("data-points"))
     page.wait_for_function(f"() => {points} > {first}")  # the chart gains points while the job runs
@@ -81,7 +81,7 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     page.get_by_role("link", name="demo-mol", exact=True).first.click()
     expect(page.locator("h1")).to_have_text("demo-mol")
     expect(page.locator('.toolbar .badge[data-status="succeeded"]')).to_be_visible()
-    page.wait_for_function("() => +document.querySelector('[data-chart=\"QA exact match\"]').dataset.points >= 9")
+    page.wait_for_function("() => +document.querySelector('[data-chart=\"QA exact match\"]')?.dataset.points >= 9")
     page.screenshot(path=SHOTS / "job-finished.png", full_page=True)
     with page.expect_download() as info:
         page.locator("[data-download]").last.click()
