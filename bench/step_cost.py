@@ -38,7 +38,7 @@ import torch
 
 from mol_engine.callbacks import Callback
 from mol_engine.data import MixedBatches
-from mol_engine.demo import build_demo
+from mol_engine.demo import build_demo, tiny_llama_config
 from mol_engine.spec import JobSpec
 from mol_engine.train import setup_run, train, train_step
 
@@ -76,16 +76,14 @@ class Shape:
 
 def make_model(root: Path, shape: Shape, demo: Path) -> Path:
     """A randomly initialised model of ``shape`` with the demo tokenizer, saved under ``root`` (built once)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     path = root / f"model-h{shape.hidden}-l{shape.layers}-v{shape.vocab}"
     if (path / "config.json").is_file():
         return path
-    config = LlamaConfig(vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-                         num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-                         num_key_value_heads=shape.heads,
-                         max_position_embeddings=4096, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0,
-                         pad_token_id=1)
+    config = tiny_llama_config(shape.vocab, hidden_size=shape.hidden, num_layers=shape.layers, num_heads=shape.heads,
+                               intermediate_size=shape.intermediate, max_position_embeddings=4096,
+                               tie_word_embeddings=False)  # untied, as large Llamas are
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(path)
     for name in ("tokenizer.json", "tokenizer_config.json"):

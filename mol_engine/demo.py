@@ -231,8 +231,9 @@ def tiny_llama_config(
     num_heads: int = 4,
     intermediate_size: int = 352,
     max_position_embeddings: int = 1024,
+    tie_word_embeddings: bool = True,
 ) -> LlamaConfig:
-    """A small Llama config (about 1.1M parameters at the defaults and a 2048 vocabulary), tied embeddings."""
+    """A small Llama config (about 1.1M parameters at the defaults and a 2048 vocabulary, embeddings tied)."""
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -243,7 +244,7 @@ def tiny_llama_config(
         max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5,
         attention_dropout=0.0,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=bos_token_id,
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
