@@ -4,68 +4,100 @@ Layout of ``checkpoints/step-N/``:
     model/                   Hugging Face directory (full weights + tokenizer) or PEFT adapter (+ tokenizer)
     optimizer.safetensors    optimizer state tensors;   trainer_state.json: step, optimizer groups,
     rng.safetensors          torch RNG states;          scheduler, data position, spec
-A checkpoint is written to a temporary sibling and renamed into place, so ``step-N`` exists only complete.
+A checkpoint is written to a temporary sibling (``.step-N-xxxx``) and renamed into place, so ``step-N`` exists
+only complete; only then are older ones pruned. A write that fails (a full disk) removes its temporary directory
+and raises :class:`CheckpointError`, leaving the earlier checkpoints as they were.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 _STEP_DIR = re.compile(r"step-(\d+)")
+_OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors' Rust writer reports an OSError
 STATE_FILE = "trainer_state.json"
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written; the message says why and which checkpoints are kept."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``out_dir/checkpoints``, oldest first."""
+    """Complete checkpoints under ``out_dir/checkpoints`` (``step-N`` holding its state file), oldest first."""
     root = Path(out_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m[1]), p) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name)) and p.is_dir()]
+    found = [(int(m[1]), p) for p in root.iterdir()
+             if (m := _STEP_DIR.fullmatch(p.name)) and (p / STATE_FILE).is_file()]
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    dirs = checkpoint_dirs(out_dir)
-    return dirs[-1] if dirs else None
+    """The newest complete checkpoint whose state file reads back, or None."""
+    for path in reversed(checkpoint_dirs(out_dir)):
+        try:
+            json.loads((path / STATE_FILE).read_text())
+        except (OSError, ValueError):  # truncated by hand or by a foreign writer: never resume from it
+            continue
+        return path
+    return None
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer, optimizer: torch.optim.Optimizer,
-                    scheduler, trainer_state: dict[str, Any], keep: int | None = None) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically and return its path; prune to the newest ``keep``."""
+                    scheduler, trainer_state: dict[str, Any], keep: int | None = None,
+                    protect: Collection[int] = ()) -> Path:
+    """Write ``checkpoints/step-{step}`` atomically and return its path; then prune (see :func:`prune_checkpoints`).
+
+    Raises :class:`CheckpointError` when the write fails (e.g. a full disk), with nothing half-written left.
+    """
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(root)  # left by a killed writer; one writer per run directory, so none is live
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
-        tokenizer.save_pretrained(tmp / "model")
-        tensors, groups = _optimizer_tensors(optimizer)
-        save_file(tensors, tmp / "optimizer.safetensors")
-        save_file(_rng_tensors(), tmp / "rng.safetensors")
-        state = {**trainer_state, "step": step, "optimizer_groups": groups, "scheduler": scheduler.state_dict()}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default))
-        _fsync_tree(tmp)
+        _write(tmp, step, model, tokenizer, optimizer, scheduler, trainer_state)
         if final.exists():  # a re-run of the same step after a resume: replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
+    except (OSError, SafetensorError) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(_write_failure(err, final)) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if keep:
-        for old in checkpoint_dirs(out_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(out_dir, keep, protect)
     return final
+
+
+def prune_checkpoints(out_dir: str | Path, keep: int | None, protect: Collection[int] = ()) -> list[Path]:
+    """Delete all but the newest ``keep`` complete checkpoints and the steps in ``protect``; return those deleted.
+
+    ``keep`` None keeps everything; the newest checkpoint is never deleted (``keep`` below 1 counts as 1).
+    """
+    if keep is None:
+        return []
+    older = checkpoint_dirs(out_dir)[:-max(keep, 1)]
+    doomed = [p for p in older if _step_of(p) not in set(protect)]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+    return doomed
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
@@ -81,6 +113,55 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if torch.cuda.is_available() and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"])
     return state
+
+
+def _write(tmp: Path, step: int, model: nn.Module, tokenizer, optimizer: torch.optim.Optimizer, scheduler,
+           trainer_state: dict[str, Any]) -> None:
+    model.save_pretrained(tmp / "model", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "model")
+    tensors, groups = _optimizer_tensors(optimizer)
+    save_file(tensors, tmp / "optimizer.safetensors")
+    save_file(_rng_tensors(), tmp / "rng.safetensors")
+    state = {**trainer_state, "step": step, "optimizer_groups": groups, "scheduler": scheduler.state_dict()}
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default))  # last: marks it complete
+    _fsync_tree(tmp)
+
+
+def _write_failure(err: OSError | SafetensorError, final: Path) -> str:
+    """The message of a failed checkpoint write: why, where, the free space left and what is kept."""
+    kept = ", ".join(p.name for p in checkpoint_dirs(final.parent.parent)) or "none"
+    try:
+        free = _human_bytes(shutil.disk_usage(final.parent).free)
+    except OSError:
+        free = "unknown"
+    why = "disk full" if is_disk_full(err) else str(err)
+    return (f"{why} while writing checkpoint {final.name} under {final.parent}: free space {free} "
+            f"(checkpoints kept: {kept})")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (an OSError, or safetensors' error wrapping one) says the disk or quota is full."""
+    if isinstance(err, OSError):
+        return err.errno in DISK_FULL
+    match = _OS_ERROR.search(str(err))
+    return bool(match) and int(match[1]) in DISK_FULL
+
+
+def _remove_temporaries(root: Path) -> None:
+    for path in root.glob(".step-*"):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _step_of(path: Path) -> int:
+    return int(_STEP_DIR.fullmatch(path.name)[1])
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
 
 
 def _load_weights(model_dir: Path, model: nn.Module, lora: bool) -> None:

@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
 
     ``parser`` lets a caller add commands (the service adds up, worker, token).
     """
+    from .checkpoint import CheckpointError
     from .data import DataError
     from .export import ExportError
     from .modeling import ModelError
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     hf_logging.disable_progress_bar()  # weight-loading bars would drown the training log
     try:
         return args.func(args)
-    except (CliError, DataError, ModelError, TrainError, ExportError) as err:
+    except (CliError, CheckpointError, DataError, ModelError, TrainError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -12,6 +13,7 @@ import yaml
 from mol_engine.callbacks import JsonlLogger
 from mol_engine.train import train
 
+ROOT = Path(__file__).resolve().parents[2]
 KEYS = ("train/loss", "train/domain_ce", "train/general_kl", "train/grad_norm")
 
 
@@ -19,11 +21,16 @@ def points(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def torchrun(spec_path, out, *extra):
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
+def launch(target: list[str], spec_path, out, *extra) -> subprocess.CompletedProcess:
+    """``target train SPEC --out OUT`` in 2 processes under torchrun; a hang fails the test after 300 s."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "mol_engine", "train", str(spec_path), "--out", str(out), *extra]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+               *target, "train", str(spec_path), "--out", str(out), *extra]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def torchrun(spec_path, out, *extra):
+    done = launch(["-m", "mol_engine"], spec_path, out, *extra)
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -76,3 +83,16 @@ def test_two_processes_build_and_share_the_cached_reference(make_spec, corpora, 
         for key in KEYS:
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-6), (a["step"], key)
+
+
+def test_full_disk_on_rank_0_stops_both_ranks_with_its_message(make_spec, tmp_path):
+    """Rank 0 prunes to the newest checkpoint; when its disk fills, every rank exits instead of waiting."""
+    spec_path = tmp_path / "spec.yaml"
+    spec = make_spec(batch_size=4, max_steps=4, save_every=1, eval_every=4, keep_checkpoints=1)
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    done = launch([str(ROOT / "tests" / "engine" / "full_disk_rank0.py")], spec_path, tmp_path / "two")
+    assert done.returncode != 0
+    assert "error: disk full while writing checkpoint step-3 under" in done.stderr
+    assert "(checkpoints kept: step-2)" in done.stderr
+    assert "error: rank 0 could not write checkpoint step-3" in done.stderr
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-2"]
