@@ -1,4 +1,7 @@
-"""Corpora in, mixed batches out: read files, tokenize, pack into blocks, draw domain:general rows per step.
+"""Corpus files in, mixed batches out: read documents incrementally, then draw domain:general rows per step.
+
+Tokenizing and packing live in :mod:`mol_engine.token_store` (documents -> tokens on disk) and
+:mod:`mol_engine.corpus` (tokens on disk -> blocks, read lazily); this module reads files and mixes batches.
 
 Every row of a batch carries its flag (``is_general``, the paper's "add-info"), which routes it to the
 cross-entropy or the KL term. Positions are resumable: the batch stream is a pure function of the seed and
@@ -8,11 +11,10 @@ two counters, so a checkpoint stores the counters and nothing else.
 from __future__ import annotations
 
 import json
-import math
-import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -30,25 +32,91 @@ class QAPair:
 
 # ---------------------------------------------------------------- reading files
 
+CORPUS_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".txt": "txt", ".text": "txt",
+                   ".md": "txt", ".parquet": "parquet"}
+MAX_DOCUMENT_CHARS = 8 * 2**20  # a .txt paragraph longer than this is cut into documents at line ends
+
+
+class DocumentReader:
+    """The non-empty documents of a corpus file, read incrementally: memory stays bounded by one document.
+
+    JSONL (a ``text`` field per line), .txt (blank-line separated) or Parquet (a ``text`` column).
+    ``bytes_read`` and ``size`` report progress; errors name the file and the line (or row).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: file not found")
+        self.kind = CORPUS_SUFFIXES.get(self.path.suffix.lower())
+        if self.kind is None:
+            raise DataError(f"{self.path}: unsupported file type '{self.path.suffix}' (use .jsonl, .txt or .parquet)")
+        self.size = self.path.stat().st_size
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[str]:
+        self.bytes_read = 0
+        found = False
+        for doc in {"jsonl": self._jsonl, "txt": self._txt, "parquet": self._parquet}[self.kind]():
+            doc = doc.strip()
+            if doc:
+                found = True
+                yield doc
+        if not found:
+            raise DataError(f"{self.path}: no documents found (empty corpus)")
+
+    def _lines(self) -> Iterator[tuple[int, str]]:
+        with self.path.open("rb") as handle:
+            for line_no, raw in enumerate(handle, start=1):
+                self.bytes_read += len(raw)
+                yield line_no, _decode_line(self.path, line_no, raw)
+
+    def _jsonl(self) -> Iterator[str]:
+        for _, record in _records(self.path, self._lines(), ("text",)):
+            yield record["text"]
+
+    def _txt(self) -> Iterator[str]:
+        lines: list[str] = []
+        chars = 0
+        for _, line in self._lines():
+            if not line.strip(" \t\r\n"):
+                yield "".join(lines)
+                lines, chars = [], 0
+                continue
+            lines.append(line.replace("\r\n", "\n"))
+            chars += len(line)
+            if chars > MAX_DOCUMENT_CHARS:
+                yield "".join(lines)
+                lines, chars = [], 0
+        yield "".join(lines)
+
+    def _parquet(self) -> Iterator[str]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(self.path)
+        except Exception as err:  # pyarrow raises several types for corrupt files
+            raise DataError(f"{self.path}: not a readable Parquet file ({err})") from None
+        schema = parquet.schema_arrow
+        if "text" not in schema.names:
+            raise DataError(f"{self.path}: missing column 'text' (columns: {', '.join(schema.names)})")
+        column_type = schema.field("text").type
+        if not (pa.types.is_string(column_type) or pa.types.is_large_string(column_type)):
+            raise DataError(f"{self.path}: column 'text' must hold strings, got {column_type}")
+        row, rows = 0, max(parquet.metadata.num_rows, 1)
+        for batch in parquet.iter_batches(batch_size=8192, columns=["text"]):
+            for value in batch.column(0).to_pylist():
+                if value is None:
+                    raise DataError(f"{self.path}, row {row}: column 'text' is null")
+                row += 1
+                yield value
+            self.bytes_read = self.size * row // rows
+
 
 def read_documents(path: str | Path) -> list[str]:
-    """The non-empty documents of a corpus file: JSONL (`text` field), .txt (blank-line separated), Parquet."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        docs = [record["text"] for _, record in _jsonl_records(path, ("text",))]
-    elif suffix in (".txt", ".text", ".md"):
-        docs = re.split(r"\n[ \t]*\n", _read_utf8(path).replace("\r\n", "\n"))
-    elif suffix == ".parquet":
-        docs = _parquet_texts(path)
-    else:
-        raise DataError(f"{path}: unsupported file type '{suffix}' (use .jsonl, .txt or .parquet)")
-    docs = [d.strip() for d in docs if d.strip()]
-    if not docs:
-        raise DataError(f"{path}: no documents found (empty corpus)")
-    return docs
+    """Every document of a (small) corpus file in memory; large corpora go through a token store instead."""
+    return list(DocumentReader(path))
 
 
 def read_qa(path: str | Path) -> list[QAPair]:
@@ -57,7 +125,7 @@ def read_qa(path: str | Path) -> list[QAPair]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     pairs = []
-    for line_no, record in _jsonl_records(path, ("question", "answer")):
+    for line_no, record in _records(path, _file_lines(path), ("question", "answer")):
         if not str(record["answer"]).strip():
             raise DataError(f"{path}, line {line_no}: field 'answer' is empty")
         pairs.append(QAPair(str(record["question"]), str(record["answer"]).strip()))
@@ -66,18 +134,22 @@ def read_qa(path: str | Path) -> list[QAPair]:
     return pairs
 
 
-def _read_utf8(path: Path) -> str:
-    raw = path.read_bytes()
+def _file_lines(path: Path) -> Iterator[tuple[int, str]]:
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            yield line_no, _decode_line(path, line_no, raw)
+
+
+def _decode_line(path: Path, line_no: int, raw: bytes) -> str:
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
     except UnicodeDecodeError as err:
-        line_no = raw.count(b"\n", 0, err.start) + 1
         raise DataError(f"{path}, line {line_no}: not valid UTF-8 text ({err.reason})") from None
 
 
-def _jsonl_records(path: Path, fields: Sequence[str]) -> list[tuple[int, dict]]:
-    records = []
-    for line_no, line in enumerate(_read_utf8(path).splitlines(), start=1):
+def _records(path: Path, lines: Iterable[tuple[int, str]], fields: Sequence[str]) -> Iterator[tuple[int, dict]]:
+    """The JSON object of each non-blank line, checked to hold string ``fields`` (a number for an answer)."""
+    for line_no, line in lines:
         if not line.strip():
             continue
         try:
@@ -94,94 +166,49 @@ def _jsonl_records(path: Path, fields: Sequence[str]) -> list[tuple[int, dict]]:
                 continue
             if not isinstance(value, str):
                 raise DataError(f"{path}, line {line_no}: field '{field}' must be a string")
-        records.append((line_no, record))
-    return records
+        yield line_no, record
 
 
-def _parquet_texts(path: Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except Exception as err:  # pyarrow raises several types for corrupt files
-        raise DataError(f"{path}: not a readable Parquet file ({err})") from None
-    if "text" not in schema.names:
-        raise DataError(f"{path}: missing column 'text' (columns: {', '.join(schema.names)})")
-    column = pq.read_table(path, columns=["text"]).column("text").to_pylist()
-    for row, value in enumerate(column):
-        if not isinstance(value, str):
-            raise DataError(f"{path}, row {row}: column 'text' must hold strings, got {type(value).__name__}")
-    return column
-
-
-# ---------------------------------------------------------------- tokenizing and packing
+# ---------------------------------------------------------------- blocks
 
 
 @dataclass
 class Blocks:
-    """Packed token blocks of one corpus: ``input_ids`` and ``attention_mask``, both [n_blocks, seq_len]."""
+    """Token blocks in memory: ``input_ids`` and ``attention_mask`` [n_blocks, seq_len]; with document packing,
+    ``position_ids`` restart at every document so that no position attends across documents."""
 
     input_ids: Tensor
     attention_mask: Tensor
+    position_ids: Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
     def select(self, index: Tensor | Sequence[int]) -> Blocks:
         index = torch.as_tensor(index, dtype=torch.long)
-        return Blocks(self.input_ids[index], self.attention_mask[index])
+        positions = self.position_ids[index] if self.position_ids is not None else None
+        return Blocks(self.input_ids[index], self.attention_mask[index], positions)
 
 
-@dataclass
-class Corpus:
-    """A tokenized corpus split into training blocks and held-out blocks."""
-
-    train: Blocks
-    heldout: Blocks
-    n_documents: int
-    n_tokens: int
-
-
-def pack(token_docs: Sequence[Sequence[int]], seq_len: int, eos_id: int, pad_id: int) -> Blocks:
-    """Documents joined with EOS after each, cut into ``seq_len`` blocks; the last one right-padded."""
-    stream = [tok for doc in token_docs for tok in (*doc, eos_id)]
-    n_blocks = max(1, math.ceil(len(stream) / seq_len))
-    ids = torch.full((n_blocks * seq_len,), pad_id, dtype=torch.long)
-    ids[: len(stream)] = torch.tensor(stream, dtype=torch.long)
-    mask = torch.zeros(n_blocks * seq_len, dtype=torch.bool)
-    mask[: len(stream)] = True
-    return Blocks(ids.view(n_blocks, seq_len), mask.view(n_blocks, seq_len))
-
-
-def tokenize(tokenizer, docs: Sequence[str]) -> list[list[int]]:
-    """Token ids of each document, without special tokens (EOS is added when packing)."""
-    return tokenizer(list(docs), add_special_tokens=False, verbose=False)["input_ids"]
-
-
-def build_corpus(
-    docs: Sequence[str], tokenizer, seq_len: int, heldout_fraction: float, seed: int, eos_id: int, pad_id: int
-) -> Corpus:
-    """Tokenize and pack ``docs``, holding out a seeded fraction of documents (of blocks for one document)."""
-    token_docs = tokenize(tokenizer, docs)
-    n_tokens = sum(len(d) + 1 for d in token_docs)
-    generator = torch.Generator().manual_seed(seed)
-    if len(token_docs) >= 2:
-        order = torch.randperm(len(token_docs), generator=generator).tolist()
-        n_heldout = min(len(order) - 1, max(1, round(len(order) * heldout_fraction)))
-        heldout = pack([token_docs[i] for i in sorted(order[:n_heldout])], seq_len, eos_id, pad_id)
-        train = pack([token_docs[i] for i in sorted(order[n_heldout:])], seq_len, eos_id, pad_id)
-    else:
-        blocks = pack(token_docs, seq_len, eos_id, pad_id)
-        if len(blocks) < 2:
-            raise DataError(f"corpus too small: one document of {n_tokens} tokens gives a single block of "
-                            f"{seq_len}; add documents or lower seq_len")
-        order = torch.randperm(len(blocks), generator=generator)
-        n_heldout = max(1, round(len(blocks) * heldout_fraction))
-        heldout, train = blocks.select(order[:n_heldout].sort().values), blocks.select(order[n_heldout:].sort().values)
-    return Corpus(train=train, heldout=heldout, n_documents=len(token_docs), n_tokens=n_tokens)
+def document_positions(input_ids: Tensor, eos_id: int) -> Tensor:
+    """[B, T] position ids that restart at 0 after every EOS (each document ends with one) and at each row."""
+    length = input_ids.shape[1]
+    arange = torch.arange(length, device=input_ids.device).expand_as(input_ids)
+    starts = torch.zeros_like(input_ids, dtype=torch.bool)
+    starts[:, 1:] = input_ids[:, :-1] == eos_id
+    start_of = torch.where(starts, arange, torch.zeros_like(arange)).cummax(dim=1).values
+    return arange - start_of
 
 
 # ---------------------------------------------------------------- batches
+
+
+class BlockSource(Protocol):
+    """Blocks that can be counted and read by index: :class:`Blocks` in memory, or windows into a token store."""
+
+    def __len__(self) -> int: ...
+
+    def select(self, index: Tensor | Sequence[int]) -> Blocks: ...
 
 
 @dataclass
@@ -192,10 +219,14 @@ class Batch:
     attention_mask: Tensor  # [B, T]
     is_general: Tensor  # [B] bool
     general_rows: Tensor | None = None  # [G] the general corpus block of each general row (for cached targets)
+    position_ids: Tensor | None = None  # [B, T] with document packing (the model then takes no attention_mask)
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.is_general)),
-                     self.general_rows)
+        def move(t: Tensor | None) -> Tensor | None:
+            return t.to(device, non_blocking=True) if t is not None else None
+
+        return Batch(move(self.input_ids), move(self.attention_mask), move(self.is_general), self.general_rows,
+                     move(self.position_ids))
 
     def target_mask(self, eos_id: int) -> Tensor:
         """[B, T-1] bool: the target at t+1 is a real token and not the first token of a new document."""
@@ -229,7 +260,7 @@ class RowStream:
 class MixedBatches:
     """Micro-batches of ``n_domain`` domain rows then ``n_general`` general rows, sharded across ranks."""
 
-    def __init__(self, domain: Blocks, general: Blocks | None, n_domain: int, n_general: int, seed: int,
+    def __init__(self, domain: BlockSource, general: BlockSource | None, n_domain: int, n_general: int, seed: int,
                  rank: int = 0, world_size: int = 1) -> None:
         if n_general and general is None:
             raise ValueError("n_general > 0 needs general blocks")
@@ -248,8 +279,9 @@ class MixedBatches:
             general_rows = torch.tensor(self._take(self.general_stream, self.n_general), dtype=torch.long)
             parts.append(self.general.select(general_rows))
         flags = torch.cat([torch.zeros(self.n_domain, dtype=torch.bool), torch.ones(self.n_general, dtype=torch.bool)])
+        positions = torch.cat([p.position_ids for p in parts]) if parts[0].position_ids is not None else None
         return Batch(torch.cat([p.input_ids for p in parts]), torch.cat([p.attention_mask for p in parts]), flags,
-                     general_rows)
+                     general_rows, positions)
 
     def _take(self, stream: RowStream, per_rank: int) -> list[int]:
         rows = stream.take(per_rank * self.world_size)

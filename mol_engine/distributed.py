@@ -80,8 +80,8 @@ class StepLosses(nn.Module):
         self.loss_kwargs = loss_kwargs
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_general: torch.Tensor,
-                general_rows: torch.Tensor | None = None) -> TokenSums:
-        return batch_losses(self.model, Batch(input_ids, attention_mask, is_general, general_rows),
+                general_rows: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> TokenSums:
+        return batch_losses(self.model, Batch(input_ids, attention_mask, is_general, general_rows, position_ids),
                             **self.loss_kwargs)
 
 

@@ -9,21 +9,21 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from .data import Batch, Blocks, QAPair
+from .data import Batch, BlockSource, QAPair
 from .losses import KLDirection
 from .objective import batch_losses
 from .reference import Reference
 
 
-def _batches(blocks: Blocks, batch_size: int, general: bool, device: torch.device) -> Iterator[Batch]:
+def _batches(blocks: BlockSource, batch_size: int, general: bool, device: torch.device) -> Iterator[Batch]:
     for start in range(0, len(blocks), batch_size):
-        ids = blocks.input_ids[start : start + batch_size]
-        mask = blocks.attention_mask[start : start + batch_size]
-        yield Batch(ids, mask, torch.full((ids.shape[0],), general, dtype=torch.bool)).to(device)
+        part = blocks.select(range(start, min(start + batch_size, len(blocks))))
+        flags = torch.full((len(part),), general, dtype=torch.bool)
+        yield Batch(part.input_ids, part.attention_mask, flags, position_ids=part.position_ids).to(device)
 
 
 @torch.no_grad()
-def heldout_metrics(model: nn.Module, *, domain: Blocks, general: Blocks | None, reference: Reference | None,
+def heldout_metrics(model: nn.Module, *, domain: BlockSource, general: BlockSource | None, reference: Reference | None,
                     batch_size: int, eos_id: int, chunk: int, kl_direction: KLDirection,
                     device: torch.device) -> dict[str, float]:
     """``eval/domain_ppl`` and, with general text, ``eval/general_ppl`` and ``eval/general_kl`` (to the base)."""

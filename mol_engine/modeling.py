@@ -87,9 +87,17 @@ def causal_lm(model: nn.Module) -> nn.Module:
     return inner.get_base_model() if hasattr(inner, "get_base_model") else inner
 
 
-def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """Last-layer hidden states [B, T, H] of the transformer body (LoRA layers included, when present)."""
+def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                  position_ids: Tensor | None = None) -> Tensor:
+    """Last-layer hidden states [B, T, H] of the transformer body (LoRA layers included, when present).
+
+    With ``position_ids`` (document packing) the model gets no attention mask: transformers then reads the
+    document boundaries from where positions restart and keeps attention inside each document. Padding is
+    only ever at the right end of a row, so causal attention never lets a real token see it.
+    """
     body = causal_lm(model).get_decoder()
+    if position_ids is not None:
+        return body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
     return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 

@@ -62,9 +62,10 @@ def batch_losses(
     elif kl_on_general and n_general:
         if reference is None:
             raise ValueError(f"method '{method}' needs a reference model")
-        kl_targets = reference.hidden(batch.input_ids[rows], batch.attention_mask[rows])[:, :-1][valid[rows]]
+        positions = batch.position_ids[rows] if batch.position_ids is not None else None
+        kl_targets = reference.hidden(batch.input_ids[rows], batch.attention_mask[rows], positions)[:, :-1][valid[rows]]
 
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask)[:, :-1]
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)[:, :-1]
     head = logits_head(model)
     targets = batch.input_ids[:, 1:]
     domain_pos = valid & ~rows[:, None]

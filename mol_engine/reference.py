@@ -19,9 +19,9 @@ from .modeling import causal_lm, hidden_states, logits_head
 
 
 class Reference(Protocol):
-    """The frozen base distribution: ``hidden(ids, mask)`` -> [B, T, H], and ``head`` hidden -> logits."""
+    """The frozen base distribution: ``hidden(ids, mask, positions)`` -> [B, T, H], and ``head`` hidden -> logits."""
 
-    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor: ...
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor: ...
 
     def head(self, hidden: Tensor) -> Tensor: ...
 
@@ -35,9 +35,9 @@ class FrozenCopyReference:
         self.model = copy.deepcopy(causal_lm(base)).to(dtype).eval().requires_grad_(False)
         self._head = logits_head(self.model)
 
-    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
-            out = hidden_states(self.model, input_ids, attention_mask)
+            out = hidden_states(self.model, input_ids, attention_mask, position_ids)
         return out.clone()  # a normal tensor, usable next to autograd tensors
 
     def head(self, hidden: Tensor) -> Tensor:
@@ -58,12 +58,12 @@ class AdapterDisabledReference:
         self._head_has_adapter = isinstance(lm_head, LoraLayer)
         self._head = logits_head(peft_model)
 
-    def hidden(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         was_training = self.model.training
         self.model.eval()  # no dropout in the reference
         try:
             with torch.inference_mode(), self.model.disable_adapter():
-                out = hidden_states(self.model, input_ids, attention_mask)
+                out = hidden_states(self.model, input_ids, attention_mask, position_ids)
         finally:
             self.model.train(was_training)
         return out.clone()

@@ -29,20 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import Blocks
+from .corpus import TokenBlocks
 from .losses import TAIL_FLOOR
 from .reference import Reference
 
 FORMAT = 1
 
 
-def cache_root(data_file: str | Path) -> Path:
-    """Where caches for the corpus whose first file is ``data_file`` live (deleted along with the dataset)."""
-    path = Path(data_file)
-    return path.with_name(path.name + ".mol-cache")
-
-
-def cache_key(model_dir: str | Path, blocks: Blocks, k: int, dtype: torch.dtype) -> str:
+def cache_key(model_dir: str | Path, blocks: TokenBlocks, k: int, dtype: torch.dtype) -> str:
     """A digest of everything the cached distribution depends on."""
     digest = hashlib.sha256(f"format={FORMAT} k={k} dtype={dtype}".encode())
     model_dir = Path(model_dir)
@@ -50,8 +44,7 @@ def cache_key(model_dir: str | Path, blocks: Blocks, k: int, dtype: torch.dtype)
     for weights in sorted(model_dir.glob("*.safetensors")) + sorted(model_dir.glob("*.bin")):
         stat = weights.stat()
         digest.update(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    digest.update(blocks.input_ids.numpy().tobytes())
-    digest.update(blocks.attention_mask.numpy().tobytes())
+    digest.update(blocks.fingerprint.encode())  # the stores' content addresses, the split and the packing
     return digest.hexdigest()[:24]
 
 
@@ -85,7 +78,7 @@ class TopKTargets:
                 (tail - total).to(device, non_blocking=True))
 
 
-def load_or_build(reference: Reference, blocks: Blocks, *, root: Path, key: str, k: int, vocab_size: int,
+def load_or_build(reference: Reference, blocks: TokenBlocks, *, root: Path, key: str, k: int, vocab_size: int,
                   device: torch.device, batch_size: int, chunk: int,
                   log: Callable[[str], None] = lambda message: None) -> TopKTargets:
     """The cache under ``root/topk-key``, computed with ``reference`` over ``blocks`` when it is not there yet."""
@@ -101,7 +94,7 @@ def load_or_build(reference: Reference, blocks: Blocks, *, root: Path, key: str,
                  chunk=chunk)
         (scratch / "meta.json").write_text(json.dumps({
             "format": FORMAT, "k": k, "vocab_size": vocab_size, "blocks": len(blocks),
-            "seq_len": blocks.input_ids.shape[1], "seconds": round(time.perf_counter() - started, 2)}))
+            "seq_len": blocks.seq_len, "seconds": round(time.perf_counter() - started, 2)}))
         try:
             os.rename(scratch, final)
         except OSError:  # another job finished the same cache first: use theirs
@@ -115,20 +108,20 @@ def load_or_build(reference: Reference, blocks: Blocks, *, root: Path, key: str,
 
 
 @torch.no_grad()
-def _compute(reference: Reference, blocks: Blocks, dest: Path, *, k: int, vocab_size: int, device: torch.device,
+def _compute(reference: Reference, blocks: TokenBlocks, dest: Path, *, k: int, vocab_size: int, device: torch.device,
              batch_size: int, chunk: int) -> None:
     if not 1 <= k < vocab_size:
         raise ValueError(f"reference_top_k: must be between 1 and the vocabulary size - 1 ({vocab_size - 1})")
-    n, length = blocks.input_ids.shape
+    n, length = len(blocks), blocks.seq_len
     shape = (n, length - 1, k)
     index_dtype = np.uint16 if vocab_size <= 2**16 else np.int32
     indices = np.lib.format.open_memmap(dest / "indices.npy", mode="w+", dtype=index_dtype, shape=shape)
     logprobs = np.lib.format.open_memmap(dest / "logprobs.npy", mode="w+", dtype=np.float16, shape=shape)
     tails = np.lib.format.open_memmap(dest / "tail.npy", mode="w+", dtype=np.float32, shape=shape[:2])
     for start in range(0, n, batch_size):
-        ids = blocks.input_ids[start : start + batch_size].to(device)
-        mask = blocks.attention_mask[start : start + batch_size].to(device)
-        hidden = reference.hidden(ids, mask)[:, :-1]
+        part = blocks.select(range(start, min(start + batch_size, n)))
+        positions = part.position_ids.to(device) if part.position_ids is not None else None
+        hidden = reference.hidden(part.input_ids.to(device), part.attention_mask.to(device), positions)[:, :-1]
         rows = hidden.shape[0]
         hidden = hidden.reshape(rows * (length - 1), -1)
         top_lp, top_ix, tail_lp = [], [], []

@@ -8,10 +8,11 @@ import torch
 
 from mol_engine.data import (
     Batch,
+    Blocks,
     DataError,
+    DocumentReader,
     MixedBatches,
-    build_corpus,
-    pack,
+    document_positions,
     read_documents,
     read_qa,
 )
@@ -72,40 +73,54 @@ def test_read_qa_and_its_errors(tmp_path):
         read_qa(bad)
 
 
-def test_pack_joins_documents_with_eos_and_pads_the_last_block():
-    blocks = pack([[5, 6, 7], [8, 9]], seq_len=4, eos_id=EOS, pad_id=PAD)
-    assert blocks.input_ids.tolist() == [[5, 6, 7, EOS], [8, 9, EOS, PAD]]
-    assert blocks.attention_mask.tolist() == [[True] * 4, [True, True, True, False]]
-
-
 def test_target_mask_excludes_padding_and_document_starts():
-    blocks = pack([[5, 6], [7, 8, 9]], seq_len=8, eos_id=EOS, pad_id=PAD)
-    batch = Batch(blocks.input_ids, blocks.attention_mask, torch.tensor([False]))
-    # ids: 5 6 EOS 7 8 9 EOS PAD -> targets 6 EOS 7 8 9 EOS PAD; 7 follows EOS (new document), PAD is padding
+    ids = torch.tensor([[5, 6, EOS, 7, 8, 9, EOS, PAD]])
+    mask = torch.tensor([[True] * 7 + [False]])
+    batch = Batch(ids, mask, torch.tensor([False]))
+    # targets 6 EOS 7 8 9 EOS PAD; 7 follows EOS (new document), PAD is padding
     assert batch.target_mask(EOS).tolist() == [[True, True, False, True, True, True, False]]
 
 
-class WordTokenizer:
-    """Whitespace tokenizer with the call signature of a Hugging Face tokenizer."""
-
-    def __call__(self, docs, add_special_tokens=False, verbose=True):
-        return {"input_ids": [[10 + len(w) for w in d.split()] for d in docs]}
+def test_document_positions_restart_after_each_eos():
+    ids = torch.tensor([[5, 6, EOS, 7, 8, EOS, 9, PAD], [4, EOS, EOS, 3, 3, 3, 3, 3]])
+    assert document_positions(ids, EOS).tolist() == [[0, 1, 2, 0, 1, 2, 0, 1], [0, 1, 0, 0, 1, 2, 3, 4]]
 
 
-def test_heldout_split_is_seeded_and_disjoint():
-    docs = [f"doc {i} " + "w " * i for i in range(40)]
-    a = build_corpus(docs, WordTokenizer(), seq_len=16, heldout_fraction=0.1, seed=3, eos_id=EOS, pad_id=PAD)
-    b = build_corpus(docs, WordTokenizer(), seq_len=16, heldout_fraction=0.1, seed=3, eos_id=EOS, pad_id=PAD)
-    c = build_corpus(docs, WordTokenizer(), seq_len=16, heldout_fraction=0.1, seed=4, eos_id=EOS, pad_id=PAD)
-    assert torch.equal(a.heldout.input_ids, b.heldout.input_ids)
-    assert not torch.equal(a.heldout.input_ids, c.heldout.input_ids)
-    held = int(a.heldout.attention_mask.sum())
-    assert held + int(a.train.attention_mask.sum()) == a.n_tokens  # every token is in exactly one split
-    assert 0 < held < a.n_tokens
+def test_reader_streams_with_progress_and_names_a_late_broken_line(tmp_path):
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as handle:
+        for i in range(20_000):
+            handle.write(json.dumps({"text": f"document {i}"}) + "\n")
+        handle.write('{"text": "broken\n')
+    reader = DocumentReader(path)
+    seen = 0
+    with pytest.raises(DataError, match=r"big\.jsonl, line 20001: invalid JSON"):
+        for _ in reader:
+            seen += 1
+    assert seen == 20_000 and reader.bytes_read == path.stat().st_size
 
 
-def _blocks(n: int, value_offset: int):
-    return pack([[value_offset + i] * 3 for i in range(n)], seq_len=4, eos_id=EOS, pad_id=PAD)
+def test_txt_paragraph_longer_than_the_cap_is_cut_at_line_ends(tmp_path, monkeypatch):
+    import mol_engine.data as data
+
+    monkeypatch.setattr(data, "MAX_DOCUMENT_CHARS", 25)
+    (tmp_path / "long.txt").write_text("line one of it\nline two of it\nline three\n\nshort\n")
+    assert read_documents(tmp_path / "long.txt") == ["line one of it\nline two of it", "line three", "short"]
+
+
+def test_parquet_with_nulls_or_numbers_names_the_row_or_type(tmp_path):
+    pq.write_table(pa.table({"text": ["ok", None]}), tmp_path / "nulls.parquet")
+    with pytest.raises(DataError, match=r"nulls\.parquet, row 1: column 'text' is null"):
+        read_documents(tmp_path / "nulls.parquet")
+    pq.write_table(pa.table({"text": [1, 2]}), tmp_path / "ints.parquet")
+    with pytest.raises(DataError, match=r"column 'text' must hold strings, got int64"):
+        read_documents(tmp_path / "ints.parquet")
+
+
+def _blocks(n: int, value_offset: int) -> Blocks:
+    """``n`` blocks of 4 tokens whose first token identifies them: value_offset + i."""
+    ids = torch.tensor([[value_offset + i] * 3 + [EOS] for i in range(n)])
+    return Blocks(ids, torch.ones_like(ids, dtype=torch.bool))
 
 
 @pytest.mark.parametrize(("n_domain", "n_general"), [(2, 2), (3, 1), (1, 3)])

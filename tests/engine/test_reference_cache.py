@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from mol_engine.callbacks import JsonlLogger
-from mol_engine.data import build_corpus, read_documents
+from mol_engine.corpus import split_corpus
 from mol_engine.losses import token_kl, token_topk_kl
 from mol_engine.modeling import load_model, load_tokenizer
 from mol_engine.reference import FrozenCopyReference
-from mol_engine.reference_cache import cache_key, cache_root, load_or_build
+from mol_engine.reference_cache import cache_key, load_or_build
 from mol_engine.spec import JobSpec
+from mol_engine.token_store import cache_root, open_or_build
 from mol_engine.train import train
 
 
@@ -83,7 +84,8 @@ def general_blocks(tiny_model_dir, corpora, tmp_path):
     data = tmp_path / "general.jsonl"
     shutil.copy(corpora["general"], data)
     tokenizer = load_tokenizer(str(tiny_model_dir))
-    corpus = build_corpus(read_documents(data), tokenizer, 32, 0.1, 0, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    corpus = split_corpus([open_or_build(data, tokenizer)], seq_len=32, heldout_fraction=0.1, seed=0,
+                          pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
     return data, corpus.train
 
 
@@ -100,11 +102,12 @@ def test_cache_holds_the_base_top_k_and_is_reused(tiny_model_dir, general_blocks
     assert cached.indices.shape == (len(blocks), 31, 8) and "cached the reference's top-8" in messages[0]
 
     rows = torch.tensor([3, 0, 3])
-    positions = blocks.attention_mask[rows][:, 1:].clone()
+    picked = blocks.select(rows)
+    positions = picked.attention_mask[:, 1:].clone()
     positions[1, 5:] = False
     index, logprob, tail = cached.lookup(rows, positions, torch.device("cpu"))
     with torch.no_grad():
-        log_q = model(blocks.input_ids[rows], attention_mask=blocks.attention_mask[rows]).logits[:, :-1]
+        log_q = model(picked.input_ids, attention_mask=picked.attention_mask).logits[:, :-1]
     log_q = log_q.log_softmax(-1)[positions]
     expected_index, expected_values, expected_tail = targets_of(log_q, 8)
     assert torch.equal(index, expected_index)
@@ -115,7 +118,10 @@ def test_cache_holds_the_base_top_k_and_is_reused(tiny_model_dir, general_blocks
     again = load_or_build(reference, blocks, **build)
     assert again.path == cached.path and messages[1].startswith("reusing")
     assert cache_key(tiny_model_dir, blocks, 16, torch.float32) != key
-    assert cache_key(tiny_model_dir, blocks.select(range(len(blocks) - 1)), 8, torch.float32) != key
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    other_split = split_corpus(blocks.stores, seq_len=32, heldout_fraction=0.2, seed=0,
+                               pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id).train
+    assert cache_key(tiny_model_dir, other_split, 8, torch.float32) != key
 
 
 def test_cached_run_tracks_the_exact_run(make_spec, corpora, tmp_path):
