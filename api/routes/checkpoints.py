@@ -17,21 +17,18 @@ from mol_engine.checkpoint import checkpoint_dirs
 from mol_engine.export import ExportError, export_checkpoint, is_adapter
 
 from ..deps import DB, Owner, Svc
+from ..disk import tree_bytes
 from ..schemas import CheckpointOut
 from .jobs import owned_job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"])
 
 
-def _size(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 @router.get("", response_model=list[CheckpointOut])
 def list_checkpoints(job_id: str, owner: Owner, db: DB, svc: Svc) -> list[CheckpointOut]:
     owned_job(db, owner, job_id)
     return [CheckpointOut(name=p.name, step=int(p.name.split("-")[1]), kind="adapter" if is_adapter(p) else "full",
-                          bytes=_size(p / "model")) for p in checkpoint_dirs(svc.settings.runs_dir / job_id)]
+                          bytes=tree_bytes(p / "model")) for p in checkpoint_dirs(svc.settings.runs_dir / job_id)]
 
 
 class _Pipe:
