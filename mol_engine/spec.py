@@ -52,6 +52,9 @@ class JobSpec(BaseModel):
     lora: LoraSpec = Field(default_factory=LoraSpec)
 
     seq_len: int = Field(512, ge=8, le=131_072)
+    packing: Literal["concat", "document"] = Field(
+        "concat", description="concat: documents run on within a block; document: position ids restart at each "
+        "document and attention stays inside it")
     batch_size: int = Field(8, ge=1, le=4096, description="rows per micro-batch")
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-5, gt=0, le=1.0)
@@ -68,7 +71,9 @@ class JobSpec(BaseModel):
     qa_max_new_tokens: int = Field(16, ge=1, le=512)
     qa_prompt: str = "Question: {question}\nAnswer:"
     save_every: int = Field(200, ge=1)
-    keep_checkpoints: int | None = Field(None, ge=1, description="keep only the newest N (None: all)")
+    keep_checkpoints: int | None = Field(
+        3, ge=1, description="keep the newest N checkpoints and the final one, deleting older ones once a newer "
+        "one is complete; null keeps all")
 
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"

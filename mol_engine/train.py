@@ -7,6 +7,7 @@ optimizer -> metrics -> eval -> checkpoint -> stop?] -> final checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Sequence
@@ -18,17 +19,19 @@ import torch
 from torch import nn
 
 from .callbacks import Callback, CallbackList
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .data import Batch, Corpus, MixedBatches, build_corpus, read_documents, read_qa
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .corpus import Corpus, split_corpus
+from .data import Batch, MixedBatches, read_qa
 from .distributed import World, join_world, local_device, wrap
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
 from .objective import ROUTES, objective
 from .reference import Reference, make_reference
-from .reference_cache import TopKTargets, cache_key, cache_root, load_or_build
+from .reference_cache import TopKTargets, cache_key, load_or_build
 from .self_sample import self_general_corpus
 from .spec import JobSpec
+from .token_store import TokenStore, cache_root, open_or_build
 
 BUILD_TOKENS = 16_384  # tokens per reference forward when caching its top-k (no gradients, so larger batches)
 
@@ -136,7 +139,7 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     eos_id = tokenizer.eos_token_id
     # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
     model = load_model(spec.base_model, device, dtype if lora else torch.float32)
-    domain, general, general_files = _corpora(spec, out, model, tokenizer, device, world)
+    domain, general, general_files = _corpora(spec, out, model, tokenizer, device, world, cb)
     if lora:
         model = add_lora(model, spec)
     if spec.gradient_checkpointing:
@@ -170,14 +173,9 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
                optimizer, scheduler, chunk, eos_id, world, step_losses)
 
 
-def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device,
-             world: World) -> tuple[Corpus, Corpus | None, list[str]]:
-    """The domain and general corpora, and the general corpus's files."""
-    def corpus(files: list[str], seed: int) -> Corpus:
-        docs = [doc for f in files for doc in read_documents(f)]
-        return build_corpus(docs, tokenizer, spec.seq_len, spec.heldout_fraction, seed, tokenizer.eos_token_id,
-                            tokenizer.pad_token_id)
-
+def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, world: World,
+             cb: Callback) -> tuple[Corpus, Corpus | None, list[str]]:
+    """The domain and general corpora (blocks over token stores), and the general corpus's files."""
     general_files = spec.general_data
     if spec.general_source == "self":  # rank 0 samples, the others read what it wrote
         if not world.is_main:
@@ -186,8 +184,40 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device,
                                                  max_len=spec.seq_len, seed=spec.seed, device=device))]
         if world.is_main:
             world.barrier()
-    general = corpus(general_files, spec.seed + 1) if general_files else None
-    return corpus(spec.domain_data, spec.seed), general, general_files
+    stores = _token_stores({"domain": spec.domain_data, "general": general_files}, tokenizer, out, world, cb)
+
+    def corpus(name: str, seed: int) -> Corpus:
+        return split_corpus(stores[name], seq_len=spec.seq_len, heldout_fraction=spec.heldout_fraction, seed=seed,
+                            pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id, packing=spec.packing)
+
+    return corpus("domain", spec.seed), corpus("general", spec.seed + 1) if general_files else None, general_files
+
+
+def _token_stores(files: dict[str, list[str]], tokenizer, out: Path, world: World,
+                  cb: Callback) -> dict[str, list[TokenStore]]:
+    """Each file's token store: rank 0 builds what is missing, the other ranks wait for it and open it.
+
+    The others poll a marker file rather than wait in a collective: building a store of billions of tokens
+    takes longer than any process group timeout (if rank 0 fails, torchrun ends them).
+    """
+    marker = out / ".token-stores.json"
+    if world.is_main:
+        marker.unlink(missing_ok=True)
+    world.barrier()
+    if not world.is_main:
+        while not marker.is_file():
+            time.sleep(0.2)
+        paths = json.loads(marker.read_text())
+        return {name: [TokenStore(Path(p)) for p in found] for name, found in paths.items()}
+
+    def progress(point: dict) -> None:
+        cb.on_event({"step": 0, "kind": "token-store", **point})
+
+    stores = {name: [open_or_build(f, tokenizer, progress) for f in paths] for name, paths in files.items()}
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps({name: [str(s.path) for s in found] for name, found in stores.items()}))
+    tmp.replace(marker)
+    return stores
 
 
 def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data_file: str, vocab_size: int,
@@ -258,7 +288,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     for i, batch in enumerate(micro):
         sync = i == len(micro) - 1 or not hasattr(run.step_losses, "no_sync")
         with run.autocast(), contextlib.nullcontext() if sync else run.step_losses.no_sync():
-            parts = run.step_losses(batch.input_ids, batch.attention_mask, batch.is_general, batch.general_rows)
+            parts = run.step_losses(batch.input_ids, batch.attention_mask, batch.is_general, batch.general_rows,
+                                    batch.position_ids)
             loss = objective(parts, n_ce, n_kl, spec.kl_weight)
             loss.backward()
         sums += torch.stack([parts.domain_ce, parts.general_ce, parts.general_kl]).detach()
@@ -307,13 +338,22 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     return metrics
 
 
-def _save(run: Run, step: int, cb: Callback) -> Path:
+def _save(run: Run, step: int, cb: Callback, protect: frozenset[int] = frozenset()) -> Path:
+    """Rank 0 writes ``step-N`` and prunes (the final step and ``protect`` are kept); returns its path.
+
+    A failed write (a full disk) raises :class:`CheckpointError` on every rank, not only on rank 0.
+    """
     state = {"data": run.batches.state(), "spec": run.spec.model_dump(mode="json"),
              "finetune": run.spec.finetune, "base_model": run.spec.base_model}
-    path = run.out / "checkpoints" / f"step-{step}"
+    path, failed = run.out / "checkpoints" / f"step-{step}", None
     if run.world.is_main:
-        path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
-                               keep=run.spec.keep_checkpoints)
-    run.world.barrier()  # every rank resumes from the same, complete checkpoint
+        try:
+            path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
+                                   keep=run.spec.keep_checkpoints, protect={run.spec.max_steps, *protect})
+        except CheckpointError as err:
+            failed = err
+    # every rank resumes from the same, complete checkpoint, and stops together when there is none
+    if run.world.agree(failed is not None, run.device):
+        raise failed or CheckpointError(f"rank 0 could not write checkpoint step-{step} (its log says why)")
     cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name})
     return path
