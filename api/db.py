@@ -1,6 +1,7 @@
-"""Database: SQLAlchemy tables for tokens, datasets, jobs, metric points and events, and a session factory.
+"""Database: SQLAlchemy tables (tokens, datasets, uploads, jobs, metric points, events) and a session factory.
 
-The database is the source of truth; the schema carries a version (``schema_version``) checked at start.
+The database is the source of truth; the schema carries a version (``schema_version``) checked at start and
+stepped forward by ``MIGRATIONS`` when it is older.
 """
 
 from __future__ import annotations
@@ -9,11 +10,26 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, create_engine, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    select,
+    text,
+)
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -42,11 +58,45 @@ class Dataset(Base):
     purpose: Mapped[str] = mapped_column(String(20))
     filename: Mapped[str] = mapped_column(String(255))  # as the client named it; display only
     path: Mapped[str] = mapped_column(Text)  # server-chosen
-    bytes: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)  # 64-bit: a multi-GB corpus overflows PostgreSQL's INTEGER
     documents: Mapped[int] = mapped_column(Integer)
-    approx_tokens: Mapped[int] = mapped_column(Integer)
+    approx_tokens: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Upload(Base):
+    """A file arriving in parts (api/routes/uploads). The rows hold the state because completing must be one
+    atomic step (pending -> completing, then -> completed with its dataset), which a database gives across
+    API processes; the bytes themselves stay on disk under ``MOL_HOME/uploads/<id>/``."""
+
+    __tablename__ = "uploads"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("up"))
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    purpose: Mapped[str] = mapped_column(String(20))
+    filename: Mapped[str] = mapped_column(String(255))
+    mime_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)  # declared by the client; the parts must add up to it
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|completing|completed|cancelled
+    dataset_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    parts: Mapped[list[UploadPart]] = relationship(lazy="selectin", order_by="UploadPart.index",
+                                                   cascade="all, delete-orphan")
+
+    @property
+    def received_bytes(self) -> int:
+        """Bytes in the parts received so far."""
+        return sum(part.bytes for part in self.parts)
+
+
+class UploadPart(Base):
+    __tablename__ = "upload_parts"
+    upload_id: Mapped[str] = mapped_column(ForeignKey("uploads.id", ondelete="CASCADE"), primary_key=True)
+    index: Mapped[int] = mapped_column("part_index", Integer, primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    file: Mapped[str] = mapped_column(String(100))  # its name in the upload's directory
 
 
 class Job(Base):
@@ -124,14 +174,29 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
 
 
+def _widen_sizes(session: Session) -> None:
+    """1 -> 2: dataset sizes become 64-bit (SQLite's INTEGER already is); the uploads tables are new."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ALTER TABLE datasets ALTER COLUMN bytes TYPE BIGINT, "
+                             "ALTER COLUMN approx_tokens TYPE BIGINT"))
+
+
+MIGRATIONS = {1: _widen_sizes}  # from version N to N + 1
+
+
 def init_db(engine: Engine) -> sessionmaker:
-    """Create missing tables, check the schema version, and return a session factory."""
+    """Create missing tables, check the schema version (migrating an older one), and return a session factory."""
     Base.metadata.create_all(engine)
     factory = sessionmaker(engine, expire_on_commit=False)
     with factory.begin() as session:
-        found = session.get(SchemaVersion, SCHEMA_VERSION)
-        if found is None:
-            if session.query(SchemaVersion).count():
-                raise RuntimeError("database schema is from another version of MoL Studio; migrate it first")
+        found = max(session.scalars(select(SchemaVersion.version)), default=None)
+        version = SCHEMA_VERSION if found is None else found
+        while version < SCHEMA_VERSION and version in MIGRATIONS:
+            MIGRATIONS[version](session)
+            version += 1
+        if version != SCHEMA_VERSION:
+            raise RuntimeError("database schema is from another version of MoL Studio; migrate it first")
+        if found != SCHEMA_VERSION:
+            session.execute(delete(SchemaVersion))
             session.add(SchemaVersion(version=SCHEMA_VERSION))
     return factory
