@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from .db import init_db, make_engine
 from .deps import Services
-from .routes import checkpoints, datasets, jobs, misc, session
+from .routes import checkpoints, datasets, jobs, misc, session, uploads
 from .settings import Settings
 
 
@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (misc, session, datasets, jobs, checkpoints):
+    for module in (misc, session, datasets, uploads, jobs, checkpoints):
         app.include_router(module.router)
     frontend = Path(__file__).resolve().parent.parent / "frontend"
     if frontend.is_dir():

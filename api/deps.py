@@ -44,6 +44,15 @@ def owner(request: Request, db: Annotated[Session, Depends(session)],
     return found
 
 
+def owner_unheld(request: Request, svc: Annotated[Services, Depends(services)]) -> str:
+    """The owner, as ``owner`` finds it, from a session closed again before the handler runs."""
+    with svc.sessions() as db:
+        return owner(request, db, svc)
+
+
 Owner = Annotated[str, Depends(owner)]
+# For handlers that stream a body or run long: a slow client must not hold a pooled connection, so they open
+# short sessions of their own (svc.sessions) before and after the long part.
+StreamOwner = Annotated[str, Depends(owner_unheld)]
 DB = Annotated[Session, Depends(session)]
 Svc = Annotated[Services, Depends(services)]

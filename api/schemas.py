@@ -1,11 +1,11 @@
-"""Response bodies of the REST API."""
+"""Request and response bodies of the REST API (JobSpec, the job request, lives in mol_engine.spec)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class DatasetOut(BaseModel):
@@ -18,6 +18,40 @@ class DatasetOut(BaseModel):
     approx_tokens: int
     sha256: str
     created_at: datetime
+
+
+class UploadIn(BaseModel):
+    filename: str = Field(min_length=1, max_length=255)
+    purpose: str
+    bytes: int = Field(ge=0, description="the whole file's size; the parts must add up to it")
+    mime_type: str | None = Field(None, max_length=200)
+
+
+class CompleteIn(BaseModel):
+    part_count: int | None = Field(None, ge=1, description="parts 0..part_count-1 (default: as many as received)")
+    sha256: str | None = Field(None, pattern="^[0-9a-fA-F]{64}$", description="expected hash of the whole file")
+
+
+class PartOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    index: int
+    bytes: int
+    sha256: str
+
+
+class UploadOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    status: str
+    filename: str
+    purpose: str
+    bytes: int
+    mime_type: str | None
+    received_bytes: int
+    parts: list[PartOut]
+    dataset_id: str | None
+    created_at: datetime
+    expires_at: datetime
 
 
 class JobOut(BaseModel):

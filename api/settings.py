@@ -24,6 +24,7 @@ class Settings(BaseSettings):
     demo_pretrain_steps: int | None = Field(None, ge=1, description="demo base pre-training steps (None: default)")
     tokens: str = Field("", description="owner:token pairs, comma separated, accepted besides stored tokens")
     max_upload_mb: float = Field(1024, gt=0)
+    upload_expiry_h: float = Field(24, gt=0, description="an upload in parts not completed by then is dropped")
     cors_origins: list[str] = Field(default_factory=list)
     job_attempts: int = Field(3, ge=1, description="attempts before a job that keeps crashing is failed")
     heartbeat_s: float = Field(10, gt=0)
@@ -51,6 +52,10 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.home / "datasets"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.home / "uploads"
 
     @property
     def runs_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -22,9 +23,19 @@ class BadUpload(ValueError):
     """The request is not a usable multipart upload; the message says why."""
 
 
+class DiskFull(Exception):
+    """The disk filled up (ENOSPC) while a file was written; the half-written file is gone."""
+
+
+def stored_name(filename: str) -> str:
+    """A fresh server-chosen file name that keeps the client's suffix when it is a plain one (``.jsonl``)."""
+    suffix = Path(filename).suffix.lower()
+    return uuid.uuid4().hex + (suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else "")
+
+
 @dataclass
-class Upload:
-    """The parsed form: the stored file (server-chosen name) and the small text fields."""
+class Received:
+    """A file received whole (server-chosen name), and the small text fields of the form it came in."""
 
     path: Path | None = None
     filename: str = ""
@@ -38,7 +49,7 @@ class _Receiver:
 
     def __init__(self, directory: Path, limit: int) -> None:
         self.directory, self.limit = directory, limit
-        self.upload = Upload()
+        self.upload = Received()
         self._header_field = b""
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -73,9 +84,7 @@ class _Receiver:
                 raise BadUpload("file: send one file per upload")
             self.upload.filename = os.path.basename(options[b"filename"].decode(errors="replace"))
             self.directory.mkdir(parents=True, exist_ok=True)
-            suffix = Path(self.upload.filename).suffix.lower()
-            suffix = suffix if re.fullmatch(r"\.[a-z0-9]{1,10}", suffix) else ""
-            self.upload.path = self.directory / f".{uuid.uuid4().hex}{suffix}.part"
+            self.upload.path = self.directory / f".{stored_name(self.upload.filename)}.part"
             self._handle = self.upload.path.open("wb")
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -105,11 +114,11 @@ class _Receiver:
             self.upload.path.unlink(missing_ok=True)
 
 
-async def receive_upload(request: Request, directory: Path, limit: int) -> Upload:
+async def receive_upload(request: Request, directory: Path, limit: int) -> Received:
     """Parse a multipart request, streaming its ``file`` part into ``directory`` (a hidden ``.part`` file).
 
-    Raises UploadTooLarge past ``limit`` bytes and BadUpload for a malformed request; nothing is left on disk
-    when it raises.
+    Raises UploadTooLarge past ``limit`` bytes, BadUpload for a malformed request and DiskFull on a full disk;
+    nothing is left on disk when it raises.
     """
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     if content_type != b"multipart/form-data" or b"boundary" not in options:
@@ -125,6 +134,11 @@ async def receive_upload(request: Request, directory: Path, limit: int) -> Uploa
         parser.finalize()
     except (UploadTooLarge, BadUpload):
         receiver.discard()
+        raise
+    except OSError as err:
+        receiver.discard()
+        if err.errno == errno.ENOSPC:
+            raise DiskFull from err
         raise
     except Exception as err:  # the parser's own errors: a malformed body
         receiver.discard()

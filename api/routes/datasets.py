@@ -8,43 +8,33 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
-from mol_engine.data import DataError
 from mol_engine.reference_cache import cache_root
 
+from ..dataset_store import keep_dataset
 from ..db import Dataset, Job
-from ..deps import DB, Owner, Svc
+from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import DatasetOut
-from ..upload import BadUpload, UploadTooLarge, receive_upload
-from ..validation import ACTIVE, dataset_refs, inspect_dataset
+from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
+from ..validation import ACTIVE, dataset_refs
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
 @router.post("", status_code=201, response_model=DatasetOut)
-async def upload_dataset(request: Request, owner: Owner, db: DB, svc: Svc) -> Dataset:
-    limit = svc.settings.max_upload_bytes
-    directory = svc.settings.datasets_dir
+async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc) -> Dataset:
     try:
-        upload = await receive_upload(request, directory, limit)
+        upload = await receive_upload(request, svc.settings.datasets_dir, svc.settings.max_upload_bytes)
     except UploadTooLarge:
         raise HTTPException(413, f"file: larger than the limit of {svc.settings.max_upload_mb:g} MiB") from None
     except BadUpload as err:
         raise HTTPException(422, str(err)) from None
-    purpose = upload.fields.get("purpose", "")
+    except DiskFull:
+        raise HTTPException(507, "file: the server's disk is full; free space and send it again") from None
     final = upload.path.with_name(upload.path.name.removeprefix(".").removesuffix(".part"))
     os.replace(upload.path, final)
-    try:
-        documents, tokens = await run_in_threadpool(inspect_dataset, final, purpose, upload.filename)
-    except DataError as err:
-        final.unlink(missing_ok=True)
-        raise HTTPException(422, str(err)) from None
-    dataset = Dataset(owner=owner, purpose=purpose, filename=upload.filename, path=str(final),
-                      bytes=upload.bytes, documents=documents, approx_tokens=tokens, sha256=upload.sha256)
-    db.add(dataset)
-    db.commit()
-    return dataset
+    upload.path = final
+    return await keep_dataset(svc.sessions, owner, upload.fields.get("purpose", ""), upload)
 
 
 @router.get("", response_model=list[DatasetOut])
