@@ -36,6 +36,15 @@ export function duration(seconds) {
   return `${(seconds / 3600).toFixed(1)} h`;
 }
 
+export function byteSize(bytes) {
+  if (!Number.isFinite(bytes) || bytes < 0) return "–";
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) { value /= 1024; unit += 1; }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${units[unit]}`;
+}
+
 export function statusBadge(status) {
   return el("span", { class: `badge ${status}`, "data-status": status }, status);
 }

@@ -1,7 +1,7 @@
-// Job page: live charts over SSE, events, spec, checkpoints, cancel.
+// Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
 import { api } from "../api.js";
 import { LineChart } from "../charts.js";
-import { el, statusBadge } from "../dom.js";
+import { byteSize, el, statusBadge } from "../dom.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
 
@@ -30,11 +30,19 @@ function chartSet(parent) {
 function checkpointsTable(jobId, checkpoints) {
   if (!checkpoints.length) return el("p", { class: "muted" }, "No checkpoint yet.");
   return el("table", { class: "checkpoints" }, el("tbody", {}, checkpoints.map((c) => el("tr", {},
-    el("td", {}, c.name), el("td", { class: "muted" }, `${(c.bytes / 2 ** 20).toFixed(1)} MiB · ${c.kind}`),
+    el("td", {}, c.name), el("td", { class: "muted" }, `${byteSize(c.bytes)} · ${c.kind}`),
     el("td", {}, el("a", { class: "button", download: "", "data-download": c.name,
       href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=merged` }, "Download merged")),
     el("td", {}, c.kind === "adapter" ? el("a", { class: "button", download: "",
       href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=adapter` }, "Download adapter") : null)))));
+}
+
+// "1.2 GiB on disk, 3 checkpoints": the whole run directory (checkpoints, logs, samples), as the API measured it.
+function diskUsed(job, checkpoints) {
+  if (job.disk_bytes === null || job.disk_bytes === undefined) return null;
+  const n = checkpoints.length;
+  return el("p", { class: "muted", "data-disk": job.disk_bytes },
+    `${byteSize(job.disk_bytes)} on disk, ${n} checkpoint${n === 1 ? "" : "s"}`);
 }
 
 export async function jobPage(view, jobId) {
@@ -65,7 +73,8 @@ export async function jobPage(view, jobId) {
   const refresh = async () => {
     job = await api(`/v1/jobs/${jobId}`);
     drawHeader();
-    ckpts.replaceChildren(checkpointsTable(jobId, await api(`/v1/jobs/${jobId}/checkpoints`)));
+    const checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
+    ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints));
   };
   await refresh();
 
