@@ -29,12 +29,14 @@ function datasetPicker(spec, datasets) {
   const bar = el("progress", { max: 1, value: 0, hidden: true });
   const error = fieldError(spec.field);
   const input = el("input", { type: "file", id: `file-${spec.purpose}`, accept: ".jsonl,.json,.ndjson,.txt,.md,.parquet" });
+  // null: every byte sent, the server joins and checks the file (an indeterminate bar meanwhile)
+  const progress = (f) => { if (f === null) bar.removeAttribute("value"); else bar.value = f; };
   const send = async (file) => {
     error.textContent = "";
     bar.hidden = false;
     bar.value = 0;
     try {
-      const d = await upload(file, spec.purpose, (f) => { bar.value = f; });
+      const d = await upload(file, spec.purpose, progress);
       select.append(el("option", { value: d.id }, `${d.filename} · ${d.documents} docs · ${d.id}`));
       select.value = d.id;
     } catch (err) {
