@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mol_engine.data import DataError, read_documents, read_qa
+from mol_engine.data import DataError, DocumentReader, read_qa
 from mol_engine.spec import JobSpec
 
 from .settings import Settings
@@ -28,8 +28,10 @@ def inspect_dataset(path: Path, purpose: str, filename: str) -> tuple[int, int]:
         if purpose == "eval":
             pairs = read_qa(path)
             return len(pairs), sum(len(p.question) + len(p.answer) for p in pairs) // 4
-        docs = read_documents(path)
-        return len(docs), sum(len(d) for d in docs) // 4
+        documents = chars = 0
+        for doc in DocumentReader(path):  # streamed: memory stays bounded whatever the file size
+            documents, chars = documents + 1, chars + len(doc)
+        return documents, chars // 4
     except DataError as err:
         raise DataError(str(err).replace(str(path), filename)) from None
 

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from report import replace_section
 
 from mol_engine.callbacks import Callback
 from mol_engine.data import MixedBatches
@@ -531,7 +532,7 @@ def write_report(docs: Path, head: Shape, results: dict, lines: list[str]) -> No
         "2048 × vocab 128k the gap is a few MiB against 1 GiB of logits for the general row.", "",
         "## Cached reference against the exact one (the demo MoL job)", "", *fidelity, "",
     ]
-    (docs / "performance.md").write_text("\n".join(text))
+    replace_section(docs / "performance.md", "step_cost", "\n".join(text))
 
 
 if __name__ == "__main__":

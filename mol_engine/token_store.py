@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -253,7 +254,7 @@ def documents_to_tokens(ids: list[list[int]], policy: DocumentPolicy, dtype: np.
     if policy.bos_id is not None:
         text_positions[ends - lengths] = False
         out[ends - lengths] = policy.bos_id
-    out[text_positions] = np.fromiter((t for d in ids for t in d), dtype=dtype, count=int(text_positions.sum()))
+    out[text_positions] = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype, count=int(text_positions.sum()))
     return out, lengths
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "step_cost.py"
+sys.path.insert(0, str(BENCH.parent))  # the bench imports its sibling report.py
 
 
 def load_bench():
