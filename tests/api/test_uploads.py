@@ -4,12 +4,13 @@ import asyncio
 import errno
 import hashlib
 import json
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from starlette.requests import ClientDisconnect
 
-from api.db import SCHEMA_VERSION, Base, Dataset, SchemaVersion, init_db, make_engine
+from api.db import SCHEMA_VERSION, Base, Dataset, SchemaVersion, Upload, init_db, make_engine, utcnow
 from api.upload import _Receiver
 from api.upload_parts import HiddenFile, receive_part
 
@@ -243,6 +244,21 @@ def test_cancel_removes_the_parts(client, settings, auth, start, put):
     assert cancelled.json()["parts"] == [] and not (settings.uploads_dir / upload["id"]).exists()
     assert put(upload["id"], 1, b"x").status_code == 409
     assert complete(client, auth, upload["id"]).status_code == 409
+
+
+def test_expired_uploads_answer_404_and_are_purged(client, settings, auth, start, put):
+    old = start()
+    put(old["id"], 0, parts_of(DATA)[0])
+    with client.app.state.services.sessions.begin() as db:
+        db.execute(update(Upload).where(Upload.id == old["id"]).values(expires_at=utcnow() - timedelta(minutes=1)))
+    gone = client.get(f"/v1/uploads/{old['id']}", headers=auth())
+    assert gone.status_code == 404 and "expired" in gone.json()["detail"]
+    assert put(old["id"], 1, b"x").status_code == 404
+    assert (settings.uploads_dir / old["id"]).exists()
+    start()  # creating an upload sweeps the expired ones away, parts and all
+    assert not (settings.uploads_dir / old["id"]).exists()
+    with client.app.state.services.sessions() as db:
+        assert db.get(Upload, old["id"]) is None
 
 
 def test_no_database_connection_is_held_while_a_part_streams(client, start, put, monkeypatch):
