@@ -130,10 +130,11 @@ def begin_complete(sessions: sessionmaker, owner: str, upload_id: str, part_coun
         if upload.status == "completed":
             return upload
         _require_pending(upload)
-        _check_parts(upload, part_count)
         claim = update(Upload).where(Upload.id == upload_id, Upload.status == "pending").values(status="completing")
         if not db.execute(claim).rowcount:
             raise HTTPException(409, f"upload '{upload_id}' is being completed; GET it to see when it is done")
+        db.refresh(upload, ["status", "parts"])  # as they stand now that parts wait for this transaction
+        _check_parts(upload, part_count)  # a 422 rolls the claim back
         return upload
 
 

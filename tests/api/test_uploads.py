@@ -4,6 +4,8 @@ import asyncio
 import errno
 import hashlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -12,7 +14,7 @@ from starlette.requests import ClientDisconnect
 
 from api.db import SCHEMA_VERSION, Base, Dataset, SchemaVersion, Upload, init_db, make_engine, utcnow
 from api.upload import _Receiver
-from api.upload_parts import HiddenFile, receive_part
+from api.upload_parts import HiddenFile, assemble, receive_part
 
 PART = 4096
 DATA = "".join(json.dumps({"text": f"document {i}: the river runs north under the stone bridge"}) + "\n"
@@ -234,6 +236,30 @@ def test_completing_twice_gives_one_dataset(client, auth, start, put):
     assert len(client.get("/v1/datasets", headers=auth()).json()) == 1
     late = put(upload["id"], 0, b"x")
     assert late.status_code == 409 and "already completed" in late.json()["detail"]
+
+
+def test_nothing_slips_in_while_an_upload_is_being_completed(client, auth, start, put, monkeypatch):
+    upload = start()
+    send_all(put, upload["id"])
+    joining, release = threading.Event(), threading.Event()
+
+    def slow_assemble(*args):
+        joining.set()
+        release.wait(30)
+        return assemble(*args)
+
+    monkeypatch.setattr("api.routes.uploads.assemble", slow_assemble)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(complete, client, auth, upload["id"])
+        assert joining.wait(30)
+        late_part = put(upload["id"], 0, b"x")
+        second = complete(client, auth, upload["id"])
+        cancel = client.post(f"/v1/uploads/{upload['id']}/cancel", headers=auth())
+        release.set()
+        assert first.result(60).status_code == 201
+    for refused in (late_part, second, cancel):
+        assert refused.status_code == 409 and "is being completed" in refused.json()["detail"]
+    assert len(client.get("/v1/datasets", headers=auth()).json()) == 1
 
 
 def test_cancel_removes_the_parts(client, settings, auth, start, put):
