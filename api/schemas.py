@@ -70,6 +70,7 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    disk_bytes: int | None = None  # the run directory's size; only GET /v1/jobs/{id} measures it, lists leave null
 
 
 class ModelOut(BaseModel):

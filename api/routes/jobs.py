@@ -12,6 +12,7 @@ from mol_engine.spec import JobSpec, format_validation_error
 
 from ..db import Dataset, Job, JobEvent, MetricPoint, utcnow
 from ..deps import DB, Owner, Svc
+from ..disk import tree_bytes
 from ..schemas import JobOut
 from ..stream import job_stream
 from ..validation import available_models, check_references
@@ -53,8 +54,10 @@ def list_jobs(owner: Owner, db: DB) -> list[JobOut]:
 
 
 @router.get("/{job_id}", response_model=JobOut)
-def get_job(job_id: str, owner: Owner, db: DB) -> JobOut:
-    return job_out(owned_job(db, owner, job_id))
+def get_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
+    out = job_out(owned_job(db, owner, job_id))
+    out.disk_bytes = tree_bytes(svc.settings.runs_dir / job_id)  # one job's directory: a walk of a few files
+    return out
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)

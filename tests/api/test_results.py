@@ -1,13 +1,16 @@
 """Metrics, events, checkpoints and downloads of a job that really ran (the worker's runner, in-process)."""
 
+import errno
 import io
 import json
+import re
 import tarfile
 
 import pytest
 from transformers import AutoModelForCausalLM
 
 from api.app import create_app
+from mol_engine import checkpoint
 from worker.runner import run
 
 DOCS = "".join(json.dumps({"text": f"Question: What is {i} plus 1?\nAnswer: {i + 1}"}) + "\n" for i in range(40))
@@ -17,14 +20,14 @@ PROSE = "".join(json.dumps({"text": f"The river and the stone number {i} under t
 
 @pytest.fixture
 def finished_job(client, auth, upload, settings):
-    def make(**extra) -> str:
+    def make(expect: str = "succeeded", **extra) -> str:
         domain = upload(DOCS).json()["id"]
         general = upload(PROSE, purpose="general").json()["id"]
         spec = {"name": "r", "base_model": "tiny", "domain_data": [domain], "general_data": [general],
                 "seq_len": 32, "batch_size": 4, "lr": 3e-3, "max_steps": 4, "eval_every": 2, "save_every": 2,
                 "eval_batches": 1} | extra
         job_id = client.post("/v1/jobs", headers=auth(), json=spec).json()["id"]
-        assert run(job_id, settings) == "succeeded"
+        assert run(job_id, settings) == expect
         return job_id
 
     return make
@@ -83,6 +86,37 @@ def test_lora_job_downloads_as_adapter_or_merged(client, auth, finished_job, tmp
         with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
             names = tar.getnames()
         assert any(n.endswith("adapter_config.json") for n in names) == (fmt == "adapter")
+
+
+def test_job_reports_the_disk_its_run_directory_takes(client, auth, finished_job, settings):
+    job_id = finished_job(save_every=1, keep_checkpoints=2)
+    listed = client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth()).json()
+    assert [c["name"] for c in listed] == ["step-3", "step-4"]  # older ones pruned as newer ones completed
+    files = [f for f in (settings.runs_dir / job_id).rglob("*") if f.is_file()]
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["disk_bytes"] == sum(f.stat().st_size for f in files) > sum(c["bytes"] for c in listed) > 0
+    assert [j["disk_bytes"] for j in client.get("/v1/jobs", headers=auth()).json()] == [None]  # the list never walks
+
+
+def test_full_disk_fails_the_job_with_a_message_and_keeps_earlier_checkpoints(client, auth, finished_job,
+                                                                              monkeypatch):
+    real, calls = checkpoint.save_file, []
+
+    def fills_up(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:  # two files per checkpoint: step-2 fits, step-4 does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", fills_up)
+    job_id = finished_job(expect="failed")
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["status"] == "failed" and "Traceback" not in job["error"]
+    assert re.fullmatch(r"CheckpointError: disk full while writing checkpoint step-4 under \S+/checkpoints: "
+                        r"free space [\d.]+ \w+ \(checkpoints kept: step-2\)", job["error"]), job["error"]
+    assert [c["name"] for c in client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth()).json()] == ["step-2"]
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=auth()).json()
+    assert events[-1]["kind"] == "failed" and events[-1]["message"] == job["error"]
 
 
 def test_restarting_the_api_loses_nothing(client, auth, finished_job, settings, queued):

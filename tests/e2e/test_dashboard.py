@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tarfile
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     expect(page.locator("h1")).to_have_text("demo-mol")
     expect(page.locator('.toolbar .badge[data-status="succeeded"]')).to_be_visible()
     page.wait_for_function("() => +document.querySelector('[data-chart=\"QA exact match\"]')?.dataset.points >= 9")
+    expect(page.locator("[data-disk]")).to_have_text(re.compile(r"[\d.]+ [KMG]iB on disk, 2 checkpoints"))
     page.screenshot(path=SHOTS / "job-finished.png", full_page=True)
     with page.expect_download() as info:
         page.locator("[data-download]").last.click()
