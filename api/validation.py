@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mol_engine import data
 from mol_engine.data import DataError, DocumentReader, read_qa
 from mol_engine.spec import JobSpec
 
@@ -13,7 +14,7 @@ from .settings import Settings
 
 PURPOSES = ("domain", "general", "eval")
 ACTIVE = ("queued", "running")
-CORPUS_SUFFIXES = (".jsonl", ".ndjson", ".json", ".txt", ".text", ".md", ".parquet")
+CORPUS_SUFFIXES = tuple(data.CORPUS_SUFFIXES)  # what the engine reads, in one place
 QA_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException, Request
 from sqlalchemy import select
 
-from mol_engine.reference_cache import cache_root
+from mol_engine.token_store import cache_root
 
 from ..dataset_store import keep_dataset
 from ..db import Dataset, Job

@@ -45,13 +45,25 @@ function diskUsed(job, checkpoints) {
     `${byteSize(job.disk_bytes)} on disk, ${n} checkpoint${n === 1 ? "" : "s"}`);
 }
 
+// Building a token store is the long first part of a job on a big corpus: tokens done, rate, share and ETA.
+function storeProgress(box, ev) {
+  const d = ev.data || {};
+  if (d.done || d.fraction === undefined) {
+    box.replaceChildren(el("p", { class: "muted", "data-store": "ready" }, ev.message));
+    return;
+  }
+  box.replaceChildren(el("p", { "data-store": "building" }, ev.message),
+    el("progress", { max: 1, value: d.fraction, title: `${(100 * d.fraction).toFixed(1)}%` }));
+}
+
 export async function jobPage(view, jobId) {
   let job = await api(`/v1/jobs/${jobId}`);
   const header = el("div", { class: "toolbar" });
+  const dataBox = el("div", { class: "store-progress" });
   const charts = el("div", { class: "charts" });
   const log = el("ul", { class: "events" });
   const ckpts = el("div");
-  view.replaceChildren(el("section", { class: "card" }, header),
+  view.replaceChildren(el("section", { class: "card" }, header, dataBox),
     el("section", { class: "card" }, el("h2", {}, "Curves"), charts),
     el("div", { class: "two" },
       el("section", { class: "card" }, el("h2", {}, "Checkpoints"), ckpts),
@@ -91,6 +103,7 @@ export async function jobPage(view, jobId) {
     log.prepend(el("li", { "data-kind": ev.kind }, el("span", { class: "muted" }, `step ${ev.step} · ${ev.kind} · `),
       ev.message));
     if (ev.kind === "checkpoint" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
+    if (ev.kind === "token-store") storeProgress(dataBox, ev);
   });
   source.addEventListener("end", () => { source.close(); refresh(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) refresh(); };

@@ -36,7 +36,7 @@ def all_tokens(blocks):
 
 def documents_in(tokens: torch.Tensor, eos: int) -> list[tuple[int, ...]]:
     ends = (tokens == eos).nonzero().flatten().tolist()
-    return [tuple(tokens[a + 1 if i else 0 : b + 1].tolist()) for i, (a, b) in enumerate(zip([-1, *ends], ends))]
+    return [tuple(tokens[a + 1 : b + 1].tolist()) for a, b in zip([-1, *ends], ends, strict=False)]
 
 
 def test_split_is_seeded_disjoint_and_covers_every_document_once(stores):
@@ -57,7 +57,8 @@ def test_blocks_are_windows_of_the_stream_padded_at_the_end(stores):
     stream = np.concatenate([found[s].tokens[a : a + n] for s, a, n in
                              zip(blocks.spans.store, blocks.spans.start, blocks.spans.length, strict=True)])
     picked = blocks.select([2, 0, len(blocks) - 1])
-    assert picked.input_ids[0].tolist() == stream[32:48].tolist() and picked.input_ids[1].tolist() == stream[:16].tolist()
+    assert picked.input_ids[0].tolist() == stream[32:48].tolist()
+    assert picked.input_ids[1].tolist() == stream[:16].tolist()
     tail = len(stream) - (len(blocks) - 1) * 16
     assert picked.attention_mask[2].sum() == tail and (picked.input_ids[2, tail:] == tokenizer.pad_token_id).all()
     assert picked.position_ids is None  # concat packing: the model's own positions

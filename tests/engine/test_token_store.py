@@ -90,7 +90,7 @@ def test_store_is_reused_rebuilt_when_damaged_and_new_for_new_content(tmp_path):
     assert "truncated" in verify(first.path)
     assert open_or_build(data, tokenizer).n_tokens == first.n_tokens
     # new content -> a new store beside the old one; both are listed in the stats
-    write_docs(data, DOCS + ["garden"])
+    write_docs(data, [*DOCS, "garden"])
     other = open_or_build(data, tokenizer)
     assert other.path != first.path and other.n_documents == len(DOCS) + 1
     assert sorted(s["documents"] for s in store_stats(data)) == [len(DOCS), len(DOCS) + 1]

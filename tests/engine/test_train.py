@@ -42,7 +42,7 @@ def test_mol_run_logs_every_curve_from_the_base_model(make_spec, tmp_path):
     assert trains[-1]["train/domain_ce"] < trains[0]["train/domain_ce"]
     assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step-3", "step-6"]
     events = [json.loads(line)["kind"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert [e for e in events if e != "token-store"][0] == "config" and events[-1] == "succeeded"
+    assert next(e for e in events if e != "token-store") == "config" and events[-1] == "succeeded"
     assert "checkpoint" in events
 
 
@@ -146,7 +146,8 @@ def test_second_job_on_the_same_files_reuses_their_token_stores(make_spec, corpo
 
     def store_events(out):
         train(spec, out, [JsonlLogger(out)])
-        return [e for e in map(json.loads, (out / "events.jsonl").read_text().splitlines()) if e["kind"] == "token-store"]
+        events = map(json.loads, (out / "events.jsonl").read_text().splitlines())
+        return [e for e in events if e["kind"] == "token-store"]
 
     first = store_events(tmp_path / "one")
     assert [e["done"] for e in first] == [True, True] and all(e["tokens"] > 0 for e in first)
