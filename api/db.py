@@ -64,6 +64,13 @@ class Dataset(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
+    @property
+    def token_stores(self) -> list[dict[str, Any]]:
+        """Tokens and documents per tokenizer, from the token stores jobs built of this file (none before)."""
+        from mol_engine.token_store import store_stats
+
+        return store_stats(self.path)
+
 
 class Upload(Base):
     """A file arriving in parts (api/routes/uploads). The rows hold the state because completing must be one

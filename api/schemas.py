@@ -8,6 +8,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class TokenStoreOut(BaseModel):
+    """One tokenization of a dataset: made by the first job that used it with this tokenizer."""
+
+    tokenizer: str
+    tokens: int
+    documents: int
+    dtype: str
+    vocab_size: int
+    bytes: int
+
+
 class DatasetOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
@@ -18,6 +29,7 @@ class DatasetOut(BaseModel):
     approx_tokens: int
     sha256: str
     created_at: datetime
+    token_stores: list[TokenStoreOut] = []
 
 
 class UploadIn(BaseModel):

@@ -47,3 +47,29 @@ def test_auth_and_isolation(client, auth, upload):
     assert client.get(f"/v1/datasets/{mine}", headers=auth("bob")).status_code == 404
     assert client.delete(f"/v1/datasets/{mine}", headers=auth("bob")).status_code == 404
     assert client.get("/v1/datasets", headers=auth("bob")).json() == []
+
+
+def test_token_stores_appear_in_the_dataset_and_go_with_it(client, settings, auth, upload, tiny_model_dir):
+    from mol_engine.modeling import load_tokenizer
+    from mol_engine.token_store import open_or_build
+
+    body = upload(DOCS).json()
+    assert body["token_stores"] == []  # no job has tokenized it yet
+    stored = next(settings.datasets_dir.iterdir())
+    store = open_or_build(stored, load_tokenizer(str(tiny_model_dir)))  # what a job's first step does
+    listed = client.get(f"/v1/datasets/{body['id']}", headers=auth()).json()["token_stores"]
+    assert [(s["tokens"], s["documents"], s["dtype"]) for s in listed] == [(store.n_tokens, 5, "uint16")]
+    assert listed[0]["tokenizer"] == tiny_model_dir.name and listed[0]["bytes"] > 2 * store.n_tokens
+    assert client.delete(f"/v1/datasets/{body['id']}", headers=auth()).status_code == 204
+    assert not store.path.exists() and list(settings.datasets_dir.iterdir()) == []
+
+
+def test_undecodable_or_columnless_files_are_refused_at_upload(client, auth, upload, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    latin = upload("caf\u00e9\n".encode() + "\n\nna\u00efve\n".encode("latin-1"), filename="notes.txt")
+    assert latin.status_code == 422 and "notes.txt, line 4: not valid UTF-8" in latin.json()["detail"]
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "p.parquet")
+    parquet = upload((tmp_path / "p.parquet").read_bytes(), filename="p.parquet")
+    assert parquet.status_code == 422 and "missing column 'text'" in parquet.json()["detail"]
