@@ -18,7 +18,7 @@ from .db import Dataset, Upload, UploadPart, utcnow
 from .schemas import UploadIn
 from .settings import Settings
 from .upload_parts import Part
-from .validation import CORPUS_SUFFIXES, PURPOSES, QA_SUFFIXES
+from .validation import name_problem
 
 
 class Room(NamedTuple):
@@ -32,23 +32,13 @@ def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
 
-def _name_problems(purpose: str, filename: str) -> list[str]:
-    """What is wrong with a purpose and a file name, by inspect_dataset's rules, before any byte is sent."""
-    if purpose not in PURPOSES:
-        return [f"purpose: must be one of {', '.join(PURPOSES)} (got '{purpose}')"]
-    allowed = QA_SUFFIXES if purpose == "eval" else CORPUS_SUFFIXES
-    if Path(filename).suffix.lower() not in allowed:
-        return [f"filename: '{filename}' must end with one of {', '.join(allowed)} for purpose '{purpose}'"]
-    return []
-
-
 def create_upload(db: Session, owner: str, body: UploadIn, settings: Settings) -> Upload:
     """A new pending upload; 413 when the declared size is over the limit, 422 for the purpose or file name."""
     if body.bytes > settings.max_upload_bytes:
         raise HTTPException(413, f"bytes: {body.bytes} is larger than the limit of {settings.max_upload_mb:g} MiB")
-    problems = _name_problems(body.purpose, body.filename)
-    if problems:
-        raise HTTPException(422, "\n".join(problems))
+    problem = name_problem(body.purpose, body.filename, field="filename")
+    if problem:
+        raise HTTPException(422, problem)
     purge_expired(db, settings.uploads_dir)
     upload = Upload(owner=owner, purpose=body.purpose, filename=Path(body.filename).name, bytes=body.bytes,
                     mime_type=body.mime_type, expires_at=utcnow() + timedelta(hours=settings.upload_expiry_h))

@@ -18,13 +18,21 @@ CORPUS_SUFFIXES = tuple(data.CORPUS_SUFFIXES)  # what the engine reads, in one p
 QA_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
+def name_problem(purpose: str, filename: str, field: str = "file") -> str | None:
+    """What is wrong with an upload's purpose or file name (``field`` names the name's field), before any byte."""
+    if purpose not in PURPOSES:
+        return f"purpose: must be one of {', '.join(PURPOSES)} (got '{purpose}')"
+    allowed = QA_SUFFIXES if purpose == "eval" else CORPUS_SUFFIXES
+    if Path(filename).suffix.lower() not in allowed:
+        return f"{field}: '{filename}' must end with one of {', '.join(allowed)} for purpose '{purpose}'"
+    return None
+
+
 def inspect_dataset(path: Path, purpose: str, filename: str) -> tuple[int, int]:
     """(documents, approximate tokens) of a stored upload; DataError naming the field or the client's line."""
-    if purpose not in PURPOSES:
-        raise DataError(f"purpose: must be one of {', '.join(PURPOSES)} (got '{purpose}')")
-    allowed = QA_SUFFIXES if purpose == "eval" else CORPUS_SUFFIXES
-    if path.suffix not in allowed:
-        raise DataError(f"file: '{filename}' must end with one of {', '.join(allowed)} for purpose '{purpose}'")
+    problem = name_problem(purpose, filename)
+    if problem:
+        raise DataError(problem)
     try:
         if purpose == "eval":
             pairs = read_qa(path)

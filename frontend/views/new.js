@@ -1,6 +1,6 @@
 // New job: pick or upload datasets, choose a base model and method, set the main hyperparameters.
 import { api, upload } from "../api.js";
-import { el } from "../dom.js";
+import { byteSize, el } from "../dom.js";
 
 const PURPOSES = [
   { purpose: "domain", field: "domain_data", label: "Domain corpus", required: true,
@@ -21,6 +21,15 @@ function fieldError(name) {
   return el("p", { class: "error field-error", "data-error-for": name });
 }
 
+// "3.2 MiB · 1,204 documents · sha256 ab12cd34… · 812,330 tokens (demo)": what is known of a dataset.
+function datasetStats(d) {
+  if (!d) return "";
+  const tokens = (d.token_stores || []).map((s) => `${s.tokens.toLocaleString()} tokens (${s.tokenizer})`);
+  return [byteSize(d.bytes), `${d.documents.toLocaleString()} ${d.purpose === "eval" ? "pairs" : "documents"}`,
+    `sha256 ${d.sha256.slice(0, 12)}…`,
+    ...(tokens.length ? tokens : d.purpose === "eval" ? [] : ["tokens counted when a job first uses it"])].join(" · ");
+}
+
 function datasetPicker(spec, datasets) {
   const select = el("select", { name: spec.field, id: `pick-${spec.purpose}` },
     spec.required ? null : el("option", { value: "" }, "— none —"),
@@ -28,6 +37,10 @@ function datasetPicker(spec, datasets) {
       el("option", { value: d.id }, `${d.filename} · ${d.documents} docs · ${d.id}`)));
   const bar = el("progress", { max: 1, value: 0, hidden: true });
   const error = fieldError(spec.field);
+  const known = new Map(datasets.map((d) => [d.id, d]));
+  const stats = el("p", { class: "muted dataset-stats", "data-stats-for": spec.field });
+  const showStats = () => { stats.textContent = datasetStats(known.get(select.value)); };
+  select.addEventListener("change", showStats);
   const input = el("input", { type: "file", id: `file-${spec.purpose}`, accept: ".jsonl,.json,.ndjson,.txt,.md,.parquet" });
   // null: every byte sent, the server joins and checks the file (an indeterminate bar meanwhile)
   const progress = (f) => { if (f === null) bar.removeAttribute("value"); else bar.value = f; };
@@ -38,7 +51,9 @@ function datasetPicker(spec, datasets) {
     try {
       const d = await upload(file, spec.purpose, progress);
       select.append(el("option", { value: d.id }, `${d.filename} · ${d.documents} docs · ${d.id}`));
+      known.set(d.id, d);
       select.value = d.id;
+      showStats();
     } catch (err) {
       error.textContent = `${file.name} was refused: ${err.message}`;
     } finally {
@@ -55,9 +70,10 @@ function datasetPicker(spec, datasets) {
     drop.classList.remove("over");
     if (e.dataTransfer.files[0]) send(e.dataTransfer.files[0]);
   });
+  showStats();
   return el("div", { class: "picker", "data-purpose": spec.purpose },
     el("label", { for: select.id }, spec.label, spec.required ? " *" : ""), el("p", { class: "muted" }, spec.help),
-    el("div", { class: "row" }, select, drop), bar, error);
+    el("div", { class: "row" }, select, drop), stats, bar, error);
 }
 
 export async function newJobPage(view) {
