@@ -21,7 +21,7 @@ from torch import nn
 from .callbacks import Callback, CallbackList
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .corpus import Corpus, split_corpus
-from .data import Batch, MixedBatches, read_qa
+from .data import Batch, DataError, MixedBatches, read_qa
 from .distributed import World, join_world, local_device, wrap
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
@@ -213,7 +213,13 @@ def _token_stores(files: dict[str, list[str]], tokenizer, out: Path, world: Worl
     def progress(point: dict) -> None:
         cb.on_event({"step": 0, "kind": "token-store", **point})
 
-    stores = {name: [open_or_build(f, tokenizer, progress) for f in paths] for name, paths in files.items()}
+    stores: dict[str, list[TokenStore]] = {name: [] for name in files}
+    for name, paths in files.items():
+        for i, path in enumerate(paths):
+            try:
+                stores[name].append(open_or_build(path, tokenizer, progress))
+            except DataError as err:  # name the spec field as well as the file and line
+                raise DataError(f"{name}_data[{i}]: {err}") from None
     tmp = marker.with_name(marker.name + ".tmp")
     tmp.write_text(json.dumps({name: [str(s.path) for s in found] for name, found in stores.items()}))
     tmp.replace(marker)

@@ -101,6 +101,14 @@ def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpe
     return spec.resolve_paths(resolve)
 
 
+def public_error(sessions: sessionmaker, owner: str, message: str) -> str:
+    """``message`` with the server's dataset paths replaced by the names the owner gave them (and their ids)."""
+    with sessions() as db:
+        for dataset in db.scalars(select(Dataset).where(Dataset.owner == owner)):
+            message = message.replace(dataset.path, f"{dataset.filename} ({dataset.id})")
+    return message
+
+
 def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None) -> None:
     with sessions.begin() as db:
         job = db.get(Job, job_id)
@@ -129,7 +137,7 @@ def run(job_id: str, settings: Settings | None = None) -> str:
         result = train(spec, settings.runs_dir / job_id, [recorder], resume=True)
     except Exception as err:  # any failure becomes the job's error message
         recorder.close()
-        finish(sessions, job_id, "failed", f"{type(err).__name__}: {err}")
+        finish(sessions, job_id, "failed", public_error(sessions, job.owner, f"{type(err).__name__}: {err}"))
         return "failed"
     recorder.close()
     if result.status == "cancelled" and os.getppid() != recorder._parent:

@@ -134,3 +134,19 @@ def test_restarting_the_api_loses_nothing(client, auth, finished_job, settings, 
 def test_health_reports_database_broker_and_workers(client):
     report = client.get("/healthz").json()
     assert report["database"] == "ok" and report["broker"] == "ok" and report["workers"] == []
+
+
+def test_a_corpus_broken_on_disk_fails_the_job_naming_field_file_and_line(client, auth, upload, settings):
+    domain = upload(DOCS).json()
+    general = upload(PROSE, purpose="general").json()["id"]
+    stored = next(p for p in settings.datasets_dir.iterdir() if p.is_file() and p.stat().st_size == len(DOCS))
+    with stored.open("a") as handle:  # damaged after its upload was checked (a bad disk, a hand edit)
+        handle.write('{"text": "unterminated\n')
+    spec = {"name": "broken", "base_model": "tiny", "domain_data": [domain["id"]], "general_data": [general],
+            "seq_len": 32, "batch_size": 4, "max_steps": 2}
+    job_id = client.post("/v1/jobs", headers=auth(), json=spec).json()["id"]
+    assert run(job_id, settings) == "failed"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["error"] == (f"DataError: domain_data[0]: data.jsonl ({domain['id']}), line 41: invalid JSON "
+                            "(Invalid control character at)")
+    assert job["step"] == 0 and client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth()).json() == []
