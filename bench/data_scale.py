@@ -4,13 +4,15 @@
 
 Figures (goal in brackets), all measured in this run; corpora are generated here, never committed:
 - ``rss_growth_1m_to_100m``: peak RSS of a short ``mol train`` (store build included) on the big corpus over
-  the same on 1M tokens [≤ 1.10]. Each run is a fresh process; the peak is its whole-life max RSS.
+  the same on 1M tokens [≤ 1.10]. Each run is a fresh process; the peak is its whole-life max RSS, taken
+  with ``memory.PROBE_ENV`` (glibc hands freed blocks over 1 MiB back at once). Without it the peaks of
+  repeated identical runs scatter by ±10% (allocator retention, not live data), which would hide the signal.
 - ``tokenize_vs_raw_throughput``: store-building tokens/s (read, hash, tokenize, write, checksum) over a bare
   ``tokenizers`` ``encode_batch_fast`` of the same texts, already in memory, on the same threads [≥ 0.80].
 - ``store_bytes_per_token``: bytes on disk per token [≤ 2.1 for a vocabulary that fits uint16].
 - ``upload_resume_ok``: a 200 MB upload cut at 50% and resumed has the uninterrupted upload's sha256.
-- ``document_vs_concat_step_time``: one MoL step with document packing over the same step with concat (for
-  choosing the default; no goal).
+- ``document_vs_concat_step_time_{256,1024}``: one MoL step with document packing over the same step with
+  concat, at two sequence lengths (for choosing the default; no goal).
 Writes its section of docs/performance.md and ends with one JSON line.
 """
 
@@ -30,6 +32,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from memory import PROBE_ENV  # glibc returns freed blocks over 1 MiB at once: RSS follows live memory
 from report import replace_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +100,7 @@ def peak_rss_of_train(model: Path, domain: Path, general: Path, out: Path) -> di
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, time.perf_counter() - t)")
     mol = str(Path(sys.executable).with_name("mol"))
     done = subprocess.run([sys.executable, "-c", wrapper, mol, "train", str(spec_file), "--out", str(out)],
-                          check=True, capture_output=True, text=True)
+                          check=True, capture_output=True, text=True, env=os.environ | PROBE_ENV)
     kib, seconds = done.stdout.split()
     return {"peak_rss_mib": int(kib) / 1024, "seconds": float(seconds)}
 
@@ -130,22 +133,21 @@ def tokenize_throughput(model: Path, corpus: Path, root: Path, rounds: int) -> d
             "text_tokens": n_tokens, "store_bytes": on_disk, "dtype": str(store.tokens.dtype)}
 
 
-def packing_step_cost(model_root: Path, domain: Path, general: Path, rounds: int) -> dict:
-    """One MoL step (h=256, 4 layers, batch 8x256) with document packing over concat, interleaved; median ratio."""
-    sys.path.insert(0, str(Path(__file__).parent))
+def packing_step_cost(model_root: Path, domain: Path, general: Path, rounds: int, seq_len: int,
+                      batch_size: int) -> dict:
+    """One MoL step (h=256, 4 layers) with document packing over concat, interleaved; median paired ratio."""
     from step_cost import Shape, make_model
 
     from mol_engine.spec import JobSpec
     from mol_engine.train import setup_run, train_step
 
-    shape = Shape()
-    model = make_model(model_root, shape, demo=model_root)  # the tokenizer of model_root/model
+    model = make_model(model_root, Shape(), demo=model_root)  # the tokenizer of model_root/model
     runs = {}
     for packing in ("concat", "document"):
         spec = JobSpec(base_model=str(model), domain_data=[str(domain)], general_data=[str(general)],
-                       seq_len=shape.seq_len, batch_size=shape.batch_size, packing=packing, max_steps=10**6,
+                       seq_len=seq_len, batch_size=batch_size, packing=packing, max_steps=10**6,
                        eval_every=10**6, save_every=10**6, device="cpu", lr=1e-4, warmup_steps=0)
-        runs[packing] = setup_run(spec, model_root / f"packing-{packing}")
+        runs[packing] = setup_run(spec, model_root / f"packing-{packing}-{seq_len}")
         train_step(runs[packing], 1)  # warm-up
     times = {name: [] for name in runs}
     for step in range(2, rounds + 2):
@@ -231,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
         say(f"upload of {up['bytes'] / 2**20:.0f} MiB cut at 50% and resumed: same sha256 as uninterrupted = "
             f"{results['upload_resume_ok']} ({up['seconds_whole']:.1f} s whole, {up['seconds_resumed']:.1f} s "
             "cut + resumed)")
-        pack = packing_step_cost(root, small["domain"], small["general"], rounds=3 if args.quick else 8)
-        results["document_vs_concat_step_time"] = pack["ratio"]
-        say(f"MoL step with document packing {pack['document_s'] * 1000:.0f} ms / concat "
-            f"{pack['concat_s'] * 1000:.0f} ms = {pack['ratio']:.3f} (median of paired steps)")
+        for seq_len, rows in ((256, 8), (1024, 2)):
+            pack = packing_step_cost(root, small["domain"], small["general"], rounds=3 if args.quick else 8,
+                                     seq_len=seq_len, batch_size=rows)
+            results[f"document_vs_concat_step_time_{seq_len}"] = pack["ratio"]
+            say(f"MoL step (h=256, 4 layers, {rows} x {seq_len} tokens) with document packing "
+                f"{pack['document_s'] * 1000:.0f} ms / concat {pack['concat_s'] * 1000:.0f} ms = {pack['ratio']:.3f} "
+                "(median of paired steps)")
     finally:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
@@ -258,8 +263,9 @@ def write_report(results: dict, lines: list[str], big: int) -> None:
         value = results[key]
         shown = str(value).lower() if isinstance(value, bool) else f"{value:.3f}"
         table.append(f"| `{key}` | {shown} | {goal} {'✅' if _holds(value, low, high) else '❌'} |")
-    table.append(f"| `document_vs_concat_step_time` | {results['document_vs_concat_step_time']:.3f} | (informs the "
-                 "default) |")
+    for seq_len in (256, 1024):
+        key = f"document_vs_concat_step_time_{seq_len}"
+        table.append(f"| `{key}` | {results[key]:.3f} | (informs the packing default) |")
     text = ["## Data at scale: token stores", "",
             f"Produced by `python bench/data_scale.py` in {results['seconds']:.0f} s on this machine "
             f"({os.cpu_count()} CPU cores); the big corpus is {big:,} tokens per file. Rerun the bench rather than "

@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
+from memory import PROBE_ENV
 from report import replace_section
 
 from mol_engine.callbacks import Callback
@@ -258,7 +259,6 @@ def paired_ratio(label: str, key: str, num: list[float], den: list[float], resul
 # Every allocation over 1 MiB gets its own mapping, returned to the OS when freed: peak RSS then follows the live
 # tensors rather than how glibc happened to reuse its heap (repeat runs agree within 2 MiB instead of ±30 MiB).
 # It slows allocation, so probes measure memory only; throughput is measured in-process, without it.
-PROBE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**20), "MALLOC_TRIM_THRESHOLD_": str(2**20)}
 
 
 def probe(config: dict) -> dict:
