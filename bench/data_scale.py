@@ -268,7 +268,11 @@ def write_report(results: dict, lines: list[str], big: int) -> None:
     text = ["## Data at scale: token stores", "",
             f"Produced by `python bench/data_scale.py` in {results['seconds']:.0f} s on this machine "
             f"({os.cpu_count()} CPU cores); the big corpus is {big:,} tokens per file. Rerun the bench rather than "
-            "edit by hand.", "", *table, "", "Every figure with its inputs:", "", "```", *lines, "```", ""]
+            "edit by hand.", "",
+            "Peak RSS is each `mol train`'s whole-life maximum in a fresh process, token-store builds included, "
+            "with glibc handing freed blocks over 1 MiB back at once (`bench/memory.py`), so that it follows live "
+            "memory rather than what the allocator kept.", "", *table, "", "Every figure with its inputs:", "",
+            "```", *lines, "```", ""]
     replace_section(ROOT / "docs" / "performance.md", "data_scale", "\n".join(text))
 
 
