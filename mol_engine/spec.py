@@ -13,12 +13,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Method = Literal["mol", "cpt", "domain_only"]
+MAX_SELF_SAMPLE_TOKENS = 50_000_000  # sampling runs before step 1: beyond this it takes hours on any GPU
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class LoraSpec(BaseModel):
     """LoRA settings, used when ``finetune == "lora"``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     rank: int = Field(16, ge=1, le=1024)
     alpha: float = Field(32.0, gt=0)
@@ -29,14 +31,16 @@ class LoraSpec(BaseModel):
 class JobSpec(BaseModel):
     """A domain-adaptation job: base model, corpora, method and hyperparameters, with defaults."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: JSON has no Infinity or NaN; a spec holding one could be neither stored nor trained on
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: str = Field("mol-job", min_length=1, max_length=200)
     base_model: str = Field(min_length=1, description="Hugging Face model directory (or, via the API, a model id)")
     domain_data: list[str] = Field(min_length=1, description="domain corpus files (JSONL `text`, .txt, Parquet)")
     general_data: list[str] = Field(default_factory=list, description="general corpus files")
     general_source: Literal["corpus", "self"] = "corpus"
-    self_sample_tokens: int = Field(200_000, ge=1_000, description="tokens sampled from the base when source=self")
+    self_sample_tokens: int = Field(200_000, ge=1_000, le=MAX_SELF_SAMPLE_TOKENS, description=(
+        "tokens sampled from the base when source=self (at most 50M: more takes hours; upload a general corpus)"))
     eval_data: str | None = Field(None, description="optional QA set (JSONL with `question`, `answer`)")
 
     method: Method = "mol"
@@ -90,6 +94,13 @@ class JobSpec(BaseModel):
         if not match or int(match[1]) < 1 or int(match[2]) < 1:
             raise ValueError("ratio must look like 'D:G' with positive integers, e.g. '1:1' or '4:1'")
         return f"{int(match[1])}:{int(match[2])}"
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if CONTROL.search(value):
+            raise ValueError("name must not contain control characters (such as NUL or a newline)")
+        return value
 
     @field_validator("qa_prompt")
     @classmethod

@@ -94,3 +94,22 @@ def test_jobspec_schema_carries_the_defaults(client, auth):
     assert schema["properties"]["ratio"]["default"] == "1:1"
     assert schema["properties"]["method"]["default"] == "mol"
     assert client.get("/v1/jobspec").status_code == 401
+
+
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN", "1e999"])
+@pytest.mark.parametrize("field", ["max_grad_norm", "lora"])
+def test_non_finite_numbers_are_refused_naming_the_field(client, auth, datasets, queued, number, field):
+    value = number if field != "lora" else f'{{"alpha": {number}}}'
+    body = json.dumps(spec(datasets))[:-1] + f', "{field}": {value}}}'  # raw JSON: Infinity is not standard JSON
+    response = client.post("/v1/jobs", headers=auth() | {"Content-Type": "application/json"}, content=body)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"].startswith("max_grad_norm:" if field != "lora" else "lora.alpha:")
+    assert queued == []
+
+
+@pytest.mark.parametrize(("change", "where"), [({"name": "a\x00b"}, "name:"), ({"name": "x\x1b[2J"}, "name:"),
+                                               ({"self_sample_tokens": 10**12}, "self_sample_tokens:")])
+def test_nul_in_a_name_and_absurd_sample_sizes_are_refused(client, auth, datasets, queued, change, where):
+    response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, **change))
+    assert response.status_code == 422 and response.json()["detail"].startswith(where), response.text
+    assert queued == []
