@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from .db import init_db, make_engine
 from .deps import Services
+from .logs import install_redaction
 from .routes import checkpoints, datasets, jobs, misc, session, uploads
 from .settings import Settings
 
@@ -19,6 +21,12 @@ from .settings import Settings
 def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
     parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in err.errors()]
     return JSONResponse({"detail": "\n".join(parts)}, status_code=422)
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    install_redaction()  # at startup, after the server has configured its logging
+    yield
 
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
@@ -32,7 +40,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         from worker.queue import celery_enqueue
 
         enqueue = celery_enqueue(settings)
-    app = FastAPI(title="MoL Studio", version="1", docs_url="/docs")
+    app = FastAPI(title="MoL Studio", version="1", docs_url="/docs", lifespan=_lifespan)
     app.state.services = Services(settings=settings, sessions=sessions, enqueue=enqueue)
     app.state.tails = {}  # job id -> JobTail: one database tail per watched job (api.stream)
     app.add_exception_handler(RequestValidationError, _validation_error)

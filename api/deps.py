@@ -31,12 +31,23 @@ def session(svc: Annotated[Services, Depends(services)]) -> Iterator[Session]:
         yield db
 
 
+COOKIE_METHODS = frozenset({"GET", "HEAD"})  # reads, streams and downloads: what EventSource and links need
+
+
 def owner(request: Request, db: Annotated[Session, Depends(session)],
           svc: Annotated[Services, Depends(services)]) -> str:
-    """The owner of the request's bearer token (or of the dashboard's cookie); 401 without a valid one."""
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else request.cookies.get(COOKIE, "")
+    """The owner of the request's bearer token (or, on GET and HEAD only, of the dashboard's cookie).
+
+    401 without a valid token; 403 for a write that carries only the cookie, which a form or script on another
+    site can make the browser send (a bearer header it cannot).
+    """
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    if not token and request.cookies.get(COOKIE):
+        if request.method not in COOKIE_METHODS:
+            raise HTTPException(403, "the session cookie only authenticates reads: send 'Authorization: Bearer "
+                                     "<token>' with a write")
+        token = request.cookies[COOKIE]
     found = owner_of(db, token, svc.settings.static_tokens()) if token else None
     if found is None:
         raise HTTPException(401, "missing or invalid token: send 'Authorization: Bearer <token>'",

@@ -86,8 +86,7 @@ class JobOut(BaseModel):
 
 
 class ModelOut(BaseModel):
-    id: str
-    path: str
+    id: str  # the name a job spec's base_model takes; the server's path stays private
     model_type: str | None = None
 
 

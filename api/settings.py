@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,13 +25,22 @@ class Settings(BaseSettings):
     tokens: str = Field("", description="owner:token pairs, comma separated, accepted besides stored tokens")
     max_upload_mb: float = Field(1024, gt=0)
     upload_expiry_h: float = Field(24, gt=0, description="an upload in parts not completed by then is dropped")
-    cors_origins: list[str] = Field(default_factory=list)
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed with credentials; no '*'")
     job_attempts: int = Field(3, ge=1, description="attempts before a job that keeps crashing is failed")
     heartbeat_s: float = Field(10, gt=0)
     lease_timeout_s: float = Field(120, gt=0, description="a running job without heartbeat this long is stale")
     cancel_grace_s: float = Field(10, gt=0)
     stream_poll_s: float = Field(0.5, gt=0)
     stream_keepalive_s: float = Field(15, gt=0)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _no_wildcard_origin(cls, origins: list[str]) -> list[str]:
+        """Refuses '*': the API allows credentials, and with them a wildcard would let any site act as the user."""
+        if "*" in origins:
+            raise ValueError("MOL_CORS_ORIGINS may not contain '*' (requests carry credentials): list each "
+                             "origin, e.g. [\"https://studio.example.com\"]")
+        return origins
 
     @cached_property
     def db_url(self) -> str:

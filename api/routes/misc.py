@@ -20,7 +20,8 @@ router = APIRouter()
 
 @router.get("/v1/models", response_model=list[ModelOut], tags=["models"])
 def list_models(owner: Owner, svc: Svc) -> list[ModelOut]:
-    return [ModelOut(id=name, path=str(path), model_type=model_type(path))
+    """The base models on offer, by name and type (their paths on the server are not shown)."""
+    return [ModelOut(id=name, model_type=model_type(path))
             for name, path in available_models(svc.settings).items() if (path / "config.json").is_file()]
 
 
