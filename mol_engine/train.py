@@ -37,7 +37,7 @@ BUILD_TOKENS = 16_384  # tokens per reference forward when caching its top-k (no
 
 
 class TrainError(RuntimeError):
-    """The run cannot start as asked; the message says what to change."""
+    """The run cannot start or go on as asked (its loss went non-finite); the message says what to change."""
 
 
 @dataclass
@@ -300,14 +300,15 @@ def train_step(run: Run, step: int) -> dict[str, float]:
             loss.backward()
         sums += torch.stack([parts.domain_ce, parts.general_ce, parts.general_kl]).detach()
         counts = [counts[0] + parts.n_domain, counts[1] + parts.n_general_ce, counts[2] + parts.n_general_kl]
+    totals = run.world.sum([*sums.tolist(), *counts, sum(b.n_tokens for b in micro)], run.device)
+    sums, counts, tokens = totals[:3], totals[3:6], totals[6]
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf"))
+    _check_finite(run, step, [*sums, float(grad_norm)])  # every rank sees the same sums: all stop together
     lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    totals = run.world.sum([*sums.tolist(), *counts, sum(b.n_tokens for b in micro)], run.device)
-    sums, counts, tokens = totals[:3], totals[3:6], totals[6]
     domain_ce, general_ce, general_kl = (s / max(c, 1) for s, c in zip(sums, counts, strict=True))
     metrics = {"train/domain_ce": domain_ce}
     if counts[2]:
@@ -321,6 +322,19 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "train/grad_norm": float(grad_norm),
         "train/tokens_per_s": tokens / (time.perf_counter() - started),
     }
+
+
+def _check_finite(run: Run, step: int, values: list[float]) -> None:
+    """Raise TrainError, before the optimizer applies the step, when a loss term or the gradient norm is not finite."""
+    names = ("train/domain_ce", "train/general_ce", "train/general_kl", "train/grad_norm")
+    bad = [f"{name} = {value}" for name, value in zip(names, values, strict=True) if not math.isfinite(value)]
+    if not bad:
+        return
+    kept = latest_checkpoint(run.out)
+    kept_text = f"the last good checkpoint {kept.name} is kept" if kept else "no checkpoint was written yet"
+    what = "gradient norm" if bad[0].startswith("train/grad_norm") else "loss"
+    raise TrainError(f"non-finite {what} at step {step}: {', '.join(bad)}; the step was not applied and {kept_text}; "
+                     f"lower lr{' or kl_weight' if 'kl' in bad[0] else ''}")
 
 
 def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
