@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import HTTPException
 from sqlalchemy.orm import Session, sessionmaker
@@ -12,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from mol_engine.data import DataError
 
 from .db import Dataset, new_id
+from .settings import Settings
 from .upload import Received
 from .validation import inspect_dataset
 
@@ -44,3 +46,11 @@ def _record(sessions: sessionmaker, dataset: Dataset, then: Callable[[Session, D
         db.add(dataset)
         if then is not None:
             then(db, dataset)
+
+
+def owns_file(settings: Settings, dataset: Dataset) -> bool:
+    """Whether the dataset's file is one the store created (an upload), which deleting the dataset deletes.
+
+    Rows that point elsewhere, such as the demo corpora ``mol up`` registers in place, only reference a file.
+    """
+    return Path(dataset.path).resolve().is_relative_to(settings.datasets_dir.resolve())

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from mol_engine.token_store import cache_root
 
-from ..dataset_store import keep_dataset
+from ..dataset_store import keep_dataset, owns_file
 from ..db import Dataset, Job
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import DatasetOut
@@ -55,7 +55,8 @@ def get_dataset(dataset_id: str, owner: Owner, db: DB) -> Dataset:
 
 
 @router.delete("/{dataset_id}", status_code=204)
-def delete_dataset(dataset_id: str, owner: Owner, db: DB) -> None:
+def delete_dataset(dataset_id: str, owner: Owner, db: DB, svc: Svc) -> None:
+    """Deletes the dataset, and its file and token stores when the store made them (not the demo's own)."""
     dataset = owned_dataset(db, owner, dataset_id)
     active = db.scalars(select(Job).where(Job.owner == owner, Job.status.in_(ACTIVE))).all()
     users = [job.id for job in active if dataset_id in dataset_refs(job.spec)]
@@ -63,5 +64,7 @@ def delete_dataset(dataset_id: str, owner: Owner, db: DB) -> None:
         raise HTTPException(409, f"dataset '{dataset_id}' is used by active job(s) {', '.join(users)}")
     db.delete(dataset)
     db.commit()
+    if not owns_file(svc.settings, dataset):
+        return
     Path(dataset.path).unlink(missing_ok=True)
     shutil.rmtree(cache_root(dataset.path), ignore_errors=True)  # cached reference targets built on it

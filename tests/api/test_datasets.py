@@ -73,3 +73,24 @@ def test_undecodable_or_columnless_files_are_refused_at_upload(client, auth, upl
     pq.write_table(pa.table({"body": ["x"]}), tmp_path / "p.parquet")
     parquet = upload((tmp_path / "p.parquet").read_bytes(), filename="p.parquet")
     assert parquet.status_code == 422 and "missing column 'text'" in parquet.json()["detail"]
+
+
+def test_deleting_a_demo_dataset_leaves_the_demo_usable(client, settings, auth):
+    from api.cli import register_demo_datasets
+    from mol_engine.demo import DemoPaths
+
+    demo = DemoPaths.under(settings.home / "demo")
+    demo.root.mkdir()
+    qa = json.dumps({"question": "What is 1 plus 1?", "answer": "2"}) + "\n"
+    for path, text in ((demo.domain, DOCS), (demo.general, DOCS.replace("things", "stuff")), (demo.eval, qa)):
+        path.write_text(text)
+    sessions = client.app.state.services.sessions
+    register_demo_datasets(sessions, settings, "alice")  # what `mol up` does at start
+    listed = {d["purpose"]: d["id"] for d in client.get("/v1/datasets", headers=auth()).json()}
+    assert client.delete(f"/v1/datasets/{listed['domain']}", headers=auth()).status_code == 204
+    assert demo.domain.read_text() == DOCS  # the demo's own file, not the row's to delete
+    register_demo_datasets(sessions, settings, "alice")  # the next start
+    again = {d["purpose"]: d["id"] for d in client.get("/v1/datasets", headers=auth()).json()}
+    assert set(again) == {"domain", "general", "eval"} and again["general"] == listed["general"]
+    demo.eval.unlink()  # an older version's DELETE removed it: the start goes on without it
+    register_demo_datasets(sessions, settings, "alice")
