@@ -35,7 +35,10 @@ def _sha256(path: Path) -> str:
 
 
 def register_demo_datasets(sessions, settings: Settings, owner: str) -> None:
-    """Make the demo corpora pickable datasets of ``owner`` (once; matched by content hash)."""
+    """Make the demo corpora pickable datasets of ``owner`` (once; matched by content hash).
+
+    The rows point at the demo's files in place; outside the dataset store, deleting them leaves the files.
+    """
     from mol_engine.demo import DemoPaths
 
     from .db import Dataset
@@ -45,6 +48,10 @@ def register_demo_datasets(sessions, settings: Settings, owner: str) -> None:
     with sessions.begin() as db:
         known = {(d.sha256, d.purpose) for d in db.query(Dataset).filter(Dataset.owner == owner)}
         for purpose, path in (("domain", paths.domain), ("general", paths.general), ("eval", paths.eval)):
+            if not path.is_file():  # deleted by hand (or by an older version's DELETE): offer the others
+                print(f"demo {purpose} corpus {path} is missing; delete {paths.root} to rebuild the demo",
+                      file=sys.stderr)
+                continue
             digest = _sha256(path)
             if (digest, purpose) in known:
                 continue
@@ -53,13 +60,35 @@ def register_demo_datasets(sessions, settings: Settings, owner: str) -> None:
                            bytes=path.stat().st_size, documents=documents, approx_tokens=tokens, sha256=digest))
 
 
+def local_token(sessions, settings: Settings) -> str:
+    """The one token of the owner ``local`` for this MOL_HOME: the one kept in ``local_token_file`` while it is
+    still valid, else a new one written there (mode 0600). Any other token of ``local`` is revoked."""
+    from .auth import keep_one_token
+
+    path = settings.local_token_file
+    stored = path.read_text().strip() if path.is_file() else None
+    with sessions.begin() as db:
+        token = keep_one_token(db, LOCAL_OWNER, stored or None)
+    if token != stored:
+        _write_private(path, token + "\n")
+    return token
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` readable by this user only, replacing it in one step."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
     from mol_engine.demo import build_demo
 
     from .app import create_app
-    from .auth import create_token
     from .db import init_db, make_engine
 
     settings = Settings()
@@ -68,8 +97,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         build_demo(settings.home / "demo", pretrain_steps=settings.demo_pretrain_steps,
                    log=lambda m: print(m, file=sys.stderr))
     sessions = init_db(make_engine(settings.db_url))
-    with sessions.begin() as db:
-        token = create_token(db, LOCAL_OWNER)
+    token = local_token(sessions, settings)
     if settings.demo_model:
         register_demo_datasets(sessions, settings, LOCAL_OWNER)
     worker = subprocess.Popen(worker_command(settings, "local"), env=os.environ.copy())
@@ -102,13 +130,48 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    from .auth import create_token
+def _sessions(settings: Settings):
     from .db import init_db, make_engine
 
-    sessions = init_db(make_engine(Settings().db_url))
-    with sessions.begin() as db:
+    return init_db(make_engine(settings.db_url))
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from .auth import create_token
+
+    with _sessions(Settings()).begin() as db:
         print(create_token(db, args.owner))
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    """Prints each stored token's owner, creation time and fingerprint (never the token)."""
+    from .auth import fingerprint, list_tokens
+
+    with _sessions(Settings()).begin() as db:
+        rows = list_tokens(db)
+        for row in rows:
+            print(f"{row.owner}\t{row.created_at:%Y-%m-%d %H:%M:%S}\t{fingerprint(row)}")
+    if not rows:
+        print("no stored tokens (tokens in MOL_TOKENS are not listed)", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    """Revokes the tokens of an owner, or the one with a fingerprint; 1 when none matches."""
+    from .auth import fingerprint, revoke_tokens
+
+    with _sessions(Settings()).begin() as db:
+        try:
+            rows = revoke_tokens(db, args.which)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        for row in rows:
+            print(f"revoked {row.owner} {fingerprint(row)}")
+    if not rows:
+        print(f"error: no stored token of owner or fingerprint '{args.which}'", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -131,13 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     token_sub = p.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="create a token for OWNER and print it (stored hashed)")
     create.add_argument("owner")
-    create.set_defaults(func=cmd_token)
+    create.set_defaults(func=cmd_token_create)
+    listing = token_sub.add_parser("list", help="list stored tokens: owner, created, fingerprint")
+    listing.set_defaults(func=cmd_token_list)
+    revoke = token_sub.add_parser("revoke", help="revoke every token of an owner, or one by its fingerprint")
+    revoke.add_argument("which", metavar="OWNER|FINGERPRINT")
+    revoke.set_defaults(func=cmd_token_revoke)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mol`` console script."""
-    return engine_cli.main(argv, parser=build_parser())
+    """Entry point of the ``mol`` console script; 2 with the message when the MOL_* settings are invalid."""
+    from pydantic import ValidationError
+
+    try:
+        return engine_cli.main(argv, parser=build_parser())
+    except ValidationError as err:
+        if err.title != Settings.__name__:
+            raise
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
+        print(f"error: invalid MOL_* settings: {problems}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
         return self.home / "runs"
 
     @property
+    def local_token_file(self) -> Path:
+        """Where ``mol up`` keeps the token of the owner ``local`` (mode 0600), reused at each start."""
+        return self.home / "local-token"
+
+    @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
 
