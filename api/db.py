@@ -6,6 +6,7 @@ stepped forward by ``MIGRATIONS`` when it is older.
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -28,6 +29,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
+
+from mol_engine.callbacks import strict_dumps
 
 SCHEMA_VERSION = 2
 
@@ -164,11 +167,21 @@ class SchemaVersion(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
+def _read_json(text: str) -> Any:
+    """A JSON column's value; NaN or Infinity, which versions before 2 could store on SQLite, reads as None."""
+    return json.loads(text, parse_constant=lambda _name: None)
+
+
+# Every JSON column (metric values, event data, last metrics) holds standard JSON: a NaN metric is stored as
+# null, so that PostgreSQL (which refuses NaN in json) accepts it and every answer and SSE message parses.
+JSON_CODEC = {"json_serializer": strict_dumps, "json_deserializer": _read_json}
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout so the API and workers can share it."""
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20,
-                               max_overflow=20)
+                               max_overflow=20, **JSON_CODEC)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:
@@ -178,7 +191,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20, **JSON_CODEC)
 
 
 def _widen_sizes(session: Session) -> None:

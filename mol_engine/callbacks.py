@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -87,6 +88,22 @@ class ConsoleLogger(Callback):
             print(f"[{event['kind']}] {event['message']}", file=self.stream, flush=True)
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by None: JSON has no such numbers."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def strict_dumps(value: Any) -> str:
+    """``value`` as standard JSON, non-finite floats written as null."""
+    return json.dumps(json_safe(value), allow_nan=False)
+
+
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+        handle.write(strict_dumps(record) + "\n")

@@ -150,3 +150,54 @@ def test_a_corpus_broken_on_disk_fails_the_job_naming_field_file_and_line(client
     assert job["error"] == (f"DataError: domain_data[0]: data.jsonl ({domain['id']}), line 41: invalid JSON "
                             "(Invalid control character at)")
     assert job["step"] == 0 and client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth()).json() == []
+
+
+def strict_json(text: str):
+    return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+
+
+def test_a_diverging_job_fails_with_a_clear_reason_and_its_curves_stay_json(client, auth, finished_job, settings,
+                                                                            monkeypatch):
+    from tests.engine.test_train_stops import poison_step
+
+    poison_step(monkeypatch, at_step=3)
+    job_id = finished_job("failed")
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert job["error"].startswith("TrainError: non-finite loss at step 3: train/general_kl = nan"), job["error"]
+    assert "step-2 is kept" in job["error"] and job["step"] == 2
+    assert [c["name"] for c in client.get(f"/v1/jobs/{job_id}/checkpoints", headers=auth()).json()] == ["step-2"]
+
+
+def test_non_finite_metrics_are_stored_and_streamed_as_null(client, auth, finished_job, settings):
+    from worker.runner import DatabaseRecorder, finish
+
+    job_id = finished_job()
+    sessions = client.app.state.services.sessions
+    recorder = DatabaseRecorder(sessions, job_id, "test", heartbeat_s=60)
+    recorder.on_metrics(5, {"eval/general_kl": float("nan"), "eval/domain_ppl": float("inf"), "train/lr": 0.1})
+    recorder.on_event({"step": 5, "kind": "eval", "message": "m", "eta_s": float("-inf")})
+    recorder.close()
+    finish(sessions, job_id, "succeeded")
+    response = client.get(f"/v1/jobs/{job_id}/metrics", headers=auth())
+    assert response.status_code == 200
+    assert strict_json(response.text)[-1] | {"seq": 0} == {"seq": 0, "step": 5, "eval/general_kl": None,
+                                                           "eval/domain_ppl": None, "train/lr": 0.1}
+    assert strict_json(client.get(f"/v1/jobs/{job_id}/events", headers=auth()).text)[-1]["data"] == {"eta_s": None}
+    assert client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["last_metrics"]["eval/general_kl"] is None
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth() | {"Accept": "text/event-stream"}) as s:
+        data = [strict_json(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
+    assert {"step": 5, "eval/general_kl": None, "eval/domain_ppl": None, "train/lr": 0.1} in [
+        {k: v for k, v in d.items() if k != "seq"} for d in data]
+
+
+def test_nan_written_by_an_earlier_version_reads_back_as_null(client, auth, finished_job, settings):
+    if settings.db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's json type never accepted NaN")
+    from sqlalchemy import text
+
+    job_id = finished_job()
+    with client.app.state.services.sessions.begin() as db:
+        db.execute(text("UPDATE metric_points SET \"values\" = '{\"train/loss\": NaN}' WHERE job_id = :j"),
+                   {"j": job_id})
+    points = strict_json(client.get(f"/v1/jobs/{job_id}/metrics", headers=auth()).text)
+    assert points and all(p["train/loss"] is None for p in points)
