@@ -5,6 +5,7 @@ Splitting lets the losses form full-vocabulary logits a chunk of positions at a 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,7 +45,26 @@ def load_tokenizer(path: str):
         raise ModelError(f"base_model: the tokenizer in {path} has no EOS token, needed between documents")
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    _check_token_ids(tokenizer, path)
     return tokenizer
+
+
+def _check_token_ids(tokenizer, path: str) -> None:
+    """Fail unless the EOS and pad ids the data uses are rows of the model's embedding (config ``vocab_size``)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False).get_text_config()
+    except (OSError, ValueError):
+        return  # load_model names what is wrong with the config
+    rows = getattr(config, "vocab_size", None)
+    for role in ("eos", "pad"):
+        token, token_id = getattr(tokenizer, f"{role}_token"), getattr(tokenizer, f"{role}_token_id")
+        if rows is not None and not 0 <= token_id < rows:
+            raise ModelError(
+                f"base_model: the tokenizer in {path} gives its {role} token {token!r} id {token_id}, outside the "
+                f"model's embedding ({rows} rows): set {role}_token in tokenizer_config.json to a token the model "
+                f"has (e.g. its EOS), or resize the embeddings (model.resize_token_embeddings) and save the model")
 
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> nn.Module:
@@ -52,6 +72,7 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
     from transformers import AutoModelForCausalLM
 
     _check_model_dir(path)
+    _check_weights(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
@@ -59,12 +80,32 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
     except (OSError, ValueError) as err:
         raise ModelError(f"base_model: cannot load a causal LM from {path}: {err}") from None
     model.config.use_cache = False
-    return model.to(device)
+    model = model.to(device)
+    verify_split(model, path)
+    return model
 
 
 def _check_model_dir(path: str) -> None:
     if not (Path(path) / "config.json").is_file():
         raise ModelError(f"base_model: {path} is not a Hugging Face model directory (no config.json)")
+
+
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _check_weights(path: str) -> None:
+    """Fail unless ``path`` holds safetensors weights: pickled PyTorch files are never loaded (they run code)."""
+    folder = Path(path)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(f.name for pattern in PICKLED_WEIGHTS for f in folder.glob(pattern))
+    if pickled:
+        raise ModelError(
+            f"base_model: {path} holds only pickled PyTorch weights ({', '.join(pickled)}), which are never "
+            f"loaded because unpickling can run code: convert them to safetensors (load the model once where you "
+            f"trust it and call save_pretrained(dir, safe_serialization=True)), or use the model's safetensors "
+            f"release")
+    raise ModelError(f"base_model: {path} holds no model weights (*.safetensors)")
 
 
 def add_lora(model: nn.Module, spec: JobSpec) -> nn.Module:
@@ -95,30 +136,90 @@ def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     document boundaries from where positions restart and keeps attention inside each document. Padding is
     only ever at the right end of a row, so causal attention never lets a real token see it.
     """
-    body = causal_lm(model).get_decoder()
+    body = _body(causal_lm(model))
     if position_ids is not None:
         return body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
     return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
 
-def logits_head(model: nn.Module):
-    """A function hidden [N, H] -> logits [N, V], as the model's own forward computes them."""
+def _body(lm: nn.Module) -> nn.Module:
+    """The transformer body of a ``*ForCausalLM`` (``model``, ``transformer``, ``gpt_neox``...): it returns
+    ``last_hidden_state``, final norm applied."""
+    body = lm.get_decoder() if hasattr(lm, "get_decoder") else lm
+    if body is lm:
+        body = getattr(lm, "base_model", lm)
+    if body is lm:
+        raise ModelError(f"base_model: cannot find the transformer body inside {type(lm).__name__}")
+    return body
+
+
+def logits_head(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """A function hidden [N, H] -> logits [N, V], as the model's own forward computes them.
+
+    After ``lm_head`` it applies the transforms transformers' forwards apply, with the same operations:
+    Granite's ``logits / logits_scaling``, Cohere's ``logits * logit_scale`` and Gemma's final soft-capping.
+    :func:`verify_split` checks at load that nothing else is missing.
+    """
     lm = causal_lm(model)
     head = lm.get_output_embeddings()
     if head is None:
         raise ModelError("base_model: the model has no output embeddings (lm_head)")
-    softcap = getattr(lm.config, "final_logit_softcapping", None)
-    scale = getattr(lm.config, "logit_scale", None) if hasattr(lm, "logit_scale") else None
+    config = lm.config
+    divide = getattr(config, "logits_scaling", None)  # Granite family
+    multiply = getattr(lm, "logit_scale", None)  # Cohere: a number set from the config
+    multiply = multiply if isinstance(multiply, int | float) else None
+    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
 
     def apply(hidden: Tensor) -> Tensor:
         logits = head(hidden)
-        if scale is not None:
-            logits = logits * scale
-        if softcap:
+        if divide is not None:
+            logits = logits / divide
+        if multiply is not None:
+            logits = logits * multiply
+        if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         return logits
 
     return apply
+
+
+# largest |split - forward| logit difference accepted, per unit of the largest |logit| (at least 1)
+SPLIT_TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 3e-2}
+PROBE_TOKENS = 8
+
+
+def verify_split(model: nn.Module, name: str = "the base model") -> float:
+    """The largest logit difference between body + :func:`logits_head` and the model's own forward on a
+    probe batch of 2 x 8 tokens (one row right-padded); raises :class:`ModelError` when over tolerance."""
+    lm = causal_lm(model)
+    device = next(lm.parameters()).device
+    rows = lm.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, rows, (2, PROBE_TOKENS), generator=torch.Generator().manual_seed(0)).to(device)
+    mask = torch.ones_like(ids)
+    mask[1, PROBE_TOKENS // 2:] = 0
+    was_training = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            split = logits_head(lm)(hidden_states(lm, ids, mask))
+            own = lm(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    finally:
+        lm.train(was_training)
+    keep = mask.bool()
+    split, own = split[keep].float(), own[keep].float()
+    if not torch.isfinite(own).all():
+        raise ModelError(f"base_model: {name} gives non-finite logits on a probe batch: its weights are broken")
+    diff = (split - own).abs().max().item()
+    dtype = lm.get_output_embeddings().weight.dtype
+    tolerance = SPLIT_TOLERANCE.get(dtype, 3e-2) * max(1.0, own.abs().max().item())
+    if not diff <= tolerance:  # NaN fails too
+        raise ModelError(
+            f"base_model: {name} ({lm.config.model_type}, {type(lm).__name__}) cannot be split into body and "
+            f"head: the engine's logits differ from the model's own by up to {diff:.3g} (tolerance "
+            f"{tolerance:.2g}), so its forward transforms the logits in a way the engine does not apply. "
+            f"Use a model of a tested architecture (see docs/engine.md, Architectures), or teach "
+            f"mol_engine.modeling.logits_head this model's transform")
+    return diff
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
