@@ -103,18 +103,31 @@ def test_five_mol_steps_train_every_architecture(arch_dir, make_spec, tmp_path, 
     assert result.metrics["train/general_kl"] > 0  # the model moved away from the base, and the KL saw it
 
 
-def test_a_head_transform_the_engine_does_not_apply_fails_with_a_clear_message(arch_dir, monkeypatch):
-    model = load_model(str(arch_dir("granite")), torch.device("cpu"))
+def forget_granite_scaling(monkeypatch) -> None:
+    """Make the engine's head what it was before it knew Granite's ``logits_scaling``."""
     known = logits_head
 
-    def forgets_the_scaling(m):  # the engine's head before it knew Granite's logits_scaling
-        head = known(m)
-        return lambda hidden: head(hidden) * m.config.logits_scaling
+    def forgetful(model):
+        head = known(model)
+        return lambda hidden: head(hidden) * model.config.logits_scaling
 
-    monkeypatch.setattr("mol_engine.modeling.logits_head", forgets_the_scaling)
+    monkeypatch.setattr("mol_engine.modeling.logits_head", forgetful)
+
+
+def test_a_head_transform_the_engine_does_not_apply_fails_with_a_clear_message(arch_dir, monkeypatch):
+    model = load_model(str(arch_dir("granite")), torch.device("cpu"))
+    forget_granite_scaling(monkeypatch)
     with pytest.raises(ModelError, match=r"the-granite \(granite, GraniteForCausalLM\) cannot be split.*differ "
                                          r"from the model's own by up to .*logits_head"):
         verify_split(model, "the-granite")
+
+
+def test_a_job_on_a_model_whose_split_fails_stops_at_load(arch_dir, make_spec, tmp_path, monkeypatch):
+    forget_granite_scaling(monkeypatch)
+    spec = make_spec(base_model=str(arch_dir("granite")))
+    with pytest.raises(ModelError, match=rf"base_model: {arch_dir('granite')} \(granite, .*cannot be split"):
+        train(spec, tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_a_pad_token_outside_the_embedding_is_refused(arch_tokenizer, tmp_path):
