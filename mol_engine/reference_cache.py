@@ -33,7 +33,7 @@ from .corpus import TokenBlocks
 from .losses import TAIL_FLOOR
 from .reference import Reference
 
-FORMAT = 1
+FORMAT = 2  # 2: keyed by the blocks' fingerprint; heads that apply every logit transform (Granite)
 
 
 def cache_key(model_dir: str | Path, blocks: TokenBlocks, k: int, dtype: torch.dtype) -> str:
