@@ -7,6 +7,7 @@ stepped forward by ``MIGRATIONS`` when it is older.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -33,6 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 from mol_engine.callbacks import strict_dumps
 
 SCHEMA_VERSION = 2
+MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
 def utcnow() -> datetime:
@@ -41,6 +43,12 @@ def utcnow() -> datetime:
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` could name a row: ids are short ASCII words; anything else (NUL, which PostgreSQL
+    refuses in text, or a 5000-character path) is unknown without asking the database."""
+    return re.fullmatch(r"[A-Za-z0-9_-]{1,40}", value) is not None
 
 
 class Base(DeclarativeBase):

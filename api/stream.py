@@ -20,7 +20,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from .db import Job, JobEvent, MetricPoint
+from .db import MAX_SEQ, Job, JobEvent, MetricPoint
 from .deps import Services
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -37,12 +37,14 @@ class Batch:
 
 
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
-    """``"12:3"`` -> (12, 3); anything else -> (0, 0)."""
+    """``"12:3"`` -> (12, 3); anything else (a number past any seq too) -> (0, 0)."""
     try:
         metric, event = (int(part) for part in (value or "").split(":"))
-        return max(metric, 0), max(event, 0)
     except ValueError:
         return 0, 0
+    if max(metric, event) > MAX_SEQ:
+        return 0, 0
+    return max(metric, 0), max(event, 0)
 
 
 def read_since(svc: Services, job_id: str, after_metric: int, after_event: int, limit: int = PAGE) -> Batch:

@@ -14,7 +14,7 @@ from fastapi import HTTPException
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import Dataset, Upload, UploadPart, utcnow
+from .db import Dataset, Upload, UploadPart, is_id, utcnow
 from .schemas import UploadIn
 from .settings import Settings
 from .upload_parts import Part
@@ -49,7 +49,7 @@ def create_upload(db: Session, owner: str, body: UploadIn, settings: Settings) -
 
 def owned_upload(db: Session, owner: str, upload_id: str) -> Upload:
     """The owner's upload, with its parts; 404 for anyone else's, an unknown id or an expired upload."""
-    upload = db.get(Upload, upload_id)
+    upload = db.get(Upload, upload_id) if is_id(upload_id) else None
     if upload is None or upload.owner != owner:
         raise HTTPException(404, f"upload '{upload_id}' not found")
     if _aware(upload.expires_at) < utcnow():

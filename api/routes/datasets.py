@@ -12,7 +12,7 @@ from sqlalchemy import select
 from mol_engine.token_store import cache_root
 
 from ..dataset_store import keep_dataset, owns_file
-from ..db import Dataset, Job
+from ..db import Dataset, Job, is_id
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import DatasetOut
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
@@ -43,7 +43,7 @@ def list_datasets(owner: Owner, db: DB) -> list[Dataset]:
 
 
 def owned_dataset(db, owner: str, dataset_id: str) -> Dataset:
-    dataset = db.get(Dataset, dataset_id)
+    dataset = db.get(Dataset, dataset_id) if is_id(dataset_id) else None
     if dataset is None or dataset.owner != owner:
         raise HTTPException(404, f"dataset '{dataset_id}' not found")
     return dataset

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from mol_engine.spec import JobSpec, format_validation_error
 
-from ..db import Dataset, Job, JobEvent, MetricPoint, utcnow
+from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id, utcnow
 from ..deps import DB, Owner, Svc
 from ..disk import tree_bytes
 from ..schemas import JobOut
@@ -18,6 +18,8 @@ from ..stream import job_stream
 from ..validation import available_models, check_references
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+# The database compares it with a 32-bit column: a larger one is a 422 naming it, not a 500
+After = Annotated[int, Query(ge=0, le=MAX_SEQ, description="only rows after this seq")]
 
 
 def job_out(job: Job) -> JobOut:
@@ -25,7 +27,7 @@ def job_out(job: Job) -> JobOut:
 
 
 def owned_job(db, owner: str, job_id: str) -> Job:
-    job = db.get(Job, job_id)
+    job = db.get(Job, job_id) if is_id(job_id) else None
     if job is None or job.owner != owner:
         raise HTTPException(404, f"job '{job_id}' not found")
     return job
@@ -75,7 +77,7 @@ def cancel_job(job_id: str, owner: Owner, db: DB) -> JobOut:
 
 
 @router.get("/{job_id}/metrics")
-def job_metrics(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: int = 0):
+def job_metrics(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: After = 0):
     owned_job(db, owner, job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         db.close()  # a stream may stay open for hours: give its connection back to the pool now
@@ -86,7 +88,7 @@ def job_metrics(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, a
 
 
 @router.get("/{job_id}/events")
-def job_events(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: int = 0):
+def job_events(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: After = 0):
     owned_job(db, owner, job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
         db.close()

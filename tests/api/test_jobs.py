@@ -113,3 +113,44 @@ def test_nul_in_a_name_and_absurd_sample_sizes_are_refused(client, auth, dataset
     response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, **change))
     assert response.status_code == 422 and response.json()["detail"].startswith(where), response.text
     assert queued == []
+
+
+BAD_IDS = ["job%00x", "%00", "x" * 5000, "%F0%9F%92%A9", "%FF%FE", "a%0Ab"]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+def test_absurd_path_ids_answer_404(client, auth, bad):
+    routes = [("get", f"/v1/jobs/{bad}"), ("post", f"/v1/jobs/{bad}/cancel"), ("get", f"/v1/jobs/{bad}/metrics"),
+              ("get", f"/v1/jobs/{bad}/events"), ("get", f"/v1/jobs/{bad}/checkpoints"),
+              ("get", f"/v1/jobs/{bad}/checkpoints/step-1/download"), ("get", f"/v1/datasets/{bad}"),
+              ("delete", f"/v1/datasets/{bad}"), ("get", f"/v1/uploads/{bad}"),
+              ("post", f"/v1/uploads/{bad}/cancel")]
+    for method, path in routes:
+        response = getattr(client, method)(path, headers=auth())
+        assert response.status_code == 404, (path, response.text)
+    assert client.put(f"/v1/uploads/{bad}/parts/0", headers=auth(), content=b"x").status_code == 404
+    assert client.post(f"/v1/uploads/{bad}/complete", headers=auth(), json={}).status_code == 404
+
+
+def test_checkpoint_names_beyond_int64_answer_404(client, auth, datasets):
+    job = client.post("/v1/jobs", headers=auth(), json=spec(datasets)).json()
+    for name in ["step-99999999999999999999", "step-1%00", "step-%F0%9F%92%A9"]:
+        assert client.get(f"/v1/jobs/{job['id']}/checkpoints/{name}/download", headers=auth()).status_code == 404
+
+
+@pytest.mark.parametrize("after", ["99999999999999999999", str(2**63), str(2**31), "-1"])
+@pytest.mark.parametrize("what", ["metrics", "events"])
+def test_after_beyond_any_seq_is_refused_naming_it(client, auth, datasets, after, what):
+    job = client.post("/v1/jobs", headers=auth(), json=spec(datasets)).json()
+    response = client.get(f"/v1/jobs/{job['id']}/{what}", headers=auth(), params={"after": after})
+    assert response.status_code == 422 and response.json()["detail"].startswith("query.after:"), response.text
+    assert client.get(f"/v1/jobs/{job['id']}/{what}", headers=auth(), params={"after": 2**31 - 1}).json() == []
+
+
+def test_a_last_event_id_beyond_any_seq_restarts_the_stream(client, auth, datasets):
+    job = client.post("/v1/jobs", headers=auth(), json=spec(datasets)).json()
+    client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth())  # ended: the stream sends its backlog and ends
+    headers = auth() | {"Accept": "text/event-stream", "Last-Event-ID": "99999999999999999999:0"}
+    with client.stream("GET", f"/v1/jobs/{job['id']}/events", headers=headers) as s:
+        data = [json.loads(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
+    assert [d.get("kind") for d in data] == ["cancelled", None] and data[-1] == {"status": "cancelled"}
