@@ -36,7 +36,7 @@ class UploadIn(BaseModel):
     filename: str = Field(min_length=1, max_length=255)
     purpose: str
     bytes: int = Field(ge=0, description="the whole file's size; the parts must add up to it")
-    mime_type: str | None = Field(None, max_length=200)
+    mime_type: str | None = Field(None, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")  # no NUL: PostgreSQL refuses it
 
 
 class CompleteIn(BaseModel):

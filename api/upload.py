@@ -14,6 +14,8 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
+from .validation import filename_problem
+
 
 class UploadTooLarge(Exception):
     """The upload passed the configured size limit."""
@@ -83,6 +85,9 @@ class _Receiver:
             if self._handle is not None:
                 raise BadUpload("file: send one file per upload")
             self.upload.filename = os.path.basename(options[b"filename"].decode(errors="replace"))
+            problem = filename_problem(self.upload.filename)
+            if problem:  # before any byte is written
+                raise BadUpload(problem)
             self.directory.mkdir(parents=True, exist_ok=True)
             self.upload.path = self.directory / f".{stored_name(self.upload.filename)}.part"
             self._handle = self.upload.path.open("wb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,26 @@ PURPOSES = ("domain", "general", "eval")
 ACTIVE = ("queued", "running")
 CORPUS_SUFFIXES = tuple(data.CORPUS_SUFFIXES)  # what the engine reads, in one place
 QA_SUFFIXES = (".jsonl", ".ndjson", ".json")
+MAX_FILENAME = 255  # characters: the database column's width, and most file systems' limit
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def filename_problem(filename: str, field: str = "file") -> str | None:
+    """What makes a client's file name unusable (too long, or a control character such as NUL), or None."""
+    if len(filename) > MAX_FILENAME:
+        return f"{field}: the file name has {len(filename)} characters; at most {MAX_FILENAME} are allowed"
+    if CONTROL.search(filename):
+        return f"{field}: the file name must not contain control characters (such as NUL or a newline)"
+    return None
 
 
 def name_problem(purpose: str, filename: str, field: str = "file") -> str | None:
     """What is wrong with an upload's purpose or file name (``field`` names the name's field), before any byte."""
     if purpose not in PURPOSES:
         return f"purpose: must be one of {', '.join(PURPOSES)} (got '{purpose}')"
+    problem = filename_problem(filename, field)
+    if problem:
+        return problem
     allowed = QA_SUFFIXES if purpose == "eval" else CORPUS_SUFFIXES
     if Path(filename).suffix.lower() not in allowed:
         return f"{field}: '{filename}' must end with one of {', '.join(allowed)} for purpose '{purpose}'"

@@ -94,3 +94,22 @@ def test_deleting_a_demo_dataset_leaves_the_demo_usable(client, settings, auth):
     assert set(again) == {"domain", "general", "eval"} and again["general"] == listed["general"]
     demo.eval.unlink()  # an older version's DELETE removed it: the start goes on without it
     register_demo_datasets(sessions, settings, "alice")
+
+
+def raw_upload(client, auth, filename: bytes, content: bytes = DOCS.encode()):
+    """A multipart upload whose file name goes out as raw bytes (httpx would percent-encode a NUL)."""
+    boundary = b"mol-boundary"
+    body = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="purpose"\r\n\r\ndomain\r\n--' + boundary
+            + b'\r\nContent-Disposition: form-data; name="file"; filename="' + filename + b'"\r\n'
+            + b"Content-Type: application/octet-stream\r\n\r\n" + content + b"\r\n--" + boundary + b"--\r\n")
+    headers = auth() | {"Content-Type": f"multipart/form-data; boundary={boundary.decode()}"}
+    return client.post("/v1/datasets", headers=headers, content=body)
+
+
+def test_absurd_file_names_are_refused_and_leave_nothing(client, settings, auth):
+    for name in [b"a" * 300 + b".jsonl", b"a\x00b.jsonl", b"line\nbreak.jsonl", b"\x00"]:
+        response = raw_upload(client, auth, name)
+        assert response.status_code == 422 and response.json()["detail"].startswith("file: "), response.text
+    assert not settings.datasets_dir.exists() or list(settings.datasets_dir.iterdir()) == []
+    assert client.get("/v1/datasets", headers=auth()).json() == []
+    assert raw_upload(client, auth, "naïve ☃.jsonl".encode()).json()["filename"] == "naïve ☃.jsonl"

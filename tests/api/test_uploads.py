@@ -319,3 +319,12 @@ def test_a_version_1_database_is_migrated_to_64_bit_sizes(settings):
     with sessions() as db:
         assert db.get(Dataset, "ds_big").bytes == 5 * 2**30
     engine.dispose()
+
+
+@pytest.mark.parametrize(("field", "value"), [("filename", "a" * 300 + ".jsonl"), ("filename", "a\x00b.jsonl"),
+                                              ("filename", "a\nb.jsonl"), ("mime_type", "text/plain\x00")])
+def test_absurd_names_in_parts_are_refused_and_leave_nothing(client, settings, auth, field, value):
+    body = {"filename": "c.jsonl", "purpose": "domain", "bytes": 10} | {field: value}
+    response = client.post("/v1/uploads", headers=auth(), json=body)
+    assert response.status_code == 422 and response.json()["detail"].startswith(f"{field}: "), response.text
+    assert files_under(settings.uploads_dir) == [] and files_under(settings.datasets_dir) == []
