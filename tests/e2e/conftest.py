@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,13 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def service(tmp_path):
+@contextmanager
+def running_service(home: Path, log_path: Path) -> Iterator[SimpleNamespace]:
+    """`mol up` on ``home`` until the block ends (then Ctrl-C): its client (with the token), home, URL, log."""
     port = free_port()
-    env = os.environ | {"MOL_HOME": str(tmp_path / "home"), "MOL_DEMO_PRETRAIN_STEPS": "5"}
+    env = os.environ | {"MOL_HOME": str(home), "MOL_DEMO_PRETRAIN_STEPS": "5"}
     env.pop("MOL_BROKER_URL", None)
     env.pop("MOL_DATABASE_URL", None)
-    log = (tmp_path / "mol-up.log").open("w+")
+    log = log_path.open("w+")
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     url = None
@@ -50,13 +53,26 @@ def service(tmp_path):
                 break
         except httpx.TransportError:
             time.sleep(0.2)
-    yield SimpleNamespace(client=client, home=tmp_path / "home", url=url[0], log=tmp_path / "mol-up.log")
-    client.close()
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
     try:
-        assert proc.wait(60) == 0 or proc.returncode in (-signal.SIGINT, 130)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        yield SimpleNamespace(client=client, home=home, url=url[0], token=token, log=log_path)
+    finally:  # also when the block failed: never leave a `mol up` behind
+        client.close()
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
+        try:
+            assert proc.wait(60) == 0 or proc.returncode in (-signal.SIGINT, 130)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.fixture
+def service(tmp_path):
+    with running_service(tmp_path / "home", tmp_path / "mol-up.log") as running:
+        yield running
+
+
+@pytest.fixture
+def start_service(tmp_path):
+    """start_service() -> a context manager running `mol up` on the same MOL_HOME each time (a restart)."""
+    starts = iter(range(1, 100))
+    return lambda: running_service(tmp_path / "home", tmp_path / f"mol-up-{next(starts)}.log")

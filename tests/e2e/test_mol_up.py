@@ -57,3 +57,14 @@ def test_upload_train_stream_download_load(service, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(demo / "model")
     x = torch.tensor([[base.config.bos_token_id, 5, 6, 7]])
     assert (model(x).logits - base(x).logits).abs().max() > 1e-4
+
+
+def test_restart_keeps_the_token_and_survives_deleting_a_demo_dataset(start_service):
+    with start_service() as first:
+        demo = {d["purpose"]: d["id"] for d in first.client.get("/v1/datasets").json()}
+        assert set(demo) == {"domain", "general", "eval"}
+        assert first.client.delete(f"/v1/datasets/{demo['domain']}").status_code == 204
+        assert (first.home / "demo" / "domain.jsonl").is_file()
+    with start_service() as second:  # the same MOL_HOME started again
+        assert second.token == first.token
+        assert {d["purpose"] for d in second.client.get("/v1/datasets").json()} == {"domain", "general", "eval"}
