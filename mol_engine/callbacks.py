@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+class Cancelled(Exception):
+    """The caller asked the run to stop (``should_stop``) during a long phase before step 1; nothing half-made is
+    kept, and :func:`mol_engine.train.train` ends the run as ``cancelled``."""
+
+
 class Callback:
     """Base class; override what you need. Metric dicts map names like ``train/domain_ce`` to floats."""
 
@@ -23,7 +28,8 @@ class Callback:
         """The run restarts after ``step`` (its newest checkpoint; -1 for none): forget points past it."""
 
     def should_stop(self) -> bool:
-        """Return True to cancel the run; checked after every optimizer step."""
+        """Return True to cancel the run; checked after every optimizer step, and between the batches of the long
+        phases before step 1 (self-sampling, tokenizing, caching the reference)."""
         return False
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .callbacks import Cancelled
 from .corpus import TokenBlocks
 from .losses import TAIL_FLOOR
 from .reference import Reference
@@ -80,8 +81,12 @@ class TopKTargets:
 
 def load_or_build(reference: Reference, blocks: TokenBlocks, *, root: Path, key: str, k: int, vocab_size: int,
                   device: torch.device, batch_size: int, chunk: int,
-                  log: Callable[[str], None] = lambda message: None) -> TopKTargets:
-    """The cache under ``root/topk-key``, computed with ``reference`` over ``blocks`` when it is not there yet."""
+                  log: Callable[[str], None] = lambda message: None,
+                  should_stop: Callable[[], bool] = lambda: False) -> TopKTargets:
+    """The cache under ``root/topk-key``, computed with ``reference`` over ``blocks`` when it is not there yet.
+
+    ``should_stop`` is asked between batches of a build: True raises Cancelled, and nothing is kept.
+    """
     final = root / f"topk-{key}"
     if (final / "meta.json").is_file():
         log(f"reusing the cached reference {final.name}")
@@ -89,9 +94,10 @@ def load_or_build(reference: Reference, blocks: TokenBlocks, *, root: Path, key:
     root.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
     started = time.perf_counter()
+    log(f"caching the reference's top-{k} on {len(blocks)} general blocks")
     try:
         _compute(reference, blocks, scratch, k=k, vocab_size=vocab_size, device=device, batch_size=batch_size,
-                 chunk=chunk)
+                 chunk=chunk, should_stop=should_stop)
         (scratch / "meta.json").write_text(json.dumps({
             "format": FORMAT, "k": k, "vocab_size": vocab_size, "blocks": len(blocks),
             "seq_len": blocks.seq_len, "seconds": round(time.perf_counter() - started, 2)}))
@@ -109,7 +115,7 @@ def load_or_build(reference: Reference, blocks: TokenBlocks, *, root: Path, key:
 
 @torch.no_grad()
 def _compute(reference: Reference, blocks: TokenBlocks, dest: Path, *, k: int, vocab_size: int, device: torch.device,
-             batch_size: int, chunk: int) -> None:
+             batch_size: int, chunk: int, should_stop: Callable[[], bool]) -> None:
     if not 1 <= k < vocab_size:
         raise ValueError(f"reference_top_k: must be between 1 and the vocabulary size - 1 ({vocab_size - 1})")
     n, length = len(blocks), blocks.seq_len
@@ -119,6 +125,8 @@ def _compute(reference: Reference, blocks: TokenBlocks, dest: Path, *, k: int, v
     logprobs = np.lib.format.open_memmap(dest / "logprobs.npy", mode="w+", dtype=np.float16, shape=shape)
     tails = np.lib.format.open_memmap(dest / "tail.npy", mode="w+", dtype=np.float32, shape=shape[:2])
     for start in range(0, n, batch_size):
+        if should_stop():
+            raise Cancelled(f"cancelled while caching the reference ({start} of {n} general blocks)")
         part = blocks.select(range(start, min(start + batch_size, n)))
         positions = part.position_ids.to(device) if part.position_ids is not None else None
         hidden = reference.hidden(part.input_ids.to(device), part.attention_mask.to(device), positions)[:, :-1]

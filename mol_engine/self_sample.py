@@ -8,21 +8,36 @@ generates unprompted; a real general corpus also anchors the model on text the b
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from .callbacks import Cancelled
+
+PROGRESS_EVERY_S = 2.0
+
+Progress = Callable[[dict], None]
+ShouldStop = Callable[[], bool]
+
 
 @torch.no_grad()
 def sample_documents(model: nn.Module, tokenizer, n_tokens: int, *, max_len: int, seed: int,
-                     device: torch.device, batch_size: int = 16) -> list[str]:
-    """Documents sampled from ``model`` (starting from BOS, or EOS) until about ``n_tokens`` tokens."""
+                     device: torch.device, batch_size: int = 16, progress: Progress | None = None,
+                     should_stop: ShouldStop | None = None) -> list[str]:
+    """Documents sampled from ``model`` (starting from BOS, or EOS) until about ``n_tokens`` tokens.
+
+    ``progress`` gets a point after the first batch and every ``PROGRESS_EVERY_S`` after; ``should_stop`` is
+    asked after every batch and raises :class:`Cancelled` when it answers True.
+    """
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     docs: list[str] = []
     total = 0
     was_training = model.training
     model.eval()
+    started, reported = time.perf_counter(), float("-inf")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         while total < n_tokens:
@@ -33,16 +48,31 @@ def sample_documents(model: nn.Module, tokenizer, n_tokens: int, *, max_len: int
             new = out[:, 1:]
             total += int((new != tokenizer.pad_token_id).sum()) if tokenizer.pad_token_id is not None else new.numel()
             docs += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True) if t.strip()]
+            if progress is not None and time.perf_counter() - reported >= PROGRESS_EVERY_S:
+                reported = time.perf_counter()
+                progress(_progress_point(total, n_tokens, reported - started))
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"cancelled while sampling general text ({total:,} of {n_tokens:,} tokens)")
     model.train(was_training)
     return docs
 
 
+def _progress_point(total: int, n_tokens: int, seconds: float) -> dict:
+    rate = total / max(seconds, 1e-9)
+    eta = max(n_tokens - total, 0) / max(rate, 1e-9)
+    return {"message": f"sampling general text from the base: {total:,} of {n_tokens:,} tokens, "
+                       f"{rate:,.0f} tokens/s, ETA {eta:.0f}s",
+            "tokens": total, "target_tokens": n_tokens, "tokens_per_s": round(rate), "eta_s": round(eta, 1)}
+
+
 def self_general_corpus(out_dir: Path, model: nn.Module, tokenizer, n_tokens: int, *, max_len: int, seed: int,
-                        device: torch.device) -> Path:
+                        device: torch.device, progress: Progress | None = None,
+                        should_stop: ShouldStop | None = None) -> Path:
     """``out_dir/general_self.jsonl``, sampled once and reused (a resumed run sees the same text)."""
     path = out_dir / "general_self.jsonl"
     if not path.exists():
-        docs = sample_documents(model, tokenizer, n_tokens, max_len=max_len, seed=seed, device=device)
+        docs = sample_documents(model, tokenizer, n_tokens, max_len=max_len, seed=seed, device=device,
+                                progress=progress, should_stop=should_stop)
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
         tmp.rename(path)

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .callbacks import Cancelled
 from .data import DocumentReader
 
 FORMAT = 1
@@ -39,6 +40,7 @@ BATCH_CHARS = 2**20  # text per tokenizer call: large enough to keep every token
 PROGRESS_EVERY_S = 2.0
 
 Progress = Callable[[dict], None]
+ShouldStop = Callable[[], bool]
 
 
 class StoreError(RuntimeError):
@@ -165,10 +167,12 @@ def verify(path: Path) -> str | None:
     return None
 
 
-def open_or_build(data_file: str | Path, tokenizer, progress: Progress | None = None) -> TokenStore:
+def open_or_build(data_file: str | Path, tokenizer, progress: Progress | None = None,
+                  should_stop: ShouldStop | None = None) -> TokenStore:
     """The store of ``data_file`` for ``tokenizer``: reused when complete and intact, else built (and checked).
 
-    Raises DataError naming the file and line for bad input, StoreError when the store cannot be written.
+    Raises DataError naming the file and line for bad input, StoreError when the store cannot be written, and
+    Cancelled (keeping nothing) when ``should_stop``, asked between batches of a build, answers True.
     """
     data_file = Path(data_file)
     reader = DocumentReader(data_file)  # checks the file exists and has a corpus suffix
@@ -181,12 +185,12 @@ def open_or_build(data_file: str | Path, tokenizer, progress: Progress | None = 
             return TokenStore(final)
         _report(progress, {"message": f"token store {final.name} is damaged ({problem}): rebuilding"})
         shutil.rmtree(final, ignore_errors=True)
-    _build(reader, encoder, policy, final, tokenizer, progress)
+    _build(reader, encoder, policy, final, tokenizer, progress, should_stop)
     return TokenStore(final)
 
 
 def _build(reader: DocumentReader, encoder: Encoder, policy: DocumentPolicy, final: Path, tokenizer,
-           progress: Progress | None) -> None:
+           progress: Progress | None, should_stop: ShouldStop | None = None) -> None:
     vocab = max(len(tokenizer), (getattr(tokenizer, "vocab_size", 0) or 0))
     dtype = np.dtype(np.uint16 if vocab <= 2**16 else np.uint32)
     try:
@@ -196,7 +200,7 @@ def _build(reader: DocumentReader, encoder: Encoder, policy: DocumentPolicy, fin
         raise _store_error(err, final) from None
     try:
         started = time.perf_counter()
-        counts = _write_tokens(reader, encoder, policy, dtype, scratch, progress)
+        counts = _write_tokens(reader, encoder, policy, dtype, scratch, progress, should_stop)
         seconds = time.perf_counter() - started
         meta = {"format": FORMAT, "dtype": dtype.name, "tokens": counts[0], "documents": counts[1],
                 "bos_id": policy.bos_id, "eos_id": policy.eos_id, "vocab_size": vocab,
@@ -220,12 +224,14 @@ def _build(reader: DocumentReader, encoder: Encoder, policy: DocumentPolicy, fin
 
 
 def _write_tokens(reader: DocumentReader, encoder: Encoder, policy: DocumentPolicy, dtype: np.dtype, scratch: Path,
-                  progress: Progress | None) -> tuple[int, int]:
+                  progress: Progress | None, should_stop: ShouldStop | None) -> tuple[int, int]:
     """Stream every document into ``tokens.bin`` and its start into ``offsets.bin``; (tokens, documents)."""
     n_tokens = n_docs = 0
     started = last = time.perf_counter()
     with (scratch / "tokens.bin").open("wb") as tokens_out, (scratch / "offsets.bin").open("wb") as offsets_out:
         for texts in _batches(reader, BATCH_CHARS):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"cancelled while tokenizing {reader.path.name} ({n_tokens:,} tokens so far)")
             tokens, lengths = documents_to_tokens(encoder(texts), policy, dtype)
             tokens.tofile(tokens_out)
             starts = n_tokens + np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .callbacks import Callback, CallbackList
+from .callbacks import Callback, CallbackList, Cancelled
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .corpus import Corpus, split_corpus
 from .data import Batch, DataError, MixedBatches, read_qa
@@ -100,6 +100,9 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
     cb = CallbackList(callbacks if world.is_main else [])  # rank 0 reports for all ranks
     try:
         return _loop(spec, out, cb, world, resume)
+    except Cancelled as stop:  # during sampling, tokenizing or caching, before step 1
+        cb.on_event({"step": 0, "kind": "cancelled", "message": f"{stop}; checkpoints kept"})
+        return TrainResult("cancelled", 0, out, {}, latest_checkpoint(out))
     finally:
         world.close()
 
@@ -180,8 +183,10 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, worl
     if spec.general_source == "self":  # rank 0 samples, the others read what it wrote
         if not world.is_main:
             world.barrier()
-        general_files = [str(self_general_corpus(out, model, tokenizer, spec.self_sample_tokens,
-                                                 max_len=spec.seq_len, seed=spec.seed, device=device))]
+        general_files = [str(self_general_corpus(
+            out, model, tokenizer, spec.self_sample_tokens, max_len=spec.seq_len, seed=spec.seed, device=device,
+            progress=lambda point: cb.on_event({"step": 0, "kind": "self-sample", **point}),
+            should_stop=cb.should_stop))]
         if world.is_main:
             world.barrier()
     stores = _token_stores({"domain": spec.domain_data, "general": general_files}, tokenizer, out, world, cb)
@@ -217,7 +222,7 @@ def _token_stores(files: dict[str, list[str]], tokenizer, out: Path, world: Worl
     for name, paths in files.items():
         for i, path in enumerate(paths):
             try:
-                stores[name].append(open_or_build(path, tokenizer, progress))
+                stores[name].append(open_or_build(path, tokenizer, progress, cb.should_stop))
             except DataError as err:  # name the spec field as well as the file and line
                 raise DataError(f"{name}_data[{i}]: {err}") from None
     tmp = marker.with_name(marker.name + ".tmp")
@@ -235,7 +240,8 @@ def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data
     cached = load_or_build(reference, general.train, root=cache_root(data_file), key=key, k=spec.reference_top_k,
                            vocab_size=vocab_size, device=device,
                            batch_size=max(spec.batch_size, BUILD_TOKENS // spec.seq_len), chunk=chunk,
-                           log=lambda message: cb.on_event({"step": 0, "kind": "reference-cache", "message": message}))
+                           log=lambda message: cb.on_event({"step": 0, "kind": "reference-cache", "message": message}),
+                           should_stop=cb.should_stop)
     if world.is_main:
         world.barrier()
     return cached

@@ -99,7 +99,8 @@ def test_cache_holds_the_base_top_k_and_is_reused(tiny_model_dir, general_blocks
                  chunk=40, log=messages.append)
     cached = load_or_build(reference, blocks, **build)
     assert cached.path.parent == data.with_name("general.jsonl.mol-cache") and cached.indices.dtype.name == "uint16"
-    assert cached.indices.shape == (len(blocks), 31, 8) and "cached the reference's top-8" in messages[0]
+    assert cached.indices.shape == (len(blocks), 31, 8) and messages[0].startswith("caching the reference's top-8 on")
+    assert "cached the reference's top-8" in messages[1]
 
     rows = torch.tensor([3, 0, 3])
     picked = blocks.select(rows)
@@ -116,7 +117,7 @@ def test_cache_holds_the_base_top_k_and_is_reused(tiny_model_dir, general_blocks
     torch.testing.assert_close(torch.cat([logprob, tail[:, None]], -1).logsumexp(-1), torch.zeros(len(tail)))
 
     again = load_or_build(reference, blocks, **build)
-    assert again.path == cached.path and messages[1].startswith("reusing")
+    assert again.path == cached.path and messages[2:] == [f"reusing the cached reference {cached.path.name}"]
     assert cache_key(tiny_model_dir, blocks, 16, torch.float32) != key
     tokenizer = load_tokenizer(str(tiny_model_dir))
     other_split = split_corpus(blocks.stores, seq_len=32, heldout_fraction=0.2, seed=0,

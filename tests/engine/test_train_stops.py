@@ -3,12 +3,14 @@
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
 
-from mol_engine.callbacks import JsonlLogger
+from mol_engine.callbacks import Callback, JsonlLogger
 from mol_engine.distributed import StepLosses
+from mol_engine.token_store import cache_root
 from mol_engine.train import TrainError, setup_run, train, train_step
 
 
@@ -46,3 +48,45 @@ def test_a_diverging_run_fails_naming_step_and_loss_and_keeps_its_checkpoint(mak
     points = [json.loads(line, parse_constant=pytest.fail) for line in (tmp_path / "metrics.jsonl").open()]
     assert max(p["step"] for p in points) == 4  # step 5 logged nothing
     assert all(math.isfinite(v) for p in points for v in p.values() if v is not None)
+
+
+class CancelOn(Callback):
+    """Records events and asks to stop once an event of ``kind`` arrived (a user's cancel during that phase)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind, self.events, self.steps = kind, [], []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+    def on_metrics(self, step, metrics):
+        self.steps.append(step)
+
+    def should_stop(self) -> bool:
+        return any(e["kind"] == self.kind for e in self.events)
+
+
+def test_a_cancel_while_sampling_ends_the_run_before_step_1(make_spec, tmp_path):
+    cancel = CancelOn("self-sample")
+    spec = make_spec(general_data=[], general_source="self", self_sample_tokens=1_000_000)
+    result = train(spec, tmp_path / "run", [cancel])
+    assert (result.status, result.step, cancel.steps) == ("cancelled", 0, [])
+    sampled = [e for e in cancel.events if e["kind"] == "self-sample"]
+    assert sampled[0]["tokens"] > 0 and sampled[0]["tokens_per_s"] > 0
+    assert "of 1,000,000 tokens" in sampled[0]["message"]
+    assert cancel.events[-1]["kind"] == "cancelled" and "while sampling" in cancel.events[-1]["message"]
+    assert not (tmp_path / "run" / "general_self.jsonl").exists()
+
+
+@pytest.mark.parametrize(("kind", "extra", "left"), [("token-store", {}, "tokens-*"),
+                                                     ("reference-cache", {"reference": "cached"}, "topk-*")])
+def test_a_cancel_while_tokenizing_or_caching_ends_the_run_and_keeps_nothing_half_made(
+        make_spec, corpora, tmp_path, kind, extra, left):
+    data = {name: shutil.copy(corpora[name], tmp_path / f"{name}.jsonl") for name in ("domain", "general")}
+    cancel = CancelOn(kind)
+    spec = make_spec(domain_data=[str(data["domain"])], general_data=[str(data["general"])], **extra)
+    result = train(spec, tmp_path / "run", [cancel])
+    assert (result.status, result.step, cancel.steps) == ("cancelled", 0, [])
+    assert cancel.events[-1]["kind"] == "cancelled" and "while" in cancel.events[-1]["message"]
+    assert list(cache_root(data["general"]).glob(left)) == []
+    assert list(cache_root(data["general"]).glob(".building-*")) == []
