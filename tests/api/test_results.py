@@ -201,3 +201,27 @@ def test_nan_written_by_an_earlier_version_reads_back_as_null(client, auth, fini
                    {"j": job_id})
     points = strict_json(client.get(f"/v1/jobs/{job_id}/metrics", headers=auth()).text)
     assert points and all(p["train/loss"] is None for p in points)
+
+
+def test_a_cancel_while_the_base_samples_general_text_ends_the_job_before_step_1(client, auth, upload, settings,
+                                                                                 monkeypatch):
+    from worker.runner import DatabaseRecorder
+
+    record = DatabaseRecorder.on_event
+
+    def on_event(self, event):  # the user presses cancel on seeing the sampling progress
+        record(self, event)
+        if event["kind"] == "self-sample":
+            client.post(f"/v1/jobs/{self.job_id}/cancel", headers=auth())
+
+    monkeypatch.setattr(DatabaseRecorder, "on_event", on_event)
+    spec = {"name": "s", "base_model": "tiny", "domain_data": [upload(DOCS).json()["id"]], "general_source": "self",
+            "self_sample_tokens": 1_000_000, "seq_len": 32, "batch_size": 4, "max_steps": 4}
+    job_id = client.post("/v1/jobs", headers=auth(), json=spec).json()["id"]
+    assert run(job_id, settings) == "cancelled"
+    job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
+    assert (job["status"], job["step"], job["error"]) == ("cancelled", 0, None)
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=auth()).json()
+    assert events[0]["kind"] == "self-sample" and events[0]["data"]["tokens"] > 0
+    assert events[-1]["kind"] == "cancelled" and "while sampling general text" in events[-1]["message"]
+    assert client.get(f"/v1/jobs/{job_id}/metrics", headers=auth()).json() == []  # not even the step-0 evaluation
