@@ -57,7 +57,8 @@ def read_since(svc: Services, job_id: str, after_metric: int, after_event: int, 
                             .order_by(JobEvent.seq).limit(limit))
         return Batch(status,
                      [{"seq": r.seq, "step": r.step, **r.values} for r in metrics],
-                     [{"seq": r.seq, "step": r.step, "kind": r.kind, "message": r.message} for r in events])
+                     [{"seq": r.seq, "step": r.step, "kind": r.kind, "message": r.message, "data": r.data}
+                      for r in events])
 
 
 def _positions(svc: Services, job_id: str) -> tuple[int, int]:
