@@ -35,6 +35,7 @@ from .losses import TAIL_FLOOR
 from .reference import Reference
 
 FORMAT = 2  # 2: keyed by the blocks' fingerprint; heads that apply every logit transform (Granite)
+PROGRESS_EVERY_S = 2.0
 
 
 def cache_key(model_dir: str | Path, blocks: TokenBlocks, k: int, dtype: torch.dtype) -> str:
@@ -97,7 +98,7 @@ def load_or_build(reference: Reference, blocks: TokenBlocks, *, root: Path, key:
     log(f"caching the reference's top-{k} on {len(blocks)} general blocks")
     try:
         _compute(reference, blocks, scratch, k=k, vocab_size=vocab_size, device=device, batch_size=batch_size,
-                 chunk=chunk, should_stop=should_stop)
+                 chunk=chunk, should_stop=should_stop, log=log)
         (scratch / "meta.json").write_text(json.dumps({
             "format": FORMAT, "k": k, "vocab_size": vocab_size, "blocks": len(blocks),
             "seq_len": blocks.seq_len, "seconds": round(time.perf_counter() - started, 2)}))
@@ -115,7 +116,7 @@ def load_or_build(reference: Reference, blocks: TokenBlocks, *, root: Path, key:
 
 @torch.no_grad()
 def _compute(reference: Reference, blocks: TokenBlocks, dest: Path, *, k: int, vocab_size: int, device: torch.device,
-             batch_size: int, chunk: int, should_stop: Callable[[], bool]) -> None:
+             batch_size: int, chunk: int, should_stop: Callable[[], bool], log: Callable[[str], None]) -> None:
     if not 1 <= k < vocab_size:
         raise ValueError(f"reference_top_k: must be between 1 and the vocabulary size - 1 ({vocab_size - 1})")
     n, length = len(blocks), blocks.seq_len
@@ -124,9 +125,15 @@ def _compute(reference: Reference, blocks: TokenBlocks, dest: Path, *, k: int, v
     indices = np.lib.format.open_memmap(dest / "indices.npy", mode="w+", dtype=index_dtype, shape=shape)
     logprobs = np.lib.format.open_memmap(dest / "logprobs.npy", mode="w+", dtype=np.float16, shape=shape)
     tails = np.lib.format.open_memmap(dest / "tail.npy", mode="w+", dtype=np.float32, shape=shape[:2])
+    started = reported = time.perf_counter()
     for start in range(0, n, batch_size):
         if should_stop():
             raise Cancelled(f"cancelled while caching the reference ({start} of {n} general blocks)")
+        if time.perf_counter() - reported >= PROGRESS_EVERY_S:
+            reported = time.perf_counter()
+            rate = start / max(reported - started, 1e-9)
+            log(f"caching the reference: {start} of {n} general blocks, {rate:.1f} blocks/s, "
+                f"ETA {(n - start) / max(rate, 1e-9):.0f}s")
         part = blocks.select(range(start, min(start + batch_size, n)))
         positions = part.position_ids.to(device) if part.position_ids is not None else None
         hidden = reference.hidden(part.input_ids.to(device), part.attention_mask.to(device), positions)[:, :-1]

@@ -62,7 +62,8 @@ def _progress_point(total: int, n_tokens: int, seconds: float) -> dict:
     eta = max(n_tokens - total, 0) / max(rate, 1e-9)
     return {"message": f"sampling general text from the base: {total:,} of {n_tokens:,} tokens, "
                        f"{rate:,.0f} tokens/s, ETA {eta:.0f}s",
-            "tokens": total, "target_tokens": n_tokens, "tokens_per_s": round(rate), "eta_s": round(eta, 1)}
+            "tokens": total, "target_tokens": n_tokens, "tokens_per_s": round(rate), "eta_s": round(eta, 1),
+            "fraction": round(min(total / n_tokens, 1.0), 4)}
 
 
 def self_general_corpus(out_dir: Path, model: nn.Module, tokenizer, n_tokens: int, *, max_len: int, seed: int,

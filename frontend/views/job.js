@@ -103,7 +103,7 @@ export async function jobPage(view, jobId) {
     log.prepend(el("li", { "data-kind": ev.kind }, el("span", { class: "muted" }, `step ${ev.step} · ${ev.kind} · `),
       ev.message));
     if (ev.kind === "checkpoint" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
-    if (ev.kind === "token-store") storeProgress(dataBox, ev);
+    if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
   });
   source.addEventListener("end", () => { source.close(); refresh(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) refresh(); };

@@ -72,7 +72,7 @@ def test_a_cancel_while_sampling_ends_the_run_before_step_1(make_spec, tmp_path)
     result = train(spec, tmp_path / "run", [cancel])
     assert (result.status, result.step, cancel.steps) == ("cancelled", 0, [])
     sampled = [e for e in cancel.events if e["kind"] == "self-sample"]
-    assert sampled[0]["tokens"] > 0 and sampled[0]["tokens_per_s"] > 0
+    assert sampled[0]["tokens"] > 0 and sampled[0]["tokens_per_s"] > 0 and 0 < sampled[0]["fraction"] < 1
     assert "of 1,000,000 tokens" in sampled[0]["message"]
     assert cancel.events[-1]["kind"] == "cancelled" and "while sampling" in cancel.events[-1]["message"]
     assert not (tmp_path / "run" / "general_self.jsonl").exists()
@@ -90,3 +90,15 @@ def test_a_cancel_while_tokenizing_or_caching_ends_the_run_and_keeps_nothing_hal
     assert cancel.events[-1]["kind"] == "cancelled" and "while" in cancel.events[-1]["message"]
     assert list(cache_root(data["general"]).glob(left)) == []
     assert list(cache_root(data["general"]).glob(".building-*")) == []
+
+
+def test_caching_the_reference_reports_progress(make_spec, corpora, tmp_path, monkeypatch):
+    from mol_engine import reference_cache
+
+    monkeypatch.setattr(reference_cache, "PROGRESS_EVERY_S", 0.0)  # a point before every batch
+    general = shutil.copy(corpora["general"], tmp_path / "general.jsonl")
+    cancel = CancelOn("never")
+    train(make_spec(general_data=[str(general)], reference="cached", max_steps=1), tmp_path / "run", [cancel])
+    cached = [e["message"] for e in cancel.events if e["kind"] == "reference-cache"]
+    assert cached[0].startswith("caching the reference's top-64 on") and cached[-1].startswith("cached the")
+    assert any(m.startswith("caching the reference: 0 of ") and "blocks/s, ETA" in m for m in cached[1:-1])
