@@ -33,7 +33,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from mol_engine.callbacks import strict_dumps
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
@@ -136,11 +136,35 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # GET /v1/jobs pages an owner's jobs newest first by (created_at, id): one index range scan per page
+    __table_args__ = (Index("ix_jobs_owner_created_id", "owner", "created_at", "id"),)
 
     @property
     def progress(self) -> float:
         """Fraction of ``max_steps`` done."""
         return (self.step or 0) / max(self.max_steps, 1)
+
+    @property
+    def base_model(self) -> str | None:
+        """The spec's base model id, which job lists show instead of the whole spec."""
+        return self.spec.get("base_model")
+
+    @property
+    def method(self) -> str | None:
+        """The spec's method (mol, cpt, domain_only)."""
+        return self.spec.get("method")
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` a client sent with ``POST /v1/jobs``: the job it made and a hash of the request,
+    so a retry returns that job instead of making another (for ``api.job_store.IDEMPOTENCY_TTL``)."""
+
+    __tablename__ = "idempotency_keys"
+    owner: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 class MetricPoint(Base):
@@ -209,7 +233,12 @@ def _widen_sizes(session: Session) -> None:
                              "ALTER COLUMN approx_tokens TYPE BIGINT"))
 
 
-MIGRATIONS = {1: _widen_sizes}  # from version N to N + 1
+def _index_job_pages(session: Session) -> None:
+    """2 -> 3: the (owner, created_at, id) index GET /v1/jobs pages by; the idempotency_keys table is new."""
+    session.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_owner_created_id ON jobs (owner, created_at, id)"))
+
+
+MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages}  # from version N to N + 1
 
 
 def init_db(engine: Engine) -> sessionmaker:

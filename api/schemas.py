@@ -66,15 +66,18 @@ class UploadOut(BaseModel):
     expires_at: datetime
 
 
-class JobOut(BaseModel):
+class JobSummary(BaseModel):
+    """A job as lists show it: its state, without the spec (``base_model`` and ``method`` only)."""
+
     model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
     status: str
+    base_model: str | None
+    method: str | None
     step: int
     max_steps: int
     progress: float
-    spec: dict[str, Any]
     last_metrics: dict[str, Any]
     error: str | None
     cancel_requested: bool
@@ -82,7 +85,21 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    disk_bytes: int | None = None  # the run directory's size; only GET /v1/jobs/{id} measures it, lists leave null
+
+
+class JobOut(JobSummary):
+    spec: dict[str, Any]
+    disk_bytes: int | None = None  # the run directory's size, measured by GET /v1/jobs/{id}
+
+
+class JobPage(BaseModel):
+    """One page of ``GET /v1/jobs``, in the OpenAI list shape: pass ``last_id`` as ``after`` for the next."""
+
+    object: str = "list"
+    data: list[JobSummary]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
 
 
 class ModelOut(BaseModel):

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import select
 
 from mol_engine.spec import JobSpec, format_validation_error
 
 from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id, utcnow
-from ..deps import DB, Owner, Svc
+from ..deps import DB, Owner, Services, Svc
 from ..disk import tree_bytes
-from ..schemas import JobOut
+from ..job_store import KeyReused, create_job, page_of_jobs, withdraw_job
+from ..schemas import JobOut, JobPage, JobSummary
 from ..stream import job_stream
 from ..validation import available_models, check_references
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # The database compares it with a 32-bit column: a larger one is a 422 naming it, not a 500
 After = Annotated[int, Query(ge=0, le=MAX_SEQ, description="only rows after this seq")]
+Limit = Annotated[int, Query(ge=1, le=200, description="jobs per page")]
+AfterJob = Annotated[str | None, Query(description="a job id: list the jobs older than it (a page's last_id)")]
+# Printable ASCII, as Stripe's keys: a NUL would reach PostgreSQL, which refuses it in text
+IdemKey = Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
+                                       description="retrying with the same key and body returns the same job")]
 
 
 def job_out(job: Job) -> JobOut:
@@ -33,26 +39,51 @@ def owned_job(db, owner: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobOut)
-def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc) -> JobOut:
+@router.post("", status_code=201, response_model=JobOut,
+             responses={200: {"model": JobOut, "description": "the job made earlier with this Idempotency-Key"}})
+def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: Response,
+               idempotency_key: IdemKey = None) -> JobOut:
     try:
         spec = JobSpec.model_validate(body)
     except ValidationError as err:
         raise HTTPException(422, format_validation_error(err)) from None
     owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
     problems = check_references(spec, owned, available_models(svc.settings))
+    db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(problems))
-    job = Job(owner=owner, name=spec.name, spec=spec.model_dump(mode="json"), max_steps=spec.max_steps)
-    db.add(job)
-    db.commit()
-    svc.enqueue(job.id)
+    try:
+        job, new = create_job(svc.sessions, owner, spec, idempotency_key)
+    except KeyReused:
+        raise HTTPException(409, f"Idempotency-Key: '{idempotency_key}' was used for a different request in the "
+                                 "last 24 h; use a new key for a new job") from None
+    if not new:
+        response.status_code = 200
+        return job_out(job)
+    _hand_to_workers(svc, job)
     return job_out(job)
 
 
-@router.get("", response_model=list[JobOut])
-def list_jobs(owner: Owner, db: DB) -> list[JobOut]:
-    return [job_out(j) for j in db.scalars(select(Job).where(Job.owner == owner).order_by(Job.created_at.desc()))]
+def _hand_to_workers(svc: Services, job: Job) -> None:
+    """Enqueue ``job``; when the broker refuses, withdraw the job (503) unless a worker already started it."""
+    try:
+        svc.enqueue(job.id)
+    except Exception as err:  # any broker client error: connection refused, timeout, auth
+        if withdraw_job(svc.sessions, job.id):
+            raise HTTPException(503, f"the job queue is unavailable ({type(err).__name__}); no job was created: "
+                                     "send the same request again later") from None
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None) -> JobPage:
+    cursor = None
+    if after is not None:
+        cursor = db.get(Job, after) if is_id(after) else None
+        if cursor is None or cursor.owner != owner:
+            raise HTTPException(422, f"after: no job '{after}' to list after; pass the last_id of a page")
+    jobs, more = page_of_jobs(db, owner, limit, cursor)
+    return JobPage(data=[JobSummary.model_validate(j) for j in jobs], has_more=more,
+                   first_id=jobs[0].id if jobs else None, last_id=jobs[-1].id if jobs else None)
 
 
 @router.get("/{job_id}", response_model=JobOut)

@@ -23,7 +23,9 @@ def test_submit_validates_stores_and_enqueues(client, auth, datasets, queued):
     assert job["status"] == "queued" and job["max_steps"] == 5 and job["progress"] == 0
     assert queued == [job["id"]]
     assert client.get(f"/v1/jobs/{job['id']}", headers=auth()).json()["spec"]["domain_data"] == [datasets["domain"]]
-    assert [j["id"] for j in client.get("/v1/jobs", headers=auth()).json()] == [job["id"]]
+    listed = client.get("/v1/jobs", headers=auth()).json()
+    assert [j["id"] for j in listed["data"]] == [job["id"]] and listed["has_more"] is False
+    assert listed["data"][0]["base_model"] == "tiny" and "spec" not in listed["data"][0]  # light: no whole spec
 
 
 @pytest.mark.parametrize(
