@@ -29,6 +29,20 @@ export async function api(path, { method = "GET", json, form } = {}) {
   return data;
 }
 
+// Up to `count` items of a paged list (`{data, has_more, last_id}`), newest first, walking pages of at most
+// 200 with `after`; returns {items, more}, `more` telling whether older items were left out.
+export async function listPages(path, count = Infinity) {
+  const items = [];
+  let after = null;
+  for (;;) {
+    const limit = Math.min(200, count - items.length);
+    const page = await api(`${path}?limit=${limit}${after ? `&after=${encodeURIComponent(after)}` : ""}`);
+    items.push(...page.data);
+    if (!page.has_more || items.length >= count) return { items, more: page.has_more };
+    after = page.last_id;
+  }
+}
+
 // Signs in with a token: checks it and sets the HttpOnly cookie that EventSource and downloads use.
 export async function signIn(value) {
   sessionStorage.setItem(KEY, value);

@@ -1,5 +1,5 @@
 // Compare: evaluation curves of several jobs overlaid, and the trade-off of domain gain against general drift.
-import { api } from "../api.js";
+import { api, listPages } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
 import { PALETTE, el, statusBadge } from "../dom.js";
 
@@ -11,9 +11,9 @@ const CURVES = [
 ];
 
 async function pickJobs(view) {
-  const jobs = await api("/v1/jobs");
+  const { items: jobs } = await listPages("/v1/jobs");  // every job, a page of 200 at a time
   const boxes = jobs.map((j) => el("label", { class: "inline" }, el("input", { type: "checkbox", value: j.id }),
-    `${j.name} (${j.spec.method}) `, statusBadge(j.status)));
+    `${j.name} (${j.method}) `, statusBadge(j.status)));
   const go = el("button", { class: "primary", onclick: () => {
     const ids = boxes.map((b) => b.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
     location.hash = `#/compare?ids=${ids.join(",")}`;

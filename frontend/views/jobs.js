@@ -1,5 +1,5 @@
 // Jobs list: live (refreshed every 2 s), with a selection to compare.
-import { api } from "../api.js";
+import { listPages } from "../api.js";
 import { age, duration, el, fmt, statusBadge } from "../dom.js";
 
 function eta(job) {
@@ -14,8 +14,8 @@ function row(job, selected, onToggle) {
     el("td", {}, el("input", { type: "checkbox", checked: selected.has(job.id), "aria-label": `select ${job.name}`,
       onchange: (e) => onToggle(job.id, e.target.checked) })),
     el("td", {}, el("a", { href: `#/job/${job.id}` }, job.name)),
-    el("td", {}, job.spec.base_model),
-    el("td", {}, job.spec.method),
+    el("td", {}, job.base_model),
+    el("td", {}, job.method),
     el("td", {}, statusBadge(job.status)),
     el("td", { class: "progress-cell" },
       el("progress", { max: job.max_steps, value: job.step }),
@@ -24,6 +24,8 @@ function row(job, selected, onToggle) {
     el("td", { class: "num" }, fmt(m["train/general_kl"])),
     el("td", { class: "muted" }, age(job.created_at)));
 }
+
+const PAGE = 50;
 
 export async function jobsPage(view) {
   const selected = new Set();
@@ -36,9 +38,12 @@ export async function jobsPage(view) {
     el("p", {}, "Start one from ", el("a", { href: "#/new" }, "New job"),
       ": the demo model and corpora are ready to pick."));
   const error = el("p", { class: "error" });
+  let shown = PAGE;  // the newest jobs listed; "Show older jobs" adds a page
+  const older = el("button", { class: "more", hidden: true, onclick: () => { shown += PAGE; refresh(); } },
+    "Show older jobs");
   view.replaceChildren(el("section", { class: "card" },
     el("div", { class: "toolbar" }, el("h1", {}, "Jobs"), el("span", { class: "spacer" }), compare,
-      el("a", { class: "button primary", href: "#/new" }, "New job")), error, table, empty));
+      el("a", { class: "button primary", href: "#/new" }, "New job")), error, table, empty, older));
 
   const onToggle = (id, on) => {
     if (on) selected.add(id); else selected.delete(id);
@@ -49,8 +54,9 @@ export async function jobsPage(view) {
 
   async function refresh() {
     try {
-      const jobs = await api("/v1/jobs");
+      const { items: jobs, more } = await listPages("/v1/jobs", shown);
       body.replaceChildren(...jobs.map((job) => row(job, selected, onToggle)));
+      older.hidden = !more;
       empty.hidden = jobs.length > 0;
       table.hidden = jobs.length === 0;
       error.textContent = "";
