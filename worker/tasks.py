@@ -8,6 +8,7 @@ whole group. Killing the worker kills the child too (it notices its parent is go
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -25,6 +26,8 @@ from api.settings import Settings
 
 from .celery_app import app
 from .queue import TASK_NAME
+
+log = logging.getLogger(__name__)
 
 
 def _settings() -> Settings:
@@ -103,9 +106,18 @@ def reconcile(settings: Settings | None = None) -> list[str]:
             elif job.status == "queued" and job.queued_at.replace(tzinfo=utcnow().tzinfo) < stuck_since:
                 job.queued_at = utcnow()
                 requeued.append(job.id)
-    for job_id in requeued:
+    return [job_id for job_id in requeued if _send(job_id)]
+
+
+def _send(job_id: str) -> bool:
+    """Whether the broker took ``job_id``. When it refuses (Redis down), the job stays ``queued`` in the database
+    and a later pass sends it again, once it has waited ``lease_timeout_s`` more."""
+    try:
         run_job.delay(job_id)
-    return requeued
+    except Exception:  # any broker client error; the reconciler thread must outlive the outage
+        log.exception("could not re-queue job %s; the next reconcile pass will try again", job_id)
+        return False
+    return True
 
 
 @signals.worker_ready.connect
