@@ -1,21 +1,28 @@
 """Where the base model's next-token distribution comes from during training and evaluation.
 
-- :class:`FrozenCopyReference` (full fine-tuning): a frozen copy of the base in the compute dtype.
+- :class:`FrozenCopyReference` (full fine-tuning, MoL with the exact reference): the base loaded a second time,
+  straight in the compute dtype (no float32 copy of it ever exists), frozen.
 - :class:`AdapterDisabledReference` (LoRA): the trained model itself with its adapters switched off,
   so no second copy of the weights exists.
-Both run under ``torch.inference_mode()`` and return hidden states; logits are formed chunk by chunk by
+- :class:`OnDemandReference` (full fine-tuning runs that do not train against the base: ``cpt``,
+  ``domain_only``, ``mol`` with ``reference: cached``): holds no weights; it loads the base when asked for a
+  distribution (an evaluation, building the cache) and frees it at :meth:`~OnDemandReference.release`.
+All run under ``torch.inference_mode()`` and return hidden states; logits are formed chunk by chunk by
 the losses through :attr:`head`.
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import gc
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .modeling import causal_lm, hidden_states, logits_head
+from .modeling import ModelError, causal_lm, hidden_states, load_model, logits_head
 
 
 class Reference(Protocol):
@@ -27,13 +34,18 @@ class Reference(Protocol):
 
 
 class FrozenCopyReference:
-    """A frozen copy of the base model, taken before training starts, in ``dtype``."""
+    """A frozen model of the base (loaded by :meth:`load`, in the compute dtype), kept for the whole run."""
 
     kind = "frozen-copy"
 
-    def __init__(self, base: nn.Module, dtype: torch.dtype) -> None:
-        self.model = copy.deepcopy(causal_lm(base)).to(dtype).eval().requires_grad_(False)
+    def __init__(self, model: nn.Module) -> None:
+        self.model = causal_lm(model).eval().requires_grad_(False)
         self._head = logits_head(self.model)
+
+    @classmethod
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> FrozenCopyReference:
+        """The base model in ``path`` loaded on ``device`` directly in ``dtype``, frozen."""
+        return cls(load_model(path, device, dtype))
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
@@ -43,6 +55,67 @@ class FrozenCopyReference:
     def head(self, hidden: Tensor) -> Tensor:
         with torch.no_grad():
             return self._head(hidden)
+
+
+class OnDemandReference:
+    """The base in ``path``, loaded (in ``dtype``, on ``device``) on first use and freed by :meth:`release`.
+
+    Between uses it holds no weights. Each load reads the same files again (memory-mapped safetensors, usually
+    from the page cache), so it gives the same distribution as a resident frozen copy; a base directory whose
+    weight files changed since the run started is refused rather than silently measured against.
+    """
+
+    kind = "on-demand"
+
+    def __init__(self, path: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.path, self.device, self.dtype = path, device, dtype
+        self._stamp = _files_stamp(path)
+        self._loaded: FrozenCopyReference | None = None
+
+    @property
+    def resident(self) -> bool:
+        """Whether the base's weights are loaded now."""
+        return self._loaded is not None
+
+    def _reference(self) -> FrozenCopyReference:
+        if self._loaded is None:
+            if _files_stamp(self.path) != self._stamp:
+                raise ModelError(f"base_model: the files in {self.path} changed during the run; the KL to the base "
+                                 f"would no longer measure against the model this run started from")
+            self._loaded = FrozenCopyReference.load(self.path, self.device, self.dtype)
+        return self._loaded
+
+    def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        return self._reference().hidden(input_ids, attention_mask, position_ids)
+
+    def head(self, hidden: Tensor) -> Tensor:
+        return self._reference().head(hidden)
+
+    def release(self) -> None:
+        """Free the loaded weights (and, on CUDA, the cached blocks they occupied)."""
+        if self._loaded is None:
+            return
+        self._loaded = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _files_stamp(path: str) -> list[tuple[str, int, int]]:
+    """(name, size, mtime) of the model directory's config and weight files."""
+    folder = Path(path)
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors"))]
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+
+
+@contextlib.contextmanager
+def released_after(reference: Reference | None) -> Iterator[Reference | None]:
+    """``reference`` for the with-block; an on-demand one frees what it loaded when the block ends."""
+    try:
+        yield reference
+    finally:
+        if isinstance(reference, OnDemandReference):
+            reference.release()
 
 
 class AdapterDisabledReference:
@@ -76,6 +149,13 @@ class AdapterDisabledReference:
             return self._head(hidden)
 
 
-def make_reference(model: nn.Module, lora: bool, dtype: torch.dtype) -> Reference:
-    """The cheapest exact reference for this model: adapters disabled with LoRA, else a frozen copy."""
-    return AdapterDisabledReference(model) if lora else FrozenCopyReference(model, dtype)
+def make_reference(model: nn.Module, *, lora: bool, resident: bool, path: str, device: torch.device,
+                   dtype: torch.dtype) -> Reference:
+    """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy
+    loaded from ``path`` in ``dtype`` when the run trains against it every step (``resident``), or an
+    on-demand one that holds no weights between uses."""
+    if lora:
+        return AdapterDisabledReference(model)
+    if resident:
+        return FrozenCopyReference.load(path, device, dtype)
+    return OnDemandReference(path, device, dtype)

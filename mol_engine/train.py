@@ -27,7 +27,7 @@ from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
 from .objective import ROUTES, objective
-from .reference import Reference, make_reference
+from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
 from .self_sample import self_general_corpus
 from .spec import JobSpec
@@ -148,7 +148,10 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     needs_reference = ROUTES[spec.method][1] or general is not None
-    reference = make_reference(model, lora, dtype) if needs_reference else None
+    # resident only when every step trains against it; else loaded for evaluation (or the cache build) alone
+    resident = ROUTES[spec.method][1] and spec.reference != "cached"
+    reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
+                               dtype=dtype) if needs_reference else None
     model.train()
     optimizer = _optimizer(model, spec, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
@@ -167,7 +170,8 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     cb.on_event({"step": 0, "kind": "config", "message": (
         f"method={spec.method} kl_direction={spec.kl_direction} kl_weight={spec.kl_weight} "
         f"rows/micro-batch domain:general={n_domain}:{n_general} finetune={spec.finetune} "
-        f"reference={getattr(cached or reference, 'kind', 'none')} device={device} "
+        f"reference={getattr(cached or (reference if resident else None), 'kind', 'none')} "
+        f"eval_reference={getattr(reference, 'kind', 'none')} device={device} "
         f"dtype={str(dtype).removeprefix('torch.')} "
         f"trainable={trainable:,}/{total:,} params processes={world.size}"),
         "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
@@ -237,11 +241,13 @@ def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data
     key = cache_key(spec.base_model, general.train, spec.reference_top_k, dtype)
     if not world.is_main:
         world.barrier()
-    cached = load_or_build(reference, general.train, root=cache_root(data_file), key=key, k=spec.reference_top_k,
-                           vocab_size=vocab_size, device=device,
-                           batch_size=max(spec.batch_size, BUILD_TOKENS // spec.seq_len), chunk=chunk,
-                           log=lambda message: cb.on_event({"step": 0, "kind": "reference-cache", "message": message}),
-                           should_stop=cb.should_stop)
+    with released_after(reference):  # an on-demand base is loaded for a build only, and freed after it
+        cached = load_or_build(reference, general.train, root=cache_root(data_file), key=key,
+                               k=spec.reference_top_k, vocab_size=vocab_size, device=device,
+                               batch_size=max(spec.batch_size, BUILD_TOKENS // spec.seq_len), chunk=chunk,
+                               log=lambda message: cb.on_event({"step": 0, "kind": "reference-cache",
+                                                                "message": message}),
+                               should_stop=cb.should_stop)
     if world.is_main:
         world.barrier()
     return cached
@@ -347,11 +353,12 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     spec = run.spec
     run.model.eval()
     n_blocks = spec.eval_batches * spec.batch_size
-    with run.autocast():
+    # an on-demand base is loaded for this only
+    with run.autocast(), released_after(run.reference) as reference:
         metrics = heldout_metrics(
             run.model, domain=run.domain.heldout.select(range(min(n_blocks, len(run.domain.heldout)))),
             general=run.general.heldout.select(range(min(n_blocks, len(run.general.heldout)))) if run.general else None,
-            reference=run.reference, batch_size=spec.batch_size, eos_id=run.eos_id, chunk=run.chunk,
+            reference=reference, batch_size=spec.batch_size, eos_id=run.eos_id, chunk=run.chunk,
             kl_direction=spec.kl_direction, device=run.device)
         if run.qa:
             metrics["eval/qa_exact_match"] = qa_exact_match(

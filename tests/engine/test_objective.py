@@ -13,7 +13,7 @@ from mol_engine.reference import FrozenCopyReference
 def setup(tiny_model_dir):
     tokenizer = load_tokenizer(str(tiny_model_dir))
     model = load_model(str(tiny_model_dir), torch.device("cpu"))
-    reference = FrozenCopyReference(model, torch.float32)
+    reference = FrozenCopyReference.load(str(tiny_model_dir), torch.device("cpu"), torch.float32)
     with torch.no_grad():  # move the model away from the base so the KL is non-zero
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)

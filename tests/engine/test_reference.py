@@ -1,7 +1,18 @@
+import os
+import shutil
+import weakref
+
+import pytest
 import torch
 
-from mol_engine.modeling import add_lora, hidden_states, load_model, logits_head
-from mol_engine.reference import AdapterDisabledReference, FrozenCopyReference
+from mol_engine.modeling import ModelError, add_lora, hidden_states, load_model, logits_head
+from mol_engine.reference import (
+    AdapterDisabledReference,
+    FrozenCopyReference,
+    OnDemandReference,
+    make_reference,
+    released_after,
+)
 from mol_engine.spec import JobSpec
 
 
@@ -46,10 +57,67 @@ def test_frozen_copy_is_independent_of_training(tiny_model_dir):
     ids = torch.randint(3, 300, (1, 8))
     with torch.no_grad():
         before = model(ids).logits
-    reference = FrozenCopyReference(model, torch.float32)
+    reference = FrozenCopyReference.load(str(tiny_model_dir), torch.device("cpu"), torch.float32)
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(1.5)
     out = reference.head(reference.hidden(ids, torch.ones_like(ids, dtype=torch.bool)))
     torch.testing.assert_close(out, before)
     assert not any(p.requires_grad for p in reference.model.parameters())
+
+
+def test_frozen_copy_is_loaded_in_the_compute_dtype_without_a_float32_copy(tiny_model_dir, monkeypatch):
+    from mol_engine import reference as module
+
+    loads = []
+
+    def recording_load(path, device, dtype=torch.float32):
+        loads.append(dtype)
+        return load_model(path, device, dtype)
+
+    monkeypatch.setattr(module, "load_model", recording_load)
+    reference = make_reference(torch.nn.Linear(1, 1), lora=False, resident=True, path=str(tiny_model_dir),
+                               device=torch.device("cpu"), dtype=torch.bfloat16)
+    assert loads == [torch.bfloat16]  # the only load, straight in bf16
+    assert {p.dtype for p in reference.model.parameters()} == {torch.bfloat16}
+    base = load_model(str(tiny_model_dir), torch.device("cpu"))
+    for (name, p), (_, q) in zip(reference.model.named_parameters(), base.named_parameters(), strict=True):
+        assert torch.equal(p, q.to(torch.bfloat16)), name  # what casting the float32 base gave before
+
+
+def test_on_demand_reference_holds_no_weights_between_uses(tiny_model_dir, monkeypatch):
+    from mol_engine import reference as module
+
+    loaded = []
+    load = FrozenCopyReference.load.__func__
+
+    def tracked(cls, *args):
+        made = load(cls, *args)
+        loaded.append(weakref.ref(made.model))
+        return made
+
+    monkeypatch.setattr(module.FrozenCopyReference, "load", classmethod(tracked))
+    reference = make_reference(torch.nn.Linear(1, 1), lora=False, resident=False, path=str(tiny_model_dir),
+                               device=torch.device("cpu"), dtype=torch.float32)
+    assert isinstance(reference, OnDemandReference) and not reference.resident and loaded == []
+    ids = torch.randint(3, 300, (2, 8))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    resident = FrozenCopyReference.load(str(tiny_model_dir), torch.device("cpu"), torch.float32)
+    expected = resident.head(resident.hidden(ids, mask))
+    for _ in range(2):
+        with released_after(reference) as ref:
+            assert torch.equal(ref.head(ref.hidden(ids, mask)), expected)  # the exact base distribution
+            assert reference.resident
+        assert not reference.resident
+    assert len(loaded) == 3 and all(r() is None for r in loaded[1:])  # each use's copy is freed afterwards
+
+
+def test_on_demand_reference_refuses_a_base_changed_during_the_run(tiny_model_dir, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model_dir, base)
+    reference = OnDemandReference(str(base), torch.device("cpu"), torch.float32)
+    weights = base / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    ids = torch.randint(3, 300, (1, 8))
+    with pytest.raises(ModelError, match="changed during the run"):
+        reference.hidden(ids, torch.ones_like(ids, dtype=torch.bool))

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from mol_engine import reference_cache
 from mol_engine.callbacks import JsonlLogger
 from mol_engine.corpus import split_corpus
 from mol_engine.losses import token_kl, token_topk_kl
@@ -89,10 +90,11 @@ def general_blocks(tiny_model_dir, corpora, tmp_path):
     return data, corpus.train
 
 
-def test_cache_holds_the_base_top_k_and_is_reused(tiny_model_dir, general_blocks):
+def test_cache_holds_the_base_top_k_and_is_reused(tiny_model_dir, general_blocks, monkeypatch):
+    monkeypatch.setattr(reference_cache, "PROGRESS_EVERY_S", float("inf"))  # no progress lines on a slow machine
     data, blocks = general_blocks
     model = load_model(str(tiny_model_dir), torch.device("cpu"))
-    reference = FrozenCopyReference(model, torch.float32)
+    reference = FrozenCopyReference.load(str(tiny_model_dir), torch.device("cpu"), torch.float32)
     key = cache_key(tiny_model_dir, blocks, 8, torch.float32)
     messages = []
     build = dict(root=cache_root(data), key=key, k=8, vocab_size=320, device=torch.device("cpu"), batch_size=4,
