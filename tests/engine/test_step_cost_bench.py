@@ -1,10 +1,12 @@
 """bench/step_cost.py keeps working against the engine: its variants train side by side on the same rows."""
 
 import importlib.util
+import shutil
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
+import pytest
 import torch
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "step_cost.py"
@@ -38,17 +40,23 @@ def test_variants_train_side_by_side_on_the_same_rows(tiny_model_dir, corpora, t
     assert set(tps) == {"cpt", "mol", "bare", "hf"} and all(len(v) == 1 and v[0] > 0 for v in tps.values())
     assert cpt.step == 4 and mol.step == 4  # a warm-up round and a measured round of 2 steps each
     assert any(not torch.equal(a, b) for a, b in zip(before, bare.model.parameters(), strict=True))
+    assert bench.held_reference(cpt.run) == "none"  # CPT holds no reference while training, as real runs do
 
     results: dict = {}
     line = bench.ratio_line("MoL/CPT throughput, LoRA", "mol_cpt_throughput_lora", 80.0, 100.0, "tok/s", results)
     assert results == {"mol_cpt_throughput_lora": 0.8} and line.endswith("target ≥ 0.78: PASS")
+    line = bench.ratio_line("MoL cached / CPT peak memory", "mol_cached_cpt_memory_full", 106.0, 100.0, "MiB", results)
+    assert line.endswith("target ≤ 1.05: MISS")  # the cached run against a CPT run that holds no reference
 
 
-def test_memory_probe_measures_a_fresh_process(tiny_model_dir, corpora, tmp_path):
+@pytest.mark.parametrize(("name", "held"), [("mol_full", "frozen-copy"), ("mol_cached_full", "cached-top-k")])
+def test_memory_probe_measures_a_fresh_process(tiny_model_dir, corpora, tmp_path, name, held):
     bench = load_bench()
     shape = bench.Shape(hidden=32, layers=2, heads=2, intermediate=64, vocab=320, seq_len=32, batch_size=4)
-    config = {"model": str(tiny_model_dir), "shape": asdict(shape), "method": "mol", "finetune": "full",
-              "reference": "exact", "steps": 2, "out": str(tmp_path / "probe"),
-              "data": {"domain": str(corpora["domain"]), "general": str(corpora["general"])}}
+    general = shutil.copy(corpora["general"], tmp_path / "general.jsonl")  # its reference cache is built there
+    method, finetune, reference = bench.MEMORY_PROBES[name]
+    config = {"model": str(tiny_model_dir), "shape": asdict(shape), "method": method, "finetune": finetune,
+              "reference": reference, "steps": 2, "out": str(tmp_path / "probe"),
+              "data": {"domain": str(corpora["domain"]), "general": str(general)}}
     out = bench.run_probe(config)
-    assert set(out) == {"peak_mib"} and 5 < out["peak_mib"] < 2000
+    assert out["held_reference"] == held and 5 < out["peak_mib"] < 2000
