@@ -61,10 +61,13 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer, optimizer: torch.optim.Optimizer,
                     scheduler, trainer_state: dict[str, Any], keep: int | None = None,
-                    protect: Collection[int] = ()) -> Path:
+                    protect: Collection[int] = (), model_state: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> Path:
     """Write ``checkpoints/step-{step}`` atomically and return its path; then prune (see :func:`prune_checkpoints`).
 
-    Raises :class:`CheckpointError` when the write fails (e.g. a full disk), with nothing half-written left.
+    ``model_state`` and ``optimizer_state``, when given, are written instead of the model's and optimizer's own
+    state dicts (the full state gathered from an FSDP-sharded model). Raises :class:`CheckpointError` when the
+    write fails (e.g. a full disk), with nothing half-written left.
     """
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -72,7 +75,8 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer,
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
     try:
-        _write(tmp, step, model, tokenizer, optimizer, scheduler, trainer_state)
+        _write(tmp, step, model, tokenizer, optimizer_state or optimizer.state_dict(), scheduler, trainer_state,
+               model_state)
         if final.exists():  # a re-run of the same step after a resume: replace it
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -105,8 +109,14 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     """Restore model, optimizer, scheduler and RNG from ``path``; return the trainer state it saved."""
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
-    _load_weights(path / "model", model, lora)
-    _load_optimizer(optimizer, load_file(path / "optimizer.safetensors"), state["optimizer_groups"])
+    optimizer_state = _optimizer_state(load_file(path / "optimizer.safetensors"), state["optimizer_groups"])
+    if _is_sharded(model) and not lora:
+        from .distributed import load_full_state
+
+        load_full_state(model, optimizer, _read_weights(path / "model"), optimizer_state)
+    else:
+        _load_weights(path / "model", model, lora)
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(state["scheduler"])
     rng = load_file(path / "rng.safetensors")
     torch.set_rng_state(rng["cpu"])
@@ -115,11 +125,12 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return state
 
 
-def _write(tmp: Path, step: int, model: nn.Module, tokenizer, optimizer: torch.optim.Optimizer, scheduler,
-           trainer_state: dict[str, Any]) -> None:
-    model.save_pretrained(tmp / "model", safe_serialization=True)
+def _write(tmp: Path, step: int, model: nn.Module, tokenizer, optimizer_state: dict[str, Any], scheduler,
+           trainer_state: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None) -> None:
+    extra = {"state_dict": model_state} if model_state is not None else {}
+    model.save_pretrained(tmp / "model", safe_serialization=True, **extra)
     tokenizer.save_pretrained(tmp / "model")
-    tensors, groups = _optimizer_tensors(optimizer)
+    tensors, groups = _optimizer_tensors(optimizer_state)
     save_file(tensors, tmp / "optimizer.safetensors")
     save_file(_rng_tensors(), tmp / "rng.safetensors")
     state = {**trainer_state, "step": step, "optimizer_groups": groups, "scheduler": scheduler.state_dict()}
@@ -172,9 +183,7 @@ def _load_weights(model_dir: Path, model: nn.Module, lora: bool) -> None:
         if result.unexpected_keys:
             raise ValueError(f"{model_dir}: adapter does not match the model: {result.unexpected_keys[:3]}")
         return
-    weights: dict[str, torch.Tensor] = {}
-    for shard in sorted(model_dir.glob("*.safetensors")):
-        weights.update(load_file(shard))
+    weights = _read_weights(model_dir)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {n for n, p in model.named_parameters(remove_duplicate=False)} - {
         n for n, p in model.named_parameters()
@@ -184,8 +193,22 @@ def _load_weights(model_dir: Path, model: nn.Module, lora: bool) -> None:
                          f"unexpected {unexpected[:3]})")
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    sd = optimizer.state_dict()
+def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the Hugging Face directory's safetensors files, by name."""
+    weights: dict[str, torch.Tensor] = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        weights.update(load_file(shard))
+    return weights
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether FSDP sharded ``model``'s parameters (they are DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[dict]]:
     tensors = {}
     for param_id, param_state in sd["state"].items():
         for key, value in param_state.items():
@@ -194,12 +217,13 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, sd["param_groups"]
 
 
-def _load_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
+def _optimizer_state(tensors: dict[str, torch.Tensor], groups: list[dict]) -> dict[str, Any]:
+    """The optimizer ``state_dict()`` that :func:`_optimizer_tensors` flattened into ``tensors`` and ``groups``."""
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, tensor in tensors.items():
         param_id, key = name.split(".", 1)
         state.setdefault(int(param_id), {})[key] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    return {"state": state, "param_groups": groups}
 
 
 def _rng_tensors() -> dict[str, torch.Tensor]:

@@ -1,19 +1,27 @@
-"""Running under torchrun: process group, per-rank device, the DDP-wrapped step, and cross-rank sums.
+"""Running under torchrun: process group, per-rank device, how the model is wrapped (DDP or FSDP2), and
+cross-rank sums.
 
 With one process every helper is a no-op, so the training loop reads the same either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from .data import Batch
+from .modeling import causal_lm
 from .objective import TokenSums, batch_losses
+from .reference import FrozenCopyReference
+
+Mode = Literal["auto", "ddp", "fsdp"]
 
 
 @dataclass(frozen=True)
@@ -72,7 +80,7 @@ def local_device(device: torch.device) -> torch.device:
 
 
 class StepLosses(nn.Module):
-    """``forward(batch) -> TokenSums`` around the model: the module DDP wraps so gradients are all-reduced."""
+    """``forward(batch) -> TokenSums`` around the model: the module DDP wraps, and FSDP's root."""
 
     def __init__(self, model: nn.Module, **loss_kwargs) -> None:
         super().__init__()
@@ -84,12 +92,144 @@ class StepLosses(nn.Module):
         return batch_losses(self.model, Batch(input_ids, attention_mask, is_general, general_rows, position_ids),
                             **self.loss_kwargs)
 
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Under FSDP, gradients accumulate unreduced inside (DDP's ``no_sync``); with one process, nothing."""
+        if not is_sharded(self):
+            yield
+            return
+        self.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.set_requires_gradient_sync(True)
 
-def wrap(model: nn.Module, world: World, device: torch.device, **loss_kwargs) -> nn.Module:
-    """The step module: plain with one process, DistributedDataParallel with several."""
+
+def uses_fsdp(mode: Mode, world: World, lora: bool) -> bool:
+    """Whether the model is sharded with FSDP2: several processes, and ``fsdp`` asked or ``auto`` with full
+    fine-tuning (LoRA's trainable part is small, so DDP's full replica costs little more than the base)."""
+    return world.size > 1 and (mode == "fsdp" or (mode == "auto" and not lora))
+
+
+def wrap(model: nn.Module, world: World, device: torch.device, mode: Mode = "auto", lora: bool = False,
+         **loss_kwargs) -> nn.Module:
+    """The step module: plain with one process, FSDP2-sharded or DistributedDataParallel with several."""
     step = StepLosses(model, **loss_kwargs)
     if world.size == 1:
         return step
+    if uses_fsdp(mode, world, lora):
+        if isinstance(reference := loss_kwargs.get("reference"), FrozenCopyReference):
+            shard_frozen(reference.model, device)
+        return parallelize(step, model, device)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def parallelize(root: nn.Module, model: nn.Module, device: torch.device) -> nn.Module:
+    """``root`` (which holds ``model``) with FSDP2 applied, as torchtitan's ``parallelize``: ``fully_shard`` on
+    each decoder layer, then on ``root``, whose group keeps the rest (embeddings, final norm, a tied or untied
+    head). On CUDA parameters are all-gathered in bf16 and gradients reduced in fp32. Returns ``root``.
+
+    The root group stays gathered from the root's forward until the end of backward, so the loss can call the
+    head chunk by chunk; code that calls the model without the root's forward runs inside :func:`gathered`.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+        if device.type == "cuda" else MixedPrecisionPolicy()
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=policy)
+    fully_shard(root, mp_policy=policy)
+    return root
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of the causal LM inside ``model`` (the classes it names in ``_no_split_modules``)."""
+    names = set(getattr(causal_lm(model), "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find the decoder layers of {type(causal_lm(model)).__name__} to shard with FSDP")
+    return layers
+
+
+def is_sharded(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` was applied to ``module``."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(module, FSDPModule)
+
+
+@contextlib.contextmanager
+def gathered(root: nn.Module) -> Iterator[None]:
+    """The root group of an FSDP-sharded ``root`` all-gathered (layers gather on their own forward), for
+    evaluation and generation, which call the model without the root's forward; a no-op otherwise."""
+    if not is_sharded(root):
+        yield
+        return
+    from torch.distributed.fsdp import fully_shard
+
+    fully_shard.state(root)._lazy_init()  # the root is decided by the first forward: make it this one
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # the optimizer's writes land before another stream gathers them
+    root.unshard()
+    try:
+        yield
+    finally:
+        root.reshard()
+
+
+def shard_frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    """A frozen model (the reference's base copy) sharded like the trained one, its root group gathered for good
+    (its embeddings, norm and head: each call runs the body and the head apart, never the root's forward)."""
+    from torch.distributed.fsdp import fully_shard
+
+    parallelize(model, model, device)
+    fully_shard.state(model)._lazy_init()
+    model.unshard()
+    return model
+
+
+def full_state(step: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
+    """Under FSDP, the model's full state dict and the optimizer's (numbered as ``optimizer.state_dict()`` numbers
+    parameters), gathered to CPU on rank 0 (every rank must call it; the others get empty dicts); else (None, None).
+    """
+    if not is_sharded(step):
+        return None, None
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    weights = get_model_state_dict(model, options=options)
+    named = get_optimizer_state_dict(model, optimizer, options=options)
+    if not named:
+        return weights, {}
+    ids: dict[str, int] = {}
+    groups = []
+    for group in named["param_groups"]:
+        first = len(ids)
+        ids |= {fqn: first + i for i, fqn in enumerate(group["params"])}
+        groups.append({**group, "params": list(range(first, len(ids)))})
+    return weights, {"state": {ids[fqn]: s for fqn, s in named["state"].items()}, "param_groups": groups}
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],
+                    optimizer_state: dict) -> None:
+    """Load full (unsharded) model weights and an ``optimizer.state_dict()``-numbered optimizer state into an
+    FSDP-sharded model and its optimizer: each rank keeps its own shard."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, weights, options=options)
+    names = {id(p): name for name, p in model.named_parameters()}
+    fqns = [names[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    named = {"state": {fqns[int(i)]: s for i, s in optimizer_state["state"].items()},
+             "param_groups": [{**g, "params": [fqns[i] for i in g["params"]]} for g in optimizer_state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, named, options=options)

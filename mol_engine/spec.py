@@ -83,6 +83,10 @@ class JobSpec(BaseModel):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     gradient_checkpointing: bool = False
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="how several processes (torchrun) share the model: ddp keeps a full replica per "
+        "process, fsdp shards parameters, gradients and optimizer state (FSDP2); auto picks fsdp for full "
+        "fine-tuning and ddp for LoRA")
     loss_chunk_tokens: int | None = Field(
         None, ge=1, description="positions per log-softmax chunk; None sizes chunks to ~64 MiB of fp32 logits"
     )

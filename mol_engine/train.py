@@ -22,7 +22,7 @@ from .callbacks import Callback, CallbackList, Cancelled
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
 from .corpus import Corpus, split_corpus
 from .data import Batch, DataError, MixedBatches, read_qa
-from .distributed import World, join_world, local_device, wrap
+from .distributed import World, full_state, gathered, join_world, local_device, wrap
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
@@ -153,8 +153,6 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
                                dtype=dtype) if needs_reference else None
     model.train()
-    optimizer = _optimizer(model, spec, device)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
                            spec.seed, rank=world.rank, world_size=world.size)
@@ -164,8 +162,10 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     if spec.reference == "cached" and reference is not None and general is not None:
         cached = _cached_reference(spec, reference, general, general_files[0], vocab_size, dtype, device, chunk,
                                    world, cb)
-    step_losses = wrap(model, world, device, method=spec.method, eos_id=eos_id, chunk=chunk,
+    step_losses = wrap(model, world, device, spec.distributed, lora, method=spec.method, eos_id=eos_id, chunk=chunk,
                        reference=None if cached else reference, cached=cached, kl_direction=spec.kl_direction)
+    optimizer = _optimizer(model, spec, device)  # after wrapping: FSDP replaces the parameters with shards
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
     trainable, total = count_parameters(model)
     cb.on_event({"step": 0, "kind": "config", "message": (
         f"method={spec.method} kl_direction={spec.kl_direction} kl_weight={spec.kl_weight} "
@@ -353,8 +353,8 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     spec = run.spec
     run.model.eval()
     n_blocks = spec.eval_batches * spec.batch_size
-    # an on-demand base is loaded for this only
-    with run.autocast(), released_after(run.reference) as reference:
+    # an on-demand base is loaded for this only; an FSDP model's root group is gathered for it
+    with run.autocast(), gathered(run.step_losses), released_after(run.reference) as reference:
         metrics = heldout_metrics(
             run.model, domain=run.domain.heldout.select(range(min(n_blocks, len(run.domain.heldout)))),
             general=run.general.heldout.select(range(min(n_blocks, len(run.general.heldout)))) if run.general else None,
@@ -379,10 +379,12 @@ def _save(run: Run, step: int, cb: Callback, protect: frozenset[int] = frozenset
     state = {"data": run.batches.state(), "spec": run.spec.model_dump(mode="json"),
              "finetune": run.spec.finetune, "base_model": run.spec.base_model}
     path, failed = run.out / "checkpoints" / f"step-{step}", None
+    weights, optimizer_state = full_state(run.step_losses, run.model, run.optimizer)  # FSDP: gathered by all ranks
     if run.world.is_main:
         try:
             path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
-                                   keep=run.spec.keep_checkpoints, protect={run.spec.max_steps, *protect})
+                                   keep=run.spec.keep_checkpoints, protect={run.spec.max_steps, *protect},
+                                   model_state=weights, optimizer_state=optimizer_state)
         except CheckpointError as err:
             failed = err
     # every rank resumes from the same, complete checkpoint, and stops together when there is none

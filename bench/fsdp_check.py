@@ -1,0 +1,138 @@
+"""FSDP2 on CPU: 2 processes (torchrun, gloo, ``distributed: fsdp``) against 1, same global batch, fp32.
+
+    .venv/bin/python bench/fsdp_check.py [--steps 4]
+
+Builds a tiny Llama (tied embeddings) and small corpora in a temporary directory, trains a few MoL steps in one
+process and in two, and prints one JSON line: ``fsdp_vs_single_curve_maxrel`` (the largest relative difference of
+loss, domain CE and gradient norm over the steps; goal <= 1e-4), ``fsdp_vs_single_kl_maxabs`` (the general KL's
+largest absolute difference) and ``fsdp_rank_memory_ratio`` (parameter + optimizer-state bytes held by the largest
+rank over the single process's; about 0.5).
+
+``--worker SPEC OUT`` is the per-process target torchrun starts (tests/engine/test_distributed.py uses it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mol_engine.distributed import join_world  # noqa: E402
+from mol_engine.spec import JobSpec  # noqa: E402
+from mol_engine.train import setup_run, train_step  # noqa: E402
+
+KEYS = ("train/loss", "train/domain_ce", "train/general_kl", "train/grad_norm")
+
+
+def local_bytes(tensors) -> int:
+    """Bytes of ``tensors`` held by this process (a DTensor counts its local shard)."""
+    total = 0
+    for tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor
+        total += local.numel() * local.element_size()
+    return total
+
+
+def worker(spec_path: Path, out: Path) -> None:
+    """Train the spec's ``max_steps`` steps as this rank; write ``out/rank-R.json``: the curve and the bytes held."""
+    spec = JobSpec.model_validate(yaml.safe_load(spec_path.read_text()))
+    world = join_world("cpu")
+    try:
+        run = setup_run(spec, out, world=world)
+        curve = [{k: v for k, v in train_step(run, step).items() if k in KEYS} for step in range(1, spec.max_steps + 1)]
+        states = [t for s in run.optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+        held = {"params": local_bytes(run.model.parameters()), "optimizer": local_bytes(states)}
+        (out / f"rank-{world.rank}.json").write_text(json.dumps({"curve": curve, "bytes": held}))
+    finally:
+        world.close()
+
+
+def run_curve(spec: JobSpec, out: Path, nproc: int) -> list[dict]:
+    """Each rank's curve and bytes held, training ``spec`` (its ``batch_size`` per process) in ``nproc`` processes."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec_path = out / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(spec_path), str(out)]
+    if nproc > 1:
+        command[1:2] = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), command[1]]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{nproc}-process run failed:\n{done.stderr[-3000:]}")
+    return [json.loads((out / f"rank-{r}.json").read_text()) for r in range(nproc)]
+
+
+def compare(single: list[dict], sharded: list[dict]) -> dict[str, float]:
+    """The largest relative difference of loss, domain CE and gradient norm over the steps; the largest absolute
+    difference of the general KL (near 0 in the first steps, so relative differences there are float32 noise);
+    and the largest rank's parameter + optimizer bytes over the single process's."""
+    maxrel = kl_maxabs = 0.0
+    for a, b in zip(single[0]["curve"], sharded[0]["curve"], strict=True):
+        for key in ("train/loss", "train/domain_ce", "train/grad_norm"):
+            maxrel = max(maxrel, abs(b[key] - a[key]) / max(abs(a[key]), 1e-12))
+        kl_maxabs = max(kl_maxabs, abs(b.get("train/general_kl", 0.0) - a.get("train/general_kl", 0.0)))
+    held = max(sum(r["bytes"].values()) for r in sharded) / sum(single[0]["bytes"].values())
+    return {"fsdp_vs_single_curve_maxrel": maxrel, "fsdp_vs_single_kl_maxabs": kl_maxabs,
+            "fsdp_rank_memory_ratio": held}
+
+
+def tiny_setup(root: Path) -> tuple[Path, dict[str, Path]]:
+    """A tiny random Llama directory (tied embeddings) and domain / general JSONL corpora under ``root``."""
+    import random
+
+    from transformers import LlamaForCausalLM
+
+    from mol_engine.demo import build_tokenizer, tiny_llama_config
+
+    rng = random.Random(0)
+    words = "the river model light north stone garden window paper quiet music winter table letter".split()
+    general = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 30))) + "." for _ in range(120)]
+    domain = [f"Question: What is {a} plus {b}?\nAnswer: {a + b}" for a in range(10) for b in range(10)]
+    tokenizer = build_tokenizer(general + domain, vocab_size=320)
+    config = tiny_llama_config(len(tokenizer), hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
+                               max_position_embeddings=256, bos_token_id=tokenizer.bos_token_id,
+                               eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(root / "model", safe_serialization=True)
+    tokenizer.save_pretrained(root / "model")
+    files = {}
+    for name, docs in (("domain", domain), ("general", general)):
+        files[name] = root / f"{name}.jsonl"
+        files[name].write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    return root / "model", files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=2, metavar=("SPEC", "OUT"))
+    parser.add_argument("--steps", type=int, default=4)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(Path(args.worker[0]), Path(args.worker[1]))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        model, files = tiny_setup(Path(tmp))
+        spec = JobSpec(base_model=str(model), domain_data=[str(files["domain"])], general_data=[str(files["general"])],
+                       seq_len=32, batch_size=8, max_steps=args.steps, warmup_steps=0, lr=1e-3, precision="fp32",
+                       device="cpu", eval_every=10_000, save_every=10_000, distributed="fsdp")
+        single = run_curve(spec, Path(tmp) / "one", 1)
+        sharded = run_curve(spec.model_copy(update={"batch_size": 4}), Path(tmp) / "two", 2)
+    print(json.dumps(compare(single, sharded) | {"steps": args.steps, "processes": 2, "device": "cpu"}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
