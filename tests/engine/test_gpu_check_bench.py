@@ -1,19 +1,18 @@
 """bench/gpu_check.py: without CUDA it says so in one JSON line and exits 0; its peak-FLOPs table lookup."""
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import torch
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "gpu_check.py"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("gpu_check", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import gpu_check
+
+    return gpu_check
 
 
 def test_without_cuda_it_prints_why_and_exits_0(monkeypatch, capsys):
