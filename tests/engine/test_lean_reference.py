@@ -2,12 +2,10 @@
 KL to it at evaluation; MoL with the exact reference keeps one frozen copy, in the compute dtype."""
 
 import shutil
-import weakref
 
 import pytest
 import torch
 
-from mol_engine import reference as reference_module
 from mol_engine.callbacks import Callback
 from mol_engine.reference import FrozenCopyReference, OnDemandReference
 from mol_engine.train import _evaluate, setup_run, train_step
@@ -22,21 +20,6 @@ class Events(Callback):
 
     def config(self) -> str:
         return next(e["message"] for e in self.events if e["kind"] == "config")
-
-
-@pytest.fixture
-def base_loads(monkeypatch) -> list[weakref.ref]:
-    """A weak reference to every frozen base model loaded from here on."""
-    loads: list[weakref.ref] = []
-    load = FrozenCopyReference.load.__func__
-
-    def tracked(cls, *args):
-        made = load(cls, *args)
-        loads.append(weakref.ref(made.model))
-        return made
-
-    monkeypatch.setattr(reference_module.FrozenCopyReference, "load", classmethod(tracked))
-    return loads
 
 
 def assert_exact_gauge(run, measured: dict[str, float]) -> None:
@@ -58,7 +41,7 @@ def test_baseline_holds_no_reference_while_training_and_its_kl_gauge_is_exact(ma
         train_step(run, step)
         assert not run.reference.resident and base_loads == []
     measured = _evaluate(run, 2, Callback())
-    assert not run.reference.resident and len(base_loads) == 1 and base_loads[0]() is None  # loaded, then freed
+    assert not run.reference.resident and len(base_loads) == 1 and base_loads.freed()  # loaded, then freed
     assert_exact_gauge(run, measured)
 
 
@@ -69,13 +52,13 @@ def test_cached_mol_frees_the_base_after_building_its_cache(make_spec, corpora, 
     run = setup_run(make_spec(general_data=[str(data)], reference="cached", reference_top_k=16), tmp_path / "run",
                     events)
     assert run.cached is not None and isinstance(run.reference, OnDemandReference)
-    assert len(base_loads) == 1 and base_loads[0]() is None  # loaded for the build only
+    assert len(base_loads) == 1 and base_loads.freed()  # loaded for the build only
     assert "reference=cached-top-k eval_reference=on-demand" in events.config()
     for step in (1, 2):
         train_step(run, step)
         assert not run.reference.resident and len(base_loads) == 1
     measured = _evaluate(run, 2, Callback())
-    assert not run.reference.resident and all(r() is None for r in base_loads)
+    assert not run.reference.resident and base_loads.freed()
     assert_exact_gauge(run, measured)
 
 

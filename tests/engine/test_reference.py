@@ -1,6 +1,5 @@
 import os
 import shutil
-import weakref
 
 import pytest
 import torch
@@ -85,21 +84,10 @@ def test_frozen_copy_is_loaded_in_the_compute_dtype_without_a_float32_copy(tiny_
         assert torch.equal(p, q.to(torch.bfloat16)), name  # what casting the float32 base gave before
 
 
-def test_on_demand_reference_holds_no_weights_between_uses(tiny_model_dir, monkeypatch):
-    from mol_engine import reference as module
-
-    loaded = []
-    load = FrozenCopyReference.load.__func__
-
-    def tracked(cls, *args):
-        made = load(cls, *args)
-        loaded.append(weakref.ref(made.model))
-        return made
-
-    monkeypatch.setattr(module.FrozenCopyReference, "load", classmethod(tracked))
+def test_on_demand_reference_holds_no_weights_between_uses(tiny_model_dir, base_loads):
     reference = make_reference(torch.nn.Linear(1, 1), lora=False, resident=False, path=str(tiny_model_dir),
                                device=torch.device("cpu"), dtype=torch.float32)
-    assert isinstance(reference, OnDemandReference) and not reference.resident and loaded == []
+    assert isinstance(reference, OnDemandReference) and not reference.resident and base_loads == []
     ids = torch.randint(3, 300, (2, 8))
     mask = torch.ones_like(ids, dtype=torch.bool)
     resident = FrozenCopyReference.load(str(tiny_model_dir), torch.device("cpu"), torch.float32)
@@ -109,7 +97,7 @@ def test_on_demand_reference_holds_no_weights_between_uses(tiny_model_dir, monke
             assert torch.equal(ref.head(ref.hidden(ids, mask)), expected)  # the exact base distribution
             assert reference.resident
         assert not reference.resident
-    assert len(loaded) == 3 and all(r() is None for r in loaded[1:])  # each use's copy is freed afterwards
+    assert len(base_loads) == 3 and base_loads.freed(1) and not base_loads.freed()  # each use's copy is freed
 
 
 def test_on_demand_reference_refuses_a_base_changed_during_the_run(tiny_model_dir, tmp_path):
