@@ -110,10 +110,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
     optimizer_state = _optimizer_state(load_file(path / "optimizer.safetensors"), state["optimizer_groups"])
-    if _is_sharded(model) and not lora:
+    if _is_sharded(model):
         from .distributed import load_full_state
 
-        load_full_state(model, optimizer, _read_weights(path / "model"), optimizer_state)
+        weights = _adapter_weights(path / "model", model) if lora else _read_weights(path / "model")
+        load_full_state(model, optimizer, weights, optimizer_state)
     else:
         _load_weights(path / "model", model, lora)
         optimizer.load_state_dict(optimizer_state)
@@ -199,6 +200,17 @@ def _read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     for shard in sorted(model_dir.glob("*.safetensors")):
         weights.update(load_file(shard))
     return weights
+
+
+def _adapter_weights(model_dir: Path, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A saved LoRA adapter's tensors under the PEFT model's own parameter names (PEFT saves them without the
+    adapter's name: ``lora_A.weight`` for ``lora_A.default.weight``)."""
+    adapter = getattr(model, "active_adapter", "default")
+    names = {name.replace(f".{adapter}", ""): name for name, p in model.named_parameters() if p.requires_grad}
+    saved = load_file(model_dir / "adapter_model.safetensors")
+    if set(saved) - set(names):
+        raise ValueError(f"{model_dir}: adapter does not match the model: {sorted(set(saved) - set(names))[:3]}")
+    return {names[key]: tensor for key, tensor in saved.items()}
 
 
 def _is_sharded(model: nn.Module) -> bool:

@@ -7,8 +7,8 @@
 - :class:`OnDemandReference` (full fine-tuning runs that do not train against the base: ``cpt``,
   ``domain_only``, ``mol`` with ``reference: cached``): holds no weights; it loads the base when asked for a
   distribution (an evaluation, building the cache) and frees it at :meth:`~OnDemandReference.release`.
-All run under ``torch.inference_mode()`` and return hidden states; logits are formed chunk by chunk by
-the losses through :attr:`head`.
+All run without autograd (``inference_mode``; ``no_grad`` for the adapter-disabled one) and return hidden
+states; logits are formed chunk by chunk by the losses through :attr:`head`.
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ class AdapterDisabledReference:
         was_training = self.model.training
         self.model.eval()  # no dropout in the reference
         try:
-            with torch.inference_mode(), self.model.disable_adapter():
+            # no_grad, not inference_mode: under FSDP these layers also train, and gathering their weights
+            # inside inference_mode would make FSDP's reused all-gather buffers inference tensors
+            with torch.no_grad(), self.model.disable_adapter():
                 out = hidden_states(self.model, input_ids, attention_mask, position_ids)
         finally:
             self.model.train(was_training)

@@ -143,12 +143,19 @@ def test_fsdp_run_evaluates_saves_and_resumes_like_one_process(make_spec, tmp_pa
     assert (tmp_path / "two" / "checkpoints" / "step-4" / "model" / "model.safetensors").is_file()
 
 
-def test_lora_under_fsdp_trains(make_spec, tmp_path):
-    spec = make_spec(batch_size=4, max_steps=2, save_every=2, eval_every=2, finetune="lora", distributed="fsdp")
+def test_lora_under_fsdp_trains_and_resumes(make_spec, tmp_path):
+    spec = make_spec(batch_size=4, max_steps=2, save_every=1, eval_every=2, finetune="lora", distributed="fsdp")
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
     torchrun(spec_path, tmp_path / "two")
-    steps = [p for p in points(tmp_path / "two") if "train/loss" in p]
-    assert [p["step"] for p in steps] == [1, 2]
-    assert all(0 < p["train/loss"] < 100 and p["train/grad_norm"] > 0 for p in steps)
+    first = [p for p in points(tmp_path / "two") if "train/loss" in p]
+    assert [p["step"] for p in first] == [1, 2]
+    assert all(0 < p["train/loss"] < 100 and p["train/grad_norm"] > 0 for p in first)
     assert (tmp_path / "two" / "checkpoints" / "step-2" / "model" / "adapter_model.safetensors").is_file()
+
+    shutil.rmtree(tmp_path / "two" / "checkpoints" / "step-2")  # step 2 again, from the adapter of step 1
+    torchrun(spec_path, tmp_path / "two", "--resume")
+    again = [p for p in points(tmp_path / "two") if "train/loss" in p]
+    assert [p["step"] for p in again] == [1, 2]
+    for key in KEYS:
+        assert again[1][key] == pytest.approx(first[1][key], rel=1e-4, abs=1e-6), key
