@@ -37,7 +37,7 @@ def torchrun(spec_path, out, *extra):
 
 
 def test_two_processes_match_one_with_the_same_global_batch_and_resume(make_spec, tmp_path):
-    single = make_spec(batch_size=8, max_steps=4, save_every=2, eval_every=4)
+    single = make_spec(batch_size=8, max_steps=4, save_every=2, eval_every=4, distributed="ddp")
     train(single, tmp_path / "one", [JsonlLogger(tmp_path / "one")])
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(single.model_copy(update={"batch_size": 4}).model_dump(mode="json")))
@@ -124,7 +124,7 @@ def test_fsdp_follows_one_process_in_half_the_memory_per_rank(make_spec, tmp_pat
 
 def test_fsdp_run_evaluates_saves_and_resumes_like_one_process(make_spec, tmp_path):
     """The whole loop under FSDP (evaluation and QA generation, full checkpoints gathered on rank 0, resume)."""
-    single = make_spec(batch_size=8, max_steps=4, save_every=2, eval_every=4, distributed="fsdp")
+    single = make_spec(batch_size=8, max_steps=4, save_every=2, eval_every=4)  # auto: FSDP for full fine-tuning
     train(single, tmp_path / "one", [JsonlLogger(tmp_path / "one")])
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(single.model_copy(update={"batch_size": 4}).model_dump(mode="json")))
