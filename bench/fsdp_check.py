@@ -1,5 +1,7 @@
 """FSDP2 on CPU: 2 processes (torchrun, gloo, ``distributed: fsdp``) against 1, same global batch, fp32.
 
+Two micro-batches per step, so the first one's skipped reduce-scatter (FSDP's ``no_sync``) is part of the check.
+
     .venv/bin/python bench/fsdp_check.py [--steps 4]
 
 Builds a tiny Llama (tied embeddings) and small corpora in a temporary directory, trains a few MoL steps in one
@@ -126,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model, files = tiny_setup(Path(tmp))
         spec = JobSpec(base_model=str(model), domain_data=[str(files["domain"])], general_data=[str(files["general"])],
-                       seq_len=32, batch_size=8, max_steps=args.steps, warmup_steps=0, lr=1e-3, precision="fp32",
-                       device="cpu", eval_every=10_000, save_every=10_000, distributed="fsdp")
+                       seq_len=32, batch_size=8, grad_accum=2, max_steps=args.steps, warmup_steps=0, lr=1e-3,
+                       precision="fp32", device="cpu", eval_every=10_000, save_every=10_000, distributed="fsdp")
         single = run_curve(spec, Path(tmp) / "one", 1)
         sharded = run_curve(spec.model_copy(update={"batch_size": 4}), Path(tmp) / "two", 2)
     print(json.dumps(compare(single, sharded) | {"steps": args.steps, "processes": 2, "device": "cpu"}))

@@ -113,7 +113,8 @@ def test_fsdp_follows_one_process_in_half_the_memory_per_rank(make_spec, tmp_pat
     batch), and each rank holds about half the parameter + optimizer-state bytes."""
     from fsdp_check import compare, run_curve
 
-    spec = make_spec(batch_size=8, max_steps=4, save_every=100, eval_every=100, distributed="fsdp", precision="fp32")
+    spec = make_spec(batch_size=8, grad_accum=2, max_steps=4, save_every=100, eval_every=100, distributed="fsdp",
+                     precision="fp32")  # grad_accum: the first micro-batch skips the reduce-scatter
     single = run_curve(spec, tmp_path / "one", 1)
     sharded = run_curve(spec.model_copy(update={"batch_size": 4}), tmp_path / "two", 2)
     figures = compare(single, sharded)
