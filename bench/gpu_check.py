@@ -119,8 +119,11 @@ def fsdp_all_gpus(paths: dict[str, str], root: Path, batch_size: int, steps: int
     spec_path.write_text(yaml.safe_dump(job(paths, "mol", "exact", batch_size, steps, "fsdp").model_dump(mode="json")))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
                str(Path(__file__).resolve()), "--fsdp-worker", str(spec_path), str(steps)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=240, cwd=ROOT,
-                          env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "4"})
+    try:  # bounded, so the whole check stays one call of under 5 minutes
+        done = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=ROOT,
+                              env=os.environ | {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "4"})
+    except subprocess.TimeoutExpired:
+        return {"error": "the FSDP run took over 180 s"}
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         return {"error": done.stderr[-1500:]}
