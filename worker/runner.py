@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, or_, select, update
@@ -42,8 +43,10 @@ def acquire_lease(sessions: sessionmaker, job_id: str, me: str, settings: Settin
 class DatabaseRecorder(Callback):
     """Writes metric points and events to the database, heartbeats the lease, and reads the cancel flag."""
 
-    def __init__(self, sessions: sessionmaker, job_id: str, me: str, heartbeat_s: float) -> None:
+    def __init__(self, sessions: sessionmaker, job_id: str, me: str, heartbeat_s: float,
+                 labels: dict[str, str] | None = None) -> None:
         self.sessions, self.job_id, self.me = sessions, job_id, me
+        self.labels = labels or {}  # the engine names stored files; the owner sees their own names
         self._parent = os.getppid()
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True)
@@ -67,9 +70,11 @@ class DatabaseRecorder(Callback):
 
     def on_event(self, event: dict[str, Any]) -> None:
         data = {k: v for k, v in event.items() if k not in ("step", "kind", "message")}
+        if isinstance(data.get("file"), str):
+            data["file"] = relabel(data["file"], self.labels)
         with self.sessions.begin() as db:
-            db.add(JobEvent(job_id=self.job_id, step=event["step"], kind=event["kind"], message=event["message"],
-                            data=data))
+            db.add(JobEvent(job_id=self.job_id, step=event["step"], kind=event["kind"],
+                            message=relabel(event["message"], self.labels), data=data))
 
     def on_rewind(self, step: int) -> None:
         with self.sessions.begin() as db:
@@ -101,12 +106,21 @@ def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpe
     return spec.resolve_paths(resolve)
 
 
-def public_error(sessions: sessionmaker, owner: str, message: str) -> str:
-    """``message`` with the server's dataset paths replaced by the names the owner gave them (and their ids)."""
+def dataset_labels(sessions: sessionmaker, owner: str) -> dict[str, str]:
+    """Each of the owner's datasets as the server stores it (path, file name) -> as the owner knows it."""
+    labels = {}
     with sessions() as db:
         for dataset in db.scalars(select(Dataset).where(Dataset.owner == owner)):
-            message = message.replace(dataset.path, f"{dataset.filename} ({dataset.id})")
-    return message
+            labels[dataset.path] = f"{dataset.filename} ({dataset.id})"
+            labels[Path(dataset.path).name] = dataset.filename
+    return labels
+
+
+def relabel(text: str, labels: dict[str, str]) -> str:
+    """``text`` with server paths and file names replaced by the owner's names (whole paths first)."""
+    for stored in sorted(labels, key=len, reverse=True):
+        text = text.replace(stored, labels[stored])
+    return text
 
 
 def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None) -> None:
@@ -131,13 +145,14 @@ def run(job_id: str, settings: Settings | None = None) -> str:
     if job.attempt > settings.job_attempts:
         finish(sessions, job_id, "failed", f"gave up after {settings.job_attempts} attempts")
         return "failed"
-    recorder = DatabaseRecorder(sessions, job_id, me, settings.heartbeat_s)
+    labels = dataset_labels(sessions, job.owner)
+    recorder = DatabaseRecorder(sessions, job_id, me, settings.heartbeat_s, labels)
     try:
         spec = resolve_spec(sessions, job, settings)
         result = train(spec, settings.runs_dir / job_id, [recorder], resume=True)
     except Exception as err:  # any failure becomes the job's error message
         recorder.close()
-        finish(sessions, job_id, "failed", public_error(sessions, job.owner, f"{type(err).__name__}: {err}"))
+        finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels))
         return "failed"
     recorder.close()
     if result.status == "cancelled" and os.getppid() != recorder._parent:

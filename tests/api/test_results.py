@@ -43,6 +43,8 @@ def test_metrics_and_events_with_after(client, auth, finished_job):
     events = client.get(f"/v1/jobs/{job_id}/events", headers=auth()).json()
     kinds = [e["kind"] for e in events]
     assert kinds.index("token-store") < kinds.index("config") and kinds[-1] == "succeeded"  # data, then config
+    built = [e["message"] for e in events if e["kind"] == "token-store"]
+    assert len(built) == 2 and all(" documents of data.jsonl, " in m for m in built), built  # the owner's name
     assert client.get(f"/v1/jobs/{job_id}/events", headers=auth(), params={"after": events[-1]["seq"]}).json() == []
     job = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()
     assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["finished_at"]
