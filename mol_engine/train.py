@@ -99,7 +99,11 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
     world = join_world(pick_device(spec).type)
     cb = CallbackList(callbacks if world.is_main else [])  # rank 0 reports for all ranks
     try:
-        return _loop(spec, out, cb, world, resume)
+        result = _loop(spec, out, cb, world, resume)
+        # every rank done with its collectives before any tears the group down: a rank that exits while a peer
+        # still talks to it can die in gloo's threads ("terminate called without an active exception")
+        world.barrier()
+        return result
     except Cancelled as stop:  # during sampling, tokenizing or caching, before step 1
         cb.on_event({"step": 0, "kind": "cancelled", "message": f"{stop}; checkpoints kept"})
         return TrainResult("cancelled", 0, out, {}, latest_checkpoint(out))
