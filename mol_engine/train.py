@@ -375,8 +375,8 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     return metrics
 
 
-def _save(run: Run, step: int, cb: Callback, protect: frozenset[int] = frozenset()) -> Path:
-    """Rank 0 writes ``step-N`` and prunes (the final step and ``protect`` are kept); returns its path.
+def _save(run: Run, step: int, cb: Callback) -> Path:
+    """Rank 0 writes ``step-N`` and prunes older ones (the final step is always kept); returns its path.
 
     A failed write (a full disk) raises :class:`CheckpointError` on every rank, not only on rank 0.
     """
@@ -387,7 +387,7 @@ def _save(run: Run, step: int, cb: Callback, protect: frozenset[int] = frozenset
     if run.world.is_main:
         try:
             path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
-                                   keep=run.spec.keep_checkpoints, protect={run.spec.max_steps, *protect},
+                                   keep=run.spec.keep_checkpoints, protect={run.spec.max_steps},
                                    model_state=weights, optimizer_state=optimizer_state)
         except CheckpointError as err:
             failed = err
