@@ -16,6 +16,7 @@ from .deps import Services
 from .logs import install_redaction
 from .routes import checkpoints, datasets, jobs, misc, session, uploads
 from .settings import Settings
+from .sweeper import LeaseSweeper
 
 
 def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -24,9 +25,14 @@ def _validation_error(_request: Request, err: RequestValidationError) -> JSONRes
 
 
 @asynccontextmanager
-async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     install_redaction()  # at startup, after the server has configured its logging
-    yield
+    svc = app.state.services
+    sweeper = LeaseSweeper(svc.sessions, svc.settings).start()  # dead leases show even when no worker runs
+    try:
+        yield
+    finally:
+        sweeper.stop()
 
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:

@@ -1,19 +1,28 @@
 """Jobs in the database, for the routes: creating one (once per ``Idempotency-Key``), withdrawing one the
-broker never took, and listing an owner's jobs a page at a time."""
+broker never took, listing an owner's jobs a page at a time, and the state changes nobody's runner makes:
+cancelling, and releasing a job whose lease is dead.
+
+Each state change is one ``UPDATE ... WHERE`` on the state it was decided from (compare-and-set), so it cannot
+overwrite a change made meanwhile by a worker's lease (worker/runner.py ``acquire_lease``) or by another
+process: a cancel racing a lease ends either as cancelled-before-start or as a running job with
+``cancel_requested`` set, which its runner reads after every step.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, Row, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mol_engine.spec import JobSpec
 
-from .db import IdempotencyKey, Job, new_id, utcnow
+from .db import IdempotencyKey, Job, JobEvent, new_id, utcnow
+from .leases import as_utc, lease_is_dead
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
 
@@ -88,3 +97,99 @@ def page_of_jobs(db: Session, owner: str, limit: int, after: Job | None = None) 
     rows = list(db.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
     return rows[:limit], len(rows) > limit
 
+
+
+class JobEnded(Exception):
+    """The job has already ended; its status is the message."""
+
+
+MAX_TRIES = 5  # a compare-and-set retried after a concurrent change; more than 2 changes in a row do not happen
+
+# What a state change is decided from: read in one short session, then checked again by the UPDATE's WHERE
+_LEASE_VIEW = (Job.id, Job.status, Job.lease_owner, Job.heartbeat_at, Job.cancel_requested, Job.step)
+
+
+def lease_view(sessions: sessionmaker, job_id: str) -> Row | None:
+    """(id, status, lease_owner, heartbeat_at, cancel_requested, step) of the job, or None."""
+    with sessions() as db:
+        return db.execute(select(*_LEASE_VIEW).where(Job.id == job_id)).first()
+
+
+def _same_lease(job: Row) -> ColumnElement[bool]:
+    """WHERE the job still runs under the lease ``job`` saw, its heartbeat not renewed since."""
+    owner = Job.lease_owner.is_(None) if job.lease_owner is None else Job.lease_owner == job.lease_owner
+    beat = Job.heartbeat_at.is_(None) if job.heartbeat_at is None else Job.heartbeat_at <= job.heartbeat_at
+    return and_(Job.id == job.id, Job.status == "running", owner, beat)
+
+
+def _still_queued(job: Row) -> ColumnElement[bool]:
+    return and_(Job.id == job.id, Job.status == "queued")
+
+
+def _change(sessions: sessionmaker, where: ColumnElement[bool], values: dict[str, Any], job: Row,
+            event: tuple[str, str] | None = None) -> bool:
+    """Whether the one UPDATE ``where`` -> ``values`` took the job; if so, with the event (kind, message)."""
+    with sessions.begin() as db:
+        if db.execute(update(Job).where(where).values(**values)).rowcount != 1:
+            return False
+        if event:
+            db.add(JobEvent(job_id=job.id, step=job.step, kind=event[0], message=event[1], data={}))
+    return True
+
+
+def _ended() -> dict[str, Any]:
+    """The values of a job that ends cancelled."""
+    return {"status": "cancelled", "cancel_requested": True, "finished_at": utcnow(), "lease_owner": None}
+
+
+def lease_lost(job: Row) -> str:
+    """Why a job's lease is dead, in words: ``lease lost: worker X stopped heartbeating at T``."""
+    beat = as_utc(job.heartbeat_at)
+    when = beat.isoformat(timespec="seconds").replace("+00:00", "Z") if beat else "its start"
+    return f"lease lost: worker {job.lease_owner or '(none)'} stopped heartbeating at {when}"
+
+
+def cancel_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> Job:
+    """The job after a cancel: ``cancelled`` at once when nobody runs it (queued, or its lease is dead), else still
+    ``running`` with ``cancel_requested`` set for its runner. Raises JobEnded when it had already ended."""
+    for _ in range(MAX_TRIES):
+        job = lease_view(sessions, job_id)
+        if job is None:
+            raise LookupError(job_id)
+        if job.status == "queued":
+            done = _change(sessions, _still_queued(job), _ended(), job, ("cancelled", "cancelled before it started"))
+        elif job.status == "running" and lease_is_dead(job.lease_owner, job.heartbeat_at, lease_timeout_s):
+            done = _change(sessions, _same_lease(job), _ended(), job,
+                           ("cancelled", f"cancelled; no worker was running it ({lease_lost(job)})"))
+        elif job.status == "running":
+            done = _change(sessions, and_(Job.id == job_id, Job.status == "running"), {"cancel_requested": True}, job)
+        else:
+            raise JobEnded(job.status)
+        if done:
+            with sessions() as db:
+                return db.get(Job, job_id)
+    raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while being cancelled")
+
+
+def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> list[str]:
+    """Ids of the jobs nobody runs any more that it moved: a running job whose lease is dead goes back to
+    ``queued`` with a ``lease_lost`` event saying why (or to ``cancelled`` if its cancel was requested); a
+    queued job whose cancel was requested (a worker re-queued it) is ``cancelled``."""
+    with sessions() as db:
+        jobs = db.execute(select(*_LEASE_VIEW).where(or_(Job.status == "running",
+                                                         and_(Job.status == "queued", Job.cancel_requested)))).all()
+    moved = []
+    for job in jobs:
+        if job.status == "queued":
+            done = _change(sessions, _still_queued(job), _ended(), job, ("cancelled", "cancelled before it resumed"))
+        elif not lease_is_dead(job.lease_owner, job.heartbeat_at, lease_timeout_s):
+            continue
+        elif job.cancel_requested:
+            done = _change(sessions, _same_lease(job), _ended(), job,
+                           ("cancelled", f"cancelled; its worker stopped before the job did ({lease_lost(job)})"))
+        else:
+            done = _change(sessions, _same_lease(job), {"status": "queued", "lease_owner": None}, job,
+                           ("lease_lost", f"{lease_lost(job)}; the job waits for a worker to resume it"))
+        if done:
+            moved.append(job.id)
+    return moved

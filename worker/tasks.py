@@ -22,6 +22,7 @@ from celery import signals
 from sqlalchemy import or_, select
 
 from api.db import Job, WorkerSeen, init_db, make_engine, utcnow
+from api.leases import lease_is_dead
 from api.settings import Settings
 
 from .celery_app import app
@@ -76,20 +77,6 @@ def _mark_cancelled(sessions, job_id: str) -> None:
             job.status, job.finished_at, job.lease_owner = "cancelled", utcnow(), None
 
 
-def _lease_is_dead(lease_owner: str | None, heartbeat_at, settings: Settings) -> bool:
-    """A lease is dead when its process on this host is gone, or its heartbeat is older than the timeout."""
-    if lease_owner:
-        host, _, pid = lease_owner.rpartition(":")
-        if host == socket.gethostname() and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
-    return heartbeat_at is None or heartbeat_at < utcnow() - timedelta(seconds=settings.lease_timeout_s)
-
-
 def reconcile(settings: Settings | None = None) -> list[str]:
     """Re-queue jobs left behind: running with a dead lease, or queued for long without being picked up."""
     settings = settings or _settings()
@@ -100,7 +87,7 @@ def reconcile(settings: Settings | None = None) -> list[str]:
         jobs = db.scalars(select(Job).where(or_(Job.status == "running", Job.status == "queued")))
         for job in jobs:
             heartbeat = job.heartbeat_at.replace(tzinfo=utcnow().tzinfo) if job.heartbeat_at else None
-            if job.status == "running" and _lease_is_dead(job.lease_owner, heartbeat, settings):
+            if job.status == "running" and lease_is_dead(job.lease_owner, heartbeat, settings.lease_timeout_s):
                 job.status, job.lease_owner, job.queued_at = "queued", None, utcnow()
                 requeued.append(job.id)
             elif job.status == "queued" and job.queued_at.replace(tzinfo=utcnow().tzinfo) < stuck_since:

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from mol_engine.spec import JobSpec, format_validation_error
 
-from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id, utcnow
+from .. import job_store
+from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
 from ..deps import DB, Owner, Services, Svc
 from ..disk import tree_bytes
 from ..job_store import KeyReused, create_job, page_of_jobs, withdraw_job
@@ -94,17 +95,14 @@ def get_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut)
-def cancel_job(job_id: str, owner: Owner, db: DB) -> JobOut:
-    job = owned_job(db, owner, job_id)
-    if job.status == "queued":
-        job.status, job.finished_at = "cancelled", utcnow()
-        db.add(JobEvent(job_id=job.id, step=job.step, kind="cancelled", message="cancelled before it started"))
-    elif job.status == "running":
-        job.cancel_requested = True
-    else:
-        raise HTTPException(409, f"job '{job_id}' is already {job.status}")
-    db.commit()
-    return job_out(job)
+def cancel_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
+    """Cancelled at once when nobody runs the job; a running one stops at its next step (api/job_store.py)."""
+    owned_job(db, owner, job_id)
+    db.close()
+    try:
+        return job_out(job_store.cancel_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
+    except job_store.JobEnded as ended:
+        raise HTTPException(409, f"job '{job_id}' is already {ended}") from None
 
 
 @router.get("/{job_id}/metrics")

@@ -1,0 +1,160 @@
+"""Job states that never lie: dead leases show without a worker, cancel ends unowned jobs at once, and a cancel
+racing a worker's lease never leaves a job training under a ``cancelled`` label (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from api import job_store
+from api.app import create_app
+from api.db import Job, JobEvent, init_db, make_engine, utcnow
+from api.job_store import cancel_job, release_dead_leases
+from worker.runner import acquire_lease
+
+HOUR_AGO = timedelta(hours=1)
+
+
+@pytest.fixture
+def sessions(settings):
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return init_db(make_engine(settings.db_url))
+
+
+@pytest.fixture
+def add_job(sessions):
+    """add_job(status="queued", lease_owner=None, beat_age=None) -> the id of a new job of alice's."""
+    count = iter(range(1000))
+
+    def add(status: str = "queued", lease_owner: str | None = None, beat_age: timedelta | None = None,
+            **fields) -> str:
+        job_id = f"job_state{next(count)}"
+        with sessions.begin() as db:
+            db.add(Job(id=job_id, owner="alice", name="s", spec={}, max_steps=10, status=status,
+                       lease_owner=lease_owner, heartbeat_at=None if beat_age is None else utcnow() - beat_age,
+                       **fields))
+        return job_id
+
+    return add
+
+
+def state(sessions, job_id: str) -> tuple[str, bool, int]:
+    with sessions() as db:
+        job = db.get(Job, job_id)
+        return job.status, job.cancel_requested, job.attempt
+
+
+def events(sessions, job_id: str) -> list[tuple[str, str]]:
+    with sessions() as db:
+        return [(e.kind, e.message) for e in db.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
+
+
+def dead_local_owner() -> str:
+    """A lease owner on this host whose process has exited."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return f"{socket.gethostname()}:{proc.pid}"
+
+
+def test_a_dead_lease_goes_back_to_queued_with_the_reason(sessions, add_job, settings):
+    stale = add_job("running", "gone-host:7", HOUR_AGO)
+    local = add_job("running", dead_local_owner(), timedelta(0))  # fresh heartbeat, but its process is gone
+    alive = add_job("running", "other-host:9", timedelta(0))
+    assert sorted(release_dead_leases(sessions, settings.lease_timeout_s)) == sorted([stale, local])
+    assert state(sessions, stale)[0] == state(sessions, local)[0] == "queued"
+    assert state(sessions, alive)[0] == "running"
+    [(kind, message)] = events(sessions, stale)
+    assert kind == "lease_lost" and message.startswith("lease lost: worker gone-host:7 stopped heartbeating at ")
+    assert release_dead_leases(sessions, settings.lease_timeout_s) == []  # once
+
+
+def test_the_api_shows_a_dead_lease_within_its_sweep_with_no_worker(settings, sessions, add_job, auth):
+    app = create_app(settings.model_copy(update={"heartbeat_s": 0.1}), enqueue=lambda _id: None)
+    with TestClient(app) as client:
+        job_id = add_job("running", "gone-host:7", HOUR_AGO)
+        deadline = time.monotonic() + 5
+        while client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["status"] == "running":
+            assert time.monotonic() < deadline, "the sweeper did not release the dead lease"
+            time.sleep(0.05)
+        kinds = [e["kind"] for e in client.get(f"/v1/jobs/{job_id}/events", headers=auth()).json()]
+        assert kinds == ["lease_lost"]
+
+
+def test_a_requested_cancel_ends_a_job_whose_runner_died(sessions, add_job, settings):
+    running = add_job("running", "gone-host:7", HOUR_AGO, cancel_requested=True)
+    requeued = add_job("queued", cancel_requested=True)  # a worker's reconciler re-queued it
+    assert sorted(release_dead_leases(sessions, settings.lease_timeout_s)) == sorted([running, requeued])
+    assert state(sessions, running)[0] == state(sessions, requeued)[0] == "cancelled"
+
+
+def test_cancel_ends_at_once_what_no_one_runs_and_asks_a_live_runner(client, auth, sessions, add_job):
+    orphan = add_job("running", "gone-host:7", HOUR_AGO)
+    live = add_job("running", "other-host:9", timedelta(0))
+    assert client.post(f"/v1/jobs/{orphan}/cancel", headers=auth()).json()["status"] == "cancelled"
+    [(kind, message)] = events(sessions, orphan)
+    assert kind == "cancelled" and "lease lost: worker gone-host:7" in message
+    answer = client.post(f"/v1/jobs/{live}/cancel", headers=auth()).json()
+    assert answer["status"] == "running" and state(sessions, live)[1] is True
+    again = client.post(f"/v1/jobs/{orphan}/cancel", headers=auth())
+    assert again.status_code == 409 and "already cancelled" in again.json()["detail"]
+
+
+def test_a_lease_after_a_cancel_is_refused(sessions, add_job, settings):
+    job_id = add_job()
+    assert cancel_job(sessions, job_id, settings.lease_timeout_s).status == "cancelled"
+    assert not acquire_lease(sessions, job_id, "w:1", settings)
+    assert state(sessions, job_id) == ("cancelled", True, 0)
+
+
+def test_a_cancel_after_a_lease_asks_the_runner_to_stop(sessions, add_job, settings):
+    job_id = add_job()
+    assert acquire_lease(sessions, job_id, "w:1", settings)
+    assert cancel_job(sessions, job_id, settings.lease_timeout_s).status == "running"
+    assert state(sessions, job_id) == ("running", True, 1)  # the runner reads the flag after its next step
+
+
+@pytest.mark.parametrize("before", ["queued", "dead lease"])
+def test_a_lease_landing_between_cancels_read_and_write_wins_and_sees_the_cancel(sessions, add_job, settings,
+                                                                                 monkeypatch, before):
+    job_id = add_job() if before == "queued" else add_job("running", "gone-host:7", HOUR_AGO)
+    read, leased = job_store.lease_view, []
+
+    def read_then_lease(*args):
+        seen = read(*args)
+        if not leased:  # the worker's compare-and-set lands right after cancel read the job
+            leased.append(acquire_lease(sessions, job_id, "w:1", settings))
+        return seen
+
+    monkeypatch.setattr(job_store, "lease_view", read_then_lease)
+    assert cancel_job(sessions, job_id, settings.lease_timeout_s).status == "running"
+    assert leased == [True]
+    assert state(sessions, job_id)[:2] == ("running", True)
+    assert [kind for kind, _ in events(sessions, job_id)] == []  # no "cancelled" label on a running job
+
+
+def test_cancel_racing_a_lease_in_threads_ends_one_of_the_two_true_ways(sessions, add_job, settings):
+    for _ in range(15):
+        job_id = add_job()
+        start, leased = threading.Barrier(2), []
+
+        def lease(job_id=job_id, start=start, leased=leased):
+            start.wait()
+            leased.append(acquire_lease(sessions, job_id, "w:1", settings))
+
+        racer = threading.Thread(target=lease)
+        racer.start()
+        start.wait()
+        cancel_job(sessions, job_id, settings.lease_timeout_s)
+        racer.join()
+        status, requested, attempt = state(sessions, job_id)
+        if leased == [True]:  # the worker won: it runs, and reads the cancel after its next step
+            assert (status, requested, attempt) == ("running", True, 1)
+        else:  # the cancel won: the job never started
+            assert (status, requested, attempt) == ("cancelled", True, 0)
