@@ -2,24 +2,47 @@
 import { el, fmt } from "./dom.js";
 
 const uPlot = window.uPlot;
+const HEIGHT = 220;
 
-// A titled line chart; series share the x axis (step). `log` puts the y axis on a log scale.
+// The range an axis shows for values min..max: uPlot's padded one, except that a single value (one point, a flat
+// line) gets a small span around itself instead of uPlot's 0–100.
+export function axisRange(min, max, { log = false, integer = false } = {}) {
+  if (min === null || max === null || !Number.isFinite(min) || !Number.isFinite(max)) return log ? [1, 10] : [0, 1];
+  if (log && min <= 0) return [1, 10];  // nothing a log axis can show (no points yet)
+  if (min === max) {
+    if (integer) return [Math.max(0, min - 1), max + 1];
+    if (log) return [min / 1.5, max * 1.5];
+    const pad = Math.abs(min) * 0.1 || 0.1;
+    return [min - pad, max + pad];
+  }
+  if (integer) return [min, max];
+  return log ? uPlot.rangeLog(min, max, 10, false) : uPlot.rangeNum(min, max, 0.1, true);
+}
+
+// A titled line chart; series share the x axis (step). `log` puts the y axis on a log scale, `range` fixes it,
+// `empty` says when the first point comes. A series without points stays out of the legend.
 export class LineChart {
-  constructor(parent, { title, y, log = false, range = null, series }) {
+  constructor(parent, { title, y, log = false, range = null, series,
+    empty = "No points yet: the curve appears with the first evaluation." }) {
     this.series = series;
-    this.empty = el("p", { class: "chart-empty" }, "No points yet: the curve appears with the first evaluation.");
-    this.box = el("div", { class: "chart" });
+    this.empty = el("p", { class: "chart-empty" }, empty);
+    this.box = el("div", { class: "chart", hidden: true });
     this.card = el("figure", { class: "chart-card", "data-chart": title }, el("figcaption", {}, title), this.box,
       this.empty);
     parent.append(this.card);
     this.x = [];
     this.ys = series.map(() => []);
-    const width = Math.max(280, this.box.clientWidth || 420);
+    const width = Math.max(280, parent.clientWidth / 2 || 420);
     this.plot = new uPlot({
-      width, height: 220,
-      scales: { x: { time: false }, y: log ? { distr: 3 } : range ? { range } : {} },
+      width, height: HEIGHT,
+      scales: {
+        x: { time: false, range: (u, min, max) => axisRange(min, max, { integer: true }) },
+        y: log ? { distr: 3, range: (u, min, max) => axisRange(min, max, { log: true }) }
+          : { range: range ?? ((u, min, max) => axisRange(min, max)) },
+      },
       axes: [
-        { label: "step", stroke: "#555", grid: { stroke: "#eee" } },
+        { label: "step", stroke: "#555", grid: { stroke: "#eee" },
+          values: (u, ticks) => ticks.map((v) => (Number.isInteger(v) ? v : "")) },
         { label: y, stroke: "#555", grid: { stroke: "#eee" }, size: 70,
           values: (u, ticks) => ticks.map((v) => (v === null || v === undefined ? "" : fmt(v, 3))) },
       ],
@@ -27,17 +50,19 @@ export class LineChart {
         points: { show: true, size: 4 }, spanGaps: true, value: (u, v) => fmt(v) }))],
       legend: { live: true },
     }, [[], ...series.map(() => [])], this.box);
-    new ResizeObserver(() => this.plot.setSize({ width: Math.max(280, this.box.clientWidth), height: 220 }))
-      .observe(this.box);
+    new ResizeObserver(() => {
+      if (this.box.clientWidth) this.plot.setSize({ width: this.box.clientWidth, height: HEIGHT });
+    }).observe(this.box);
   }
 
   // Adds one point per series at `step` (undefined for a series without a value there).
   push(step, values) {
     let at = this.x.indexOf(step);
     if (at === -1) {
-      this.x.push(step);
-      this.ys.forEach((ys) => ys.push(null));
-      at = this.x.length - 1;
+      at = this.x.findIndex((s) => s > step);  // keep x ascending: a resumed run replays earlier steps
+      if (at === -1) at = this.x.length;
+      this.x.splice(at, 0, step);
+      this.ys.forEach((ys) => ys.splice(at, 0, null));
     }
     values.forEach((v, i) => { if (v !== undefined) this.ys[i][at] = v; });
     this.dirty = true;
@@ -54,9 +79,13 @@ export class LineChart {
   flush() {
     if (!this.dirty) return;
     this.dirty = false;
-    const hasPoints = this.ys.some((ys) => ys.some((v) => v !== null && v !== undefined));
+    const filled = this.ys.map((ys) => ys.some((v) => v !== null && v !== undefined));
+    const hasPoints = filled.some(Boolean);
     this.empty.hidden = hasPoints;
+    this.box.hidden = !hasPoints;  // no empty 0–100 axes before the first point
     this.plot.setData([this.x, ...this.ys]);
+    const rows = this.plot.root.querySelectorAll(".u-legend .u-series");
+    filled.forEach((has, i) => { if (rows[i + 1]) rows[i + 1].style.display = has ? "" : "none"; });
     this.card.dataset.points = this.points;  // lets tests (and curious users) see the chart fill
   }
 
@@ -65,58 +94,89 @@ export class LineChart {
   }
 }
 
-// A scatter of (x, y) points per group, with axes, a zero line, a legend, and lines joining a group's points.
+// Round tick values covering lo..hi (steps of 1, 2, 2.5 or 5 times a power of ten), the span they cover, and
+// the decimals that print them.
+export function niceTicks(lo, hi, count = 5) {
+  if (lo === hi) { lo -= 1; hi += 1; }
+  const raw = (hi - lo) / count;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const m = [1, 2, 2.5, 5, 10].find((f) => f * mag >= raw * 0.999);
+  const step = m * mag;
+  const first = Math.floor(lo / step + 1e-9);
+  const last = Math.ceil(hi / step - 1e-9);
+  const decimals = Math.max(0, -Math.round(Math.log10(mag)) - (m === 10 ? 1 : 0) + (m === 2.5 ? 1 : 0));
+  const ticks = [];
+  for (let i = first; i <= last; i++) ticks.push(Number((i * step).toFixed(decimals)) + 0);  // + 0: no -0
+  return { ticks, lo: ticks[0], hi: ticks[ticks.length - 1], decimals };
+}
+
+// A scatter of points per group ({x, y, label}), joined in order, on round axes with a zero line, each point
+// labelled (its step); it fills its card's width and redraws when the card is resized.
 export function scatter(parent, { title, xLabel, yLabel, groups }) {
-  const canvas = el("canvas", { width: 900, height: 380, class: "scatter" });
+  const canvas = el("canvas", { class: "scatter", height: 380 });
   const legend = el("div", { class: "legend" }, groups.map((g) =>
     el("span", {}, el("i", { style: `background:${g.color}` }), g.label)));
-  parent.append(el("figure", { class: "chart-card wide", "data-chart": title }, el("figcaption", {}, title),
-    canvas, legend));
+  const card = el("figure", { class: "chart-card wide", "data-chart": title }, el("figcaption", {}, title),
+    canvas, legend);
+  parent.append(card);
+  const draw = () => drawScatter(canvas, { xLabel, yLabel, groups });
+  new ResizeObserver(draw).observe(card);
+  draw();
+}
+
+function drawScatter(canvas, { xLabel, yLabel, groups }) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = Math.max(320, canvas.clientWidth || canvas.parentElement.clientWidth);
+  const height = 380;
+  canvas.width = Math.round(width * ratio);
+  canvas.height = Math.round(height * ratio);
   const ctx = canvas.getContext("2d");
+  ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+  ctx.clearRect(0, 0, width, height);
   const all = groups.flatMap((g) => g.points);
+  canvas.dataset.points = all.length;
   if (!all.length) {
     ctx.fillStyle = "#777";
     ctx.font = "14px system-ui";
-    ctx.fillText("No evaluations yet: points appear once the jobs have evaluated.", 40, 190);
+    ctx.fillText("No evaluations yet: points appear once the jobs have evaluated.", 40, height / 2);
     return;
   }
-  const pad = { l: 90, r: 20, t: 20, b: 50 };
-  const [x0, x1] = bounds(all.map((p) => p[0]));
-  const [y0, y1] = bounds(all.map((p) => p[1]).concat([0]));
-  const sx = (v) => pad.l + ((v - x0) / (x1 - x0)) * (canvas.width - pad.l - pad.r);
-  const sy = (v) => canvas.height - pad.b - ((v - y0) / (y1 - y0)) * (canvas.height - pad.t - pad.b);
+  const pad = { l: 80, r: 24, t: 16, b: 52 };
+  const xs = niceTicks(Math.min(...all.map((p) => p.x)), Math.max(...all.map((p) => p.x)));
+  const ys = niceTicks(Math.min(0, ...all.map((p) => p.y)), Math.max(0, ...all.map((p) => p.y)));
+  const sx = (v) => pad.l + ((v - xs.lo) / (xs.hi - xs.lo)) * (width - pad.l - pad.r);
+  const sy = (v) => height - pad.b - ((v - ys.lo) / (ys.hi - ys.lo)) * (height - pad.t - pad.b);
+  canvas.dataset.xticks = xs.ticks.map((v) => v.toFixed(xs.decimals)).join(" ");
+  canvas.dataset.yticks = ys.ticks.map((v) => v.toFixed(ys.decimals)).join(" ");
   ctx.font = "12px system-ui";
-  ctx.strokeStyle = "#ccc";
+  ctx.lineWidth = 1;
   ctx.fillStyle = "#444";
-  for (let i = 0; i <= 5; i++) {
-    const xv = x0 + ((x1 - x0) * i) / 5;
-    const yv = y0 + ((y1 - y0) * i) / 5;
+  for (const v of xs.ticks) {
+    ctx.strokeStyle = "#eee";
+    ctx.beginPath(); ctx.moveTo(sx(v), pad.t); ctx.lineTo(sx(v), height - pad.b); ctx.stroke();
     ctx.textAlign = "center";
-    ctx.fillText(fmt(xv, 3), sx(xv), canvas.height - pad.b + 16);
+    ctx.fillText(v.toFixed(xs.decimals), sx(v), height - pad.b + 16);
+  }
+  for (const v of ys.ticks) {
+    ctx.strokeStyle = v === 0 ? "#888" : "#eee";
+    ctx.beginPath(); ctx.moveTo(pad.l, sy(v)); ctx.lineTo(width - pad.r, sy(v)); ctx.stroke();
     ctx.textAlign = "right";
-    ctx.fillText(fmt(yv, 3), pad.l - 8, sy(yv) + 4);
-    ctx.textAlign = "left";
-    ctx.beginPath(); ctx.moveTo(pad.l, sy(yv)); ctx.lineTo(canvas.width - pad.r, sy(yv)); ctx.stroke();
+    ctx.fillText(v.toFixed(ys.decimals), pad.l - 8, sy(v) + 4);
   }
-  ctx.strokeStyle = "#888";
-  ctx.beginPath(); ctx.moveTo(pad.l, sy(0)); ctx.lineTo(canvas.width - pad.r, sy(0)); ctx.stroke();
   ctx.textAlign = "center";
-  ctx.fillText(xLabel, (pad.l + canvas.width - pad.r) / 2, canvas.height - 12);
-  ctx.save(); ctx.translate(18, (pad.t + canvas.height - pad.b) / 2); ctx.rotate(-Math.PI / 2);
+  ctx.fillText(xLabel, (pad.l + width - pad.r) / 2, height - 12);
+  ctx.save(); ctx.translate(16, (pad.t + height - pad.b) / 2); ctx.rotate(-Math.PI / 2);
   ctx.fillText(yLabel, 0, 0); ctx.restore();
-  ctx.textAlign = "left";
   for (const g of groups) {
-    ctx.strokeStyle = g.color; ctx.fillStyle = g.color; ctx.globalAlpha = 0.35;
+    ctx.strokeStyle = g.color; ctx.fillStyle = g.color; ctx.globalAlpha = 0.4; ctx.lineWidth = 2;
     ctx.beginPath();
-    g.points.forEach(([x, y], i) => (i ? ctx.lineTo(sx(x), sy(y)) : ctx.moveTo(sx(x), sy(y))));
+    g.points.forEach((p, i) => (i ? ctx.lineTo(sx(p.x), sy(p.y)) : ctx.moveTo(sx(p.x), sy(p.y))));
     ctx.stroke(); ctx.globalAlpha = 1;
-    for (const [x, y] of g.points) { ctx.beginPath(); ctx.arc(sx(x), sy(y), 4, 0, 2 * Math.PI); ctx.fill(); }
+    ctx.textAlign = "left";
+    ctx.font = "11px system-ui";
+    for (const p of g.points) {
+      ctx.beginPath(); ctx.arc(sx(p.x), sy(p.y), 4, 0, 2 * Math.PI); ctx.fill();
+      if (p.label !== undefined) ctx.fillText(p.label, sx(p.x) + 6, sy(p.y) - 6);
+    }
   }
-}
-
-function bounds(values) {
-  let lo = Math.min(...values), hi = Math.max(...values);
-  if (lo === hi) { lo -= 1; hi += 1; }
-  const margin = (hi - lo) * 0.08;
-  return [lo - margin, hi + margin];
 }

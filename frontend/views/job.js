@@ -5,26 +5,38 @@ import { byteSize, el, statusBadge } from "../dom.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
 
-function chartSet(parent) {
-  const c = (title, y, series, log = false, range = null) => new LineChart(parent, { title, y, log, range, series });
-  return {
-    "train/domain_ce": [c("Training cross-entropy", "nats / token", [
-      { label: "domain rows", color: "#2563eb" }, { label: "general rows (CPT)", color: "#ea580c" }]),
-    ["train/domain_ce", "train/general_ce"]],
-    "train/general_kl": [c("Training KL to the base (general rows, MoL)", "nats / token", [
-      { label: "general KL", color: "#dc2626" }]), ["train/general_kl"]],
-    "train/lr": [c("Learning rate", "lr", [{ label: "lr", color: "#9333ea" }]), ["train/lr"]],
-    "train/tokens_per_s": [c("Throughput", "tokens / s", [{ label: "tokens/s", color: "#0891b2" }]),
+const AFTER_STEP = "No points yet: the curve appears after the first training step.";
+const AFTER_EVAL = "No points yet: the curve appears with the first evaluation.";
+
+// The charts a job draws, by what its method and spec record: general rows get CE under CPT and KL under MoL,
+// held-out general figures need a general corpus (not domain_only), QA needs a QA set. Each entry:
+// [chart options, metric names feeding its series].
+export function chartsFor(spec) {
+  const { method } = spec;
+  const usesGeneral = method !== "domain_only";
+  return [
+    [{ title: "Training cross-entropy", y: "nats / token", empty: AFTER_STEP, series: [
+      { label: "domain rows", color: "#2563eb" }, method === "cpt" && { label: "general rows", color: "#ea580c" }] },
+    ["train/domain_ce", method === "cpt" && "train/general_ce"]],
+    method === "mol" && [{ title: "Training KL to the base (general rows)", y: "nats / token", empty: AFTER_STEP,
+      series: [{ label: "general KL", color: "#dc2626" }] }, ["train/general_kl"]],
+    [{ title: "Learning rate", y: "lr", empty: AFTER_STEP, series: [{ label: "lr", color: "#9333ea" }] }, ["train/lr"]],
+    [{ title: "Throughput", y: "tokens / s", empty: AFTER_STEP, series: [{ label: "tokens/s", color: "#0891b2" }] },
       ["train/tokens_per_s"]],
-    "eval/domain_ppl": [c("Domain perplexity (held out)", "perplexity, log scale", [
-      { label: "domain ppl", color: "#2563eb" }], true), ["eval/domain_ppl"]],
-    "eval/general_ppl": [c("General perplexity (held out)", "perplexity, log scale", [
-      { label: "general ppl", color: "#16a34a" }], true), ["eval/general_ppl"]],
-    "eval/general_kl": [c("KL to the base on held-out general text", "nats / token", [
-      { label: "general KL", color: "#dc2626" }]), ["eval/general_kl"]],
-    "eval/qa_exact_match": [c("QA exact match", "fraction correct", [
-      { label: "exact match", color: "#ca8a04" }], false, [0, 1]), ["eval/qa_exact_match"]],
-  };
+    [{ title: "Domain perplexity (held out)", y: "perplexity, log scale", log: true, empty: AFTER_EVAL,
+      series: [{ label: "domain ppl", color: "#2563eb" }] }, ["eval/domain_ppl"]],
+    usesGeneral && [{ title: "General perplexity (held out)", y: "perplexity, log scale", log: true, empty: AFTER_EVAL,
+      series: [{ label: "general ppl", color: "#16a34a" }] }, ["eval/general_ppl"]],
+    usesGeneral && [{ title: "KL to the base on held-out general text", y: "nats / token", empty: AFTER_EVAL,
+      series: [{ label: "general KL", color: "#dc2626" }] }, ["eval/general_kl"]],
+    spec.eval_data && [{ title: "QA exact match", y: "fraction correct", range: [0, 1], empty: AFTER_EVAL,
+      series: [{ label: "exact match", color: "#ca8a04" }] }, ["eval/qa_exact_match"]],
+  ].filter(Boolean).map(([options, names]) => [{ ...options, series: options.series.filter(Boolean) },
+    names.filter(Boolean)]);
+}
+
+function chartSet(parent, spec) {
+  return chartsFor(spec).map(([options, names]) => [new LineChart(parent, options), names]);
 }
 
 function checkpointsTable(jobId, checkpoints) {
@@ -69,10 +81,11 @@ export async function jobPage(view, jobId) {
       el("section", { class: "card" }, el("h2", {}, "Checkpoints"), ckpts),
       el("section", { class: "card" }, el("h2", {}, "Events"), log)),
     el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", {}, JSON.stringify(job.spec, null, 2))));
-  const set = chartSet(charts);
+  const set = chartSet(charts, job.spec);
 
   const drawHeader = () => {
     const cancel = el("button", { class: "danger", onclick: async () => {
+      if (!window.confirm(`Cancel the job ${job.name} (step ${job.step} of ${job.max_steps})?`)) return;
       cancel.disabled = true;
       try { job = await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" }); drawHeader(); }
       catch (err) { alert(err.message); cancel.disabled = false; }
@@ -94,7 +107,7 @@ export async function jobPage(view, jobId) {
   let lastCheckpoints = 0;
   source.addEventListener("metric", (e) => {
     const point = JSON.parse(e.data);
-    for (const [chart, names] of Object.values(set)) {
+    for (const [chart, names] of set) {
       if (names.some((n) => n in point)) chart.push(point.step, names.map((n) => point[n]));
     }
   });
@@ -110,7 +123,7 @@ export async function jobPage(view, jobId) {
   // Redraw at most twice a second, however fast points arrive; refresh status and checkpoints meanwhile.
   let seen = 0;
   const timer = setInterval(() => {
-    Object.values(set).forEach(([chart]) => chart.flush());
+    set.forEach(([chart]) => chart.flush());
     if (lastCheckpoints !== seen) { seen = lastCheckpoints; refresh(); }
   }, 500);
   const status = setInterval(() => { if (!FINAL.includes(job.status)) refresh(); }, 3000);

@@ -20,8 +20,9 @@ function row(job, selected, onToggle) {
     el("td", { class: "progress-cell" },
       el("progress", { max: job.max_steps, value: job.step }),
       el("span", { class: "muted" }, ` ${job.step} / ${job.max_steps} ${eta(job)}`)),
-    el("td", { class: "num" }, fmt(m["train/domain_ce"])),
-    el("td", { class: "num" }, fmt(m["train/general_kl"])),
+    // the latest evaluation, which every method records alike (training losses differ between methods)
+    el("td", { class: "num", "data-metric": "eval/domain_ppl" }, fmt(m["eval/domain_ppl"])),
+    el("td", { class: "num", "data-metric": "eval/general_kl" }, fmt(m["eval/general_kl"])),
     el("td", { class: "muted" }, age(job.created_at)));
 }
 
@@ -32,8 +33,10 @@ export async function jobsPage(view) {
   const compare = el("a", { class: "button", href: "#/compare" }, "Compare selected");
   const body = el("tbody");
   const table = el("table", { class: "jobs" },
-    el("thead", {}, el("tr", {}, ["", "Name", "Base model", "Method", "Status", "Progress", "Domain CE", "General KL",
-      "Created"].map((h) => el("th", {}, h)))), body);
+    el("thead", {}, el("tr", {}, ["", "Name", "Base model", "Method", "Status", "Progress",
+      ["Domain ppl", "perplexity on held-out domain text at the latest evaluation"],
+      ["KL to base", "KL to the base model on held-out general text at the latest evaluation (nats / token)"],
+      "Created"].map((h) => (Array.isArray(h) ? el("th", { title: h[1] }, h[0]) : el("th", {}, h))))), body);
   const empty = el("div", { class: "empty" }, el("p", {}, "No jobs yet."),
     el("p", {}, "Start one from ", el("a", { href: "#/new" }, "New job"),
       ": the demo model and corpora are ready to pick."));

@@ -1,24 +1,87 @@
-// New job: pick or upload datasets, choose a base model and method, set the main hyperparameters.
+// New job: pick or upload datasets, choose a base model and method, set the hyperparameters people reach for.
+// Defaults, ranges and choices come from the server's JobSpec schema (GET /v1/jobspec); the server is the one
+// judge of a spec, and each line of its 422 lands next to the field it names.
 import { api, upload } from "../api.js";
 import { byteSize, el } from "../dom.js";
+
+const SELF = "self";  // the general picker's value for general_source: self (text sampled from the base model)
+const DEMO_MODEL = "demo";
 
 const PURPOSES = [
   { purpose: "domain", field: "domain_data", label: "Domain corpus", required: true,
     help: "The text to adapt to: JSONL with a \"text\" field, .txt (documents separated by blank lines) or Parquet." },
   { purpose: "general", field: "general_data", label: "General corpus",
-    help: "General text the model must not forget (KL to the base on it). Needed for MoL and CPT." },
+    help: "General text the model must not forget (KL to the base on it). MoL and CPT need one: upload it, or let "
+      + "the base model write it (general_source: self)." },
   { purpose: "eval", field: "eval_data", label: "QA evaluation set",
     help: "Optional: JSONL with \"question\" and \"answer\", scored by exact match." },
 ];
-const NUMBERS = [
-  ["ratio", "Ratio domain:general", "text"], ["kl_weight", "KL weight λ", "number"], ["lr", "Learning rate", "number"],
-  ["max_steps", "Steps", "number"], ["batch_size", "Rows per batch", "number"], ["seq_len", "Sequence length", "number"],
-  ["warmup_steps", "Warm-up steps", "number"], ["eval_every", "Evaluate every", "number"],
-  ["save_every", "Checkpoint every", "number"],
+
+// The inputs, by spec field (a dotted path for nested ones), in the groups the form shows. `when` names the
+// choice a group depends on; `int` fields step by 1. Fields the server's schema does not know are left out.
+const GROUPS = [
+  { legend: "Training", fields: [["name", "Name"], ["max_steps", "Steps"], ["lr", "Learning rate"],
+    ["warmup_steps", "Warm-up steps"], ["batch_size", "Rows per micro-batch"], ["grad_accum", "Gradient accumulation"],
+    ["seq_len", "Sequence length"]] },
+  { legend: "Mixture and KL", fields: [["ratio", "Ratio domain:general"], ["kl_weight", "KL weight λ"],
+    ["kl_direction", "KL direction"]] },
+  { legend: "LoRA", when: ["finetune", "lora"], fields: [["lora.rank", "LoRA rank"], ["lora.alpha", "LoRA alpha"]] },
+  { legend: "Evaluation, checkpoints, processes", fields: [["eval_every", "Evaluate every (steps)"],
+    ["save_every", "Checkpoint every (steps)"], ["nproc", "Processes (torchrun)"]] },
 ];
+// spec fields whose errors belong to another input's slot
+const ALIASES = { general_source: "general_data", self_sample_tokens: "general_data", lora: "lora.rank" };
+
+// The schema of one (possibly nested, "lora.rank") field, following $ref into $defs; null when unknown.
+export function fieldSchema(schema, path) {
+  let node = schema;
+  for (const key of path.split(".")) {
+    const props = resolve(schema, node)?.properties;
+    if (!props || !(key in props)) return null;
+    node = props[key];
+  }
+  return resolve(schema, node);
+}
+
+function resolve(schema, node) {
+  const ref = node?.$ref ?? node?.allOf?.[0]?.$ref;
+  return ref ? { ...schema.$defs[ref.split("/").pop()], ...node } : node;
+}
+
+// {min, max, int, choices, fallback} of a field: pydantic writes ge/le as minimum/maximum, gt/lt as exclusive ones,
+// and an optional number as anyOf [number, null].
+export function fieldRule(prop) {
+  const typed = prop.anyOf?.find((t) => t.type && t.type !== "null") ?? prop;
+  const min = typed.minimum ?? typed.exclusiveMinimum;
+  const max = typed.maximum ?? typed.exclusiveMaximum;
+  return { min, max, int: typed.type === "integer", number: typed.type === "integer" || typed.type === "number",
+    choices: typed.enum ?? null, fallback: prop.default ?? typed.default,
+    hint: rangeHint(typed) };
+}
+
+// "from 1 to 1,024", "above 0, at most 1", "at least 0": the range a field accepts, in words.
+function rangeHint(t) {
+  const n = (v) => v.toLocaleString("en-US");
+  if (t.minimum !== undefined && t.maximum !== undefined) return `from ${n(t.minimum)} to ${n(t.maximum)}`;
+  const lo = t.minimum !== undefined ? `at least ${n(t.minimum)}`
+    : t.exclusiveMinimum !== undefined ? `above ${n(t.exclusiveMinimum)}` : null;
+  const hi = t.maximum !== undefined ? `at most ${n(t.maximum)}`
+    : t.exclusiveMaximum !== undefined ? `below ${n(t.exclusiveMaximum)}` : null;
+  return [lo, hi].filter(Boolean).join(", ");
+}
 
 function fieldError(name) {
   return el("p", { class: "error field-error", "data-error-for": name });
+}
+
+function inputFor(name, label, rule) {
+  const id = `f-${name.replace(".", "_")}`;
+  const input = rule.choices
+    ? el("select", { id, name }, rule.choices.map((c) => el("option", { value: c, selected: c === rule.fallback }, c)))
+    : el("input", { id, name, type: rule.number ? "number" : "text", step: rule.int ? 1 : "any", min: rule.min,
+      max: rule.max, value: rule.fallback ?? "" });
+  return el("div", { class: "field" }, el("label", { for: id }, label), input,
+    rule.hint ? el("small", { class: "range muted" }, rule.hint) : null, fieldError(name));
 }
 
 // "3.2 MiB · 1,204 documents · sha256 ab12cd34… · 812,330 tokens (demo)": what is known of a dataset.
@@ -30,17 +93,31 @@ function datasetStats(d) {
     ...(tokens.length ? tokens : d.purpose === "eval" ? [] : ["tokens counted when a job first uses it"])].join(" · ");
 }
 
+// The dataset a picker starts on for a model: the demo's own corpus for the demo model, else the newest upload of
+// that purpose; a general corpus falls back to sampling from the base (self), an eval set to none.
+export function defaultDataset(purpose, datasets, model) {
+  const mine = datasets.filter((d) => d.purpose === purpose);  // newest first, as GET /v1/datasets lists them
+  const demo = mine.find((d) => d.filename === `demo-${purpose}.jsonl`);
+  const uploaded = mine.find((d) => !d.filename.startsWith("demo-"));
+  const pick = model === DEMO_MODEL ? demo ?? uploaded : uploaded ?? (purpose === "domain" ? demo : null);
+  if (pick) return pick.id;
+  return purpose === "general" ? SELF : "";
+}
+
+const optionFor = (d) => el("option", { value: d.id }, `${d.filename} · ${d.documents} docs · ${d.id}`);
+
 function datasetPicker(spec, datasets) {
   const select = el("select", { name: spec.field, id: `pick-${spec.purpose}` },
     spec.required ? null : el("option", { value: "" }, "— none —"),
-    datasets.filter((d) => d.purpose === spec.purpose).map((d) =>
-      el("option", { value: d.id }, `${d.filename} · ${d.documents} docs · ${d.id}`)));
+    spec.purpose === "general" ? el("option", { value: SELF }, "— sample it from the base model (general_source: self) —")
+      : null,
+    datasets.filter((d) => d.purpose === spec.purpose).map(optionFor));
   const bar = el("progress", { max: 1, value: 0, hidden: true });
   const error = fieldError(spec.field);
   const known = new Map(datasets.map((d) => [d.id, d]));
   const stats = el("p", { class: "muted dataset-stats", "data-stats-for": spec.field });
   const showStats = () => { stats.textContent = datasetStats(known.get(select.value)); };
-  select.addEventListener("change", showStats);
+  select.addEventListener("change", () => { select.dataset.touched = "1"; showStats(); });
   const input = el("input", { type: "file", id: `file-${spec.purpose}`, accept: ".jsonl,.json,.ndjson,.txt,.md,.parquet" });
   // null: every byte sent, the server joins and checks the file (an indeterminate bar meanwhile)
   const progress = (f) => { if (f === null) bar.removeAttribute("value"); else bar.value = f; };
@@ -50,9 +127,10 @@ function datasetPicker(spec, datasets) {
     bar.value = 0;
     try {
       const d = await upload(file, spec.purpose, progress);
-      select.append(el("option", { value: d.id }, `${d.filename} · ${d.documents} docs · ${d.id}`));
+      if (!known.has(d.id)) select.append(optionFor(d));
       known.set(d.id, d);
       select.value = d.id;
+      select.dataset.touched = "1";
       showStats();
     } catch (err) {
       error.textContent = `${file.name} was refused: ${err.message}`;
@@ -70,60 +148,78 @@ function datasetPicker(spec, datasets) {
     drop.classList.remove("over");
     if (e.dataTransfer.files[0]) send(e.dataTransfer.files[0]);
   });
-  showStats();
-  return el("div", { class: "picker", "data-purpose": spec.purpose },
+  const node = el("div", { class: "picker", "data-purpose": spec.purpose },
     el("label", { for: select.id }, spec.label, spec.required ? " *" : ""), el("p", { class: "muted" }, spec.help),
     el("div", { class: "row" }, select, drop), stats, bar, error);
+  // picks the model's default unless the user chose or uploaded one
+  node.pickFor = (model) => {
+    if (select.dataset.touched) return;
+    select.value = defaultDataset(spec.purpose, [...known.values()], model);
+    showStats();
+  };
+  return node;
+}
+
+function radios(name, options, checked) {
+  return el("div", { class: "choices" }, options.map(([value, text]) =>
+    el("label", {}, el("input", { type: "radio", name, value, checked: value === checked }), text)));
 }
 
 export async function newJobPage(view) {
   const [datasets, models, schema] = await Promise.all([api("/v1/datasets"), api("/v1/models"), api("/v1/jobspec")]);
   const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
-  const general = el("p", { class: "error" });
-  const form = el("form", { class: "card", id: "new-job" },
+  const pickers = PURPOSES.map((p) => datasetPicker(p, datasets));
+  const general = el("p", { class: "error", "data-error-for": "spec" });
+  const modelSelect = models.length ? el("select", { name: "base_model", id: "base_model" },
+    models.map((m) => el("option", { value: m.id }, `${m.id}${m.model_type ? ` (${m.model_type})` : ""}`))) : null;
+  const groups = GROUPS.map((g) => {
+    const inputs = g.fields.map(([name, label]) => {
+      const prop = fieldSchema(schema, name);
+      return prop ? inputFor(name, label, fieldRule(prop)) : null;
+    }).filter(Boolean);
+    return inputs.length ? el("fieldset", { "data-group": g.legend, "data-when": g.when?.join("=") },
+      el("legend", {}, g.legend), el("div", { class: "grid" }, inputs)) : null;
+  });
+  const form = el("form", { class: "card", id: "new-job", novalidate: true },
     el("h1", {}, "New job"),
-    el("fieldset", {}, el("legend", {}, "Data"), PURPOSES.map((p) => datasetPicker(p, datasets))),
     el("fieldset", {}, el("legend", {}, "Model and method"),
       el("label", { for: "base_model" }, "Base model"),
-      models.length ? el("select", { name: "base_model", id: "base_model" },
-        models.map((m) => el("option", { value: m.id }, `${m.id}${m.model_type ? ` (${m.model_type})` : ""}`)))
-        : el("p", { class: "error" }, "No base model on this server: put model directories under MOL_MODELS_DIR."),
+      modelSelect ?? el("p", { class: "error" }, "No base model on this server: put model directories under MOL_MODELS_DIR."),
       fieldError("base_model"),
-      el("div", { class: "choices" }, [["mol", "MoL: CE on domain, KL to the base on general"],
-        ["cpt", "CPT baseline: CE on everything"], ["domain_only", "Domain only"]].map(([value, text]) =>
-        el("label", {}, el("input", { type: "radio", name: "method", value, checked: value === defaults.method }), text))),
-      el("div", { class: "choices" }, [["exact", "Exact reference: the base model runs on the general rows every step"],
-        ["cached", "Cached reference (MoL only): the base's top-k, computed once per corpus and model; faster"]]
-        .map(([value, text]) => el("label", {},
-          el("input", { type: "radio", name: "reference", value, checked: value === defaults.reference }), text))),
+      radios("method", [["mol", "MoL: CE on domain, KL to the base on general"],
+        ["cpt", "CPT baseline: CE on everything"], ["domain_only", "Domain only"]], defaults.method),
+      fieldError("method"),
+      radios("reference", [["exact", "Exact reference: the base model runs on the general rows every step"],
+        ["cached", "Cached reference (MoL only): the base's top-k, computed once per corpus and model; faster"]],
+      defaults.reference),
+      fieldError("reference"),
       el("label", { class: "inline" }, el("input", { type: "checkbox", name: "with_cpt", checked: true }),
         "Also run a CPT baseline on the same data"),
-      el("div", { class: "choices" }, ["full", "lora"].map((value) => el("label", {},
-        el("input", { type: "radio", name: "finetune", value, checked: value === defaults.finetune }),
-        value === "full" ? "Full fine-tuning" : "LoRA")))),
-    el("fieldset", {}, el("legend", {}, "Hyperparameters (defaults shown)"),
-      el("div", { class: "grid" },
-        el("div", {}, el("label", { for: "f-name" }, "Name"), el("input", { id: "f-name", name: "name", value: "my-job" }),
-          fieldError("name")),
-        NUMBERS.map(([name, label, type]) => el("div", {}, el("label", { for: `f-${name}` }, label),
-          el("input", { id: `f-${name}`, name, type, step: "any", value: defaults[name] }), fieldError(name))))),
+      radios("finetune", [["full", "Full fine-tuning"], ["lora", "LoRA"]], defaults.finetune),
+      fieldError("finetune")),
+    el("fieldset", {}, el("legend", {}, "Data"), pickers),
+    groups,
     general,
     el("button", { type: "submit", class: "primary" }, "Start training"));
   view.replaceChildren(form);
 
+  const pickDefaults = () => pickers.forEach((p) => p.pickFor(modelSelect?.value));
+  modelSelect?.addEventListener("change", pickDefaults);
+  pickDefaults();
+  const showGroups = () => form.querySelectorAll("[data-when]").forEach((g) => {
+    const [name, value] = g.dataset.when.split("=");
+    g.hidden = form.querySelector(`[name="${name}"]:checked`)?.value !== value;
+  });
+  form.addEventListener("change", showGroups);
+  showGroups();
+
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
-    form.querySelectorAll(".field-error").forEach((p) => { p.textContent = ""; });
-    general.textContent = "";
-    const data = new FormData(form);
-    const spec = { name: data.get("name"), base_model: data.get("base_model"), method: data.get("method"),
-      finetune: data.get("finetune"), domain_data: [data.get("domain_data")].filter(Boolean),
-      general_data: [data.get("general_data")].filter(Boolean), eval_data: data.get("eval_data") || null,
-      reference: data.get("method") === "mol" ? data.get("reference") : "exact" };
-    for (const [name, , type] of NUMBERS) spec[name] = type === "number" ? Number(data.get(name)) : data.get(name);
+    clearErrors(form);
+    const spec = specFrom(form);
     try {
       const job = await api("/v1/jobs", { method: "POST", json: spec });
-      if (data.get("with_cpt") && spec.method !== "cpt") {
+      if (form.elements.with_cpt.checked && spec.method !== "cpt") {
         await api("/v1/jobs", { method: "POST",
           json: { ...spec, method: "cpt", reference: "exact", name: `${spec.name}-cpt` } });
         location.hash = "#/jobs";
@@ -131,18 +227,71 @@ export async function newJobPage(view) {
         location.hash = `#/job/${job.id}`;
       }
     } catch (err) {
-      showErrors(form, general, err.message);
+      showErrors(form, err.message);
     }
   });
 }
 
-// Puts each "field: message" line of a 422 next to the field it names; the rest above the button.
-function showErrors(form, general, detail) {
-  const rest = [];
-  for (const line of detail.split("\n")) {
-    const field = line.split(":")[0].replace(/\[\d+\]$/, "").split(".")[0];
-    const slot = form.querySelector(`[data-error-for="${CSS.escape(field)}"]`);
-    if (slot) slot.textContent = line; else rest.push(line);
+// The spec the form describes: the datasets picked, the choices, and each shown input (an empty one is left to the
+// server's default; a number that does not parse goes as typed, so the server names it).
+function specFrom(form) {
+  const data = new FormData(form);
+  const method = data.get("method");
+  const generalPick = data.get("general_data");
+  const spec = { base_model: data.get("base_model"), method, finetune: data.get("finetune"),
+    domain_data: [data.get("domain_data")].filter(Boolean),
+    general_data: generalPick && generalPick !== SELF ? [generalPick] : [],
+    general_source: generalPick === SELF ? "self" : "corpus",
+    eval_data: data.get("eval_data") || null,
+    reference: method === "mol" ? data.get("reference") : "exact" };
+  for (const input of form.querySelectorAll("fieldset:not([hidden]) .field [name]")) {
+    const raw = input.value.trim();
+    if (raw === "") continue;
+    const value = input.type === "number" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
+    const [head, sub] = input.name.split(".");
+    if (sub) spec[head] = { ...spec[head], [sub]: value };
+    else spec[head] = value;
   }
-  general.textContent = rest.join("\n");
+  return spec;
+}
+
+function clearErrors(form) {
+  form.querySelectorAll("[data-error-for]").forEach((p) => { p.textContent = ""; });
+  form.querySelectorAll("[aria-invalid]").forEach((i) => i.removeAttribute("aria-invalid"));
+}
+
+// The error slot a 422 line belongs to: the field it starts with ("lora.rank: ...", "domain_data.0: ..."), or, for
+// a whole-spec line ("spec: general_data is required ..."), the first field its message names.
+export function slotFor(line, slots) {
+  const [where, ...rest] = line.split(":");
+  const path = where.trim().replace(/\[\d+\]/g, "").split(".").filter((p) => !/^\d+$/.test(p));
+  for (let n = path.length; n > 0; n--) {
+    const name = path.slice(0, n).join(".");
+    const slot = ALIASES[name] ?? name;
+    if (slots.includes(slot)) return slot;
+  }
+  const message = rest.join(":");
+  const named = [...slots, ...Object.keys(ALIASES)]
+    .map((name) => ({ name, at: message.search(new RegExp(`(^|[^\\w.])${name.replace(".", "\\.")}(?![\\w])`)) }))
+    .filter((m) => m.at >= 0).sort((a, b) => a.at - b.at)[0];
+  return named ? ALIASES[named.name] ?? named.name : null;
+}
+
+// Puts each line of a 422 next to the field it names (the rest above the button) and scrolls to the first.
+function showErrors(form, detail) {
+  const slots = [...form.querySelectorAll("[data-error-for]")].map((p) => p.dataset.errorFor).filter((n) => n !== "spec");
+  const lines = new Map();
+  for (const line of detail.split("\n")) {
+    const slot = slotFor(line, slots) ?? "spec";
+    lines.set(slot, [...(lines.get(slot) ?? []), line]);
+  }
+  let first = null;
+  for (const [slot, text] of lines) {
+    const p = form.querySelector(`[data-error-for="${CSS.escape(slot)}"]`);
+    p.textContent = text.join("\n");
+    const input = form.querySelector(`[name="${CSS.escape(slot)}"]`);
+    input?.setAttribute("aria-invalid", "true");
+    first ??= p;
+  }
+  first?.closest(".field, .picker, fieldset, p")?.scrollIntoView({ block: "center" });
 }

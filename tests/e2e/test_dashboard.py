@@ -42,25 +42,49 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     expect(page.locator(".empty")).to_contain_text("No jobs yet")
 
     page.click("text=New job")
+    # the demo model starts on the demo's corpora; the inputs carry the spec's ranges
+    expect(page.locator("#base_model")).to_have_value("demo")
+    for purpose in ("domain", "general", "eval"):
+        expect(page.locator(f"#pick-{purpose} option:checked")).to_contain_text(f"demo-{purpose}.jsonl")
+    expect(page.locator("#pick-general option[value=self]")).to_have_count(1)  # general_source: self
+    expect(page.locator("#f-grad_accum")).to_have_attribute("max", "1024")
+    expect(page.locator("#f-kl_direction")).to_have_value("reverse")
+    expect(page.locator('[data-group="LoRA"]')).to_be_hidden()
+    page.check("input[name=finetune][value=lora]")
+    expect(page.locator("#f-lora_rank")).to_have_value("16")
+    expect(page.locator("#f-lora_rank")).to_have_attribute("max", "1024")
+    page.check("input[name=finetune][value=full]")
+    page.screenshot(path=SHOTS / "new-job.png", full_page=True)
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": oops}\n')
     page.set_input_files("#file-domain", str(bad))
     expect(page.locator('[data-error-for="domain_data"]')).to_contain_text("broken.jsonl, line 2: invalid JSON")
-    for purpose in ("domain", "general", "eval"):
-        upload(page, purpose, demo / f"{purpose}.jsonl")
+    mine = tmp_path / "domain.jsonl"  # an upload of our own, picked once stored
+    mine.write_text((demo / "domain.jsonl").read_text() + '{"text": "one more document of our own"}\n')
+    upload(page, "domain", mine)
+    expect(page.locator("#pick-domain option:checked")).to_contain_text("domain.jsonl")
     page.fill("#f-name", "demo-mol")
     for field, value in {"seq_len": "64", "batch_size": "8", "max_steps": "40", "eval_every": "5",
                          "save_every": "20", "lr": "0.003", "kl_weight": "-1"}.items():
         page.fill(f"#f-{field}", value)
-    page.click("text=Start training")  # kl_weight -1 is refused next to its field
+    page.select_option("#pick-general", "")  # MoL without general text, and kl_weight -1: both refused
+    page.click("text=Start training")  # the field's error first, next to its field
     expect(page.locator('[data-error-for="kl_weight"]')).to_contain_text("kl_weight: Input should be greater")
     page.fill("#f-kl_weight", "1")
+    page.click("text=Start training")  # then the whole-spec rule, next to the field it names, not at the bottom
+    expect(page.locator('[data-error-for="general_data"]')).to_contain_text("general_data is required")
+    expect(page.locator('[data-error-for="kl_weight"]')).to_be_empty()
+    expect(page.locator('[data-error-for="spec"]')).to_be_empty()
+    page.select_option("#pick-general", label=re.compile("demo-general.jsonl"))
     page.click("text=Start training")
     expect(page.locator("tr[data-job]")).to_have_count(2)
     page.screenshot(path=SHOTS / "jobs-list.png", full_page=True)
 
     page.get_by_role("link", name="demo-mol", exact=True).click()
     training = page.locator('[data-chart="Training cross-entropy"]')
+    expect(training.locator(".chart-empty")).to_contain_text("after the first training step")
+    expect(training.locator(".u-legend .u-series", has_text="general rows")).to_have_count(0)  # MoL: no CE there
+    expect(page.locator('[data-chart^="Training KL"]')).to_have_count(1)
     points = "+document.querySelector('[data-chart=\"Training cross-entropy\"]')?.dataset.points"
     page.wait_for_function(f"() => {points} > 0")
     first = int(training.get_attribute("data-points"))
@@ -70,6 +94,14 @@ def test_submit_watch_compare_download(service, page, tmp_path):
 
     page.goto(service.url.split("?")[0] + "#/jobs")
     expect(page.locator('.badge[data-status="succeeded"]')).to_have_count(2, timeout=240_000)
+    # held-out KL to the base, which CPT records too (its training batches have none)
+    cpt_row = page.locator("tr[data-job]", has_text="demo-mol-cpt")
+    expect(cpt_row.locator('[data-metric="eval/general_kl"]')).to_have_text(re.compile(r"^\d"))
+    cpt_row.get_by_role("link", name="demo-mol-cpt").click()
+    expect(page.locator('[data-chart^="Training KL"]')).to_have_count(0)  # no blank MoL-only chart on CPT
+    cpt_ce = page.locator('[data-chart="Training cross-entropy"] .u-legend .u-series', has_text="general rows")
+    expect(cpt_ce).to_be_visible()
+    page.go_back()
     for box in page.locator("tr[data-job] input[type=checkbox]").all():
         box.check()
     page.click("text=Compare selected (2)")
@@ -77,6 +109,17 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     legend = page.locator('[data-chart="KL to the base on held-out general text"] .u-legend .u-series')
     expect(legend).to_have_count(3)  # step + the two jobs
     expect(page.locator('[data-chart="Domain gain against general drift"] .legend span')).to_have_count(2)
+    final_ppl = page.locator('table[data-summary] tr[data-metric="eval/domain_ppl"][data-row="final"] [data-delta]')
+    expect(final_ppl).to_have_count(2)  # a final figure per job, side by side, with its change against the base
+    for delta in final_ppl.all():
+        assert re.fullmatch(r" [+−][\d.]+%", delta.inner_text()), delta.inner_text()
+    base_kl = page.locator('table[data-summary] tr[data-metric="eval/general_kl"][data-row="base"] td.num')
+    expect(base_kl).to_have_text([re.compile(r"^[\d.e−-]+$")] * 2)  # the base's figures: step 0's evaluation
+    card = page.locator('[data-chart="Domain gain against general drift"]')
+    canvas = card.locator("canvas")
+    assert canvas.bounding_box()["width"] > 0.9 * card.bounding_box()["width"]  # fills its card
+    ticks = (canvas.get_attribute("data-xticks") + " " + canvas.get_attribute("data-yticks")).split()
+    assert all(re.fullmatch(r"-?\d+(\.\d{1,3})?", t) for t in ticks), ticks  # round ticks
     page.screenshot(path=SHOTS / "compare.png", full_page=True)
 
     page.get_by_role("link", name="demo-mol", exact=True).first.click()
@@ -92,3 +135,22 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     with tarfile.open(archive) as tar:
         names = tar.getnames()
     assert any(n.endswith("config.json") for n in names) and any(n.endswith(".safetensors") for n in names)
+
+    # the form's own defaults on the demo model are a job the server takes (with its CPT baseline)
+    page.click("text=New job")
+    expect(page.locator("#pick-general option:checked")).to_contain_text("demo-general.jsonl")
+    page.click("text=Start training")
+    expect(page.locator("tr[data-job]")).to_have_count(4)
+    jobs = {j["name"]: j for j in service.client.get("/v1/jobs").json()["data"]}
+    spec = service.client.get(f"/v1/jobs/{jobs['mol-job']['id']}").json()["spec"]
+    assert spec["method"] == "mol" and spec["general_data"] and jobs["mol-job-cpt"]["method"] == "cpt"
+    service.client.post(f"/v1/jobs/{jobs['mol-job-cpt']['id']}/cancel")  # the CPT one is not needed here
+    page.get_by_role("link", name="mol-job", exact=True).click()
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("button:has-text('Cancel')")  # cancelling asks first; dismissed, the job runs on
+    expect(page.locator("button:has-text('Cancel')")).to_be_enabled()
+    assert asked and "Cancel the job mol-job" in asked[0]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("button:has-text('Cancel')")
+    expect(page.locator('.toolbar .badge[data-status="cancelled"]')).to_be_visible(timeout=120_000)

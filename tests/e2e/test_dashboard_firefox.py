@@ -39,6 +39,7 @@ def test_jobs_new_job_and_live_job_page_work_in_firefox(service, tmp_path):
     seen = json.loads(run.stdout.strip().splitlines()[-1])
     assert seen["token_left_url"] and seen["jobs"] == 1 and seen["page_errors"] == []
     assert seen["default_lr"] == "0.00002" or float(seen["default_lr"]) == 2e-5
+    assert seen["default_general"].startswith("demo-general.jsonl")  # the demo model starts on the demo's corpora
     assert "broken.jsonl, line 2: invalid JSON" in seen["refused_upload"]
     assert seen["points"] == 8 and seen["eval_points"] == 3 and seen["canvases"] >= 1 and seen["eval_charts"] >= 6
     events = client.get(f"/v1/jobs/{job.json()['id']}/events").json()

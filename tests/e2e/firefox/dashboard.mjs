@@ -24,6 +24,7 @@ try {
   await page.evaluate(() => { location.hash = "#/new"; });
   await page.waitForSelector("#new-job #f-lr");
   seen.default_lr = await page.$eval("#f-lr", (el) => el.value);
+  seen.default_general = await page.$eval("#pick-general", (el) => el.selectedOptions[0]?.textContent ?? "");
   const input = await page.$("#file-domain");
   await input.uploadFile(broken);
   await page.waitForFunction(() =>
