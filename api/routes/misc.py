@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
-from fastapi import APIRouter
-from sqlalchemy import select, text
+from fastapi import APIRouter, Response
+from sqlalchemy import func, select, text
 
 from mol_engine.spec import JobSpec
 
-from ..db import WorkerSeen, utcnow
+from ..db import Job, WorkerSeen, utcnow
 from ..deps import Owner, Svc
+from ..leases import worker_alive_within_s
 from ..schemas import ModelOut
 from ..validation import available_models, model_type
 
@@ -32,22 +33,43 @@ def job_spec_schema(owner: Owner) -> dict:
 
 
 @router.get("/healthz", tags=["health"])
-def health(svc: Svc) -> dict:
-    report: dict = {"status": "ok"}
+def health(svc: Svc, response: Response) -> dict:
+    """``ok``, or ``degraded`` with its ``reasons``: the database or the broker unreachable, or jobs waiting while
+    no worker has been seen within ``MOL_LEASE_TIMEOUT_S``. HTTP 503 only when the database is unreachable (this
+    process can serve nothing); otherwise 200: reads and downloads still work, and a load balancer that took the
+    API out (or restarted it) would not bring a worker or the broker back."""
+    database, broker = database_status(svc.sessions), broker_status(svc.settings)
+    within = worker_alive_within_s(svc.settings)
     try:
-        with svc.sessions() as db:
-            db.execute(text("SELECT 1"))
-        report["database"] = "ok"
+        workers, waiting = workers_seen(svc.sessions, within_s=within), jobs_waiting(svc.sessions)
     except Exception as err:  # health reports any failure, it never raises
-        report["database"], report["status"] = f"error: {type(err).__name__}", "degraded"
-    report["broker"] = broker_status(svc.settings)
+        workers, waiting = f"error: {type(err).__name__}", 0
+    reasons = []
+    if database != "ok":
+        reasons.append(f"database unreachable ({database})")
+        response.status_code = 503
+    if broker != "ok":
+        reasons.append(f"job queue unreachable ({broker})")
+    if waiting and not workers:
+        reasons.append(f"{waiting} job(s) waiting and no worker seen in the last {within:g} s")
+    return {"status": "degraded" if reasons else "ok", "reasons": reasons, "database": database, "broker": broker,
+            "workers": workers, "jobs_waiting": waiting}
+
+
+def database_status(sessions) -> str:
+    """``ok`` when the database answers."""
     try:
-        report["workers"] = workers_seen(svc.sessions, within_s=max(60.0, 3 * svc.settings.heartbeat_s))
-    except Exception as err:  # same: reported, not raised
-        report["workers"] = f"error: {type(err).__name__}"
-    if report["broker"] != "ok":
-        report["status"] = "degraded"
-    return report
+        with sessions() as db:
+            db.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as err:  # any failure is a health finding
+        return f"error: {type(err).__name__}"
+
+
+def jobs_waiting(sessions) -> int:
+    """How many jobs are queued, of every owner."""
+    with sessions() as db:
+        return db.scalar(select(func.count()).select_from(Job).where(Job.status == "queued")) or 0
 
 
 def broker_status(settings) -> str:

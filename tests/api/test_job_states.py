@@ -11,12 +11,14 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import sessionmaker
 
 from api import job_store
 from api.app import create_app
-from api.db import Job, JobEvent, init_db, make_engine, utcnow
+from api.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
 from api.job_store import cancel_job, release_dead_leases
+from api.settings import Settings
 from worker.runner import acquire_lease
 
 HOUR_AGO = timedelta(hours=1)
@@ -158,3 +160,27 @@ def test_cancel_racing_a_lease_in_threads_ends_one_of_the_two_true_ways(sessions
             assert (status, requested, attempt) == ("running", True, 1)
         else:  # the cancel won: the job never started
             assert (status, requested, attempt) == ("cancelled", True, 0)
+
+
+def test_health_is_degraded_while_jobs_wait_and_no_worker_is_seen(client, sessions, add_job):
+    assert client.get("/healthz").json() | {"workers": []} == {
+        "status": "ok", "reasons": [], "database": "ok", "broker": "ok", "workers": [], "jobs_waiting": 0}
+    add_job()
+    answer = client.get("/healthz")
+    assert answer.status_code == 200 and answer.json()["status"] == "degraded"
+    assert answer.json()["reasons"] == ["1 job(s) waiting and no worker seen in the last 120 s"]
+    with sessions.begin() as db:
+        db.add(WorkerSeen(name="host:1", last_seen=utcnow()))
+    assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_health_names_an_unreachable_broker_and_database(tmp_path):
+    settings = Settings(home=tmp_path / "home", broker_url="redis://127.0.0.1:1/0", demo_model=False)
+    with TestClient(create_app(settings, enqueue=lambda _id: None)) as client:
+        answer = client.get("/healthz")
+        assert answer.status_code == 200 and answer.json()["reasons"] == [
+            "job queue unreachable (error: OperationalError)"]
+        client.app.state.services.sessions = sessionmaker(create_engine("postgresql+psycopg://nobody@127.0.0.1:1/x"))
+        answer = client.get("/healthz")
+        assert answer.status_code == 503 and answer.json()["status"] == "degraded"
+        assert answer.json()["reasons"][0] == "database unreachable (error: OperationalError)"
