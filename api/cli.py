@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from mol_engine import cli as engine_cli
+from mol_engine.spec import MAX_NPROC
 
 from .settings import Settings
 
@@ -21,9 +22,21 @@ LOCAL_OWNER = "local"
 
 
 def worker_command(settings: Settings, name: str = "worker") -> list[str]:
-    """The command line of one Celery worker process (one job at a time)."""
+    """The command line of one Celery worker process (one job at a time; its capacity, and so the queues it
+    consumes, come from ``MOL_WORKER_CAPACITY``: see :func:`worker_env`)."""
     return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
             "--loglevel=info", "-n", f"{name}@%h"]
+
+
+def worker_env(gpus: str | None = None, procs: int | None = None) -> dict[str, str]:
+    """The environment a worker gets from ``--gpus 0,1,...`` (those GPUs, capacity one job process per GPU) or
+    ``--procs N`` (capacity N processes on whatever devices it has: CPU tests); capacity 1 with neither."""
+    if gpus is not None:
+        ids = [g.strip() for g in gpus.split(",") if g.strip()]
+        if not ids or not all(g.isdigit() for g in ids) or len(set(ids)) != len(ids):
+            raise ValueError(f"--gpus: expected distinct GPU indices such as 0,1,2,3 (got '{gpus}')")
+        return {"CUDA_VISIBLE_DEVICES": ",".join(ids), "MOL_WORKER_CAPACITY": str(len(ids))}
+    return {"MOL_WORKER_CAPACITY": str(procs or 1)}
 
 
 def _sha256(path: Path) -> str:
@@ -125,6 +138,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        os.environ.update(worker_env(args.gpus, args.procs))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     settings = Settings()
     os.execv(sys.executable, worker_command(settings, args.name))
     return 0  # not reached
@@ -187,8 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.set_defaults(func=cmd_api)
-    p = sub.add_parser("worker", help="run one worker (one job at a time; set CUDA_VISIBLE_DEVICES per GPU)")
+    p = sub.add_parser("worker", help="run one worker (one job at a time, on up to as many processes as it has GPUs)")
     p.add_argument("--name", default="worker", help="worker name, unique per host")
+    capacity = p.add_mutually_exclusive_group()
+    capacity.add_argument("--gpus", help="the GPUs this worker owns, e.g. 0,1,2,3: it runs jobs with nproc up to "
+                                         "their number, one process per GPU (sets CUDA_VISIBLE_DEVICES)")
+    capacity.add_argument("--procs", type=int, choices=range(1, MAX_NPROC + 1), metavar="N",
+                          help="run jobs with nproc up to N on this machine's devices as they are (CPU: gloo)")
     p.set_defaults(func=cmd_worker)
     p = sub.add_parser("token", help="API tokens")
     token_sub = p.add_subparsers(dest="token_command", required=True)

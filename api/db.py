@@ -25,6 +25,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    inspect,
     select,
     text,
 )
@@ -33,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from mol_engine.callbacks import strict_dumps
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
@@ -192,6 +193,7 @@ class WorkerSeen(Base):
     __tablename__ = "workers_seen"
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
+    capacity: Mapped[int] = mapped_column(Integer, default=1)  # processes (GPUs) it gives one job: largest nproc
 
 
 class SchemaVersion(Base):
@@ -238,7 +240,13 @@ def _index_job_pages(session: Session) -> None:
     session.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_owner_created_id ON jobs (owner, created_at, id)"))
 
 
-MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages}  # from version N to N + 1
+def _add_worker_capacity(session: Session) -> None:
+    """3 -> 4: workers record their capacity (the largest nproc they run); rows from before held one process."""
+    if "capacity" not in {c["name"] for c in inspect(session.connection()).get_columns("workers_seen")}:
+        session.execute(text("ALTER TABLE workers_seen ADD COLUMN capacity INTEGER NOT NULL DEFAULT 1"))
+
+
+MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity}  # from version N to N + 1
 
 
 def init_db(engine: Engine) -> sessionmaker:

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(10, gt=0)
     stream_poll_s: float = Field(0.5, gt=0)
     stream_keepalive_s: float = Field(15, gt=0)
+    worker_capacity: int = Field(1, ge=1, description=(
+        "processes (GPUs) this worker can give one job; `mol worker --gpus/--procs` sets it"))
+    max_nproc: int = Field(1, ge=1, description=(
+        "largest nproc accepted at submit even when no live worker is that large (workers started on demand)"))
 
     @field_validator("cors_origins")
     @classmethod

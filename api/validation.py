@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from mol_engine import data
 from mol_engine.data import DataError, DocumentReader, read_qa
 from mol_engine.spec import JobSpec
 
+from .db import WorkerSeen, utcnow
 from .settings import Settings
 
 PURPOSES = ("domain", "general", "eval")
@@ -104,3 +109,20 @@ def check_references(spec: JobSpec, owned: dict[str, Any], models: dict[str, Pat
                 problems.append(
                     f"{where}: dataset '{dataset_id}' was uploaded for '{dataset.purpose}', not '{purpose}'")
     return problems
+
+
+def largest_nproc(db: Session, settings: Settings) -> int:
+    """The most processes a job may ask for now: the capacity of the largest worker alive (seen within
+    ``lease_timeout_s``, the bound after which its leases count as dead), or ``MOL_MAX_NPROC`` when larger
+    (deployments whose large workers start on demand, after the jobs are submitted)."""
+    since = utcnow() - timedelta(seconds=settings.lease_timeout_s)
+    alive = db.scalar(select(func.max(WorkerSeen.capacity)).where(WorkerSeen.last_seen >= since))
+    return max(alive or 1, settings.max_nproc)
+
+
+def nproc_problem(nproc: int, largest: int) -> list[str]:
+    """The problem with asking for ``nproc`` processes when the largest worker gives ``largest`` (none or one)."""
+    if nproc <= largest:
+        return []
+    return [f"nproc: {nproc} processes asked, but the largest worker runs {largest}; ask for at most {largest}, or "
+            f"start a worker with at least {nproc} GPUs (`mol worker --gpus ...`), or set MOL_MAX_NPROC"]

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 Method = Literal["mol", "cpt", "domain_only"]
 MAX_SELF_SAMPLE_TOKENS = 50_000_000  # sampling runs before step 1: beyond this it takes hours on any GPU
+MAX_NPROC = 64  # processes of one job: the service schedules single-node jobs, and no node has more GPUs
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -87,6 +88,9 @@ class JobSpec(BaseModel):
         "auto", description="how several processes (torchrun) share the model: ddp keeps a full replica per "
         "process, fsdp shards parameters, gradients and optimizer state (FSDP2); auto picks fsdp for full "
         "fine-tuning and ddp for LoRA")
+    nproc: int = Field(
+        1, ge=1, le=MAX_NPROC, description="processes (one per GPU) the service runs the job on, under torchrun on "
+        "one node; `mol train` ignores it (the launcher sets the process count). batch_size is per process")
     loss_chunk_tokens: int | None = Field(
         None, ge=1, description="positions per log-softmax chunk; None sizes chunks to ~64 MiB of fp32 logits"
     )

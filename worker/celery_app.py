@@ -2,14 +2,18 @@
 
 acks_late + reject_on_worker_lost: a task whose worker dies is redelivered, never lost; prefetch 1: a
 worker holds one job at a time; a visibility timeout longer than any job: Redis never redelivers a healthy
-job (the database lease, not the broker, decides who runs a job).
+job (the database lease, not the broker, decides who runs a job). A worker consumes the queue of every process
+count up to its capacity (``MOL_WORKER_CAPACITY``, see worker/queue.py).
 """
 
 from __future__ import annotations
 
 from celery import Celery
+from kombu import Queue
 
 from api.settings import Settings
+
+from .queue import DEFAULT_QUEUE, queues_up_to
 
 VISIBILITY_TIMEOUT_S = 7 * 24 * 3600
 
@@ -36,7 +40,8 @@ def make_celery(settings: Settings | None = None) -> Celery:
         broker_transport_options=transport,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
-        task_default_queue="mol-jobs",
+        task_default_queue=DEFAULT_QUEUE,
+        task_queues=[Queue(name, routing_key=name) for name in queues_up_to(settings.worker_capacity)],
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app

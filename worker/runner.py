@@ -1,16 +1,27 @@
-"""Run one job in this process: take the job's lease, train with callbacks that write to the database, finish.
+"""Run one job: take the job's lease, train with callbacks that write to the database, finish.
 
 Started by the Celery task as ``python -m worker.runner JOB_ID`` in its own process group, so a cancelled
 job's whole process tree can be ended after a grace period. The lease (owner + heartbeat, taken with
 compare-and-set) makes sure one job never runs twice at once, whatever the broker redelivers.
+
+A job with ``nproc: 1`` trains in this process. With more, this process keeps the lease (and its heartbeat)
+and starts ``torchrun`` for the ranks (worker/ranks.py): rank 0 records metrics and events and reads the cancel
+flag, the engine agrees on stopping across ranks, and rank 0's last word comes back in a small report file.
+A rank that dies makes torchrun fail: the job goes back to the queue and resumes from its last checkpoint,
+until ``job_attempts`` attempts are used up.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,19 +51,16 @@ def acquire_lease(sessions: sessionmaker, job_id: str, me: str, settings: Settin
     return taken == 1
 
 
-class DatabaseRecorder(Callback):
-    """Writes metric points and events to the database, heartbeats the lease, and reads the cancel flag."""
+class LeaseHeartbeat:
+    """Refreshes the job's lease (``heartbeat_at``, while ``me`` holds it) every ``every`` seconds, in a thread."""
 
-    def __init__(self, sessions: sessionmaker, job_id: str, me: str, heartbeat_s: float,
-                 labels: dict[str, str] | None = None) -> None:
+    def __init__(self, sessions: sessionmaker, job_id: str, me: str, every: float) -> None:
         self.sessions, self.job_id, self.me = sessions, job_id, me
-        self.labels = labels or {}  # the engine names stored files; the owner sees their own names
-        self._parent = os.getppid()
         self._stop = threading.Event()
-        self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True)
-        self._beat.start()
+        self._thread = threading.Thread(target=self._beat, args=(every,), daemon=True)
+        self._thread.start()
 
-    def _heartbeat(self, every: float) -> None:
+    def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
             with self.sessions.begin() as db:
                 db.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.me)
@@ -60,6 +68,27 @@ class DatabaseRecorder(Callback):
 
     def close(self) -> None:
         self._stop.set()
+
+
+class DatabaseRecorder(Callback):
+    """Writes metric points and events to the database, reads the cancel flag, and (given ``heartbeat_s``)
+    heartbeats the lease; rank 0 of a several-process job records without a heartbeat (its runner beats)."""
+
+    def __init__(self, sessions: sessionmaker, job_id: str, me: str, heartbeat_s: float | None,
+                 labels: dict[str, str] | None = None) -> None:
+        self.sessions, self.job_id, self.me = sessions, job_id, me
+        self.labels = labels or {}  # the engine names stored files; the owner sees their own names
+        self._parent = os.getppid()
+        self._heartbeat = LeaseHeartbeat(sessions, job_id, me, heartbeat_s) if heartbeat_s else None
+
+    def close(self) -> None:
+        if self._heartbeat:
+            self._heartbeat.close()
+
+    @property
+    def orphaned(self) -> bool:
+        """Whether the process that started this one is gone (a killed worker, or torchrun)."""
+        return os.getppid() != self._parent
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
         with self.sessions.begin() as db:
@@ -83,7 +112,7 @@ class DatabaseRecorder(Callback):
             job.step = max(step, 0)
 
     def should_stop(self) -> bool:
-        if os.getppid() != self._parent:  # the worker that started us is gone: stop, a new one resumes
+        if self.orphaned:  # the worker that started us is gone: stop, a new one resumes
             return True
         with self.sessions() as db:
             return bool(db.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
@@ -131,10 +160,21 @@ def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None =
             db.add(JobEvent(job_id=job_id, step=job.step, kind="failed", message=error, data={}))
 
 
-def run(job_id: str, settings: Settings | None = None) -> str:
-    """Run (or resume) one job to its end; returns its final status, or ``skipped`` if it is not ours to run."""
-    from mol_engine.train import train
+def requeue(sessions: sessionmaker, job_id: str, me: str, reason: str) -> bool:
+    """Put the job we hold back in the queue to resume from its last checkpoint; False if we no longer hold it."""
+    with sessions.begin() as db:
+        job = db.get(Job, job_id)
+        if job is None or job.status != "running" or job.lease_owner != me:
+            return False
+        job.status, job.lease_owner, job.queued_at = "queued", None, utcnow()
+        db.add(JobEvent(job_id=job_id, step=job.step, kind="requeued", data={},
+                        message=f"{reason}; resuming from the last checkpoint"))
+    return True
 
+
+def run(job_id: str, settings: Settings | None = None) -> str:
+    """Run (or resume) one job to its end; returns its final status, ``skipped`` if it is not ours to run,
+    ``orphaned`` if our worker died, or ``requeued`` if a rank died and the job waits to resume."""
     settings = settings or Settings()
     sessions = init_db(make_engine(settings.db_url))
     me = f"{socket.gethostname()}:{os.getpid()}"
@@ -146,19 +186,85 @@ def run(job_id: str, settings: Settings | None = None) -> str:
         finish(sessions, job_id, "failed", f"gave up after {settings.job_attempts} attempts")
         return "failed"
     labels = dataset_labels(sessions, job.owner)
-    recorder = DatabaseRecorder(sessions, job_id, me, settings.heartbeat_s, labels)
     try:
         spec = resolve_spec(sessions, job, settings)
+    except Exception as err:  # a dataset deleted since submit, a model gone
+        finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels))
+        return "failed"
+    if spec.nproc == 1:
+        return _run_here(sessions, job_id, me, spec, labels, settings)
+    return _run_ranks(sessions, job, me, spec.nproc, settings)
+
+
+def _run_here(sessions: sessionmaker, job_id: str, me: str, spec: JobSpec, labels: dict[str, str],
+              settings: Settings) -> str:
+    """Train in this process (one rank)."""
+    from mol_engine.train import train
+
+    recorder = DatabaseRecorder(sessions, job_id, me, settings.heartbeat_s, labels)
+    try:
         result = train(spec, settings.runs_dir / job_id, [recorder], resume=True)
     except Exception as err:  # any failure becomes the job's error message
         recorder.close()
         finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels))
         return "failed"
     recorder.close()
-    if result.status == "cancelled" and os.getppid() != recorder._parent:
+    if result.status == "cancelled" and recorder.orphaned:
         return "orphaned"  # not a user's cancel: leave the job running for the next worker to resume
     finish(sessions, job_id, result.status)
     return result.status
+
+
+def torchrun_command(job_id: str, lease_owner: str, nproc: int, report: Path) -> list[str]:
+    """The command line that runs the ranks of ``job_id`` on this node (worker/ranks.py under torchrun)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+            "--max_restarts", "0", "-m", "worker.ranks", job_id, lease_owner, str(report)]
+
+
+def _run_ranks(sessions: sessionmaker, job: Job, me: str, nproc: int, settings: Settings) -> str:
+    """Run the job's ranks under torchrun (they see this worker's CUDA_VISIBLE_DEVICES), keeping the lease here.
+
+    If our worker dies, the ranks are ended and the job is left running for the reconciler to re-queue. If a
+    rank dies (or rank 0 lost a peer), the job is re-queued at once, or failed when its attempts are used up;
+    an error of the job itself on rank 0 fails it at once."""
+    heartbeat = LeaseHeartbeat(sessions, job.id, me, settings.heartbeat_s)
+    parent = os.getppid()
+    with tempfile.TemporaryDirectory(prefix="mol-ranks-") as folder:
+        report = Path(folder) / "rank0.json"
+        # stdout to stderr: our own stdout carries only our last word, which the task reads
+        ranks = subprocess.Popen(torchrun_command(job.id, me, nproc, report), stdout=sys.stderr)
+        signal.signal(signal.SIGTERM, lambda *_: _stop_ranks(ranks, exit_after=True))
+        while ranks.poll() is None:
+            time.sleep(0.5)
+            if os.getppid() != parent:  # our worker is gone: stop every rank; a new worker resumes the job
+                _stop_ranks(ranks)
+                heartbeat.close()
+                return "orphaned"
+        heartbeat.close()
+        word = json.loads(report.read_text()) if report.is_file() else {}
+    if ranks.returncode == 0 and word.get("status") in ("succeeded", "cancelled", "failed"):
+        finish(sessions, job.id, word["status"], word.get("error"))
+        return word["status"]
+    if word.get("status") == "error" and not word.get("peer_lost"):  # the job's own fault: retrying won't help
+        finish(sessions, job.id, "failed", word["error"])
+        return "failed"
+    reason = word.get("error") or f"a process of the job ended unexpectedly (torchrun exit code {ranks.returncode})"
+    if job.attempt >= settings.job_attempts:
+        finish(sessions, job.id, "failed", f"{reason}; gave up after {settings.job_attempts} attempts")
+        return "failed"
+    return "requeued" if requeue(sessions, job.id, me, reason) else "skipped"
+
+
+def _stop_ranks(ranks: subprocess.Popen, exit_after: bool = False, wait_s: float = 10) -> None:
+    """End torchrun, which ends its ranks (each in a session of its own); SIGKILL after ``wait_s``."""
+    if ranks.poll() is None:
+        ranks.terminate()
+        try:
+            ranks.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            ranks.kill()
+    if exit_after:
+        sys.exit(143)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ The task starts the engine in a child process with its own process group (``pyth
 watches it, and, when the user cancels, gives it ``cancel_grace_s`` to stop cooperatively before ending the
 whole group. Killing the worker kills the child too (it notices its parent is gone); the job stays
 ``running`` with a dead lease, and the reconciler of the next worker start re-queues it to resume.
+
+Each job has at most one message waiting in the broker: the reconciler sends one only for a job that needs it
+(re-queued from a dead lease, or queued for longer than ``lease_timeout_s``) and whose message the broker no
+longer holds (a Redis wipe, a send that failed, a delivery to a worker that died). A stale delivery costs a
+database read: the task starts no process for a job that has ended or runs under a live lease.
 """
 
 from __future__ import annotations
@@ -16,17 +21,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from celery import signals
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from api.db import Job, WorkerSeen, init_db, make_engine, utcnow
 from api.leases import lease_is_dead
 from api.settings import Settings
 
 from .celery_app import app
-from .queue import TASK_NAME
+from .queue import TASK_NAME, queue_for, waiting_job_ids
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +45,14 @@ def _settings() -> Settings:
 def run_job(self, job_id: str) -> str:
     """Run ``job_id`` in a child process until it ends; returns the runner's final word."""
     settings = _settings()
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions() as db:
+        job = db.get(Job, job_id)
+        if _is_stale_delivery(job, settings):
+            return "skipped"
+        nproc = _nproc(job)
     child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id], start_new_session=True,
                              stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-    sessions = init_db(make_engine(settings.db_url))
     cancel_seen: float | None = None
     while child.poll() is None:
         time.sleep(0.5)
@@ -54,7 +65,24 @@ def run_job(self, job_id: str) -> str:
             _mark_cancelled(sessions, job_id)
             return "cancelled"
     out = (child.stdout.read() if child.stdout else "").strip().splitlines()
-    return out[-1] if out else f"exit {child.returncode}"
+    word = out[-1] if out else f"exit {child.returncode}"
+    if word == "requeued":  # a rank died: the runner put the job back in the queue to resume
+        _send(_task_enqueue, job_id, nproc)
+    return word
+
+
+def _is_stale_delivery(job: Job | None, settings: Settings) -> bool:
+    """Whether a delivered message is certainly not runnable: its job is gone or ended, or runs under a live lease.
+    (Whether we may run it is decided by the runner's lease; this only spares starting a process for nothing.)"""
+    if job is None or job.status not in ("queued", "running"):
+        return True
+    heartbeat = job.heartbeat_at.replace(tzinfo=utcnow().tzinfo) if job.heartbeat_at else None
+    return job.status == "running" and not lease_is_dead(job.lease_owner, heartbeat, settings.lease_timeout_s)
+
+
+def _nproc(job: Job) -> int:
+    """The processes ``job`` asks for (specs stored before the field existed ask for one)."""
+    return int((job.spec or {}).get("nproc", 1))
 
 
 def _end_group(child: subprocess.Popen) -> None:
@@ -77,30 +105,48 @@ def _mark_cancelled(sessions, job_id: str) -> None:
             job.status, job.finished_at, job.lease_owner = "cancelled", utcnow(), None
 
 
-def reconcile(settings: Settings | None = None) -> list[str]:
-    """Re-queue jobs left behind: running with a dead lease, or queued for long without being picked up."""
+def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | None = None) -> list[str]:
+    """Re-queue jobs left behind (running with a dead lease, or queued for long without being picked up) and send
+    a message for each whose message the broker does not hold, with ``enqueue(job_id, nproc=N)`` (default: this
+    worker's broker); returns the ids sent."""
     settings = settings or _settings()
     sessions = init_db(make_engine(settings.db_url))
     stuck_since = utcnow() - timedelta(seconds=settings.lease_timeout_s)
-    requeued = []
+    candidates: dict[str, int] = {}
     with sessions.begin() as db:
         jobs = db.scalars(select(Job).where(or_(Job.status == "running", Job.status == "queued")))
         for job in jobs:
             heartbeat = job.heartbeat_at.replace(tzinfo=utcnow().tzinfo) if job.heartbeat_at else None
             if job.status == "running" and lease_is_dead(job.lease_owner, heartbeat, settings.lease_timeout_s):
                 job.status, job.lease_owner, job.queued_at = "queued", None, utcnow()
-                requeued.append(job.id)
+                candidates[job.id] = _nproc(job)
             elif job.status == "queued" and job.queued_at.replace(tzinfo=utcnow().tzinfo) < stuck_since:
-                job.queued_at = utcnow()
-                requeued.append(job.id)
-    return [job_id for job_id in requeued if _send(job_id)]
-
-
-def _send(job_id: str) -> bool:
-    """Whether the broker took ``job_id``. When it refuses (Redis down), the job stays ``queued`` in the database
-    and a later pass sends it again, once it has waited ``lease_timeout_s`` more."""
+                candidates[job.id] = _nproc(job)
+    if not candidates:
+        return []
     try:
-        run_job.delay(job_id)
+        waiting = waiting_job_ids(settings)  # None: a broker whose queues cannot be read; send them all
+    except Exception:  # any broker client error: nothing can be sent now; the reconciler thread must live on
+        log.exception("could not read the job queues; the next reconcile pass will try again")
+        return []
+    lost = [job_id for job_id in candidates if waiting is None or job_id not in waiting]
+    sent = [job_id for job_id in lost if _send(enqueue or _task_enqueue, job_id, candidates[job_id])]
+    if sent:
+        with sessions.begin() as db:  # the next grace period counts from this send
+            db.execute(update(Job).where(Job.id.in_(sent), Job.status == "queued").values(queued_at=utcnow()))
+    return sent
+
+
+def _task_enqueue(job_id: str, nproc: int = 1) -> None:
+    """Queue ``job_id`` on this worker's broker, on the queue of its process count."""
+    run_job.apply_async(args=[job_id], queue=queue_for(nproc))
+
+
+def _send(enqueue: Callable[..., None], job_id: str, nproc: int) -> bool:
+    """Whether the broker took ``job_id``. When it refuses (Redis down), the job stays ``queued`` in the database
+    and a later pass sends it again, once it has waited ``lease_timeout_s``."""
+    try:
+        enqueue(job_id, nproc=nproc)
     except Exception:  # any broker client error; the reconciler thread must outlive the outage
         log.exception("could not re-queue job %s; the next reconcile pass will try again", job_id)
         return False
@@ -119,7 +165,7 @@ def _reconcile_on_start(**_kwargs) -> None:
         last_reconcile = time.monotonic()
         while True:
             with sessions.begin() as db:
-                db.merge(WorkerSeen(name=name, last_seen=utcnow()))
+                db.merge(WorkerSeen(name=name, last_seen=utcnow(), capacity=settings.worker_capacity))
             if time.monotonic() - last_reconcile > max(5.0, settings.lease_timeout_s / 2):
                 reconcile(settings)
                 last_reconcile = time.monotonic()

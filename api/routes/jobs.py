@@ -17,7 +17,7 @@ from ..disk import tree_bytes
 from ..job_store import KeyReused, create_job, page_of_jobs, withdraw_job
 from ..schemas import JobOut, JobPage, JobSummary
 from ..stream import job_stream
-from ..validation import available_models, check_references
+from ..validation import available_models, check_references, largest_nproc, nproc_problem
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 # The database compares it with a 32-bit column: a larger one is a 422 naming it, not a 500
@@ -50,6 +50,7 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
         raise HTTPException(422, format_validation_error(err)) from None
     owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
     problems = check_references(spec, owned, available_models(svc.settings))
+    problems += nproc_problem(spec.nproc, largest_nproc(db, svc.settings))
     db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(problems))
@@ -66,9 +67,11 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
 
 
 def _hand_to_workers(svc: Services, job: Job) -> None:
-    """Enqueue ``job``; when the broker refuses, withdraw the job (503) unless a worker already started it."""
+    """Enqueue ``job`` on the queue of its process count; when the broker refuses, withdraw the job (503) unless a
+    worker already started it. One-process jobs go to the default queue: an ``enqueue(job_id)`` serves them."""
+    nproc = job.spec.get("nproc", 1)
     try:
-        svc.enqueue(job.id)
+        svc.enqueue(job.id, **({"nproc": nproc} if nproc > 1 else {}))
     except Exception as err:  # any broker client error: connection refused, timeout, auth
         if withdraw_job(svc.sessions, job.id):
             raise HTTPException(503, f"the job queue is unavailable ({type(err).__name__}); no job was created: "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.cli import worker_command, worker_env
 from api.settings import Settings
 
 REDIS_DB = 11
@@ -41,12 +41,12 @@ class Workers:
         self.log_dir = log_dir
         self.procs: list[subprocess.Popen] = []
 
-    def start(self) -> subprocess.Popen:
+    def start(self, procs: int | None = None) -> subprocess.Popen:
+        """A worker as ``mol worker --procs N`` starts one (capacity 1 without ``procs``)."""
         log = (self.log_dir / f"worker-{len(self.procs)}.log").open("w")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
-             "--loglevel=info", "-n", f"test{len(self.procs)}@%h"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+            worker_command(Settings(), f"test{len(self.procs)}"), env=self.env | worker_env(procs=procs),
+            stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
         self.procs.append(proc)
         return proc
 
@@ -71,6 +71,26 @@ def api(service_env, monkeypatch):
     with TestClient(create_app(Settings())) as client:
         client.headers["Authorization"] = f"Bearer {TOKEN}"
         yield client
+
+
+@pytest.fixture
+def submit(api, corpora):
+    """submit(**spec fields) -> the new job's id (or, with ``expect`` a 4xx, the answer's detail)."""
+    ids = {}
+    for purpose in ("domain", "general", "eval"):
+        with open(corpora[purpose], "rb") as handle:
+            response = api.post("/v1/datasets", data={"purpose": purpose}, files={"file": ("x.jsonl", handle)})
+        ids[purpose] = response.json()["id"]
+
+    def send(expect: int = 201, **extra) -> str:
+        spec = {"name": "w", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
+                "eval_data": ids["eval"], "seq_len": 32, "batch_size": 4, "lr": 3e-3, "max_steps": 6,
+                "eval_every": 3, "save_every": 2, "eval_batches": 1, "qa_max_new_tokens": 2} | extra
+        response = api.post("/v1/jobs", json=spec)
+        assert response.status_code == expect, response.text
+        return response.json()["id"] if expect == 201 else response.json()["detail"]
+
+    return send
 
 
 def _wait_for(predicate, timeout: float = 120, every: float = 0.2, what: str = "condition"):

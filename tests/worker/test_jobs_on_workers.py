@@ -2,28 +2,7 @@ import json
 import os
 import signal
 
-import pytest
-
 from api.db import Job
-
-
-@pytest.fixture
-def submit(api, corpora):
-    ids = {}
-    for purpose in ("domain", "general", "eval"):
-        with open(corpora[purpose], "rb") as handle:
-            response = api.post("/v1/datasets", data={"purpose": purpose}, files={"file": ("x.jsonl", handle)})
-        ids[purpose] = response.json()["id"]
-
-    def send(**extra) -> str:
-        spec = {"name": "w", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
-                "eval_data": ids["eval"], "seq_len": 32, "batch_size": 4, "lr": 3e-3, "max_steps": 6,
-                "eval_every": 3, "save_every": 2, "eval_batches": 1, "qa_max_new_tokens": 2} | extra
-        response = api.post("/v1/jobs", json=spec)
-        assert response.status_code == 201, response.text
-        return response.json()["id"]
-
-    return send
 
 
 def status(api, job_id):

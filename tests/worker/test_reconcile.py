@@ -1,31 +1,78 @@
-"""The reconciler when the broker is down: the job it re-queues stays queued, and a later pass sends it."""
+"""The reconciler: when the broker is down, the job it re-queues stays queued and a later pass sends it; a job
+whose message waits in the broker is never sent again (the queue does not grow), and a Redis wipe loses none."""
 
+import os
+import socket
 from datetime import timedelta
 
+import redis
 from sqlalchemy import update
 
 from api.db import Job, init_db, make_engine, utcnow
 from api.settings import Settings
 from worker import tasks
+from worker.queue import celery_enqueue
 
 
-def test_a_refused_resend_keeps_the_job_queued_for_the_next_pass(tmp_path, monkeypatch):
+def test_a_refused_resend_keeps_the_job_queued_for_the_next_pass(tmp_path):
     settings = Settings(home=tmp_path, lease_timeout_s=60)
     sessions = init_db(make_engine(settings.db_url))
     with sessions.begin() as db:  # its worker died an hour ago
         db.add(Job(id="job_orphan", owner="a", name="a", spec={}, max_steps=1, status="running",
                    lease_owner="gone-host:1", heartbeat_at=utcnow() - timedelta(hours=1)))
 
-    def broker_down(_job_id: str) -> None:
+    def broker_down(_job_id: str, nproc: int = 1) -> None:
         raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    monkeypatch.setattr(tasks.run_job, "delay", broker_down)
-    assert tasks.reconcile(settings) == []  # refused, without ending the reconciler's thread
+    assert tasks.reconcile(settings, broker_down) == []  # refused, without ending the reconciler's thread
     with sessions() as db:
         assert db.get(Job, "job_orphan").status == "queued"
     sent: list[str] = []
-    monkeypatch.setattr(tasks.run_job, "delay", sent.append)
-    assert tasks.reconcile(settings) == [] and sent == []  # not re-sent before it has waited lease_timeout_s
-    with sessions.begin() as db:
+    assert tasks.reconcile(settings, lambda job_id, nproc=1: sent.append(job_id)) == [] and sent == []
+    with sessions.begin() as db:  # not re-sent before it has waited lease_timeout_s
         db.execute(update(Job).values(queued_at=utcnow() - timedelta(minutes=5)))
-    assert tasks.reconcile(settings) == ["job_orphan"] and sent == ["job_orphan"]
+    assert tasks.reconcile(settings, lambda job_id, nproc=1: sent.append(job_id)) == ["job_orphan"]
+    assert sent == ["job_orphan"]
+
+
+def test_jobs_waiting_behind_a_long_one_are_sent_once_and_again_only_after_a_broker_wipe(tmp_path, service_env):
+    broker = redis.Redis.from_url(service_env["MOL_BROKER_URL"])  # flushed by service_env
+    settings = Settings(home=tmp_path, broker_url=service_env["MOL_BROKER_URL"], lease_timeout_s=60)
+    sessions = init_db(make_engine(settings.db_url))
+    enqueue = celery_enqueue(settings)  # the API's: real messages in Redis
+    waiting = {"job_a": 1, "job_b": 1, "job_c": 2}
+    with sessions.begin() as db:  # a long job runs (its runner is this live process) while three wait
+        db.add(Job(id="job_long", owner="a", name="a", spec={}, max_steps=1, status="running",
+                   lease_owner=f"{socket.gethostname()}:{os.getpid()}", heartbeat_at=utcnow()))
+        for job_id, nproc in waiting.items():
+            db.add(Job(id=job_id, owner="a", name="a", spec={"nproc": nproc}, max_steps=1))
+    for job_id, nproc in waiting.items():
+        enqueue(job_id, nproc=nproc)
+
+    def queued() -> tuple[int, int]:
+        return broker.llen("mol-jobs"), broker.llen("mol-jobs-2")
+
+    for _ in range(3):  # each pass after they have waited longer than the lease timeout
+        with sessions.begin() as db:
+            db.execute(update(Job).where(Job.status == "queued").values(queued_at=utcnow() - timedelta(minutes=5)))
+        assert tasks.reconcile(settings, enqueue) == []
+        assert queued() == (2, 1)  # not 3 -> 6 -> 9
+    broker.flushdb()  # Redis restarted empty: every waiting job is sent again, once
+    with sessions.begin() as db:
+        db.execute(update(Job).where(Job.status == "queued").values(queued_at=utcnow() - timedelta(minutes=5)))
+    assert sorted(tasks.reconcile(settings, enqueue)) == ["job_a", "job_b", "job_c"]
+    assert queued() == (2, 1)
+    with sessions.begin() as db:
+        db.execute(update(Job).where(Job.status == "queued").values(queued_at=utcnow() - timedelta(minutes=5)))
+    assert tasks.reconcile(settings, enqueue) == [] and queued() == (2, 1)
+
+
+def test_the_filesystem_broker_is_read_too(tmp_path):
+    settings = Settings(home=tmp_path, lease_timeout_s=60)
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions.begin() as db:
+        db.add(Job(id="job_fs", owner="a", name="a", spec={}, max_steps=1,
+                   queued_at=utcnow() - timedelta(minutes=5)))
+    celery_enqueue(settings)("job_fs")
+    assert tasks.reconcile(settings, celery_enqueue(settings)) == []
+    assert len(list((settings.broker_dir / "out").glob("*.msg"))) == 1

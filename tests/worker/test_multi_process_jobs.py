@@ -1,0 +1,89 @@
+"""Jobs on several processes through the service: a worker started as ``mol worker --procs 2`` runs an
+``nproc: 2`` job under torchrun (CPU, gloo); rank 0 alone records; cancel ends every rank; a job larger than
+every worker is refused at submit."""
+
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from api.db import SCHEMA_VERSION, Base, SchemaVersion, WorkerSeen, init_db, make_engine
+
+
+def status(api, job_id):
+    return api.get(f"/v1/jobs/{job_id}").json()
+
+
+def processes_of(job_id: str) -> list[int]:
+    """Pids of the live processes whose command line names ``job_id`` (runner, torchrun, ranks)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            named = entry.name.isdigit() and job_id.encode() in (entry / "cmdline").read_bytes()
+            if named and (entry / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def no_process_left(job_id: str, within_s: float = 10) -> bool:
+    deadline = time.monotonic() + within_s
+    while processes_of(job_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return processes_of(job_id) == []
+
+
+def largest_worker(api) -> int | None:
+    with api.app.state.services.sessions() as db:
+        return db.scalar(select(func.max(WorkerSeen.capacity)))
+
+
+def test_a_job_larger_than_every_worker_is_refused_at_submit(api, submit):
+    detail = submit(expect=422, nproc=2)
+    assert "nproc: 2 processes asked, but the largest worker runs 1" in detail
+
+
+@pytest.fixture
+def two_process_worker(api, workers, wait_for):
+    """A worker started as ``mol worker --procs 2``, once the API can see its capacity."""
+    workers.start(procs=2)
+    wait_for(lambda: largest_worker(api) == 2, timeout=60, what="the worker of capacity 2 to be seen")
+
+
+def test_a_two_process_job_runs_with_metrics_from_rank_0_only(api, two_process_worker, submit, wait_for):
+    assert "the largest worker runs 2" in submit(expect=422, nproc=3)
+    job_id = submit(nproc=2, max_steps=3, eval_every=3, save_every=3)
+    job = wait_for(lambda: (j := status(api, job_id))["status"] in ("succeeded", "failed") and j, what="job end")
+    assert job["status"] == "succeeded", job["error"]
+    steps = [p["step"] for p in api.get(f"/v1/jobs/{job_id}/metrics").json() if "train/loss" in p]
+    assert steps == [1, 2, 3]  # one point per step: rank 1 recorded nothing
+    kinds = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events").json()]
+    assert kinds.count("config") == 1 and kinds.count("succeeded") == 1
+    assert job["attempt"] == 1
+    assert no_process_left(job_id)
+
+
+def test_cancel_ends_every_rank(api, two_process_worker, submit, wait_for):
+    job_id = submit(nproc=2, max_steps=5000, save_every=1000, eval_every=1000)
+    wait_for(lambda: status(api, job_id)["step"] >= 2, what="job to reach step 2")
+    assert len(processes_of(job_id)) >= 4  # runner, torchrun, two ranks
+    assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
+    job = wait_for(lambda: (j := status(api, job_id))["status"] != "running" and j, timeout=15, what="cancel")
+    assert job["status"] == "cancelled" and job["step"] < 5000
+    assert no_process_left(job_id)
+
+
+def test_a_version_3_database_gains_worker_capacity(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'mol.db'}")
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:  # the shape version 3 left behind, with a worker seen
+        conn.execute(text("ALTER TABLE workers_seen DROP COLUMN capacity"))
+        conn.execute(text("INSERT INTO workers_seen (name, last_seen) VALUES ('old', '2026-01-01 00:00:00')"))
+        conn.execute(text("INSERT INTO schema_version (version) VALUES (3)"))
+    sessions = init_db(engine)
+    with sessions() as db:
+        assert db.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [4]
+        assert db.get(WorkerSeen, "old").capacity == 1
+    engine.dispose()

@@ -1,0 +1,63 @@
+"""One rank of a several-process job, started by the runner under torchrun:
+``python -m worker.ranks JOB_ID LEASE_OWNER REPORT``.
+
+Every rank trains; the engine hands callbacks to rank 0 only, so rank 0 alone records metrics and events and
+reads the cancel flag (the engine broadcasts its decision to stop). The lease and its heartbeat stay with the
+runner (LEASE_OWNER). Rank 0 writes how the run ended to REPORT as JSON (``status``, and ``error`` with
+``peer_lost`` when it failed), and the runner turns that into the job's state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from api.db import Job, init_db, make_engine
+from api.settings import Settings
+
+from .runner import DatabaseRecorder, dataset_labels, relabel, resolve_spec
+
+
+def lost_a_peer(err: BaseException) -> bool:
+    """Whether ``err`` is a collective failing because another rank is gone (not a fault of the job itself)."""
+    import torch.distributed as dist
+
+    text = str(err).lower()
+    return isinstance(err, dist.DistError) or any(
+        word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe"))
+
+
+def write_report(path: Path, word: dict) -> None:
+    """Writes ``word`` to ``path`` in one step (the runner never reads half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(word))
+    os.replace(tmp, path)
+
+
+def main(job_id: str, lease_owner: str, report: Path) -> int:
+    from mol_engine.train import train
+
+    settings = Settings()
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions() as db:
+        job = db.get(Job, job_id)
+    labels = dataset_labels(sessions, job.owner)
+    is_main = os.environ.get("RANK", "0") == "0"
+    recorder = DatabaseRecorder(sessions, job_id, lease_owner, None, labels) if is_main else None
+    try:
+        spec = resolve_spec(sessions, job, settings)
+        result = train(spec, settings.runs_dir / job_id, [recorder] if recorder else [], resume=True)
+    except Exception as err:  # the runner decides: fail the job, or resume it when a peer was lost
+        if is_main:
+            write_report(report, {"status": "error", "peer_lost": lost_a_peer(err),
+                                  "error": relabel(f"{type(err).__name__}: {err}", labels)})
+        raise
+    if is_main:
+        write_report(report, {"status": result.status})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], Path(sys.argv[3])))
