@@ -9,7 +9,6 @@ import argparse
 import hashlib
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -96,6 +95,12 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _end_by_finally(signum: int, _frame) -> None:
+    """SIGTERM ends `mol up` as Ctrl-C does, through its ``finally`` (uvicorn raises SIGTERM again after its own
+    graceful shutdown; with the default handler the process would die there, leaving its worker running)."""
+    raise SystemExit(0)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -103,6 +108,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     from .app import create_app
     from .db import init_db, make_engine
+    from .supervisor import Supervisor
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -113,18 +119,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     token = local_token(sessions, settings)
     if settings.demo_model:
         register_demo_datasets(sessions, settings, LOCAL_OWNER)
-    worker = subprocess.Popen(worker_command(settings, "local"), env=os.environ.copy())
-    app = create_app(settings)
-    print(f"MoL Studio is up: http://{args.host}:{args.port}/?token={token}", flush=True)
-    print(f"API: Authorization: Bearer {token}   (docs at http://{args.host}:{args.port}/docs)", flush=True)
+    signal.signal(signal.SIGTERM, _end_by_finally)
+    worker = Supervisor(worker_command(settings, "local"), env=os.environ.copy()).start()  # restarted if it dies
     try:
+        app = create_app(settings)
+        print(f"MoL Studio is up: http://{args.host}:{args.port}/?token={token}", flush=True)
+        print(f"API: Authorization: Bearer {token}   (docs at http://{args.host}:{args.port}/docs)", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        worker.stop()  # SIGTERM, and wait for it (killed after 30 s)
     return 0
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import tarfile
+import time
 from pathlib import Path
 
 import torch
@@ -68,3 +71,40 @@ def test_restart_keeps_the_token_and_survives_deleting_a_demo_dataset(start_serv
     with start_service() as second:  # the same MOL_HOME started again
         assert second.token == first.token
         assert {d["purpose"] for d in second.client.get("/v1/datasets").json()} == {"domain", "general", "eval"}
+
+
+def _new_worker_pid(client, not_pid: int | None = None, timeout: float = 120) -> int:
+    """The pid of a worker that /healthz lists as seen, other than ``not_pid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in client.get("/healthz").json()["workers"]:
+            pid = int(worker["name"].rsplit(":", 1)[1])
+            if pid != not_pid:
+                return pid
+        time.sleep(0.2)
+    raise AssertionError(f"no worker other than {not_pid} was seen within {timeout} s")
+
+
+def _state(pid: int) -> str | None:
+    """The process's state letter (Z: a <defunct> zombie), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def test_mol_up_restarts_a_killed_worker_and_stops_it_on_sigterm(start_service, monkeypatch):
+    monkeypatch.setenv("MOL_HEARTBEAT_S", "0.5")  # workers show in /healthz within a second
+    monkeypatch.setenv("MOL_DEMO_MODEL", "false")  # no demo to build: this test runs no job
+    with start_service() as up:
+        first = _new_worker_pid(up.client)
+        os.kill(first, signal.SIGKILL)
+        second = _new_worker_pid(up.client, not_pid=first, timeout=60)
+        assert _state(first) is None  # reaped by mol up, not left <defunct>
+        assert "worker exited (-9); restarting it in 1 s" in up.log.read_text()
+        mol_up = int(Path(f"/proc/{second}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the worker's parent
+        os.kill(mol_up, signal.SIGTERM)  # to `mol up` alone, as `docker stop` or systemd send it
+        deadline = time.monotonic() + 60
+        while _state(second) is not None or _state(mol_up) not in ("Z", None):
+            assert time.monotonic() < deadline, "mol up or its worker outlived SIGTERM"
+            time.sleep(0.2)

@@ -1,0 +1,86 @@
+"""How `mol up` keeps its worker: restarted with backoff whenever it dies (and reaped, never left <defunct>),
+asked to stop with SIGTERM on shutdown and waited for, killed only if it does not stop in time."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Supervisor:
+    """Runs ``command`` and starts it again each time it exits, until :meth:`stop`.
+
+    The pause before a restart doubles from ``first_backoff_s`` up to ``max_backoff_s`` while the process keeps
+    dying young, and starts over once it has lived ``healthy_after_s``.
+    """
+
+    def __init__(self, command: list[str], env: dict[str, str] | None = None, first_backoff_s: float = 1.0,
+                 max_backoff_s: float = 30.0, healthy_after_s: float = 60.0, stop_timeout_s: float = 30.0,
+                 say: Callable[[str], None] = _say) -> None:
+        self.command, self.env, self.say = command, env, say
+        self.first_backoff_s, self.max_backoff_s = first_backoff_s, max_backoff_s
+        self.healthy_after_s, self.stop_timeout_s = healthy_after_s, stop_timeout_s
+        self.pauses: list[float] = []  # each pause taken before a restart, in order
+        self.proc: subprocess.Popen | None = None
+        self._lock = threading.Lock()  # a restart and a stop never interleave
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="mol-worker-supervisor", daemon=True)
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the process running now (None before start)."""
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> Supervisor:
+        self.proc = subprocess.Popen(self.command, env=self.env)
+        self._thread.start()
+        return self
+
+    def next_pause(self, lived_s: float) -> float:
+        """The pause before the next restart of a process that lived ``lived_s``."""
+        if lived_s >= self.healthy_after_s or not self.pauses:
+            return self.first_backoff_s
+        return min(self.pauses[-1] * 2, self.max_backoff_s)
+
+    def _watch(self) -> None:
+        while True:
+            started = time.monotonic()
+            code = self.proc.wait()  # reaps it
+            if self._stopping.is_set():
+                return
+            pause = self.next_pause(time.monotonic() - started)
+            self.pauses.append(pause)
+            self.say(f"worker exited ({code}); restarting it in {pause:g} s")
+            if self._stopping.wait(pause):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.proc = subprocess.Popen(self.command, env=self.env)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        """Stops supervising, sends ``sig`` to the process and waits ``stop_timeout_s`` for it (then SIGKILL);
+        returns its exit code (None if it was never started)."""
+        self._stopping.set()
+        with self._lock:
+            proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.say(f"worker did not stop within {self.stop_timeout_s:g} s; killing it")
+                proc.kill()
+                proc.wait()
+        self._thread.join(timeout=5)
+        return proc.returncode
