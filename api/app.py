@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from .db import init_db, make_engine
 from .deps import Services
 from .logs import install_redaction
+from .openapi_docs import install_docs
 from .routes import checkpoints, datasets, jobs, misc, session, uploads
 from .settings import Settings
 from .sweeper import LeaseSweeper
@@ -46,7 +47,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         from worker.queue import celery_enqueue
 
         enqueue = celery_enqueue(settings)
-    app = FastAPI(title="MoL Studio", version="1", docs_url="/docs", lifespan=_lifespan)
+    app = FastAPI(title="MoL Studio", version="1", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.services = Services(settings=settings, sessions=sessions, enqueue=enqueue)
     app.state.tails = {}  # job id -> JobTail: one database tail per watched job (api.stream)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
                            allow_methods=["*"], allow_headers=["*"])
     for module in (misc, session, datasets, uploads, jobs, checkpoints):
         app.include_router(module.router)
+    install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"
     if frontend.is_dir():
         from fastapi.staticfiles import StaticFiles

@@ -22,6 +22,7 @@ from starlette.requests import Request
 
 from .db import MAX_SEQ, Job, JobEvent, MetricPoint
 from .deps import Services
+from .schemas import utc_iso
 
 FINAL = ("succeeded", "failed", "cancelled")
 PAGE = 5000  # rows per read
@@ -57,8 +58,8 @@ def read_since(svc: Services, job_id: str, after_metric: int, after_event: int, 
                             .order_by(JobEvent.seq).limit(limit))
         return Batch(status,
                      [{"seq": r.seq, "step": r.step, **r.values} for r in metrics],
-                     [{"seq": r.seq, "step": r.step, "kind": r.kind, "message": r.message, "data": r.data}
-                      for r in events])
+                     [{"seq": r.seq, "step": r.step, "kind": r.kind, "message": r.message, "data": r.data,
+                       "created_at": utc_iso(r.created_at)} for r in events])
 
 
 def _positions(svc: Services, job_id: str) -> tuple[int, int]:

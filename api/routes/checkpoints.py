@@ -18,10 +18,10 @@ from mol_engine.export import ExportError, export_checkpoint, is_adapter
 
 from ..deps import DB, Owner, Svc
 from ..disk import tree_bytes
-from ..schemas import CheckpointOut
+from ..schemas import TARBALL, CheckpointOut, errors
 from .jobs import owned_job
 
-router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"])
+router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"], responses=errors(401, 404, 422))
 
 
 @router.get("", response_model=list[CheckpointOut])
@@ -80,7 +80,8 @@ def _tar_stream(directory: Path, arcname: str, cleanup: Path | None) -> Iterator
     yield from pipe
 
 
-@router.get("/{name}/download")
+@router.get("/{name}/download", response_class=StreamingResponse, responses={
+    200: {"content": TARBALL, "description": "a Hugging Face directory as a streamed .tar.gz"}} | errors(409))
 def download_checkpoint(job_id: str, name: str, owner: Owner, db: DB, svc: Svc, format: str = "merged"):
     owned_job(db, owner, job_id)
     if not re.fullmatch(r"step-\d+", name):

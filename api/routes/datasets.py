@@ -14,14 +14,15 @@ from mol_engine.token_store import cache_root
 from ..dataset_store import keep_dataset, owns_file
 from ..db import Dataset, Job, is_id
 from ..deps import DB, Owner, StreamOwner, Svc
-from ..schemas import DatasetOut
+from ..schemas import DATASET_FORM, DatasetOut, errors
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
 from ..validation import ACTIVE, dataset_refs
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 
 
-@router.post("", status_code=201, response_model=DatasetOut)
+@router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_FORM,
+             responses=errors(403, 413, 507))
 async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc) -> Dataset:
     try:
         upload = await receive_upload(request, svc.settings.datasets_dir, svc.settings.max_upload_bytes)
@@ -49,12 +50,12 @@ def owned_dataset(db, owner: str, dataset_id: str) -> Dataset:
     return dataset
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut)
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=errors(404))
 def get_dataset(dataset_id: str, owner: Owner, db: DB) -> Dataset:
     return owned_dataset(db, owner, dataset_id)
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete("/{dataset_id}", status_code=204, responses=errors(403, 404, 409))
 def delete_dataset(dataset_id: str, owner: Owner, db: DB, svc: Svc) -> None:
     """Deletes the dataset, and its file and token stores when the store made them (not the demo's own)."""
     dataset = owned_dataset(db, owner, dataset_id)

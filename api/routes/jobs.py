@@ -15,11 +15,11 @@ from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
 from ..deps import DB, Owner, Services, Svc
 from ..disk import tree_bytes
 from ..job_store import KeyReused, create_job, page_of_jobs, withdraw_job
-from ..schemas import JobOut, JobPage, JobSummary
+from ..schemas import SSE, EventOut, JobOut, JobPage, JobSummary, MetricPointOut, errors, json_body, utc_iso
 from ..stream import job_stream
 from ..validation import available_models, check_references, largest_nproc, nproc_problem
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 # The database compares it with a 32-bit column: a larger one is a 422 naming it, not a 500
 After = Annotated[int, Query(ge=0, le=MAX_SEQ, description="only rows after this seq")]
 Limit = Annotated[int, Query(ge=1, le=200, description="jobs per page")]
@@ -40,8 +40,9 @@ def owned_job(db, owner: str, job_id: str) -> Job:
     return job
 
 
-@router.post("", status_code=201, response_model=JobOut,
-             responses={200: {"model": JobOut, "description": "the job made earlier with this Idempotency-Key"}})
+@router.post("", status_code=201, response_model=JobOut, openapi_extra=json_body(JobSpec),
+             responses={200: {"model": JobOut, "description": "the job made earlier with this Idempotency-Key"}}
+             | errors(400, 403, 409, 503))
 def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: Response,
                idempotency_key: IdemKey = None) -> JobOut:
     try:
@@ -90,14 +91,14 @@ def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None) -
                    first_id=jobs[0].id if jobs else None, last_id=jobs[-1].id if jobs else None)
 
 
-@router.get("/{job_id}", response_model=JobOut)
+@router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
     out = job_out(owned_job(db, owner, job_id))
     out.disk_bytes = tree_bytes(svc.settings.runs_dir / job_id)  # one job's directory: a walk of a few files
     return out
 
 
-@router.post("/{job_id}/cancel", response_model=JobOut)
+@router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(403, 404, 409))
 def cancel_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
     """Cancelled at once when nobody runs the job; a running one stops at its next step (api/job_store.py)."""
     owned_job(db, owner, job_id)
@@ -108,7 +109,7 @@ def cancel_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
         raise HTTPException(409, f"job '{job_id}' is already {ended}") from None
 
 
-@router.get("/{job_id}/metrics")
+@router.get("/{job_id}/metrics", responses={200: {"model": list[MetricPointOut], "content": SSE}} | errors(404))
 def job_metrics(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: After = 0):
     owned_job(db, owner, job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -119,7 +120,7 @@ def job_metrics(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, a
     return [{"seq": r.seq, "step": r.step, **r.values} for r in rows]
 
 
-@router.get("/{job_id}/events")
+@router.get("/{job_id}/events", responses={200: {"model": list[EventOut], "content": SSE}} | errors(404))
 def job_events(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: After = 0):
     owned_job(db, owner, job_id)
     if "text/event-stream" in request.headers.get("accept", ""):
@@ -127,4 +128,4 @@ def job_events(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, af
         return job_stream(request, svc, job_id, kinds=("metric", "event"))
     rows = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > after).order_by(JobEvent.seq))
     return [{"seq": r.seq, "step": r.step, "kind": r.kind, "message": r.message, "data": r.data,
-             "created_at": r.created_at.isoformat()} for r in rows]
+             "created_at": utc_iso(r.created_at)} for r in rows]

@@ -13,26 +13,26 @@ from mol_engine.spec import JobSpec
 from ..db import Job, WorkerSeen, utcnow
 from ..deps import Owner, Svc
 from ..leases import worker_alive_within_s
-from ..schemas import ModelOut
+from ..schemas import HealthOut, ModelOut, errors, utc_iso
 from ..validation import available_models, model_type
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=list[ModelOut], tags=["models"])
+@router.get("/v1/models", response_model=list[ModelOut], tags=["models"], responses=errors(401))
 def list_models(owner: Owner, svc: Svc) -> list[ModelOut]:
     """The base models on offer, by name and type (their paths on the server are not shown)."""
     return [ModelOut(id=name, model_type=model_type(path))
             for name, path in available_models(svc.settings).items() if (path / "config.json").is_file()]
 
 
-@router.get("/v1/jobspec", tags=["jobs"])
+@router.get("/v1/jobspec", tags=["jobs"], responses=errors(401))
 def job_spec_schema(owner: Owner) -> dict:
     """The JSON schema of a job spec, with every default: the dashboard builds its form from it."""
     return JobSpec.model_json_schema()
 
 
-@router.get("/healthz", tags=["health"])
+@router.get("/healthz", tags=["health"], responses={200: {"model": HealthOut, "description": "the report"}})
 def health(svc: Svc, response: Response) -> dict:
     """``ok``, or ``degraded`` with its ``reasons``: the database or the broker unreachable, or jobs waiting while
     no worker has been seen within ``MOL_LEASE_TIMEOUT_S``. HTTP 503 only when the database is unreachable (this
@@ -92,4 +92,4 @@ def workers_seen(sessions, within_s: float) -> list[dict]:
     since = utcnow() - timedelta(seconds=within_s)
     with sessions() as db:
         rows = db.scalars(select(WorkerSeen).where(WorkerSeen.last_seen >= since).order_by(WorkerSeen.name))
-        return [{"name": w.name, "last_seen": w.last_seen.isoformat()} for w in rows]
+        return [{"name": w.name, "last_seen": utc_iso(w.last_seen)} for w in rows]

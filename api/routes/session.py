@@ -6,11 +6,12 @@ from fastapi import APIRouter, Request, Response
 
 from ..auth import COOKIE
 from ..deps import Owner
+from ..schemas import SessionOut, errors
 
 router = APIRouter(tags=["session"])
 
 
-@router.post("/v1/session")
+@router.post("/v1/session", response_model=SessionOut, responses=errors(401, 403))
 def sign_in(owner: Owner, request: Request, response: Response) -> dict:
     """Checks the bearer token, sets it as a same-site HttpOnly cookie, and names its owner."""
     token = request.headers.get("authorization", "").partition(" ")[2].strip()

@@ -13,27 +13,26 @@ from .. import upload_state as state
 from ..dataset_store import keep_dataset
 from ..db import Dataset, Upload
 from ..deps import DB, Owner, StreamOwner, Svc
-from ..schemas import CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut
+from ..schemas import RAW_BODY, CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut, errors
 from ..upload import DiskFull
 from ..upload_parts import MAX_PARTS, TooLarge, assemble, receive_part
 
-router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
-RAW_BODY = {"requestBody": {"required": True, "content": {
-    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=errors(401, 422))
 Index = Annotated[int, Path(ge=0, lt=MAX_PARTS)]
 
 
-@router.post("", status_code=201, response_model=UploadOut)
+@router.post("", status_code=201, response_model=UploadOut, responses=errors(400, 403, 413))
 def create_upload(body: UploadIn, owner: Owner, db: DB, svc: Svc) -> Upload:
     return state.create_upload(db, owner, body, svc.settings)
 
 
-@router.get("/{upload_id}", response_model=UploadOut)
+@router.get("/{upload_id}", response_model=UploadOut, responses=errors(404))
 def get_upload(upload_id: str, owner: Owner, db: DB) -> Upload:
     return state.owned_upload(db, owner, upload_id)
 
 
-@router.put("/{upload_id}/parts/{index}", response_model=PartOut, openapi_extra=RAW_BODY)
+@router.put("/{upload_id}/parts/{index}", response_model=PartOut, openapi_extra=RAW_BODY,
+            responses=errors(400, 403, 404, 409, 413, 507))
 async def put_part(upload_id: str, index: Index, request: Request, owner: StreamOwner, svc: Svc) -> PartOut:
     room = await run_in_threadpool(state.room_for_part, svc.sessions, owner, upload_id, index)
     too_large = HTTPException(413, f"part {index}: more than the {room.left} bytes left of the {room.declared} "
@@ -62,7 +61,9 @@ async def put_part(upload_id: str, index: Index, request: Request, owner: Stream
     return PartOut(index=index, bytes=part.bytes, sha256=part.sha256)
 
 
-@router.post("/{upload_id}/complete", status_code=201, response_model=DatasetOut)
+@router.post("/{upload_id}/complete", status_code=201, response_model=DatasetOut,
+             responses={200: {"model": DatasetOut, "description": "completed before: the same dataset"}}
+             | errors(400, 403, 404, 409, 507))
 async def complete_upload(upload_id: str, body: CompleteIn, response: Response, owner: StreamOwner,
                           svc: Svc) -> Dataset:
     upload = await run_in_threadpool(state.begin_complete, svc.sessions, owner, upload_id, body.part_count)
@@ -94,6 +95,6 @@ async def _build_dataset(upload: Upload, expected: str | None, owner: str, svc: 
                               then=lambda db, dataset: state.finish(db, upload.id, dataset))
 
 
-@router.post("/{upload_id}/cancel", response_model=UploadOut)
+@router.post("/{upload_id}/cancel", response_model=UploadOut, responses=errors(403, 404, 409))
 def cancel_upload(upload_id: str, owner: Owner, db: DB, svc: Svc) -> Upload:
     return state.cancel_upload(db, owner, upload_id, svc.settings.uploads_dir)
