@@ -42,7 +42,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.uses_filesystem_broker:
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = init_db(make_engine(settings.db_url, **settings.pool_options()))
     if enqueue is None:
         from worker.queue import celery_enqueue
 

@@ -211,11 +211,15 @@ def _read_json(text: str) -> Any:
 JSON_CODEC = {"json_serializer": strict_dumps, "json_deserializer": _read_json}
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so the API and workers can share it."""
+def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20, pool_timeout_s: float = 30) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so the API and workers can share it.
+
+    The pool holds ``pool_size`` connections plus ``max_overflow`` more under load; a checkout waits at most
+    ``pool_timeout_s`` for one. No request holds one while it waits on its client (api/deps.py).
+    """
+    pool = {"pool_size": pool_size, "max_overflow": max_overflow, "pool_timeout": pool_timeout_s}
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20,
-                               max_overflow=20, **JSON_CODEC)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool, **JSON_CODEC)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:
@@ -225,7 +229,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20, **JSON_CODEC)
+    return create_engine(url, pool_pre_ping=True, **pool, **JSON_CODEC)
 
 
 def _widen_sizes(session: Session) -> None:

@@ -31,10 +31,16 @@ def session(svc: Annotated[Services, Depends(services)]) -> Iterator[Session]:
         yield db
 
 
+# Closed when the handler returns, before the response is sent (FastAPI's scope="function"): a client that
+# reads a response slowly, or a stream that stays open for hours, holds no pooled connection. One Depends
+# object, so that ``owner`` and ``DB`` share one session per request (the scope is part of the cache key).
+SESSION = Depends(session, scope="function")
+
+
 COOKIE_METHODS = frozenset({"GET", "HEAD"})  # reads, streams and downloads: what EventSource and links need
 
 
-def owner(request: Request, db: Annotated[Session, Depends(session)],
+def owner(request: Request, db: Annotated[Session, SESSION],
           svc: Annotated[Services, Depends(services)]) -> str:
     """The owner of the request's bearer token (or, on GET and HEAD only, of the dashboard's cookie).
 
@@ -62,8 +68,8 @@ def owner_unheld(request: Request, svc: Annotated[Services, Depends(services)]) 
 
 
 Owner = Annotated[str, Depends(owner)]
-# For handlers that stream a body or run long: a slow client must not hold a pooled connection, so they open
-# short sessions of their own (svc.sessions) before and after the long part.
+# For handlers that wait on a client inside the handler (reading a request body) or run long (a merge): they
+# take no DB and open short sessions of their own (svc.sessions) before and after the long part.
 StreamOwner = Annotated[str, Depends(owner_unheld)]
-DB = Annotated[Session, Depends(session)]
+DB = Annotated[Session, SESSION]
 Svc = Annotated[Services, Depends(services)]

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
         "processes (GPUs) this worker can give one job; `mol worker --gpus/--procs` sets it"))
     max_nproc: int = Field(1, ge=1, description=(
         "largest nproc accepted at submit even when no live worker is that large (workers started on demand)"))
+    db_pool_size: int = Field(20, ge=1, description="pooled database connections of one API process")
+    db_max_overflow: int = Field(20, ge=0, description="connections opened past the pool under load")
+    db_pool_timeout_s: float = Field(30, gt=0, description="how long a request waits for a free connection")
 
     @field_validator("cors_origins")
     @classmethod
@@ -87,3 +90,13 @@ class Settings(BaseSettings):
         """token -> owner from ``MOL_TOKENS`` ("alice:tok1,bob:tok2")."""
         pairs = (item.split(":", 1) for item in self.tokens.split(",") if ":" in item)
         return {token.strip(): owner.strip() for owner, token in pairs if token.strip() and owner.strip()}
+
+    def pool_options(self) -> dict[str, float]:
+        """make_engine's pool arguments (api/db.py)."""
+        return {"pool_size": self.db_pool_size, "max_overflow": self.db_max_overflow,
+                "pool_timeout_s": self.db_pool_timeout_s}
+
+    @property
+    def exports_dir(self) -> Path:
+        """Scratch space of merged LoRA downloads, each removed when its response ends."""
+        return self.home / "exports"
