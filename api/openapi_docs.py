@@ -19,6 +19,11 @@ from fastapi.staticfiles import StaticFiles
 from .schemas import component_schemas
 
 ASSETS = "/docs-assets"
+# The docs pages may load from this server only, so the browser refuses any other host before a request is made
+# (ReDoc's side menu links a logo on its CDN; refused, it shows its text alone)
+SAME_ORIGIN_ONLY = {"Content-Security-Policy": "; ".join((
+    "default-src 'self'", "script-src 'self' 'unsafe-inline'", "style-src 'self' 'unsafe-inline'",
+    "img-src 'self' data:", "font-src 'self' data:", "worker-src 'self' blob:"))}
 BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "a token from `mol token create`"}}
 
 
@@ -32,6 +37,11 @@ def complete_document(doc: dict) -> dict:
             if "401" in operation.get("responses", {}):
                 operation["security"] = [{name: []} for name in BEARER]
     return doc
+
+
+def same_origin_only(page: HTMLResponse) -> HTMLResponse:
+    page.headers.update(SAME_ORIGIN_ONLY)
+    return page
 
 
 def install_docs(app: FastAPI) -> None:
@@ -51,13 +61,13 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        return same_origin_only(get_swagger_ui_html(
             openapi_url=app.openapi_url, title=f"{app.title} API", swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css", swagger_favicon_url=f"{ASSETS}/favicon.png",
-            swagger_ui_parameters={"validatorUrl": None})  # no badge from the online validator
+            swagger_ui_parameters={"validatorUrl": None}))  # no badge from the online validator
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(openapi_url=app.openapi_url, title=f"{app.title} API",
-                              redoc_js_url=f"{ASSETS}/redoc.standalone.js", redoc_favicon_url=f"{ASSETS}/favicon.png",
-                              with_google_fonts=False)
+        return same_origin_only(get_redoc_html(
+            openapi_url=app.openapi_url, title=f"{app.title} API", redoc_js_url=f"{ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{ASSETS}/favicon.png", with_google_fonts=False))
