@@ -1,12 +1,19 @@
-"""Atomic training checkpoints, safetensors and JSON only (nothing is unpickled on resume).
+"""Atomic training checkpoints: safetensors and JSON, or, under FSDP, torch.distributed.checkpoint shards.
 
-Layout of ``checkpoints/step-N/``:
+Layout of ``checkpoints/step-N/`` with one process or DDP (written by rank 0):
     model/                   Hugging Face directory (full weights + tokenizer) or PEFT adapter (+ tokenizer)
     optimizer.safetensors    optimizer state tensors;   trainer_state.json: step, optimizer groups,
     rng.safetensors          torch RNG states;          scheduler, data position, spec
-A checkpoint is written to a temporary sibling (``.step-N-xxxx``) and renamed into place, so ``step-N`` exists
-only complete; only then are older ones pruned. A write that fails (a full disk) removes its temporary directory
-and raises :class:`CheckpointError`, leaving the earlier checkpoints as they were.
+Under FSDP (:func:`save_sharded_checkpoint`, every rank writes its own shards, nothing is gathered):
+    dcp/                     DCP checkpoint: trainable weights and optimizer tensors by parameter name, one
+                             ``__R_0.distcp`` file per rank R and a ``.metadata`` index
+    model/                   config (or adapter_config) + tokenizer, no weights: ``mol export`` gathers them
+    rng/rank-R.safetensors   each rank's RNG states;  trainer_state.json as above (optimizer groups by name)
+A checkpoint is written to a temporary sibling (``.step-N-xxxx``) and renamed into place (by rank 0, once every
+rank has written its part), so ``step-N`` exists only complete; only then are older ones pruned. A write that fails
+(a full disk) removes its temporary directory and raises :class:`CheckpointError` (on every rank), leaving the
+earlier checkpoints as they were. Nothing is unpickled on resume but DCP's ``.metadata`` index (torch's own
+format), read with an unpickler that admits DCP's metadata classes alone (:class:`MetadataReader`).
 """
 
 from __future__ import annotations
@@ -14,21 +21,28 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Collection
+import warnings
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 _STEP_DIR = re.compile(r"step-(\d+)")
 _OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors' Rust writer reports an OSError
 STATE_FILE = "trainer_state.json"
+SHARDS = "dcp"  # the torch.distributed.checkpoint directory of an FSDP checkpoint
+RNG_DIR = "rng"  # one RNG file per rank in an FSDP checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -61,13 +75,10 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer, optimizer: torch.optim.Optimizer,
                     scheduler, trainer_state: dict[str, Any], keep: int | None = None,
-                    protect: Collection[int] = (), model_state: dict[str, torch.Tensor] | None = None,
-                    optimizer_state: dict[str, Any] | None = None) -> Path:
+                    protect: Collection[int] = ()) -> Path:
     """Write ``checkpoints/step-{step}`` atomically and return its path; then prune (see :func:`prune_checkpoints`).
 
-    ``model_state`` and ``optimizer_state``, when given, are written instead of the model's and optimizer's own
-    state dicts (the full state gathered from an FSDP-sharded model). Raises :class:`CheckpointError` when the
-    write fails (e.g. a full disk), with nothing half-written left.
+    Raises :class:`CheckpointError` when the write fails (e.g. a full disk), with nothing half-written left.
     """
     root = Path(out_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
@@ -75,11 +86,8 @@ def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer,
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
     try:
-        _write(tmp, step, model, tokenizer, optimizer_state or optimizer.state_dict(), scheduler, trainer_state,
-               model_state)
-        if final.exists():  # a re-run of the same step after a resume: replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        _write(tmp, step, model, tokenizer, optimizer.state_dict(), scheduler, trainer_state)
+        _move_into_place(tmp, final)
     except (OSError, SafetensorError) as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointError(_write_failure(err, final)) from err
@@ -109,6 +117,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     """Restore model, optimizer, scheduler and RNG from ``path``; return the trainer state it saved."""
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
+    if is_sharded_checkpoint(path):
+        _load_shards(path, model, optimizer, state["optimizer_groups"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng(load_file(_rng_file(path)))
+        return state
     optimizer_state = _optimizer_state(load_file(path / "optimizer.safetensors"), state["optimizer_groups"])
     if _is_sharded(model):
         from .distributed import load_full_state
@@ -119,24 +132,204 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         _load_weights(path / "model", model, lora)
         optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(state["scheduler"])
-    rng = load_file(path / "rng.safetensors")
-    torch.set_rng_state(rng["cpu"])
-    if torch.cuda.is_available() and "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"])
+    _set_rng(load_file(path / "rng.safetensors"))
     return state
 
 
+def _set_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["cpu"])
+    if torch.cuda.is_available() and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"])
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint written under FSDP: DCP shards, and no weights in ``model/``."""
+    return (Path(path) / SHARDS / ".metadata").is_file()
+
+
+def save_sharded_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer,
+                            optimizer: torch.optim.Optimizer, scheduler, trainer_state: dict[str, Any],
+                            keep: int | None = None, protect: Collection[int] = ()) -> Path:
+    """Write ``checkpoints/step-{step}`` of an FSDP run without gathering: every rank calls this at once.
+
+    Each rank writes its shards of the trainable weights and the optimizer state (``torch.distributed.checkpoint``,
+    in parallel) and its RNG states into a temporary sibling; once all are done, rank 0 adds the model's config
+    (or adapter config) and tokenizer, the trainer state, and renames it into place, then prunes as
+    :func:`save_checkpoint` does. A failed write on any rank raises :class:`CheckpointError` on every rank, with
+    nothing half-written left. Returns the checkpoint's path.
+    """
+    from .distributed import sharded_state
+
+    rank = dist.get_rank()
+    root = Path(out_dir) / "checkpoints"
+    final, tmp = root / f"step-{step}", root / f".step-{step}-shards"
+    state = sharded_state(model, optimizer)
+    groups = state["optimizer"].pop("param_groups")  # JSON, in the trainer state: DCP would pickle them
+    if hasattr(model, "peft_config"):  # the adapter's name is in its parameters' names, not in the files PEFT writes
+        trainer_state = trainer_state | {"adapter_name": model.active_adapter}
+
+    def prepare() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(root)  # left by a killed writer; one writer per run directory, so none is live
+        (tmp / RNG_DIR).mkdir(parents=True)
+
+    def write_shards() -> None:
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp / SHARDS))
+        rng_file = tmp / RNG_DIR / f"rank-{rank}.safetensors"
+        save_file(_rng_tensors(), rng_file)
+        _fsync(rng_file)
+
+    def complete() -> None:
+        _write_description(tmp / "model", model, tokenizer)
+        _write_state(tmp, step, groups, scheduler, trainer_state)
+        _move_into_place(tmp, final)
+        prune_checkpoints(out_dir, keep, protect)
+
+    _on_every_rank(prepare if rank == 0 else None, final, tmp)
+    _on_every_rank(write_shards, final, tmp)
+    _on_every_rank(complete if rank == 0 else None, final, tmp)
+    return final
+
+
+class MetadataReader(dcp.FileSystemReader):
+    """DCP's file reader, its ``.metadata`` index unpickled admitting only DCP's metadata classes and the torch and
+    builtin types they hold (torch reads the shards themselves with ``torch.load(weights_only=True)``)."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any):
+        with open(Path(self.path) / ".metadata", "rb") as handle:
+            metadata = _MetadataUnpickler(handle).load()
+        if getattr(metadata, "storage_meta", None) is None:
+            from torch.distributed.checkpoint.metadata import StorageMeta
+
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Admits what DCP's ``Metadata`` holds: its own classes, tensor sizes, dtypes and layouts, the checkpoint's
+    path; any other global (a callable a crafted file would smuggle in) fails the read."""
+
+    ALLOWED = frozenset({
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+        ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"), ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
+    })
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch.distributed.checkpoint.metadata" or (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(value := getattr(torch, name, None), torch.dtype | torch.memory_format):
+            return value
+        raise pickle.UnpicklingError(f"DCP metadata names {module}.{name}, which a checkpoint index never holds")
+
+
+def _load_shards(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, groups: list[dict]) -> None:
+    """Fill the model's and optimizer's state (this rank's shards, or whole tensors without FSDP) from the DCP
+    checkpoint in ``path``, whatever number of ranks wrote it, and load it."""
+    from .distributed import load_sharded_state, sharded_state
+
+    state = sharded_state(model, optimizer)  # this rank's tensors, the shapes to read into
+    state["optimizer"].pop("param_groups")
+    _read_shards(state, path / SHARDS)
+    state["optimizer"]["param_groups"] = groups
+    load_sharded_state(model, optimizer, state)
+
+
+def read_sharded_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The whole trainable weights of an FSDP checkpoint by parameter name (every parameter with LoRA's adapter
+    alone), read from every rank's shards in this one process, without a process group."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    shards = Path(path) / SHARDS
+    index = MetadataReader(shards).read_metadata().state_dict_metadata
+    weights = {key.removeprefix("model."): torch.empty(meta.size, dtype=meta.properties.dtype)
+               for key, meta in index.items() if key.startswith("model.") and isinstance(meta, TensorStorageMetadata)}
+    _read_shards({"model": weights}, shards)
+    return weights
+
+
+def _read_shards(state: dict[str, Any], shards: Path) -> None:
+    """Fill ``state``'s tensors in place from the DCP checkpoint ``shards``: collectively under a process group,
+    else in this one process (DCP then warns that it assumes so: that is the intent)."""
+    single = not dist.is_initialized()
+    with warnings.catch_warnings():
+        if single:
+            warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, storage_reader=MetadataReader(shards), no_dist=single)
+
+
+def _rng_file(path: Path) -> Path:
+    """This rank's RNG file in an FSDP checkpoint, or rank 0's when it was written by fewer ranks."""
+    own = path / RNG_DIR / f"rank-{dist.get_rank() if dist.is_initialized() else 0}.safetensors"
+    return own if own.is_file() else path / RNG_DIR / "rank-0.safetensors"
+
+
+def _write_description(model_dir: Path, model: nn.Module, tokenizer) -> None:
+    """What keeps a sharded checkpoint self-describing: the model's config (or the LoRA adapter's) and tokenizer."""
+    model_dir.mkdir(parents=True)
+    if hasattr(model, "peft_config"):
+        model.peft_config[model.active_adapter].save_pretrained(model_dir)
+    else:
+        model.config.save_pretrained(model_dir)
+        if getattr(model, "generation_config", None) is not None:
+            model.generation_config.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+
+def _on_every_rank(action: Callable[[], None] | None, final: Path, tmp: Path) -> None:
+    """Run ``action`` on this rank (None: nothing), then learn from all ranks whether it failed on any: then rank 0
+    removes ``tmp`` and every rank raises :class:`CheckpointError`, a failing rank with its own reason."""
+    error: BaseException | None = None
+    try:
+        if action is not None:
+            action()
+    except (Exception, CheckpointException) as err:  # DCP's exception is a BaseException
+        error = err
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else None
+    failed = torch.tensor([dist.get_rank() + 1 if error is not None else 0], device=device)
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if not failed.item():
+        return
+    if dist.get_rank() == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if error is None:
+        raise CheckpointError(f"rank {int(failed.item()) - 1} could not write checkpoint {final.name} "
+                              f"(its log says why)")
+    cause = _first_cause(error)
+    if isinstance(cause, OSError | SafetensorError):
+        raise CheckpointError(_write_failure(cause, final)) from error
+    raise error
+
+
+def _first_cause(err: BaseException) -> BaseException:
+    """The exception behind DCP's CheckpointException (which collects every rank's), else ``err`` itself."""
+    while isinstance(err, CheckpointException) and err.failures:
+        err = next(iter(err.failures.values()))[0]
+    return err
+
+
 def _write(tmp: Path, step: int, model: nn.Module, tokenizer, optimizer_state: dict[str, Any], scheduler,
-           trainer_state: dict[str, Any], model_state: dict[str, torch.Tensor] | None = None) -> None:
-    extra = {"state_dict": model_state} if model_state is not None else {}
-    model.save_pretrained(tmp / "model", safe_serialization=True, **extra)
+           trainer_state: dict[str, Any]) -> None:
+    model.save_pretrained(tmp / "model", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "model")
     tensors, groups = _optimizer_tensors(optimizer_state)
     save_file(tensors, tmp / "optimizer.safetensors")
     save_file(_rng_tensors(), tmp / "rng.safetensors")
+    _write_state(tmp, step, groups, scheduler, trainer_state)
+
+
+def _write_state(tmp: Path, step: int, groups: list[dict], scheduler, trainer_state: dict[str, Any]) -> None:
+    """The trainer state file, written last (it marks the checkpoint complete), then every file synced."""
     state = {**trainer_state, "step": step, "optimizer_groups": groups, "scheduler": scheduler.state_dict()}
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default))  # last: marks it complete
+    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1, default=_json_default))
     _fsync_tree(tmp)
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    if final.exists():  # a re-run of the same step after a resume: replace it
+        shutil.rmtree(final)
+    os.rename(tmp, final)
 
 
 def _write_failure(err: OSError | SafetensorError, final: Path) -> str:
@@ -256,5 +449,9 @@ def _json_default(value: Any) -> Any:
 def _fsync_tree(root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+            _fsync(path)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())

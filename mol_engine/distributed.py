@@ -190,30 +190,34 @@ def shard_frozen(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def full_state(step: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict | None]:
-    """Under FSDP, the model's full state dict and the optimizer's (numbered as ``optimizer.state_dict()`` numbers
-    parameters), gathered to CPU on rank 0 (every rank must call it; the others get empty dicts); else (None, None).
-    """
-    if not is_sharded(step):
-        return None, None
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:
+    """``{"model": ..., "optimizer": ...}``: the trainable weights and the optimizer state keyed by parameter name,
+    each rank holding only its shards (DTensors under FSDP; whole tensors with one process or DDP), for
+    ``torch.distributed.checkpoint``. Frozen weights (a LoRA base) are left out: they come from the base model."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    weights = get_model_state_dict(model, options=options)
-    named = get_optimizer_state_dict(model, optimizer, options=options)
-    if not named:
-        return weights, {}
-    ids: dict[str, int] = {}
-    groups = []
-    for group in named["param_groups"]:
-        first = len(ids)
-        ids |= {fqn: first + i for i, fqn in enumerate(group["params"])}
-        groups.append({**group, "params": list(range(first, len(ids)))})
-    return weights, {"state": {ids[fqn]: s for fqn, s in named["state"].items()}, "param_groups": groups}
+    weights, optim = get_state_dict(model, optimizer)
+    frozen = frozen_names(model)
+    return {"model": {name: w for name, w in weights.items() if name not in frozen}, "optimizer": optim}
+
+
+def load_sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, dict]) -> None:
+    """Load a :func:`sharded_state` (filled from a checkpoint, possibly written by another number of ranks) into
+    ``model`` and ``optimizer``, sharded or not: each rank keeps its part. Raises ValueError when the weights do not
+    match the model's trainable ones."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    result = set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                            options=StateDictOptions(strict=False))  # the frozen weights stay the base's
+    missing = set(result.missing_keys) - frozen_names(model)
+    if missing or result.unexpected_keys:
+        raise ValueError(f"the checkpoint's weights do not match the model (missing {sorted(missing)[:3]}, "
+                         f"unexpected {sorted(result.unexpected_keys)[:3]})")
+
+
+def frozen_names(model: nn.Module) -> set[str]:
+    """The names of ``model``'s frozen parameters, every alias of a tied one included (a LoRA base's tied head)."""
+    return {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, torch.Tensor],

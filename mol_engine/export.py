@@ -2,6 +2,8 @@
 
 Full fine-tuning checkpoints already hold a complete model directory. LoRA checkpoints hold a PEFT
 adapter: exported as is (small; loading it needs the base model) or merged into the base weights.
+A checkpoint written under FSDP holds its weights as DCP shards (``checkpoint.is_sharded_checkpoint``):
+exporting it gathers them in this one process into the same directory (full weights, adapter, or merged).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from .checkpoint import STATE_FILE, is_sharded_checkpoint, read_sharded_weights
 
 
 class ExportError(ValueError):
@@ -44,12 +48,18 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merged: bool = Fa
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        if is_adapter(source) and merged:
+        if is_sharded_checkpoint(checkpoint) and is_adapter(source) and merged:
+            with tempfile.TemporaryDirectory(prefix=f".{out.name}-adapter-", dir=out.parent) as adapter:
+                gather_shards(checkpoint, Path(adapter))
+                _merge(Path(adapter), tmp, base_model)
+        elif is_sharded_checkpoint(checkpoint):
+            gather_shards(checkpoint, tmp)
+        elif is_adapter(source) and merged:
             _merge(source, tmp, base_model)
         else:
             shutil.copytree(source, tmp, dirs_exist_ok=True)
-            if base_model and is_adapter(source):
-                _set_adapter_base(tmp, base_model)
+        if base_model and is_adapter(tmp):
+            _set_adapter_base(tmp, base_model)
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
@@ -57,6 +67,28 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merged: bool = Fa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def gather_shards(checkpoint: str | Path, dest: Path) -> Path:
+    """The Hugging Face directory of an FSDP checkpoint written to ``dest``: its config and tokenizer with the
+    weights gathered from every rank's shards (full weights in safetensors, or the PEFT adapter file)."""
+    from safetensors.torch import save_file
+
+    description = model_dir(checkpoint)
+    weights = read_sharded_weights(checkpoint)
+    shutil.copytree(description, dest, dirs_exist_ok=True)
+    if is_adapter(description):
+        adapter = json.loads((Path(checkpoint) / STATE_FILE).read_text()).get("adapter_name", "default")
+        tensors = {name.replace(f".{adapter}.", "."): tensor for name, tensor in weights.items()}  # PEFT's file names
+        save_file(tensors, dest / "adapter_model.safetensors", metadata={"format": "pt"})
+        return dest
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):  # the model's own saving rules (tied weights, shards, config), no weights held
+        shell = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(description))
+    shell.save_pretrained(dest, state_dict=weights, safe_serialization=True)
+    return dest
 
 
 def _adapter_base(source: Path, base_model: str | None) -> str:

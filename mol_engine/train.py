@@ -19,10 +19,16 @@ import torch
 from torch import nn
 
 from .callbacks import Callback, CallbackList, Cancelled
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from .corpus import Corpus, split_corpus
 from .data import Batch, DataError, MixedBatches, read_qa
-from .distributed import World, full_state, gathered, join_world, local_device, wrap
+from .distributed import World, gathered, is_sharded, join_world, local_device, wrap
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
@@ -376,23 +382,32 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
 
 
 def _save(run: Run, step: int, cb: Callback) -> Path:
-    """Rank 0 writes ``step-N`` and prunes older ones (the final step is always kept); returns its path.
+    """Write ``step-N`` and prune older ones (the final step is always kept); returns its path.
 
-    A failed write (a full disk) raises :class:`CheckpointError` on every rank, not only on rank 0.
+    Under FSDP every rank writes its own shards; otherwise rank 0 writes the checkpoint. A failed write (a full
+    disk) raises :class:`CheckpointError` on every rank, not only on the one that failed.
     """
     state = {"data": run.batches.state(), "spec": run.spec.model_dump(mode="json"),
              "finetune": run.spec.finetune, "base_model": run.spec.base_model}
+    keep, protect = run.spec.keep_checkpoints, {run.spec.max_steps}
+    if is_sharded(run.step_losses):
+        path = save_sharded_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
+                                       keep=keep, protect=protect)
+    else:
+        path = _save_on_rank_0(run, step, state, keep, protect)
+    cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name})
+    return path
+
+
+def _save_on_rank_0(run: Run, step: int, state: dict, keep: int | None, protect: set[int]) -> Path:
     path, failed = run.out / "checkpoints" / f"step-{step}", None
-    weights, optimizer_state = full_state(run.step_losses, run.model, run.optimizer)  # FSDP: gathered by all ranks
     if run.world.is_main:
         try:
             path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
-                                   keep=run.spec.keep_checkpoints, protect={run.spec.max_steps},
-                                   model_state=weights, optimizer_state=optimizer_state)
+                                   keep=keep, protect=protect)
         except CheckpointError as err:
             failed = err
     # every rank resumes from the same, complete checkpoint, and stops together when there is none
     if run.world.agree(failed is not None, run.device):
         raise failed or CheckpointError(f"rank 0 could not write checkpoint step-{step} (its log says why)")
-    cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name})
     return path

@@ -8,10 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mol_engine.callbacks import JsonlLogger
+from mol_engine.checkpoint import read_sharded_weights
 from mol_engine.distributed import World, uses_fsdp
+from mol_engine.export import export_checkpoint
+from mol_engine.modeling import add_lora, load_model
 from mol_engine.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,8 +95,8 @@ def test_two_processes_build_and_share_the_cached_reference(make_spec, corpora, 
 def test_full_disk_on_rank_0_stops_both_ranks_with_its_message(make_spec, tmp_path):
     """Rank 0 prunes to the newest checkpoint; when its disk fills, every rank exits instead of waiting."""
     spec_path = tmp_path / "spec.yaml"
-    spec = make_spec(batch_size=4, max_steps=4, save_every=1, eval_every=4, keep_checkpoints=1)
-    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    spec = make_spec(batch_size=4, max_steps=4, save_every=1, eval_every=4, keep_checkpoints=1, distributed="ddp")
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))  # (FSDP: test_sharded_checkpoint.py)
     done = launch([str(ROOT / "tests" / "engine" / "full_disk_rank0.py")], spec_path, tmp_path / "two")
     assert done.returncode != 0
     assert "error: disk full while writing checkpoint step-3 under" in done.stderr
@@ -123,29 +127,7 @@ def test_fsdp_follows_one_process_in_half_the_memory_per_rank(make_spec, tmp_pat
     assert 0.45 <= figures["fsdp_rank_memory_ratio"] <= 0.6, figures
 
 
-def test_fsdp_run_evaluates_saves_and_resumes_like_one_process(make_spec, tmp_path):
-    """The whole loop under FSDP (evaluation and QA generation, full checkpoints gathered on rank 0, resume)."""
-    single = make_spec(batch_size=8, max_steps=4, save_every=2, eval_every=4)  # auto: FSDP for full fine-tuning
-    train(single, tmp_path / "one", [JsonlLogger(tmp_path / "one")])
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(single.model_copy(update={"batch_size": 4}).model_dump(mode="json")))
-    torchrun(spec_path, tmp_path / "two")
-    shutil.rmtree(tmp_path / "two" / "checkpoints" / "step-4")
-    torchrun(spec_path, tmp_path / "two", "--resume")
-
-    one, two = points(tmp_path / "one"), points(tmp_path / "two")
-    assert [p["step"] for p in two] == [p["step"] for p in one]
-    for a, b in zip(one, two, strict=True):
-        for key in KEYS:  # (evaluation reads eval_batches x batch_size blocks: fewer per process here)
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    evals = [p for p in two if "eval/general_kl" in p]
-    assert [p["step"] for p in evals] == [0, 4] and "eval/qa_exact_match" in evals[0]
-    assert abs(evals[0]["eval/general_kl"]) < 1e-6 < evals[1]["eval/general_kl"]  # the sharded base is the base
-    assert (tmp_path / "two" / "checkpoints" / "step-4" / "model" / "model.safetensors").is_file()
-
-
-def test_lora_under_fsdp_trains_and_resumes(make_spec, tmp_path):
+def test_lora_under_fsdp_trains_resumes_and_exports(make_spec, tiny_model_dir, tmp_path):
     spec = make_spec(batch_size=4, max_steps=2, save_every=1, eval_every=2, finetune="lora", distributed="fsdp")
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
@@ -153,7 +135,9 @@ def test_lora_under_fsdp_trains_and_resumes(make_spec, tmp_path):
     first = [p for p in points(tmp_path / "two") if "train/loss" in p]
     assert [p["step"] for p in first] == [1, 2]
     assert all(0 < p["train/loss"] < 100 and p["train/grad_norm"] > 0 for p in first)
-    assert (tmp_path / "two" / "checkpoints" / "step-2" / "model" / "adapter_model.safetensors").is_file()
+    assert sorted(read_sharded_weights(tmp_path / "two" / "checkpoints" / "step-2")) == sorted(
+        name for name, p in add_lora(load_model(str(tiny_model_dir), torch.device("cpu")), spec).named_parameters()
+        if p.requires_grad)  # the shards hold the adapter alone (the base comes from the base model)
 
     shutil.rmtree(tmp_path / "two" / "checkpoints" / "step-2")  # step 2 again, from the adapter of step 1
     torchrun(spec_path, tmp_path / "two", "--resume")
@@ -161,3 +145,19 @@ def test_lora_under_fsdp_trains_and_resumes(make_spec, tmp_path):
     assert [p["step"] for p in again] == [1, 2]
     for key in KEYS:
         assert again[1][key] == pytest.approx(first[1][key], rel=1e-4, abs=1e-6), key
+
+    # export: the adapter as PEFT writes it, and merged into the base, give the same logits
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    step = tmp_path / "two" / "checkpoints" / "step-2"
+    adapter = export_checkpoint(step, tmp_path / "adapter")
+    merged = export_checkpoint(step, tmp_path / "merged", merged=True)
+    assert (adapter / "adapter_model.safetensors").is_file() and (merged / "config.json").is_file()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.arange(1, 33).reshape(2, 16)
+    with torch.no_grad():
+        plain = base(ids).logits
+        with_adapter = PeftModel.from_pretrained(base, adapter)(ids).logits
+        assert torch.allclose(AutoModelForCausalLM.from_pretrained(merged)(ids).logits, with_adapter, atol=1e-5)
+    assert (with_adapter - plain).abs().max() > 0  # the adapter trained

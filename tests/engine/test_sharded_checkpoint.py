@@ -1,0 +1,139 @@
+"""Sharded checkpoints under FSDP (torch.distributed.checkpoint): 2 CPU processes (gloo) save their shards, resume
+exactly, resume at 1 process, and export gathers the shards into a Hugging Face directory."""
+
+import json
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from test_distributed import KEYS, ROOT, launch, points, torchrun
+
+from mol_engine.callbacks import JsonlLogger
+from mol_engine.checkpoint import (
+    MetadataReader,
+    is_sharded_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    read_sharded_weights,
+)
+from mol_engine.export import export_checkpoint
+from mol_engine.spec import JobSpec
+from mol_engine.train import train
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, corpora, tmp_path_factory) -> dict:
+    """One process (batch 8) and two under FSDP (batch 4 each), 4 steps, a checkpoint every 2; then the FSDP run
+    resumed from step-2 (its uninterrupted points kept apart)."""
+    root = tmp_path_factory.mktemp("sharded")
+    single = JobSpec(name="tiny", base_model=str(tiny_model_dir), domain_data=[str(corpora["domain"])],
+                     general_data=[str(corpora["general"])], eval_data=str(corpora["eval"]), seq_len=32,
+                     batch_size=8, lr=3e-3, warmup_steps=1, max_steps=4, eval_every=4, save_every=2, eval_batches=2,
+                     qa_max_new_tokens=3, seed=0, distributed="fsdp")
+    train(single, root / "one", [JsonlLogger(root / "one")])
+    spec_path = root / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(single.model_copy(update={"batch_size": 4}).model_dump(mode="json")))
+    torchrun(spec_path, root / "two")
+    shutil.copytree(root / "two", root / "uninterrupted")
+    shutil.rmtree(root / "two" / "checkpoints" / "step-4")
+    torchrun(spec_path, root / "two", "--resume")
+    return {"root": root, "single": single, "one": root / "one", "two": root / "two",
+            "uninterrupted": root / "uninterrupted"}
+
+
+def assert_follows(reference: list[dict], run: list[dict], rel: float) -> None:
+    assert [p["step"] for p in run] == [p["step"] for p in reference]  # rank 0 alone logged, every step once
+    for a, b in zip(reference, run, strict=True):
+        for key in KEYS:
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=rel, abs=1e-6), (a["step"], key)
+
+
+def test_fsdp_run_evaluates_saves_and_resumes_exactly(runs):
+    """The whole loop under FSDP (evaluation and QA generation, sharded checkpoints, resume) follows one process,
+    and the resumed run repeats the uninterrupted one."""
+    one, two, uninterrupted = points(runs["one"]), points(runs["two"]), points(runs["uninterrupted"])
+    assert_follows(one, uninterrupted, rel=1e-4)  # (evaluation reads eval_batches x batch_size: fewer per process)
+    train_points = [[p[k] for k in KEYS if k in p] for p in uninterrupted]
+    assert train_points == [[p[k] for k in KEYS if k in p] for p in two]  # resumed: bit for bit
+    evals = [p for p in two if "eval/general_kl" in p]
+    assert [p["step"] for p in evals] == [0, 4] and "eval/qa_exact_match" in evals[0]
+    assert abs(evals[0]["eval/general_kl"]) < 1e-6 < evals[1]["eval/general_kl"]  # the sharded base is the base
+
+
+def test_each_rank_writes_its_shards_and_nothing_is_gathered(runs):
+    step = runs["two"] / "checkpoints" / "step-4"
+    assert is_sharded_checkpoint(step) and not is_sharded_checkpoint(runs["one"] / "checkpoints" / "step-4")
+    assert sorted(p.name for p in (step / "dcp").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert sorted(p.name for p in (step / "rng").iterdir()) == ["rank-0.safetensors", "rank-1.safetensors"]
+    assert (step / "model" / "config.json").is_file() and (step / "model" / "tokenizer.json").is_file()
+    assert not list((step / "model").glob("*.safetensors"))  # the weights are in the shards alone
+    assert not (step / "optimizer.safetensors").exists()
+    state = json.loads((step / "trainer_state.json").read_text())
+    names = [name for group in state["optimizer_groups"] for name in group["params"]]
+    assert "model.embed_tokens.weight" in names  # parameter groups by name, as JSON
+    assert not list((runs["two"] / "checkpoints").glob(".step-*"))  # no temporary left
+
+
+def test_resume_at_one_process_from_two_process_shards(runs, tmp_path):
+    """DCP reshards: the 2-process checkpoint of step 2 loads into the plain model, and the curve goes on."""
+    shutil.copytree(runs["uninterrupted"], tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-4")
+    single = runs["single"]
+    train(single, tmp_path / "run", [JsonlLogger(tmp_path / "run")], resume=True)
+    assert_follows(points(runs["one"]), points(tmp_path / "run"), rel=1e-4)
+    assert not is_sharded_checkpoint(latest_checkpoint(tmp_path / "run"))  # one process writes the usual format
+
+
+def test_export_gathers_the_shards_into_a_loadable_model(runs, tiny_model_dir, tmp_path):
+    """``mol export`` on a sharded checkpoint: an HF directory whose logits are those of the trained weights."""
+    from transformers import AutoModelForCausalLM
+
+    step = runs["two"] / "checkpoints" / "step-4"
+    out = export_checkpoint(step, tmp_path / "export")
+    exported = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    trained = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
+    optimizer = torch.optim.AdamW(trained.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    load_checkpoint(step, trained, optimizer, scheduler, lora=False)  # the resume path, at 1 process
+    single = AutoModelForCausalLM.from_pretrained(runs["one"] / "checkpoints" / "step-4" / "model")
+    ids = torch.arange(1, 33).reshape(2, 16)
+    with torch.no_grad():
+        logits = exported(ids).logits
+        assert torch.equal(logits, trained(ids).logits)
+        assert torch.allclose(logits, single(ids).logits, rtol=1e-3, atol=1e-4)  # the 1-process run's weights
+        assert (logits - AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits).abs().max() > 1e-3
+    assert (out / "tokenizer.json").is_file() and not (out / "dcp").exists()
+
+
+def test_the_shard_index_is_read_without_running_foreign_code(runs, tmp_path):
+    """DCP's .metadata is a pickle: it is read admitting DCP's metadata classes only."""
+    shutil.copytree(runs["two"] / "checkpoints" / "step-2", tmp_path / "step-2")
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    (tmp_path / "step-2" / "dcp" / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(pickle.UnpicklingError, match="never holds"):
+        read_sharded_weights(tmp_path / "step-2")
+    assert not marker.exists()
+    assert MetadataReader(runs["two"] / "checkpoints" / "step-2" / "dcp").read_metadata().state_dict_metadata
+
+
+def test_full_disk_on_rank_1_stops_both_ranks_and_keeps_the_last_checkpoint(runs, tmp_path):
+    """A rank other than 0 fails its write: every rank raises, step-3 is not left half-written."""
+    spec = runs["single"].model_copy(update={"batch_size": 4, "max_steps": 3, "save_every": 1, "eval_every": 3,
+                                             "keep_checkpoints": 1, "eval_data": None})
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    done = launch([str(ROOT / "tests" / "engine" / "full_disk_rank1.py")], spec_path, tmp_path / "two")
+    assert done.returncode != 0
+    assert "error: disk full while writing checkpoint step-3 under" in done.stderr
+    assert "(checkpoints kept: step-2)" in done.stderr
+    assert "error: rank 1 could not write checkpoint step-3" in done.stderr  # rank 0's message
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-2"]
