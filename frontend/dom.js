@@ -21,6 +21,17 @@ export function fmt(value, digits = 4) {
   return Number(value.toPrecision(digits)).toString();
 }
 
+// The API's timestamps are UTC ISO 8601 ending in Z; people read them in their own time zone.
+export function localTime(iso, options = { dateStyle: "medium", timeStyle: "medium" }) {
+  if (!iso) return "–";
+  return new Date(iso).toLocaleString(undefined, options);
+}
+
+// "3 min ago", with the local date and time on hover and the UTC instant in datetime=
+export function when(iso) {
+  return el("time", { datetime: iso, title: localTime(iso) }, age(iso));
+}
+
 export function age(iso) {
   const seconds = (Date.now() - new Date(iso).getTime()) / 1000;
   if (seconds < 60) return `${Math.max(0, Math.round(seconds))} s ago`;

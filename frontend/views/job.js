@@ -1,7 +1,7 @@
 // Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
 import { api } from "../api.js";
 import { LineChart } from "../charts.js";
-import { byteSize, el, statusBadge } from "../dom.js";
+import { byteSize, el, localTime, statusBadge } from "../dom.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
 
@@ -113,8 +113,9 @@ export async function jobPage(view, jobId) {
   });
   source.addEventListener("event", (e) => {
     const ev = JSON.parse(e.data);
-    log.prepend(el("li", { "data-kind": ev.kind }, el("span", { class: "muted" }, `step ${ev.step} · ${ev.kind} · `),
-      ev.message));
+    const stamp = el("time", { datetime: ev.created_at }, localTime(ev.created_at, { timeStyle: "medium" }));
+    log.prepend(el("li", { "data-kind": ev.kind },
+      el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
     if (ev.kind === "checkpoint" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
     if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
   });

@@ -1,6 +1,6 @@
 // Jobs list: live (refreshed every 2 s), with a selection to compare.
 import { listPages } from "../api.js";
-import { age, duration, el, fmt, statusBadge } from "../dom.js";
+import { duration, el, fmt, statusBadge, when } from "../dom.js";
 
 function eta(job) {
   if (job.status !== "running" || !job.started_at || job.step < 1) return "";
@@ -23,7 +23,7 @@ function row(job, selected, onToggle) {
     // the latest evaluation, which every method records alike (training losses differ between methods)
     el("td", { class: "num", "data-metric": "eval/domain_ppl" }, fmt(m["eval/domain_ppl"])),
     el("td", { class: "num", "data-metric": "eval/general_kl" }, fmt(m["eval/general_kl"])),
-    el("td", { class: "muted" }, age(job.created_at)));
+    el("td", { class: "muted" }, when(job.created_at)));
 }
 
 const PAGE = 50;
