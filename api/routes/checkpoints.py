@@ -10,7 +10,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
-from mol_engine.checkpoint import checkpoint_dirs
+from mol_engine.checkpoint import checkpoint_dirs, is_sharded_checkpoint
 from mol_engine.export import ExportError, export_checkpoint, is_adapter
 
 from ..deps import DB, Owner, StreamOwner, Svc
@@ -31,12 +31,13 @@ def list_checkpoints(job_id: str, owner: Owner, db: DB, svc: Svc) -> list[Checkp
 
 def download_source(checkpoint: Path, format: str, scratch: Path) -> Path:
     """The directory a download tars: the checkpoint's HF model, or for a LoRA checkpoint in ``format`` merged
-    the base with the adapter merged in, exported under ``scratch`` (ExportError when it cannot be)."""
+    the base with the adapter merged in, or for an FSDP checkpoint its shards gathered, exported under ``scratch``
+    (ExportError when it cannot be)."""
     adapter = is_adapter(checkpoint)
     if format == "adapter" and not adapter:
         raise HTTPException(422, "format: 'adapter' is only available for LoRA jobs")
-    if format == "merged" and adapter:
-        return export_checkpoint(checkpoint, scratch / "model", merged=True)
+    if (format == "merged" and adapter) or is_sharded_checkpoint(checkpoint):  # FSDP's shards: gathered here
+        return export_checkpoint(checkpoint, scratch / "model", merged=format == "merged")
     return checkpoint / "model"
 
 
