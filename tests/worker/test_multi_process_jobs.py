@@ -2,6 +2,8 @@
 ``nproc: 2`` job under torchrun (CPU, gloo); rank 0 alone records; cancel ends every rank; a job larger than
 every worker is refused at submit."""
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -28,6 +30,12 @@ def processes_of(job_id: str) -> list[int]:
     return pids
 
 
+def ranks_of(job_id: str) -> list[int]:
+    """Pids of the job's ranks (started by torchrun as ``python -u -m worker.ranks JOB_ID ...``)."""
+    return [pid for pid in processes_of(job_id)
+            if b"worker.ranks" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:4]]
+
+
 def no_process_left(job_id: str, within_s: float = 10) -> bool:
     deadline = time.monotonic() + within_s
     while processes_of(job_id) and time.monotonic() < deadline:
@@ -52,23 +60,27 @@ def two_process_worker(api, workers, wait_for):
     wait_for(lambda: largest_worker(api) == 2, timeout=60, what="the worker of capacity 2 to be seen")
 
 
-def test_a_two_process_job_runs_with_metrics_from_rank_0_only(api, two_process_worker, submit, wait_for):
+def test_a_two_process_job_records_from_rank_0_only_and_resumes_when_a_rank_is_killed(
+        api, two_process_worker, submit, wait_for):
     assert "the largest worker runs 2" in submit(expect=422, nproc=3)
-    job_id = submit(nproc=2, max_steps=3, eval_every=3, save_every=3)
+    job_id = submit(nproc=2, max_steps=6, eval_every=6, save_every=2, eval_data=None)
+    wait_for(lambda: status(api, job_id)["step"] >= 3, what="job to reach step 3")
+    rank = max(ranks_of(job_id))  # SIGKILL one rank: torchrun fails, the runner re-queues the job
+    os.kill(rank, signal.SIGKILL)
     job = wait_for(lambda: (j := status(api, job_id))["status"] in ("succeeded", "failed") and j, what="job end")
     assert job["status"] == "succeeded", job["error"]
+    assert job["attempt"] == 2
     steps = [p["step"] for p in api.get(f"/v1/jobs/{job_id}/metrics").json() if "train/loss" in p]
-    assert steps == [1, 2, 3]  # one point per step: rank 1 recorded nothing
+    assert steps == [1, 2, 3, 4, 5, 6]  # one point per step: rank 1 recorded nothing, the resume no duplicate
     kinds = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events").json()]
-    assert kinds.count("config") == 1 and kinds.count("succeeded") == 1
-    assert job["attempt"] == 1
+    assert kinds.count("config") == 2 and kinds.count("requeued") == 1 and "resumed" in kinds
     assert no_process_left(job_id)
 
 
 def test_cancel_ends_every_rank(api, two_process_worker, submit, wait_for):
     job_id = submit(nproc=2, max_steps=5000, save_every=1000, eval_every=1000)
     wait_for(lambda: status(api, job_id)["step"] >= 2, what="job to reach step 2")
-    assert len(processes_of(job_id)) >= 4  # runner, torchrun, two ranks
+    assert len(ranks_of(job_id)) == 2
     assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
     job = wait_for(lambda: (j := status(api, job_id))["status"] != "running" and j, timeout=15, what="cancel")
     assert job["status"] == "cancelled" and job["step"] < 5000

@@ -76,3 +76,19 @@ def test_the_filesystem_broker_is_read_too(tmp_path):
     celery_enqueue(settings)("job_fs")
     assert tasks.reconcile(settings, celery_enqueue(settings)) == []
     assert len(list((settings.broker_dir / "out").glob("*.msg"))) == 1
+
+
+def test_a_stale_delivery_is_skipped_without_starting_a_process(tmp_path, monkeypatch):
+    settings = Settings(home=tmp_path, lease_timeout_s=60)
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions.begin() as db:
+        db.add(Job(id="job_done", owner="a", name="a", spec={}, max_steps=1, status="succeeded"))
+        db.add(Job(id="job_held", owner="a", name="a", spec={}, max_steps=1, status="running",
+                   lease_owner=f"{socket.gethostname()}:{os.getpid()}", heartbeat_at=utcnow()))
+
+    def no_process(*_args, **_kwargs):
+        raise AssertionError("a stale delivery started a process")
+
+    monkeypatch.setattr(tasks, "_settings", lambda: settings)
+    monkeypatch.setattr(tasks.subprocess, "Popen", no_process)
+    assert [tasks.run_job(job_id) for job_id in ("job_done", "job_held", "job_gone")] == ["skipped"] * 3
