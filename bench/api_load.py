@@ -1,12 +1,18 @@
-"""Load on one API process over loopback: job-submission latency, and how many SSE streams it holds.
+"""Load on one API process over loopback, on PostgreSQL: slow clients must not stall anyone.
 
-    python bench/api_load.py [--clients 16] [--jobs-per-client 20] [--streams 100,400,1000] [--window 10]
+    python bench/api_load.py [--quick] [--slow 40] [--clients 20] [--window 60] [--streams 1000]
 
-Starts `mol api` (one uvicorn process, SQLite, no workers, so jobs stay queued), then
-1. N concurrent clients each submit jobs back to back: p50/p99 latency and submissions/s;
-2. K concurrent SSE streams on one queued job: how many connect, and the API process's CPU use while
-   they are held (per stream and in all), read from /proc.
-Everything runs on 127.0.0.1 and stops by itself.
+Starts `mol api` (one uvicorn process, a scratch PostgreSQL database, no workers, so jobs stay queued), then
+1. ``--slow`` slow downloaders (a checkpoint of ``--checkpoint-mb`` random bytes, read 1 KiB at a time) and as
+   many slow uploaders (half `POST /v1/datasets`, half a part of `/v1/uploads`, the body trickled in) connect
+   and stay for the whole window;
+2. meanwhile ``--clients`` clients submit jobs and poll them (GET the job, GET the list) back to back for
+   ``--window`` seconds: submit p50/p99, poll p99, and every 5xx anyone got;
+3. ``--streams`` SSE streams on one queued job are held: how many were served, and the API's CPU meanwhile;
+before all that, one ``--large-upload-mb`` upload: how much it raised the API's peak RSS.
+Prints one JSON line ({"slow_clients_5xx": 0, "submit_p99_ms": ..., "sse_streams": ...}) and, unless --quick,
+writes the figures into docs/performance.md (section api_load). Everything runs on 127.0.0.1 and stops by
+itself; the full run takes about 3 minutes, --quick about 20 seconds.
 """
 
 from __future__ import annotations
@@ -18,18 +24,26 @@ import json
 import os
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report import replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
+HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
+SLOW_READ = 1024  # bytes a slow downloader reads per tick
+TICK_S = 0.5
 
 
 def free_port() -> int:
@@ -43,12 +57,28 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
-def start_api(home: Path, model_dir: Path) -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def scratch_database():
+    """The URL of a new PostgreSQL database on 127.0.0.1:5432, dropped afterwards."""
+    import sqlalchemy
+
+    name = f"mol_bench_{uuid.uuid4().hex[:8]}"
+    admin = sqlalchemy.create_engine(f"{POSTGRES}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+        admin.dispose()
+
+
+def start_api(home: Path, model_dir: Path, database_url: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {"MOL_HOME": str(home), "MOL_TOKENS": f"bench:{TOKEN}", "MOL_MODELS_DIR": str(model_dir),
-                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5"}
+                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url}
     env.pop("MOL_BROKER_URL", None)
-    env.pop("MOL_DATABASE_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -75,25 +105,209 @@ def make_model(directory: Path) -> None:
     tokenizer.save_pretrained(directory / "tiny")
 
 
-async def submissions(base: str, clients: int, per_client: int, spec: dict) -> list[float]:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    latencies: list[float] = []
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM), MiB."""
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
-    async def one_client() -> None:
-        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-            for _ in range(per_client):
-                started = time.perf_counter()
-                response = await client.post("/v1/jobs", json=spec)
-                latencies.append(time.perf_counter() - started)
-                response.raise_for_status()
 
-    await asyncio.gather(*(one_client() for _ in range(clients)))
-    return latencies
+def upload_peak_growth_mb(base: str, directory: Path, size_mb: int, pid: int) -> float:
+    """How much a ``size_mb`` MiB dataset upload (multipart, then validated) raised the API's peak RSS."""
+    path = directory / "large.jsonl"
+    line = (json.dumps({"text": "a river runs under the stone bridge " * 7}) + "\n").encode()
+    with path.open("wb") as out:
+        for _ in range(size_mb * 2**20 // (len(line) * 1000)):
+            out.write(line * 1000)
+    before = peak_rss_mb(pid)
+    with path.open("rb") as handle:  # streamed from the file: the client does not hold it either
+        response = httpx.post(f"{base}/v1/datasets", headers=HEADERS, data={"purpose": "domain"},
+                              files={"file": ("large.jsonl", handle)}, timeout=300)
+    response.raise_for_status()
+    path.unlink()
+    return round(peak_rss_mb(pid) - before, 1)
+
+
+def add_checkpoint(home: Path, job_id: str, size: int) -> str:
+    """A checkpoint step-1 of ``job_id`` holding ``size`` random bytes; its download path."""
+    model = home / "runs" / job_id / "checkpoints" / "step-1" / "model"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    with (model / "weights.bin").open("wb") as out:
+        for _ in range(size // 2**20):
+            out.write(os.urandom(2**20))
+    return f"/v1/jobs/{job_id}/checkpoints/step-1/download"
+
+
+# ---------------------------------------------------------------- slow clients (raw HTTP/1.1 on asyncio streams)
+
+
+@dataclass
+class Tally:
+    """Status codes and failures of one kind of client."""
+
+    statuses: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    completed: int = 0  # uploads that became a dataset
+
+    @property
+    def server_errors(self) -> int:
+        return sum(1 for s in self.statuses if s >= 500)
+
+
+async def _connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing ahead for the client
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+    return await asyncio.open_connection(sock=sock, limit=2**16)
+
+
+async def _status(reader: asyncio.StreamReader) -> int:
+    line = await reader.readline()
+    return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else 0
+
+
+async def slow_download(base: str, path: str, stop: asyncio.Event, started: list, tally: Tally) -> None:
+    """GET ``path``, then read SLOW_READ bytes per tick until ``stop``; then hang up."""
+    writer = None
+    try:
+        reader, writer = await _connect(base)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
+        status = await asyncio.wait_for(_status(reader), 120)
+        tally.statuses.append(status)
+        started.append(1)
+        while not stop.is_set():
+            await reader.read(SLOW_READ)
+            await asyncio.sleep(TICK_S)
+    except (OSError, TimeoutError, ValueError) as err:
+        tally.failures.append(f"{type(err).__name__}: {err}")
+    finally:
+        if writer is not None:
+            writer.transport.abort()
+
+
+def _multipart(boundary: str, purpose: str, body: bytes) -> tuple[bytes, bytes]:
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.jsonl\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode()
+    return head + body, f"\r\n--{boundary}--\r\n".encode()
+
+
+async def _trickle(request_head: str, body: bytes, base: str, stop: asyncio.Event, started: list) -> int:
+    """Send ``request_head`` and ``body`` a little per tick until ``stop``, the rest at once; the status."""
+    reader, writer = await _connect(base)
+    try:
+        writer.write(request_head.encode())
+        sent, step = 0, max(1, len(body) // 1000)
+        started.append(1)
+        while not stop.is_set() and sent < len(body) - step:
+            writer.write(body[sent:sent + step])
+            await writer.drain()
+            sent += step
+            await asyncio.sleep(TICK_S)
+        writer.write(body[sent:])
+        await writer.drain()
+        return await asyncio.wait_for(_status(reader), 120)
+    finally:
+        writer.transport.abort()
+
+
+async def slow_upload(base: str, client: httpx.AsyncClient, parts: bool, content: bytes, stop: asyncio.Event,
+                      started: list, tally: Tally) -> None:
+    """One dataset upload whose body trickles in until ``stop``: multipart POST, or part 0 of an upload in parts."""
+    try:
+        if parts:
+            created = await client.post("/v1/uploads", json={"purpose": "domain", "filename": "slow.jsonl",
+                                                             "bytes": len(content)})
+            tally.statuses.append(created.status_code)
+            upload_id = created.json()["id"]
+            head = (f"PUT /v1/uploads/{upload_id}/parts/0 HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}"
+                    f"\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n")
+            tally.statuses.append(await _trickle(head, content, base, stop, started))
+            done = await client.post(f"/v1/uploads/{upload_id}/complete", json={"part_count": 1})
+            tally.statuses.append(done.status_code)
+            tally.completed += done.status_code == 201
+        else:
+            boundary = uuid.uuid4().hex
+            body, tail = _multipart(boundary, "domain", content)
+            head = (f"POST /v1/datasets HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n"
+                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                    f"Content-Length: {len(body) + len(tail)}\r\n\r\n")
+            tally.statuses.append(await _trickle(head, body + tail, base, stop, started))
+            tally.completed += tally.statuses[-1] == 201
+    except (OSError, TimeoutError, ValueError, KeyError, httpx.HTTPError) as err:
+        tally.failures.append(f"{type(err).__name__}: {err}")
+
+
+# ---------------------------------------------------------------- clients that submit and poll
+
+
+@dataclass
+class Timings:
+    submit: list[float] = field(default_factory=list)
+    poll: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
+
+
+async def submit_and_poll(client: httpx.AsyncClient, spec: dict, until: float, timings: Timings) -> None:
+    """Submit a job, GET it, GET the list; again until ``until``."""
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        response = await client.post("/v1/jobs", json=spec)
+        timings.submit.append(time.perf_counter() - started)
+        timings.statuses.append(response.status_code)
+        if response.status_code != 201:
+            continue
+        for url in (f"/v1/jobs/{response.json()['id']}", "/v1/jobs?limit=20"):
+            started = time.perf_counter()
+            polled = await client.get(url)
+            timings.poll.append(time.perf_counter() - started)
+            timings.statuses.append(polled.status_code)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000 if ordered else float("nan")
+
+
+async def under_slow_clients(base: str, spec: dict, download: str, args: argparse.Namespace) -> dict:
+    """Phases 1 and 2: the slow clients connect, the submitters run for the window, the slow clients finish."""
+    stop = asyncio.Event()
+    downloads, uploads, timings = Tally(), Tally(), Timings()
+    started: list = []
+    content = b"".join(json.dumps({"text": f"slow upload line {i}"}).encode() + b"\n"
+                       for i in range(args.upload_kb * 1024 // 30))
+    limits = httpx.Limits(max_connections=args.clients + args.slow + 10)
+    async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=120, limits=limits) as client:
+        slow = [asyncio.create_task(slow_download(base, download, stop, started, downloads)) for _ in range(args.slow)]
+        slow += [asyncio.create_task(slow_upload(base, client, i % 2 == 1, content, stop, started, uploads))
+                 for i in range(args.slow)]
+        deadline = time.monotonic() + 120
+        while len(started) < 2 * args.slow and time.monotonic() < deadline and not all(t.done() for t in slow):
+            await asyncio.sleep(0.1)
+        connected = len(started)
+        until = time.monotonic() + args.window
+        await asyncio.gather(*(submit_and_poll(client, spec, until, timings) for _ in range(args.clients)))
+        stop.set()
+        await asyncio.gather(*slow)
+    return {
+        "slow_clients": 2 * args.slow, "slow_clients_connected": connected,
+        "slow_clients_5xx": downloads.server_errors + uploads.server_errors,
+        "slow_clients_failed": len(downloads.failures) + len(uploads.failures),
+        "slow_failures_sample": (downloads.failures + uploads.failures)[:3],
+        "slow_uploads_completed": uploads.completed,
+        "submit_p50_ms": round(percentile(timings.submit, 0.5), 1),
+        "submit_p99_ms": round(percentile(timings.submit, 0.99), 1),
+        "poll_p99_ms": round(percentile(timings.poll, 0.99), 1),
+        "submissions": len(timings.submit), "submit_clients": args.clients,
+        "clients_5xx": sum(1 for s in timings.statuses if s >= 500),
+    }
 
 
 async def hold_streams(base: str, job_id: str, count: int, window: float, pid: int) -> tuple[int, float]:
     """(streams connected, API CPU seconds used while ``count`` streams were held for ``window`` s)."""
-    headers = {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+    headers = HEADERS | {"Accept": "text/event-stream"}
     limits = httpx.Limits(max_connections=count + 10)
     connected = 0
     ready = asyncio.Event()
@@ -120,50 +334,80 @@ async def hold_streams(base: str, job_id: str, count: int, window: float, pid: i
     return connected, used
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--jobs-per-client", type=int, default=20)
-    parser.add_argument("--streams", default="100,400,1000")
-    parser.add_argument("--window", type=float, default=10.0, help="seconds the streams are held and measured")
-    args = parser.parse_args()
+def write_report(result: dict, args: argparse.Namespace) -> None:
+    text = [
+        "## API under load: slow clients, submissions, streams (`python bench/api_load.py`)", "",
+        f"One API process (uvicorn) on PostgreSQL, no workers; client and server share this 2-core machine over "
+        f"loopback. {args.slow} slow downloaders (a {args.checkpoint_mb} MiB checkpoint read {SLOW_READ} bytes "
+        f"every {TICK_S} s) and {args.slow} slow uploaders (half multipart, half a part of `/v1/uploads`, "
+        f"{args.upload_kb} KiB trickled in over the window) stay connected while {args.clients} clients submit "
+        f"a job, GET it and GET the list, back to back for {args.window:g} s.", "",
+        "| measure | figure |", "|---|---|",
+        f"| 5xx answers to the slow clients | {result['slow_clients_5xx']} (of {result['slow_clients']}; "
+        f"{result['slow_clients_failed']} failed otherwise) |",
+        f"| 5xx answers to the submitters | {result['clients_5xx']} |",
+        f"| job submission under them | p50 {result['submit_p50_ms']} ms, p99 {result['submit_p99_ms']} ms "
+        f"({result['submissions']} jobs) |",
+        f"| GET job / list under them | p99 {result['poll_p99_ms']} ms |",
+        f"| API peak RSS growth for one {result['large_upload_mb']} MiB upload (received, validated) | "
+        f"{result['upload_peak_rss_growth_mb']} MiB |",
+        f"| SSE streams held on one job | {result['sse_streams']}/{result['sse_streams_tried']} served, API CPU "
+        f"{result['sse_cpu_percent_of_core']}% of one core |", "",
+        "```", json.dumps(result), "```", ""]
+    replace_section(ROOT / "docs" / "performance.md", "api_load", "\n".join(text))
 
-    with tempfile.TemporaryDirectory() as tmp:
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few clients for a few seconds; no report")
+    parser.add_argument("--slow", type=int, default=40, help="slow downloaders, and as many slow uploaders")
+    parser.add_argument("--clients", type=int, default=20, help="clients that submit and poll")
+    parser.add_argument("--window", type=float, default=60.0, help="seconds the submitters run")
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--stream-window", type=float, default=10.0, help="seconds the streams are held")
+    parser.add_argument("--checkpoint-mb", type=int, default=64)
+    parser.add_argument("--upload-kb", type=int, default=256, help="size of each slow upload")
+    parser.add_argument("--large-upload-mb", type=int, default=200, help="one upload whose memory is measured")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.slow, args.clients, args.window, args.streams = 4, 3, 3.0, 20
+        args.stream_window, args.checkpoint_mb, args.upload_kb, args.large_upload_mb = 1.0, 8, 16, 8
+    return args
+
+
+def run(args: argparse.Namespace) -> dict:
+    with tempfile.TemporaryDirectory() as tmp, scratch_database() as database_url:
+        home = Path(tmp) / "home"
         make_model(Path(tmp) / "models")
-        proc, base = start_api(Path(tmp) / "home", Path(tmp) / "models")
+        proc, base = start_api(home, Path(tmp) / "models", database_url)
         try:
-            headers = {"Authorization": f"Bearer {TOKEN}"}
             text = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(10))
-            ids = {p: httpx.post(f"{base}/v1/datasets", headers=headers, data={"purpose": p},
+            ids = {p: httpx.post(f"{base}/v1/datasets", headers=HEADERS, data={"purpose": p},
                                  files={"file": ("d.jsonl", text)}).json()["id"] for p in ("domain", "general")}
             spec = {"base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]]}
-
-            asyncio.run(submissions(base, 1, 3, spec))  # warm up: first connections, imports
-            latencies = sorted(asyncio.run(submissions(base, args.clients, args.jobs_per_client, spec)))
-            p50 = statistics.median(latencies) * 1000
-            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-            total = sum(latencies)
-            print(f"job submission, {args.clients} concurrent clients x {args.jobs_per_client} jobs: "
-                  f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, {len(latencies)} jobs")
-            print(f"  submissions/s ~ {len(latencies) / (total / args.clients):.0f}")
-
-            job_id = httpx.post(f"{base}/v1/jobs", headers=headers, json=spec).json()["id"]
-            idle_before = cpu_seconds(proc.pid)
-            time.sleep(args.window)
-            idle = cpu_seconds(proc.pid) - idle_before
-            print(f"idle API: {100 * idle / args.window:.1f}% of one core")
-            results = {}
-            for count in (int(c) for c in args.streams.split(",")):
-                connected, used = asyncio.run(hold_streams(base, job_id, count, args.window, proc.pid))
-                share = 100 * used / args.window
-                results[count] = {"connected": connected, "cpu_percent_of_core": round(share, 1)}
-                print(f"SSE streams held: {connected}/{count}; API CPU {share:.1f}% of one core "
-                      f"({share / max(connected, 1):.3f}% per stream)")
-            print(json.dumps({"submit_p50_ms": round(p50, 1), "submit_p99_ms": round(p99, 1), "sse": results}))
+            job_id = httpx.post(f"{base}/v1/jobs", headers=HEADERS, json=spec).json()["id"]
+            download = add_checkpoint(home, job_id, args.checkpoint_mb * 2**20)
+            growth = upload_peak_growth_mb(base, Path(tmp), args.large_upload_mb, proc.pid)
+            result = asyncio.run(under_slow_clients(base, spec, download, args))
+            connected, used = asyncio.run(hold_streams(base, job_id, args.streams, args.stream_window, proc.pid))
+            result |= {"sse_streams": connected, "sse_streams_tried": args.streams,
+                       "sse_cpu_percent_of_core": round(100 * used / args.stream_window, 1),
+                       "large_upload_mb": args.large_upload_mb, "upload_peak_rss_growth_mb": growth,
+                       "database": "postgresql", "quick": args.quick}
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(json.dumps(result), flush=True)
+    if not args.quick:
+        write_report(result, args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
