@@ -218,13 +218,15 @@ class WorkerOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """``status`` is ``degraded`` when the database or the broker fails; each part says how."""
+    """``status`` is ``degraded`` when the database or the broker fails, or jobs wait with no worker alive."""
 
     model_config = ConfigDict(extra="allow")
     status: str
+    reasons: list[str] = []
     database: str
     broker: str
-    workers: list[WorkerOut] | str
+    workers: list[WorkerOut] | str  # a string says why the workers could not be read
+    jobs_waiting: int = 0
 
 
 class SessionOut(BaseModel):

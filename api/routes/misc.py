@@ -32,7 +32,9 @@ def job_spec_schema(owner: Owner) -> dict:
     return JobSpec.model_json_schema()
 
 
-@router.get("/healthz", tags=["health"], responses={200: {"model": HealthOut, "description": "the report"}})
+@router.get("/healthz", tags=["health"], responses={
+    200: {"model": HealthOut, "description": "ok, or degraded with its reasons"},
+    503: {"model": HealthOut, "description": "the database is unreachable: degraded, with its reasons"}})
 def health(svc: Svc, response: Response) -> dict:
     """``ok``, or ``degraded`` with its ``reasons``: the database or the broker unreachable, or jobs waiting while
     no worker has been seen within ``MOL_LEASE_TIMEOUT_S``. HTTP 503 only when the database is unreachable (this

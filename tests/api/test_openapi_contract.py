@@ -66,7 +66,7 @@ def test_every_error_has_one_documented_shape(document):
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             for status, answer in operation["responses"].items():
-                if status.startswith(("4", "5")):
+                if status.startswith(("4", "5")) and path != "/healthz":  # its 503 is the health report
                     assert answer["content"]["application/json"]["schema"] == ERROR_SCHEMA, (method, path, status)
 
 
