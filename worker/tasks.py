@@ -6,9 +6,10 @@ whole group. Killing the worker kills the child too (it notices its parent is go
 ``running`` with a dead lease, and the reconciler of the next worker start re-queues it to resume.
 
 Each job has at most one message waiting in the broker: the reconciler sends one only for a job that needs it
-(re-queued from a dead lease, or queued for longer than ``lease_timeout_s``) and whose message the broker no
-longer holds (a Redis wipe, a send that failed, a delivery to a worker that died). A stale delivery costs a
-database read: the task starts no process for a job that has ended or runs under a live lease.
+(re-queued from a dead lease, queued again after it ran, or queued for longer than ``lease_timeout_s``) and
+whose message the broker no longer holds (a Redis wipe, a send that failed, a delivery to a worker that died).
+A stale delivery costs a database read: the task starts no process for a job that has ended or runs under a
+live lease.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from celery import signals
 from sqlalchemy import or_, select, update
 
 from api.db import Job, WorkerSeen, init_db, make_engine, utcnow
-from api.leases import lease_is_dead
+from api.leases import as_utc, lease_is_dead
 from api.settings import Settings
 
 from .celery_app import app
@@ -106,7 +107,7 @@ def _mark_cancelled(sessions, job_id: str) -> None:
 
 
 def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | None = None) -> list[str]:
-    """Re-queue jobs left behind (running with a dead lease, or queued for long without being picked up) and send
+    """Re-queue jobs left behind (running with a dead lease, queued again after they ran, or queued for long) and send
     a message for each whose message the broker does not hold, with ``enqueue(job_id, nproc=N)`` (default: this
     worker's broker); returns the ids sent."""
     settings = settings or _settings()
@@ -120,7 +121,9 @@ def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | N
             if job.status == "running" and lease_is_dead(job.lease_owner, heartbeat, settings.lease_timeout_s):
                 job.status, job.lease_owner, job.queued_at = "queued", None, utcnow()
                 candidates[job.id] = _nproc(job)
-            elif job.status == "queued" and job.queued_at.replace(tzinfo=utcnow().tzinfo) < stuck_since:
+            elif job.status == "queued" and (job.attempt > 0 or as_utc(job.queued_at) < stuck_since):
+                # a job that ran before (released from a dead lease, by the API's sweeper too) has no message in
+                # flight; a new one's message may still be on its way from the API: it gets lease_timeout_s
                 candidates[job.id] = _nproc(job)
     if not candidates:
         return []

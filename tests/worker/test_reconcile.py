@@ -92,3 +92,13 @@ def test_a_stale_delivery_is_skipped_without_starting_a_process(tmp_path, monkey
     monkeypatch.setattr(tasks, "_settings", lambda: settings)
     monkeypatch.setattr(tasks.subprocess, "Popen", no_process)
     assert [tasks.run_job(job_id) for job_id in ("job_done", "job_held", "job_gone")] == ["skipped"] * 3
+
+
+def test_a_job_released_from_a_dead_lease_is_sent_at_once(tmp_path):
+    settings = Settings(home=tmp_path, lease_timeout_s=60)
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions.begin() as db:  # the API's sweeper put it back in the queue: it ran once, its message is gone
+        db.add(Job(id="job_released", owner="a", name="a", spec={}, max_steps=1, attempt=1))
+        db.add(Job(id="job_new", owner="a", name="a", spec={}, max_steps=1))  # its message may be on its way
+    sent: list[str] = []
+    assert tasks.reconcile(settings, lambda job_id, nproc=1: sent.append(job_id)) == ["job_released"] == sent
