@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("export", help="export a checkpoint as a Hugging Face directory")
+    p = sub.add_parser("export", help="export a checkpoint as a Hugging Face directory (an FSDP checkpoint's "
+                                      "shards gathered into one)")
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--merged", action="store_true", help="LoRA: merge the adapter into the base weights")

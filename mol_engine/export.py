@@ -85,9 +85,11 @@ def gather_shards(checkpoint: str | Path, dest: Path) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with torch.device("meta"):  # the model's own saving rules (tied weights, shards, config), no weights held
+    with torch.device("meta"):  # the model's own saving rules (shards, config), no weights held
         shell = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(description))
-    shell.save_pretrained(dest, state_dict=weights, safe_serialization=True)
+    aliases = dict(shell.named_parameters(remove_duplicate=False)).keys() - dict(shell.named_parameters()).keys()
+    kept = {name: tensor for name, tensor in weights.items() if name not in aliases}  # a tied head once, not twice
+    shell.save_pretrained(dest, state_dict=kept, safe_serialization=True)
     return dest
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file
 from test_distributed import KEYS, ROOT, launch, points, torchrun
 
 from mol_engine.callbacks import JsonlLogger
@@ -19,7 +20,7 @@ from mol_engine.checkpoint import (
     load_checkpoint,
     read_sharded_weights,
 )
-from mol_engine.export import export_checkpoint
+from mol_engine.cli import main
 from mol_engine.spec import JobSpec
 from mol_engine.train import train
 
@@ -93,7 +94,8 @@ def test_export_gathers_the_shards_into_a_loadable_model(runs, tiny_model_dir, t
     from transformers import AutoModelForCausalLM
 
     step = runs["two"] / "checkpoints" / "step-4"
-    out = export_checkpoint(step, tmp_path / "export")
+    assert main(["export", str(step), str(tmp_path / "export")]) == 0
+    out = tmp_path / "export"
     exported = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     trained = AutoModelForCausalLM.from_pretrained(tiny_model_dir, local_files_only=True)
     optimizer = torch.optim.AdamW(trained.parameters())
@@ -107,6 +109,8 @@ def test_export_gathers_the_shards_into_a_loadable_model(runs, tiny_model_dir, t
         assert torch.allclose(logits, single(ids).logits, rtol=1e-3, atol=1e-4)  # the 1-process run's weights
         assert (logits - AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits).abs().max() > 1e-3
     assert (out / "tokenizer.json").is_file() and not (out / "dcp").exists()
+    assert load_file(out / "model.safetensors").keys() == load_file(  # the same tensors HF saves (a tied head once)
+        runs["one"] / "checkpoints" / "step-4" / "model" / "model.safetensors").keys()
 
 
 def test_the_shard_index_is_read_without_running_foreign_code(runs, tmp_path):
@@ -137,3 +141,12 @@ def test_full_disk_on_rank_1_stops_both_ranks_and_keeps_the_last_checkpoint(runs
     assert "(checkpoints kept: step-2)" in done.stderr
     assert "error: rank 1 could not write checkpoint step-3" in done.stderr  # rank 0's message
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-2"]
+
+
+def test_the_api_download_gathers_the_shards(runs, tmp_path):
+    """The checkpoint download tars an exported directory for a sharded checkpoint, never the weightless model/.
+    (Here rather than in tests/api: the API test would need a torchrun of its own to make a sharded checkpoint.)"""
+    from api.routes.checkpoints import download_source
+
+    source = download_source(runs["two"] / "checkpoints" / "step-2", "merged", tmp_path)
+    assert source.parent == tmp_path and (source / "model.safetensors").is_file()
