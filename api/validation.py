@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mol_engine import data
-from mol_engine.data import DataError, DocumentReader, read_qa
+from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.spec import JobSpec
 
 from .db import WorkerSeen, utcnow
@@ -54,9 +54,11 @@ def inspect_dataset(path: Path, purpose: str, filename: str) -> tuple[int, int]:
     if problem:
         raise DataError(problem)
     try:
-        if purpose == "eval":
-            pairs = read_qa(path)
-            return len(pairs), sum(len(p.question) + len(p.answer) for p in pairs) // 4
+        if purpose == "eval":  # streamed too: memory stays bounded by one pair
+            pairs = chars = 0
+            for pair in iter_qa(path):
+                pairs, chars = pairs + 1, chars + len(pair.question) + len(pair.answer)
+            return pairs, chars // 4
         documents = chars = 0
         for doc in DocumentReader(path):  # streamed: memory stays bounded whatever the file size
             documents, chars = documents + 1, chars + len(doc)

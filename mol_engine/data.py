@@ -119,19 +119,24 @@ def read_documents(path: str | Path) -> list[str]:
     return list(DocumentReader(path))
 
 
-def read_qa(path: str | Path) -> list[QAPair]:
-    """Question/answer pairs from a JSONL file with `question` and `answer` on every line."""
+def iter_qa(path: str | Path) -> Iterator[QAPair]:
+    """Question/answer pairs from a JSONL file with `question` and `answer` on every line, read incrementally."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    pairs = []
+    found = False
     for line_no, record in _records(path, _file_lines(path), ("question", "answer")):
         if not str(record["answer"]).strip():
             raise DataError(f"{path}, line {line_no}: field 'answer' is empty")
-        pairs.append(QAPair(str(record["question"]), str(record["answer"]).strip()))
-    if not pairs:
+        found = True
+        yield QAPair(str(record["question"]), str(record["answer"]).strip())
+    if not found:
         raise DataError(f"{path}: no question/answer pairs found (empty file)")
-    return pairs
+
+
+def read_qa(path: str | Path) -> list[QAPair]:
+    """Every pair of ``iter_qa`` in memory (an evaluation set)."""
+    return list(iter_qa(path))
 
 
 def _file_lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -226,3 +226,13 @@ def test_uploads_are_received_and_validated_in_bounded_memory(tmp_path):
 
     peak = peak_bytes(lambda: received.append(asyncio.run(receive_part(chunks(), tmp_path / "parts", 0, size))))
     assert received[1].bytes == size // 2**16 * 2**16 and peak < 4 * 2**20, peak
+
+
+def test_an_evaluation_set_is_validated_in_bounded_memory(tmp_path):
+    line = b'{"question": "' + b"what runs under the stone bridge? " * 4 + b'", "answer": "a river"}\n'
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(line * (8 * 2**20 // len(line)))  # ~8 MiB: kept whole, its pairs would take ~14 MiB
+    counted = []
+    peak = peak_bytes(lambda: counted.append(inspect_dataset(path, "eval", "qa.jsonl")))
+    assert counted[0][0] == 8 * 2**20 // len(line)
+    assert peak < 4 * 2**20, f"validating an 8 MiB evaluation set peaked at {peak} bytes"
