@@ -89,6 +89,16 @@ def test_resume_at_one_process_from_two_process_shards(runs, tmp_path):
     assert not is_sharded_checkpoint(latest_checkpoint(tmp_path / "run"))  # one process writes the usual format
 
 
+def test_fsdp_resumes_from_a_one_process_checkpoint(runs, tmp_path):
+    """The other way round: 2 processes under FSDP resume from the Hugging Face checkpoint 1 process wrote (each
+    rank reads it whole and keeps its shard), follow the curve, and write shards from then on."""
+    shutil.copytree(runs["one"], tmp_path / "run")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-4")
+    torchrun(runs["root"] / "spec.yaml", tmp_path / "run", "--resume")
+    assert_follows(points(runs["one"]), points(tmp_path / "run"), rel=1e-4)
+    assert is_sharded_checkpoint(tmp_path / "run" / "checkpoints" / "step-4")
+
+
 def test_export_gathers_the_shards_into_a_loadable_model(runs, tiny_model_dir, tmp_path):
     """``mol export`` on a sharded checkpoint: an HF directory whose logits are those of the trained weights."""
     from transformers import AutoModelForCausalLM
