@@ -114,7 +114,8 @@ def prune_checkpoints(out_dir: str | Path, keep: int | None, protect: Collection
 
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                     lora: bool) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG from ``path``; return the trainer state it saved."""
+    """Restore model, optimizer, scheduler and RNG from ``path``, of either layout and written by any number of ranks
+    (``model`` FSDP-sharded or not); return the trainer state it saved."""
     path = Path(path)
     state = json.loads((path / STATE_FILE).read_text())
     if is_sharded_checkpoint(path):
