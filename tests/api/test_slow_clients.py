@@ -1,5 +1,5 @@
-"""No client can stall the API: slow downloads and SSE streams hold no database connection, an aborted download
-leaves no thread, open file or merged export behind, and uploads are validated in bounded memory.
+"""No client can stall the API: slow downloads, uploads and SSE streams hold no database connection, an aborted
+download leaves no thread, open file or merged export behind, and uploads are validated in bounded memory.
 
 A real uvicorn server (in a thread of the test process, so its threads and open files can be inspected) and raw
 sockets with a tiny receive buffer that read a status line and then nothing.
@@ -24,6 +24,7 @@ import uvicorn
 
 from api import tarball
 from api.app import create_app
+from api.auth import create_token
 from api.db import Job
 from api.routes import checkpoints
 from api.upload import receive_upload
@@ -72,17 +73,33 @@ def add_checkpoint(app, adapter: bool = False) -> tuple[str, Path]:
     return job.id, model
 
 
-def slow_download(base: str, path: str, accept: str = "*/*") -> socket.socket:
-    """A client that sends the request, reads the status line, then reads nothing more."""
+def connect(base: str) -> socket.socket:
     host, port = base.removeprefix("http://").split(":")
     conn = socket.socket()
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     conn.settimeout(15)
     conn.connect((host, int(port)))
-    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\nAccept: {accept}\r\n\r\n"
+    return conn
+
+
+def slow_download(base: str, path: str, accept: str = "*/*", token: str = TOKEN) -> socket.socket:
+    """A client that sends the request, reads the status line, then reads nothing more."""
+    conn = connect(base)
+    conn.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nAccept: {accept}\r\n\r\n"
                  .encode())
     status = conn.recv(12)
     assert status == b"HTTP/1.1 200", status + conn.recv(2000)
+    return conn
+
+
+def slow_upload(base: str, token: str) -> socket.socket:
+    """A client that starts a multipart upload (60 kB, under the tests' limit), sends 1 kB, then nothing more."""
+    conn = connect(base)
+    head = (b'--b0und\r\nContent-Disposition: form-data; name="file"; filename="d.jsonl"\r\n\r\n'
+            + b'{"text": "a river"}\n' * 50)
+    conn.sendall(f"POST /v1/datasets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                 f"Content-Type: multipart/form-data; boundary=b0und\r\nContent-Length: 60000\r\n\r\n".encode()
+                 + head)
     return conn
 
 
@@ -121,15 +138,18 @@ def wait_for(check, timeout: float = 10.0):
     return result
 
 
-def test_slow_downloaders_and_streams_hold_no_connection_and_others_are_served_fast(server):
+def test_slow_downloaders_uploaders_and_streams_hold_no_connection_and_others_are_served_fast(server):
     base, app = server
     job_id, _ = add_checkpoint(app)
-    path = f"/v1/jobs/{job_id}/checkpoints/step-1/download"
-    clients = [slow_download(base, path) for _ in range(POOL + 5)]
     with app.state.services.sessions.begin() as db:
+        token = create_token(db, "alice")  # a stored token: checking it reads the database
         db.add(watched := Job(owner="alice", name="live", spec={"base_model": "tiny"}, max_steps=1))
-    clients += [slow_download(base, f"/v1/jobs/{watched.id}/events", accept="text/event-stream")
+    path = f"/v1/jobs/{job_id}/checkpoints/step-1/download"
+    clients = [slow_download(base, path, token=token) for _ in range(POOL + 5)]
+    clients += [slow_download(base, f"/v1/jobs/{watched.id}/events", "text/event-stream", token)
                 for _ in range(POOL + 5)]
+    clients += [slow_upload(base, token) for _ in range(POOL + 5)]
+    time.sleep(0.5)  # the uploads' handlers are waiting for the rest of their bodies
     pool = app.state.services.sessions.kw["bind"].pool
     try:
         assert pool.checkedout() <= 1  # at most the one tail of the watched job, polling in short sessions
