@@ -16,6 +16,8 @@ from starlette.requests import Request
 
 from .validation import filename_problem
 
+MAX_FORM_BYTES = 64 * 1024  # part headers and text fields, which are held in memory, of one request
+
 
 class UploadTooLarge(Exception):
     """The upload passed the configured size limit."""
@@ -59,6 +61,7 @@ class _Receiver:
         self._buffer = bytearray()
         self._handle = None
         self._digest = hashlib.sha256()
+        self._form_bytes = 0
 
     def callbacks(self) -> dict:
         return {
@@ -69,7 +72,14 @@ class _Receiver:
         }
 
     def _add(self, attr: str, data: bytes) -> None:
+        self._count_form_bytes(len(data))
         setattr(self, attr, getattr(self, attr) + data)
+
+    def _count_form_bytes(self, size: int) -> None:
+        """Everything but the file (headers, text fields) is kept in memory: MAX_FORM_BYTES in all."""
+        self._form_bytes += size
+        if self._form_bytes > MAX_FORM_BYTES:
+            raise BadUpload(f"body: more than {MAX_FORM_BYTES} bytes of part headers and form fields")
 
     def _part_begin(self) -> None:
         self._headers, self._name, self._buffer = {}, "", bytearray()
@@ -101,9 +111,8 @@ class _Receiver:
             self._digest.update(chunk)
             self._handle.write(chunk)
         else:
+            self._count_form_bytes(len(chunk))
             self._buffer += chunk
-            if len(self._buffer) > 64 * 1024:
-                raise BadUpload(f"{self._name}: form field too long")
 
     def _part_end(self) -> None:
         if self._name != "file" or self._handle is None:

@@ -27,7 +27,7 @@ from api.app import create_app
 from api.auth import create_token
 from api.db import Job
 from api.routes import checkpoints
-from api.upload import receive_upload
+from api.upload import BadUpload, receive_upload
 from api.upload_parts import receive_part
 from api.validation import inspect_dataset
 
@@ -256,3 +256,16 @@ def test_an_evaluation_set_is_validated_in_bounded_memory(tmp_path):
     peak = peak_bytes(lambda: counted.append(inspect_dataset(path, "eval", "qa.jsonl")))
     assert counted[0][0] == 8 * 2**20 // len(line)
     assert peak < 4 * 2**20, f"validating an 8 MiB evaluation set peaked at {peak} bytes"
+
+
+@pytest.mark.parametrize("form", [
+    b"".join(b'--b0und\r\nContent-Disposition: form-data; name="f%d"\r\n\r\n' % i + b"x" * 1000 + b"\r\n"
+             for i in range(100)),  # 100 small fields
+    b'--b0und\r\nContent-Disposition: form-data; name="purpose"\r\nX-Pad: ' + b"x" * 100_000 + b"\r\n\r\ndomain\r\n",
+], ids=["fields", "header"])
+def test_what_a_multipart_body_keeps_in_memory_is_bounded(tmp_path, form):
+    """Only the file goes to disk; text fields and part headers are held, so they have one limit together."""
+    request = _Request("b0und", iter([form, b"--b0und--\r\n"]))
+    with pytest.raises(BadUpload, match=r"^body: "):  # python-multipart bounds each header line itself
+        asyncio.run(receive_upload(request, tmp_path, 2**20))
+    assert list(tmp_path.iterdir()) == []
