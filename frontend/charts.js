@@ -19,6 +19,24 @@ export function axisRange(min, max, { log = false, integer = false } = {}) {
   return log ? uPlot.rangeLog(min, max, 10, false) : uPlot.rangeNum(min, max, 0.1, true);
 }
 
+// A y tick: 3 significant digits, whole thousands with separators (a log axis reaches 10,000 and more).
+function tickLabel(v) {
+  if (v === null || v === undefined) return "";
+  return Number.isInteger(v) && Math.abs(v) >= 1e4 && Math.abs(v) < 1e9 ? v.toLocaleString("en-US") : fmt(v, 3);
+}
+
+// Labels of a y axis's ticks, with as many decimals as tell neighbours apart (a loss that moves in its fourth
+// digit would read 6.88, 6.88, 6.88 at three significant digits).
+export function tickLabels(ticks) {
+  const labels = ticks.map(tickLabel);
+  const shown = labels.filter(Boolean);
+  const numbers = ticks.filter((v) => Number.isFinite(v));
+  if (new Set(shown).size === shown.length || numbers.length < 2) return labels;
+  const step = Math.min(...numbers.slice(1).map((v, i) => Math.abs(v - numbers[i])).filter((d) => d > 0));
+  const decimals = Math.min(12, Math.max(0, Math.ceil(-Math.log10(step) - 1e-9)));
+  return ticks.map((v) => (Number.isFinite(v) ? v.toFixed(decimals) : ""));
+}
+
 // A titled line chart; series share the x axis (step). `log` puts the y axis on a log scale, `range` fixes it,
 // `empty` says when the first point comes. A series without points stays out of the legend.
 export class LineChart {
@@ -44,7 +62,7 @@ export class LineChart {
         { label: "step", stroke: "#555", grid: { stroke: "#eee" },
           values: (u, ticks) => ticks.map((v) => (Number.isInteger(v) ? v : "")) },
         { label: y, stroke: "#555", grid: { stroke: "#eee" }, size: 70,
-          values: (u, ticks) => ticks.map((v) => (v === null || v === undefined ? "" : fmt(v, 3))) },
+          values: (u, ticks) => tickLabels(ticks) },
       ],
       series: [{ label: "step" }, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 2,
         points: { show: true, size: 4 }, spanGaps: true, value: (u, v) => fmt(v) }))],
@@ -84,6 +102,10 @@ export class LineChart {
     this.empty.hidden = hasPoints;
     this.box.hidden = !hasPoints;  // no empty 0–100 axes before the first point
     this.plot.setData([this.x, ...this.ys]);
+    if (this.x.length === 1) {  // uPlot spans a lone x over 0–100 whatever the range function says
+      const [min, max] = axisRange(this.x[0], this.x[0], { integer: true });
+      this.plot.setScale("x", { min, max });
+    }
     const rows = this.plot.root.querySelectorAll(".u-legend .u-series");
     filled.forEach((has, i) => { if (rows[i + 1]) rows[i + 1].style.display = has ? "" : "none"; });
     this.card.dataset.points = this.points;  // lets tests (and curious users) see the chart fill
