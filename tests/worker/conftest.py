@@ -16,7 +16,7 @@ from api.app import create_app
 from api.cli import worker_command, worker_env
 from api.settings import Settings
 
-REDIS_DB = 11
+REDIS_DB = int(os.environ.get("MOL_TEST_REDIS_DB", "11"))  # another number keeps concurrent runs apart
 TOKEN = "tok-worker-tests"
 
 
