@@ -105,6 +105,17 @@ def test_real_objects_match_the_document():
             assert answer.json(), path  # something was read and checked: not an empty list
 
 
+def test_every_route_with_the_bearer_scheme_refuses_a_request_without_a_token(document):
+    guarded = [(path, method) for path, operations in document["paths"].items()
+               for method, operation in operations.items() if "security" in operation]
+    assert len(guarded) >= 20
+    for path, method in guarded:
+        operation = schema[path][method.upper()]
+        case = operation.Case(path_parameters={p.name: "x" for p in operation.path_parameters})
+        answer = case.call_and_validate(checks=CHECKS, timeout=120)
+        assert answer.status_code == 401, (method, path, answer.text)
+
+
 def test_every_error_has_one_documented_shape(document):
     assert "HTTPValidationError" not in document["components"]["schemas"]  # FastAPI's list-shaped 422 is not ours
     for path, operations in document["paths"].items():
