@@ -1,9 +1,10 @@
-"""A directory streamed as a .tar.gz, produced as the client reads it: no thread, no pipe, nothing buffered whole.
+"""A directory streamed as a .tar.gz, made as the client reads it: no pipe, no thread of its own, nothing whole.
 
 ``tar_gz_chunks`` is a plain generator: tarfile writes each member's header (``TarInfo.tobuf``), the file's
-bytes follow in chunks, zlib compresses them in gzip framing. The response pulls one chunk at a time, so a
-client that reads slowly holds back the producer, and one that goes away stops it at once (the generator is
-closed); a temporary tree the download was made from is removed whichever way the response ends.
+bytes follow in chunks, zlib compresses them in gzip framing. The response pulls one chunk at a time (in one
+of the PRODUCERS threads), so a client that reads slowly holds back the producer, and one that goes away
+stops it at once (the generator is closed); a temporary tree the download was made from is removed whichever
+way the response ends.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Starts `mol api` (one uvicorn process, a scratch PostgreSQL database, no workers
 before all that, one ``--large-upload-mb`` upload: how much it raised the API's peak RSS.
 Prints one JSON line ({"slow_clients_5xx": 0, "submit_p99_ms": ..., "sse_streams": ...}) and, unless --quick,
 writes the figures into docs/performance.md (section api_load). Everything runs on 127.0.0.1 and stops by
-itself; the full run takes about 3 minutes, --quick about 20 seconds.
+itself; the full run takes about 3 minutes, --quick well under one.
 """
 
 from __future__ import annotations
