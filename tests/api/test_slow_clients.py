@@ -185,6 +185,7 @@ def test_an_aborted_merged_download_leaves_no_thread_open_file_or_export(server,
     assert wait_for(lambda: list(exports.iterdir())) == []  # the merged model is gone
     assert wait_for(lambda: open_files_under(exports) + open_files_under(model)) == []
     assert wait_for(lambda: threads_in(checkpoints.__file__) + threads_in(tarball.__file__)) == []
+    assert tarball.PRODUCERS.borrowed_tokens == 0  # the download gave its producer thread back
 
     # read to the end: the whole tree comes back, and its scratch is removed too
     body = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).content
