@@ -86,6 +86,7 @@ RAW_BODY = {"requestBody": {"required": True, "content": {
 SSE = {"text/event-stream": {"schema": {"type": "string", "description": "SSE messages (`event`, `id`, `data`)"}}}
 TARBALL = {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}
 
+
 class TokenStoreOut(BaseModel):
     """One tokenization of a dataset: made by the first job that used it with this tokenizer."""
 
