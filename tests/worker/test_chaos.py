@@ -1,0 +1,294 @@
+"""Chaos: real Celery worker processes on PostgreSQL and Redis, killed and cut off. Each test asserts the final
+state (no duplicate or missing step) and the bound within which the job's status told the truth.
+
+Fast settings: heartbeats (and the API's lease sweep) every 0.5 s; a lease dies after MOL_LEASE_TIMEOUT_S = 10 s
+without one (a runner importing torch on a loaded 2-core machine can miss heartbeats for ~5 s), or at once when
+its process is gone (the killed workers here: the runner child sees its parent gone and exits).
+Tests that stop Redis start a private redis-server on a free port; the shared one on 6379 is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import redis
+import sqlalchemy
+
+from api.db import Base, Job
+from tests.worker.conftest import TOKEN
+
+LEASE_TIMEOUT_S, HEARTBEAT_S = 10.0, 0.5
+SLACK_S = 15.0  # process exits and polls on a loaded 2-core machine
+ROOT = Path(__file__).resolve().parents[2]
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A scratch PostgreSQL database for this module, dropped at the end."""
+    name = f"mol_chaos_{os.getpid()}"
+    admin = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+                                     isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+class PrivateRedis:
+    """A redis-server of this test's own, without persistence: a restart comes back empty."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder, self.proc = free_port(), folder, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--dir", str(self.folder)], stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.05)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc.poll() is None:
+        server.kill()
+
+
+@pytest.fixture
+def service_env(service_env, pg_url, request):
+    """The harness's environment on PostgreSQL (emptied for each test), fast leases, and the private Redis if the
+    test asks for one."""
+    engine = sqlalchemy.create_engine(pg_url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    env = service_env | {"MOL_DATABASE_URL": pg_url, "MOL_LEASE_TIMEOUT_S": str(LEASE_TIMEOUT_S),
+                         "MOL_HEARTBEAT_S": str(HEARTBEAT_S)}
+    if "private_redis" in request.fixturenames:
+        env["MOL_BROKER_URL"] = request.getfixturevalue("private_redis").url
+    return env
+
+
+def job(client, job_id: str) -> dict:
+    return client.get(f"/v1/jobs/{job_id}").json()
+
+
+def train_steps(client, job_id: str) -> list[int]:
+    return [p["step"] for p in client.get(f"/v1/jobs/{job_id}/metrics").json() if "train/loss" in p]
+
+
+def ended(client, job_id: str, wait_for, timeout: float = 180) -> dict:
+    return wait_for(lambda: (j := job(client, job_id))["status"] in FINAL and j, timeout=timeout, what=f"{job_id} end")
+
+
+def worker_of(sessions, job_id: str, procs: list[subprocess.Popen]) -> subprocess.Popen:
+    """The worker process whose runner child holds the job's lease."""
+    with sessions() as db:
+        runner = int(db.get(Job, job_id).lease_owner.rsplit(":", 1)[1])
+    parent = int(Path(f"/proc/{runner}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return next(p for p in procs if p.pid == parent)
+
+
+def test_sigkill_with_a_second_worker_running_resumes_there_without_gaps(api, workers, submit, wait_for):
+    workers.start()
+    workers.start()
+    job_id = submit(max_steps=24, save_every=4, eval_every=24)
+    wait_for(lambda: job(api, job_id)["step"] >= 6, what="step 6")
+    sessions = api.app.state.services.sessions
+    killed = worker_of(sessions, job_id, workers.procs)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(10)
+    gone = time.monotonic()
+    wait_for(lambda: job(api, job_id)["attempt"] == 2, timeout=LEASE_TIMEOUT_S + 5 + SLACK_S, what="the resume")
+    assert time.monotonic() - gone < LEASE_TIMEOUT_S + 5 + SLACK_S  # the lease timeout, one reconcile pass
+    done = ended(api, job_id, wait_for)
+    assert done["status"] == "succeeded", done["error"]
+    assert train_steps(api, job_id) == list(range(1, 25))  # no duplicate, no missing step
+
+
+def test_sigkill_of_the_only_worker_shows_the_lease_loss_then_resumes(api, workers, submit, wait_for):
+    only = workers.start()
+    job_id = submit(max_steps=20, save_every=4, eval_every=20)
+    wait_for(lambda: job(api, job_id)["step"] >= 5, what="step 5")
+    only.send_signal(signal.SIGKILL)
+    only.wait(10)
+    gone = time.monotonic()
+    wait_for(lambda: job(api, job_id)["status"] == "queued", timeout=LEASE_TIMEOUT_S + HEARTBEAT_S + SLACK_S,
+             every=0.1, what="the lease loss to show")
+    assert time.monotonic() - gone < LEASE_TIMEOUT_S + HEARTBEAT_S + SLACK_S
+    lost = [e["message"] for e in api.get(f"/v1/jobs/{job_id}/events").json() if e["kind"] == "lease_lost"]
+    assert len(lost) == 1 and lost[0].startswith("lease lost: worker ")
+    health = wait_for(lambda: (h := api.get("/healthz").json())["status"] == "degraded" and h,
+                      timeout=LEASE_TIMEOUT_S + SLACK_S,
+                      what="healthz to say no worker")
+    assert health["reasons"] == [f"1 job(s) waiting and no worker seen in the last {LEASE_TIMEOUT_S:g} s"]
+    workers.start()
+    done = ended(api, job_id, wait_for)
+    assert done["status"] == "succeeded" and done["attempt"] == 2, done["error"]
+    assert train_steps(api, job_id) == list(range(1, 21))
+
+
+def test_redis_killed_and_restarted_empty_loses_no_job(api, workers, submit, wait_for, private_redis):
+    workers.start()
+    running = submit(max_steps=16, save_every=4, eval_every=16)
+    waiting = submit(max_steps=4, save_every=4, eval_every=4)  # its message sits in Redis behind the first job
+    wait_for(lambda: job(api, running)["step"] >= 3, what="step 3")
+    private_redis.kill()
+    private_redis.start()  # empty: the waiting job's message is gone
+    first = ended(api, running, wait_for)
+    assert first["status"] == "succeeded", first["error"]
+    finished = time.monotonic()
+    second = ended(api, waiting, wait_for, timeout=2 * LEASE_TIMEOUT_S + 5 + SLACK_S + 30)
+    assert second["status"] == "succeeded", second["error"]
+    assert time.monotonic() - finished < 2 * LEASE_TIMEOUT_S + 5 + SLACK_S + 30  # re-sent by the next reconcile
+    assert train_steps(api, running) == list(range(1, 17)) and train_steps(api, waiting) == [1, 2, 3, 4]
+
+
+def _start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env=os.environ | env,
+                            cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, "the API did not start"
+        time.sleep(0.1)
+
+
+def _read_stream(client: httpx.Client, job_id: str, last_id: str | None, stop_after: int | None) -> SimpleNamespace:
+    """Training steps and the last SSE id read, and how the stream ended: ``end`` (its end event), ``cut`` (the
+    connection broke) or ``stopped`` (we stopped after ``stop_after`` training steps)."""
+    read = SimpleNamespace(steps=[], last_id=last_id, how=None, status=None)
+    headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_id} if last_id else {})
+    kind = None
+    try:
+        with client.stream("GET", f"/v1/jobs/{job_id}/metrics", headers=headers) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("id:"):
+                    read.last_id = line[3:].strip()
+                elif line.startswith("data:") and kind == "metric":
+                    point = json.loads(line[5:])
+                    read.steps += [point["step"]] if "train/loss" in point else []
+                    if stop_after and len(read.steps) >= stop_after:
+                        read.how = "stopped"
+                        return read
+                elif line.startswith("data:") and kind == "end":
+                    read.how, read.status = "end", json.loads(line[5:])["status"]
+                    return read
+    except (httpx.RemoteProtocolError, httpx.ReadError):
+        read.how = "cut"
+        return read
+    read.how = "cut"  # the body ended without an end event
+    return read
+
+
+def test_api_killed_mid_stream_ends_the_stream_and_a_new_api_serves_the_rest(service_env, workers, submit,
+                                                                            wait_for, tmp_path):
+    port = free_port()
+    env = service_env | {"MOL_STREAM_KEEPALIVE_S": "1"}
+    server = _start_api(env, port, tmp_path / "api.log")
+    workers.start()
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"},
+                          timeout=httpx.Timeout(10, read=30))
+    job_id = submit(max_steps=30, save_every=5, eval_every=30)
+    first = _read_stream(client, job_id, None, stop_after=3)
+    assert first.how == "stopped"
+    cut = SimpleNamespace()
+
+    def kill_soon() -> None:  # the API dies while the client is reading the stream
+        time.sleep(0.5)
+        server.send_signal(signal.SIGKILL)
+        cut.at = time.monotonic()
+
+    killer = threading.Thread(target=kill_soon)
+    killer.start()
+    second = _read_stream(client, job_id, first.last_id, stop_after=None)
+    killer.join()
+    server.wait(10)
+    assert second.how == "cut" and time.monotonic() - cut.at < 5  # the client sees the end at once
+    server = _start_api(env, port, tmp_path / "api.log")
+    try:
+        assert job(client, job_id)["status"] in ("running", "succeeded")
+        rest = _read_stream(client, job_id, second.last_id, stop_after=None)
+        assert rest.how == "end" and rest.status == "succeeded"
+        assert first.steps + second.steps + rest.steps == list(range(1, 31))  # each point once, across 3 streams
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+        client.close()
+
+
+def test_submit_while_redis_is_down_makes_no_job_and_a_retry_makes_one(api, submit, private_redis):
+    datasets = {d["purpose"]: d["id"] for d in api.get("/v1/datasets").json()}  # uploaded by ``submit``
+    spec = {"name": "r", "base_model": "tiny", "domain_data": [datasets["domain"]],
+            "general_data": [datasets["general"]], "max_steps": 2}
+    key = {"Idempotency-Key": "retry-1"}
+    private_redis.kill()
+    refused = api.post("/v1/jobs", json=spec, headers=key)
+    assert refused.status_code == 503 and "no job was created" in refused.json()["detail"]
+    assert api.get("/v1/jobs").json()["data"] == []
+    private_redis.start()
+    made = api.post("/v1/jobs", json=spec, headers=key)
+    again = api.post("/v1/jobs", json=spec, headers=key)
+    assert (made.status_code, again.status_code) == (201, 200) and made.json()["id"] == again.json()["id"]
+    assert [j["id"] for j in api.get("/v1/jobs").json()["data"]] == [made.json()["id"]]
+
+
+def test_cancel_racing_the_lease_never_trains_under_a_cancelled_label(api, workers, submit, wait_for):
+    workers.start()
+    at_once = submit(max_steps=200)
+    assert api.post(f"/v1/jobs/{at_once}/cancel").json()["status"] == "cancelled"  # queued: ended at once
+    leased = submit(max_steps=200, save_every=100, eval_every=100)
+    behind = submit(max_steps=200)
+    wait_for(lambda: job(api, leased)["status"] == "running", every=0.05, what="the lease")
+    asked = time.monotonic()
+    for job_id in (leased, behind):  # one just leased (maybe before step 1), one still queued behind it
+        assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    assert job(api, behind)["status"] == "cancelled"
+    done = ended(api, leased, wait_for, timeout=5 + SLACK_S)
+    assert done["status"] == "cancelled" and time.monotonic() - asked < 5 + SLACK_S  # MOL_CANCEL_GRACE_S = 5
+    steps = done["step"]
+    time.sleep(2 * HEARTBEAT_S + 1)  # the stale deliveries of the other two reach the worker meanwhile
+    for job_id in (at_once, behind):
+        assert (job(api, job_id)["status"], job(api, job_id)["attempt"], train_steps(api, job_id)) == (
+            "cancelled", 0, [])  # never leased after the cancel
+    assert job(api, leased)["step"] == steps and job(api, leased)["status"] == "cancelled"  # nothing trains on
+
