@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
@@ -41,6 +43,19 @@ def download_source(checkpoint: Path, format: str, scratch: Path) -> Path:
     return checkpoint / "model"
 
 
+STALE_EXPORT_S = 24 * 3600  # a scratch this old outlived its response: the API process died while it streamed
+
+
+def new_scratch(exports: Path, prefix: str) -> Path:
+    """A new empty directory under ``exports``, after removing those a dead process left (older than a day)."""
+    exports.mkdir(parents=True, exist_ok=True)
+    for old in exports.iterdir():
+        with contextlib.suppress(OSError):
+            if time.time() - old.stat().st_mtime > STALE_EXPORT_S:
+                shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=exports))
+
+
 @router.get("/{name}/download", response_class=StreamingResponse, responses={
     200: {"content": TARBALL, "description": "a Hugging Face directory as a streamed .tar.gz"}} | errors(409))
 def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, format: str = "merged"):
@@ -54,8 +69,7 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, fo
         raise HTTPException(404, f"checkpoint '{name}' not found")
     if format not in ("merged", "adapter"):
         raise HTTPException(422, "format: must be 'merged' or 'adapter'")
-    svc.settings.exports_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{job_id}-{name}-", dir=svc.settings.exports_dir))
+    scratch = new_scratch(svc.settings.exports_dir, f"{job_id}-{name}-")
     try:
         source = download_source(path, format, scratch)
     except BaseException as err:

@@ -179,10 +179,12 @@ def test_an_aborted_merged_download_leaves_no_thread_open_file_or_export(server,
 
     monkeypatch.setattr(checkpoints, "export_checkpoint", export_checkpoint)
     exports = app.state.services.settings.exports_dir
+    (stale := exports / "left-by-a-dead-process").mkdir(parents=True)
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
     path = f"/v1/jobs/{job_id}/checkpoints/step-1/download?format=merged"
     abort(slow_download(base, path))
     assert exported and exported[0].is_relative_to(exports)
-    assert wait_for(lambda: list(exports.iterdir())) == []  # the merged model is gone
+    assert wait_for(lambda: list(exports.iterdir())) == []  # the merged model is gone, and the stale scratch
     assert wait_for(lambda: open_files_under(exports) + open_files_under(model)) == []
     assert wait_for(lambda: threads_in(checkpoints.__file__) + threads_in(tarball.__file__)) == []
     assert tarball.PRODUCERS.borrowed_tokens == 0  # the download gave its producer thread back
