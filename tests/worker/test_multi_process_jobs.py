@@ -78,8 +78,8 @@ def test_a_two_process_job_records_from_rank_0_only_and_resumes_when_a_rank_is_k
 
 
 def test_cancel_ends_every_rank(api, two_process_worker, submit, wait_for):
-    job_id = submit(nproc=2, max_steps=5000, save_every=1000, eval_every=1000)
-    wait_for(lambda: status(api, job_id)["step"] >= 2, what="job to reach step 2")
+    job_id = submit(nproc=2, max_steps=5000, save_every=1000, eval_every=1000, eval_data=None)
+    wait_for(lambda: status(api, job_id)["step"] >= 1, what="job to reach step 1")
     assert len(ranks_of(job_id)) == 2
     assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
     job = wait_for(lambda: (j := status(api, job_id))["status"] != "running" and j, timeout=15, what="cancel")
