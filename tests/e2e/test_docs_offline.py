@@ -21,13 +21,18 @@ LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory) -> Iterator[str]:
-    """The API (SQLite, no worker) served by uvicorn in a thread."""
+def docs_app(tmp_path_factory):
+    """The API on SQLite with no worker; alice's token is ``tok``."""
     home = tmp_path_factory.mktemp("docs")
-    app = create_app(Settings(home=home / "home", models_dir=home / "models", demo_model=False, tokens="alice:tok"),
-                     enqueue=lambda _job_id: None)
+    return create_app(Settings(home=home / "home", models_dir=home / "models", demo_model=False, tokens="alice:tok"),
+                      enqueue=lambda _job_id: None)
+
+
+@pytest.fixture(scope="module")
+def base_url(docs_app) -> Iterator[str]:
+    """``docs_app`` served by uvicorn in a thread."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(docs_app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
