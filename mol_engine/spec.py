@@ -80,6 +80,16 @@ class JobSpec(BaseModel):
         3, ge=1, description="keep the newest N checkpoints and the final one, deleting older ones once a newer "
         "one is complete; null keeps all")
 
+    max_general_kl: float | None = Field(
+        None, gt=0, description="forgetting budget: the KL to the base (nats/token) on held-out general text the "
+        "job accepts; each evaluation after training is compared with it; null: no budget")
+    on_budget: Literal["warn", "stop"] = Field(
+        "warn", description="when an evaluation crosses max_general_kl: warn (an event, training goes on) or stop "
+        "(the job ends as succeeded, reason budget, with a checkpoint at that step)")
+    best_metric: Literal["domain_ppl", "qa_exact_match"] = Field(
+        "domain_ppl", description="the figure that picks the best checkpoint within the budget: domain_ppl "
+        "(lowest) or qa_exact_match (highest; needs eval_data)")
+
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
@@ -129,6 +139,11 @@ class JobSpec(BaseModel):
             )
         if self.reference == "cached" and self.method != "mol":
             raise ValueError(f"reference 'cached' only applies to method 'mol' (method is '{self.method}')")
+        if self.max_general_kl is not None and self.general_source == "corpus" and not self.general_data:
+            raise ValueError("max_general_kl needs held-out general text: set general_data "
+                             "(or general_source: self)")
+        if self.best_metric == "qa_exact_match" and not self.eval_data:
+            raise ValueError("best_metric 'qa_exact_match' needs eval_data (a QA set)")
         if self.method != "domain_only" and self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 so each step holds domain and general rows")
         return self

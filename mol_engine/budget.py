@@ -1,0 +1,103 @@
+"""The forgetting budget and the best checkpoint within it: one place for each rule.
+
+A job may set ``max_general_kl``, the KL to the base (nats/token) on held-out general text it accepts. Each
+evaluation after training compares ``eval/general_kl`` with it (:func:`crosses_budget`); the first one above is
+the crossing. Every job marks the best checkpoint (:func:`best_checkpoint`): among the evaluated checkpoints
+within the budget (all, without one), the best figure of ``best_metric``. The engine writes it to
+``best.json`` in the run directory (:func:`write_best`), and whoever serves checkpoints reads it back
+(:func:`read_best`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+KL_METRIC = "eval/general_kl"
+BestMetric = Literal["domain_ppl", "qa_exact_match"]
+METRICS: dict[str, tuple[str, int]] = {  # spec name -> (metric name, +1 higher is better / -1 lower is better)
+    "domain_ppl": ("eval/domain_ppl", -1),
+    "qa_exact_match": ("eval/qa_exact_match", +1),
+}
+BEST_FILE = "best.json"
+BEST_NAME = "best"  # the alias of the best checkpoint wherever a checkpoint name is accepted
+
+
+def crosses_budget(metrics: Mapping[str, float], budget: float | None) -> bool:
+    """Whether an evaluation's KL to the base is over ``budget`` (never without a budget or a KL figure)."""
+    kl = metrics.get(KL_METRIC)
+    return budget is not None and kl is not None and (not math.isfinite(kl) or kl > budget)
+
+
+def first_crossing(evaluations: Mapping[int, Mapping[str, float]], budget: float | None) -> int | None:
+    """The first step after training began (step 0 is the base) whose evaluation crosses ``budget``, or None."""
+    return min((step for step, metrics in evaluations.items() if step > 0 and crosses_budget(metrics, budget)),
+               default=None)
+
+
+def within_budget(metrics: Mapping[str, float], budget: float | None) -> bool:
+    """Whether an evaluation may be chosen as best: any without a budget, else one whose finite KL is within it."""
+    if budget is None:
+        return True
+    kl = metrics.get(KL_METRIC)
+    return kl is not None and math.isfinite(kl) and kl <= budget
+
+
+def best_checkpoint(history: Mapping[int, Mapping[str, float]], budget: float | None,
+                    metric: BestMetric = "domain_ppl") -> int | None:
+    """The step of the best checkpoint: ``history`` maps each checkpoint's step to its evaluation at that step.
+
+    Candidates are those evaluated (a finite ``metric``) within ``budget``; the best ``metric`` wins (lowest
+    domain perplexity, highest QA exact match), ties going to the lower domain perplexity, then the earlier
+    step. None when no checkpoint qualifies.
+    """
+    name, sign = METRICS[metric]
+
+    def rank(step: int) -> tuple[float, float, int]:
+        ppl = history[step].get("eval/domain_ppl")
+        return -sign * history[step][name], ppl if ppl is not None and math.isfinite(ppl) else math.inf, step
+
+    candidates = [step for step, metrics in history.items()
+                  if metrics.get(name) is not None and math.isfinite(metrics[name]) and within_budget(metrics, budget)]
+    return min(candidates, key=rank, default=None)
+
+
+def budget_message(step: int, metrics: Mapping[str, float], budget: float, stop: bool) -> str:
+    """The ``budget`` event's message: the step, the figure, the budget and what happens next."""
+    then = "stopping (on_budget: stop); checkpoints kept" if stop else "training goes on (on_budget: warn)"
+    return (f"forgetting budget crossed at step {step}: {KL_METRIC} = {metrics[KL_METRIC]:.4g} nats/token > "
+            f"max_general_kl = {budget:g}; {then}")
+
+
+def write_best(out_dir: str | Path, step: int | None, metric: BestMetric, budget: float | None,
+               evaluation: Mapping[str, float] | None) -> None:
+    """Record the best checkpoint in ``out_dir/best.json`` in one step (none yet: the file is removed)."""
+    path = Path(out_dir) / BEST_FILE
+    if step is None:
+        path.unlink(missing_ok=True)
+        return
+    record = {"step": step, "name": f"step-{step}", "metric": metric, "max_general_kl": budget,
+              "evaluation": dict(evaluation or {})}
+    tmp = path.with_name(f".{BEST_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record))
+    tmp.replace(path)
+
+
+def read_best(out_dir: str | Path) -> int | None:
+    """The step ``best.json`` names, or None before any evaluated checkpoint (or when it does not read back)."""
+    try:
+        step = json.loads((Path(out_dir) / BEST_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if isinstance(step, int) else None
+
+
+def best_checkpoint_dir(out_dir: str | Path) -> Path | None:
+    """The directory of the best checkpoint of the run in ``out_dir``, if it was recorded and still exists."""
+    step = read_best(out_dir)
+    path = Path(out_dir) / "checkpoints" / f"step-{step}"
+    return path if step is not None and path.is_dir() else None
