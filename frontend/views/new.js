@@ -241,7 +241,7 @@ function specFrom(form) {
   const spec = { base_model: data.get("base_model"), method, finetune: data.get("finetune"),
     domain_data: [data.get("domain_data")].filter(Boolean),
     general_data: generalPick && generalPick !== SELF ? [generalPick] : [],
-    general_source: generalPick === SELF ? "self" : "corpus",
+    general_source: generalPick === SELF && method !== "domain_only" ? "self" : "corpus",  // domain_only samples none
     eval_data: data.get("eval_data") || null,
     reference: method === "mol" ? data.get("reference") : "exact" };
   for (const input of form.querySelectorAll("fieldset:not([hidden]) .field [name]")) {

@@ -64,8 +64,8 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     upload(page, "domain", mine)
     expect(page.locator("#pick-domain option:checked")).to_contain_text("domain.jsonl")
     page.fill("#f-name", "demo-mol")
-    for field, value in {"seq_len": "64", "batch_size": "8", "max_steps": "40", "eval_every": "5",
-                         "save_every": "20", "lr": "0.003", "kl_weight": "-1"}.items():
+    for field, value in {"seq_len": "64", "batch_size": "8", "max_steps": "20", "eval_every": "5",
+                         "save_every": "10", "lr": "0.003", "kl_weight": "-1"}.items():
         page.fill(f"#f-{field}", value)
     page.select_option("#pick-general", "")  # MoL without general text, and kl_weight -1: both refused
     page.click("text=Start training")  # the field's error first, next to its field
@@ -75,7 +75,8 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     expect(page.locator('[data-error-for="general_data"]')).to_contain_text("general_data is required")
     expect(page.locator('[data-error-for="kl_weight"]')).to_be_empty()
     expect(page.locator('[data-error-for="spec"]')).to_be_empty()
-    page.select_option("#pick-general", label=re.compile("demo-general.jsonl"))
+    demo_general = page.locator("#pick-general option", has_text="demo-general.jsonl").get_attribute("value")
+    page.select_option("#pick-general", demo_general)
     page.click("text=Start training")
     expect(page.locator("tr[data-job]")).to_have_count(2)
     page.screenshot(path=SHOTS / "jobs-list.png", full_page=True)
@@ -86,14 +87,14 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     expect(training.locator(".u-legend .u-series", has_text="general rows")).to_have_count(0)  # MoL: no CE there
     expect(page.locator('[data-chart^="Training KL"]')).to_have_count(1)
     points = "+document.querySelector('[data-chart=\"Training cross-entropy\"]')?.dataset.points"
-    page.wait_for_function(f"() => {points} > 0")
+    page.wait_for_function(f"() => {points} > 0", timeout=180_000)  # after loading and the step-0 evaluation
     first = int(training.get_attribute("data-points"))
     page.wait_for_function(f"() => {points} > {first}")  # the chart gains points while the job runs
     assert page.locator(".badge").first.inner_text() in ("running", "succeeded")
     page.screenshot(path=SHOTS / "job-running.png", full_page=True)
 
     page.goto(service.url.split("?")[0] + "#/jobs")
-    expect(page.locator('.badge[data-status="succeeded"]')).to_have_count(2, timeout=240_000)
+    expect(page.locator('.badge[data-status="succeeded"]')).to_have_count(2, timeout=480_000)  # busy 2-core box: slow
     # held-out KL to the base, which CPT records too (its training batches have none)
     cpt_row = page.locator("tr[data-job]", has_text="demo-mol-cpt")
     expect(cpt_row.locator('[data-metric="eval/general_kl"]')).to_have_text(re.compile(r"^\d"))
@@ -125,7 +126,7 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     page.get_by_role("link", name="demo-mol", exact=True).first.click()
     expect(page.locator("h1")).to_have_text("demo-mol")
     expect(page.locator('.toolbar .badge[data-status="succeeded"]')).to_be_visible()
-    page.wait_for_function("() => +document.querySelector('[data-chart=\"QA exact match\"]')?.dataset.points >= 9")
+    page.wait_for_function("() => +document.querySelector('[data-chart=\"QA exact match\"]')?.dataset.points >= 5")
     expect(page.locator("[data-disk]")).to_have_text(re.compile(r"[\d.]+ [KMG]iB on disk, 2 checkpoints"))
     page.screenshot(path=SHOTS / "job-finished.png", full_page=True)
     with page.expect_download() as info:
@@ -153,4 +154,4 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     assert asked and "Cancel the job mol-job" in asked[0]
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button:has-text('Cancel')")
-    expect(page.locator('.toolbar .badge[data-status="cancelled"]')).to_be_visible(timeout=120_000)
+    expect(page.locator('.toolbar .badge[data-status="cancelled"]')).to_be_visible(timeout=240_000)
