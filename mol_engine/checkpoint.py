@@ -1,13 +1,14 @@
 """Atomic training checkpoints: safetensors and JSON, or, under FSDP, torch.distributed.checkpoint shards.
 
 Layout of ``checkpoints/step-N/`` with one process or DDP (written by rank 0):
-    model/                   Hugging Face directory (full weights + tokenizer) or PEFT adapter (+ tokenizer)
+    model/                   Hugging Face directory (full weights + tokenizer) or PEFT adapter (+ tokenizer), and
+                             its model card, README.md, from ``trainer_state["model_card"]`` (mol_engine/model_card.py)
     optimizer.safetensors    optimizer state tensors;   trainer_state.json: step, optimizer groups,
     rng.safetensors          torch RNG states;          scheduler, data position, spec
 Under FSDP (:func:`save_sharded_checkpoint`, every rank writes its own shards, nothing is gathered):
     dcp/                     DCP checkpoint: trainable weights and optimizer tensors by parameter name, one
                              ``__R_0.distcp`` file per rank R and a ``.metadata`` index
-    model/                   config (or adapter_config) + tokenizer, no weights: ``mol export`` gathers them
+    model/                   config (or adapter_config) + tokenizer + card, no weights: ``mol export`` gathers them
     rng/rank-R.safetensors   each rank's RNG states;  trainer_state.json as above (optimizer groups by name)
 A checkpoint is written to a temporary sibling (``.step-N-xxxx``) and renamed into place (by rank 0, once every
 rank has written its part), so ``step-N`` exists only complete; only then are older ones pruned. A write that fails
@@ -37,6 +38,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
+
+from .model_card import write_model_card
 
 _STEP_DIR = re.compile(r"step-(\d+)")
 _OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors' Rust writer reports an OSError
@@ -182,6 +185,7 @@ def save_sharded_checkpoint(out_dir: str | Path, step: int, model: nn.Module, to
 
     def complete() -> None:
         _write_description(tmp / "model", model, tokenizer)
+        write_model_card(tmp / "model", trainer_state.get("model_card"), _kind(model))
         _write_state(tmp, step, groups, scheduler, trainer_state)
         _move_into_place(tmp, final)
         prune_checkpoints(out_dir, keep, protect)
@@ -278,6 +282,21 @@ def _write_description(model_dir: Path, model: nn.Module, tokenizer) -> None:
     tokenizer.save_pretrained(model_dir)
 
 
+def _kind(model: nn.Module) -> str:
+    """What a checkpoint's ``model/`` holds: a LoRA ``adapter`` or ``full`` weights."""
+    return "adapter" if hasattr(model, "peft_config") else "full"
+
+
+def sharded_weight_bytes(path: str | Path) -> int:
+    """The bytes of the model weights in an FSDP checkpoint's shards (its optimizer state left out), from their
+    index: what an export of them holds, give or take the file headers."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    index = MetadataReader(Path(path) / SHARDS).read_metadata().state_dict_metadata
+    return sum(meta.size.numel() * meta.properties.dtype.itemsize for key, meta in index.items()
+               if key.startswith("model.") and isinstance(meta, TensorStorageMetadata))
+
+
 def _on_every_rank(action: Callable[[], None] | None, final: Path, tmp: Path) -> None:
     """Run ``action`` on this rank (None: nothing), then learn from all ranks whether it failed on any: then rank 0
     removes ``tmp`` and every rank raises :class:`CheckpointError`, a failing rank with its own reason."""
@@ -314,6 +333,7 @@ def _write(tmp: Path, step: int, model: nn.Module, tokenizer, optimizer_state: d
            trainer_state: dict[str, Any]) -> None:
     model.save_pretrained(tmp / "model", safe_serialization=True)
     tokenizer.save_pretrained(tmp / "model")
+    write_model_card(tmp / "model", trainer_state.get("model_card"), _kind(model))
     tensors, groups = _optimizer_tensors(optimizer_state)
     save_file(tensors, tmp / "optimizer.safetensors")
     save_file(_rng_tensors(), tmp / "rng.safetensors")

@@ -4,6 +4,7 @@ Full fine-tuning checkpoints already hold a complete model directory. LoRA check
 adapter: exported as is (small; loading it needs the base model) or merged into the base weights.
 A checkpoint written under FSDP holds its weights as DCP shards (``checkpoint.is_sharded_checkpoint``):
 exporting it gathers them in this one process into the same directory (full weights, adapter, or merged).
+Every export carries the checkpoint's model card (README.md) rendered for what it holds (mol_engine/model_card.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .checkpoint import STATE_FILE, is_sharded_checkpoint, read_sharded_weights
+from .model_card import card_from_state, write_model_card
 
 
 class ExportError(ValueError):
@@ -60,6 +62,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merged: bool = Fa
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         if base_model and is_adapter(tmp):
             _set_adapter_base(tmp, base_model)
+        write_model_card(tmp, checkpoint_card(checkpoint), export_kind(checkpoint, merged))
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
@@ -67,6 +70,24 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merged: bool = Fa
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def export_kind(checkpoint: str | Path, merged: bool) -> str:
+    """What an export (or download) of ``checkpoint`` holds: ``full`` weights, a LoRA ``adapter``, or the adapter
+    ``merged`` into the base."""
+    if not is_adapter(checkpoint):
+        return "full"
+    return "merged" if merged else "adapter"
+
+
+def checkpoint_card(checkpoint: str | Path) -> dict | None:
+    """The model card of a checkpoint directory (see :func:`model_card.card_from_state`), None for a bare model
+    directory, which has no trainer state."""
+    try:
+        state = json.loads((Path(checkpoint) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return card_from_state(state)
 
 
 def gather_shards(checkpoint: str | Path, dest: Path) -> Path:

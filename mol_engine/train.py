@@ -31,6 +31,7 @@ from .data import Batch, DataError, MixedBatches, read_qa
 from .distributed import World, gathered, is_sharded, join_world, local_device, wrap
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
+from .model_card import build_card
 from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
 from .objective import ROUTES, objective
 from .reference import Reference, make_reference, released_after
@@ -88,6 +89,7 @@ class Run:
     eos_id: int
     world: World
     step_losses: nn.Module  # model + losses; DistributedDataParallel under torchrun
+    evaluations: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> held-out figures (model card)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -285,6 +287,7 @@ def _restore(run: Run, cb: Callback) -> int:
         return 0
     state = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, lora=run.spec.finetune == "lora")
     run.batches.load_state(state["data"])
+    run.evaluations = {int(s): v for s, v in state.get("evaluations", {}).items()}
     cb.on_rewind(state["step"])
     cb.on_event({"step": state["step"], "kind": "resumed", "message": f"resumed from {ckpt.name}"})
     return int(state["step"])
@@ -375,6 +378,7 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
                 run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
                 device=run.device)
     run.model.train()
+    run.evaluations[step] = metrics
     cb.on_metrics(step, metrics)
     shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in metrics.items())
     cb.on_event({"step": step, "kind": "eval", "message": f"evaluation at step {step}: {shown}"})
@@ -387,8 +391,10 @@ def _save(run: Run, step: int, cb: Callback) -> Path:
     Under FSDP every rank writes its own shards; otherwise rank 0 writes the checkpoint. A failed write (a full
     disk) raises :class:`CheckpointError` on every rank, not only on the one that failed.
     """
-    state = {"data": run.batches.state(), "spec": run.spec.model_dump(mode="json"),
-             "finetune": run.spec.finetune, "base_model": run.spec.base_model}
+    spec = run.spec.model_dump(mode="json")
+    state = {"data": run.batches.state(), "spec": spec, "finetune": run.spec.finetune,
+             "base_model": run.spec.base_model, "evaluations": {str(s): v for s, v in run.evaluations.items()},
+             "model_card": build_card(spec, step, run.evaluations)}
     keep, protect = run.spec.keep_checkpoints, {run.spec.max_steps}
     if is_sharded(run.step_losses):
         path = save_sharded_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
