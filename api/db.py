@@ -34,7 +34,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from mol_engine.callbacks import strict_dumps
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
@@ -128,6 +128,7 @@ class Job(Base):
     step: Mapped[int] = mapped_column(Integer, default=0)
     max_steps: Mapped[int] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)  # why it succeeded early: budget
     last_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempt: Mapped[int] = mapped_column(Integer, default=0)
@@ -250,7 +251,14 @@ def _add_worker_capacity(session: Session) -> None:
         session.execute(text("ALTER TABLE workers_seen ADD COLUMN capacity INTEGER NOT NULL DEFAULT 1"))
 
 
-MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity}  # from version N to N + 1
+def _add_stop_reason(session: Session) -> None:
+    """4 -> 5: a job records why it succeeded before max_steps (``budget``); rows from before ran to the end."""
+    if "stop_reason" not in {c["name"] for c in inspect(session.connection()).get_columns("jobs")}:
+        session.execute(text("ALTER TABLE jobs ADD COLUMN stop_reason VARCHAR(40)"))
+
+
+# from version N to N + 1
+MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason}
 
 
 def init_db(engine: Engine) -> sessionmaker:

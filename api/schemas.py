@@ -168,6 +168,7 @@ class JobSummary(BaseModel):
 
 class JobOut(JobSummary):
     spec: dict[str, Any]
+    stop_reason: str | None = None  # why a succeeded job ended before max_steps: "budget" (its forgetting budget)
     disk_bytes: int | None = None  # the run directory's size, measured by GET /v1/jobs/{id}
 
 
@@ -191,6 +192,7 @@ class CheckpointOut(BaseModel):
     step: int
     kind: str  # "full" or "adapter"
     bytes: int
+    best: bool = False  # the best checkpoint within the job's forgetting budget (also named `best`)
 
 
 class EventOut(BaseModel):

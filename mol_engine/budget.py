@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from .export import ExportError
+
 KL_METRIC = "eval/general_kl"
 BestMetric = Literal["domain_ppl", "qa_exact_match"]
 METRICS: dict[str, tuple[str, int]] = {  # spec name -> (metric name, +1 higher is better / -1 lower is better)
@@ -94,6 +96,17 @@ def read_best(out_dir: str | Path) -> int | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return step if isinstance(step, int) else None
+
+
+def checkpoint_path(given: str | Path) -> Path:
+    """A checkpoint path as given, or for ``RUN/checkpoints/best`` the best checkpoint of RUN (ExportError if none)."""
+    path = Path(given)
+    if path.name != BEST_NAME or path.exists() or path.parent.name != "checkpoints":
+        return path
+    found = best_checkpoint_dir(path.parent.parent)
+    if found is None:
+        raise ExportError(f"{path}: the run has no best checkpoint yet (none evaluated at its step within its budget)")
+    return found
 
 
 def best_checkpoint_dir(out_dir: str | Path) -> Path | None:

@@ -1,7 +1,7 @@
 """``mol`` command line: train, export, demo, replicate.
 
     mol train SPEC.yaml --out DIR [--resume] [--set FIELD=VALUE ...]
-    mol export DIR/checkpoints/step-N OUT [--merged]
+    mol export DIR/checkpoints/step-N OUT [--merged]     (or DIR/checkpoints/best: the best within the budget)
     mol demo [DIR]
 """
 
@@ -136,9 +136,10 @@ def summary(out: Path, status: str, checkpoint: Path | None) -> str:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .budget import checkpoint_path
     from .export import export_checkpoint
 
-    out = export_checkpoint(args.checkpoint, args.out, merged=args.merged, base_model=args.base_model)
+    out = export_checkpoint(checkpoint_path(args.checkpoint), args.out, merged=args.merged, base_model=args.base_model)
     print(out)
     return 0
 
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint as a Hugging Face directory (an FSDP checkpoint's "
                                       "shards gathered into one)")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="DIR/checkpoints/step-N, or DIR/checkpoints/best (the best within the budget)")
     p.add_argument("out")
     p.add_argument("--merged", action="store_true", help="LoRA: merge the adapter into the base weights")
     p.add_argument("--base-model", default=None, help="LoRA: base model directory, if it moved")
