@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
+FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
 FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -155,3 +158,56 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("button:has-text('Cancel')")
     expect(page.locator('.toolbar .badge[data-status="cancelled"]')).to_be_visible(timeout=240_000)
+
+
+# The dashboard's rules as pure functions, run in node (no browser, no service): where a 422 line goes, which
+# datasets a model starts on, what a job charts, round ticks, one point's span, and the summary's figures.
+RULES = """
+globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [a, b] } };
+const root = process.argv[1];
+const { slotFor, defaultDataset } = await import(`${root}/views/new.js`);
+const { chartsFor } = await import(`${root}/views/job.js`);
+const { figures } = await import(`${root}/views/compare.js`);
+const { niceTicks, axisRange, tickLabels } = await import(`${root}/charts.js`);
+const slots = ["base_model", "domain_data", "general_data", "eval_data", "reference", "batch_size", "kl_weight",
+  "lora.rank", "name"];
+const lines = ["kl_weight: Input should be greater than or equal to 0", "lora.rank: Input should be at most 1024",
+  "domain_data.0: unknown dataset 'ds_x'",
+  "spec: general_data is required for method 'mol' (or set general_source: self)",
+  "spec: reference 'cached' only applies to method 'mol' (method is 'cpt')", "general_source: Input should be 'corpus'",
+  "spec: batch_size must be at least 2 so each step holds domain and general rows", "spec: something unnamed"];
+const datasets = [{ id: "mine", purpose: "domain", filename: "mine.jsonl" },
+  { id: "dd", purpose: "domain", filename: "demo-domain.jsonl" },
+  { id: "dg", purpose: "general", filename: "demo-general.jsonl" },
+  { id: "de", purpose: "eval", filename: "demo-eval.jsonl" }];
+const titles = (spec) => chartsFor(spec).map(([o, names]) => [o.title, o.series.map((s) => s.label), names]);
+const evals = [{ step: 0, "eval/domain_ppl": 100 }, { step: 5, "eval/domain_ppl": 40 },
+  { step: 10, "eval/domain_ppl": 50 }];
+console.log(JSON.stringify({
+  slots: lines.map((l) => slotFor(l, slots)),
+  demo: ["domain", "general", "eval"].map((p) => defaultDataset(p, datasets, "demo")),
+  other: ["domain", "general", "eval"].map((p) => defaultDataset(p, datasets, "other")),
+  mol: titles({ method: "mol", eval_data: "ds_e" }), cpt: titles({ method: "cpt", eval_data: null }),
+  ticks: niceTicks(-0.0719, 4.71), one_step: axisRange(0, 0, { integer: true }), one_value: axisRange(5, 5),
+  labels: tickLabels([6.8801, 6.8802, 6.8803]), figures: figures(evals, { name: "eval/domain_ppl", lower: true }),
+}));
+"""
+
+
+def test_form_chart_and_summary_rules():
+    run = subprocess.run(["node", "--input-type=module", "-e", RULES, str(FRONTEND)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["slots"] == ["kl_weight", "lora.rank", "domain_data", "general_data", "reference", "general_data",
+                             "batch_size", None]  # None: above the submit button
+    assert seen["demo"] == ["dd", "dg", "de"] and seen["other"] == ["mine", "self", ""]
+    mol, cpt = ({t[0]: t for t in seen[m]} for m in ("mol", "cpt"))
+    assert mol["Training cross-entropy"][1] == ["domain rows"] and "Training KL to the base (general rows)" in mol
+    assert cpt["Training cross-entropy"][2] == ["train/domain_ce", "train/general_ce"]
+    assert not any(t.startswith("Training KL") for t in cpt) and "QA exact match" in mol and "QA exact match" not in cpt
+    assert seen["ticks"]["ticks"] == [-1, 0, 1, 2, 3, 4, 5] and seen["ticks"]["decimals"] == 0
+    assert seen["one_step"] == [0, 1] and seen["one_value"] == [4.5, 5.5]
+    assert seen["labels"] == ["6.8801", "6.8802", "6.8803"]
+    assert seen["figures"] == {"base": {"step": 0, "value": 100}, "final": {"step": 10, "value": 50},
+                               "best": {"step": 5, "value": 40}}
