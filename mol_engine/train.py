@@ -18,9 +18,11 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .budget import best_checkpoint, budget_message, first_crossing, write_best
 from .callbacks import Callback, CallbackList, Cancelled
 from .checkpoint import (
     CheckpointError,
+    checkpoint_dirs,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -54,6 +56,7 @@ class TrainResult:
     out_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
     checkpoint: Path | None = None
+    reason: Literal["budget"] | None = None  # why a succeeded run ended before max_steps
 
 
 def lr_factor(step: int, spec: JobSpec) -> float:
@@ -125,21 +128,41 @@ def _loop(spec: JobSpec, out: Path, cb: Callback, world: World, resume: bool) ->
     last: dict[str, float] = {}
     if start == 0:
         last |= _evaluate(run, 0, cb)
-    step, status, saved = start, "succeeded", None
+    step, status, reason, saved = start, "succeeded", None, None
     for step in range(start + 1, spec.max_steps + 1):
         metrics = train_step(run, step)
         cb.on_metrics(step, metrics)
         last |= metrics
+        crossed = False
         if step % spec.eval_every == 0 or step == spec.max_steps:
             last |= _evaluate(run, step, cb)
-        if step % spec.save_every == 0 or step == spec.max_steps:
-            saved = _save(run, step, cb)
+            crossed = _crosses_budget_now(run, step, cb)
+        budget_stop = crossed and spec.on_budget == "stop"
+        if step % spec.save_every == 0 or step == spec.max_steps or budget_stop:
+            saved = _save(run, step, cb, keep_previous=budget_stop)
+        if budget_stop and step < spec.max_steps:
+            reason = "budget"
+            break
         if world.agree(cb.should_stop(), run.device) and step < spec.max_steps:
             status = "cancelled"
             break
-    message = f"stopped at step {step} (checkpoints kept)" if status == "cancelled" else f"finished at step {step}"
-    cb.on_event({"step": step, "kind": status, "message": message})
-    return TrainResult(status, step, out, last, saved or latest_checkpoint(out))
+    message = {"cancelled": f"stopped at step {step} (checkpoints kept)",
+               "budget": f"stopped by the forgetting budget at step {step} (checkpoints kept)"}.get(
+        reason or status, f"finished at step {step}")
+    cb.on_event({"step": step, "kind": status, "message": message} | ({"reason": reason} if reason else {}))
+    return TrainResult(status, step, out, last, saved or latest_checkpoint(out), reason)
+
+
+def _crosses_budget_now(run: Run, step: int, cb: Callback) -> bool:
+    """Whether this step's evaluation is the first over ``max_general_kl`` (rank 0's figures decide for every
+    rank); if so, a ``budget`` event says so."""
+    budget = run.spec.max_general_kl
+    if budget is None or not run.world.agree(first_crossing(run.evaluations, budget) == step, run.device):
+        return False
+    stop, kl = run.spec.on_budget == "stop", run.evaluations[step].get("eval/general_kl")
+    cb.on_event({"step": step, "kind": "budget", "message": budget_message(step, run.evaluations[step], budget, stop),
+                 "general_kl": kl, "max_general_kl": budget, "on_budget": run.spec.on_budget})
+    return True
 
 
 def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World | None = None) -> Run:
@@ -385,8 +408,9 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     return metrics
 
 
-def _save(run: Run, step: int, cb: Callback) -> Path:
-    """Write ``step-N`` and prune older ones (the final step is always kept); returns its path.
+def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Path:
+    """Write ``step-N`` and prune older ones, keeping the final step, the best checkpoint (recorded in
+    ``best.json``) and, with ``keep_previous``, the newest one before this; returns its path.
 
     Under FSDP every rank writes its own shards; otherwise rank 0 writes the checkpoint. A failed write (a full
     disk) raises :class:`CheckpointError` on every rank, not only on the one that failed.
@@ -396,13 +420,27 @@ def _save(run: Run, step: int, cb: Callback) -> Path:
              "base_model": run.spec.base_model, "evaluations": {str(s): v for s, v in run.evaluations.items()},
              "model_card": build_card(spec, step, run.evaluations)}
     keep, protect = run.spec.keep_checkpoints, {run.spec.max_steps}
+    best = _best_step(run, step)
+    protect |= {best} if best is not None else set()
+    previous = latest_checkpoint(run.out) if keep_previous else None
+    protect |= {int(previous.name.removeprefix("step-"))} if previous else set()
     if is_sharded(run.step_losses):
         path = save_sharded_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
                                        keep=keep, protect=protect)
     else:
         path = _save_on_rank_0(run, step, state, keep, protect)
+    if run.world.is_main:
+        write_best(run.out, best, run.spec.best_metric, run.spec.max_general_kl, run.evaluations.get(best))
     cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name})
     return path
+
+
+def _best_step(run: Run, step: int) -> int | None:
+    """The best checkpoint once ``step-N`` is written: among the checkpoints kept so far and this one, those
+    evaluated at their step. (One pruned earlier was worse than the best then, which only improves since.)"""
+    kept = {int(p.name.removeprefix("step-")) for p in checkpoint_dirs(run.out)} | {step}
+    history = {s: run.evaluations[s] for s in kept if s in run.evaluations}
+    return best_checkpoint(history, run.spec.max_general_kl, run.spec.best_metric)
 
 
 def _save_on_rank_0(run: Run, step: int, state: dict, keep: int | None, protect: set[int]) -> Path:

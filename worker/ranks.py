@@ -55,7 +55,7 @@ def main(job_id: str, lease_owner: str, report: Path) -> int:
                                   "error": relabel(f"{type(err).__name__}: {err}", labels)})
         raise
     if is_main:
-        write_report(report, {"status": result.status})
+        write_report(report, {"status": result.status, "reason": result.reason})
     return 0
 
 

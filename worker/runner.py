@@ -152,10 +152,12 @@ def relabel(text: str, labels: dict[str, str]) -> str:
     return text
 
 
-def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None) -> None:
+def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None,
+           stop_reason: str | None = None) -> None:
     with sessions.begin() as db:
         job = db.get(Job, job_id)
         job.status, job.error, job.finished_at, job.lease_owner = status, error, utcnow(), None
+        job.stop_reason = stop_reason
         if error:
             db.add(JobEvent(job_id=job_id, step=job.step, kind="failed", message=error, data={}))
 
@@ -211,7 +213,7 @@ def _run_here(sessions: sessionmaker, job_id: str, me: str, spec: JobSpec, label
     recorder.close()
     if result.status == "cancelled" and recorder.orphaned:
         return "orphaned"  # not a user's cancel: leave the job running for the next worker to resume
-    finish(sessions, job_id, result.status)
+    finish(sessions, job_id, result.status, stop_reason=result.reason)
     return result.status
 
 
@@ -243,7 +245,7 @@ def _run_ranks(sessions: sessionmaker, job: Job, me: str, nproc: int, settings: 
         heartbeat.close()
         word = json.loads(report.read_text()) if report.is_file() else {}
     if ranks.returncode == 0 and word.get("status") in ("succeeded", "cancelled", "failed"):
-        finish(sessions, job.id, word["status"], word.get("error"))
+        finish(sessions, job.id, word["status"], word.get("error"), word.get("reason"))
         return word["status"]
     if word.get("status") == "error" and not word.get("peer_lost"):  # the job's own fault: retrying won't help
         finish(sessions, job.id, "failed", word["error"])

@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
 
+from mol_engine.budget import BEST_NAME, read_best
 from mol_engine.checkpoint import checkpoint_dirs, is_sharded_checkpoint
 from mol_engine.export import ExportError, export_checkpoint, is_adapter
 
@@ -27,8 +28,22 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"],
 @router.get("", response_model=list[CheckpointOut])
 def list_checkpoints(job_id: str, owner: Owner, db: DB, svc: Svc) -> list[CheckpointOut]:
     owned_job(db, owner, job_id)
-    return [CheckpointOut(name=p.name, step=int(p.name.split("-")[1]), kind="adapter" if is_adapter(p) else "full",
-                          bytes=tree_bytes(p / "model")) for p in checkpoint_dirs(svc.settings.runs_dir / job_id)]
+    run_dir = svc.settings.runs_dir / job_id
+    best = read_best(run_dir)
+    return [CheckpointOut(name=p.name, step=(step := int(p.name.split("-")[1])), best=step == best,
+                          kind="adapter" if is_adapter(p) else "full", bytes=tree_bytes(p / "model"))
+            for p in checkpoint_dirs(run_dir)]
+
+
+def resolve_name(run_dir: Path, name: str) -> str:
+    """``name`` with the alias ``best`` replaced by the checkpoint ``best.json`` names; 409 when there is none."""
+    if name != BEST_NAME:
+        return name
+    step = read_best(run_dir)
+    if step is None:
+        raise HTTPException(409, "checkpoint 'best': this job has no best checkpoint yet (the best is chosen among "
+                                 "checkpoints evaluated at their step within max_general_kl; none is so far)")
+    return f"step-{step}"
 
 
 def download_source(checkpoint: Path, format: str, scratch: Path) -> Path:
@@ -62,6 +77,7 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, fo
     """Streams the checkpoint as .tar.gz; no database connection is held while it (or a merge) runs."""
     with svc.sessions() as db:
         owned_job(db, owner, job_id)
+    name = resolve_name(svc.settings.runs_dir / job_id, name)
     if not re.fullmatch(r"step-\d+", name):
         raise HTTPException(404, f"checkpoint '{name}' not found")
     path = svc.settings.runs_dir / job_id / "checkpoints" / name

@@ -1,0 +1,113 @@
+"""The forgetting budget and the best checkpoint within it: the pure rules on crafted histories, the spec's
+checks, and tiny runs that cross a budget (stop, warn) and keep their best checkpoint through retention."""
+
+import importlib
+import json
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from mol_engine.budget import BEST_FILE, best_checkpoint, first_crossing, read_best
+from mol_engine.callbacks import Callback
+from mol_engine.spec import JobSpec, format_validation_error
+from mol_engine.train import train
+
+train_module = importlib.import_module("mol_engine.train")  # the package's name `train` is the function
+
+HISTORY = {  # step -> evaluation at that step, as the engine records them
+    2: {"eval/domain_ppl": 9.0, "eval/general_kl": 0.01, "eval/qa_exact_match": 0.25},
+    4: {"eval/domain_ppl": 6.0, "eval/general_kl": 0.05, "eval/qa_exact_match": 0.50},
+    6: {"eval/domain_ppl": 4.0, "eval/general_kl": 0.20, "eval/qa_exact_match": 0.50},
+    8: {"eval/domain_ppl": 3.0, "eval/general_kl": 0.40, "eval/qa_exact_match": 0.75},
+}
+
+
+@pytest.mark.parametrize(("budget", "metric", "best"), [
+    (None, "domain_ppl", 8),  # no budget: the lowest perplexity of all
+    (0.1, "domain_ppl", 4),  # within 0.1: steps 2 and 4
+    (0.2, "domain_ppl", 6),  # a KL equal to the budget is within it
+    (0.001, "domain_ppl", None),  # nothing within
+    (None, "qa_exact_match", 8),
+    (0.3, "qa_exact_match", 6),  # 4 and 6 tie at 0.5: the lower perplexity wins
+])
+def test_best_checkpoint_on_a_crafted_history(budget, metric, best):
+    assert best_checkpoint(HISTORY, budget, metric) == best
+
+
+def test_best_checkpoint_skips_unevaluated_and_non_finite_figures():
+    history = {3: {}, 5: {"eval/domain_ppl": math.nan, "eval/general_kl": 0.0},
+               7: {"eval/domain_ppl": 8.0, "eval/general_kl": math.inf}, 9: {"eval/domain_ppl": 8.0}}
+    assert best_checkpoint(history, None) == 7
+    assert best_checkpoint(history, 1.0) is None  # 7's KL is not finite, 9 has none: neither is within a budget
+    assert best_checkpoint({}, None) is None
+
+
+def test_first_crossing_ignores_the_base_evaluation():
+    evaluations = {0: {"eval/general_kl": 0.5}, **HISTORY}
+    assert first_crossing(evaluations, 0.1) == 6
+    assert first_crossing(evaluations, 1.0) is None and first_crossing(evaluations, None) is None
+
+
+@pytest.mark.parametrize("value", [0, -0.5, float("inf"), float("nan")])
+def test_a_budget_must_be_positive_and_finite(make_spec, value):
+    with pytest.raises(ValidationError) as info:
+        make_spec(max_general_kl=value)
+    assert format_validation_error(info.value).startswith("max_general_kl: ")
+
+
+def test_a_budget_needs_general_text_and_qa_best_needs_a_qa_set(make_spec):
+    with pytest.raises(ValidationError, match="max_general_kl needs held-out general text"):
+        make_spec(method="domain_only", general_data=[], max_general_kl=0.1)
+    with pytest.raises(ValidationError, match="best_metric 'qa_exact_match' needs eval_data"):
+        make_spec(eval_data=None, best_metric="qa_exact_match")
+    assert JobSpec.model_validate(make_spec().model_dump()).on_budget == "warn"
+
+
+class Events(Callback):
+    def __init__(self) -> None:
+        self.events = []
+
+    def on_event(self, event):
+        self.events.append(event)
+
+
+def test_stop_ends_the_run_at_the_crossing_as_succeeded_keeping_the_checkpoint_before(make_spec, tmp_path):
+    events = Events()
+    spec = make_spec(eval_data=None, max_steps=6, eval_every=2, save_every=1, keep_checkpoints=1,
+                     max_general_kl=1e-9, on_budget="stop")
+    result = train(spec, tmp_path, [events])
+    assert (result.status, result.reason, result.step) == ("succeeded", "budget", 2)
+    budget = [e for e in events.events if e["kind"] == "budget"]
+    assert len(budget) == 1 and budget[0]["step"] == 2
+    assert "step 2" in budget[0]["message"] and "max_general_kl = 1e-09" in budget[0]["message"]
+    assert budget[0]["general_kl"] > 1e-9
+    assert events.events[-1]["kind"] == "succeeded" and events.events[-1]["reason"] == "budget"
+    # the crossing and the checkpoint before it, despite keep_checkpoints=1; none is within the budget
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    assert read_best(tmp_path) is None and not (tmp_path / BEST_FILE).exists()
+
+
+def crafted_figures(monkeypatch, figures: list[tuple[float, float]]) -> None:
+    """Each held-out evaluation, in turn, reports the next (domain_ppl, general_kl) of ``figures``."""
+    heldout, calls = train_module.heldout_metrics, iter(figures)
+
+    def crafted(*args, **kwargs):
+        ppl, kl = next(calls)
+        return heldout(*args, **kwargs) | {"eval/domain_ppl": ppl, "eval/general_kl": kl}
+
+    monkeypatch.setattr(train_module, "heldout_metrics", crafted)
+
+
+def test_warn_goes_on_with_one_event_and_retention_keeps_the_best_within_budget(make_spec, tmp_path, monkeypatch):
+    # steps 0, 2, 4, 6: step 4 crosses 0.3; step 6 has the lowest perplexity but is over the budget
+    crafted_figures(monkeypatch, [(20.0, 0.0), (9.0, 0.1), (5.0, 0.5), (4.0, 0.35)])
+    events = Events()
+    spec = make_spec(eval_data=None, max_steps=6, eval_every=2, save_every=2, keep_checkpoints=1,
+                     max_general_kl=0.3)
+    result = train(spec, tmp_path, [events])
+    assert (result.status, result.reason, result.step) == ("succeeded", None, 6)
+    assert [e["step"] for e in events.events if e["kind"] == "budget"] == [4]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2", "step-6"]
+    best = json.loads((tmp_path / BEST_FILE).read_text())
+    assert best["step"] == 2 and best["evaluation"]["eval/domain_ppl"] == 9.0 and best["max_general_kl"] == 0.3
