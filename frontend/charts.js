@@ -37,16 +37,38 @@ export function tickLabels(ticks) {
   return ticks.map((v) => (Number.isFinite(v) ? v.toFixed(decimals) : ""));
 }
 
+// A dashed horizontal line across the plot at `line.value` (a limit such as the forgetting budget), labelled.
+function drawLimit(u, line) {
+  const y = Math.round(u.valToPos(line.value, "y", true));
+  const { left, top, width, height } = u.bbox;
+  if (!Number.isFinite(y) || y < top || y > top + height) return;
+  const ctx = u.ctx;
+  const ratio = window.devicePixelRatio || 1;
+  ctx.save();
+  ctx.strokeStyle = ctx.fillStyle = line.color || "#111";
+  ctx.lineWidth = 1.5 * ratio;
+  ctx.setLineDash([6 * ratio, 4 * ratio]);
+  ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
+  ctx.font = `${11 * ratio}px system-ui`;
+  ctx.textAlign = "right";
+  ctx.fillText(line.label, left + width - 4 * ratio, y - 4 * ratio);
+  ctx.restore();
+}
+
 // A titled line chart; series share the x axis (step). `log` puts the y axis on a log scale, `range` fixes it,
-// `empty` says when the first point comes. A series without points stays out of the legend.
+// `empty` says when the first point comes, `limit` ({value, label, color}) draws a dashed line the y axis always
+// shows. A series without points stays out of the legend.
 export class LineChart {
-  constructor(parent, { title, y, log = false, range = null, series,
+  constructor(parent, { title, y, log = false, range = null, series, limit = null,
     empty = "No points yet: the curve appears with the first evaluation." }) {
     this.series = series;
     this.empty = el("p", { class: "chart-empty" }, empty);
     this.box = el("div", { class: "chart", hidden: true });
     this.card = el("figure", { class: "chart-card", "data-chart": title }, el("figcaption", {}, title), this.box,
       this.empty);
+    if (limit) this.card.dataset.limit = limit.value;
+    const withLimit = (min, max) => (limit && min !== null && max !== null
+      ? [Math.min(min, limit.value), Math.max(max, limit.value)] : [min, max]);
     parent.append(this.card);
     this.x = [];
     this.ys = series.map(() => []);
@@ -56,7 +78,7 @@ export class LineChart {
       scales: {
         x: { time: false, range: (u, min, max) => axisRange(min, max, { integer: true }) },
         y: log ? { distr: 3, range: (u, min, max) => axisRange(min, max, { log: true }) }
-          : { range: range ?? ((u, min, max) => axisRange(min, max)) },
+          : { range: range ?? ((u, min, max) => axisRange(...withLimit(min, max))) },
       },
       axes: [
         { label: "step", stroke: "#555", grid: { stroke: "#eee" },
@@ -67,6 +89,7 @@ export class LineChart {
       series: [{ label: "step" }, ...series.map((s) => ({ label: s.label, stroke: s.color, width: 2,
         points: { show: true, size: 4 }, spanGaps: true, value: (u, v) => fmt(v) }))],
       legend: { live: true },
+      hooks: limit ? { draw: [(u) => drawLimit(u, limit)] } : {},
     }, [[], ...series.map(() => [])], this.box);
     new ResizeObserver(() => {
       if (this.box.clientWidth) this.plot.setSize({ width: this.box.clientWidth, height: HEIGHT });

@@ -11,14 +11,18 @@ const AFTER_EVAL = "No points yet: the curve appears with the first evaluation."
 // The charts a job draws, by what its method and spec record: general rows get CE under CPT and KL under MoL,
 // held-out general figures need a general corpus (not domain_only), QA needs a QA set. Each entry:
 // [chart options, metric names feeding its series].
+// KL charts carry the forgetting budget (max_general_kl), when the spec sets one, as a dashed line.
 export function chartsFor(spec) {
   const { method } = spec;
   const usesGeneral = method !== "domain_only";
+  const limit = spec.max_general_kl
+    ? { value: spec.max_general_kl, label: `budget ${spec.max_general_kl} (${spec.on_budget})`, color: "#7f1d1d" }
+    : null;
   return [
     [{ title: "Training cross-entropy", y: "nats / token", empty: AFTER_STEP, series: [
       { label: "domain rows", color: "#2563eb" }, method === "cpt" && { label: "general rows", color: "#ea580c" }] },
     ["train/domain_ce", method === "cpt" && "train/general_ce"]],
-    method === "mol" && [{ title: "Training KL to the base (general rows)", y: "nats / token", empty: AFTER_STEP,
+    method === "mol" && [{ title: "Training KL to the base (general rows)", y: "nats / token", empty: AFTER_STEP, limit,
       series: [{ label: "general KL", color: "#dc2626" }] }, ["train/general_kl"]],
     [{ title: "Learning rate", y: "lr", empty: AFTER_STEP, series: [{ label: "lr", color: "#9333ea" }] }, ["train/lr"]],
     [{ title: "Throughput", y: "tokens / s", empty: AFTER_STEP, series: [{ label: "tokens/s", color: "#0891b2" }] },
@@ -27,7 +31,7 @@ export function chartsFor(spec) {
       series: [{ label: "domain ppl", color: "#2563eb" }] }, ["eval/domain_ppl"]],
     usesGeneral && [{ title: "General perplexity (held out)", y: "perplexity, log scale", log: true, empty: AFTER_EVAL,
       series: [{ label: "general ppl", color: "#16a34a" }] }, ["eval/general_ppl"]],
-    usesGeneral && [{ title: "KL to the base on held-out general text", y: "nats / token", empty: AFTER_EVAL,
+    usesGeneral && [{ title: "KL to the base on held-out general text", y: "nats / token", empty: AFTER_EVAL, limit,
       series: [{ label: "general KL", color: "#dc2626" }] }, ["eval/general_kl"]],
     spec.eval_data && [{ title: "QA exact match", y: "fraction correct", range: [0, 1], empty: AFTER_EVAL,
       series: [{ label: "exact match", color: "#ca8a04" }] }, ["eval/qa_exact_match"]],
@@ -41,8 +45,11 @@ function chartSet(parent, spec) {
 
 function checkpointsTable(jobId, checkpoints) {
   if (!checkpoints.length) return el("p", { class: "muted" }, "No checkpoint yet.");
-  return el("table", { class: "checkpoints" }, el("tbody", {}, checkpoints.map((c) => el("tr", {},
-    el("td", {}, c.name), el("td", { class: "muted" }, `${byteSize(c.bytes)} · ${c.kind}`),
+  // the best checkpoint within the budget is marked (and downloadable as `best` too)
+  return el("table", { class: "checkpoints" }, el("tbody", {}, checkpoints.map((c) => el("tr", c.best
+    ? { "data-best": "", title: "best domain figure among evaluated checkpoints within the forgetting budget" } : {},
+    el("td", {}, c.name, c.best ? [" ", el("mark", { class: "best" }, "best")] : ""),
+    el("td", { class: "muted" }, `${byteSize(c.bytes)} · ${c.kind}`),
     el("td", {}, el("a", { class: "button", download: "", "data-download": c.name,
       href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=merged` }, "Download merged")),
     el("td", {}, c.kind === "adapter" ? el("a", { class: "button", download: "",
@@ -94,6 +101,10 @@ export async function jobPage(view, jobId) {
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
       el("span", { class: "spacer" }), ...(FINAL.includes(job.status) ? [] : [cancel]));
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
+    if (job.stop_reason === "budget") {
+      header.append(el("p", { class: "muted wide", "data-stop-reason": "budget" },
+        `Stopped at step ${job.step}: the KL to the base crossed the forgetting budget (${job.spec.max_general_kl}).`));
+    }
   };
   const refresh = async () => {
     job = await api(`/v1/jobs/${jobId}`);
