@@ -185,6 +185,19 @@ class JobPage(BaseModel):
 class ModelOut(BaseModel):
     id: str  # the name a job spec's base_model takes; the server's path stays private
     model_type: str | None = None
+    kind: str = "base"  # or "checkpoint" (``<job_id>:step-N``, listed with ?include=checkpoints): completions only
+
+
+class DemoOut(BaseModel):
+    """Where the demo model stands; ``eta_s`` while it pretrains (from its pace so far)."""
+
+    state: str  # ready, building, failed, absent (not built and no build running), off (MOL_DEMO_MODEL=false)
+    phase: str | None = None  # while building: writing the corpora, training the tokenizer, pretraining, saving
+    step: int = 0
+    total: int = 0
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    message: str
 
 
 class CheckpointOut(BaseModel):
@@ -234,3 +247,76 @@ class HealthOut(BaseModel):
 
 class SessionOut(BaseModel):
     owner: str
+
+
+class CompletionIn(BaseModel):
+    """``POST /v1/completions``, as OpenAI's: ``model`` is a base model id or a checkpoint id (``job_…:step-N``)."""
+
+    model_config = ConfigDict(extra="ignore")  # OpenAI's other fields (user, logit_bias…) are accepted and unused
+    model: str
+    prompt: str | list[str] = Field(description="one prompt (a list holding one is accepted too)")
+    max_tokens: int = Field(16, ge=1, description="at most MOL_MAX_COMPLETION_TOKENS")
+    temperature: float = Field(1.0, ge=0, le=2, description="0: greedy")
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = Field(
+        None, description="up to 4 strings that end the completion (not included in it)")
+    seed: int | None = None
+    n: int = Field(1, ge=1, le=1, description="one completion per request")
+    stream: bool = False
+
+    def stop_strings(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ChatCompletionIn(CompletionIn):
+    """``POST /v1/chat/completions``: ``messages`` instead of ``prompt``, for models whose tokenizer has a chat
+    template."""
+
+    prompt: None = Field(None, exclude=True)
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None  # stop, length; null in the chunks before the last
+
+
+class CompletionOut(BaseModel):
+    """OpenAI's ``text_completion`` (and, one per SSE ``data:`` line, its chunks with ``usage`` null)."""
+
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatMessage
+    finish_reason: str | None
+
+
+class ChatCompletionOut(BaseModel):
+    """OpenAI's ``chat.completion``; streamed as ``chat.completion.chunk`` with ``delta`` for ``message``."""
+
+    id: str
+    object: str = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="each sub-directory with a config.json is a base model")
     demo_model: bool = Field(True, description="offer the in-tree demo model as 'demo'")
     demo_pretrain_steps: int | None = Field(None, ge=1, description="demo base pre-training steps (None: default)")
+    demo_cache: Path | None = Field(None, description=(
+        "where demo builds are shared by every MOL_HOME of the user (None: $XDG_CACHE_HOME/mol-studio, else "
+        "~/.cache/mol-studio)"))
     tokens: str = Field("", description="owner:token pairs, comma separated, accepted besides stored tokens")
     max_upload_mb: float = Field(1024, gt=0)
     upload_expiry_h: float = Field(24, gt=0, description="an upload in parts not completed by then is dropped")
@@ -39,6 +42,10 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(20, ge=1, description="pooled database connections of one API process")
     db_max_overflow: int = Field(20, ge=0, description="connections opened past the pool under load")
     db_pool_timeout_s: float = Field(30, gt=0, description="how long a request waits for a free connection")
+    resident_models: int = Field(2, ge=1, description="models the completions routes keep loaded (LRU)")
+    generation_threads: int = Field(2, ge=1, description="threads that load models and generate (at most this "
+                                    "many completions run at once; the others wait their turn)")
+    max_completion_tokens: int = Field(512, ge=1, description="the largest max_tokens a completion may ask for")
 
     @field_validator("cors_origins")
     @classmethod
@@ -100,3 +107,8 @@ class Settings(BaseSettings):
     def exports_dir(self) -> Path:
         """Scratch space of merged LoRA downloads, each removed when its response ends."""
         return self.home / "exports"
+
+    @property
+    def serving_dir(self) -> Path:
+        """FSDP checkpoints gathered into Hugging Face directories for the completions routes, kept for reuse."""
+        return self.home / "serving"

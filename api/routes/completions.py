@@ -1,0 +1,217 @@
+"""POST /v1/completions and /v1/chat/completions: OpenAI's request and response shapes (SSE chunks when ``stream``),
+from a base model (``GET /v1/models``) or one of the owner's checkpoints, ``<job_id>:<checkpoint name>``.
+
+Models load and generate in the bounded threads of :mod:`api.model_cache`, never on the event loop; a client that
+goes away sets its generation's ``cancelled`` flag, which the engine checks after every token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from mol_engine.checkpoint import checkpoint_dirs
+from mol_engine.generate import (
+    Completion,
+    GenerationError,
+    LoadedModel,
+    ModelSource,
+    Sampling,
+    chat_prompt,
+    encode_prompt,
+    generate,
+)
+
+from ..db import Job, is_id
+from ..deps import StreamOwner, Svc
+from ..model_cache import Serving, serving_of
+from ..schemas import SSE, ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, ModelOut, errors
+from ..settings import Settings
+from ..validation import available_models, model_type
+
+router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 422))
+
+
+def checkpoint_path(settings: Settings, job_id: str, name: str) -> Path | None:
+    """The directory of the job's checkpoint called ``name`` (``step-N``), or None when there is none."""
+    return next((p for p in checkpoint_dirs(settings.runs_dir / job_id) if p.name == name), None)
+
+
+def resolve_model(svc, owner: str, model_id: str) -> ModelSource:
+    """What ``model_id`` names for ``owner``: a base model, or a checkpoint of one of the owner's jobs (with the
+    job's base model, which a LoRA adapter loads on); 404 for anything else, another owner's checkpoint included."""
+    models = available_models(svc.settings)
+    if model_id in models:
+        return ModelSource(models[model_id])
+    job_id, _, name = model_id.partition(":")
+    with svc.sessions() as db:
+        job = db.get(Job, job_id) if is_id(job_id) else None
+        base_id = job.spec.get("base_model") if job is not None and job.owner == owner else None
+    path = checkpoint_path(svc.settings, job_id, name) if job is not None and job.owner == owner else None
+    if path is None:
+        raise HTTPException(404, f"model: '{model_id}' not found: a base model id (GET /v1/models) or a checkpoint "
+                                 f"id '<job_id>:step-N' of one of your jobs")
+    return ModelSource(path, models.get(base_id))
+
+
+def checkpoint_models(svc, owner: str) -> list[ModelOut]:
+    """The owner's checkpoints as completion models, ``<job_id>:<name>``, newest job first."""
+    with svc.sessions() as db:
+        jobs = db.query(Job.id, Job.spec).filter(Job.owner == owner).order_by(Job.created_at.desc()).all()
+    models = available_models(svc.settings)
+    return [ModelOut(id=f"{job_id}:{path.name}", model_type=model_type(models[spec["base_model"]])
+                     if spec.get("base_model") in models else None, kind="checkpoint")
+            for job_id, spec in jobs for path in checkpoint_dirs(svc.settings.runs_dir / job_id)]
+
+
+class Running:
+    """One generation in a thread of ``serving``: its text pieces arrive on an asyncio queue, its end in ``done``."""
+
+    def __init__(self, serving: Serving, loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.serving = serving
+        self.done = self.loop.run_in_executor(serving.threads, self._work, loaded, prompt_ids, sampling)
+
+    def _work(self, loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> Completion:
+        try:
+            completion = generate(loaded, prompt_ids, sampling, on_text=self._put, cancelled=self.cancelled)
+            self.serving.count(completion.finish_reason)
+            return completion
+        finally:
+            self._put(None)  # the end, after every piece
+
+    def _put(self, piece: str | None) -> None:
+        self.loop.call_soon_threadsafe(self.pieces.put_nowait, piece)
+
+    async def texts(self) -> AsyncIterator[str]:
+        while (piece := await self.pieces.get()) is not None:
+            yield piece
+
+    async def result(self, request: Request) -> Completion:
+        """The whole completion; cancelled when the client disconnects before it is done."""
+        try:
+            while not self.done.done():
+                await asyncio.wait({self.done}, timeout=0.25)
+                if not self.done.done() and await request.is_disconnected():
+                    self.cancelled.set()
+            return self.done.result()
+        finally:
+            self.cancelled.set()  # also when this handler itself was cancelled; a no-op once done
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How OpenAI writes one kind of completion: the whole answer, and its streamed chunks."""
+
+    prefix: str
+    whole: Callable[[str, Completion], dict]
+    chunk: Callable[[str | None, str | None], dict]  # (text piece or None for the opening, finish_reason)
+
+
+def _usage(c: Completion) -> dict:
+    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+
+TEXT = Shape("cmpl", whole=lambda text, c: {"object": "text_completion", "usage": _usage(c), "choices": [
+    {"index": 0, "text": text, "logprobs": None, "finish_reason": c.finish_reason}]},
+    chunk=lambda piece, reason: {"object": "text_completion", "choices": [
+        {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": reason}]})
+CHAT = Shape("chatcmpl", whole=lambda text, c: {"object": "chat.completion", "usage": _usage(c), "choices": [
+    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": c.finish_reason}]},
+    chunk=lambda piece, reason: {"object": "chat.completion.chunk", "choices": [{"index": 0, "finish_reason": reason,
+        "delta": {"role": "assistant", "content": ""} if piece is None and reason is None
+        else ({"content": piece} if piece else {})}]})
+
+
+async def answer(request: Request, svc, owner: str, body: CompletionIn, prompt_of: Callable[[LoadedModel], str],
+                 shape: Shape):
+    """The completion of ``body`` as JSON, or as SSE chunks when it asks to ``stream``."""
+    cap = svc.settings.max_completion_tokens
+    if body.max_tokens > cap:
+        raise HTTPException(422, f"max_tokens: {body.max_tokens} is more than this server's limit of {cap} "
+                                 "(MOL_MAX_COMPLETION_TOKENS)")
+    source = await run_in_threadpool(resolve_model, svc, owner, body.model)
+    serving = serving_of(request.app.state, svc.settings)
+
+    def load_and_encode() -> tuple[LoadedModel, list[int]]:
+        loaded = serving.models.get(source)
+        return loaded, encode_prompt(loaded, prompt_of(loaded), body.max_tokens)
+
+    try:
+        loaded, prompt_ids = await asyncio.get_running_loop().run_in_executor(serving.threads, load_and_encode)
+    except GenerationError as err:
+        raise HTTPException(422, f"model: '{body.model}': {err}") from None
+    sampling = Sampling(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
+                        stop=body.stop_strings(), seed=body.seed)
+    running = Running(serving, loaded, prompt_ids, sampling)
+    head = {"id": f"{shape.prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
+    if body.stream:
+        return StreamingResponse(sse(running, shape, head), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    completion = await running.result(request)
+    return head | shape.whole(completion.text, completion)
+
+
+async def sse(running: Running, shape: Shape, head: dict) -> AsyncIterator[str]:
+    """OpenAI's stream: a ``data:`` line per chunk, the last with its finish_reason, then ``data: [DONE]``."""
+    try:
+        if shape is CHAT:
+            yield _data(head | shape.chunk(None, None))
+        async for piece in running.texts():
+            yield _data(head | shape.chunk(piece, None))
+        completion = await running.done
+        yield _data(head | shape.chunk("", completion.finish_reason))
+        yield "data: [DONE]\n\n"
+    finally:
+        running.cancelled.set()  # the client went away mid-stream (or it ended): the generation stops
+
+
+def _data(chunk: dict) -> str:
+    return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
+
+
+async def openai_errors(answering):
+    """What ``answering`` answers, or its HTTPException as :func:`openai_error`."""
+    try:
+        return await answering
+    except HTTPException as err:
+        return openai_error(err)
+
+
+def openai_error(err: HTTPException) -> JSONResponse:
+    """The error in the API's shape (``detail``) and in OpenAI's (``error.message``, which its clients show)."""
+    kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+    return JSONResponse({"detail": err.detail, "error": {"message": err.detail, "type": kind, "param": None,
+                                                          "code": err.status_code}}, status_code=err.status_code)
+
+
+STREAMED = {200: {"content": SSE, "description": "JSON, or with `stream: true` SSE chunks ending `data: [DONE]`"}}
+
+
+@router.post("/v1/completions", response_model=CompletionOut, responses=STREAMED)
+async def create_completion(body: CompletionIn, request: Request, owner: StreamOwner, svc: Svc):
+    """A completion of ``prompt``, OpenAI-compatible (the ``openai`` client works with base_url ``…/v1``)."""
+    prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(prompts) != 1:
+        return openai_error(HTTPException(422, f"prompt: one prompt per request (got {len(prompts)})"))
+    return await openai_errors(answer(request, svc, owner, body, lambda _loaded: prompts[0], TEXT))
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionOut, responses=STREAMED)
+async def create_chat_completion(body: ChatCompletionIn, request: Request, owner: StreamOwner, svc: Svc):
+    """The assistant's reply to ``messages``, for a model whose tokenizer has a chat template (422 otherwise)."""
+    messages = [m.model_dump() for m in body.messages]
+    return await openai_errors(answer(request, svc, owner, body, lambda loaded: chat_prompt(loaded, messages), CHAT))
