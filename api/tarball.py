@@ -4,7 +4,8 @@
 bytes follow in chunks, zlib compresses them in gzip framing. The response pulls one chunk at a time (in one
 of the PRODUCERS threads), so a client that reads slowly holds back the producer, and one that goes away
 stops it at once (the generator is closed); a temporary tree the download was made from is removed whichever
-way the response ends.
+way the response ends. ``replaced`` files (a few small ones, by path inside the directory) are sent from memory
+instead of the disk, or added when the directory lacks them: the download's portable model card and adapter config.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -69,22 +70,42 @@ def _file_blocks(path: Path, size: int) -> Iterator[bytes]:
         yield tarfile.NUL * (tarfile.BLOCKSIZE - size % tarfile.BLOCKSIZE)
 
 
-def tar_chunks(directory: Path, arcname: str) -> Iterator[bytes]:
-    """The uncompressed tar stream of ``directory`` stored as ``arcname``, member by member."""
+def _padded(data: bytes) -> bytes:
+    """``data`` and the zero padding to tar's 512-byte block."""
+    return data + tarfile.NUL * (-len(data) % tarfile.BLOCKSIZE)
+
+
+def _header(info: tarfile.TarInfo) -> bytes:
+    return info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+def tar_chunks(directory: Path, arcname: str, replaced: Mapping[str, bytes] | None = None) -> Iterator[bytes]:
+    """The uncompressed tar stream of ``directory`` stored as ``arcname``, member by member; a file whose path
+    inside ``directory`` is a key of ``replaced`` has that content instead (added at the end when absent)."""
+    pending = dict(replaced or {})
     for path, name in _members(directory, arcname):
         info = tar_info(path, name)
         if info is None:
             continue
-        yield info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+        inner = name.removeprefix(f"{arcname}/")
+        if info.isreg() and inner in pending:
+            info.size = len(data := pending.pop(inner))
+            yield _header(info) + _padded(data)
+            continue
+        yield _header(info)
         if info.isreg():
             yield from _file_blocks(path, info.size)
+    for inner, data in pending.items():
+        info = tarfile.TarInfo(f"{arcname}/{inner}")
+        info.size, info.mode, info.mtime = len(data), 0o644, int(directory.stat().st_mtime)
+        yield _header(info) + _padded(data)
     yield tarfile.NUL * (2 * tarfile.BLOCKSIZE)  # end of archive
 
 
-def tar_gz_chunks(directory: Path, arcname: str) -> Iterator[bytes]:
+def tar_gz_chunks(directory: Path, arcname: str, replaced: Mapping[str, bytes] | None = None) -> Iterator[bytes]:
     """``tar_chunks`` compressed as gzip; yields only non-empty chunks."""
     gz = zlib.compressobj(LEVEL, zlib.DEFLATED, GZIP)
-    with contextlib.closing(tar_chunks(directory, arcname)) as raw_chunks:  # closed with this generator
+    with contextlib.closing(tar_chunks(directory, arcname, replaced)) as raw_chunks:  # closed with this generator
         for raw in raw_chunks:
             if out := gz.compress(raw):
                 yield out
@@ -104,14 +125,15 @@ class TarGzResponse(StreamingResponse):
     """``directory`` as a streamed .tar.gz download named ``filename``.
 
     ``cleanup`` (a temporary tree, e.g. a merged export) is removed when the response ends: read to the end,
-    the client gone midway, or never started.
+    the client gone midway, or never started. ``replaced``: see :func:`tar_chunks`.
     """
 
     media_type = "application/gzip"
 
-    def __init__(self, directory: Path, arcname: str, filename: str, cleanup: Path | None = None) -> None:
+    def __init__(self, directory: Path, arcname: str, filename: str, cleanup: Path | None = None,
+                 replaced: Mapping[str, bytes] | None = None) -> None:
         self.cleanup = cleanup
-        super().__init__(_pulled(tar_gz_chunks(directory, arcname)),
+        super().__init__(_pulled(tar_gz_chunks(directory, arcname, replaced)),
                          headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -287,14 +287,15 @@ def _kind(model: nn.Module) -> str:
     return "adapter" if hasattr(model, "peft_config") else "full"
 
 
-def sharded_weight_bytes(path: str | Path) -> int:
-    """The bytes of the model weights in an FSDP checkpoint's shards (its optimizer state left out), from their
-    index: what an export of them holds, give or take the file headers."""
+def sharded_weight_bytes(path: str | Path, aliases: Collection[str] = ()) -> int:
+    """The bytes of the model weights in an FSDP checkpoint's shards (not its optimizer state), from their index,
+    leaving out the parameter names in ``aliases`` (a tied head, saved once): the tensors an export of them holds."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     index = MetadataReader(Path(path) / SHARDS).read_metadata().state_dict_metadata
     return sum(meta.size.numel() * meta.properties.dtype.itemsize for key, meta in index.items()
-               if key.startswith("model.") and isinstance(meta, TensorStorageMetadata))
+               if key.startswith("model.") and key.removeprefix("model.") not in aliases
+               and isinstance(meta, TensorStorageMetadata))
 
 
 def _on_every_rank(action: Callable[[], None] | None, final: Path, tmp: Path) -> None:

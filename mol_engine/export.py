@@ -9,6 +9,7 @@ Every export carries the checkpoint's model card (README.md) rendered for what i
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -103,15 +104,36 @@ def gather_shards(checkpoint: str | Path, dest: Path) -> Path:
         tensors = {name.replace(f".{adapter}.", "."): tensor for name, tensor in weights.items()}  # PEFT's file names
         save_file(tensors, dest / "adapter_model.safetensors", metadata={"format": "pt"})
         return dest
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    with torch.device("meta"):  # the model's own saving rules (shards, config), no weights held
-        shell = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(description))
-    aliases = dict(shell.named_parameters(remove_duplicate=False)).keys() - dict(shell.named_parameters()).keys()
+    shell, aliases = _shell(description), tied_aliases(description)  # the model's own saving rules, no weights
     kept = {name: tensor for name, tensor in weights.items() if name not in aliases}  # a tied head once, not twice
     shell.save_pretrained(dest, state_dict=kept, safe_serialization=True)
     return dest
+
+
+def _shell(description: Path):
+    """The model ``description``'s config makes, on the meta device (no weights)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(description))
+
+
+def tied_aliases(description: str | Path) -> frozenset[str]:
+    """The parameter names of a model directory's config that alias another's (a tied head), which a saved model
+    holds once; none for an adapter (its config says nothing of the base's ties)."""
+    description = Path(description)
+    if (description / "adapter_config.json").is_file():
+        return frozenset()
+    config = description / "config.json"
+    return _aliases(config, config.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _aliases(config: Path, mtime_ns: int) -> frozenset[str]:  # mtime_ns: a config rewritten is read again
+    shell = _shell(config.parent)
+    every, distinct = dict(shell.named_parameters(remove_duplicate=False)), dict(shell.named_parameters())
+    return frozenset(every.keys() - distinct.keys())
 
 
 def _adapter_base(source: Path, base_model: str | None) -> str:

@@ -1,4 +1,8 @@
-"""GET /v1/jobs/{id}/checkpoints and their download: a streamed .tar.gz of a Hugging Face directory."""
+"""GET /v1/jobs/{id}/checkpoints and their download: a streamed .tar.gz of a Hugging Face directory.
+
+A download names no server path: its model card and (LoRA) adapter config are rendered again at tar time with the
+job's registered model id and the owner's dataset names in place of the paths the run was given (``portable``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,21 @@ from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
 from fastapi.responses import StreamingResponse
+from sqlalchemy import select
 
 from mol_engine.budget import BEST_NAME, read_best
-from mol_engine.checkpoint import checkpoint_dirs, is_sharded_checkpoint
-from mol_engine.export import ExportError, export_checkpoint, is_adapter
+from mol_engine.checkpoint import checkpoint_dirs, is_sharded_checkpoint, sharded_weight_bytes
+from mol_engine.export import (
+    ExportError,
+    checkpoint_card,
+    export_checkpoint,
+    export_kind,
+    is_adapter,
+    tied_aliases,
+)
+from mol_engine.model_card import portable_files, renamed_card, spec_references
 
+from ..db import Dataset, Job
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..disk import tree_bytes
 from ..schemas import TARBALL, CheckpointOut, errors
@@ -31,7 +45,7 @@ def list_checkpoints(job_id: str, owner: Owner, db: DB, svc: Svc) -> list[Checkp
     run_dir = svc.settings.runs_dir / job_id
     best = read_best(run_dir)
     return [CheckpointOut(name=p.name, step=(step := int(p.name.split("-")[1])), best=step == best,
-                          kind="adapter" if is_adapter(p) else "full", bytes=tree_bytes(p / "model"))
+                          kind="adapter" if is_adapter(p) else "full", bytes=download_bytes(p))
             for p in checkpoint_dirs(run_dir)]
 
 
@@ -46,6 +60,14 @@ def resolve_name(run_dir: Path, name: str) -> str:
     return f"step-{step}"
 
 
+def download_bytes(checkpoint: Path) -> int:
+    """The bytes of the model a download of ``checkpoint`` carries: its ``model/`` directory, and under FSDP the
+    weights in its shards (not the optimizer state or RNG beside them; a tied head once)."""
+    if not is_sharded_checkpoint(checkpoint):
+        return tree_bytes(checkpoint / "model")
+    return tree_bytes(checkpoint / "model") + sharded_weight_bytes(checkpoint, tied_aliases(checkpoint / "model"))
+
+
 def download_source(checkpoint: Path, format: str, scratch: Path) -> Path:
     """The directory a download tars: the checkpoint's HF model, or for a LoRA checkpoint in ``format`` merged
     the base with the adapter merged in, or for an FSDP checkpoint its shards gathered, exported under ``scratch``
@@ -56,6 +78,23 @@ def download_source(checkpoint: Path, format: str, scratch: Path) -> Path:
     if (format == "merged" and adapter) or is_sharded_checkpoint(checkpoint):  # FSDP's shards: gathered here
         return export_checkpoint(checkpoint, scratch / "model", merged=format == "merged")
     return checkpoint / "model"
+
+
+def dataset_labels(db, job: Job) -> dict[str, str]:
+    """Each dataset id in the job's spec -> the owner's name for it (``file.jsonl (ds_…)``)."""
+    ids = spec_references(job.spec)[1:]
+    found = db.scalars(select(Dataset).where(Dataset.owner == job.owner, Dataset.id.in_(ids)))
+    return {d.id: f"{d.filename} ({d.id})" for d in found}
+
+
+def portable(checkpoint: Path, source: Path, format: str, submitted: dict, labels: dict[str, str]) -> dict[str, bytes]:
+    """The files of the downloaded ``source`` that would name server paths (card, adapter config), rewritten with
+    the ``submitted`` spec's references (the model id, dataset ids named by ``labels``)."""
+    card = checkpoint_card(checkpoint)
+    if card is None:
+        raise ExportError(f"checkpoint '{checkpoint.name}' has no readable trainer state")
+    kind = export_kind(checkpoint, merged=format == "merged")
+    return portable_files(source, renamed_card(card, submitted, labels), kind)
 
 
 STALE_EXPORT_S = 24 * 3600  # a scratch this old outlived its response: the API process died while it streamed
@@ -76,7 +115,8 @@ def new_scratch(exports: Path, prefix: str) -> Path:
 def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, format: str = "merged"):
     """Streams the checkpoint as .tar.gz; no database connection is held while it (or a merge) runs."""
     with svc.sessions() as db:
-        owned_job(db, owner, job_id)
+        job = owned_job(db, owner, job_id)
+        submitted, labels = job.spec, dataset_labels(db, job)
     name = resolve_name(svc.settings.runs_dir / job_id, name)
     if not re.fullmatch(r"step-\d+", name):
         raise HTTPException(404, f"checkpoint '{name}' not found")
@@ -88,9 +128,11 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, fo
     scratch = new_scratch(svc.settings.exports_dir, f"{job_id}-{name}-")
     try:
         source = download_source(path, format, scratch)
+        replaced = portable(path, source, format, submitted, labels)
     except BaseException as err:
         shutil.rmtree(scratch, ignore_errors=True)
         if isinstance(err, ExportError):
             raise HTTPException(409, str(err)) from None
         raise
-    return TarGzResponse(source, f"{job_id}-{name}", f"{job_id}-{name}-{format}.tar.gz", cleanup=scratch)
+    return TarGzResponse(source, f"{job_id}-{name}", f"{job_id}-{name}-{format}.tar.gz", cleanup=scratch,
+                         replaced=replaced)

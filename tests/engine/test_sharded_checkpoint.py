@@ -156,7 +156,13 @@ def test_full_disk_on_rank_1_stops_both_ranks_and_keeps_the_last_checkpoint(runs
 def test_the_api_download_gathers_the_shards(runs, tmp_path):
     """The checkpoint download tars an exported directory for a sharded checkpoint, never the weightless model/.
     (Here rather than in tests/api: the API test would need a torchrun of its own to make a sharded checkpoint.)"""
-    from api.routes.checkpoints import download_source
+    from api.disk import tree_bytes
+    from api.routes.checkpoints import download_bytes, download_source
+    from mol_engine.model_card import front_matter
 
-    source = download_source(runs["two"] / "checkpoints" / "step-2", "merged", tmp_path)
+    step = runs["two"] / "checkpoints" / "step-2"
+    source = download_source(step, "merged", tmp_path)
     assert source.parent == tmp_path and (source / "model.safetensors").is_file()
+    assert front_matter((source / "README.md").read_text())["library_name"] == "transformers"  # the card comes along
+    weights = sum(t.numel() * t.element_size() for t in load_file(source / "model.safetensors").values())
+    assert download_bytes(step) == tree_bytes(step / "model") + weights  # listed: no optimizer, a tied head once
