@@ -29,7 +29,7 @@ def _validation_error(_request: Request, err: RequestValidationError) -> JSONRes
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     install_redaction()  # at startup, after the server has configured its logging
     svc = app.state.services
-    sweeper = LeaseSweeper(svc.sessions, svc.settings).start()  # dead leases show even when no worker runs
+    sweeper = LeaseSweeper(svc.sessions, svc.settings, svc.enqueue).start()  # dead leases show with no worker
     try:
         yield
     finally:

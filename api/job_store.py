@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -171,25 +172,41 @@ def cancel_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> J
     raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while being cancelled")
 
 
-def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> list[str]:
-    """Ids of the jobs nobody runs any more that it moved: a running job whose lease is dead goes back to
-    ``queued`` with a ``lease_lost`` event saying why (or to ``cancelled`` if its cancel was requested); a
+def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> dict[str, str]:
+    """The jobs nobody runs any more that it moved, id -> new status: a running job whose lease is dead goes back
+    to ``queued`` with a ``lease_lost`` event saying why (or to ``cancelled`` if its cancel was requested); a
     queued job whose cancel was requested (a worker re-queued it) is ``cancelled``."""
     with sessions() as db:
         jobs = db.execute(select(*_LEASE_VIEW).where(or_(Job.status == "running",
                                                          and_(Job.status == "queued", Job.cancel_requested)))).all()
-    moved = []
+    moved = {}
     for job in jobs:
         if job.status == "queued":
+            status = "cancelled"
             done = _change(sessions, _still_queued(job), _ended(), job, ("cancelled", "cancelled before it resumed"))
         elif not lease_is_dead(job.lease_owner, job.heartbeat_at, lease_timeout_s):
             continue
         elif job.cancel_requested:
+            status = "cancelled"
             done = _change(sessions, _same_lease(job), _ended(), job,
                            ("cancelled", f"cancelled; its worker stopped before the job did ({lease_lost(job)})"))
         else:
-            done = _change(sessions, _same_lease(job), {"status": "queued", "lease_owner": None}, job,
+            status = "queued"
+            done = _change(sessions, _same_lease(job), {"status": "queued", "lease_owner": None, "queued_at": utcnow()},
+                           job,
                            ("lease_lost", f"{lease_lost(job)}; the job waits for a worker to resume it"))
         if done:
-            moved.append(job.id)
+            moved[job.id] = status
     return moved
+
+
+def send_job(enqueue: Callable[..., None], job_id: str, spec: dict[str, Any]) -> None:
+    """Hands ``job_id`` to the workers on the queue of its process count (``enqueue(job_id)`` for one process)."""
+    nproc = spec.get("nproc", 1)
+    enqueue(job_id, **({"nproc": nproc} if nproc > 1 else {}))
+
+
+def job_spec(sessions: sessionmaker, job_id: str) -> dict[str, Any]:
+    """The stored spec of the job ({} if it is gone)."""
+    with sessions() as db:
+        return db.scalar(select(Job.spec).where(Job.id == job_id)) or {}

@@ -1,13 +1,18 @@
-"""The API's lease sweeper: a thread that ends what dead leases left, so job states stay true with no worker."""
+"""The API's lease sweeper: a thread that ends what dead leases left, so job states stay true with no worker.
+
+A job it puts back in the queue it also hands to the broker once, as a submit does: the dead worker's message is
+gone, and the job then resumes as soon as a worker is free. If the broker refuses, the workers' reconciler sends
+it later."""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from sqlalchemy.orm import sessionmaker
 
-from .job_store import release_dead_leases
+from .job_store import job_spec, release_dead_leases, send_job
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -16,8 +21,8 @@ log = logging.getLogger(__name__)
 class LeaseSweeper:
     """Calls :func:`api.job_store.release_dead_leases` at start and every ``heartbeat_s`` until :meth:`stop`."""
 
-    def __init__(self, sessions: sessionmaker, settings: Settings) -> None:
-        self.sessions, self.settings = sessions, settings
+    def __init__(self, sessions: sessionmaker, settings: Settings, enqueue: Callable[..., None]) -> None:
+        self.sessions, self.settings, self.enqueue = sessions, settings, enqueue
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mol-lease-sweeper", daemon=True)
 
@@ -28,11 +33,19 @@ class LeaseSweeper:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                for job_id in release_dead_leases(self.sessions, self.settings.lease_timeout_s):
-                    log.warning("job %s: its runner's lease was dead; released", job_id)
+                for job_id, status in release_dead_leases(self.sessions, self.settings.lease_timeout_s).items():
+                    log.warning("job %s: its runner's lease was dead; now %s", job_id, status)
+                    if status == "queued":
+                        self._send(job_id)
             except Exception:  # the database may be down for a while: keep sweeping once it is back
                 log.exception("lease sweep failed; trying again in %s s", self.settings.heartbeat_s)
             self._stop.wait(self.settings.heartbeat_s)
+
+    def _send(self, job_id: str) -> None:
+        try:
+            send_job(self.enqueue, job_id, job_spec(self.sessions, job_id))
+        except Exception:  # the broker is down: the job stays queued and a worker's reconciler sends it later
+            log.exception("job %s: could not hand it to the broker; a worker's reconciler will", job_id)
 
     def stop(self) -> None:
         """Ends the thread (after the sweep in progress, if any)."""

@@ -14,7 +14,7 @@ from .. import job_store
 from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
 from ..deps import DB, Owner, Services, Svc
 from ..disk import tree_bytes
-from ..job_store import KeyReused, create_job, page_of_jobs, withdraw_job
+from ..job_store import KeyReused, create_job, page_of_jobs, send_job, withdraw_job
 from ..schemas import SSE, EventOut, JobOut, JobPage, JobSummary, MetricPointOut, errors, json_body, utc_iso
 from ..stream import job_stream
 from ..validation import available_models, check_references, largest_nproc, nproc_problem
@@ -70,9 +70,8 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
 def _hand_to_workers(svc: Services, job: Job) -> None:
     """Enqueue ``job`` on the queue of its process count; when the broker refuses, withdraw the job (503) unless a
     worker already started it. One-process jobs go to the default queue: an ``enqueue(job_id)`` serves them."""
-    nproc = job.spec.get("nproc", 1)
     try:
-        svc.enqueue(job.id, **({"nproc": nproc} if nproc > 1 else {}))
+        send_job(svc.enqueue, job.id, job.spec)
     except Exception as err:  # any broker client error: connection refused, timeout, auth
         if withdraw_job(svc.sessions, job.id):
             raise HTTPException(503, f"the job queue is unavailable ({type(err).__name__}); no job was created: "

@@ -74,11 +74,12 @@ def test_a_dead_lease_goes_back_to_queued_with_the_reason(sessions, add_job, set
     assert state(sessions, alive)[0] == "running"
     [(kind, message)] = events(sessions, stale)
     assert kind == "lease_lost" and message.startswith("lease lost: worker gone-host:7 stopped heartbeating at ")
-    assert release_dead_leases(sessions, settings.lease_timeout_s) == []  # once
+    assert release_dead_leases(sessions, settings.lease_timeout_s) == {}  # once
 
 
 def test_the_api_shows_a_dead_lease_within_its_sweep_with_no_worker(settings, sessions, add_job, auth):
-    app = create_app(settings.model_copy(update={"heartbeat_s": 0.1}), enqueue=lambda _id: None)
+    sent: list[str] = []
+    app = create_app(settings.model_copy(update={"heartbeat_s": 0.1}), enqueue=sent.append)
     with TestClient(app) as client:
         job_id = add_job("running", "gone-host:7", HOUR_AGO)
         deadline = time.monotonic() + 5
@@ -86,12 +87,14 @@ def test_the_api_shows_a_dead_lease_within_its_sweep_with_no_worker(settings, se
             assert time.monotonic() < deadline, "the sweeper did not release the dead lease"
             time.sleep(0.05)
         kinds = [e["kind"] for e in client.get(f"/v1/jobs/{job_id}/events", headers=auth()).json()]
-        assert kinds == ["lease_lost"]
+        assert kinds == ["lease_lost"] and sent == [job_id]  # handed to the broker again, once
 
 
 def test_a_requested_cancel_ends_a_job_whose_runner_died(sessions, add_job, settings):
     running = add_job("running", "gone-host:7", HOUR_AGO, cancel_requested=True)
     requeued = add_job("queued", cancel_requested=True)  # a worker's reconciler re-queued it
+    assert not acquire_lease(sessions, running, "w:1", settings)  # no worker takes a job whose cancel was asked
+    assert not acquire_lease(sessions, requeued, "w:1", settings)
     assert sorted(release_dead_leases(sessions, settings.lease_timeout_s)) == sorted([running, requeued])
     assert state(sessions, running)[0] == state(sessions, requeued)[0] == "cancelled"
 
