@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .token_store import file_sha256
+
 CARD_FILE = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"
 KINDS = ("full", "adapter", "merged")
@@ -91,17 +93,24 @@ def software_versions() -> dict[str, str]:
 
 def dataset_entries(spec: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Each file the run read (domain, general, evaluation) with its sha256 (remembered beside the file by the token
-    stores, so nothing is hashed twice); a general corpus sampled from the base has no file of the user's."""
-    from .token_store import file_sha256
-
+    stores, so nothing is hashed twice; None for a file gone since: a card never fails a checkpoint); a general
+    corpus sampled from the base has no file of the user's."""
     roles = [("domain", p) for p in spec["domain_data"]] + [("general", p) for p in spec["general_data"]]
     if spec.get("eval_data"):
         roles.append(("evaluation (QA)", spec["eval_data"]))
-    entries = [{"role": role, "file": path, "sha256": file_sha256(Path(path))} for role, path in roles]
+    entries = [{"role": role, "file": path, "sha256": _sha256_or_none(Path(path))}
+               for role, path in roles]
     if spec.get("general_source") == "self":
         entries.append({"role": "general", "file": f"sampled from the base model ({spec['self_sample_tokens']:,} "
                                                    "tokens)", "sha256": None})
     return entries
+
+
+def _sha256_or_none(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
 
 
 def card_evaluations(evaluations: Mapping[int, Mapping[str, float]], step: int) -> dict[str, dict[str, float]]:

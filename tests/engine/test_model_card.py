@@ -16,6 +16,8 @@ from mol_engine.export import export_checkpoint
 from mol_engine.model_card import (
     base_model_name,
     card_evaluations,
+    card_from_state,
+    dataset_entries,
     front_matter,
     renamed_card,
     render_model_card,
@@ -71,6 +73,16 @@ def test_the_card_shows_the_base_and_the_latest_evaluation_up_to_its_step():
     assert card_evaluations(history, 0) == {"0": {"m": 1.0}}
     no_base = render_model_card(CARD | {"evaluations": {"10": {"eval/domain_ppl": 9.0}}, "license": None}, "full")
     assert "| Domain perplexity (held-out) | – | 9 |  |" in no_base and "license" not in front_matter(no_base)
+
+
+def test_a_checkpoint_written_before_cards_gets_one_from_its_state():
+    card = render_model_card(card_from_state({"spec": SPEC, "step": 4}), "adapter")
+    assert "# law, step 4" in card and "No evaluation was recorded" in card and front_matter(card)["tags"]
+
+
+def test_a_data_file_gone_since_leaves_its_sha256_out(tmp_path):
+    entries = dataset_entries(SPEC | {"domain_data": [str(tmp_path / "gone.jsonl")], "general_data": []})
+    assert entries == [{"role": "domain", "file": str(tmp_path / "gone.jsonl"), "sha256": None}]
 
 
 def test_the_base_is_named_by_its_hub_name_when_its_config_records_one(tmp_path):
