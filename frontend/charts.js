@@ -50,8 +50,8 @@ function drawLimit(u, line) {
   ctx.setLineDash([6 * ratio, 4 * ratio]);
   ctx.beginPath(); ctx.moveTo(left, y); ctx.lineTo(left + width, y); ctx.stroke();
   ctx.font = `${11 * ratio}px system-ui`;
-  ctx.textAlign = "right";
-  ctx.fillText(line.label, left + width - 4 * ratio, y - 4 * ratio);
+  ctx.textAlign = "left";  // KL curves start at 0 on the left: the label stays clear of them there
+  ctx.fillText(line.label, left + 4 * ratio, y - 4 * ratio);
   ctx.restore();
 }
 
