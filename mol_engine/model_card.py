@@ -5,7 +5,7 @@ The card is a plain dict (:func:`build_card`, made when a checkpoint is written 
 ``trainer_state.json`` as ``model_card``) rendered by one pure function, :func:`render_model_card`, for the
 directory's kind: ``full`` weights, a LoRA ``adapter``, or the adapter ``merged`` into the base. A caller that
 knows better names for the files than the paths the engine was given (the service: its model id and the owner's
-dataset names) renames them in the dict (:func:`renamed_card`) and renders again (:func:`portable_files`).
+dataset names, :func:`reference_names`) renders the card again with them (:func:`portable_files`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ CARD_FILE = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"
 KINDS = ("full", "adapter", "merged")
 SOFTWARE = ("torch", "transformers", "peft", "mol-studio")
+SMALL_JSON = 1 << 20  # configs; a tokenizer.json is larger, and holds no path
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/model": how the Hugging Face hub names a model
 
 METHODS = {
@@ -158,12 +159,11 @@ def renamed(value: Any, names: Mapping[str, str]) -> Any:
     return value
 
 
-def renamed_card(card: Mapping[str, Any], submitted: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
-    """``card`` with the paths its run was given replaced by the references of the ``submitted`` spec (model id,
-    dataset ids), each shown as ``labels`` names it (an id missing from ``labels`` stays as it is)."""
-    ran, given = spec_references(card["spec"]), spec_references(submitted)
-    names = {path: labels.get(ref, ref) for path, ref in zip(ran, given, strict=True) if path != ref}
-    return renamed(dict(card), names)
+def reference_names(ran: Mapping[str, Any], submitted: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, str]:
+    """Each path of the spec a run was given (``ran``) -> the reference the ``submitted`` spec holds in its place
+    (model id, dataset id), as ``labels`` names it (a reference missing from ``labels`` stays as it is)."""
+    pairs = zip(spec_references(ran), spec_references(submitted), strict=True)
+    return {path: labels.get(ref, ref) for path, ref in pairs if path != ref}
 
 
 def render_model_card(card: Mapping[str, Any], kind: str) -> str:
@@ -175,10 +175,17 @@ def render_model_card(card: Mapping[str, Any], kind: str) -> str:
     return _front_matter(card, kind) + "\n\n".join(s for s in sections if s) + "\n"
 
 
-def portable_files(model_dir: Path, card: Mapping[str, Any], kind: str) -> dict[str, bytes]:
-    """The files of ``model_dir`` that name the base or the data, rewritten from ``card`` (already renamed): the
-    card itself and, in an adapter, ``adapter_config.json``'s ``base_model_name_or_path``."""
-    files = {CARD_FILE: render_model_card(card, kind).encode()}
+def portable_files(model_dir: Path, card: Mapping[str, Any], kind: str, names: Mapping[str, str]) -> dict[str, bytes]:
+    """The files of ``model_dir`` that would name a path of ``names``, rewritten: the card rendered from ``card``
+    renamed, an adapter's ``adapter_config.json`` naming the card's base, and any other small JSON file holding such
+    a path (a ``config.json`` whose ``_name_or_path`` an older transformers saved) with it renamed."""
+    files = {}
+    for path in sorted(Path(model_dir).glob("*.json")):
+        if path.is_file() and path.stat().st_size <= SMALL_JSON and (text := path.read_text()) != (
+                new := renamed(text, names)):
+            files[path.name] = new.encode()
+    card = renamed(dict(card), names)
+    files[CARD_FILE] = render_model_card(card, kind).encode()
     config = _read_json(model_dir / ADAPTER_CONFIG)
     if config:
         config["base_model_name_or_path"] = card["base_model"]

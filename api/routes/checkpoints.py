@@ -27,7 +27,7 @@ from mol_engine.export import (
     is_adapter,
     tied_aliases,
 )
-from mol_engine.model_card import portable_files, renamed_card, spec_references
+from mol_engine.model_card import portable_files, reference_names, spec_references
 
 from ..db import Dataset, Job
 from ..deps import DB, Owner, StreamOwner, Svc
@@ -89,12 +89,12 @@ def dataset_labels(db, job: Job) -> dict[str, str]:
 
 def portable(checkpoint: Path, source: Path, format: str, submitted: dict, labels: dict[str, str]) -> dict[str, bytes]:
     """The files of the downloaded ``source`` that would name server paths (card, adapter config), rewritten with
-    the ``submitted`` spec's references (the model id, dataset ids named by ``labels``)."""
+    the ``submitted`` spec's references in their place (the model id, dataset ids named by ``labels``)."""
     card = checkpoint_card(checkpoint)
     if card is None:
         raise ExportError(f"checkpoint '{checkpoint.name}' has no readable trainer state")
     kind = export_kind(checkpoint, merged=format == "merged")
-    return portable_files(source, renamed_card(card, submitted, labels), kind)
+    return portable_files(source, card, kind, reference_names(card["spec"], submitted, labels))
 
 
 STALE_EXPORT_S = 24 * 3600  # a scratch this old outlived its response: the API process died while it streamed

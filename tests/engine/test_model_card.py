@@ -19,7 +19,8 @@ from mol_engine.model_card import (
     card_from_state,
     dataset_entries,
     front_matter,
-    renamed_card,
+    portable_files,
+    reference_names,
     render_model_card,
 )
 from mol_engine.train import train
@@ -59,10 +60,18 @@ def test_a_card_renders_from_a_dict(kind):
     assert ("PeftModel.from_pretrained(base, path)" in code) == (kind == "adapter")
 
 
-def test_the_service_renames_paths_to_its_model_id_and_the_owners_dataset_names():
+def test_the_service_renames_paths_to_its_model_id_and_the_owners_dataset_names(tmp_path):
     submitted = SPEC | {"base_model": "tiny", "domain_data": ["ds_1"], "general_data": ["ds_2"]}
-    card = render_model_card(renamed_card(CARD, submitted, {"ds_1": "law.jsonl (ds_1)"}), "adapter")
-    assert "/srv" not in card
+    names = reference_names(SPEC, submitted, {"ds_1": "law.jsonl (ds_1)"})
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": SPEC["base_model"], "r": 4}))
+    (tmp_path / "config.json").write_text(json.dumps({"_name_or_path": SPEC["base_model"]}))  # as transformers 4 saved
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    files = {name: data.decode() for name, data in portable_files(tmp_path, CARD, "adapter", names).items()}
+    assert sorted(files) == ["README.md", "adapter_config.json", "config.json"]  # the tokenizer's names no path
+    assert not [name for name, text in files.items() if "/srv" in text]
+    assert json.loads(files["adapter_config.json"]) == {"base_model_name_or_path": "tiny", "r": 4}
+    assert json.loads(files["config.json"]) == {"_name_or_path": "tiny"}
+    card = files["README.md"]
     assert front_matter(card)["base_model"] == "tiny" and 'from_pretrained("tiny")' in card
     assert "| domain | law.jsonl (ds_1) |" in card and "| general | ds_2 |" in card  # a deleted dataset: its id
 
