@@ -14,6 +14,7 @@ from mol_engine.spec import JobSpec, format_validation_error
 from mol_engine.train import train
 
 train_module = importlib.import_module("mol_engine.train")  # the package's name `train` is the function
+HELDOUT = train_module.heldout_metrics
 
 HISTORY = {  # step -> evaluation at that step, as the engine records them
     2: {"eval/domain_ppl": 9.0, "eval/general_kl": 0.01, "eval/qa_exact_match": 0.25},
@@ -90,11 +91,11 @@ def test_stop_ends_the_run_at_the_crossing_as_succeeded_keeping_the_checkpoint_b
 
 def crafted_figures(monkeypatch, figures: list[tuple[float, float]]) -> None:
     """Each held-out evaluation, in turn, reports the next (domain_ppl, general_kl) of ``figures``."""
-    heldout, calls = train_module.heldout_metrics, iter(figures)
+    calls = iter(figures)
 
     def crafted(*args, **kwargs):
         ppl, kl = next(calls)
-        return heldout(*args, **kwargs) | {"eval/domain_ppl": ppl, "eval/general_kl": kl}
+        return HELDOUT(*args, **kwargs) | {"eval/domain_ppl": ppl, "eval/general_kl": kl}
 
     monkeypatch.setattr(train_module, "heldout_metrics", crafted)
 
@@ -111,3 +112,11 @@ def test_warn_goes_on_with_one_event_and_retention_keeps_the_best_within_budget(
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-2", "step-6"]
     best = json.loads((tmp_path / BEST_FILE).read_text())
     assert best["step"] == 2 and best["evaluation"]["eval/domain_ppl"] == 9.0 and best["max_general_kl"] == 0.3
+
+    # resumed for two more steps: the crossing is remembered (no second event); a better step 8 within the budget
+    # becomes the best, and the old best, no longer protected, goes
+    crafted_figures(monkeypatch, [(3.0, 0.2)])
+    resumed = Events()
+    assert train(spec.model_copy(update={"max_steps": 8}), tmp_path, [resumed], resume=True).step == 8
+    assert not [e for e in resumed.events if e["kind"] == "budget"]
+    assert read_best(tmp_path) == 8 and [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-8"]
