@@ -99,7 +99,6 @@ def page_of_jobs(db: Session, owner: str, limit: int, after: Job | None = None) 
     return rows[:limit], len(rows) > limit
 
 
-
 class JobEnded(Exception):
     """The job has already ended; its status is the message."""
 
@@ -141,6 +140,11 @@ def _change(sessions: sessionmaker, where: ColumnElement[bool], values: dict[str
 def _ended() -> dict[str, Any]:
     """The values of a job that ends cancelled."""
     return {"status": "cancelled", "cancel_requested": True, "finished_at": utcnow(), "lease_owner": None}
+
+
+def _requeued() -> dict[str, Any]:
+    """The values of a job back in the queue (``queued_at``: when it was last handed to the broker)."""
+    return {"status": "queued", "lease_owner": None, "queued_at": utcnow()}
 
 
 def lease_lost(job: Row) -> str:
@@ -192,8 +196,7 @@ def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> dict[
                            ("cancelled", f"cancelled; its worker stopped before the job did ({lease_lost(job)})"))
         else:
             status = "queued"
-            done = _change(sessions, _same_lease(job), {"status": "queued", "lease_owner": None, "queued_at": utcnow()},
-                           job,
+            done = _change(sessions, _same_lease(job), _requeued(), job,
                            ("lease_lost", f"{lease_lost(job)}; the job waits for a worker to resume it"))
         if done:
             moved[job.id] = status
