@@ -104,6 +104,10 @@ class JobSpec(BaseModel):
     loss_chunk_tokens: int | None = Field(
         None, ge=1, description="positions per log-softmax chunk; None sizes chunks to ~64 MiB of fp32 logits"
     )
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, max_length=3, description="experiment trackers that also receive the metrics (as "
+        "Hugging Face's Trainer): tensorboard, mlflow, wandb; each writes under the run directory (wandb offline) "
+        "unless its own environment variables say otherwise; needs `pip install 'mol-studio[trackers]'`")
 
     @field_validator("ratio")
     @classmethod

@@ -41,6 +41,7 @@ from .reference_cache import TopKTargets, cache_key, load_or_build
 from .self_sample import self_general_corpus
 from .spec import JobSpec
 from .token_store import TokenStore, cache_root, open_or_build
+from .trackers import check_trackers, close_trackers, make_trackers
 
 BUILD_TOKENS = 16_384  # tokens per reference forward when caching its top-k (no gradients, so larger batches)
 
@@ -107,9 +108,12 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
     Returns how the run ended and the last value of every metric.
     """
     out = Path(out_dir)
+    check_trackers(spec.report_to)  # a missing tracker package fails the run before any work, on every rank
     world = join_world(pick_device(spec).type)
-    cb = CallbackList(callbacks if world.is_main else [])  # rank 0 reports for all ranks
+    trackers = []
     try:
+        trackers = make_trackers(spec.report_to, out, spec.model_dump(mode="json")) if world.is_main else []
+        cb = CallbackList([*callbacks, *trackers] if world.is_main else [])  # rank 0 reports for all ranks
         result = _loop(spec, out, cb, world, resume)
         # every rank done with its collectives before any tears the group down: a rank that exits while a peer
         # still talks to it can die in gloo's threads ("terminate called without an active exception")
@@ -119,6 +123,7 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
         cb.on_event({"step": 0, "kind": "cancelled", "message": f"{stop}; checkpoints kept"})
         return TrainResult("cancelled", 0, out, {}, latest_checkpoint(out))
     finally:
+        close_trackers(trackers)
         world.close()
 
 
