@@ -141,7 +141,7 @@ def card_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
 
 def spec_references(spec: Mapping[str, Any]) -> list[str]:
     """The spec's references to models and files, in a fixed order: base model, domain, general, evaluation data."""
-    refs = [spec["base_model"], *spec["domain_data"], *spec["general_data"]]
+    refs = [spec["base_model"], *spec.get("domain_data", ()), *spec.get("general_data", ())]
     return [*refs, spec["eval_data"]] if spec.get("eval_data") else refs
 
 

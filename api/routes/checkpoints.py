@@ -89,10 +89,11 @@ def dataset_labels(db, job: Job) -> dict[str, str]:
 
 def portable(checkpoint: Path, source: Path, format: str, submitted: dict, labels: dict[str, str]) -> dict[str, bytes]:
     """The files of the downloaded ``source`` that would name server paths (card, adapter config), rewritten with
-    the ``submitted`` spec's references in their place (the model id, dataset ids named by ``labels``)."""
+    the ``submitted`` spec's references in their place (the model id, dataset ids named by ``labels``); none for a
+    directory without a trainer state (which the engine never leaves: its state file is written before the rename)."""
     card = checkpoint_card(checkpoint)
     if card is None:
-        raise ExportError(f"checkpoint '{checkpoint.name}' has no readable trainer state")
+        return {}
     kind = export_kind(checkpoint, merged=format == "merged")
     return portable_files(source, card, kind, reference_names(card["spec"], submitted, labels))
 
