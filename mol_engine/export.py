@@ -104,19 +104,22 @@ def gather_shards(checkpoint: str | Path, dest: Path) -> Path:
         tensors = {name.replace(f".{adapter}.", "."): tensor for name, tensor in weights.items()}  # PEFT's file names
         save_file(tensors, dest / "adapter_model.safetensors", metadata={"format": "pt"})
         return dest
-    shell, aliases = _shell(description), tied_aliases(description)  # the model's own saving rules, no weights
+    from transformers import AutoConfig
+
+    shell = _shell(AutoConfig.from_pretrained(description))  # the model's own saving rules, no weights held
+    aliases = tied_aliases(description)
     kept = {name: tensor for name, tensor in weights.items() if name not in aliases}  # a tied head once, not twice
     shell.save_pretrained(dest, state_dict=kept, safe_serialization=True)
     return dest
 
 
-def _shell(description: Path):
-    """The model ``description``'s config makes, on the meta device (no weights)."""
+def _shell(config):
+    """The model ``config`` describes, on the meta device (no weights)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(description))
+        return AutoModelForCausalLM.from_config(config)
 
 
 def tied_aliases(description: str | Path) -> frozenset[str]:
@@ -125,13 +128,16 @@ def tied_aliases(description: str | Path) -> frozenset[str]:
     description = Path(description)
     if (description / "adapter_config.json").is_file():
         return frozenset()
-    config = description / "config.json"
-    return _aliases(config, config.stat().st_mtime_ns)
+    return _aliases((description / "config.json").read_text())
 
 
-@functools.lru_cache(maxsize=64)
-def _aliases(config: Path, mtime_ns: int) -> frozenset[str]:  # mtime_ns: a config rewritten is read again
-    shell = _shell(config.parent)
+@functools.lru_cache(maxsize=16)
+def _aliases(config: str) -> frozenset[str]:
+    """The tied aliases of the model a ``config.json`` text describes: built once per distinct config, however
+    many checkpoints share it (a meta model of a large config takes a while)."""
+    from transformers import AutoConfig
+
+    shell = _shell(AutoConfig.for_model(**json.loads(config)))
     every, distinct = dict(shell.named_parameters(remove_duplicate=False)), dict(shell.named_parameters())
     return frozenset(every.keys() - distinct.keys())
 
