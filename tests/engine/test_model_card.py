@@ -1,10 +1,12 @@
 """The model card: rendered from a dict, written into every checkpoint and export by a real (tiny) run, its figures
-those the run logged, its datasets' sha256 those of the files, and its loading code runs."""
+those the run logged (the base's too after a resume), its datasets' sha256 those of the files, and its loading code
+runs."""
 
 import hashlib
 import json
 import math
 import re
+import shutil
 
 import pytest
 import torch
@@ -103,8 +105,10 @@ def test_the_base_is_named_by_its_hub_name_when_its_config_records_one(tmp_path)
 
 def test_a_run_writes_the_card_into_its_checkpoints_and_exports(make_spec, corpora, tiny_model_dir, tmp_path,
                                                                 monkeypatch):
-    spec = make_spec(finetune="lora", lora={"rank": 4}, lr=1e-2, max_steps=2, eval_every=1, save_every=2)
-    result = train(spec, tmp_path / "run", [JsonlLogger(tmp_path / "run")])
+    spec = make_spec(finetune="lora", lora={"rank": 4}, lr=1e-2, max_steps=2, eval_every=1, save_every=1)
+    train(spec, tmp_path / "run", [JsonlLogger(tmp_path / "run")])
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "step-2")  # resumed from step-1: step 0 is not evaluated again
+    result = train(spec, tmp_path / "run", [JsonlLogger(tmp_path / "run")], resume=True)
     evals = {p["step"]: p for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if "eval/domain_ppl" in (p := json.loads(line))}
     card = (result.checkpoint / "model" / "README.md").read_text()
@@ -116,7 +120,7 @@ def test_a_run_writes_the_card_into_its_checkpoints_and_exports(make_spec, corpo
         digest = hashlib.sha256(corpora[name].read_bytes()).hexdigest()
         assert f"| {role} | {corpora[name]} | `{digest}` |" in card
     state = json.loads((result.checkpoint / "trainer_state.json").read_text())
-    assert sorted(map(int, state["evaluations"])) == [0, 1, 2]  # the history a resume carries on
+    assert sorted(map(int, state["evaluations"])) == [0, 1, 2]  # the history, carried on through the resume
 
     adapter = export_checkpoint(result.checkpoint, tmp_path / "adapter")
     merged = export_checkpoint(result.checkpoint, tmp_path / "merged", merged=True)
