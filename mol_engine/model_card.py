@@ -24,7 +24,9 @@ from .token_store import file_sha256
 
 CARD_FILE = "README.md"
 ADAPTER_CONFIG = "adapter_config.json"
-KINDS = ("full", "adapter", "merged")
+KIND_TEXT = {"full": "Full weights", "adapter": "A LoRA adapter",  # what a model directory holds
+             "merged": "The base model with a LoRA adapter merged in"}
+KINDS = tuple(KIND_TEXT)
 SOFTWARE = ("torch", "transformers", "peft", "mol-studio")
 SMALL_JSON = 1 << 20  # configs; a tokenizer.json is larger, and holds no path
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/model": how the Hugging Face hub names a model
@@ -34,12 +36,12 @@ METHODS = {
     "cpt": "continued pre-training: cross-entropy on domain and general rows alike",
     "domain_only": "cross-entropy on domain rows only",
 }
-METRICS = {  # eval key -> (what it is, whether lower is better)
-    "eval/domain_ppl": ("Domain perplexity (held-out)", True),
-    "eval/domain_ce": ("Domain cross-entropy, nats/token (held-out)", True),
-    "eval/general_ppl": ("General perplexity (held-out)", True),
-    "eval/general_kl": ("KL to the base on held-out general text", True),
-    "eval/qa_exact_match": ("QA exact match", False),
+METRICS = {  # eval key -> what it is, in the order the card's table lists them
+    "eval/domain_ppl": "Domain perplexity (held-out)",
+    "eval/domain_ce": "Domain cross-entropy, nats/token (held-out)",
+    "eval/general_ppl": "General perplexity (held-out)",
+    "eval/general_kl": "KL to the base on held-out general text",
+    "eval/qa_exact_match": "QA exact match",
 }
 
 
@@ -115,7 +117,7 @@ def _sha256_or_none(path: Path) -> str | None:
 
 
 def card_evaluations(evaluations: Mapping[int, Mapping[str, float]], step: int) -> dict[str, dict[str, float]]:
-    """The evaluations a card shows: the base's (step 0) and the latest at or before ``step``, keyed by step."""
+    """The evaluations a card shows: the first (step 0: the base itself) and the latest at or before ``step``."""
     done = sorted(s for s in evaluations if s <= step)
     return {str(s): dict(evaluations[s]) for s in sorted({done[0], done[-1]})} if done else {}
 
@@ -128,11 +130,13 @@ def build_card(spec: Mapping[str, Any], step: int, evaluations: Mapping[int, Map
             "evaluations": card_evaluations(evaluations, step), "software": software_versions()}
 
 
-def card_from_state(state: Mapping[str, Any]) -> dict[str, Any]:
+def card_from_state(state: Mapping[str, Any]) -> dict[str, Any] | None:
     """A checkpoint's card from its trainer state: the one it was written with, or (a checkpoint written before
-    cards were) what the state tells: spec and step, no figures."""
+    cards were) what the state tells: spec and step, no figures; None for a state without a spec."""
     if "model_card" in state:
         return dict(state["model_card"])
+    if "spec" not in state:
+        return None
     spec = state["spec"]
     return {"name": spec["name"], "base_model": spec["base_model"], "license": None, "method": spec["method"],
             "finetune": spec["finetune"], "step": state["step"], "spec": spec, "datasets": [], "evaluations": {},
@@ -211,8 +215,7 @@ def _front_matter(card: Mapping[str, Any], kind: str) -> str:
 
 def _header(card: Mapping[str, Any], kind: str) -> str:
     spec = card["spec"]
-    what = {"full": "Full weights", "adapter": "A LoRA adapter", "merged": "The base model with a LoRA adapter merged "
-                                                                           "in"}[kind]
+    what = KIND_TEXT[kind]
     lora = f" (rank {spec['lora']['rank']}, alpha {spec['lora']['alpha']:g})" if card["finetune"] == "lora" else ""
     method = METHODS.get(card["method"], card["method"])
     if card["method"] == "mol":
@@ -237,9 +240,9 @@ def _evaluation_section(card: Mapping[str, Any]) -> str:
              "Held-out text the run never trained on; step 0 is the base model itself.", "",
              f"| Metric | Base (step 0) | {at} | Change |", "|---|---:|---:|---:|"]
     for key, value in rows.items():
-        label = METRICS.get(key, (key, True))[0]
+        label = METRICS.get(key, key)
         before = base_rows.get(key)
-        change = _number(value - before, signed=True) if before is not None and last != 0 else ""
+        change = _number(value - before, signed=True) if None not in (value, before) and last != 0 else ""
         lines.append(f"| {label} | {_number(before)} | {_number(value)} | {change} |")
     return "\n".join(lines)
 
