@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -15,9 +16,10 @@ from .db import init_db, make_engine
 from .deps import Services
 from .logs import install_redaction
 from .openapi_docs import install_docs
-from .routes import checkpoints, completions, datasets, jobs, misc, session, uploads
+from .routes import checkpoints, completions, datasets, jobs, misc, session, uploads, webhooks
 from .settings import Settings
 from .sweeper import LeaseSweeper
+from .webhooks import WebhookDispatcher
 
 
 def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -30,9 +32,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     install_redaction()  # at startup, after the server has configured its logging
     svc = app.state.services
     sweeper = LeaseSweeper(svc.sessions, svc.settings, svc.enqueue).start()  # dead leases show with no worker
+    dispatcher = asyncio.create_task(WebhookDispatcher(svc.sessions, svc.settings).run(), name="mol-webhooks")
     try:
         yield
     finally:
+        dispatcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await dispatcher
         sweeper.stop()
 
 
@@ -54,7 +60,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (misc, session, datasets, uploads, jobs, checkpoints, completions):
+    for module in (misc, session, datasets, uploads, jobs, checkpoints, completions, webhooks):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

@@ -1,4 +1,5 @@
-"""Database: SQLAlchemy tables (tokens, datasets, uploads, jobs, metric points, events) and a session factory.
+"""Database: SQLAlchemy tables (tokens, datasets, uploads, jobs, metric points, events, webhooks) and a session
+factory.
 
 The database is the source of truth; the schema carries a version (``schema_version``) checked at start and
 stepped forward by ``MIGRATIONS`` when it is older.
@@ -34,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from mol_engine.callbacks import strict_dumps
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
@@ -190,6 +191,43 @@ class JobEvent(Base):
     __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
 
 
+class WebhookEndpoint(Base):
+    """Where an owner's job events are sent (api/webhooks.py); ``secret`` signs each delivery, so it is kept."""
+
+    __tablename__ = "webhook_endpoints"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("wh"))
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    url: Mapped[str] = mapped_column(Text)
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)  # empty: every event type
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one endpoint: the outbox row written with the job's state change, then sent (and retried)
+    by the dispatcher until it succeeds or its attempts run out. ``id`` is the ``webhook-id`` every attempt
+    carries, so a receiver can drop duplicates; ``attempts_log`` lists each attempt's outcome."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("msg"))
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"))
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # no key: the log outlives the job
+    event_type: Mapped[str] = mapped_column(String(40))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending|succeeded|failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts_log: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+                      Index("ix_webhook_deliveries_endpoint_created", "endpoint_id", "created_at"))
+
+    @property
+    def due_at(self) -> datetime | None:
+        """When it is tried next; None once it succeeded or failed for good."""
+        return self.next_attempt_at if self.status == "pending" else None
+
+
 class WorkerSeen(Base):
     __tablename__ = "workers_seen"
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -257,8 +295,13 @@ def _add_stop_reason(session: Session) -> None:
         session.execute(text("ALTER TABLE jobs ADD COLUMN stop_reason VARCHAR(40)"))
 
 
+def _add_webhooks(_session: Session) -> None:
+    """5 -> 6: the webhook_endpoints and webhook_deliveries tables are new (create_all, which runs first, made
+    them with their indexes); no existing table changes."""
+
+
 # from version N to N + 1
-MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason}
+MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason, 5: _add_webhooks}
 
 
 def init_db(engine: Engine) -> sessionmaker:

@@ -24,6 +24,7 @@ from mol_engine.spec import JobSpec
 
 from .db import IdempotencyKey, Job, JobEvent, new_id, utcnow
 from .leases import as_utc, lease_is_dead
+from .webhooks import record_job_event_for_webhooks
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
 
@@ -134,6 +135,8 @@ def _change(sessions: sessionmaker, where: ColumnElement[bool], values: dict[str
             return False
         if event:
             db.add(JobEvent(job_id=job.id, step=job.step, kind=event[0], message=event[1], data={}))
+        if values.get("status") == "cancelled":  # every cancel the API or its sweeper makes passes here
+            record_job_event_for_webhooks(db, db.get(Job, job.id), "cancelled")
     return True
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PlainSerializer, WithJsonSchema
 
 from mol_engine.spec import JobSpec
 
 from .validation import PURPOSES
+from .webhooks import WebhookEventType
 
 
 def utc_iso(moment: datetime) -> str:
@@ -308,3 +309,51 @@ class ChatCompletionOut(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage | None = None
+
+
+class WebhookIn(BaseModel):
+    """A webhook endpoint to create: an http(s) URL and the event types it wants (none: all)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: HttpUrl = Field(description="http or https URL that receives signed POSTs",
+                         examples=["https://ci.example.com/hooks/mol"])
+    events: list[WebhookEventType] | None = Field(None, max_length=10, description="event types; null: all")
+
+
+class WebhookOut(BaseModel):
+    """A webhook endpoint (its secret is shown only when it is created)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    url: str
+    events: list[str]
+    created_at: UtcDatetime
+
+
+class WebhookCreated(WebhookOut):
+    """The new endpoint with its signing secret (``whsec_…``): shown this once, keep it to verify deliveries."""
+
+    secret: str
+
+
+class WebhookAttemptOut(BaseModel):
+    attempt: int
+    at: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int | None
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One event sent (or still to send) to an endpoint, with every attempt; ``id`` is its ``webhook-id``."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    event_type: str
+    job_id: str | None
+    status: str  # pending, succeeded, failed
+    attempts: int
+    attempts_log: list[WebhookAttemptOut]
+    next_attempt_at: UtcDatetime | None = Field(validation_alias="due_at")  # null once it ended
+    created_at: UtcDatetime
+    payload: dict[str, Any]

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     generation_threads: int = Field(2, ge=1, description="threads that load models and generate (at most this "
                                     "many completions run at once; the others wait their turn)")
     max_completion_tokens: int = Field(512, ge=1, description="the largest max_tokens a completion may ask for")
+    webhook_retry_s: list[float] = Field([1, 5, 30, 120, 600], max_length=20, description=(
+        "webhooks: the wait before each retry of a delivery that failed (no 2xx in time); a delivery is tried "
+        "once, then once more per entry, then marked failed"))
+    webhook_timeout_s: float = Field(10, gt=0, description="webhooks: how long one attempt waits for a 2xx answer")
+    webhook_poll_s: float = Field(1, gt=0, description="webhooks: how often the API's dispatcher looks for due "
+                                  "deliveries")
 
     @field_validator("cors_origins")
     @classmethod

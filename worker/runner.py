@@ -32,6 +32,7 @@ from sqlalchemy.orm import sessionmaker
 from api.db import Dataset, Job, JobEvent, MetricPoint, init_db, make_engine, utcnow
 from api.settings import Settings
 from api.validation import available_models
+from api.webhooks import record_job_event_for_webhooks
 from mol_engine.callbacks import Callback
 from mol_engine.spec import JobSpec
 
@@ -104,6 +105,8 @@ class DatabaseRecorder(Callback):
         with self.sessions.begin() as db:
             db.add(JobEvent(job_id=self.job_id, step=event["step"], kind=event["kind"],
                             message=relabel(event["message"], self.labels), data=data))
+            if event["kind"] == "budget":
+                record_job_event_for_webhooks(db, db.get(Job, self.job_id), "budget", data)
 
     def on_rewind(self, step: int) -> None:
         with self.sessions.begin() as db:
@@ -160,6 +163,7 @@ def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None =
         job.stop_reason = stop_reason
         if error:
             db.add(JobEvent(job_id=job_id, step=job.step, kind="failed", message=error, data={}))
+        record_job_event_for_webhooks(db, job, status)  # the outbox: sent by the API's dispatcher
 
 
 def requeue(sessions: sessionmaker, job_id: str, me: str, reason: str) -> bool:

@@ -31,6 +31,7 @@ from sqlalchemy import or_, select, update
 from api.db import Job, WorkerSeen, init_db, make_engine, utcnow
 from api.leases import as_utc, lease_is_dead
 from api.settings import Settings
+from api.webhooks import record_job_event_for_webhooks
 
 from .celery_app import app
 from .queue import TASK_NAME, queue_for, waiting_job_ids
@@ -104,6 +105,7 @@ def _mark_cancelled(sessions, job_id: str) -> None:
         job = db.get(Job, job_id)
         if job.status == "running":
             job.status, job.finished_at, job.lease_owner = "cancelled", utcnow(), None
+            record_job_event_for_webhooks(db, job, "cancelled")
 
 
 def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | None = None) -> list[str]:
