@@ -16,7 +16,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from api.app import create_app
 from api.db import SCHEMA_VERSION, Base, Job, SchemaVersion, WebhookDelivery, init_db, make_engine, new_id
 from api.webhooks import new_secret, signed_headers
-from worker.runner import finish
+from worker.runner import DatabaseRecorder, finish
 
 RETRY_S = 0.2  # the wait before each retry in these tests (minutes in a deployment)
 
@@ -133,6 +133,21 @@ def test_a_receiver_that_never_answers_2xx_ends_failed_after_every_attempt(clien
     assert failed["event_type"] == "job.cancelled" and failed["attempts"] == 4  # once, then one per retry wait
     time.sleep(RETRY_S + 0.2)
     assert len(hook.received) == 4
+
+
+def test_a_crossed_forgetting_budget_is_an_event_of_its_own(client, auth, receiver):
+    hook = receiver()
+    endpoint = client.post("/v1/webhooks", headers=auth(), json={"url": hook.url,
+                                                                 "events": ["job.budget_crossed"]}).json()
+    job_id = add_job(client)
+    recorder = DatabaseRecorder(client.app.state.services.sessions, job_id, "here:1", heartbeat_s=None)
+    recorder.on_event({"step": 2, "kind": "eval", "message": "held-out figures"})  # not an event endpoints get
+    recorder.on_event({"step": 3, "kind": "budget", "message": "general KL 0.5 is over the budget 0.3",
+                       "general_kl": 0.5, "max_general_kl": 0.3, "on_budget": "warn"})
+    (_, headers, body), = wait_for(lambda: hook.received)
+    event = Webhook(endpoint["secret"]).verify(body, headers)
+    assert event["type"] == "job.budget_crossed" and event["data"]["job_id"] == job_id
+    assert (event["data"]["general_kl"], event["data"]["max_general_kl"]) == (0.5, 0.3)
 
 
 def test_the_receivers_verifier_rejects_a_forged_signature_or_a_changed_body():
