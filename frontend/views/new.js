@@ -189,12 +189,13 @@ export async function newJobPage(view) {
       radios("method", [["mol", "MoL: CE on domain, KL to the base on general"],
         ["cpt", "CPT baseline: CE on everything"], ["domain_only", "Domain only"]], defaults.method),
       fieldError("method"),
-      radios("reference", [["exact", "Exact reference: the base model runs on the general rows every step"],
-        ["cached", "Cached reference (MoL only): the base's top-k, computed once per corpus and model; faster"]],
-      defaults.reference),
-      fieldError("reference"),
-      el("label", { class: "inline" }, el("input", { type: "checkbox", name: "with_cpt", checked: true }),
-        "Also run a CPT baseline on the same data"),
+      el("div", { "data-when": "method=mol" },  // only MoL compares with the base while training
+        radios("reference", [["exact", "Exact reference: the base model runs on the general rows every step"],
+          ["cached", "Cached reference: the base's top-k, computed once per corpus and model; faster"]],
+        defaults.reference),
+        fieldError("reference")),
+      el("label", { class: "inline", "data-when": "method!=cpt" },
+        el("input", { type: "checkbox", name: "with_cpt", checked: true }), "Also run a CPT baseline on the same data"),
       radios("finetune", [["full", "Full fine-tuning"], ["lora", "LoRA"]], defaults.finetune),
       fieldError("finetune")),
     el("fieldset", {}, el("legend", {}, "Data"), pickers),
@@ -206,9 +207,11 @@ export async function newJobPage(view) {
   const pickDefaults = () => pickers.forEach((p) => p.pickFor(modelSelect?.value));
   modelSelect?.addEventListener("change", pickDefaults);
   pickDefaults();
+  // data-when="method=mol" shows a part for one choice, "method!=cpt" for all but one
   const showGroups = () => form.querySelectorAll("[data-when]").forEach((g) => {
-    const [name, value] = g.dataset.when.split("=");
-    g.hidden = form.querySelector(`[name="${name}"]:checked`)?.value !== value;
+    const [, name, not, value] = g.dataset.when.match(/^(\w+)(!?)=(\w+)$/);
+    const chosen = form.querySelector(`[name="${name}"]:checked`)?.value;
+    g.hidden = not ? chosen === value : chosen !== value;
   });
   form.addEventListener("change", showGroups);
   showGroups();

@@ -97,7 +97,7 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     page.screenshot(path=SHOTS / "job-running.png", full_page=True)
 
     page.goto(service.url.split("?")[0] + "#/jobs")
-    expect(page.locator('.badge[data-status="succeeded"]')).to_have_count(2, timeout=480_000)  # busy 2-core box: slow
+    expect(page.locator('.badge[data-status="succeeded"]')).to_have_count(2, timeout=900_000)  # busy 2-core box: slow
     # held-out KL to the base, which CPT records too (its training batches have none)
     cpt_row = page.locator("tr[data-job]", has_text="demo-mol-cpt")
     expect(cpt_row.locator('[data-metric="eval/general_kl"]')).to_have_text(re.compile(r"^\d"))
