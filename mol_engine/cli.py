@@ -1,6 +1,7 @@
 """``mol`` command line: train, export, demo, replicate.
 
     mol train SPEC.yaml --out DIR [--resume] [--set FIELD=VALUE ...]
+    mol sweep SPEC.yaml --grid ratio=4:1,1:1 --grid kl_weight=0.5,1 --out DIR   (one job per grid point)
     mol export DIR/checkpoints/step-N OUT [--merged]     (or DIR/checkpoints/best: the best within the budget)
     mol demo [DIR]
 """
@@ -73,8 +74,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
-    """The JobSpec in a YAML file with ``--set`` overrides applied; CliError naming the field when invalid."""
+def load_spec_dict(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+    """The mapping in a YAML spec file with ``--set`` overrides applied, not yet validated."""
     try:
         raw = load_yaml(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -83,8 +84,14 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
         raise CliError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise CliError(f"{path}: the spec must be a YAML mapping of field: value")
+    return _merge(raw, parse_overrides(list(overrides)))
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> JobSpec:
+    """The JobSpec in a YAML file with ``--set`` overrides applied; CliError naming the field when invalid."""
+    raw = load_spec_dict(path, overrides)
     try:
-        return JobSpec.model_validate(_merge(raw, parse_overrides(list(overrides))))
+        return JobSpec.model_validate(raw)
     except ValidationError as err:
         raise CliError(f"invalid job spec {path}:\n{format_validation_error(err)}") from None
 
@@ -104,12 +111,18 @@ def resolve_local(spec: JobSpec, demo_dir: str | None = None) -> JobSpec:
     return spec.resolve_paths(resolve)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def run_local(spec: JobSpec, out: str | Path, log_every: int, resume: bool = False):
+    """Train ``spec`` into ``out`` with the JSONL and console loggers: what ``mol train`` runs (and ``mol sweep``,
+    once per grid point)."""
     from .callbacks import ConsoleLogger, JsonlLogger
     from .train import train
 
+    return train(spec, out, [JsonlLogger(out), ConsoleLogger(every=log_every)], resume=resume)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     spec = resolve_local(load_spec(args.spec, args.set), args.demo_dir)
-    result = train(spec, args.out, [JsonlLogger(args.out), ConsoleLogger(every=args.log_every)], resume=args.resume)
+    result = run_local(spec, args.out, args.log_every, resume=args.resume)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(summary(Path(args.out), result.status, result.checkpoint))
     return 0 if result.status == "succeeded" else 1
@@ -133,6 +146,65 @@ def summary(out: Path, status: str, checkpoint: Path | None) -> str:
         lines.append(f"checkpoint: {checkpoint}")
         lines.append(f"export:     mol export {checkpoint} {out / 'export'}")
     return "\n".join(lines)
+
+
+def parse_grid(pairs: list[str]) -> dict[str, list[Any]]:
+    """``["ratio=4:1,1:1", "kl_weight=0.5,1"]`` -> ``{"ratio": ["4:1", "1:1"], "kl_weight": [0.5, 1]}`` (values as
+    YAML: numbers stay numbers, ratios stay strings)."""
+    grid: dict[str, list[Any]] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip() or not raw.strip():
+            raise CliError(f"--grid {pair!r}: expected FIELD=VALUE,VALUE,...")
+        if key.strip() in grid:
+            raise CliError(f"--grid {key.strip()}: given twice; list all its values in one --grid")
+        grid[key.strip()] = [load_yaml(v) for v in raw.split(",")]
+    return grid
+
+
+def run_dir_name(label: str) -> str:
+    """A grid point's run directory: its label with only file-name-safe characters (``ratio=4-1_kl_weight=0.5``)."""
+    return re.sub(r"[^A-Za-z0-9.=_-]", "-", label.replace(" ", "_"))
+
+
+def sweep_table(rows: list[dict[str, Any]]) -> str:
+    """The sweep's results as text, best domain gain first, ``*`` marking the Pareto frontier."""
+    lines = [f"  {'':1} {'job':<40} {'status':<10} {'domain gain':>12} {'drift (KL)':>12}"]
+    for row in rows:
+        gain = "-" if row["gain"] is None else f"{row['gain']:.4g}"
+        drift = "-" if row["drift"] is None else f"{row['drift']:.4g}"
+        lines.append(f"  {'*' if row['on_frontier'] else ' '} {row['id']:<40} {row['status']:<10} {gain:>12} "
+                     f"{drift:>12}")
+    lines.append("  * on the Pareto frontier: no other job has a higher domain gain and a lower drift")
+    return "\n".join(lines)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepError, expand_grid, pareto_frontier, point_label, ranked, result_point
+
+    grid = parse_grid(args.grid)
+    try:
+        points = expand_grid(load_spec_dict(args.spec, args.set), grid)
+    except SweepError as err:
+        raise CliError(str(err)) from None
+    out = Path(args.out)
+    jobs = []
+    for name, spec in points:
+        combination = {key: spec[key] for key in grid}
+        run = out / run_dir_name(point_label(combination))
+        print(f"sweep: {name} -> {run}", file=sys.stderr)
+        result = run_local(resolve_local(JobSpec.model_validate(spec), args.demo_dir), run, args.log_every,
+                           resume=args.resume)
+        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        jobs.append({**result_point(run.name, evals), "name": name, "dir": str(run), "status": result.status,
+                     "values": combination})
+    rows = ranked(jobs)
+    summary_file = out / "sweep.json"
+    summary_file.write_text(json.dumps({"grid": grid, "jobs": rows,
+                                        "frontier": pareto_frontier(rows)}, indent=2))
+    print(sweep_table(rows))
+    print(f"summary: {summary_file}")
+    return 0 if all(r["status"] == "succeeded" for r in rows) else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -171,6 +243,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-dir", default=None, help="demo directory (default: $MOL_HOME/demo)")
     p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="train a grid of variations of a job spec, one after another, and name the "
+                                     "Pareto frontier of domain gain against general drift")
+    p.add_argument("spec", help="the base job spec YAML")
+    p.add_argument("--grid", action="append", required=True, metavar="FIELD=V1,V2,...",
+                   help="values of ratio, kl_weight, lr or method to sweep (repeat for several fields)")
+    p.add_argument("--out", required=True, help="one run directory per grid point under it, and sweep.json")
+    p.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base spec field")
+    p.add_argument("--demo-dir", default=None, help="demo directory (default: $MOL_HOME/demo)")
+    p.add_argument("--log-every", type=int, default=10, help="print a progress line every N steps")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("export", help="export a checkpoint as a Hugging Face directory (an FSDP checkpoint's "
                                       "shards gathered into one)")
