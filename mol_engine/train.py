@@ -40,6 +40,7 @@ from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
 from .self_sample import self_general_corpus
 from .spec import JobSpec
+from .threads import use_threads
 from .token_store import TokenStore, cache_root, open_or_build
 from .trackers import check_trackers, close_trackers, make_trackers
 
@@ -110,6 +111,7 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
     out = Path(out_dir)
     check_trackers(spec.report_to)  # a missing tracker package fails the run before any work, on every rank
     world = join_world(pick_device(spec).type)
+    use_threads()  # torch's threads by the machine's idle cores (mol_engine/threads.py), once per process
     trackers = []
     try:
         trackers = make_trackers(spec.report_to, out, spec.model_dump(mode="json")) if world.is_main else []
