@@ -5,6 +5,7 @@ import { comparePage } from "./views/compare.js";
 import { jobPage } from "./views/job.js";
 import { jobsPage } from "./views/jobs.js";
 import { newJobPage } from "./views/new.js";
+import { playgroundPage } from "./views/playground.js";
 
 const view = document.getElementById("view");
 let cleanup = () => {};
@@ -65,6 +66,7 @@ function route() {
     new: () => newJobPage(view),
     job: () => jobPage(view, parts[1]),
     compare: () => comparePage(view, new URLSearchParams(query).get("ids")?.split(",").filter(Boolean) ?? []),
+    playground: () => playgroundPage(view, new URLSearchParams(query).get("model")),
   };
   const page = pages[parts[0]] ?? pages.jobs;
   Promise.resolve(page()).then((stop) => { cleanup = stop ?? (() => {}); }).catch((err) => {
