@@ -1,5 +1,6 @@
 """POST /v1/completions and /v1/chat/completions: OpenAI's request and response shapes (SSE chunks when ``stream``),
-from a base model (``GET /v1/models``) or one of the owner's checkpoints, ``<job_id>:<checkpoint name>``.
+from a base model (``GET /v1/models``) or one of the owner's checkpoints, ``<job_id>:<checkpoint name>`` (``step-N``
+or ``best``, the names the checkpoints routes take).
 
 Models load and generate in the bounded threads of :mod:`api.model_cache`, never on the event loop; a client that
 goes away sets its generation's ``cancelled`` flag, which the engine checks after every token.
@@ -38,13 +39,17 @@ from ..model_cache import Serving, serving_of
 from ..schemas import SSE, ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, ModelOut, errors
 from ..settings import Settings
 from ..validation import available_models, model_type
+from .checkpoints import resolve_name
 
-router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 422))
+router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 409, 422))
 
 
 def checkpoint_path(settings: Settings, job_id: str, name: str) -> Path | None:
-    """The directory of the job's checkpoint called ``name`` (``step-N``), or None when there is none."""
-    return next((p for p in checkpoint_dirs(settings.runs_dir / job_id) if p.name == name), None)
+    """The directory of the job's checkpoint called ``name`` (``step-N``, or ``best`` as the download route takes
+    it: 409 while the job has none), or None when there is none."""
+    run_dir = settings.runs_dir / job_id
+    name = resolve_name(run_dir, name)
+    return next((p for p in checkpoint_dirs(run_dir) if p.name == name), None)
 
 
 def resolve_model(svc, owner: str, model_id: str) -> ModelSource:

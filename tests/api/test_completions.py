@@ -170,6 +170,11 @@ def test_checkpoints_complete_for_their_owner_only(client, served, tiny_model_di
     expected = engine_greedy(tiny_model_dir, PROMPT, 6, adapter=served[1].state.services.settings.runs_dir
                              / jobs["lora"] / "checkpoints" / "step-2" / "model")
     assert adapter.choices[0].text == expected != full.choices[0].text  # the adapter, on its base
+    with pytest.raises(openai.ConflictError, match="no best checkpoint yet"):
+        client.completions.create(model=f"{jobs['full']}:best", prompt=PROMPT, max_tokens=2)
+    (served[1].state.services.settings.runs_dir / jobs["lora"] / "best.json").write_text('{"step": 2}')
+    best = client.completions.create(model=f"{jobs['lora']}:best", prompt=PROMPT, max_tokens=6, temperature=0)
+    assert best.choices[0].text == expected  # the alias the checkpoints routes take
     for model in (f"{bobs}:step-1", f"{jobs['full']}:step-9", "nobody", f"{jobs['full']}:../../x"):
         with pytest.raises(openai.NotFoundError, match="not found"):
             client.completions.create(model=model, prompt=PROMPT, max_tokens=2)
