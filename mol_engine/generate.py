@@ -24,6 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .checkpoint import is_sharded_checkpoint
 from .export import ExportError, export_checkpoint, is_adapter, model_dir
+from .threads import use_threads
 
 
 class GenerationError(ValueError):
@@ -70,6 +71,7 @@ class Completion:
 
 def load_model(source: ModelSource, cache_dir: Path | None = None) -> LoadedModel:
     """The model at ``source`` in eval mode on the CPU, with its tokenizer; GenerationError when it cannot load."""
+    use_threads()  # torch's threads by the machine's load, once per process, as training decides them
     try:
         directory = loadable_dir(source.path, cache_dir)
         if is_adapter(directory):
@@ -154,7 +156,7 @@ def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling,
     halt = _Halt(lambda: pieces.stopped or cancelled.is_set())
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=loaded.model.device)  # a training model may be on a GPU
     with torch.inference_mode():
         loaded.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=pieces,
                               stopping_criteria=StoppingCriteriaList([halt]), **_generate_options(loaded, sampling))

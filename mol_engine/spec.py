@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,6 +16,9 @@ Method = Literal["mol", "cpt", "domain_only"]
 MAX_SELF_SAMPLE_TOKENS = 50_000_000  # sampling runs before step 1: beyond this it takes hours on any GPU
 MAX_NPROC = 64  # processes of one job: the service schedules single-node jobs, and no node has more GPUs
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_SAMPLE_PROMPTS = 16  # prompts completed at every evaluation, listed or in a file: each costs a generation
+MAX_SAMPLE_PROMPT_CHARS = 4_000  # one prompt; the model sees at most its context minus the completion
+SamplePrompt = Annotated[str, Field(min_length=1, max_length=MAX_SAMPLE_PROMPT_CHARS)]
 
 
 class LoraSpec(BaseModel):
@@ -75,6 +78,11 @@ class JobSpec(BaseModel):
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
     qa_max_new_tokens: int = Field(16, ge=1, le=512)
     qa_prompt: str = "Question: {question}\nAnswer:"
+    sample_prompts: Annotated[list[SamplePrompt], Field(max_length=MAX_SAMPLE_PROMPTS)] | SamplePrompt | None = Field(
+        None, description="prompts the model completes (greedy) at every evaluation, the base's at step 0: a list, "
+        "or a JSONL file (a dataset, via the API) of {\"prompt\": ...} rows; null: 2 QA questions and 2 held-out "
+        "general-text prefixes; []: none")
+    sample_max_tokens: int = Field(48, ge=1, le=256, description="tokens per sample completion")
     save_every: int = Field(200, ge=1)
     keep_checkpoints: int | None = Field(
         3, ge=1, description="keep the newest N checkpoints and the final one, deleting older ones once a newer "
@@ -174,6 +182,8 @@ class JobSpec(BaseModel):
                 "domain_data": [resolve(p) for p in self.domain_data],
                 "general_data": [resolve(p) for p in self.general_data],
                 "eval_data": resolve(self.eval_data) if self.eval_data else None,
+                "sample_prompts": resolve(self.sample_prompts) if isinstance(self.sample_prompts, str)
+                else self.sample_prompts,
             }
         )
 

@@ -38,6 +38,7 @@ from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pi
 from .objective import ROUTES, objective
 from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
+from .samples import Sample, complete, job_prompts, samples_event
 from .self_sample import self_general_corpus
 from .spec import JobSpec
 from .threads import use_threads
@@ -95,6 +96,7 @@ class Run:
     world: World
     step_losses: nn.Module  # model + losses; DistributedDataParallel under torchrun
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> held-out figures (model card)
+    prompts: list[str] = field(default_factory=list)  # completed at every evaluation (mol_engine/samples.py)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == torch.float32:
@@ -218,8 +220,10 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
         f"trainable={trainable:,}/{total:,} params processes={world.size}"),
         "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
     qa = read_qa(spec.eval_data) if spec.eval_data else []
+    heldout = (general if general is not None else domain).heldout
+    prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
-               optimizer, scheduler, chunk, eos_id, world, step_losses)
+               optimizer, scheduler, chunk, eos_id, world, step_losses, prompts=prompts)
 
 
 def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, world: World,
@@ -407,12 +411,26 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
             metrics["eval/qa_exact_match"] = qa_exact_match(
                 run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
                 device=run.device)
+    samples = _complete_samples(run)
     run.model.train()
     run.evaluations[step] = metrics
     cb.on_metrics(step, metrics)
     shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in metrics.items())
     cb.on_event({"step": step, "kind": "eval", "message": f"evaluation at step {step}: {shown}"})
+    if samples is not None:
+        cb.on_event(samples_event(step, samples))
     return metrics
+
+
+def _complete_samples(run: Run) -> list[Sample] | None:
+    """The sample prompts' completions by the model in eval mode (rank 0's; under FSDP every rank generates, as
+    each layer's forward is a collective); None when there are none to report."""
+    sharded = is_sharded(run.step_losses)
+    if not run.prompts or not (run.world.is_main or sharded):
+        return None
+    with run.autocast(), gathered(run.step_losses):
+        samples = complete(run.model, run.tokenizer, run.prompts, run.spec.sample_max_tokens)
+    return samples if run.world.is_main else None
 
 
 def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Path:
