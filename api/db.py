@@ -1,5 +1,5 @@
-"""Database: SQLAlchemy tables (tokens, datasets, uploads, jobs, metric points, events, webhooks) and a session
-factory.
+"""Database: SQLAlchemy tables (tokens, datasets, uploads, sweeps, jobs, metric points, events, webhooks) and a
+session factory.
 
 The database is the source of truth; the schema carries a version (``schema_version``) checked at start and
 stepped forward by ``MIGRATIONS`` when it is older.
@@ -35,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from mol_engine.callbacks import strict_dumps
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
@@ -119,6 +119,18 @@ class UploadPart(Base):
     file: Mapped[str] = mapped_column(String(100))  # its name in the upload's directory
 
 
+class Sweep(Base):
+    """A group of jobs on the same data and seed, one per point of a grid over the base spec (api/routes/sweeps)."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("swp"))
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    base_spec: Mapped[dict[str, Any]] = mapped_column(JSON)  # as the client sent it
+    grid: Mapped[dict[str, Any]] = mapped_column(JSON)  # spec field -> list of values
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("job"))
@@ -139,6 +151,7 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sweep_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)  # the sweep it belongs to
     # GET /v1/jobs pages an owner's jobs newest first by (created_at, id): one index range scan per page
     __table_args__ = (Index("ix_jobs_owner_created_id", "owner", "created_at", "id"),)
 
@@ -300,8 +313,17 @@ def _add_webhooks(_session: Session) -> None:
     them with their indexes); no existing table changes."""
 
 
+def _add_sweeps(session: Session) -> None:
+    """6 -> 7: jobs may belong to a sweep (``sweep_id``, indexed; no foreign key, which SQLite cannot add to a
+    table); the sweeps table is new (create_all made it). Rows from before belong to none."""
+    if "sweep_id" not in {c["name"] for c in inspect(session.connection()).get_columns("jobs")}:
+        session.execute(text("ALTER TABLE jobs ADD COLUMN sweep_id VARCHAR(40)"))
+    session.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_sweep_id ON jobs (sweep_id)"))
+
+
 # from version N to N + 1
-MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason, 5: _add_webhooks}
+MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason, 5: _add_webhooks,
+              6: _add_sweeps}
 
 
 def init_db(engine: Engine) -> sessionmaker:

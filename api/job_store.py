@@ -49,8 +49,10 @@ def _keyed_job(db: Session, owner: str, key: str, digest: str) -> Job | None:
     return db.get(Job, found.job_id)
 
 
-def create_job(sessions: sessionmaker, owner: str, spec: JobSpec, key: str | None = None) -> tuple[Job, bool]:
-    """(the job, whether it is new): a new ``queued`` job, or the one ``key`` made before for the same request.
+def create_job(sessions: sessionmaker, owner: str, spec: JobSpec, key: str | None = None,
+               sweep_id: str | None = None) -> tuple[Job, bool]:
+    """(the job, whether it is new): a new ``queued`` job (in sweep ``sweep_id``, if given), or the one ``key``
+    made before for the same request.
 
     Raises KeyReused when ``key`` was used for a different request. Two requests racing with one key make one
     job: the loser's insert of the key fails and it returns the winner's job.
@@ -62,7 +64,7 @@ def create_job(sessions: sessionmaker, owner: str, spec: JobSpec, key: str | Non
             if earlier is not None:
                 return earlier, False
             job = Job(id=new_id("job"), owner=owner, name=spec.name, spec=spec.model_dump(mode="json"),
-                      max_steps=spec.max_steps)
+                      max_steps=spec.max_steps, sweep_id=sweep_id)
             db.add(job)
             if key:
                 db.flush()  # the job row first: the key refers to it

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
         "processes (GPUs) this worker can give one job; `mol worker --gpus/--procs` sets it"))
     max_nproc: int = Field(1, ge=1, description=(
         "largest nproc accepted at submit even when no live worker is that large (workers started on demand)"))
+    max_sweep_jobs: int = Field(32, ge=1, description="the most jobs one sweep (POST /v1/sweeps) may make: the "
+                                "product of its grid's list lengths")
     db_pool_size: int = Field(20, ge=1, description="pooled database connections of one API process")
     db_max_overflow: int = Field(20, ge=0, description="connections opened past the pool under load")
     db_pool_timeout_s: float = Field(30, gt=0, description="how long a request waits for a free connection")

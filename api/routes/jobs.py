@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mol_engine.spec import JobSpec, format_validation_error
 
@@ -16,6 +17,7 @@ from ..deps import DB, Owner, Services, Svc
 from ..disk import tree_bytes
 from ..job_store import KeyReused, create_job, page_of_jobs, send_job, withdraw_job
 from ..schemas import SSE, EventOut, JobOut, JobPage, JobSummary, MetricPointOut, errors, json_body, utc_iso
+from ..settings import Settings
 from ..stream import job_stream
 from ..validation import available_models, check_references, largest_nproc, nproc_problem
 
@@ -49,9 +51,7 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
         spec = JobSpec.model_validate(body)
     except ValidationError as err:
         raise HTTPException(422, format_validation_error(err)) from None
-    owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
-    problems = check_references(spec, owned, available_models(svc.settings))
-    problems += nproc_problem(spec.nproc, largest_nproc(db, svc.settings))
+    problems = submit_problems(db, owner, spec, svc.settings)
     db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(problems))
@@ -63,11 +63,19 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
     if not new:
         response.status_code = 200
         return job_out(job)
-    _hand_to_workers(svc, job)
+    hand_to_workers(svc, job)
     return job_out(job)
 
 
-def _hand_to_workers(svc: Services, job: Job) -> None:
+def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings) -> list[str]:
+    """Why ``spec`` cannot run for ``owner`` (a dataset not theirs or of the wrong purpose, an unknown model, more
+    processes than any worker has), one line each: what POST /v1/jobs and POST /v1/sweeps check."""
+    owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
+    problems = check_references(spec, owned, available_models(settings))
+    return problems + nproc_problem(spec.nproc, largest_nproc(db, settings))
+
+
+def hand_to_workers(svc: Services, job: Job) -> None:
     """Enqueue ``job`` on the queue of its process count; when the broker refuses, withdraw the job (503) unless a
     worker already started it. One-process jobs go to the default queue: an ``enqueue(job_id)`` serves them."""
     try:
