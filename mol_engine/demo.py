@@ -8,6 +8,12 @@
     eval.jsonl      {"question": ..., "answer": ...} for each of its 100 facts (all stated in domain.jsonl)
     DEMO_COMPLETE   written last; its presence means the demo is whole
 
+One build serves every ``MOL_HOME`` of a user: :func:`shared_demo` builds into the user cache
+(``$MOL_DEMO_CACHE``, else ``$XDG_CACHE_HOME/mol-studio``, else ``~/.cache/mol-studio``), in ``demo-<key>`` where
+the key names what decides the bytes (:func:`demo_key`), and links ``$MOL_HOME/demo`` to it. A build holds a file
+lock next to its directory, so two processes asking at once share one build; while it runs it keeps
+``.demo-<key>.progress.json`` beside it (phase, step/total, times), which :func:`demo_status` reads for an ETA.
+
 The English text is the docstrings of a fixed list of pure-Python standard-library modules, so it exists on
 every machine without a download; it is identical on machines running the same Python minor version.
 """
@@ -25,15 +31,21 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import tokenizers
 import torch
+import transformers
+from filelock import FileLock, Timeout
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from .threads import use_threads
 
 DEMO_VERSION = "mol-demo-1"
 MARKER = "DEMO_COMPLETE"
@@ -46,6 +58,10 @@ BATCH_SIZE = 16
 MAX_OPERAND = 9  # the single-digit addition table: 100 facts, all of them in eval.jsonl
 DOMAIN_ROUNDS = 30
 QA_TEMPLATE = "Question: {question}\nAnswer: {answer}"  # JobSpec.qa_prompt followed by " answer"
+CACHE_ENV = "MOL_DEMO_CACHE"  # the user cache directory of demo builds, overridden (tests point it at a tmp dir)
+PROGRESS_EVERY_S = 5.0  # a progress line in the terminal at most this often
+PROGRESS_WRITE_S = 1.0  # the progress file rewritten at most this often
+STALE_AFTER_S = 600.0  # a progress file not rewritten for this long is a build that died (no step takes that long)
 
 # Pure-Python modules present in every CPython >= 3.10 whose definitions do not depend on the platform
 # or on optional extensions (ssl, sqlite3, readline, ...), so the corpus depends only on the Python version.
@@ -258,11 +274,12 @@ def pretrain(
     *,
     seed: int = 0,
     lr: float = 6e-3,
-    log: Callable[[str], None] = lambda _: None,
+    on_step: Callable[[int, float], None] = lambda step, loss: None,
 ) -> float:
     """Trains ``model`` in place on random ``BLOCK_SIZE`` windows of ``token_ids``; returns the final loss.
 
-    The final loss is the mean over the last tenth of the steps (at least one).
+    ``on_step(step, loss)`` is called after every step. The final loss is the mean over the last tenth of the
+    steps (at least one).
     """
     stream = torch.tensor(token_ids, dtype=torch.long)
     if len(stream) <= BLOCK_SIZE:
@@ -285,10 +302,187 @@ def pretrain(
         optimizer.zero_grad(set_to_none=True)
         if step > steps - max(1, steps // 10):
             tail.append(loss.item())
-        if step % max(1, steps // 10) == 0 or step == steps:
-            log(f"pretraining base model: step {step}/{steps}, loss {loss.item():.3f}")
+        on_step(step, loss.item())
     model.eval()
     return sum(tail) / len(tail)
+
+
+# ---------------------------------------------------------------------------------------- cache, progress
+def build_versions() -> dict[str, str]:
+    """The versions that decide a build's bytes: Python's minor (the corpus), torch, transformers, tokenizers."""
+    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}", "torch": torch.__version__,
+            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+def demo_key(pretrain_steps: int, seed: int, versions: Mapping[str, str]) -> str:
+    """12 hex digits naming one build: the demo's version, its settings and ``versions`` (build_versions())."""
+    what = {"demo": DEMO_VERSION, "pretrain_steps": pretrain_steps, "seed": seed, **versions}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def demo_cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """``$MOL_DEMO_CACHE``, else ``$XDG_CACHE_HOME/mol-studio``, else ``~/.cache/mol-studio``."""
+    env = os.environ if env is None else env
+    if env.get(CACHE_ENV):
+        return Path(env[CACHE_ENV]).expanduser()
+    base = Path(env["XDG_CACHE_HOME"]) if env.get("XDG_CACHE_HOME") else Path.home() / ".cache"
+    return base / "mol-studio"
+
+
+def shared_demo_dir(pretrain_steps: int | None = None, seed: int = 0, cache_root: Path | None = None) -> Path:
+    """Where the shared build of these settings lives: ``<cache root>/demo-<key>``."""
+    steps = DEFAULT_PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
+    return (cache_root or demo_cache_root()) / f"demo-{demo_key(steps, seed, build_versions())}"
+
+
+def lock_path(root: Path) -> Path:
+    return root.with_name(f".{root.name}.lock")
+
+
+def progress_path(root: Path) -> Path:
+    return root.with_name(f".{root.name}.progress.json")
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def eta_seconds(step: int, total: int, pretrain_elapsed_s: float) -> float | None:
+    """Seconds left at the pace so far (``step`` of ``total`` pretraining steps done in ``pretrain_elapsed_s``);
+    None before the first step. Writing the model afterwards takes well under a second."""
+    if step < 1 or total < step:
+        return None
+    return pretrain_elapsed_s / step * (total - step)
+
+
+@dataclass(frozen=True)
+class DemoStatus:
+    """Where a demo stands: ``ready``, ``building`` (with phase, step/total, elapsed and ETA), ``failed`` or
+    ``absent`` (not built, and no build running)."""
+
+    state: str
+    phase: str | None = None
+    step: int = 0
+    total: int = 0
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    error: str | None = None
+
+    @property
+    def message(self) -> str:
+        if self.state == "ready":
+            return "The demo model is ready."
+        if self.state == "failed":
+            return f"The demo build failed: {self.error}"
+        if self.state == "absent":
+            return "The demo model is not built: `mol up` or `mol demo` builds it."
+        return f"The demo model is being built: {self.progress}."
+
+    @property
+    def progress(self) -> str:
+        """``pretraining step 120/400, 1 min 05 s elapsed, about 3 min 02 s left`` (or the phase and time)."""
+        done = f", {format_duration(self.elapsed_s)} elapsed" if self.elapsed_s is not None else ""
+        if self.phase == "pretraining" and self.total:
+            left = f", about {format_duration(self.eta_s)} left" if self.eta_s is not None else ""
+            return f"pretraining step {self.step}/{self.total}{done}{left}"
+        return f"{self.phase or 'starting'}{done}"
+
+
+def read_status(progress: Mapping | None, complete: bool, now: float) -> DemoStatus:
+    """The status a build's progress record (None: no record) and completeness give at time ``now`` (pure)."""
+    if complete:
+        return DemoStatus("ready")
+    if not progress or now - progress.get("updated", 0) > STALE_AFTER_S:
+        return DemoStatus("absent")
+    if progress.get("phase") == "failed":
+        return DemoStatus("failed", error=progress.get("error"))
+    step, total = int(progress.get("step", 0)), int(progress.get("total", 0))
+    pretrain_started = progress.get("pretrain_started")
+    eta = eta_seconds(step, total, now - pretrain_started) if pretrain_started else None
+    return DemoStatus("building", progress.get("phase"), step, total, now - progress["started"], eta)
+
+
+def demo_status(link: Path, target: Path, now: float | None = None) -> DemoStatus:
+    """The status of the demo a ``MOL_HOME`` uses: ready when ``link`` (``$MOL_HOME/demo``) holds a whole demo,
+    else what the build of ``target`` (its shared directory) reports in its progress file."""
+    try:
+        progress = json.loads(progress_path(target).read_text())
+    except (OSError, ValueError):
+        progress = None
+    return read_status(progress, (link / MARKER).is_file(), time.time() if now is None else now)
+
+
+def announce_build(root: Path) -> None:
+    """Records a build of ``root`` as starting (so :func:`demo_status` says ``building`` from the first moment),
+    unless a build's record is already there and live: a running build's progress is never overwritten."""
+    path = progress_path(root)
+    try:
+        current = json.loads(path.read_text())
+    except (OSError, ValueError):
+        current = None
+    if read_status(current, False, time.time()).state == "building":
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    BuildProgress(root, lambda _: None).phase("starting")
+
+
+class BuildStopped(Exception):
+    """The build was asked to stop (``mol up`` ending while it builds in the background)."""
+
+
+class BuildProgress:
+    """A build's progress, kept in its progress file (for every process that shows it) and logged as one line
+    every :data:`PROGRESS_EVERY_S` seconds, and at each new phase; raises :class:`BuildStopped` at the next phase
+    or step once ``stop`` is set."""
+
+    def __init__(self, root: Path, log: Callable[[str], None], clock: Callable[[], float] = time.time,
+                 stop: threading.Event | None = None):
+        self.path, self.log, self.clock, self.stop = progress_path(root), log, clock, stop
+        now = clock()
+        self.record: dict = {"phase": "starting", "step": 0, "total": 0, "started": now, "updated": now,
+                             "pid": os.getpid()}
+        self.written = self.logged = float("-inf")
+
+    def phase(self, name: str, total: int = 0) -> None:
+        self._check_stop()
+        self.record |= {"phase": name, "step": 0, "total": total}
+        if name == "pretraining":
+            self.record["pretrain_started"] = self.clock()
+        self._publish(force=True)
+
+    def step(self, step: int, loss: float) -> None:
+        self._check_stop()
+        self.record |= {"step": step, "loss": loss}
+        self._publish(force=step == self.record["total"])
+
+    def failed(self, error: BaseException) -> None:
+        self.record |= {"phase": "failed", "error": f"{type(error).__name__}: {error}"}
+        self._publish(force=True)
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _check_stop(self) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise BuildStopped("the demo build was stopped")
+
+    def _publish(self, force: bool) -> None:
+        now = self.clock()
+        self.record["updated"] = now
+        if force or now - self.written >= PROGRESS_WRITE_S:
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self.record))
+            os.replace(tmp, self.path)
+            self.written = now
+        if force or now - self.logged >= PROGRESS_EVERY_S:
+            self.log(f"demo: {read_status(self.record, False, now).progress}")
+            self.logged = now
 
 
 # ---------------------------------------------------------------------------------------------- build
@@ -309,14 +503,17 @@ def _is_complete(root: Path, marker: str) -> bool:
         return False
 
 
-def _build_into(root: Path, pretrain_steps: int, seed: int, log: Callable[[str], None]) -> None:
+def _build_into(root: Path, pretrain_steps: int, seed: int, log: Callable[[str], None],
+                progress: BuildProgress) -> None:
     paths = DemoPaths.under(root)
+    progress.phase("writing the corpora")
     pretrain_docs, general_docs = split_general(general_documents())
     _write_jsonl(paths.general, ({"text": d} for d in general_docs))
     _write_jsonl(paths.domain, ({"text": d} for d in domain_documents(seed)))
     _write_jsonl(paths.eval, eval_pairs(seed))
     log(f"corpora: {len(pretrain_docs)} pretraining and {len(general_docs)} general documents")
 
+    progress.phase("training the tokenizer")
     tokenizer = build_tokenizer(pretrain_docs)
     encodings = tokenizer.backend_tokenizer.encode_batch(pretrain_docs)
     stream = [t for enc in encodings for t in [*enc.ids, tokenizer.eos_token_id]]
@@ -326,13 +523,17 @@ def _build_into(root: Path, pretrain_steps: int, seed: int, log: Callable[[str],
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+    threads = use_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
         params = sum(p.numel() for p in model.parameters())
-        log(f"pretraining a {params / 1e6:.2f}M-parameter Llama on {len(stream)} tokens")
-        loss = pretrain(model, stream, pretrain_steps, seed=seed, log=log)
+        log(f"pretraining a {params / 1e6:.2f}M-parameter Llama on {len(stream)} tokens, {pretrain_steps} steps, "
+            f"{threads} torch thread(s) (MOL_TORCH_THREADS sets them)")
+        progress.phase("pretraining", total=pretrain_steps)
+        loss = pretrain(model, stream, pretrain_steps, seed=seed, on_step=progress.step)
     log(f"pretrained base model: final loss {loss:.3f} (mean of the last tenth of the steps)")
+    progress.phase("saving the model")
     model.save_pretrained(paths.model, safe_serialization=True)
     tokenizer.save_pretrained(paths.model)
     # Name the class every transformers release knows (v5 alone knows "TokenizersBackend").
@@ -342,44 +543,117 @@ def _build_into(root: Path, pretrain_steps: int, seed: int, log: Callable[[str],
     tok_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _acquire(lock: FileLock, root: Path, log: Callable[[str], None], stop: threading.Event | None) -> None:
+    """Takes the build lock of ``root``, saying so when another process holds it (its build is then shared)."""
+    try:
+        lock.acquire(timeout=0)
+        return
+    except Timeout:
+        log(f"demo: another process is building {root}; waiting for it (progress in {progress_path(root)})")
+    while True:
+        if stop is not None and stop.is_set():
+            raise BuildStopped("stopped waiting for the demo build")
+        try:
+            lock.acquire(timeout=1)
+            return
+        except Timeout:
+            continue
+
+
 def build_demo(
     directory: str | Path | None = None,
     *,
     pretrain_steps: int | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> DemoPaths:
-    """The paths of a complete demo under ``directory`` (default :func:`default_demo_dir`), built if needed.
+    """The paths of a complete demo under ``directory``, built if needed; without ``directory``, the shared build
+    linked from :func:`default_demo_dir` (:func:`shared_demo`).
 
     A demo built earlier with the same ``pretrain_steps`` and ``seed`` is reused as is; an incomplete one or
     one built with other settings is replaced. The build happens in a sibling temporary directory renamed
-    into place, so an interrupted build never leaves a partial demo behind.
+    into place, so an interrupted build never leaves a partial demo behind, and under a file lock beside the
+    directory, so concurrent callers share one build (the later ones wait, then find it complete). Setting
+    ``stop`` ends a build (or the wait) at its next step with :class:`BuildStopped`, leaving nothing behind.
     """
     log = log or (lambda _: None)
     steps = DEFAULT_PRETRAIN_STEPS if pretrain_steps is None else pretrain_steps
     if steps < 1:
         raise ValueError("pretrain_steps must be at least 1")
-    root = Path(directory) if directory is not None else default_demo_dir()
+    if directory is None:
+        return shared_demo(default_demo_dir(), pretrain_steps=steps, seed=seed, log=log)
+    root = Path(directory)
     marker = _marker_text(steps, seed)
     if _is_complete(root, marker):
         return DemoPaths.under(root)
 
     root.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_path(root))
+    _acquire(lock, root, log, stop)
+    try:
+        if not _is_complete(root, marker):  # else another process built it while we waited
+            _build_locked(root, steps, seed, marker, log, stop)
+    finally:
+        lock.release()
+    return DemoPaths.under(root)
+
+
+def _build_locked(root: Path, steps: int, seed: int, marker: str, log: Callable[[str], None],
+                  stop: threading.Event | None) -> None:
+    for stale in root.parent.glob(f".{root.name}.building-*"):  # left by a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     started = time.monotonic()
+    progress = BuildProgress(root, log, stop=stop)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.building-", dir=root.parent))
     try:
-        _build_into(tmp, steps, seed, log)
+        _build_into(tmp, steps, seed, log, progress)
         (tmp / MARKER).write_text(marker)
         for path in [tmp, *tmp.rglob("*")]:  # mkdtemp and some writers create owner-only modes
             path.chmod(0o755 if path.is_dir() else 0o644)
-        if root.exists() and not _is_complete(root, marker):  # partial, or built with other settings
+        if root.exists():  # partial, or built with other settings
             shutil.rmtree(root)
-        try:
-            os.rename(tmp, root)
-        except OSError:
-            if not _is_complete(root, marker):  # anything but a concurrent build that finished first
-                raise
+        os.rename(tmp, root)
+    except BuildStopped:
+        progress.done()  # no build runs now: the next start begins afresh
+        raise
+    except BaseException as err:
+        progress.failed(err)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log(f"demo built in {root} in {time.monotonic() - started:.0f}s")
-    return DemoPaths.under(root)
+    progress.done()
+    log(f"demo built in {root} in {format_duration(time.monotonic() - started)}")
+
+
+def link_demo(link: Path, target: Path) -> None:
+    """Points ``link`` (``$MOL_HOME/demo``) at ``target`` in one step; a directory there (a demo built in place by
+    an older version) is moved aside and removed."""
+    if link.is_symlink() and link.readlink() == target:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_dir() and not link.is_symlink():
+        aside = link.with_name(f".{link.name}.old-{os.getpid()}")
+        os.rename(link, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+    tmp = link.with_name(f".{link.name}.link-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+def shared_demo(
+    link: Path,
+    *,
+    pretrain_steps: int | None = None,
+    seed: int = 0,
+    log: Callable[[str], None] | None = None,
+    cache_root: Path | None = None,
+    stop: threading.Event | None = None,
+) -> DemoPaths:
+    """The user's shared demo build for these settings (built if needed, see :func:`build_demo`), with ``link``
+    pointing at it; the paths returned are those of the build itself."""
+    paths = build_demo(shared_demo_dir(pretrain_steps, seed, cache_root), pretrain_steps=pretrain_steps, seed=seed,
+                       log=log, stop=stop)
+    link_demo(link, paths.root)
+    return paths

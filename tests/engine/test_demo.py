@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -149,7 +151,8 @@ def test_complete_demo_is_reused_and_other_settings_rebuild(tmp_path: Path) -> N
     build_demo(root, pretrain_steps=2, log=messages.append)
     assert any("step 2/2" in m for m in messages)
     assert json.loads((root / demo.MARKER).read_text())["pretrain_steps"] == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]  # no temporary build directory left
+    # no temporary build directory or progress file left; the lock file stays (removing it would race)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".demo.lock", "demo"]
 
 
 def test_incomplete_demo_is_replaced(tmp_path: Path) -> None:
@@ -175,3 +178,105 @@ def test_tiny_config_sets_token_ids_and_size() -> None:
         params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     assert 1e6 < params < 3e6
     assert [demo.number_words(n) for n in (0, 7, 18)] == ["zero", "seven", "eighteen"]
+
+
+# ------------------------------------------------------------------------- shared cache, lock, progress
+VERSIONS = {"python": "3.12", "torch": "2.13.0", "transformers": "4.57.0", "tokenizers": "0.22.0"}
+
+
+def test_cache_key_names_what_decides_the_build() -> None:
+    key = demo.demo_key(400, 0, VERSIONS)
+    assert key == demo.demo_key(400, 0, dict(reversed(VERSIONS.items()))) and len(key) == 12
+    others = [demo.demo_key(401, 0, VERSIONS), demo.demo_key(400, 1, VERSIONS),
+              demo.demo_key(400, 0, VERSIONS | {"torch": "2.14.0"}),
+              demo.demo_key(400, 0, VERSIONS | {"python": "3.13"})]
+    assert len({key, *others}) == 5
+
+
+def test_cache_root_follows_the_override_then_xdg_then_home(tmp_path: Path) -> None:
+    assert demo.demo_cache_root({"MOL_DEMO_CACHE": str(tmp_path), "XDG_CACHE_HOME": "/x"}) == tmp_path
+    assert demo.demo_cache_root({"XDG_CACHE_HOME": "/x"}) == Path("/x/mol-studio")
+    assert demo.demo_cache_root({}) == Path.home() / ".cache" / "mol-studio"
+    assert demo.shared_demo_dir(7, cache_root=tmp_path).name == f"demo-{demo.demo_key(7, 0, demo.build_versions())}"
+
+
+def test_status_gives_progress_and_eta_from_the_pace_so_far() -> None:
+    record = {"phase": "pretraining", "step": 100, "total": 400, "started": 1000.0, "pretrain_started": 1030.0,
+              "updated": 1080.0}
+    status = demo.read_status(record, complete=False, now=1080.0)
+    assert (status.state, status.step, status.total, status.elapsed_s, status.eta_s) == ("building", 100, 400, 80, 150)
+    assert status.message == ("The demo model is being built: pretraining step 100/400, 1 min 20 s elapsed, "
+                              "about 2 min 30 s left.")
+    early = demo.read_status(record | {"phase": "training the tokenizer", "step": 0}, False, 1010.0)
+    assert early.eta_s is None and early.message.endswith("training the tokenizer, 10 s elapsed.")
+    assert demo.read_status(record, complete=True, now=1080.0).state == "ready"
+    assert demo.read_status(None, False, 1080.0).state == "absent"
+    assert demo.read_status(record, False, 1080.0 + demo.STALE_AFTER_S + 1).state == "absent"  # a killed build
+    failed = demo.read_status(record | {"phase": "failed", "error": "OSError: disk full"}, False, 1080.0)
+    assert failed.state == "failed" and "disk full" in failed.message
+
+
+def test_progress_is_logged_every_few_seconds_and_at_the_last_step(tmp_path: Path) -> None:
+    now, lines = [100.0], []
+    progress = demo.BuildProgress(tmp_path / "demo", lines.append, clock=lambda: now[0])
+    progress.phase("pretraining", total=10)
+    for step in range(1, 11):
+        now[0] += 1.0
+        progress.step(step, 2.0)
+    assert [line.split(",")[0] for line in lines] == ["demo: pretraining step 0/10", "demo: pretraining step 5/10",
+                                                      "demo: pretraining step 10/10"]
+    assert lines[1] == "demo: pretraining step 5/10, 5 s elapsed, about 5 s left"
+    record = json.loads(demo.progress_path(tmp_path / "demo").read_text())
+    assert (record["step"], record["total"]) == (10, 10)
+    progress.done()
+    assert not demo.progress_path(tmp_path / "demo").exists()
+
+
+def test_a_build_waits_for_the_lock_and_takes_what_the_holder_built(tmp_path: Path) -> None:
+    """Two processes asking at once share one build: the second waits on the lock, then finds the demo whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from filelock import FileLock
+
+    root, messages = tmp_path / "demo", []
+    with ThreadPoolExecutor(1) as pool:
+        with FileLock(demo.lock_path(root)):
+            waiting = pool.submit(build_demo, root, pretrain_steps=3, log=messages.append)
+            deadline = time.monotonic() + 30
+            while not messages and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert messages and "another process is building" in messages[0] and not waiting.done()
+            root.mkdir()  # what the holder's build leaves (only its marker is read)
+            (root / demo.MARKER).write_text(demo._marker_text(3, 0))
+        assert waiting.result(timeout=30) == DemoPaths.under(root) and len(messages) == 1  # nothing was built
+
+
+def test_announcing_a_build_never_overwrites_a_running_one(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    demo.announce_build(root)
+    assert demo.demo_status(tmp_path / "link", root).message == "The demo model is being built: starting, 0 s elapsed."
+    demo.BuildProgress(root, lambda _: None).phase("pretraining", total=9)
+    demo.announce_build(root)  # a second `mol up` while the first builds
+    assert demo.demo_status(tmp_path / "link", root).total == 9
+
+
+def test_link_points_a_home_at_the_shared_build_replacing_an_old_demo_directory(tmp_path: Path) -> None:
+    shared, link = tmp_path / "cache" / "demo-abc", tmp_path / "home" / "demo"
+    shared.mkdir(parents=True)
+    link.mkdir(parents=True)  # a demo an older version built in place
+    (link / "domain.jsonl").write_text("old")
+    demo.link_demo(link, shared)
+    assert link.is_symlink() and link.resolve() == shared.resolve()
+    assert sorted(p.name for p in link.parent.iterdir()) == ["demo"]
+    demo.link_demo(link, shared)  # again: nothing to do
+    assert link.resolve() == shared.resolve()
+
+
+def test_stop_ends_a_build_waiting_for_the_lock(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    stop = threading.Event()
+    stop.set()  # `mol up` ending
+    with FileLock(demo.lock_path(tmp_path / "demo")), pytest.raises(demo.BuildStopped):
+        build_demo(tmp_path / "demo", pretrain_steps=1, stop=stop)
+    assert not (tmp_path / "demo").exists()
