@@ -18,7 +18,7 @@ from mol_engine.spec import JobSpec
 from .db import WorkerSeen, utcnow
 from .settings import Settings
 
-PURPOSES = ("domain", "general", "eval")
+PURPOSES = ("domain", "general", "eval", "prompts")  # prompts: a job's sample_prompts file
 ACTIVE = ("queued", "running")
 CORPUS_SUFFIXES = tuple(data.CORPUS_SUFFIXES)  # what the engine reads, in one place
 QA_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -42,7 +42,7 @@ def name_problem(purpose: str, filename: str, field: str = "file") -> str | None
     problem = filename_problem(filename, field)
     if problem:
         return problem
-    allowed = QA_SUFFIXES if purpose == "eval" else CORPUS_SUFFIXES
+    allowed = QA_SUFFIXES if purpose in ("eval", "prompts") else CORPUS_SUFFIXES
     if Path(filename).suffix.lower() not in allowed:
         return f"{field}: '{filename}' must end with one of {', '.join(allowed)} for purpose '{purpose}'"
     return None
@@ -59,6 +59,11 @@ def inspect_dataset(path: Path, purpose: str, filename: str) -> tuple[int, int]:
             for pair in iter_qa(path):
                 pairs, chars = pairs + 1, chars + len(pair.question) + len(pair.answer)
             return pairs, chars // 4
+        if purpose == "prompts":  # at most MAX_SAMPLE_PROMPTS rows of bounded length
+            from mol_engine.samples import read_prompts
+
+            prompts = read_prompts(path)
+            return len(prompts), sum(map(len, prompts)) // 4
         documents = chars = 0
         for doc in DocumentReader(path):  # streamed: memory stays bounded whatever the file size
             documents, chars = documents + 1, chars + len(doc)
@@ -70,6 +75,7 @@ def inspect_dataset(path: Path, purpose: str, filename: str) -> tuple[int, int]:
 def dataset_refs(spec: dict[str, Any]) -> set[str]:
     """Every dataset id a stored job spec refers to."""
     refs = set(spec.get("domain_data", [])) | set(spec.get("general_data", []))
+    refs |= {spec["sample_prompts"]} if isinstance(spec.get("sample_prompts"), str) else set()
     return refs | ({spec["eval_data"]} if spec.get("eval_data") else set())
 
 
@@ -101,9 +107,10 @@ def check_references(spec: JobSpec, owned: dict[str, Any], models: dict[str, Pat
         problems.append(f"base_model: unknown model '{spec.base_model}' (see GET /v1/models)")
     fields = [("domain_data", spec.domain_data, "domain"), ("general_data", spec.general_data, "general")]
     fields.append(("eval_data", [spec.eval_data] if spec.eval_data else [], "eval"))
+    fields.append(("sample_prompts", [spec.sample_prompts] if isinstance(spec.sample_prompts, str) else [], "prompts"))
     for field, ids, purpose in fields:
         for i, dataset_id in enumerate(ids):
-            where = f"{field}[{i}]" if field != "eval_data" else field
+            where = f"{field}[{i}]" if field.endswith("_data") and field != "eval_data" else field
             dataset = owned.get(dataset_id)
             if dataset is None:
                 problems.append(f"{where}: unknown dataset '{dataset_id}'")
