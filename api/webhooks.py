@@ -189,27 +189,44 @@ async def send(client: httpx.AsyncClient, claimed: Claimed) -> dict[str, Any]:
 
 
 class WebhookDispatcher:
-    """Sends due deliveries every ``webhook_poll_s`` on the API's event loop: HTTP with an async client, the
-    database calls in threads, so it never blocks a request."""
+    """Sends due deliveries on the API's event loop, looking for them every ``webhook_poll_s``: HTTP with an async
+    client, the database calls in threads, so it never blocks a request. Each attempt is a task of its own, so an
+    endpoint that is slow to answer holds up no other delivery; at most ``BATCH`` are in flight."""
 
     def __init__(self, sessions: sessionmaker, settings: Settings) -> None:
         self.sessions, self.settings = sessions, settings
+        self.in_flight: set[asyncio.Task] = set()
+
+    async def attempt(self, client: httpx.AsyncClient, claimed: Claimed) -> None:
+        """One attempt at ``claimed``, logged on its row."""
+        try:
+            outcome = await send(client, claimed)
+            await asyncio.to_thread(record_attempt, self.sessions, claimed.id, outcome, self.settings.webhook_retry_s)
+        except Exception:  # the database away: the claim lapses and the attempt is made again
+            log.exception("webhook delivery %s: the attempt could not be recorded", claimed.id)
 
     async def dispatch_due(self, client: httpx.AsyncClient) -> int:
-        """Sends every delivery due now (concurrently); returns how many attempts were made."""
+        """Starts an attempt for each delivery due now (as many as fit under ``BATCH``); returns how many."""
         hold = self.settings.webhook_timeout_s + CLAIM_MARGIN_S
-        claimed = await asyncio.to_thread(claim_due, self.sessions, utcnow(), hold)
-        outcomes = await asyncio.gather(*(send(client, item) for item in claimed))
-        for item, outcome in zip(claimed, outcomes, strict=True):
-            await asyncio.to_thread(record_attempt, self.sessions, item.id, outcome, self.settings.webhook_retry_s)
+        room = BATCH - len(self.in_flight)
+        claimed = await asyncio.to_thread(claim_due, self.sessions, utcnow(), hold, room) if room > 0 else []
+        for item in claimed:
+            task = asyncio.create_task(self.attempt(client, item))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
         return len(claimed)
 
     async def run(self) -> None:
-        """Dispatches until cancelled; a failing round (the database away) is logged and tried again."""
+        """Dispatches until cancelled (attempts in flight are dropped then: their claims lapse and they are made
+        again); a failing round (the database away) is logged and tried again."""
         async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s, follow_redirects=False) as client:
-            while True:
-                try:
-                    await self.dispatch_due(client)
-                except Exception:
-                    log.exception("webhook dispatch failed; trying again in %s s", self.settings.webhook_poll_s)
-                await asyncio.sleep(self.settings.webhook_poll_s)
+            try:
+                while True:
+                    try:
+                        await self.dispatch_due(client)
+                    except Exception:
+                        log.exception("webhook dispatch failed; trying again in %s s", self.settings.webhook_poll_s)
+                    await asyncio.sleep(self.settings.webhook_poll_s)
+            finally:
+                for task in list(self.in_flight):
+                    task.cancel()

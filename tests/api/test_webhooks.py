@@ -25,7 +25,7 @@ class Receiver:
     """A webhook receiver on loopback: answers each POST with the next of ``statuses`` (then 200) and keeps what
     came (monotonic time, headers, body)."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], delay_s: float = 0) -> None:
         self.statuses, self.received = list(statuses), []
         receiver = self
 
@@ -33,6 +33,7 @@ class Receiver:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["content-length"]))
                 receiver.received.append((time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
+                time.sleep(delay_s)
                 self.send_response(receiver.statuses.pop(0) if receiver.statuses else 200)
                 self.send_header("content-length", "0")
                 self.end_headers()
@@ -50,8 +51,8 @@ def receiver():
     """receiver(statuses=()) -> a running Receiver, shut down after the test."""
     made = []
 
-    def start(statuses=()):
-        made.append(Receiver(list(statuses)))
+    def start(statuses=(), delay_s=0):
+        made.append(Receiver(list(statuses), delay_s))
         return made[-1]
 
     yield start
@@ -148,6 +149,17 @@ def test_a_crossed_forgetting_budget_is_an_event_of_its_own(client, auth, receiv
     event = Webhook(endpoint["secret"]).verify(body, headers)
     assert event["type"] == "job.budget_crossed" and event["data"]["job_id"] == job_id
     assert (event["data"]["general_kl"], event["data"]["max_general_kl"]) == (0.5, 0.3)
+
+
+def test_a_slow_endpoint_holds_up_no_other_delivery(client, auth, receiver):
+    slow, fast = receiver(delay_s=2), receiver()
+    slow_id = client.post("/v1/webhooks", headers=auth(), json={"url": slow.url}).json()["id"]
+    finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    wait_for(lambda: slow.received)  # its answer takes 2 s
+    client.post("/v1/webhooks", headers=auth(), json={"url": fast.url, "events": ["job.failed"]})
+    finish(client.app.state.services.sessions, add_job(client), "failed", "RuntimeError")
+    wait_for(lambda: fast.received, timeout_s=1.5)
+    assert [d["attempts"] for d in deliveries(client, auth, slow_id)] == [0, 0]  # its first is still in flight
 
 
 def test_the_receivers_verifier_rejects_a_forged_signature_or_a_changed_body():
