@@ -75,6 +75,40 @@ function storeProgress(box, ev) {
     el("progress", { max: 1, value: d.fraction, title: `${(100 * d.fraction).toFixed(1)}%` }));
 }
 
+// Sample generations: each evaluation's completions of the job's prompts (`samples` events), one step at a time
+// (a select, newest by default), each beside the base model's completion (step 0's event).
+export function samplesSection() {
+  const byStep = new Map();
+  const pick = el("select", { "aria-label": "step", "data-samples-step": "" });
+  const rows = el("tbody");
+  const node = el("section", { class: "card samples", hidden: true }, el("h2", {}, "Sample generations"),
+    el("p", { class: "muted" }, "Greedy completions at each evaluation, beside the base model's (step 0). Step ",
+      pick),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "prompt"), el("th", {}, "base"),
+      el("th", { "data-samples-head": "" }, "at step"))), rows));
+  const draw = () => {
+    const step = Number(pick.value);
+    const base = byStep.get(0) || [];
+    node.querySelector("[data-samples-head]").textContent = `at step ${step}`;
+    rows.replaceChildren(...(byStep.get(step) || []).map((s, i) => el("tr", { "data-sample": i },
+      el("td", {}, el("pre", { class: "sample" }, s.prompt)),
+      el("td", {}, el("pre", { class: "sample" }, base[i] ? base[i].completion : "–")),
+      el("td", {}, el("pre", { class: "sample" }, s.completion)))));
+  };
+  pick.addEventListener("change", draw);
+  const add = (ev) => {
+    const chosen = pick.value; // the newest step is followed until the user picks another
+    const following = !chosen || Number(chosen) === Math.max(...byStep.keys());
+    byStep.set(ev.step, (ev.data && ev.data.samples) || []);
+    pick.replaceChildren(...[...byStep.keys()].sort((a, b) => a - b).map((step) => el("option", { value: step },
+      step === 0 ? "0 (base)" : String(step))));
+    pick.value = following ? String(Math.max(...byStep.keys())) : chosen;
+    node.hidden = false;
+    draw();
+  };
+  return { node, add };
+}
+
 export async function jobPage(view, jobId) {
   let job = await api(`/v1/jobs/${jobId}`);
   const header = el("div", { class: "toolbar" });
@@ -82,8 +116,9 @@ export async function jobPage(view, jobId) {
   const charts = el("div", { class: "charts" });
   const log = el("ul", { class: "events" });
   const ckpts = el("div");
+  const samples = samplesSection();
   view.replaceChildren(el("section", { class: "card" }, header, dataBox),
-    el("section", { class: "card" }, el("h2", {}, "Curves"), charts),
+    el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node,
     el("div", { class: "two" },
       el("section", { class: "card" }, el("h2", {}, "Checkpoints"), ckpts),
       el("section", { class: "card" }, el("h2", {}, "Events"), log)),
@@ -129,6 +164,7 @@ export async function jobPage(view, jobId) {
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
     if (ev.kind === "checkpoint" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
     if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
+    if (ev.kind === "samples") samples.add(ev);
   });
   source.addEventListener("end", () => { source.close(); refresh(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) refresh(); };

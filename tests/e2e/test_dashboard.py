@@ -130,6 +130,9 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     expect(page.locator("h1")).to_have_text("demo-mol")
     expect(page.locator('.toolbar .badge[data-status="succeeded"]')).to_be_visible()
     page.wait_for_function("() => +document.querySelector('[data-chart=\"QA exact match\"]')?.dataset.points >= 5")
+    # sample generations: 2 QA questions and 2 general-text prefixes, the newest step's beside the base's
+    expect(page.locator(".samples tr[data-sample]")).to_have_count(4)
+    expect(page.locator("[data-samples-step] option").first).to_have_text("0 (base)")
     expect(page.locator("[data-disk]")).to_have_text(re.compile(r"[\d.]+ [KMG]iB on disk, 2 checkpoints"))
     page.screenshot(path=SHOTS / "job-finished.png", full_page=True)
     with page.expect_download() as info:
