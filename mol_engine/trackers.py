@@ -43,7 +43,7 @@ class TensorBoardTracker(TrackerCallback):
     def __init__(self, log_dir: Path, config: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(log_dir))
+        self.log_dir, self.writer = log_dir, SummaryWriter(log_dir=str(log_dir))
         self.writer.add_text("spec", f"```\n{_flat_text(config)}\n```", 0)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
@@ -52,6 +52,13 @@ class TensorBoardTracker(TrackerCallback):
 
     def on_event(self, event: dict[str, Any]) -> None:
         self.writer.add_text(f"events/{event['kind']}", str(event["message"]), event["step"])
+
+    def on_rewind(self, step: int) -> None:
+        """A resumed run repeats the steps after ``step``: TensorBoard hides what was logged past it."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer.close()
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=step + 1)
 
     def close(self) -> None:
         self.writer.close()

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mol_engine import trackers
+from mol_engine.callbacks import Callback
 from mol_engine.trackers import TrackerMissing, make_trackers
 from mol_engine.train import train
 
@@ -76,6 +77,25 @@ def test_each_tracker_receives_the_runs_metrics_offline(make_spec, tmp_path):
     steps_with_loss = [row["_step"] for row in rows if "train/loss" in row]
     assert steps_with_loss == [1, 2]
     assert next(row for row in rows if row["_step"] == 2)["train/loss"] == pytest.approx(last_loss)
+
+
+class StopAfter(Callback):
+    def __init__(self, step: int) -> None:
+        self.step, self.last = step, 0
+
+    def on_metrics(self, step, metrics):
+        self.last = step
+
+    def should_stop(self) -> bool:
+        return self.last >= self.step
+
+
+def test_a_resumed_run_leaves_tensorboard_one_point_per_step(make_spec, tmp_path):
+    spec = make_spec(max_steps=4, save_every=2, eval_every=100, report_to=["tensorboard"])
+    assert train(spec, tmp_path, [StopAfter(3)]).status == "cancelled"  # step 3 logged, the checkpoint is step 2
+    last_loss = train(spec, tmp_path, resume=True).metrics["train/loss"]
+    board = tensorboard_scalars(tmp_path / "tensorboard", "train/loss")
+    assert [step for step, _ in board] == [1, 2, 3, 4] and board[-1][1] == pytest.approx(last_loss, rel=1e-6)
 
 
 def test_a_missing_tracker_package_fails_at_start_naming_the_extra(make_spec, tmp_path, monkeypatch):
