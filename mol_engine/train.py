@@ -31,6 +31,7 @@ from .checkpoint import (
 from .corpus import Corpus, split_corpus
 from .data import Batch, DataError, MixedBatches, read_qa
 from .distributed import World, gathered, is_sharded, join_world, local_device, wrap
+from .drift import PassageKL, drift_event, passage_kls
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .model_card import build_card
@@ -400,17 +401,18 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     spec = run.spec
     run.model.eval()
     n_blocks = spec.eval_batches * spec.batch_size
+    general = run.general.heldout.select(range(min(n_blocks, len(run.general.heldout)))) if run.general else None
     # an on-demand base is loaded for this only; an FSDP model's root group is gathered for it
     with run.autocast(), gathered(run.step_losses), released_after(run.reference) as reference:
         metrics = heldout_metrics(
             run.model, domain=run.domain.heldout.select(range(min(n_blocks, len(run.domain.heldout)))),
-            general=run.general.heldout.select(range(min(n_blocks, len(run.general.heldout)))) if run.general else None,
-            reference=reference, batch_size=spec.batch_size, eos_id=run.eos_id, chunk=run.chunk,
+            general=general, reference=reference, batch_size=spec.batch_size, eos_id=run.eos_id, chunk=run.chunk,
             kl_direction=spec.kl_direction, device=run.device)
         if run.qa:
             metrics["eval/qa_exact_match"] = qa_exact_match(
                 run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
                 device=run.device)
+        drift = _drift(run, step, general, reference)
     samples = _complete_samples(run)
     run.model.train()
     run.evaluations[step] = metrics
@@ -419,7 +421,19 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     cb.on_event({"step": step, "kind": "eval", "message": f"evaluation at step {step}: {shown}"})
     if samples is not None:
         cb.on_event(samples_event(step, samples))
+    if drift is not None:
+        cb.on_event(drift_event(step, drift, run.tokenizer))
     return metrics
+
+
+def _drift(run: Run, step: int, general, reference: Reference | None) -> list[PassageKL] | None:
+    """Each evaluated held-out general passage's per-token KL to the base (mol_engine/drift.py), after step 0 (the
+    base has none) and where there is a base to compare with; rank 0's (every rank computes under FSDP)."""
+    if not step or general is None or reference is None or not (run.world.is_main or is_sharded(run.step_losses)):
+        return None
+    passages = passage_kls(run.model, reference, general, batch_size=run.spec.batch_size, eos_id=run.eos_id,
+                           chunk=run.chunk, kl_direction=run.spec.kl_direction, device=run.device)
+    return passages if run.world.is_main else None
 
 
 def _complete_samples(run: Run) -> list[Sample] | None:
