@@ -221,7 +221,10 @@ function drawScatter(canvas, { xLabel, yLabel, groups }) {
     ctx.font = "11px system-ui";
     for (const p of g.points) {
       ctx.beginPath(); ctx.arc(sx(p.x), sy(p.y), 4, 0, 2 * Math.PI); ctx.fill();
-      if (p.label !== undefined) ctx.fillText(p.label, sx(p.x) + 6, sy(p.y) - 6);
+      if (p.label === undefined) continue;
+      const room = width - pad.r - sx(p.x) - 6 >= ctx.measureText(p.label).width;  // else left of the point
+      ctx.textAlign = room ? "left" : "right";
+      ctx.fillText(p.label, sx(p.x) + (room ? 6 : -6), sy(p.y) - 6);
     }
   }
 }

@@ -1,5 +1,7 @@
 // Compare: a summary table (base, final and best figures per job, with deltas against the base), evaluation
-// curves of several jobs overlaid, and the trade-off of domain gain against general drift.
+// curves of several jobs overlaid, and the trade-off of domain gain against general drift. With ?sweep=ID, a
+// sweep's jobs on that trade-off with their Pareto frontier (the API computes it: mol_engine/sweep.py), and a table
+// sortable by gain or drift.
 import { api, listPages } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
 import { PALETTE, el, fmt, statusBadge } from "../dom.js";
@@ -65,8 +67,78 @@ function summaryTable(jobs, evals) {
     el("tbody", {}, rows));
 }
 
+// A sweep's table rows, sorted: by "gain" (highest first) or "drift" (lowest first); jobs without the figure last.
+export function sortRows(rows, key) {
+  const sign = key === "gain" ? -1 : 1;
+  const known = (r) => r[key] !== null && r[key] !== undefined;
+  return [...rows].sort((a, b) => (known(b) - known(a)) || (known(a) ? sign * (a[key] - b[key]) : 0)
+    || a.name.localeCompare(b.name));
+}
+
+// The trade-off plot's groups: one point per evaluated job (labelled with its grid point), then the frontier drawn
+// as a line through its jobs in the API's order (lowest drift first), each labelled with its name.
+export function sweepGroups(sweep) {
+  const label = (j) => Object.entries(j.values).map(([k, v]) => `${k}=${v}`).join(" ");
+  const evaluated = sweep.data.filter((j) => j.gain !== null && j.drift !== null);
+  const byId = Object.fromEntries(evaluated.map((j) => [j.id, j]));
+  return [
+    ...evaluated.filter((j) => !j.on_frontier).map((j, i) => ({ label: label(j), color: PALETTE[(i + 1) % PALETTE.length],
+      points: [{ x: j.drift, y: j.gain, label: j.name }] })),
+    { label: "Pareto frontier", color: "#111827",
+      points: sweep.frontier.filter((id) => byId[id]).map((id) => ({ x: byId[id].drift, y: byId[id].gain,
+        label: byId[id].name })) },
+  ];
+}
+
+function sweepTable(sweep) {
+  const body = el("tbody");
+  const heads = {};
+  const draw = (key) => {
+    for (const [k, th] of Object.entries(heads)) {
+      th.dataset.sorted = k === key ? "yes" : "";
+      th.firstChild.style.fontWeight = k === key ? "700" : "";
+    }
+    body.replaceChildren(...sortRows(sweep.data, key).map((j) => el("tr", { "data-job": j.id,
+      "data-frontier": j.on_frontier ? "yes" : "no" },
+      el("td", {}, el("a", { href: `#/job/${j.id}` }, j.name)),
+      el("td", {}, statusBadge(j.status)),
+      el("td", { class: "num", "data-col": "gain" }, fmt(j.gain)),
+      el("td", { class: "num", "data-col": "drift" }, fmt(j.drift)),
+      el("td", {}, j.on_frontier ? el("strong", {}, "on the frontier") : el("span", { class: "muted" }, "dominated")))));
+  };
+  const sortable = (key, text, title) => (heads[key] = el("th", { title, class: "sortable",
+    onclick: () => draw(key) }, el("button", { class: "link" }, text)));
+  draw("gain");
+  return el("table", { class: "summary", "data-sweep-table": "" }, el("thead", {}, el("tr", {}, el("th", {}, "job"),
+    el("th", {}, "status"),
+    sortable("gain", "domain gain ↓", "ln(base domain ppl / final domain ppl); click to sort, highest first"),
+    sortable("drift", "drift ↑", "KL to the base on held-out general text at the final evaluation; click to sort, "
+      + "lowest first"), el("th", {}, "Pareto"))), body);
+}
+
+export async function sweepPage(view, id) {
+  const sweep = await api(`/v1/sweeps/${id}`);
+  const grid = Object.entries(sweep.grid).map(([k, v]) => `${k} ∈ {${v.join(", ")}}`).join(" × ");
+  const statuses = Object.entries(sweep.statuses).map(([s, n]) => `${n} ${s}`).join(", ");
+  const plot = el("div");
+  view.replaceChildren(
+    el("section", { class: "card" }, el("div", { class: "toolbar" }, el("h1", {}, `Sweep ${sweep.name}`),
+      el("span", { class: "spacer" }),
+      el("a", { class: "button", href: `#/compare?ids=${sweep.data.map((j) => j.id).join(",")}` }, "Compare curves"),
+      el("a", { class: "button", href: "#/compare" }, "Change selection")),
+      el("p", { class: "muted" }, `${grid}: ${sweep.jobs} jobs (${statuses}) on the same data and seed.`)),
+    el("section", { class: "card" }, el("h2", {}, "Pareto frontier"),
+      el("p", { class: "muted" }, "One point per job at its final evaluation. Up is more domain gain, right is more "
+        + "drift from the base on general text. The line joins the jobs no other job beats on both: pick among "
+        + "them by the drift you accept."), plot),
+    el("section", { class: "card" }, el("h2", {}, "Jobs"), sweepTable(sweep)));
+  scatter(plot, { title: "Domain gain against general drift (sweep)", groups: sweepGroups(sweep),
+    xLabel: "general drift: KL to the base (nats / token)", yLabel: "domain gain: ln(base ppl / ppl)" });
+  plot.querySelector("figure").dataset.frontier = sweep.frontier.join(",");
+}
+
 async function pickJobs(view) {
-  const { items: jobs } = await listPages("/v1/jobs");  // every job, a page of 200 at a time
+  const [{ items: jobs }, sweeps] = await Promise.all([listPages("/v1/jobs"), api("/v1/sweeps")]);  // jobs: 200 a page
   const boxes = jobs.map((j) => el("label", { class: "inline" }, el("input", { type: "checkbox", value: j.id }),
     `${j.name} (${j.method}) `, statusBadge(j.status)));
   const go = el("button", { class: "primary", onclick: () => {
@@ -77,10 +149,16 @@ async function pickJobs(view) {
     jobs.length ? el("p", {}, "Pick two or more jobs, for example a MoL job and its CPT baseline.")
       : el("p", { class: "empty" }, "No jobs yet: start a MoL job with a CPT baseline from ",
         el("a", { href: "#/new" }, "New job"), "."),
-    el("div", { class: "choices column" }, boxes), jobs.length ? go : null));
+    el("div", { class: "choices column" }, boxes), jobs.length ? go : null,
+    sweeps.data.length ? el("p", {}, "Or a sweep's jobs and their Pareto frontier: ", el("select", { "aria-label": "sweep",
+      onchange: (e) => { if (e.target.value) location.hash = `#/compare?sweep=${e.target.value}`; } },
+    el("option", { value: "" }, "pick a sweep"), sweeps.data.map((s) => el("option", { value: s.id },
+      `${s.name} (${s.jobs} jobs)`)))) : null));
 }
 
 export async function comparePage(view, ids) {
+  const sweep = new URLSearchParams(location.hash.split("?")[1] ?? "").get("sweep");
+  if (sweep) return sweepPage(view, sweep);
   if (ids.length < 1) return pickJobs(view);
   const jobs = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}`)));
   const series = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}/metrics`)));

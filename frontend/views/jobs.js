@@ -1,5 +1,5 @@
 // Jobs list: live (refreshed every 2 s), with a selection to compare.
-import { listPages } from "../api.js";
+import { api, listPages } from "../api.js";
 import { duration, el, fmt, statusBadge, when } from "../dom.js";
 
 function eta(job) {
@@ -28,6 +28,15 @@ function row(job, selected, onToggle) {
 
 const PAGE = 50;
 
+// The newest sweeps (POST /v1/sweeps), each a link to its Pareto view in Compare.
+async function showSweeps(line) {
+  const { data, has_more: more } = await api("/v1/sweeps?limit=5").catch(() => ({ data: [] }));
+  line.hidden = data.length === 0;
+  line.replaceChildren("Sweeps: ", ...data.flatMap((s, i) => [i ? ", " : "",
+    el("a", { href: `#/compare?sweep=${s.id}`, "data-sweep": s.id }, `${s.name} (${s.jobs} jobs)`)]),
+  more ? el("span", { class: "muted" }, ", … (older ones in Compare)") : "");
+}
+
 export async function jobsPage(view) {
   const selected = new Set();
   const compare = el("a", { class: "button", href: "#/compare" }, "Compare selected");
@@ -44,9 +53,11 @@ export async function jobsPage(view) {
   let shown = PAGE;  // the newest jobs listed; "Show older jobs" adds a page
   const older = el("button", { class: "more", hidden: true, onclick: () => { shown += PAGE; refresh(); } },
     "Show older jobs");
+  const sweeps = el("p", { class: "sweeps", hidden: true });
   view.replaceChildren(el("section", { class: "card" },
     el("div", { class: "toolbar" }, el("h1", {}, "Jobs"), el("span", { class: "spacer" }), compare,
-      el("a", { class: "button primary", href: "#/new" }, "New job")), error, table, empty, older));
+      el("a", { class: "button primary", href: "#/new" }, "New job")), error, sweeps, table, empty, older));
+  showSweeps(sweeps);
 
   const onToggle = (id, on) => {
     if (on) selected.add(id); else selected.delete(id);
