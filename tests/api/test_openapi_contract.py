@@ -67,6 +67,7 @@ def seed_objects(app) -> dict[str, str]:
     from fastapi.testclient import TestClient
 
     from api.db import Job, JobEvent, MetricPoint, utcnow
+    from api.webhooks import create_endpoint, record_job_event_for_webhooks
     from mol_engine.checkpoint import STATE_FILE
 
     with TestClient(app) as client:
@@ -85,7 +86,12 @@ def seed_objects(app) -> dict[str, str]:
     (step / "model").mkdir(parents=True)
     (step / STATE_FILE).write_text("{}")
     (step / "model" / "config.json").write_text("{}")
-    return {"dataset_id": made.json()["id"], "upload_id": upload.json()["id"], "job_id": job.id, "name": step.name}
+    with app.state.services.sessions() as db:  # a webhook endpoint with one delivery of that job's end
+        endpoint = create_endpoint(db, "alice", "https://hooks.example.com/mol", None)
+        record_job_event_for_webhooks(db, db.get(Job, job.id), "succeeded")
+        db.commit()
+    return {"dataset_id": made.json()["id"], "upload_id": upload.json()["id"], "job_id": job.id, "name": step.name,
+            "endpoint_id": endpoint.id}
 
 
 def test_real_objects_match_the_document():
@@ -93,7 +99,8 @@ def test_real_objects_match_the_document():
     ids = seed_objects(APP)
     reads = ["/v1/datasets", "/v1/datasets/{dataset_id}", "/v1/uploads/{upload_id}", "/v1/jobs", "/v1/jobs/{job_id}",
              "/v1/jobs/{job_id}/metrics", "/v1/jobs/{job_id}/events", "/v1/jobs/{job_id}/checkpoints",
-             "/v1/jobs/{job_id}/checkpoints/{name}/download", "/healthz"]
+             "/v1/jobs/{job_id}/checkpoints/{name}/download", "/v1/webhooks", "/v1/webhooks/{endpoint_id}/deliveries",
+             "/healthz"]
     for path in reads:
         names = [name for name in ids if "{" + name + "}" in path]
         case = schema[path]["GET"].Case(path_parameters={name: ids[name] for name in names})
