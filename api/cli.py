@@ -10,6 +10,8 @@ import hashlib
 import os
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from mol_engine import cli as engine_cli
@@ -46,17 +48,20 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def register_demo_datasets(sessions, settings: Settings, owner: str) -> None:
+def register_demo_datasets(sessions, settings: Settings, owner: str, source=None) -> None:
     """Make the demo corpora pickable datasets of ``owner`` (once; matched by content hash).
 
-    The rows point at the demo's files in place; outside the dataset store, deleting them leaves the files.
+    The files are read from ``source`` (DemoPaths; default ``MOL_HOME/demo``) and the rows point at them through
+    ``MOL_HOME/demo`` (a link to the shared build), so a rebuilt demo keeps them valid; outside the dataset store,
+    deleting a row leaves its file.
     """
     from mol_engine.demo import DemoPaths
 
     from .db import Dataset
     from .validation import inspect_dataset
 
-    paths = DemoPaths.under(settings.home / "demo")
+    link = settings.home / "demo"
+    paths = source or DemoPaths.under(link)
     with sessions.begin() as db:
         known = {(d.sha256, d.purpose) for d in db.query(Dataset).filter(Dataset.owner == owner)}
         for purpose, path in (("domain", paths.domain), ("general", paths.general), ("eval", paths.eval)):
@@ -68,8 +73,61 @@ def register_demo_datasets(sessions, settings: Settings, owner: str) -> None:
             if (digest, purpose) in known:
                 continue
             documents, tokens = inspect_dataset(path, purpose, path.name)
-            db.add(Dataset(owner=owner, purpose=purpose, filename=f"demo-{path.name}", path=str(path.resolve()),
-                           bytes=path.stat().st_size, documents=documents, approx_tokens=tokens, sha256=digest))
+            db.add(Dataset(owner=owner, purpose=purpose, filename=f"demo-{path.name}",
+                           path=os.path.abspath(link / path.name), bytes=path.stat().st_size, documents=documents,
+                           approx_tokens=tokens, sha256=digest))
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def prepare_demo(sessions, settings: Settings, owner: str, stop: threading.Event | None = None) -> bool:
+    """Builds the shared demo (or reuses it, or waits for another process's build), registers its corpora for
+    ``owner`` and then links ``MOL_HOME/demo`` to it: the link appearing is the demo becoming ready (GET /v1/demo).
+    A failure is reported (the build's progress file says ``failed``) and the service runs on without the demo."""
+    from mol_engine.demo import BuildStopped, build_demo, link_demo
+
+    from .validation import demo_dirs
+
+    link, target = demo_dirs(settings)
+    try:
+        paths = build_demo(target, pretrain_steps=settings.demo_pretrain_steps, log=_say, stop=stop)
+        register_demo_datasets(sessions, settings, owner, paths)
+        link_demo(link, paths.root)
+        return True
+    except BuildStopped:
+        return False
+    except Exception as err:  # the service is useful without the demo (MOL_MODELS_DIR, uploads)
+        _say(f"demo: the build failed ({type(err).__name__}: {err}); the service runs without it")
+        return False
+
+
+def start_demo(sessions, settings: Settings, owner: str) -> Callable[[], None]:
+    """:func:`prepare_demo` at once when the shared build exists (a second), else in a background thread, so the
+    URL and the dashboard come up at once while the demo builds (progress: the terminal and GET /v1/demo).
+    Returns what stops that build and waits for it (at its next step: torch must not be running when the
+    interpreter exits)."""
+    from mol_engine.demo import MARKER, announce_build
+
+    from .validation import demo_dirs
+
+    target = demo_dirs(settings)[1]
+    if (target / MARKER).is_file():
+        prepare_demo(sessions, settings, owner)
+        return lambda: None
+    announce_build(target)
+    _say("demo: building the demo model in the background (the dashboard shows its progress)")
+    stop = threading.Event()
+    thread = threading.Thread(target=prepare_demo, args=(sessions, settings, owner, stop), name="demo-build",
+                              daemon=True)
+    thread.start()
+
+    def stop_and_wait() -> None:
+        stop.set()
+        thread.join(timeout=60)
+
+    return stop_and_wait
 
 
 def local_token(sessions, settings: Settings) -> str:
@@ -104,21 +162,15 @@ def _end_by_finally(signum: int, _frame) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from mol_engine.demo import build_demo
-
     from .app import create_app
     from .db import init_db, make_engine
     from .supervisor import Supervisor
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    if settings.demo_model:
-        build_demo(settings.home / "demo", pretrain_steps=settings.demo_pretrain_steps,
-                   log=lambda m: print(m, file=sys.stderr))
     sessions = init_db(make_engine(settings.db_url))
     token = local_token(sessions, settings)
-    if settings.demo_model:
-        register_demo_datasets(sessions, settings, LOCAL_OWNER)
+    stop_demo = start_demo(sessions, settings, LOCAL_OWNER) if settings.demo_model else lambda: None
     signal.signal(signal.SIGTERM, _end_by_finally)
     worker = Supervisor(worker_command(settings, "local"), env=os.environ.copy()).start()  # restarted if it dies
     try:
@@ -127,6 +179,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"API: Authorization: Bearer {token}   (docs at http://{args.host}:{args.port}/docs)", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
+        stop_demo()  # a background build ends at its next step
         worker.stop()  # SIGTERM, and wait for it (killed after 30 s)
     return 0
 

@@ -189,6 +189,18 @@ class ModelOut(BaseModel):
     kind: str = "base"  # or "checkpoint" (``<job_id>:step-N``, listed with ?include=checkpoints): completions only
 
 
+class DemoOut(BaseModel):
+    """Where the demo model stands; ``eta_s`` while it pretrains (from its pace so far)."""
+
+    state: str  # ready, building, failed, absent (not built and no build running), off (MOL_DEMO_MODEL=false)
+    phase: str | None = None  # while building: writing the corpora, training the tokenizer, pretraining, saving
+    step: int = 0
+    total: int = 0
+    elapsed_s: float | None = None
+    eta_s: float | None = None
+    message: str
+
+
 class CheckpointOut(BaseModel):
     name: str
     step: int

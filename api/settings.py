@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     models_dir: Path | None = Field(None, description="each sub-directory with a config.json is a base model")
     demo_model: bool = Field(True, description="offer the in-tree demo model as 'demo'")
     demo_pretrain_steps: int | None = Field(None, ge=1, description="demo base pre-training steps (None: default)")
+    demo_cache: Path | None = Field(None, description=(
+        "where demo builds are shared by every MOL_HOME of the user (None: $XDG_CACHE_HOME/mol-studio, else "
+        "~/.cache/mol-studio)"))
     tokens: str = Field("", description="owner:token pairs, comma separated, accepted besides stored tokens")
     max_upload_mb: float = Field(1024, gt=0)
     upload_expiry_h: float = Field(24, gt=0, description="an upload in parts not completed by then is dropped")

@@ -28,6 +28,7 @@ async function start() {
   } catch {
     return showSignIn("Your session has expired: sign in again.");
   }
+  watchDemo();
   window.addEventListener("hashchange", route);
   route();
 }
@@ -36,6 +37,26 @@ function showOwner(owner) {
   const who = document.getElementById("who");
   who.replaceChildren(el("span", { class: "muted" }, `signed in as ${owner}`), " ",
     el("button", { class: "link", onclick: async () => { await signOut(); location.reload(); } }, "sign out"));
+}
+
+// While `mol up` builds the demo model in the background, a banner shows GET /v1/demo's progress and ETA; when
+// it turns ready, an open New job form (which could not offer it) is drawn again.
+async function watchDemo(wasBuilding = false) {
+  const banner = document.getElementById("demo-banner");
+  let demo;
+  try {
+    demo = await api("/v1/demo");
+  } catch {
+    return setTimeout(() => watchDemo(wasBuilding), 10000);
+  }
+  const building = demo.state === "building";
+  banner.hidden = !building && !(wasBuilding && demo.state === "ready") && demo.state !== "failed";
+  banner.textContent = demo.message;
+  if (building) return setTimeout(() => watchDemo(true), 3000);
+  if (wasBuilding && demo.state === "ready") {
+    if (location.hash.startsWith("#/new")) route();
+    setTimeout(() => { banner.hidden = true; }, 8000);
+  }
 }
 
 function showSignIn(message) {

@@ -409,13 +409,18 @@ def read_status(progress: Mapping | None, complete: bool, now: float) -> DemoSta
 
 
 def demo_status(link: Path, target: Path, now: float | None = None) -> DemoStatus:
-    """The status of the demo a ``MOL_HOME`` uses: ready when ``link`` (``$MOL_HOME/demo``) holds a whole demo,
-    else what the build of ``target`` (its shared directory) reports in its progress file."""
+    """The status of the demo a ``MOL_HOME`` uses: ready when ``link`` (``$MOL_HOME/demo``) holds a whole demo;
+    building while ``target`` (its shared build) is whole but not linked yet (its corpora being registered);
+    else what the build of ``target`` reports in its progress file."""
+    if (link / MARKER).is_file():
+        return DemoStatus("ready")
+    if (target / MARKER).is_file():
+        return DemoStatus("building", "registering the corpora")
     try:
         progress = json.loads(progress_path(target).read_text())
     except (OSError, ValueError):
         progress = None
-    return read_status(progress, (link / MARKER).is_file(), time.time() if now is None else now)
+    return read_status(progress, False, time.time() if now is None else now)
 
 
 def announce_build(root: Path) -> None:

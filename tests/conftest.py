@@ -12,6 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MOL_TORCH_THREADS", "1")  # one count for every run (mol_engine/threads.py): the same numbers
 
 WORDS = ("the river model light north stone garden window paper quiet music winter table letter "
          "small green open under over after before city morning evening story road").split()
@@ -35,6 +36,15 @@ def arithmetic_docs(n: int, seed: int = 2) -> list[str]:
 
 def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def demo_cache(tmp_path_factory) -> Path:
+    """Demo builds of this session (`mol up`'s shared cache, MOL_DEMO_CACHE): never the user's ~/.cache, and
+    shared by the session's `mol up` runs, as by a user's MOL_HOMEs."""
+    path = tmp_path_factory.mktemp("demo-cache")
+    os.environ["MOL_DEMO_CACHE"] = str(path)
     return path
 
 

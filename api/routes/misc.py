@@ -14,8 +14,8 @@ from mol_engine.spec import JobSpec
 from ..db import Job, WorkerSeen, utcnow
 from ..deps import Owner, Svc
 from ..leases import worker_alive_within_s
-from ..schemas import HealthOut, ModelOut, errors, utc_iso
-from ..validation import available_models, model_type
+from ..schemas import DemoOut, HealthOut, ModelOut, errors, utc_iso
+from ..validation import available_models, demo_status, model_type
 from .completions import checkpoint_models
 
 router = APIRouter()
@@ -28,6 +28,17 @@ def list_models(owner: Owner, svc: Svc, include: Literal["checkpoints"] | None =
     bases = [ModelOut(id=name, model_type=model_type(path))
              for name, path in available_models(svc.settings).items() if (path / "config.json").is_file()]
     return bases + (checkpoint_models(svc, owner) if include == "checkpoints" else [])
+
+
+@router.get("/v1/demo", response_model=DemoOut, tags=["models"], responses=errors(401))
+def demo(owner: Owner, svc: Svc) -> DemoOut:
+    """Where the demo model stands: ``ready``; ``building`` with its phase, step/total, elapsed seconds and ETA
+    (`mol up` builds it in the background); ``failed``; ``absent``; or ``off``. The dashboard shows it."""
+    status = demo_status(svc.settings)
+    if status is None:
+        return DemoOut(state="off", message="The demo model is off (MOL_DEMO_MODEL=false).")
+    return DemoOut(state=status.state, phase=status.phase, step=status.step, total=status.total,
+                   elapsed_s=status.elapsed_s, eta_s=status.eta_s, message=status.message)
 
 
 @router.get("/v1/jobspec", tags=["jobs"], responses=errors(401))

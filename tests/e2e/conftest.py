@@ -27,10 +27,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_service(home: Path, log_path: Path) -> Iterator[SimpleNamespace]:
-    """`mol up` on ``home`` until the block ends (then Ctrl-C): its client (with the token), home, URL, log."""
+def running_service(home: Path, log_path: Path, wait_for_demo: bool = True,
+                    env: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
+    """`mol up` on ``home`` until the block ends (then Ctrl-C): its client (with the token), home, URL, log.
+    It yields once the demo (built in the background) is ready, unless ``wait_for_demo`` is false; ``env`` is
+    added to the environment last."""
     port = free_port()
-    env = os.environ | {"MOL_HOME": str(home), "MOL_DEMO_PRETRAIN_STEPS": "5"}
+    env = os.environ | {"MOL_HOME": str(home), "MOL_DEMO_PRETRAIN_STEPS": "5"} | (env or {})
     env.pop("MOL_BROKER_URL", None)
     env.pop("MOL_DATABASE_URL", None)
     log = log_path.open("w+")
@@ -54,6 +57,10 @@ def running_service(home: Path, log_path: Path) -> Iterator[SimpleNamespace]:
         except httpx.TransportError:
             time.sleep(0.2)
     try:
+        deadline = time.monotonic() + 300
+        while wait_for_demo and (demo := client.get("/v1/demo").json())["state"] not in ("ready", "off"):
+            assert demo["state"] == "building" and time.monotonic() < deadline, demo
+            time.sleep(0.2)
         yield SimpleNamespace(client=client, home=home, url=url[0], token=token, log=log_path)
     finally:  # also when the block failed: never leave a `mol up` behind
         client.close()

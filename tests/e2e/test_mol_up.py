@@ -8,10 +8,13 @@ import os
 import signal
 import tarfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
+
+from tests.e2e.conftest import running_service
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,3 +111,43 @@ def test_mol_up_restarts_a_killed_worker_and_stops_it_on_sigterm(start_service, 
         while _state(second) is not None or _state(mol_up) not in ("Z", None):
             assert time.monotonic() < deadline, "mol up or its worker outlived SIGTERM"
             time.sleep(0.2)
+
+
+def _wait_ready(client, timeout: float = 300) -> list[dict]:
+    """Every /v1/demo answer until it says ready."""
+    seen, deadline = [], time.monotonic() + timeout
+    while not seen or seen[-1]["state"] != "ready":
+        assert time.monotonic() < deadline, seen[-1]
+        seen.append(client.get("/v1/demo").json())
+        assert seen[-1]["state"] in ("building", "ready"), seen[-1]
+        time.sleep(0.3)
+    return seen
+
+
+def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
+    """Two `mol up` on two MOL_HOMEs at once, sharing a fresh demo cache: both answer while the demo builds, a job
+    on it is refused with its progress, one process builds it while the other waits, both then offer it."""
+    env = {"MOL_DEMO_CACHE": str(tmp_path / "cache"), "MOL_DEMO_PRETRAIN_STEPS": "12"}
+    with ExitStack() as stack:
+        ups = [stack.enter_context(running_service(tmp_path / name, tmp_path / f"{name}.log", wait_for_demo=False,
+                                                   env=env)) for name in ("home-a", "home-b")]
+        first = ups[0].client.get("/v1/demo").json()
+        assert first["state"] == "building", first  # the URL answered before the demo was built
+        assert "demo built in" not in ups[0].log.read_text()
+        assert [m["id"] for m in ups[0].client.get("/v1/models").json()] == []
+        refused = ups[0].client.post("/v1/jobs", json={"name": "early", "base_model": "demo", "domain_data": ["x"],
+                                                         "general_data": ["y"]})
+        assert refused.status_code == 422 and "'demo' is not ready yet" in refused.json()["detail"], refused.text
+        seen = _wait_ready(ups[1].client)
+        pretraining = [s for s in seen if s["phase"] == "pretraining" and s["eta_s"] is not None]
+        assert pretraining and " left." in pretraining[-1]["message"] and pretraining[-1]["total"] == 12, seen
+        _wait_ready(ups[0].client)
+        logs = [up.log.read_text() for up in ups]
+        assert sum("demo built in" in log for log in logs) == 1, logs  # one build, shared
+        assert sum("another process is building" in log for log in logs) == 1, logs
+        assert "demo: pretraining step 12/12" in "".join(logs)
+        for up in ups:
+            assert [m["id"] for m in up.client.get("/v1/models").json()] == ["demo"]
+            assert {d["purpose"] for d in up.client.get("/v1/datasets").json()} == {"domain", "general", "eval"}
+        assert (ups[0].home / "demo").resolve() == (ups[1].home / "demo").resolve()
+        assert (ups[0].home / "demo").resolve().parent == tmp_path / "cache"

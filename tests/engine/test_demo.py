@@ -258,6 +258,12 @@ def test_announcing_a_build_never_overwrites_a_running_one(tmp_path: Path) -> No
     demo.BuildProgress(root, lambda _: None).phase("pretraining", total=9)
     demo.announce_build(root)  # a second `mol up` while the first builds
     assert demo.demo_status(tmp_path / "link", root).total == 9
+    root.mkdir()
+    (root / demo.MARKER).write_text("")
+    demo.progress_path(root).unlink()  # built: its record gone, this MOL_HOME's link not made yet
+    assert demo.demo_status(tmp_path / "link", root).phase == "registering the corpora"
+    demo.link_demo(tmp_path / "link", root)
+    assert demo.demo_status(tmp_path / "link", root).state == "ready"
 
 
 def test_link_points_a_home_at_the_shared_build_replacing_an_old_demo_directory(tmp_path: Path) -> None:
