@@ -1,7 +1,8 @@
 """POST /v1/completions and /v1/chat/completions through the official ``openai`` client against a real uvicorn
 server: greedy output equals the engine's ``generate``, streamed chunks add up to the whole text, chat through a
-template, checkpoints (full and LoRA) by ``<job_id>:step-N`` for their owner only, a client that goes away stops its
-generation, the resident models stay bounded, and each bad input is a 4xx naming what is wrong."""
+template, checkpoints (full, LoRA, FSDP shards gathered once) by ``<job_id>:step-N`` for their owner only, a
+client that goes away stops its generation, the resident models stay bounded, and each bad input is a 4xx naming
+what is wrong."""
 
 import json
 import shutil
@@ -39,12 +40,15 @@ def variant(source: Path, dest: Path, config: dict | None = None, tokenizer: dic
     return dest
 
 
-def add_job(app, owner: str, checkpoint: Path, step: int) -> str:
-    """A succeeded job of ``owner`` on base 'tiny' whose checkpoint step-``step`` holds the model dir ``checkpoint``."""
+def add_job(app, owner: str, checkpoint: Path | None, step: int) -> str:
+    """A succeeded job of ``owner`` on base 'tiny' whose checkpoint step-``step`` holds the model dir ``checkpoint``
+    (none when it is None)."""
     svc = app.state.services
     with svc.sessions.begin() as db:
         job = Job(owner=owner, name="served", spec={"base_model": "tiny"}, max_steps=step, status="succeeded")
         db.add(job)
+    if checkpoint is None:
+        return job.id
     path = svc.settings.runs_dir / job.id / "checkpoints" / f"step-{step}"
     shutil.copytree(checkpoint, path / "model")
     (path / "trainer_state.json").write_text(json.dumps({"step": step}))
@@ -178,6 +182,47 @@ def test_checkpoints_complete_for_their_owner_only(client, served, tiny_model_di
     for model in (f"{bobs}:step-1", f"{jobs['full']}:step-9", "nobody", f"{jobs['full']}:../../x"):
         with pytest.raises(openai.NotFoundError, match="not found"):
             client.completions.create(model=model, prompt=PROMPT, max_tokens=2)
+
+
+def sharded_checkpoint(base: Path, run_dir: Path, step: int, store: Path) -> Path:
+    """``base`` with other weights, saved as an FSDP checkpoint (DCP shards) by a one-process gloo group here."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    from mol_engine.checkpoint import save_sharded_checkpoint
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(torch.randn_like(weight) * 0.5)  # so that its text is not the base's
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    try:
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        optimizer = torch.optim.AdamW(model.parameters())
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+        return save_sharded_checkpoint(run_dir, step, model, AutoTokenizer.from_pretrained(base), optimizer,
+                                       schedule, {"step": step})
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_fsdp_checkpoint_is_gathered_once_and_served(client, served, tiny_model_dir, tmp_path):
+    from mol_engine.checkpoint import is_sharded_checkpoint
+    from mol_engine.export import export_checkpoint
+
+    app = served[1]
+    job_id = add_job(app, "alice", None, 2)
+    checkpoint = sharded_checkpoint(tiny_model_dir, app.state.services.settings.runs_dir / job_id, 2,
+                                    tmp_path / "store")
+    assert is_sharded_checkpoint(checkpoint)
+    texts = [client.completions.create(model=f"{job_id}:step-2", prompt=PROMPT, max_tokens=6, temperature=0)
+             .choices[0].text for _ in range(2)]
+    expected = engine_greedy(export_checkpoint(checkpoint, tmp_path / "gathered"), PROMPT, 6)
+    assert texts == [expected, expected] != [engine_greedy(tiny_model_dir, PROMPT, 6)] * 2
+    assert len(list(app.state.services.settings.serving_dir.iterdir())) == 1  # gathered once, kept for reuse
 
 
 def test_bad_inputs_are_4xx_naming_what_is_wrong(client):
