@@ -75,37 +75,76 @@ function storeProgress(box, ev) {
     el("progress", { max: 1, value: d.fraction, title: `${(100 * d.fraction).toFixed(1)}%` }));
 }
 
-// Sample generations: each evaluation's completions of the job's prompts (`samples` events), one step at a time
-// (a select, newest by default), each beside the base model's completion (step 0's event).
-export function samplesSection() {
+// A select over the steps that brought one kind of event (`data-steps` names it), the newest followed until the
+// user picks another step; ``draw(step)`` shows the chosen one.
+function stepPicker(name, draw) {
   const byStep = new Map();
-  const pick = el("select", { "aria-label": "step", "data-samples-step": "" });
+  const pick = el("select", { "aria-label": "step", "data-steps": name });
+  pick.addEventListener("change", () => draw(Number(pick.value)));
+  const add = (step, value) => {
+    const chosen = pick.value;
+    const following = !chosen || Number(chosen) === Math.max(...byStep.keys());
+    byStep.set(step, value);
+    pick.replaceChildren(...[...byStep.keys()].sort((a, b) => a - b).map((s) => el("option", { value: s },
+      s === 0 ? "0 (base)" : String(s))));
+    pick.value = following ? String(Math.max(...byStep.keys())) : chosen;
+    draw(Number(pick.value));
+  };
+  return { pick, byStep, add };
+}
+
+// A completion as text; one of only spaces and newlines (an early model's) says so instead of an empty box.
+function completion(text) {
+  return text.trim() ? el("pre", { class: "sample" }, text)
+    : el("pre", { class: "sample muted" }, `(whitespace only: ${JSON.stringify(text).slice(0, 40)})`);
+}
+
+// Sample generations: each evaluation's completions of the job's prompts (`samples` events), one step at a time,
+// each beside the base model's completion (step 0's event).
+export function samplesSection() {
   const rows = el("tbody");
+  const head = el("th", {}, "at step");
+  const steps = stepPicker("samples", (step) => {
+    const base = steps.byStep.get(0) || [];
+    head.textContent = `at step ${step}`;
+    rows.replaceChildren(...(steps.byStep.get(step) || []).map((s, i) => el("tr", { "data-sample": i },
+      el("td", {}, el("pre", { class: "sample" }, s.prompt)),
+      el("td", {}, completion(base[i] ? base[i].completion : "–")), el("td", {}, completion(s.completion)))));
+  });
   const node = el("section", { class: "card samples", hidden: true }, el("h2", {}, "Sample generations"),
     el("p", { class: "muted" }, "Greedy completions at each evaluation, beside the base model's (step 0). Step ",
-      pick),
-    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "prompt"), el("th", {}, "base"),
-      el("th", { "data-samples-head": "" }, "at step"))), rows));
-  const draw = () => {
-    const step = Number(pick.value);
-    const base = byStep.get(0) || [];
-    node.querySelector("[data-samples-head]").textContent = `at step ${step}`;
-    rows.replaceChildren(...(byStep.get(step) || []).map((s, i) => el("tr", { "data-sample": i },
-      el("td", {}, el("pre", { class: "sample" }, s.prompt)),
-      el("td", {}, el("pre", { class: "sample" }, base[i] ? base[i].completion : "–")),
-      el("td", {}, el("pre", { class: "sample" }, s.completion)))));
-  };
-  pick.addEventListener("change", draw);
-  const add = (ev) => {
-    const chosen = pick.value; // the newest step is followed until the user picks another
-    const following = !chosen || Number(chosen) === Math.max(...byStep.keys());
-    byStep.set(ev.step, (ev.data && ev.data.samples) || []);
-    pick.replaceChildren(...[...byStep.keys()].sort((a, b) => a - b).map((step) => el("option", { value: step },
-      step === 0 ? "0 (base)" : String(step))));
-    pick.value = following ? String(Math.max(...byStep.keys())) : chosen;
-    node.hidden = false;
-    draw();
-  };
+      steps.pick),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "prompt"), el("th", {}, "base"), head)), rows));
+  const add = (ev) => { node.hidden = false; steps.add(ev.step, (ev.data && ev.data.samples) || []); };
+  return { node, add };
+}
+
+// Token colour of the heat strip: white at 0, full red at the strip's highest KL.
+export function heat(kl, highest) {
+  if (kl === null || kl === undefined || !(highest > 0)) return "transparent";
+  return `rgba(220, 38, 38, ${Math.min(1, Math.max(0, kl / highest)).toFixed(3)})`;
+}
+
+// Forgetting drill-down (`drift` events): the held-out general passages whose KL to the base is highest at a
+// step, and the first one's text as a heat strip, each token coloured by its KL (the value on hover).
+export function driftSection() {
+  const rows = el("tbody");
+  const strip = el("p", { class: "strip", "data-strip": "" });
+  const steps = stepPicker("drift", (step) => {
+    const d = steps.byStep.get(step) || {};
+    rows.replaceChildren(...(d.passages || []).map((p) => el("tr", { "data-passage": p.index },
+      el("td", { class: "num" }, p.kl.toPrecision(3)), el("td", {}, p.text))));
+    const s = d.strip || { pieces: [], kl: [] };
+    const highest = Math.max(0, ...s.kl.filter((v) => v !== null));
+    strip.replaceChildren(...s.pieces.map((piece, i) => el("span", { style: `background:${heat(s.kl[i], highest)}`,
+      title: s.kl[i] === null ? "not predicted" : `KL ${s.kl[i].toPrecision(3)} nats` }, piece)));
+  });
+  const node = el("section", { class: "card drift", hidden: true }, el("h2", {}, "Forgetting drill-down"),
+    el("p", { class: "muted" },
+      "Held-out general passages that drifted most from the base (mean KL, nats/token) at step ", steps.pick),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, "KL"), el("th", {}, "passage"))), rows),
+    el("p", { class: "muted" }, "The first passage, each token coloured by its KL to the base:"), strip);
+  const add = (ev) => { node.hidden = false; steps.add(ev.step, ev.data || {}); };
   return { node, add };
 }
 
@@ -117,8 +156,9 @@ export async function jobPage(view, jobId) {
   const log = el("ul", { class: "events" });
   const ckpts = el("div");
   const samples = samplesSection();
+  const drift = driftSection();
   view.replaceChildren(el("section", { class: "card" }, header, dataBox),
-    el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node,
+    el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node, drift.node,
     el("div", { class: "two" },
       el("section", { class: "card" }, el("h2", {}, "Checkpoints"), ckpts),
       el("section", { class: "card" }, el("h2", {}, "Events"), log)),
@@ -165,6 +205,7 @@ export async function jobPage(view, jobId) {
     if (ev.kind === "checkpoint" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
     if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
     if (ev.kind === "samples") samples.add(ev);
+    if (ev.kind === "drift") drift.add(ev);
   });
   source.addEventListener("end", () => { source.close(); refresh(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) refresh(); };

@@ -106,6 +106,7 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     cpt_ce = page.locator('[data-chart="Training cross-entropy"] .u-legend .u-series', has_text="general rows")
     expect(cpt_ce).to_be_visible()
     page.go_back()
+    expect(page.locator("tr[data-job]")).to_have_count(2)  # the list is drawn again before its boxes are checked
     for box in page.locator("tr[data-job] input[type=checkbox]").all():
         box.check()
     page.click("text=Compare selected (2)")
@@ -132,7 +133,10 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     page.wait_for_function("() => +document.querySelector('[data-chart=\"QA exact match\"]')?.dataset.points >= 5")
     # sample generations: 2 QA questions and 2 general-text prefixes, the newest step's beside the base's
     expect(page.locator(".samples tr[data-sample]")).to_have_count(4)
-    expect(page.locator("[data-samples-step] option").first).to_have_text("0 (base)")
+    expect(page.locator("[data-steps=samples] option").first).to_have_text("0 (base)")
+    # the forgetting drill-down: the passages that drifted most, the first as a heat strip over its tokens
+    expect(page.locator(".drift tr[data-passage]").first).to_be_visible()
+    assert page.locator(".drift [data-strip] span").count() > 1
     expect(page.locator("[data-disk]")).to_have_text(re.compile(r"[\d.]+ [KMG]iB on disk, 2 checkpoints"))
     page.screenshot(path=SHOTS / "job-finished.png", full_page=True)
     with page.expect_download() as info:
