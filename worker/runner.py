@@ -81,6 +81,7 @@ class DatabaseRecorder(Callback):
         self.labels = labels or {}  # the engine names stored files; the owner sees their own names
         self._parent = os.getppid()
         self._heartbeat = LeaseHeartbeat(sessions, job_id, me, heartbeat_s) if heartbeat_s else None
+        self.lease_lost = False
 
     def close(self) -> None:
         if self._heartbeat:
@@ -118,7 +119,11 @@ class DatabaseRecorder(Callback):
         if self.orphaned:  # the worker that started us is gone: stop, a new one resumes
             return True
         with self.sessions() as db:
-            return bool(db.scalar(select(Job.cancel_requested).where(Job.id == self.job_id)))
+            cancel, owner = db.execute(select(Job.cancel_requested, Job.lease_owner)
+                                       .where(Job.id == self.job_id)).one()
+        if owner != self.me:  # our lease was taken for dead (a long stall) and the job re-queued: stop at once
+            self.lease_lost = True
+        return bool(cancel) or self.lease_lost
 
 
 def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpec:
@@ -156,14 +161,19 @@ def relabel(text: str, labels: dict[str, str]) -> str:
 
 
 def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None,
-           stop_reason: str | None = None) -> None:
+           stop_reason: str | None = None, holder: str | None = None) -> bool:
+    """End the job as ``status``; given ``holder``, only while that lease owner still holds it (a runner whose
+    lease was taken for dead and re-queued must not overwrite the run that took over). False when it did not."""
     with sessions.begin() as db:
-        job = db.get(Job, job_id)
+        job = db.get(Job, job_id, with_for_update=holder is not None)
+        if holder is not None and job.lease_owner != holder:
+            return False
         job.status, job.error, job.finished_at, job.lease_owner = status, error, utcnow(), None
         job.stop_reason = stop_reason
         if error:
             db.add(JobEvent(job_id=job_id, step=job.step, kind="failed", message=error, data={}))
         record_job_event_for_webhooks(db, job, status)  # the outbox: sent by the API's dispatcher
+    return True
 
 
 def requeue(sessions: sessionmaker, job_id: str, me: str, reason: str) -> bool:
@@ -212,12 +222,13 @@ def _run_here(sessions: sessionmaker, job_id: str, me: str, spec: JobSpec, label
         result = train(spec, settings.runs_dir / job_id, [recorder], resume=True)
     except Exception as err:  # any failure becomes the job's error message
         recorder.close()
-        finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels))
+        finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels), holder=me)
         return "failed"
     recorder.close()
     if result.status == "cancelled" and recorder.orphaned:
         return "orphaned"  # not a user's cancel: leave the job running for the next worker to resume
-    finish(sessions, job_id, result.status, stop_reason=result.reason)
+    if not finish(sessions, job_id, result.status, stop_reason=result.reason, holder=me):
+        return "lease-lost"  # another worker resumes (or has resumed) the job: its state is theirs to write
     return result.status
 
 
@@ -249,7 +260,8 @@ def _run_ranks(sessions: sessionmaker, job: Job, me: str, nproc: int, settings: 
         heartbeat.close()
         word = json.loads(report.read_text()) if report.is_file() else {}
     if ranks.returncode == 0 and word.get("status") in ("succeeded", "cancelled", "failed"):
-        finish(sessions, job.id, word["status"], word.get("error"), word.get("reason"))
+        if not finish(sessions, job.id, word["status"], word.get("error"), word.get("reason"), holder=me):
+            return "lease-lost"
         return word["status"]
     if word.get("status") == "error" and not word.get("peer_lost"):  # the job's own fault: retrying won't help
         finish(sessions, job.id, "failed", word["error"])

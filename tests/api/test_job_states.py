@@ -19,7 +19,7 @@ from api.app import create_app
 from api.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
 from api.job_store import cancel_job, release_dead_leases
 from api.settings import Settings
-from worker.runner import acquire_lease
+from worker.runner import DatabaseRecorder, acquire_lease, finish
 
 HOUR_AGO = timedelta(hours=1)
 
@@ -187,3 +187,22 @@ def test_health_names_an_unreachable_broker_and_database(tmp_path):
         answer = client.get("/healthz")
         assert answer.status_code == 503 and answer.json()["status"] == "degraded"
         assert answer.json()["reasons"][0] == "database unreachable (error: OperationalError)"
+
+
+def test_a_runner_whose_lease_was_taken_over_stops_and_leaves_the_job_to_its_new_holder(sessions, add_job,
+                                                                                         settings):
+    job_id = add_job()
+    assert acquire_lease(sessions, job_id, "host:1", settings)
+    recorder = DatabaseRecorder(sessions, job_id, "host:1", None)
+    assert not recorder.should_stop()
+    # runner 1 stalled past the lease timeout: the job was re-queued and runner 2 took it
+    with sessions.begin() as db:
+        db.get(Job, job_id).status, db.get(Job, job_id).lease_owner = "queued", None
+    assert acquire_lease(sessions, job_id, "host:2", settings)
+    assert recorder.should_stop() and recorder.lease_lost
+    assert not finish(sessions, job_id, "cancelled", holder="host:1")  # its stop is not the job's end
+    with sessions() as db:
+        job = db.get(Job, job_id)
+        assert (job.status, job.lease_owner) == ("running", "host:2")
+    assert finish(sessions, job_id, "succeeded", holder="host:2")
+    assert state(sessions, job_id)[0] == "succeeded"
