@@ -83,3 +83,51 @@ def test_the_frontier_comes_from_the_jobs_evaluations(client, auth, base):
     rows = {j["values"]["kl_weight"]: j for j in got["data"]}
     assert rows[0.1]["gain"] == pytest.approx(math.log(20 / 5)) and rows[0.1]["drift"] == 0.40
     assert [w for w, j in rows.items() if not j["on_frontier"]] == [0.5]
+
+
+def test_a_refused_enqueue_withdraws_the_jobs_not_queued(settings, base):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    sent, broker = [], {"takes": 1}  # the broker takes one job, then refuses
+
+    def enqueue(job_id, **_kw):
+        if len(sent) >= broker["takes"]:
+            raise ConnectionError("broker down")
+        sent.append(job_id)
+
+    headers = {"Authorization": "Bearer tok-alice"}
+    with TestClient(create_app(settings, enqueue=enqueue)) as client:
+        ids = {p: client.post("/v1/datasets", headers=headers, data={"purpose": p},
+                              files={"file": ("d.jsonl", DOCS)}).json()["id"] for p in ("domain", "general")}
+        body = {"base": base | {"domain_data": [ids["domain"]], "general_data": [ids["general"]]},
+                "grid": {"lr": [1e-3, 1e-4, 1e-5]}}
+        response = client.post("/v1/sweeps", headers=headers, json=body)
+        assert response.status_code == 503 and "1 of 3 jobs of sweep" in response.json()["detail"], response.text
+        assert [j["id"] for j in client.get("/v1/jobs", headers=headers).json()["data"]] == sent  # the others gone
+        assert client.get("/v1/sweeps", headers=headers).json()["data"][0]["jobs"] == 1
+        broker["takes"] = 0  # every job refused: no job and no sweep is left
+        response = client.post("/v1/sweeps", headers=headers, json=body)
+        assert response.status_code == 503 and "no job was created" in response.json()["detail"], response.text
+        assert len(client.get("/v1/sweeps", headers=headers).json()["data"]) == 1
+
+
+def test_a_version_6_database_gains_the_sweeps(tmp_path):
+    from sqlalchemy import inspect, select, text
+
+    from api.db import SCHEMA_VERSION, Base, SchemaVersion, init_db, make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'mol.db'}")
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:  # the shape version 6 left behind
+        conn.execute(text("DROP TABLE sweeps"))
+        conn.execute(text("DROP INDEX ix_jobs_sweep_id"))
+        conn.execute(text("ALTER TABLE jobs DROP COLUMN sweep_id"))
+        conn.execute(text("INSERT INTO schema_version (version) VALUES (6)"))
+    sessions = init_db(engine)
+    assert "ix_jobs_sweep_id" in {i["name"] for i in inspect(engine).get_indexes("jobs")}
+    assert "sweeps" in inspect(engine).get_table_names()
+    with sessions() as db:
+        assert db.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [7]
+    engine.dispose()
