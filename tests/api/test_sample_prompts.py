@@ -27,3 +27,25 @@ def test_a_prompts_dataset_is_checked_and_referenced(client, auth, upload, queue
                          ("ds_nope", "unknown dataset 'ds_nope'")):
         refused = client.post("/v1/jobs", headers=auth(), json=spec(domain, general, sample_prompts=ref))
         assert refused.status_code == 422 and refused.json()["detail"] == f"sample_prompts: {problem}"
+
+
+def test_samples_and_drift_events_are_stored_and_served_bounded(client, auth, upload, queued):
+    from mol_engine.drift import PassageKL, drift_event
+    from mol_engine.samples import Sample, samples_event
+    from worker.runner import DatabaseRecorder
+
+    domain, general = (upload(DOCS, purpose=p).json()["id"] for p in ("domain", "general"))
+    job_id = client.post("/v1/jobs", headers=auth(), json=spec(domain, general)).json()["id"]
+    recorder = DatabaseRecorder(client.app.state.services.sessions, job_id, "test", heartbeat_s=None)
+    recorder.on_event(samples_event(0, [Sample("p" * 5000, "c" * 5000)]))
+    recorder.on_event(drift_event(3, [PassageKL(0, [1, 2, 3], [None, 0.5, 0.25])], Pieces()))
+    events = client.get(f"/v1/jobs/{job_id}/events", headers=auth()).json()
+    samples, drift = (next(e for e in events if e["kind"] == kind) for kind in ("samples", "drift"))
+    assert samples["step"] == 0 and [len(v) for v in samples["data"]["samples"][0].values()] == [300, 1500]
+    assert drift["step"] == 3 and drift["data"]["passages"][0]["kl"] == 0.375
+    assert drift["data"]["strip"] == {"index": 0, "start": 0, "pieces": ["1", "2", "3"], "kl": [None, 0.5, 0.25]}
+
+
+class Pieces:
+    def decode(self, ids, **kwargs) -> str:
+        return "".join(str(i) for i in ids)
