@@ -191,8 +191,10 @@ def test_non_finite_metrics_are_stored_and_streamed_as_null(client, auth, finish
         data = [strict_json(line[5:]) for line in s.iter_lines() if line.startswith("data:")]
     assert {"step": 5, "eval/general_kl": None, "eval/domain_ppl": None, "train/lr": 0.1} in [
         {k: v for k, v in d.items() if k != "seq"} for d in data]
+    events = [d for d in data if d.get("kind") == "eval"]
+    assert all(e["created_at"].endswith("Z") for e in events)
     assert {"step": 5, "kind": "eval", "message": "m", "data": {"eta_s": None}} in [  # as the dashboard reads it
-        {k: v for k, v in d.items() if k != "seq"} for d in data]
+        {k: v for k, v in d.items() if k not in ("seq", "created_at")} for d in events]
 
 
 def test_nan_written_by_an_earlier_version_reads_back_as_null(client, auth, finished_job, settings):
