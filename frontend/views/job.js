@@ -119,10 +119,11 @@ export function samplesSection() {
   return { node, add };
 }
 
-// Token colour of the heat strip: white at 0, full red at the strip's highest KL.
+// Token colour of the heat strip: clear at 0, full red at the strip's highest KL; the square root keeps the
+// many small values visible next to one large one.
 export function heat(kl, highest) {
   if (kl === null || kl === undefined || !(highest > 0)) return "transparent";
-  return `rgba(220, 38, 38, ${Math.min(1, Math.max(0, kl / highest)).toFixed(3)})`;
+  return `rgba(220, 38, 38, ${Math.sqrt(Math.min(1, Math.max(0, kl / highest))).toFixed(3)})`;
 }
 
 // Forgetting drill-down (`drift` events): the held-out general passages whose KL to the base is highest at a
