@@ -61,8 +61,9 @@ def resolve_model(svc, owner: str, model_id: str) -> ModelSource:
     job_id, _, name = model_id.partition(":")
     with svc.sessions() as db:
         job = db.get(Job, job_id) if is_id(job_id) else None
-        base_id = job.spec.get("base_model") if job is not None and job.owner == owner else None
-    path = checkpoint_path(svc.settings, job_id, name) if job is not None and job.owner == owner else None
+        owned = job is not None and job.owner == owner
+        base_id = job.spec.get("base_model") if owned else None
+    path = checkpoint_path(svc.settings, job_id, name) if owned else None
     if path is None:
         raise HTTPException(404, f"model: '{model_id}' not found: a base model id (GET /v1/models) or a checkpoint "
                                  f"id '<job_id>:step-N' of one of your jobs")
@@ -70,13 +71,13 @@ def resolve_model(svc, owner: str, model_id: str) -> ModelSource:
 
 
 def checkpoint_models(svc, owner: str) -> list[ModelOut]:
-    """The owner's checkpoints as completion models, ``<job_id>:<name>``, newest job first."""
+    """The owner's checkpoints as completion models, ``<job_id>:<name>``, newest first (by job, then by step)."""
     with svc.sessions() as db:
         jobs = db.query(Job.id, Job.spec).filter(Job.owner == owner).order_by(Job.created_at.desc()).all()
     models = available_models(svc.settings)
     return [ModelOut(id=f"{job_id}:{path.name}", model_type=model_type(models[spec["base_model"]])
                      if spec.get("base_model") in models else None, kind="checkpoint")
-            for job_id, spec in jobs for path in checkpoint_dirs(svc.settings.runs_dir / job_id)]
+            for job_id, spec in jobs for path in reversed(checkpoint_dirs(svc.settings.runs_dir / job_id))]
 
 
 class Running:
@@ -116,29 +117,46 @@ class Running:
             self.cancelled.set()  # also when this handler itself was cancelled; a no-op once done
 
 
-@dataclass(frozen=True)
-class Shape:
-    """How OpenAI writes one kind of completion: the whole answer, and its streamed chunks."""
-
-    prefix: str
-    whole: Callable[[str, Completion], dict]
-    chunk: Callable[[str | None, str | None], dict]  # (text piece or None for the opening, finish_reason)
-
-
 def _usage(c: Completion) -> dict:
     return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
             "total_tokens": c.prompt_tokens + c.completion_tokens}
 
 
-TEXT = Shape("cmpl", whole=lambda text, c: {"object": "text_completion", "usage": _usage(c), "choices": [
-    {"index": 0, "text": text, "logprobs": None, "finish_reason": c.finish_reason}]},
-    chunk=lambda piece, reason: {"object": "text_completion", "choices": [
-        {"index": 0, "text": piece or "", "logprobs": None, "finish_reason": reason}]})
-CHAT = Shape("chatcmpl", whole=lambda text, c: {"object": "chat.completion", "usage": _usage(c), "choices": [
-    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": c.finish_reason}]},
-    chunk=lambda piece, reason: {"object": "chat.completion.chunk", "choices": [{"index": 0, "finish_reason": reason,
-        "delta": {"role": "assistant", "content": ""} if piece is None and reason is None
-        else ({"content": piece} if piece else {})}]})
+def _text_whole(c: Completion) -> dict:
+    return {"object": "text_completion", "usage": _usage(c),
+            "choices": [{"index": 0, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}]}
+
+
+def _text_chunk(piece: str, reason: str | None) -> dict:
+    return {"object": "text_completion",
+            "choices": [{"index": 0, "text": piece, "logprobs": None, "finish_reason": reason}]}
+
+
+def _chat_whole(c: Completion) -> dict:
+    message = {"role": "assistant", "content": c.text}
+    return {"object": "chat.completion", "usage": _usage(c),
+            "choices": [{"index": 0, "message": message, "finish_reason": c.finish_reason}]}
+
+
+def _chat_chunk(piece: str, reason: str | None) -> dict:
+    delta = {"content": piece} if piece else {}
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": delta, "finish_reason": reason}]}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How OpenAI writes one kind of completion: the whole answer, its streamed chunks, and the chunk that opens a
+    stream (a chat's assistant role), if any."""
+
+    prefix: str
+    whole: Callable[[Completion], dict]
+    chunk: Callable[[str, str | None], dict]  # (text piece, finish_reason or None before the last)
+    opening: dict | None = None
+
+
+TEXT = Shape("cmpl", _text_whole, _text_chunk)
+CHAT = Shape("chatcmpl", _chat_whole, _chat_chunk, opening={"object": "chat.completion.chunk", "choices": [
+    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
 
 
 async def answer(request: Request, svc, owner: str, body: CompletionIn, prompt_of: Callable[[LoadedModel], str],
@@ -167,14 +185,14 @@ async def answer(request: Request, svc, owner: str, body: CompletionIn, prompt_o
         return StreamingResponse(sse(running, shape, head), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     completion = await running.result(request)
-    return head | shape.whole(completion.text, completion)
+    return head | shape.whole(completion)
 
 
 async def sse(running: Running, shape: Shape, head: dict) -> AsyncIterator[str]:
     """OpenAI's stream: a ``data:`` line per chunk, the last with its finish_reason, then ``data: [DONE]``."""
     try:
-        if shape is CHAT:
-            yield _data(head | shape.chunk(None, None))
+        if shape.opening:
+            yield _data(head | shape.opening)
         async for piece in running.texts():
             yield _data(head | shape.chunk(piece, None))
         completion = await running.done

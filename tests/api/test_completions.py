@@ -164,8 +164,8 @@ def test_chat_completion_through_the_tokenizer_template(client, served):
 def test_checkpoints_complete_for_their_owner_only(client, served, tiny_model_dir, tmp_path):
     base, _app, jobs, bobs = served
     listed = httpx.get(f"{base}/v1/models?include=checkpoints", headers={"Authorization": "Bearer tok-alice"}).json()
-    checkpoints = {m["id"] for m in listed if m["kind"] == "checkpoint"}
-    assert checkpoints == {f"{jobs['full']}:step-1", f"{jobs['lora']}:step-2"}
+    checkpoints = [m["id"] for m in listed if m["kind"] == "checkpoint"]
+    assert checkpoints == [f"{jobs['lora']}:step-2", f"{jobs['full']}:step-1"]  # newest first: the playground's pick
     plain = httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer tok-alice"}).json()
     assert {m["kind"] for m in plain} == {"base"}  # the new-job form's list is unchanged
     full = client.completions.create(model=f"{jobs['full']}:step-1", prompt=PROMPT, max_tokens=6, temperature=0)
