@@ -33,7 +33,8 @@ def test_a_sweep_makes_one_queued_job_per_grid_point(client, auth, base, queued)
     assert {j["values"]["ratio"] for j in sweep["data"]} == {"4:1", "1:2"}
     listed = client.get("/v1/sweeps", headers=auth()).json()
     assert [s["id"] for s in listed["data"]] == [sweep["id"]] and listed["data"][0]["statuses"] == {"queued": 4}
-    assert client.get("/v1/jobs", headers=auth()).json()["data"][0]["id"] in queued  # ordinary jobs too
+    job = client.get(f"/v1/jobs/{queued[0]}", headers=auth()).json()  # ordinary jobs, which know their sweep
+    assert job["sweep_id"] == sweep["id"] and job["name"].startswith("legal [ratio=")
 
 
 @pytest.mark.parametrize(("body", "message"), [
