@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import tarfile
 import time
@@ -12,9 +13,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+from playwright.sync_api import expect, sync_playwright
 from transformers import AutoModelForCausalLM
 
 from tests.e2e.conftest import running_service
+from tests.e2e.test_dashboard import CHROMIUM, FLAGS, SHOTS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,29 +128,35 @@ def _wait_ready(client, timeout: float = 300) -> list[dict]:
 
 
 def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
-    """Two `mol up` on two MOL_HOMEs at once, sharing a fresh demo cache: both answer while the demo builds, a job
-    on it is refused with its progress, one process builds it while the other waits, both then offer it."""
-    env = {"MOL_DEMO_CACHE": str(tmp_path / "cache"), "MOL_DEMO_PRETRAIN_STEPS": "12"}
-    with ExitStack() as stack:
-        ups = [stack.enter_context(running_service(tmp_path / name, tmp_path / f"{name}.log", wait_for_demo=False,
-                                                   env=env)) for name in ("home-a", "home-b")]
-        first = ups[0].client.get("/v1/demo").json()
-        assert first["state"] == "building", first  # the URL answered before the demo was built
-        assert "demo built in" not in ups[0].log.read_text()
-        assert [m["id"] for m in ups[0].client.get("/v1/models").json()] == []
-        refused = ups[0].client.post("/v1/jobs", json={"name": "early", "base_model": "demo", "domain_data": ["x"],
-                                                         "general_data": ["y"]})
+    """`mol up` answers while the demo builds (the dashboard's banner shows it) and refuses a job on it; a second
+    MOL_HOME started meanwhile shares the build (it waits for it, or finds it done); both then offer the demo."""
+    env = {"MOL_DEMO_CACHE": str(tmp_path / "cache"), "MOL_DEMO_PRETRAIN_STEPS": "30"}
+    with ExitStack() as stack, sync_playwright() as playwright:
+        first = stack.enter_context(running_service(tmp_path / "home-a", tmp_path / "home-a.log",
+                                                    wait_for_demo=False, env=env))
+        status = first.client.get("/v1/demo").json()
+        assert status["state"] == "building", status  # the URL answered before the demo was built
+        assert [m["id"] for m in first.client.get("/v1/models").json()] == []
+        refused = first.client.post("/v1/jobs", json={"name": "early", "base_model": "demo", "domain_data": ["x"],
+                                                        "general_data": ["y"]})
         assert refused.status_code == 422 and "'demo' is not ready yet" in refused.json()["detail"], refused.text
-        seen = _wait_ready(ups[1].client)
-        pretraining = [s for s in seen if s["phase"] == "pretraining" and s["eta_s"] is not None]
-        assert pretraining and " left." in pretraining[-1]["message"] and pretraining[-1]["total"] == 12, seen
-        _wait_ready(ups[0].client)
-        logs = [up.log.read_text() for up in ups]
-        assert sum("demo built in" in log for log in logs) == 1, logs  # one build, shared
-        assert sum("another process is building" in log for log in logs) == 1, logs
-        assert "demo: pretraining step 12/12" in "".join(logs)
-        for up in ups:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page()
+        page.goto(first.url)
+        expect(page.locator("#demo-banner")).to_contain_text("The demo model is being built", timeout=60_000)
+        page.screenshot(path=SHOTS / "demo-banner.png")
+
+        second = stack.enter_context(running_service(tmp_path / "home-b", tmp_path / "home-b.log",
+                                                     wait_for_demo=False, env=env))
+        for up in (first, second):
+            _wait_ready(up.client)
+        expect(page.locator("#demo-banner")).to_have_text("The demo model is ready.", timeout=60_000)
+        browser.close()
+        logs = [up.log.read_text() for up in (first, second)]
+        assert "demo built in" in logs[0] and "demo built in" not in logs[1], logs  # one build, shared
+        assert re.search(r"demo: pretraining step 30/30, .* elapsed, about 0 s left", logs[0]), logs[0]
+        for up in (first, second):
             assert [m["id"] for m in up.client.get("/v1/models").json()] == ["demo"]
             assert {d["purpose"] for d in up.client.get("/v1/datasets").json()} == {"domain", "general", "eval"}
-        assert (ups[0].home / "demo").resolve() == (ups[1].home / "demo").resolve()
-        assert (ups[0].home / "demo").resolve().parent == tmp_path / "cache"
+        assert (first.home / "demo").resolve() == (second.home / "demo").resolve()
+        assert (first.home / "demo").resolve().parent == tmp_path / "cache"
