@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -22,8 +23,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mol_engine.spec import JobSpec
 
-from .db import IdempotencyKey, Job, JobEvent, new_id, utcnow
+from .db import IdempotencyKey, Job, JobEvent, MetricPoint, new_id, utcnow
 from .leases import as_utc, lease_is_dead
+from .stream import FINAL
 from .webhooks import record_job_event_for_webhooks
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
@@ -88,13 +90,36 @@ def withdraw_job(sessions: sessionmaker, job_id: str) -> bool:
     return gone == 1
 
 
-def page_of_jobs(db: Session, owner: str, limit: int, after: Job | None = None) -> tuple[list[Job], bool]:
-    """(up to ``limit`` of the owner's jobs, newest first, older than ``after``; whether more follow).
+@dataclass(frozen=True)
+class JobFilter:
+    """Which of an owner's jobs a list shows: all of them by default."""
+
+    status: str | None = None  # queued, running, succeeded, failed, cancelled
+    method: str | None = None  # the spec's method: mol, cpt, domain_only
+    name_contains: str | None = None  # case-insensitive
+
+    def where(self) -> list[ColumnElement[bool]]:
+        """The filter as SQL conditions, so the database applies it (and its LIMIT counts only matching rows)."""
+        conditions = []
+        if self.status:
+            conditions.append(Job.status == self.status)
+        if self.method:
+            conditions.append(Job.spec["method"].as_string() == self.method)
+        if self.name_contains:
+            literal = self.name_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(Job.name.ilike(f"%{literal}%", escape="\\"))
+        return conditions
+
+
+def page_of_jobs(db: Session, owner: str, limit: int, after: Job | None = None,
+                 only: JobFilter = JobFilter()) -> tuple[list[Job], bool]:
+    """(up to ``limit`` of the owner's jobs that pass ``only``, newest first, older than ``after``; whether more
+    follow).
 
     Ordered by (created_at, id), both descending, so a page boundary is exact even when jobs share a
     timestamp, and jobs created while a client pages only ever land before its first page.
     """
-    query = select(Job).where(Job.owner == owner)
+    query = select(Job).where(Job.owner == owner, *only.where())
     if after is not None:
         query = query.where(or_(Job.created_at < after.created_at,
                                 (Job.created_at == after.created_at) & (Job.id < after.id)))
@@ -179,6 +204,27 @@ def cancel_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> J
             with sessions() as db:
                 return db.get(Job, job_id)
     raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while being cancelled")
+
+
+class JobActive(Exception):
+    """The job is queued or running; its status is the message."""
+
+
+def delete_job(sessions: sessionmaker, job_id: str) -> None:
+    """Delete an ended job's row with its metric points, events and idempotency keys, in one transaction.
+
+    Raises JobActive when it is queued or running (a worker may be writing to it: cancel it first), LookupError
+    when it is gone. The job's delete is a compare-and-set on its having ended, so a job re-queued meanwhile
+    stays whole. Its run directory is the caller's to remove, after this commits.
+    """
+    with sessions.begin() as db:
+        status = db.scalar(select(Job.status).where(Job.id == job_id))
+        if status is None:
+            raise LookupError(job_id)
+        for table in (MetricPoint, JobEvent, IdempotencyKey):
+            db.execute(delete(table).where(table.job_id == job_id))
+        if db.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINAL))).rowcount != 1:
+            raise JobActive(status)  # rolls the children's deletes back
 
 
 def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> dict[str, str]:

@@ -7,7 +7,7 @@ stream them to disk), and the one error shape every route answers with.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PlainSerializer, WithJsonSchema
 
@@ -419,3 +419,18 @@ class SweepList(BaseModel):
     object: str = "list"
     data: list[SweepSummary]
     has_more: bool
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]  # what GET /v1/jobs?status= takes
+
+
+class PreviewDocument(BaseModel):
+    text: str  # cut to the first few KB; for eval files "question\n\nanswer"
+    chars: int  # the whole document's length: more than len(text) when it was cut
+
+
+class DatasetPreview(BaseModel):
+    """``GET /v1/datasets/{id}/preview``: the dataset's stats and its first documents, in file order."""
+
+    dataset: DatasetOut
+    documents: list[PreviewDocument]

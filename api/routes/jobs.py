@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
@@ -9,14 +10,14 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mol_engine.spec import JobSpec, format_validation_error
+from mol_engine.spec import JobSpec, Method, format_validation_error
 
 from .. import job_store
 from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
 from ..deps import DB, Owner, Services, Svc
 from ..disk import tree_bytes
-from ..job_store import KeyReused, create_job, page_of_jobs, send_job, withdraw_job
-from ..schemas import SSE, EventOut, JobOut, JobPage, JobSummary, MetricPointOut, errors, json_body, utc_iso
+from ..job_store import JobFilter, KeyReused, create_job, page_of_jobs, send_job, withdraw_job
+from ..schemas import SSE, EventOut, JobOut, JobPage, JobStatus, JobSummary, MetricPointOut, errors, json_body, utc_iso
 from ..settings import Settings
 from ..stream import job_stream
 from ..validation import available_models, check_references, demo_problem, largest_nproc, nproc_problem
@@ -26,6 +27,10 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 After = Annotated[int, Query(ge=0, le=MAX_SEQ, description="only rows after this seq")]
 Limit = Annotated[int, Query(ge=1, le=200, description="jobs per page")]
 AfterJob = Annotated[str | None, Query(description="a job id: list the jobs older than it (a page's last_id)")]
+StatusIs = Annotated[JobStatus | None, Query(description="only jobs in this status")]
+MethodIs = Annotated[Method | None, Query(description="only jobs of this method")]
+NameHas = Annotated[str | None, Query(min_length=1, max_length=200, pattern=r"^[^\x00]*$",
+                                      description="only jobs whose name contains this (case-insensitive)")]
 # Printable ASCII, as Stripe's keys: a NUL would reach PostgreSQL, which refuses it in text
 IdemKey = Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^[\x20-\x7e]+$",
                                        description="retrying with the same key and body returns the same job")]
@@ -87,13 +92,16 @@ def hand_to_workers(svc: Services, job: Job) -> None:
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None) -> JobPage:
+def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None, status: StatusIs = None,
+              method: MethodIs = None, q: NameHas = None) -> JobPage:
+    """The owner's jobs newest first, those that pass every filter given; filters and paging combine (pass the
+    same filters with each page's ``after``)."""
     cursor = None
     if after is not None:
         cursor = db.get(Job, after) if is_id(after) else None
         if cursor is None or cursor.owner != owner:
             raise HTTPException(422, f"after: no job '{after}' to list after; pass the last_id of a page")
-    jobs, more = page_of_jobs(db, owner, limit, cursor)
+    jobs, more = page_of_jobs(db, owner, limit, cursor, JobFilter(status, method, q))
     return JobPage(data=[JobSummary.model_validate(j) for j in jobs], has_more=more,
                    first_id=jobs[0].id if jobs else None, last_id=jobs[-1].id if jobs else None)
 
@@ -114,6 +122,21 @@ def cancel_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
         return job_out(job_store.cancel_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
     except job_store.JobEnded as ended:
         raise HTTPException(409, f"job '{job_id}' is already {ended}") from None
+
+
+@router.delete("/{job_id}", status_code=204, responses=errors(403, 404, 409))
+def delete_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> None:
+    """Deletes an ended job: its row, metric points, events and run directory (checkpoints, logs). A queued or
+    running job is a 409: cancel it first (POST .../cancel), so no worker writes to what is being removed."""
+    owned_job(db, owner, job_id)
+    db.close()
+    try:
+        job_store.delete_job(svc.sessions, job_id)
+    except job_store.JobActive as active:
+        raise HTTPException(409, f"job '{job_id}' is {active}: cancel it first") from None
+    except LookupError:
+        raise HTTPException(404, f"job '{job_id}' not found") from None
+    shutil.rmtree(svc.settings.runs_dir / job_id, ignore_errors=True)
 
 
 @router.get("/{job_id}/metrics", responses={200: {"model": list[MetricPointOut], "content": SSE}} | errors(404))
