@@ -89,7 +89,7 @@ def make_spec(tiny_model_dir, corpora):
             name="tiny", base_model=str(tiny_model_dir), domain_data=[str(corpora["domain"])],
             general_data=[str(corpora["general"])], eval_data=str(corpora["eval"]), seq_len=32, batch_size=4,
             lr=3e-3, warmup_steps=1, max_steps=6, eval_every=3, save_every=3, eval_batches=2, qa_max_new_tokens=3,
-            seed=0,
+            sample_max_tokens=4, seed=0,  # sample generations run at every evaluation: short ones keep tests fast
         )
         return JobSpec(**(fields | overrides))
 

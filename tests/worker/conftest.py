@@ -85,7 +85,8 @@ def submit(api, corpora):
     def send(expect: int = 201, **extra) -> str:
         spec = {"name": "w", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
                 "eval_data": ids["eval"], "seq_len": 32, "batch_size": 4, "lr": 3e-3, "max_steps": 6,
-                "eval_every": 3, "save_every": 2, "eval_batches": 1, "qa_max_new_tokens": 2} | extra
+                "eval_every": 3, "save_every": 2, "eval_batches": 1, "qa_max_new_tokens": 2,
+                "sample_max_tokens": 4} | extra  # sample generations run at every evaluation: short ones are fast
         response = api.post("/v1/jobs", json=spec)
         assert response.status_code == expect, response.text
         return response.json()["id"] if expect == 201 else response.json()["detail"]
