@@ -17,6 +17,7 @@ from pathlib import Path
 from mol_engine import cli as engine_cli
 from mol_engine.spec import MAX_NPROC
 
+from .client import add_client_parser
 from .settings import Settings
 
 LOCAL_OWNER = "local"
@@ -279,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = token_sub.add_parser("revoke", help="revoke every token of an owner, or one by its fingerprint")
     revoke.add_argument("which", metavar="OWNER|FINGERPRINT")
     revoke.set_defaults(func=cmd_token_revoke)
+    add_client_parser(sub)
     return parser
 
 

@@ -1,0 +1,378 @@
+"""``mol client``: the REST API from a terminal, as the OpenAI and Together CLIs are (upload, submit, follow, list,
+cancel, download).
+
+Only httpx, PyYAML and the standard library: nothing of the server is imported, so the client runs on a laptop
+against a remote MoL Studio. ``MOL_API_URL`` (default http://127.0.0.1:8000) and ``MOL_TOKEN`` name the server and
+the bearer token (or ``--url`` / ``--token``). A 4xx or 5xx prints the server's ``detail`` and exits 1; a server
+that cannot be reached prints why and exits 1; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import httpx
+import yaml
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+PART_BYTES = 8 * 2**20  # the dashboard's part size (docs/api.md: 8 to 64 MiB work well)
+CHUNK_BYTES = 1 << 16
+FOLLOW_RETRIES = 5  # reconnections in a row before `follow` gives up on a dropped stream
+PURPOSES = ("domain", "general", "eval")
+FORMATS = {"full": "merged", "merged": "merged", "adapter": "adapter"}  # the CLI's word -> the API's ?format=
+
+
+class ApiError(Exception):
+    """An answer of status >= 400: its status and the server's ``detail``."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+def error_detail(response: httpx.Response) -> str:
+    """The ``detail`` of an error answer (the API's ``{"detail": ...}``), else its text or reason."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail) if detail else (response.text.strip() or response.reason_phrase)
+
+
+def checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        response.read()  # a streamed answer's body, for its detail
+        raise ApiError(response.status_code, error_detail(response))
+    return response
+
+
+class Progress:
+    """A one-line progress bar on ``out`` (stderr): label, bar and percent when the total is known, bytes, rate.
+    Redrawn at most every ``every`` seconds; ``done`` draws the last state and ends the line."""
+
+    def __init__(self, label: str, total: int | None, out: TextIO | None = None, every: float = 0.2) -> None:
+        self.label, self.total, self.out, self.every = label, total, out or sys.stderr, every
+        self.done_bytes, self.started, self.drawn = 0, time.monotonic(), 0.0
+
+    def advance(self, count: int) -> None:
+        self.done_bytes += count
+        if time.monotonic() - self.drawn >= self.every:
+            self._draw("\r")
+
+    def done(self) -> None:
+        self._draw("\r")
+        self.out.write("\n")
+        self.out.flush()
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        amount = f"{mib(self.done_bytes)} MiB"
+        if self.total:
+            share = min(self.done_bytes / self.total, 1.0)
+            filled = int(share * 30)
+            amount = f"[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} {mib(self.done_bytes)}/{mib(self.total)} MiB"
+        return f"{self.label} {amount} {mib(self.done_bytes / elapsed)} MiB/s"
+
+    def _draw(self, start: str) -> None:
+        self.drawn = time.monotonic()
+        self.out.write(start + self.line())
+        self.out.flush()
+
+
+def mib(count: float) -> str:
+    return f"{count / 2**20:.1f}"
+
+
+@dataclass
+class SseMessage:
+    event: str
+    id: str | None
+    data: Any
+
+
+def sse_messages(lines: Iterator[str]) -> Iterator[SseMessage]:
+    """The messages of a text/event-stream, its lines one by one (comments, the keep-alives, skipped)."""
+    event, last_id, data = "message", None, []
+    for line in lines:
+        if not line:
+            if data:
+                text = "\n".join(data)
+                yield SseMessage(event, last_id, json.loads(text) if text else None)
+            event, data = "message", []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if field == "event":
+                event = value
+            elif field == "id":
+                last_id = value
+            elif field == "data":
+                data.append(value)
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """A job spec file, YAML or JSON (JSON is YAML), as a mapping."""
+    spec = yaml.safe_load(path.read_text())
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a job spec is a mapping of fields (YAML or JSON), not {type(spec).__name__}")
+    return spec
+
+
+def filename_of(response: httpx.Response, fallback: str) -> str:
+    """The file name of Content-Disposition (its last path part only), else ``fallback``."""
+    found = re.search(r'filename="?([^";]+)"?', response.headers.get("content-disposition", ""))
+    return Path(found.group(1)).name if found else fallback
+
+
+class MolClient:
+    """The MoL Studio REST API (docs/api.md) over httpx; each method raises ApiError for an answer >= 400."""
+
+    def __init__(self, url: str = DEFAULT_URL, token: str | None = None, timeout: float = 600.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs) -> Any:
+        response = checked(self.http.request(method, path, **kwargs))
+        return response.json() if response.content else None
+
+    def upload(self, path: Path, purpose: str, progress: Callable[[int], None] = lambda _n: None,
+               part_bytes: int = PART_BYTES) -> dict[str, Any]:
+        """``path`` as a dataset through the resumable uploads API: create, send each part missing on the server,
+        complete; a part cut off by a dropped connection is sent again once. Returns the Dataset."""
+        size = path.stat().st_size
+        count = max(1, math.ceil(size / part_bytes))
+        upload = self.request("POST", "/v1/uploads", json={"filename": path.name, "purpose": purpose, "bytes": size})
+        with path.open("rb") as handle:
+            for index in range(count):
+                handle.seek(index * part_bytes)
+                part = handle.read(part_bytes)
+                self._put_part(upload["id"], index, part)
+                progress(len(part))
+        return self.request("POST", f"/v1/uploads/{upload['id']}/complete", json={"part_count": count})
+
+    def _put_part(self, upload_id: str, index: int, part: bytes) -> None:
+        url = f"/v1/uploads/{upload_id}/parts/{index}"
+        try:
+            self.request("PUT", url, content=part)
+        except httpx.TransportError:  # the same index again replaces the part: a retry never adds bytes twice
+            self.request("PUT", url, content=part)
+
+    def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST /v1/jobs with an Idempotency-Key (one new key per call unless given): a retry of this call after a
+        lost answer makes no second job."""
+        key = idempotency_key or str(uuid.uuid4())
+        try:
+            return self.request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key})
+        except httpx.TransportError:
+            return self.request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key})
+
+    def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/jobs", params={"limit": limit})["data"]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/jobs/{job_id}/cancel")
+
+    def follow(self, job_id: str, retries: int = FOLLOW_RETRIES) -> Iterator[SseMessage]:
+        """The job's metric and event messages live, until its ``end`` message; after a dropped connection the
+        stream is opened again with ``Last-Event-ID`` so nothing is repeated or lost (``retries`` in a row)."""
+        last_id, failures = None, 0
+        while True:
+            headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_id} if last_id else {})
+            try:
+                with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
+                                      timeout=httpx.Timeout(30.0, read=None)) as response:
+                    checked(response)
+                    for message in sse_messages(response.iter_lines()):
+                        failures = 0
+                        last_id = message.id or last_id
+                        yield message
+                        if message.event == "end":
+                            return
+            except httpx.TransportError:
+                pass
+            failures += 1
+            if failures > retries:
+                raise ApiError(0, f"the event stream of job '{job_id}' dropped {failures} times in a row")
+            time.sleep(min(2 ** failures * 0.25, 5.0))
+
+    def download(self, job_id: str, name: str, format: str, out: Path | None, progress_for: Callable[[int | None],
+                 Callable[[int], None]]) -> Path:
+        """The checkpoint ``name`` (``step-N``, ``N`` or ``best``) as a .tar.gz at ``out`` (default the server's
+        file name in the current directory; a directory: that name inside it). Written under a temporary name and
+        renamed once whole. ``progress_for(total)`` gives the callback each chunk's size goes to; the total is
+        the model's size as listed (the tarball is streamed without a length)."""
+        name = f"step-{name}" if name.isdigit() else name
+        params = {"format": FORMATS[format]}
+        with self.http.stream("GET", f"/v1/jobs/{job_id}/checkpoints/{name}/download", params=params) as response:
+            checked(response)
+            target = out or Path(filename_of(response, f"{job_id}-{name}.tar.gz"))
+            if target.is_dir():
+                target = target / filename_of(response, f"{job_id}-{name}.tar.gz")
+            total = int(response.headers["content-length"]) if "content-length" in response.headers else None
+            advance = progress_for(total or self._listed_bytes(job_id, name))
+            partial = target.with_name(f".{target.name}.part")
+            try:
+                with partial.open("wb") as handle:
+                    for chunk in response.iter_bytes(CHUNK_BYTES):
+                        handle.write(chunk)
+                        advance(len(chunk))
+                partial.replace(target)
+            finally:
+                partial.unlink(missing_ok=True)
+        return target
+
+    def _listed_bytes(self, job_id: str, name: str) -> int | None:
+        for checkpoint in self.request("GET", f"/v1/jobs/{job_id}/checkpoints"):
+            if checkpoint["name"] == name or (name == "best" and checkpoint.get("best")):
+                return checkpoint["bytes"]
+        return None
+
+
+# --- the commands -------------------------------------------------------------------------------------------------
+
+def event_line(message: SseMessage) -> str:
+    """One line for one SSE message of a job: a metric's step and values, an event's time, kind and message."""
+    data = message.data or {}
+    if message.event == "metric":
+        values = " ".join(f"{k}={format_value(v)}" for k, v in data.items() if k not in ("seq", "step"))
+        return f"step {data.get('step')}  {values}"
+    if message.event == "end":
+        return f"job ended: {data.get('status')}"
+    return f"{data.get('created_at', '')}  {data.get('kind')}: {data.get('message')}"
+
+
+def format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def jobs_table(jobs: list[dict[str, Any]]) -> str:
+    """Jobs as an aligned text table, newest first as the API lists them."""
+    header = ("ID", "NAME", "STATUS", "METHOD", "STEP", "CREATED")
+    rows = [(j["id"], j["name"], j["status"], j.get("method") or "-", f"{j['step']}/{j['max_steps']}",
+             j["created_at"]) for j in jobs]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                     for row in [header, *rows])
+
+
+def cmd_upload(client: MolClient, args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    bar = Progress(f"upload {path.name}", path.stat().st_size)
+    dataset = client.upload(path, args.purpose, bar.advance)
+    bar.done()
+    print(dataset["id"])
+    return 0
+
+
+def cmd_submit(client: MolClient, args: argparse.Namespace) -> int:
+    print(client.submit(load_spec(Path(args.spec)))["id"])
+    return 0
+
+
+def cmd_follow(client: MolClient, args: argparse.Namespace) -> int:
+    status = None
+    for message in client.follow(args.job):
+        print(event_line(message), flush=True)
+        if message.event == "end":
+            status = (message.data or {}).get("status")
+    return 0 if status == "succeeded" else 1
+
+
+def cmd_list(client: MolClient, args: argparse.Namespace) -> int:
+    print(jobs_table(client.list_jobs(args.limit)))
+    return 0
+
+
+def cmd_cancel(client: MolClient, args: argparse.Namespace) -> int:
+    job = client.cancel(args.job)
+    print(f"{job['id']} {job['status']}" + (" (stops at its next step)" if job["status"] == "running" else ""))
+    return 0
+
+
+def cmd_download(client: MolClient, args: argparse.Namespace) -> int:
+    bars: list[Progress] = []
+
+    def progress_for(total: int | None) -> Callable[[int], None]:
+        bars.append(Progress(f"download {args.checkpoint}", total))
+        return bars[-1].advance
+
+    path = client.download(args.job, args.checkpoint, args.format, Path(args.output) if args.output else None,
+                           progress_for)
+    for bar in bars:
+        bar.done()
+    print(path)
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Runs one ``mol client`` command; 1 with the server's detail for an error answer or an unreachable server,
+    2 for a local file that cannot be read."""
+    if not args.token:
+        print("warning: no token (set MOL_TOKEN or pass --token); the API will answer 401", file=sys.stderr)
+    client = MolClient(args.url, args.token)
+    try:
+        return args.client_func(client, args)
+    except ApiError as err:
+        print(f"error: {err.detail}" + (f" (HTTP {err.status})" if err.status else ""), file=sys.stderr)
+        return 1
+    except httpx.HTTPError as err:
+        print(f"error: cannot talk to {args.url}: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, yaml.YAMLError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+
+
+def add_client_parser(sub: argparse._SubParsersAction) -> None:
+    """The ``client`` command group under the ``mol`` parser's subcommands."""
+    group = sub.add_parser("client", help="use a MoL Studio API from the terminal (MOL_API_URL, MOL_TOKEN): upload, "
+                                          "submit, follow, list, cancel, download")
+    group.add_argument("--url", default=os.environ.get("MOL_API_URL", DEFAULT_URL),
+                       help="the API's base URL (default: MOL_API_URL, else %(default)s)")
+    group.add_argument("--token", default=os.environ.get("MOL_TOKEN"), help="bearer token (default: MOL_TOKEN)")
+    group.set_defaults(func=run_command)
+    commands = group.add_subparsers(dest="client_command", required=True)
+    p = commands.add_parser("upload", help="upload a JSONL/Parquet/text file in parts (progress on stderr); "
+                                           "prints the dataset id")
+    p.add_argument("file")
+    p.add_argument("--purpose", choices=PURPOSES, required=True)
+    p.set_defaults(client_func=cmd_upload)
+    p = commands.add_parser("submit", help="submit a job spec file (YAML or JSON); prints the job id")
+    p.add_argument("spec")
+    p.set_defaults(client_func=cmd_submit)
+    p = commands.add_parser("follow", help="print a job's events and metrics live, one line each, until it ends "
+                                           "(exit 0 if it succeeded)")
+    p.add_argument("job")
+    p.set_defaults(client_func=cmd_follow)
+    p = commands.add_parser("list", help="list your jobs, newest first")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(client_func=cmd_list)
+    p = commands.add_parser("cancel", help="cancel a job")
+    p.add_argument("job")
+    p.set_defaults(client_func=cmd_cancel)
+    p = commands.add_parser("download", help="download a checkpoint as .tar.gz (progress on stderr); prints its path")
+    p.add_argument("job")
+    p.add_argument("checkpoint", metavar="STEP|best", help="step-N, N, or best")
+    p.add_argument("--format", choices=tuple(FORMATS), default="full",
+                   help="full (the whole model; a LoRA job's merged into its base, the same as merged) or adapter")
+    p.add_argument("-o", "--output", help="file or directory to write (default: the server's file name here)")
+    p.set_defaults(client_func=cmd_download)

@@ -1,0 +1,153 @@
+"""`mol client` against a live uvicorn server: upload, submit, list, cancel, follow, download, and errors that print
+the server's detail (exit 1, no traceback). The commands run in-process through the `mol` entry point."""
+
+import json
+import socket
+import tarfile
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+
+from api.app import create_app
+from api.cli import main
+from api.client import MolClient
+from api.settings import Settings
+from worker.runner import run
+
+TOKEN = "tok-alice"  # conftest's alice
+DOCS = "".join(json.dumps({"text": f"Question: What is {i} plus 1?\nAnswer: {i + 1}"}) + "\n" for i in range(40))
+PROSE = "".join(json.dumps({"text": f"The river and the stone number {i} under the quiet morning."}) + "\n"
+                for i in range(40))
+
+
+@pytest.fixture
+def settings(tmp_path, tiny_model_dir) -> Settings:
+    """conftest's settings on SQLite only: the client speaks HTTP, the database behind it is another file's test."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "tiny").symlink_to(tiny_model_dir)
+    return Settings(home=tmp_path / "home", models_dir=models, demo_model=False, max_upload_mb=1,
+                    tokens="alice:tok-alice,bob:tok-bob", stream_poll_s=0.05)
+
+
+@pytest.fixture
+def server(settings, monkeypatch):
+    """The base URL of a real server whose queue only records; MOL_API_URL and MOL_TOKEN point the client at it."""
+    app = create_app(settings, enqueue=lambda _job_id: None)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                             timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not instance.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    base = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MOL_API_URL", base)
+    monkeypatch.setenv("MOL_TOKEN", TOKEN)
+    yield base
+    instance.should_exit = True
+    thread.join(10)
+
+
+def mol(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["client", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def api(base: str) -> httpx.Client:
+    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
+def datasets(capsys, tmp_path) -> tuple[str, str]:
+    (tmp_path / "docs.jsonl").write_text(DOCS)
+    (tmp_path / "prose.jsonl").write_text(PROSE)
+    code, domain, err = mol(capsys, "upload", str(tmp_path / "docs.jsonl"), "--purpose", "domain")
+    assert code == 0 and domain.strip().startswith("ds_"), err
+    assert "upload docs.jsonl" in err and "100%" in err  # the progress bar, on stderr
+    code, general, _ = mol(capsys, "upload", str(tmp_path / "prose.jsonl"), "--purpose", "general")
+    assert code == 0
+    return domain.strip(), general.strip()
+
+
+def spec_file(tmp_path, domain: str, general: str, **extra) -> str:
+    spec = {"name": "cli", "base_model": "tiny", "domain_data": [domain], "general_data": [general], "seq_len": 32,
+            "batch_size": 4, "lr": 3e-3, "max_steps": 2, "eval_every": 2, "save_every": 2, "eval_batches": 1} | extra
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def test_upload_submit_list_and_cancel(server, capsys, tmp_path):
+    domain, general = datasets(capsys, tmp_path)
+    with api(server) as http:
+        stored = http.get(f"/v1/datasets/{domain}").json()
+        assert stored["filename"] == "docs.jsonl" and stored["documents"] == 40
+        code, out, err = mol(capsys, "submit", spec_file(tmp_path, domain, general))
+        job_id = out.strip()
+        assert code == 0 and job_id.startswith("job_"), err
+        assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "queued"
+        code, table, _ = mol(capsys, "list")
+        header, row = table.splitlines()[:2]
+        assert code == 0 and header.split()[:3] == ["ID", "NAME", "STATUS"] and row.split()[:3] == [job_id, "cli",
+                                                                                                    "queued"]
+        code, out, _ = mol(capsys, "cancel", job_id)
+        assert code == 0 and out.strip() == f"{job_id} cancelled"
+        assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
+        code, _, err = mol(capsys, "cancel", job_id)  # a 409: the server's detail, exit 1
+        assert code == 1 and f"job '{job_id}' is already cancelled" in err and "Traceback" not in err
+
+
+def test_errors_print_the_detail_and_exit_1_without_a_traceback(server, capsys, tmp_path):
+    code, _, err = mol(capsys, "submit", spec_file(tmp_path, "ds_nope", "ds_nope"))
+    assert code == 1 and "ds_nope" in err and "(HTTP 422)" in err and "Traceback" not in err
+    code, _, err = mol(capsys, "download", "job_0123456789abcdef", "best", "-o", str(tmp_path / "x.tar.gz"))
+    assert code == 1 and "job 'job_0123456789abcdef' not found" in err and not (tmp_path / "x.tar.gz").exists()
+    code, _, err = mol(capsys, "--token", "wrong", "list")
+    assert code == 1 and "(HTTP 401)" in err and "Traceback" not in err
+    code, _, err = mol(capsys, "upload", str(tmp_path / "missing.jsonl"), "--purpose", "eval")
+    assert code == 2 and "missing.jsonl" in err and "Traceback" not in err
+
+
+def test_follow_and_download_a_finished_job(server, settings, capsys, tmp_path):
+    domain, general = datasets(capsys, tmp_path)
+    job_id = mol(capsys, "submit", spec_file(tmp_path, domain, general))[1].strip()
+    assert run(job_id, settings) == "succeeded"
+    code, out, _ = mol(capsys, "follow", job_id)
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "job ended: succeeded"
+    assert any(line.startswith("step 2 ") and "train/loss=" in line for line in lines)  # metrics, one line each
+    assert any(line.endswith("Z  succeeded: " + line.split("succeeded: ", 1)[-1]) for line in lines)  # the event
+    code, out, err = mol(capsys, "download", job_id, "2", "-o", str(tmp_path))
+    tarball = tmp_path / f"{job_id}-step-2-merged.tar.gz"
+    assert code == 0 and out.strip() == str(tarball) and "download 2" in err and "MiB/s" in err
+    with tarfile.open(tarball) as tar:
+        assert f"{job_id}-step-2/config.json" in tar.getnames()
+
+
+def test_follow_resumes_from_the_last_event_id_after_a_dropped_connection():
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        if len(seen) == 1:
+            def dropped():
+                yield b'event: metric\nid: 1:0\ndata: {"seq": 1, "step": 1, "train/loss": 2.5}\n\n'
+                raise httpx.ReadError("connection reset")
+            return httpx.Response(200, content=dropped())
+        return httpx.Response(200, content=b': ping\n\nevent: event\nid: 1:1\ndata: {"kind": "succeeded", "message": '
+                                            b'"done", "created_at": "2026-11-29T18:00:00Z"}\n\n'
+                                            b'event: end\nid: 1:1\ndata: {"status": "succeeded"}\n\n')
+
+    client = MolClient("http://mol.test", "t", transport=httpx.MockTransport(handler))
+    messages = [(m.event, m.id) for m in client.follow("job_1")]
+    assert messages == [("metric", "1:0"), ("event", "1:1"), ("end", "1:1")] and seen == [None, "1:0"]
