@@ -3,6 +3,7 @@
     mol train SPEC.yaml --out DIR [--resume] [--set FIELD=VALUE ...]
     mol sweep SPEC.yaml --grid ratio=4:1,1:1 --grid kl_weight=0.5,1 --out DIR   (one job per grid point)
     mol export DIR/checkpoints/step-N OUT [--merged]     (or DIR/checkpoints/best: the best within the budget)
+    mol interpolate RUN_OR_CHECKPOINT --alphas 0,0.25,0.5,0.75,1 [--export ALPHA --out DIR]   (WiSE-FT)
     mol demo [DIR]
 """
 
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,11 +123,24 @@ def run_local(spec: JobSpec, out: str | Path, log_every: int, resume: bool = Fal
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    spec = resolve_local(load_spec(args.spec, args.set), args.demo_dir)
-    result = run_local(spec, args.out, args.log_every, resume=args.resume)
+    out = Path(args.out)
+    made_here = not out.exists()
+    try:
+        spec = resolve_local(load_spec(args.spec, args.set), args.demo_dir)
+        result = run_local(spec, args.out, args.log_every, resume=args.resume)
+    except BaseException:
+        if made_here and os.environ.get("RANK", "0") == "0":
+            remove_if_holds_nothing(out)  # a run that failed before writing anything leaves no directory behind
+        raise
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
         print(summary(Path(args.out), result.status, result.checkpoint))
     return 0 if result.status == "succeeded" else 1
+
+
+def remove_if_holds_nothing(directory: Path) -> None:
+    """Deletes ``directory`` when no file under it holds a byte (a failed start's empty logs and folders)."""
+    if directory.is_dir() and not any(f.is_file() and f.stat().st_size for f in directory.rglob("*")):
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def summary(out: Path, status: str, checkpoint: Path | None) -> str:
@@ -225,14 +240,49 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from .interpolate import (
+        checkpoint_spec,
+        evaluate_interpolation,
+        export_interpolated,
+        interpolation_table,
+        resolve_checkpoint,
+    )
+
+    if (args.export is None) != (args.out is None):
+        raise CliError("--export ALPHA and --out DIR go together")
+    checkpoint = resolve_checkpoint(args.run_or_checkpoint)
+    try:
+        alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else []
+    except ValueError:
+        raise CliError(f"--alphas {args.alphas!r}: expected numbers in [0, 1] separated by commas") from None
+    if alphas:
+        print(f"interpolating the base and {checkpoint}", file=sys.stderr)
+        print(interpolation_table(evaluate_interpolation(checkpoint_spec(checkpoint), checkpoint, alphas)))
+    if args.export is not None:
+        print(export_interpolated(checkpoint, args.export, args.out))
+    return 0
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
     from .replicate import main as replicate
 
     return replicate(args.out, args.docs, args.steps)
 
 
+def installed_version() -> str:
+    """The installed mol-studio distribution's version (pyproject.toml's), or ``unknown`` from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mol-studio")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mol", description="Mixture-of-Losses domain adaptation of causal LMs")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a job spec (YAML)")
@@ -264,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", default=None, help="LoRA: base model directory, if it moved")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("interpolate", help="evaluate the models between the base and a checkpoint, "
+                                           "(1-α)·base + α·checkpoint (LoRA: the adapter scaled by α), and export one")
+    p.add_argument("run_or_checkpoint", help="DIR/checkpoints/step-N, DIR/checkpoints/best, or a run DIR (its best "
+                                             "checkpoint, else its newest)")
+    p.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="comma-separated α in [0, 1] ('' to only export)")
+    p.add_argument("--export", type=float, default=None, metavar="ALPHA", help="write the model at this α to --out")
+    p.add_argument("--out", default=None, help="the export's directory")
+    p.set_defaults(func=cmd_interpolate)
+
     p = sub.add_parser("replicate", help="domain_only, CPT and MoL at 4 ratios on the demo -> docs/results.md")
     p.add_argument("--out", default="runs/replicate", help="where the runs go (reused when complete)")
     p.add_argument("--docs", default="docs", help="where results.md, results.json and the plots go")
@@ -284,6 +343,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     from .checkpoint import CheckpointError
     from .data import DataError
     from .export import ExportError
+    from .interpolate import InterpolationError
     from .modeling import ModelError
     from .train import TrainError
 
@@ -293,7 +353,8 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     hf_logging.disable_progress_bar()  # weight-loading bars would drown the training log
     try:
         return args.func(args)
-    except (CliError, CheckpointError, DataError, ModelError, TrainError, ExportError) as err:
+    except (CliError, CheckpointError, DataError, ModelError, TrainError, ExportError,
+            InterpolationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

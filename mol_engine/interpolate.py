@@ -91,6 +91,26 @@ def trainer_state(checkpoint: str | Path) -> dict:
         raise InterpolationError(f"{checkpoint}: not a training checkpoint (no readable {STATE_FILE}): {err}") from None
 
 
+def resolve_checkpoint(given: str | Path) -> Path:
+    """The checkpoint ``given`` names: a checkpoint directory, ``RUN/checkpoints/best``, or a run directory (its
+    best checkpoint within the budget, else its newest)."""
+    from .budget import best_checkpoint_dir, checkpoint_path
+    from .checkpoint import latest_checkpoint
+
+    path = checkpoint_path(given)
+    if (path / STATE_FILE).is_file():
+        return path
+    found = best_checkpoint_dir(path) or latest_checkpoint(path)
+    if found is None:
+        raise InterpolationError(f"{given}: neither a checkpoint nor a run directory holding one")
+    return found
+
+
+def checkpoint_spec(checkpoint: str | Path) -> JobSpec:
+    """The spec the checkpoint's run trained with (its paths local, as it ran)."""
+    return JobSpec.model_validate(trainer_state(checkpoint)["spec"])
+
+
 def checkpoint_weights(checkpoint: str | Path) -> dict[str, Tensor]:
     """The checkpoint's weights by the names its own files use: full weights, or the adapter's (PEFT's names, the
     adapter name left out); an FSDP checkpoint's shards gathered."""

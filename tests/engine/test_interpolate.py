@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mol_engine.cli import main
 from mol_engine.export import export_checkpoint
 from mol_engine.interpolate import (
     InterpolationError,
@@ -102,3 +103,17 @@ def test_lora_scaled_at_0_is_the_base_and_at_1_the_merged_adapter(make_spec, tmp
     assert row["general_kl"] == 0.0
     with pytest.raises(InterpolationError, match="within \\[0, 1\\]"):
         export_interpolated(result.checkpoint, 1.5, tmp_path / "bad")
+
+
+def test_cli_prints_a_table_exports_and_refuses_alpha_outside_0_1(make_spec, tmp_path, capsys):
+    spec = make_spec(finetune="lora", lora={"rank": 4}, lr=1e-2, max_steps=2, eval_every=2, save_every=2,
+                     eval_data=None)
+    run = tmp_path / "run"
+    train(spec, run)
+    assert main(["interpolate", str(run), "--alphas", "0,1", "--export", "0.5", "--out", str(tmp_path / "x")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["alpha", "domain_ppl", "general_ppl", "general_kl"]
+    assert [line.split()[0] for line in out[1:3]] == ["0", "1"] and float(out[1].split()[3]) == 0.0
+    assert out[3] == str(tmp_path / "x") and (tmp_path / "x" / "config.json").is_file()
+    assert main(["interpolate", str(run), "--alphas", "0,1.5"]) == 2
+    assert "1.5 is not" in capsys.readouterr().err
