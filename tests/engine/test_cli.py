@@ -1,5 +1,7 @@
 import json
+import re
 
+import pytest
 import yaml
 
 from mol_engine.cli import load_spec, main, parse_overrides
@@ -52,9 +54,19 @@ def test_bad_data_names_the_line(tmp_path, tiny_model_dir, corpora, capsys):
     spec = write_spec(tmp_path / "spec.yaml", tiny_model_dir, corpora, domain_data=[str(bad)])
     assert main(["train", str(spec), "--out", str(tmp_path / "run")]) == 2
     assert "bad.jsonl, line 3: invalid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # a failed start leaves no empty run directory
 
 
 def test_missing_model_directory_is_a_clear_error(tmp_path, tiny_model_dir, corpora, capsys):
     spec = write_spec(tmp_path / "spec.yaml", tiny_model_dir, corpora, base_model=str(tmp_path / "nope"))
     assert main(["train", str(spec), "--out", str(tmp_path / "run")]) == 2
     assert "base_model:" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "kept").mkdir()  # a directory that was there before is the user's: kept
+    assert main(["train", str(spec), "--out", str(tmp_path / "kept")]) == 2 and (tmp_path / "kept").is_dir()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0 and re.fullmatch(r"mol \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
