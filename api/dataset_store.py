@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import HTTPException
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
@@ -17,15 +18,31 @@ from .settings import Settings
 from .upload import Received
 from .validation import inspect_dataset
 
+EXISTING_HEADER = "Mol-Existing-Dataset"  # on a 200 answering an upload of a file already stored: its dataset id
+
+
+def stored_twin(db: Session, owner: str, purpose: str, sha256: str) -> Dataset | None:
+    """The owner's dataset (the oldest) already holding a file with this sha256 for this purpose, whose file is
+    still there: an upload of the same bytes again returns it instead of storing a copy."""
+    same = select(Dataset).where(Dataset.owner == owner, Dataset.purpose == purpose, Dataset.sha256 == sha256)
+    return next((d for d in db.scalars(same.order_by(Dataset.created_at, Dataset.id)) if Path(d.path).is_file()),
+                None)
+
 
 async def keep_dataset(sessions: sessionmaker, owner: str, purpose: str, received: Received,
-                       then: Callable[[Session, Dataset], None] | None = None) -> Dataset:
-    """The Dataset recorded for ``received`` (a whole file in the dataset store) once its contents pass.
+                       then: Callable[[Session, Dataset], None] | None = None) -> tuple[Dataset, bool]:
+    """(the Dataset for ``received``, a whole file in the dataset store; whether it is new).
 
-    422 naming the field or the client's line when they do not, and the file is deleted. ``then(db, dataset)``
-    runs in the transaction that adds the row. The database is used only after the (long) check.
+    The owner's dataset of the same bytes and purpose when there is one (``received`` is deleted); else a new
+    one recorded once its contents pass: 422 naming the field or the client's line when they do not, and the
+    file is deleted. ``then(db, dataset)`` runs in the transaction that adds the row (or finds the twin). The
+    database is used only after the (long) check.
     """
     path = received.path
+    twin = await run_in_threadpool(_twin, sessions, owner, purpose, received.sha256, then)
+    if twin is not None:
+        path.unlink(missing_ok=True)
+        return twin, False
     try:
         documents, tokens = await run_in_threadpool(inspect_dataset, path, purpose, received.filename)
     except DataError as err:
@@ -38,7 +55,16 @@ async def keep_dataset(sessions: sessionmaker, owner: str, purpose: str, receive
     except BaseException:
         path.unlink(missing_ok=True)
         raise
-    return dataset
+    return dataset, True
+
+
+def _twin(sessions: sessionmaker, owner: str, purpose: str, sha256: str,
+          then: Callable[[Session, Dataset], None] | None) -> Dataset | None:
+    with sessions.begin() as db:
+        twin = stored_twin(db, owner, purpose, sha256)
+        if twin is not None and then is not None:
+            then(db, twin)
+    return twin
 
 
 def _record(sessions: sessionmaker, dataset: Dataset, then: Callable[[Session, Dataset], None] | None) -> None:

@@ -4,26 +4,37 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select
 
+from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.token_store import cache_root
 
-from ..dataset_store import keep_dataset, owns_file
+from ..dataset_store import EXISTING_HEADER, keep_dataset, owns_file
 from ..db import Dataset, Job, is_id
 from ..deps import DB, Owner, StreamOwner, Svc
-from ..schemas import DATASET_FORM, DatasetOut, errors
+from ..schemas import DATASET_FORM, DatasetOut, DatasetPreview, PreviewDocument, errors
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
 from ..validation import ACTIVE, dataset_refs
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
+PREVIEW_CHARS = 4000  # of each document a preview shows
+PreviewCount = Annotated[int, Query(ge=1, le=50, description="how many documents, from the first")]
+
+
+EXISTING = {200: {"model": DatasetOut, "headers": {EXISTING_HEADER: {"schema": {"type": "string"}, "description":
+              "the id of the dataset returned"}}, "description": "the owner's dataset of the same file and purpose, "
+              "stored before (the same sha256): no copy is kept"}}
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_FORM,
-             responses=errors(403, 413, 507))
-async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc) -> Dataset:
+             responses=EXISTING | errors(403, 413, 507))
+async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc, response: Response) -> Dataset:
     try:
         upload = await receive_upload(request, svc.settings.datasets_dir, svc.settings.max_upload_bytes)
     except UploadTooLarge:
@@ -35,7 +46,16 @@ async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc) -> Data
     final = upload.path.with_name(upload.path.name.removeprefix(".").removesuffix(".part"))
     os.replace(upload.path, final)
     upload.path = final
-    return await keep_dataset(svc.sessions, owner, upload.fields.get("purpose", ""), upload)
+    dataset, new = await keep_dataset(svc.sessions, owner, upload.fields.get("purpose", ""), upload)
+    if not new:
+        mark_existing(response, dataset)
+    return dataset
+
+
+def mark_existing(response: Response, dataset: Dataset) -> None:
+    """Answer 200 with the header naming it: the upload's file was stored before as ``dataset``."""
+    response.status_code = 200
+    response.headers[EXISTING_HEADER] = dataset.id
 
 
 @router.get("", response_model=list[DatasetOut])
@@ -53,6 +73,32 @@ def owned_dataset(db, owner: str, dataset_id: str) -> Dataset:
 @router.get("/{dataset_id}", response_model=DatasetOut, responses=errors(404))
 def get_dataset(dataset_id: str, owner: Owner, db: DB) -> Dataset:
     return owned_dataset(db, owner, dataset_id)
+
+
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview, responses=errors(404))
+def preview_dataset(dataset_id: str, owner: Owner, db: DB, n: PreviewCount = 5) -> DatasetPreview:
+    """The dataset's stats and its first ``n`` documents, each cut to PREVIEW_CHARS; read as a stream, so memory
+    stays bounded by one document whatever the file's size."""
+    dataset = owned_dataset(db, owner, dataset_id)
+    db.close()
+    try:
+        texts = list(islice(documents_of(Path(dataset.path), dataset.purpose), n))
+    except DataError as err:  # the file changed or vanished since it was checked
+        raise HTTPException(409, f"dataset '{dataset_id}': {str(err).replace(dataset.path, dataset.filename)}") \
+            from None
+    return DatasetPreview(dataset=DatasetOut.model_validate(dataset),
+                          documents=[PreviewDocument(text=t[:PREVIEW_CHARS], chars=len(t)) for t in texts])
+
+
+def documents_of(path: Path, purpose: str) -> Iterator[str]:
+    """The file's documents in order as a preview shows them, read lazily: a question/answer pair as one."""
+    if purpose == "eval":
+        return (f"{pair.question}\n\n{pair.answer}" for pair in iter_qa(path))
+    if purpose == "prompts":
+        from mol_engine.samples import read_prompts
+
+        return iter(read_prompts(path))  # at most MAX_SAMPLE_PROMPTS short rows
+    return iter(DocumentReader(path))
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=errors(403, 404, 409))

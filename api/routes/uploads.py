@@ -10,12 +10,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from .. import upload_state as state
-from ..dataset_store import keep_dataset
+from ..dataset_store import EXISTING_HEADER, keep_dataset
 from ..db import Dataset, Upload
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import RAW_BODY, CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut, errors
 from ..upload import DiskFull
 from ..upload_parts import MAX_PARTS, TooLarge, assemble, receive_part
+from .datasets import mark_existing
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=errors(401, 422))
 Index = Annotated[int, Path(ge=0, lt=MAX_PARTS)]
@@ -62,7 +63,8 @@ async def put_part(upload_id: str, index: Index, request: Request, owner: Stream
 
 
 @router.post("/{upload_id}/complete", status_code=201, response_model=DatasetOut,
-             responses={200: {"model": DatasetOut, "description": "completed before: the same dataset"}}
+             responses={200: {"model": DatasetOut, "description": "completed before, or the owner's dataset of "
+                               f"the same file and purpose stored before (then with the {EXISTING_HEADER} header)"}}
              | errors(400, 403, 404, 409, 507))
 async def complete_upload(upload_id: str, body: CompleteIn, response: Response, owner: StreamOwner,
                           svc: Svc) -> Dataset:
@@ -71,16 +73,19 @@ async def complete_upload(upload_id: str, body: CompleteIn, response: Response, 
         response.status_code = 200
         return await run_in_threadpool(state.dataset_of, svc.sessions, upload)
     try:
-        dataset = await _build_dataset(upload, body.sha256, owner, svc)
+        dataset, new = await _build_dataset(upload, body.sha256, owner, svc)
     except BaseException:
         await run_in_threadpool(state.reopen, svc.sessions, upload_id)
         raise
     shutil.rmtree(svc.settings.uploads_dir / upload_id, ignore_errors=True)
+    if not new:
+        mark_existing(response, dataset)
     return dataset
 
 
-async def _build_dataset(upload: Upload, expected: str | None, owner: str, svc: Svc) -> Dataset:
-    """The parts joined into the dataset store, checked against ``expected``, validated and recorded."""
+async def _build_dataset(upload: Upload, expected: str | None, owner: str, svc: Svc) -> tuple[Dataset, bool]:
+    """(the dataset, whether new): the parts joined into the dataset store, checked against ``expected``, validated
+    and recorded, or the owner's dataset of the same bytes."""
     files = [svc.settings.uploads_dir / upload.id / part.file for part in upload.parts]
     try:
         received = await run_in_threadpool(assemble, files, svc.settings.datasets_dir, upload.filename, upload.bytes)

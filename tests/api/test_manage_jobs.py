@@ -1,6 +1,7 @@
 """Managing work: deleting a job (rows and run directory), filtering the jobs list while paging, previewing a
 dataset, and an upload of a file already stored returning the existing dataset."""
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -88,3 +89,52 @@ def test_filters_apply_together_and_paging_keeps_them(client, auth):
 def test_an_unknown_filter_value_is_a_422_naming_it(client, auth, params):
     response = client.get("/v1/jobs", headers=auth(), params=params)
     assert response.status_code == 422 and response.json()["detail"].startswith(f"query.{next(iter(params))}")
+
+
+def jsonl(*records: dict) -> str:
+    return "".join(json.dumps(r) + "\n" for r in records)
+
+
+def test_preview_shows_the_first_documents_cut_to_a_few_kb_with_the_stats(client, auth, upload):
+    long = "word " * 2000  # 10,000 characters
+    dataset = upload(jsonl({"text": long}, *({"text": f"doc {i}"} for i in range(9)))).json()
+    response = client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth(), params={"n": 3})
+    assert response.status_code == 200, response.text
+    preview = response.json()
+    assert [d["text"] for d in preview["documents"][1:]] == ["doc 0", "doc 1"]
+    first = preview["documents"][0]
+    assert first["chars"] == len(long.strip()) and 1000 < len(first["text"]) < first["chars"]
+    assert preview["dataset"]["documents"] == 10 and preview["dataset"]["bytes"] == dataset["bytes"]
+    assert preview["dataset"]["token_stores"] == []
+    assert len(client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth()).json()["documents"]) == 5
+
+
+def test_preview_of_an_eval_set_shows_question_and_answer_and_is_the_owners_only(client, auth, upload):
+    dataset = upload(jsonl({"question": "2+2?", "answer": "4"}), purpose="eval").json()
+    preview = client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth()).json()
+    assert [d["text"] for d in preview["documents"]] == ["2+2?\n\n4"]
+    assert client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth("bob")).status_code == 404
+    too_many = client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth(), params={"n": 51})
+    assert too_many.status_code == 422
+
+
+def test_uploading_a_stored_file_again_returns_the_existing_dataset(client, auth, upload, settings):
+    content = jsonl({"text": "the same bytes"})
+    first = upload(content)
+    again = upload(content, filename="renamed.jsonl")
+    assert first.status_code == 201 and "Mol-Existing-Dataset" not in first.headers
+    assert again.status_code == 200 and again.json() == first.json()
+    assert again.headers["Mol-Existing-Dataset"] == first.json()["id"]
+    assert len(list(settings.datasets_dir.iterdir())) == 1  # no second copy kept
+    assert upload(content, purpose="general").status_code == 201  # another purpose: another dataset
+    assert upload(content, owner="bob").status_code == 201  # another owner's: never shared
+
+    parts = client.post("/v1/uploads", headers=auth(), json={"filename": "c.jsonl", "purpose": "domain",
+                                                             "bytes": len(content)}).json()
+    headers = auth() | {"Content-Type": "application/octet-stream"}
+    assert client.put(f"/v1/uploads/{parts['id']}/parts/0", headers=headers, content=content).status_code == 200
+    done = client.post(f"/v1/uploads/{parts['id']}/complete", headers=auth(), json={})
+    assert done.status_code == 200 and done.json()["id"] == first.json()["id"]
+    assert done.headers["Mol-Existing-Dataset"] == first.json()["id"]
+    upload_now = client.get(f"/v1/uploads/{parts['id']}", headers=auth()).json()
+    assert upload_now["status"] == "completed" and upload_now["dataset_id"] == first.json()["id"]
