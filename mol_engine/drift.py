@@ -53,7 +53,8 @@ def passage_kls(model: nn.Module, reference: Reference, blocks: BlockSource, *, 
         hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)[:, :-1]
         ref_hidden = reference.hidden(batch.input_ids, batch.attention_mask, batch.position_ids)[:, :-1]
         kl = torch.zeros(valid.shape, dtype=torch.float32, device=device)
-        kl[valid] = _chunked_token_kl(hidden[valid], head, ref_hidden[valid], reference.head, kl_direction, chunk)
+        kl[valid] = _chunked_token_kl(hidden[valid], head, ref_hidden[valid], reference.head, kl_direction,
+                                      chunk).float()  # bf16 under autocast on a GPU
         for ids, mask, row_kl, row_valid in zip(batch.input_ids, batch.attention_mask, kl, valid, strict=True):
             n = int(mask.sum())
             targets = [float(k) if v else None for k, v in zip(row_kl.tolist(), row_valid.tolist(), strict=True)]

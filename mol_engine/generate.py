@@ -186,7 +186,7 @@ class _Halt(StoppingCriteria):
         self.should_stop = should_stop
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool)
+        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
 
 
 class _TextPieces(BaseStreamer):
