@@ -148,6 +148,12 @@ class MolClient:
     def close(self) -> None:
         self.http.close()
 
+    def __enter__(self) -> MolClient:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
     def request(self, method: str, path: str, **kwargs) -> Any:
         response = checked(self.http.request(method, path, **kwargs))
         return response.json() if response.content else None
@@ -162,17 +168,30 @@ class MolClient:
         with path.open("rb") as handle:
             for index in range(count):
                 handle.seek(index * part_bytes)
-                part = handle.read(part_bytes)
-                self._put_part(upload["id"], index, part)
-                progress(len(part))
+                self._put_part(upload["id"], index, handle.read(part_bytes), progress)
         return self.request("POST", f"/v1/uploads/{upload['id']}/complete", json={"part_count": count})
 
-    def _put_part(self, upload_id: str, index: int, part: bytes) -> None:
+    def _put_part(self, upload_id: str, index: int, part: bytes, progress: Callable[[int], None]) -> None:
+        """One part, sent in chunks that each advance ``progress``; a dropped connection sends it once more (the
+        same index replaces the part, so a retry never adds bytes twice) with the progress it had made undone."""
         url = f"/v1/uploads/{upload_id}/parts/{index}"
+        sent = 0
+
+        def chunks() -> Iterator[bytes]:
+            nonlocal sent
+            for start in range(0, len(part), CHUNK_BYTES):
+                chunk = part[start:start + CHUNK_BYTES]
+                yield chunk
+                sent += len(chunk)
+                progress(len(chunk))
+
+        headers = {"Content-Length": str(len(part)), "Content-Type": "application/octet-stream"}
         try:
-            self.request("PUT", url, content=part)
-        except httpx.TransportError:  # the same index again replaces the part: a retry never adds bytes twice
-            self.request("PUT", url, content=part)
+            self.request("PUT", url, content=chunks(), headers=headers)
+        except httpx.TransportError:
+            progress(-sent)
+            sent = 0
+            self.request("PUT", url, content=chunks(), headers=headers)
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         """POST /v1/jobs with an Idempotency-Key (one new key per call unless given): a retry of this call after a

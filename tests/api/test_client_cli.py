@@ -1,7 +1,9 @@
 """`mol client` against a live uvicorn server: upload, submit, list, cancel, follow, download, and errors that print
 the server's detail (exit 1, no traceback). The commands run in-process through the `mol` entry point."""
 
+import hashlib
 import json
+import os
 import socket
 import tarfile
 import threading
@@ -74,9 +76,10 @@ def datasets(capsys, tmp_path) -> tuple[str, str]:
     code, domain, err = mol(capsys, "upload", str(tmp_path / "docs.jsonl"), "--purpose", "domain")
     assert code == 0 and domain.strip().startswith("ds_"), err
     assert "upload docs.jsonl" in err and "100%" in err  # the progress bar, on stderr
-    code, general, _ = mol(capsys, "upload", str(tmp_path / "prose.jsonl"), "--purpose", "general")
-    assert code == 0
-    return domain.strip(), general.strip()
+    with MolClient(os.environ["MOL_API_URL"], TOKEN) as client:  # several parts: 1000 bytes each
+        general = client.upload(tmp_path / "prose.jsonl", "general", part_bytes=1000)
+    assert general["sha256"] == hashlib.sha256(PROSE.encode()).hexdigest() and len(PROSE) > 2000
+    return domain.strip(), general["id"]
 
 
 def spec_file(tmp_path, domain: str, general: str, **extra) -> str:
@@ -151,3 +154,23 @@ def test_follow_resumes_from_the_last_event_id_after_a_dropped_connection():
     client = MolClient("http://mol.test", "t", transport=httpx.MockTransport(handler))
     messages = [(m.event, m.id) for m in client.follow("job_1")]
     assert messages == [("metric", "1:0"), ("event", "1:1"), ("end", "1:1")] and seen == [None, "1:0"]
+
+
+def test_a_part_cut_off_is_sent_again_and_the_progress_counts_it_once(tmp_path):
+    puts: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path == "/v1/uploads":
+            return httpx.Response(201, json={"id": "up_1"})
+        if request.method == "PUT":
+            puts.append(len(request.read()))
+            if len(puts) == 2:  # the second part's first try: the connection drops once its bytes are sent
+                raise httpx.WriteError("connection reset")
+            return httpx.Response(200, json={})
+        return httpx.Response(201, json={"id": "ds_1", "part_count": json.loads(request.content)["part_count"]})
+
+    (tmp_path / "f.jsonl").write_bytes(b"x" * 2500)
+    advanced: list[int] = []
+    with MolClient("http://mol.test", "t", transport=httpx.MockTransport(handler)) as client:
+        dataset = client.upload(tmp_path / "f.jsonl", "domain", advanced.append, part_bytes=1000)
+    assert dataset == {"id": "ds_1", "part_count": 3} and puts == [1000, 1000, 1000, 500] and sum(advanced) == 2500
