@@ -30,13 +30,15 @@ export async function api(path, { method = "GET", json, form } = {}) {
 }
 
 // Up to `count` items of a paged list (`{data, has_more, last_id}`), newest first, walking pages of at most
-// 200 with `after`; returns {items, more}, `more` telling whether older items were left out.
+// 200 with `after` (`path` may carry filters: `/v1/jobs?status=failed`); returns {items, more}, `more` telling
+// whether older items were left out.
 export async function listPages(path, count = Infinity) {
   const items = [];
   let after = null;
   for (;;) {
     const limit = Math.min(200, count - items.length);
-    const page = await api(`${path}?limit=${limit}${after ? `&after=${encodeURIComponent(after)}` : ""}`);
+    const page = await api(`${path}${path.includes("?") ? "&" : "?"}limit=${limit}`
+      + `${after ? `&after=${encodeURIComponent(after)}` : ""}`);
     items.push(...page.data);
     if (!page.has_more || items.length >= count) return { items, more: page.has_more };
     after = page.last_id;

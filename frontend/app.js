@@ -84,7 +84,7 @@ function route() {
   document.querySelectorAll("[data-nav]").forEach((a) => a.classList.toggle("active", a.dataset.nav === parts[0]));
   const pages = {
     jobs: () => jobsPage(view),
-    new: () => newJobPage(view),
+    new: () => newJobPage(view, new URLSearchParams(query).get("from")),
     job: () => jobPage(view, parts[1]),
     compare: () => comparePage(view, new URLSearchParams(query).get("ids")?.split(",").filter(Boolean) ?? []),
     playground: () => playgroundPage(view, new URLSearchParams(query).get("model")),

@@ -173,9 +173,20 @@ export async function jobPage(view, jobId) {
       try { job = await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" }); drawHeader(); }
       catch (err) { alert(err.message); cancel.disabled = false; }
     } }, job.cancel_requested ? "Cancelling…" : "Cancel");
+    // an ended job only: the server refuses (409) to delete one a worker may still write to
+    const remove = el("button", { class: "danger", "data-action": "delete", onclick: async () => {
+      if (!window.confirm(`Delete the job ${job.name} with its checkpoints, metrics and logs? This cannot be undone.`)) {
+        return;
+      }
+      remove.disabled = true;
+      try { await api(`/v1/jobs/${jobId}`, { method: "DELETE" }); location.hash = "#/jobs"; }
+      catch (err) { alert(err.message); remove.disabled = false; }
+    } }, "Delete");
+    const clone = el("a", { class: "button", href: `#/new?from=${encodeURIComponent(jobId)}`, "data-action": "clone" },
+      "Clone");
     header.replaceChildren(el("h1", {}, job.name), statusBadge(job.status),
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
-      el("span", { class: "spacer" }), ...(FINAL.includes(job.status) ? [] : [cancel]));
+      el("span", { class: "spacer" }), clone, FINAL.includes(job.status) ? remove : cancel);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
     if (job.stop_reason === "budget") {
       header.append(el("p", { class: "muted wide", "data-stop-reason": "budget" },

@@ -27,6 +27,26 @@ function row(job, selected, onToggle) {
 }
 
 const PAGE = 50;
+const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+const METHODS = [["mol", "MoL"], ["cpt", "CPT"], ["domain_only", "Domain only"]];
+
+// The filter controls (status, method, name contains) and the list's query string they make; onChange on edits.
+function filterBar(onChange) {
+  const choice = (name, label, options) => el("select", { name, "aria-label": label, onchange: onChange },
+    el("option", { value: "" }, `Any ${label.toLowerCase()}`), options.map(([v, t]) => el("option", { value: v }, t)));
+  const status = choice("status", "Status", STATUSES.map((s) => [s, s]));
+  const method = choice("method", "Method", METHODS);
+  let typing;
+  const name = el("input", { type: "search", name: "q", placeholder: "Name contains…", "aria-label": "Name contains",
+    oninput: () => { clearTimeout(typing); typing = setTimeout(onChange, 250); } });
+  const node = el("div", { class: "filters", role: "search" }, status, method, name);
+  node.query = () => {
+    const params = new URLSearchParams();
+    for (const input of [status, method, name]) if (input.value.trim()) params.set(input.name, input.value.trim());
+    return params.toString();
+  };
+  return node;
+}
 
 // The newest sweeps (POST /v1/sweeps), each a link to its Pareto view in Compare.
 async function showSweeps(line) {
@@ -49,14 +69,17 @@ export async function jobsPage(view) {
   const empty = el("div", { class: "empty" }, el("p", {}, "No jobs yet."),
     el("p", {}, "Start one from ", el("a", { href: "#/new" }, "New job"),
       ": the demo model and corpora are ready to pick."));
+  const noMatch = el("p", { class: "empty muted", hidden: true }, "No jobs match these filters.");
   const error = el("p", { class: "error" });
-  let shown = PAGE;  // the newest jobs listed; "Show older jobs" adds a page
+  let shown = PAGE;  // the newest jobs listed; "Show older jobs" adds a page, with the same filters
+  const filters = filterBar(() => { shown = PAGE; refresh(); });
   const older = el("button", { class: "more", hidden: true, onclick: () => { shown += PAGE; refresh(); } },
     "Show older jobs");
   const sweeps = el("p", { class: "sweeps", hidden: true });
   view.replaceChildren(el("section", { class: "card" },
     el("div", { class: "toolbar" }, el("h1", {}, "Jobs"), el("span", { class: "spacer" }), compare,
-      el("a", { class: "button primary", href: "#/new" }, "New job")), error, sweeps, table, empty, older));
+      el("a", { class: "button primary", href: "#/new" }, "New job")), error, sweeps, filters, table, empty, noMatch,
+    older));
   showSweeps(sweeps);
 
   const onToggle = (id, on) => {
@@ -68,10 +91,14 @@ export async function jobsPage(view) {
 
   async function refresh() {
     try {
-      const { items: jobs, more } = await listPages("/v1/jobs", shown);
+      const query = filters.query();
+      const { items: jobs, more } = await listPages(`/v1/jobs${query ? `?${query}` : ""}`, shown);
+      if (query !== filters.query()) return;  // the filters changed meanwhile: a newer refresh draws
       body.replaceChildren(...jobs.map((job) => row(job, selected, onToggle)));
       older.hidden = !more;
-      empty.hidden = jobs.length > 0;
+      empty.hidden = jobs.length > 0 || query !== "";
+      noMatch.hidden = jobs.length > 0 || query === "";
+      filters.hidden = jobs.length === 0 && query === "";  // nothing to filter yet
       table.hidden = jobs.length === 0;
       error.textContent = "";
     } catch (err) {

@@ -116,7 +116,14 @@ function datasetPicker(spec, datasets) {
   const error = fieldError(spec.field);
   const known = new Map(datasets.map((d) => [d.id, d]));
   const stats = el("p", { class: "muted dataset-stats", "data-stats-for": spec.field });
-  const showStats = () => { stats.textContent = datasetStats(known.get(select.value)); };
+  const preview = el("div", { class: "dataset-preview", "data-preview-for": spec.field, hidden: true });
+  const previewLink = el("a", { href: "#", class: "preview-link", "data-preview-link": spec.field,
+    onclick: (e) => { e.preventDefault(); togglePreview(preview, select.value); } }, "preview");
+  const showStats = () => {
+    const d = known.get(select.value);
+    stats.replaceChildren(datasetStats(d), d ? " · " : "", d ? previewLink : "");
+    preview.hidden = true;
+  };
   select.addEventListener("change", () => { select.dataset.touched = "1"; showStats(); });
   const input = el("input", { type: "file", id: `file-${spec.purpose}`, accept: ".jsonl,.json,.ndjson,.txt,.md,.parquet" });
   // null: every byte sent, the server joins and checks the file (an indeterminate bar meanwhile)
@@ -150,14 +157,59 @@ function datasetPicker(spec, datasets) {
   });
   const node = el("div", { class: "picker", "data-purpose": spec.purpose },
     el("label", { for: select.id }, spec.label, spec.required ? " *" : ""), el("p", { class: "muted" }, spec.help),
-    el("div", { class: "row" }, select, drop), stats, bar, error);
+    el("div", { class: "row" }, select, drop), stats, preview, bar, error);
   // picks the model's default unless the user chose or uploaded one
   node.pickFor = (model) => {
     if (select.dataset.touched) return;
     select.value = defaultDataset(spec.purpose, [...known.values()], model);
     showStats();
   };
+  // picks the dataset a cloned job used (when it is still there)
+  node.pick = (id) => {
+    if (![...select.options].some((o) => o.value === id)) return;
+    select.value = id;
+    select.dataset.touched = "1";
+    showStats();
+  };
   return node;
+}
+
+// Shows (or hides again) the first documents of a dataset and its stats, as GET /v1/datasets/{id}/preview gives them.
+async function togglePreview(box, id) {
+  if (!box.hidden) { box.hidden = true; return; }
+  box.hidden = false;
+  box.replaceChildren(el("p", { class: "muted" }, "Loading…"));
+  try {
+    const { documents } = await api(`/v1/datasets/${encodeURIComponent(id)}/preview?n=3`);
+    box.replaceChildren(...documents.map((d) => el("pre", { class: "document" }, d.text,
+      d.chars > d.text.length ? el("span", { class: "muted" }, ` … (${d.chars.toLocaleString()} characters)`) : "")),
+    el("p", { class: "muted" }, `The first ${documents.length} documents.`));
+  } catch (err) {
+    box.replaceChildren(el("p", { class: "error" }, `No preview: ${err.message}`));
+  }
+}
+
+// Fills the form with a job's spec (cloning it): its model, choices, datasets and fields, named "<name> (copy)".
+function fillFrom(form, pickers, spec) {
+  const set = (name, value) => {
+    const field = form.elements[name];
+    if (field === undefined || value === undefined || value === null) return;
+    if (field instanceof RadioNodeList || field.type === "radio") {
+      for (const radio of form.querySelectorAll(`[name="${name}"]`)) radio.checked = radio.value === String(value);
+    } else {
+      field.value = String(value);
+    }
+  };
+  for (const name of ["base_model", "method", "reference", "finetune"]) set(name, spec[name]);
+  for (const input of form.querySelectorAll(".field [name]")) {
+    const [head, sub] = input.name.split(".");
+    set(input.name, sub ? spec[head]?.[sub] : spec[head]);
+  }
+  set("name", `${spec.name} (copy)`);
+  form.elements.with_cpt.checked = false;  // a clone is one job
+  const picks = { domain: spec.domain_data?.[0], eval: spec.eval_data,
+    general: spec.general_source === "self" ? SELF : spec.general_data?.[0] };
+  for (const picker of pickers) if (picks[picker.dataset.purpose]) picker.pick(picks[picker.dataset.purpose]);
 }
 
 function radios(name, options, checked) {
@@ -165,8 +217,10 @@ function radios(name, options, checked) {
     el("label", {}, el("input", { type: "radio", name, value, checked: value === checked }), text)));
 }
 
-export async function newJobPage(view) {
-  const [datasets, models, schema] = await Promise.all([api("/v1/datasets"), api("/v1/models"), api("/v1/jobspec")]);
+// ``from``: a job id whose spec fills the form (the job page's Clone button: #/new?from=<job_id>)
+export async function newJobPage(view, from = null) {
+  const [datasets, models, schema, source] = await Promise.all([api("/v1/datasets"), api("/v1/models"),
+    api("/v1/jobspec"), from ? api(`/v1/jobs/${encodeURIComponent(from)}`) : null]);
   const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
   const pickers = PURPOSES.map((p) => datasetPicker(p, datasets));
   const general = el("p", { class: "error", "data-error-for": "spec" });
@@ -207,6 +261,7 @@ export async function newJobPage(view) {
   const pickDefaults = () => pickers.forEach((p) => p.pickFor(modelSelect?.value));
   modelSelect?.addEventListener("change", pickDefaults);
   pickDefaults();
+  if (source) fillFrom(form, pickers, source.spec);
   // data-when="method=mol" shows a part for one choice, "method!=cpt" for all but one
   const showGroups = () => form.querySelectorAll("[data-when]").forEach((g) => {
     const [, name, not, value] = g.dataset.when.match(/^(\w+)(!?)=(\w+)$/);
@@ -219,7 +274,7 @@ export async function newJobPage(view) {
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearErrors(form);
-    const spec = specFrom(form);
+    const spec = specFrom(form, source?.spec);
     try {
       const job = await api("/v1/jobs", { method: "POST", json: spec });
       if (form.elements.with_cpt.checked && spec.method !== "cpt") {
@@ -236,12 +291,13 @@ export async function newJobPage(view) {
 }
 
 // The spec the form describes: the datasets picked, the choices, and each shown input (an empty one is left to the
-// server's default; a number that does not parse goes as typed, so the server names it).
-function specFrom(form) {
+// server's default, or to ``base``'s value when cloning; a number that does not parse goes as typed, so the server
+// names it).
+function specFrom(form, base = {}) {
   const data = new FormData(form);
   const method = data.get("method");
   const generalPick = data.get("general_data");
-  const spec = { base_model: data.get("base_model"), method, finetune: data.get("finetune"),
+  const spec = { ...base, base_model: data.get("base_model"), method, finetune: data.get("finetune"),
     domain_data: [data.get("domain_data")].filter(Boolean),
     general_data: generalPick && generalPick !== SELF ? [generalPick] : [],
     general_source: generalPick === SELF && method !== "domain_only" ? "self" : "corpus",  // domain_only samples none
