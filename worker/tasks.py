@@ -28,7 +28,7 @@ from datetime import timedelta
 from celery import signals
 from sqlalchemy import or_, select, update
 
-from api.db import Job, WorkerSeen, init_db, make_engine, utcnow
+from api.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
 from api.leases import as_utc, lease_is_dead
 from api.settings import Settings
 from api.webhooks import record_job_event_for_webhooks
@@ -71,6 +71,36 @@ def run_job(self, job_id: str) -> str:
     if word == "requeued":  # a rank died: the runner put the job back in the queue to resume
         _send(_task_enqueue, job_id, nproc)
     return word
+
+
+INTERPOLATE_TASK = "mol.interpolate"
+
+
+@app.task(name=INTERPOLATE_TASK, acks_late=True)
+def interpolate(job_id: str, checkpoint: str, alphas: list[float]) -> str:
+    """Evaluate the models between the base and ``checkpoint`` of ``job_id`` at ``alphas`` (WiSE-FT)."""
+    return record_interpolation(_settings(), job_id, checkpoint, alphas)
+
+
+def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alphas: list[float]) -> str:
+    """Run the engine's interpolation of ``checkpoint`` (``step-N``) in this process and store its rows, or the
+    error that stopped it, as an ``interpolation`` event of the job; returns ``done`` or ``failed``."""
+    from mol_engine.interpolate import checkpoint_spec, evaluate_interpolation
+
+    path = settings.runs_dir / job_id / "checkpoints" / checkpoint
+    data: dict = {"checkpoint": checkpoint, "alphas": alphas}
+    try:
+        data["rows"] = evaluate_interpolation(checkpoint_spec(path), path, alphas)
+        message = f"interpolation of {checkpoint}: {len(alphas)} models between the base and it evaluated"
+    except Exception as err:  # the event tells the user; the worker goes on
+        log.exception("interpolation of %s %s failed", job_id, checkpoint)
+        data["error"] = f"{type(err).__name__}: {err}"
+        message = f"interpolation of {checkpoint} failed: {data['error']}"
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions.begin() as db:
+        db.add(JobEvent(job_id=job_id, step=int(checkpoint.removeprefix("step-")), kind="interpolation",
+                        message=message, data=data))
+    return "failed" if "error" in data else "done"
 
 
 def _is_stale_delivery(job: Job | None, settings: Settings) -> bool:

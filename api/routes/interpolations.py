@@ -1,0 +1,103 @@
+"""POST/GET /v1/jobs/{id}/interpolations: the models between the base and a checkpoint, evaluated on a worker.
+
+A request queues the worker task ``mol.interpolate`` (worker/tasks.py), which runs the engine's
+``evaluate_interpolation`` and stores its rows as an ``interpolation`` event of the job; GET lists those events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field, field_validator
+from sqlalchemy import select
+
+from mol_engine.interpolate import DEFAULT_ALPHAS, MAX_ALPHAS, check_alphas
+
+from ..db import JobEvent
+from ..deps import DB, Owner, Svc
+from ..schemas import UtcDatetime, errors
+from .checkpoints import resolve_name
+from .jobs import owned_job
+
+router = APIRouter(prefix="/v1/jobs/{job_id}/interpolations", tags=["interpolations"],
+                   responses=errors(401, 404, 422))
+EVENT_KIND = "interpolation"
+
+Send = Callable[[str, str, list[float]], None]  # (job id, checkpoint name, alphas) -> queued on a worker
+
+
+class InterpolationIn(BaseModel):
+    """Which checkpoint to interpolate with the base, and at which α."""
+
+    checkpoint: str = Field("best", pattern=r"^(best|step-\d{1,9})$", description="'step-N' or 'best'")
+    alphas: list[float] = Field(list(DEFAULT_ALPHAS), min_length=1, max_length=MAX_ALPHAS,
+                                description=f"θ(α) = (1−α)·base + α·checkpoint, each α in [0, 1], at most "
+                                            f"{MAX_ALPHAS}")
+
+    @field_validator("alphas")
+    @classmethod
+    def _within_0_1(cls, alphas: list[float]) -> list[float]:
+        return check_alphas(alphas)  # the engine's rule: InterpolationError is a ValueError, so a 422
+
+
+class InterpolationQueued(BaseModel):
+    job_id: str
+    checkpoint: str
+    alphas: list[float]
+    status: str = "queued"
+
+
+class InterpolationOut(BaseModel):
+    """One interpolation of a job: its rows (``alpha``, ``domain_ppl``, ``general_kl``...) or why it failed."""
+
+    checkpoint: str
+    step: int
+    alphas: list[float]
+    rows: list[dict[str, float]] | None
+    error: str | None
+    created_at: UtcDatetime
+
+
+def celery_sender(svc: Svc) -> Send:
+    """Queues ``mol.interpolate`` on the broker of the service's settings, on the 1-process jobs' queue."""
+
+    def send(job_id: str, checkpoint: str, alphas: list[float]) -> None:
+        from worker.celery_app import make_celery
+        from worker.queue import queue_for
+        from worker.tasks import INTERPOLATE_TASK
+
+        make_celery(svc.settings).send_task(INTERPOLATE_TASK, args=[job_id, checkpoint, alphas], queue=queue_for(1))
+
+    return send
+
+
+Sender = Annotated[Send, Depends(celery_sender)]
+
+
+@router.post("", status_code=202, response_model=InterpolationQueued, responses=errors(400, 409))
+def request_interpolation(job_id: str, body: InterpolationIn, owner: Owner, db: DB, svc: Svc,
+                          send: Sender) -> InterpolationQueued:
+    owned_job(db, owner, job_id)
+    run_dir = svc.settings.runs_dir / job_id
+    name = resolve_name(run_dir, body.checkpoint)  # 'best' before any evaluation: 409
+    if not (run_dir / "checkpoints" / name).is_dir():
+        raise HTTPException(404, f"checkpoint '{body.checkpoint}' not found")
+    send(job_id, name, body.alphas)
+    return InterpolationQueued(job_id=job_id, checkpoint=name, alphas=body.alphas)
+
+
+@router.get("", response_model=list[InterpolationOut])
+def list_interpolations(job_id: str, owner: Owner, db: DB) -> list[InterpolationOut]:
+    owned_job(db, owner, job_id)
+    events = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == EVENT_KIND)
+                        .order_by(JobEvent.seq))
+    return [interpolation_out(e.step, e.data or {}, e.created_at) for e in events]
+
+
+def interpolation_out(step: int, data: dict[str, Any], created_at: datetime) -> InterpolationOut:
+    return InterpolationOut(checkpoint=data.get("checkpoint", f"step-{step}"), step=step,
+                            alphas=data.get("alphas", []), rows=data.get("rows"), error=data.get("error"),
+                            created_at=created_at)
