@@ -29,6 +29,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 PART_BYTES = 8 * 2**20  # the dashboard's part size (docs/api.md: 8 to 64 MiB work well)
 CHUNK_BYTES = 1 << 16
 FOLLOW_RETRIES = 5  # reconnections in a row before `follow` gives up on a dropped stream
+FOLLOW_SILENCE_S = 60.0  # a stream silent this long (the server pings every 15 s) is dead: reconnect
 PURPOSES = ("domain", "general", "eval")
 FORMATS = {"full": "merged", "merged": "merged", "adapter": "adapter"}  # the CLI's word -> the API's ?format=
 
@@ -59,39 +60,46 @@ def checked(response: httpx.Response) -> httpx.Response:
 
 class Progress:
     """A one-line progress bar on ``out`` (stderr): label, bar and percent when the total is known, bytes, rate.
-    Redrawn at most every ``every`` seconds; ``done`` draws the last state and ends the line."""
+    On a terminal it is redrawn in place at most every ``every`` seconds; elsewhere (a log file) only ``done``
+    writes it, once, with the final figures."""
 
     def __init__(self, label: str, total: int | None, out: TextIO | None = None, every: float = 0.2) -> None:
         self.label, self.total, self.out, self.every = label, total, out or sys.stderr, every
+        self.live = self.out.isatty()
         self.done_bytes, self.started, self.drawn = 0, time.monotonic(), 0.0
 
     def advance(self, count: int) -> None:
         self.done_bytes += count
-        if time.monotonic() - self.drawn >= self.every:
-            self._draw("\r")
+        if self.live and time.monotonic() - self.drawn >= self.every:
+            self._draw()
 
     def done(self) -> None:
-        self._draw("\r")
+        self._draw()
         self.out.write("\n")
         self.out.flush()
 
     def line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        amount = f"{mib(self.done_bytes)} MiB"
+        rate = self.done_bytes / max(time.monotonic() - self.started, 1e-6)
+        amount = human_bytes(self.done_bytes)
         if self.total:
             share = min(self.done_bytes / self.total, 1.0)
             filled = int(share * 30)
-            amount = f"[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} {mib(self.done_bytes)}/{mib(self.total)} MiB"
-        return f"{self.label} {amount} {mib(self.done_bytes / elapsed)} MiB/s"
+            amount = f"[{'#' * filled}{'.' * (30 - filled)}] {share:4.0%} {amount} of {human_bytes(self.total)}"
+        return f"{self.label} {amount}, {human_bytes(rate)}/s"
 
-    def _draw(self, start: str) -> None:
+    def _draw(self) -> None:
         self.drawn = time.monotonic()
-        self.out.write(start + self.line())
+        self.out.write(("\r" + self.line() + "\x1b[K") if self.live else self.line())
         self.out.flush()
 
 
-def mib(count: float) -> str:
-    return f"{count / 2**20:.1f}"
+def human_bytes(count: float) -> str:
+    """``count`` bytes in the largest binary unit that keeps it at 1 or more: 812 B, 3.4 KiB, 1.2 GiB."""
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    power = 0
+    while abs(count) >= 1024 and power < len(units) - 1:
+        count, power = count / 1024, power + 1
+    return f"{count:.0f} B" if power == 0 else f"{count:.1f} {units[power]}"
 
 
 @dataclass
@@ -210,13 +218,14 @@ class MolClient:
 
     def follow(self, job_id: str, retries: int = FOLLOW_RETRIES) -> Iterator[SseMessage]:
         """The job's metric and event messages live, until its ``end`` message; after a dropped connection the
-        stream is opened again with ``Last-Event-ID`` so nothing is repeated or lost (``retries`` in a row)."""
+        stream (or one silent for FOLLOW_SILENCE_S) is opened again with ``Last-Event-ID``, so nothing is repeated or
+        lost (``retries`` times in a row at most)."""
         last_id, failures = None, 0
         while True:
             headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_id} if last_id else {})
             try:
                 with self.http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers,
-                                      timeout=httpx.Timeout(30.0, read=None)) as response:
+                                      timeout=httpx.Timeout(30.0, read=FOLLOW_SILENCE_S)) as response:
                     checked(response)
                     for message in sse_messages(response.iter_lines()):
                         failures = 0

@@ -2,6 +2,7 @@
 the server's detail (exit 1, no traceback). The commands run in-process through the `mol` entry point."""
 
 import hashlib
+import io
 import json
 import os
 import socket
@@ -16,7 +17,7 @@ import yaml
 
 from api.app import create_app
 from api.cli import main
-from api.client import MolClient
+from api.client import MolClient, Progress, human_bytes
 from api.settings import Settings
 from worker.runner import run
 
@@ -132,7 +133,7 @@ def test_follow_and_download_a_finished_job(server, settings, capsys, tmp_path):
     assert any(line.endswith("Z  succeeded: " + line.split("succeeded: ", 1)[-1]) for line in lines)  # the event
     code, out, err = mol(capsys, "download", job_id, "2", "-o", str(tmp_path))
     tarball = tmp_path / f"{job_id}-step-2-merged.tar.gz"
-    assert code == 0 and out.strip() == str(tarball) and "download 2" in err and "MiB/s" in err
+    assert code == 0 and out.strip() == str(tarball) and "download 2" in err and "B/s" in err
     with tarfile.open(tarball) as tar:
         assert f"{job_id}-step-2/config.json" in tar.getnames()
 
@@ -174,3 +175,14 @@ def test_a_part_cut_off_is_sent_again_and_the_progress_counts_it_once(tmp_path):
     with MolClient("http://mol.test", "t", transport=httpx.MockTransport(handler)) as client:
         dataset = client.upload(tmp_path / "f.jsonl", "domain", advanced.append, part_bytes=1000)
     assert dataset == {"id": "ds_1", "part_count": 3} and puts == [1000, 1000, 1000, 500] and sum(advanced) == 2500
+
+
+def test_progress_writes_one_final_line_when_not_on_a_terminal():
+    assert [human_bytes(n) for n in (812, 3482, 5 * 2**30)] == ["812 B", "3.4 KiB", "5.0 GiB"]
+    out = io.StringIO()
+    bar = Progress("upload f.jsonl", 2048, out=out, every=0)
+    bar.advance(1024)
+    assert out.getvalue() == ""  # a log file gets no redraws
+    bar.done()
+    assert out.getvalue().startswith("upload f.jsonl [" + "#" * 15 + "." * 15 + "]  50% 1.0 KiB of 2.0 KiB, ")
+    assert out.getvalue().endswith("B/s\n") and out.getvalue().count("\n") == 1
