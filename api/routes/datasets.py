@@ -75,7 +75,7 @@ def get_dataset(dataset_id: str, owner: Owner, db: DB) -> Dataset:
     return owned_dataset(db, owner, dataset_id)
 
 
-@router.get("/{dataset_id}/preview", response_model=DatasetPreview, responses=errors(404))
+@router.get("/{dataset_id}/preview", response_model=DatasetPreview, responses=errors(404, 409))
 def preview_dataset(dataset_id: str, owner: Owner, db: DB, n: PreviewCount = 5) -> DatasetPreview:
     """The dataset's stats and its first ``n`` documents, each cut to PREVIEW_CHARS; read as a stream, so memory
     stays bounded by one document whatever the file's size."""

@@ -3,11 +3,12 @@ dataset, and an upload of a file already stored returning the existing dataset."
 
 import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
-from api.db import Job, JobEvent, MetricPoint, utcnow
+from api.db import Dataset, Job, JobEvent, MetricPoint, utcnow
 
 
 def add_job(client, name: str = "job", status: str = "succeeded", method: str = "mol", owner: str = "alice",
@@ -116,6 +117,14 @@ def test_preview_of_an_eval_set_shows_question_and_answer_and_is_the_owners_only
     assert client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth("bob")).status_code == 404
     too_many = client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth(), params={"n": 51})
     assert too_many.status_code == 422
+
+
+def test_preview_of_a_file_gone_since_is_a_409_naming_the_clients_file(client, auth, upload):
+    dataset = upload(jsonl({"text": "soon gone"}), filename="mine.jsonl").json()
+    with client.app.state.services.sessions() as db:
+        Path(db.get(Dataset, dataset["id"]).path).unlink()
+    response = client.get(f"/v1/datasets/{dataset['id']}/preview", headers=auth())
+    assert response.status_code == 409 and "mine.jsonl" in response.json()["detail"], response.text
 
 
 def test_uploading_a_stored_file_again_returns_the_existing_dataset(client, auth, upload, settings):
