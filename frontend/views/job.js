@@ -1,6 +1,6 @@
 // Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
 import { api } from "../api.js";
-import { LineChart } from "../charts.js";
+import { LineChart, scatter } from "../charts.js";
 import { byteSize, el, localTime, statusBadge } from "../dom.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
@@ -149,6 +149,55 @@ export function driftSection() {
   return { node, add };
 }
 
+// Weight interpolation (WiSE-FT, `interpolation` events): the models (1-α)·base + α·checkpoint evaluated on a
+// worker, drawn as domain gain against drift along α beside the run's own trade-off (one point per evaluation).
+export function interpolationGroups(evals, interpolations) {
+  const base = evals.find((p) => p.step === 0)?.["eval/domain_ppl"];
+  const gain = (ppl) => Math.log(base / ppl);
+  const training = { label: "training (by step)", color: "#2563eb", points: base ? evals
+    .filter((p) => "eval/general_kl" in p).map((p) => ({ x: p["eval/general_kl"], y: gain(p["eval/domain_ppl"]),
+      label: p.step })) : [] };
+  const colors = ["#ea580c", "#16a34a", "#9333ea", "#ca8a04"];
+  const alongAlpha = interpolations.filter((i) => i.rows && base).map((i, n) => ({
+    label: `${i.checkpoint} interpolated (by α)`, color: colors[n % colors.length],
+    points: i.rows.filter((r) => r.general_kl !== undefined)
+      .map((r) => ({ x: r.general_kl, y: gain(r.domain_ppl), label: `α=${r.alpha}` })) }));
+  return [training, ...alongAlpha];
+}
+
+export function interpolationSection(jobId) {
+  const checkpoint = el("input", { name: "checkpoint", value: "best", size: 8 });
+  const alphas = el("input", { name: "alphas", value: "0,0.25,0.5,0.75,1", size: 20 });
+  const note = el("span", { class: "muted" });
+  const plot = el("div", { class: "charts" });
+  const refresh = async () => {
+    const [evals, interpolations] = await Promise.all([api(`/v1/jobs/${jobId}/metrics`),
+      api(`/v1/jobs/${jobId}/interpolations`)]);
+    const failed = interpolations.filter((i) => i.error);
+    note.textContent = failed.length ? `${failed[failed.length - 1].checkpoint}: ${failed[failed.length - 1].error}` : "";
+    plot.replaceChildren();
+    if (interpolations.some((i) => i.rows)) {
+      scatter(plot, { title: "Interpolation: domain gain against drift along α",
+        xLabel: "general drift: KL to the base (nats / token)", yLabel: "domain gain: ln(base ppl / ppl)",
+        groups: interpolationGroups(evals.filter((p) => "eval/domain_ppl" in p), interpolations) });
+    }
+  };
+  const run = el("button", { "data-action": "interpolate", onclick: async () => {
+    run.disabled = true;
+    try {
+      const body = { checkpoint: checkpoint.value.trim(), alphas: alphas.value.split(",").map(Number) };
+      const queued = await api(`/v1/jobs/${jobId}/interpolations`, { method: "POST", json: body });
+      note.textContent = `queued: ${queued.checkpoint} at α = ${queued.alphas.join(", ")}`;
+    } catch (err) { note.textContent = err.message; }
+    run.disabled = false;
+  } }, "Evaluate");
+  const node = el("section", { class: "card interpolation" }, el("h2", {}, "Weight interpolation"),
+    el("p", { class: "muted" }, "The models (1−α)·base + α·checkpoint (LoRA: the adapter scaled by α), evaluated on a "
+      + "worker: a point left of the training curve at the same height forgets less for the same gain."),
+    el("p", {}, "Checkpoint ", checkpoint, " α ", alphas, " ", run, " ", note), plot);
+  return { node, refresh };
+}
+
 export async function jobPage(view, jobId) {
   let job = await api(`/v1/jobs/${jobId}`);
   const header = el("div", { class: "toolbar" });
@@ -158,9 +207,10 @@ export async function jobPage(view, jobId) {
   const ckpts = el("div");
   const samples = samplesSection();
   const drift = driftSection();
+  const interpolation = interpolationSection(jobId);
   view.replaceChildren(el("section", { class: "card" }, header, dataBox),
     el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node, drift.node,
-    el("div", { class: "two" },
+    interpolation.node, el("div", { class: "two" },
       el("section", { class: "card" }, el("h2", {}, "Checkpoints"), ckpts),
       el("section", { class: "card" }, el("h2", {}, "Events"), log)),
     el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", {}, JSON.stringify(job.spec, null, 2))));
@@ -218,6 +268,7 @@ export async function jobPage(view, jobId) {
     if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
     if (ev.kind === "samples") samples.add(ev);
     if (ev.kind === "drift") drift.add(ev);
+    if (ev.kind === "interpolation") interpolation.refresh();
   });
   source.addEventListener("end", () => { source.close(); refresh(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) refresh(); };
