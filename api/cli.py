@@ -18,6 +18,7 @@ from mol_engine import cli as engine_cli
 from mol_engine.spec import MAX_NPROC
 
 from .client import add_client_parser
+from .client import main as client_main
 from .settings import Settings
 
 LOCAL_OWNER = "local"
@@ -288,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mol`` console script; 2 with the message when the MOL_* settings are invalid."""
     from pydantic import ValidationError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["client"]:  # the client needs nothing of the engine: no transformers to load
+        return client_main(argv[1:])
     try:
         return engine_cli.main(argv, parser=build_parser())
     except ValidationError as err:

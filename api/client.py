@@ -404,3 +404,16 @@ def add_client_parser(sub: argparse._SubParsersAction) -> None:
                    help="full (the whole model; a LoRA job's merged into its base, the same as merged) or adapter")
     p.add_argument("-o", "--output", help="file or directory to write (default: the server's file name here)")
     p.set_defaults(client_func=cmd_download)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m api.client COMMAND …``, the same as ``mol client COMMAND …`` without loading the engine (torch,
+    transformers): it starts in a fraction of a second."""
+    parser = argparse.ArgumentParser(prog="mol")
+    add_client_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["client", *(sys.argv[1:] if argv is None else argv)])
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,8 @@ import io
 import json
 import os
 import socket
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -186,3 +188,11 @@ def test_progress_writes_one_final_line_when_not_on_a_terminal():
     bar.done()
     assert out.getvalue().startswith("upload f.jsonl [" + "#" * 15 + "." * 15 + "]  50% 1.0 KiB of 2.0 KiB, ")
     assert out.getvalue().endswith("B/s\n") and out.getvalue().count("\n") == 1
+
+
+def test_the_client_imports_nothing_of_the_server_or_the_engine():
+    loaded = subprocess.run([sys.executable, "-c", "import sys, api.client; print(' '.join(sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout.split()
+    assert "httpx" in loaded and not [m for m in loaded if m.split(".")[0] in ("torch", "transformers", "fastapi",
+                                                                               "sqlalchemy", "mol_engine")]
+    assert not [m for m in loaded if m.startswith("api.") and m != "api.client"]
