@@ -74,6 +74,8 @@ class Progress:
             self._draw()
 
     def done(self) -> None:
+        """The transfer is whole: its size is the total (a download's was estimated from the listed model size)."""
+        self.total = self.done_bytes
         self._draw()
         self.out.write("\n")
         self.out.flush()
@@ -145,6 +147,15 @@ def filename_of(response: httpx.Response, fallback: str) -> str:
     return Path(found.group(1)).name if found else fallback
 
 
+def retry_once(call: Callable[[], Any]) -> Any:
+    """``call()``, and once more after a dropped connection: for requests a repeat cannot double (a part sent to
+    the same index, a job submitted with the same Idempotency-Key)."""
+    try:
+        return call()
+    except httpx.TransportError:
+        return call()
+
+
 class MolClient:
     """The MoL Studio REST API (docs/api.md) over httpx; each method raises ApiError for an answer >= 400."""
 
@@ -168,8 +179,8 @@ class MolClient:
 
     def upload(self, path: Path, purpose: str, progress: Callable[[int], None] = lambda _n: None,
                part_bytes: int = PART_BYTES) -> dict[str, Any]:
-        """``path`` as a dataset through the resumable uploads API: create, send each part missing on the server,
-        complete; a part cut off by a dropped connection is sent again once. Returns the Dataset."""
+        """``path`` as a dataset through the resumable uploads API: create, send each part in order, complete; a
+        part cut off by a dropped connection is sent again once. Returns the Dataset."""
         size = path.stat().st_size
         count = max(1, math.ceil(size / part_bytes))
         upload = self.request("POST", "/v1/uploads", json={"filename": path.name, "purpose": purpose, "bytes": size})
@@ -193,22 +204,20 @@ class MolClient:
                 sent += len(chunk)
                 progress(len(chunk))
 
-        headers = {"Content-Length": str(len(part)), "Content-Type": "application/octet-stream"}
-        try:
-            self.request("PUT", url, content=chunks(), headers=headers)
-        except httpx.TransportError:
-            progress(-sent)
+        def send() -> None:
+            nonlocal sent
+            progress(-sent)  # a retry: what the cut-off try counted is sent again
             sent = 0
+            headers = {"Content-Length": str(len(part)), "Content-Type": "application/octet-stream"}
             self.request("PUT", url, content=chunks(), headers=headers)
+
+        retry_once(send)
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         """POST /v1/jobs with an Idempotency-Key (one new key per call unless given): a retry of this call after a
         lost answer makes no second job."""
         key = idempotency_key or str(uuid.uuid4())
-        try:
-            return self.request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key})
-        except httpx.TransportError:
-            return self.request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key})
+        return retry_once(lambda: self.request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key}))
 
     def list_jobs(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.request("GET", "/v1/jobs", params={"limit": limit})["data"]

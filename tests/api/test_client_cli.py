@@ -185,8 +185,10 @@ def test_progress_writes_one_final_line_when_not_on_a_terminal():
     bar = Progress("upload f.jsonl", 2048, out=out, every=0)
     bar.advance(1024)
     assert out.getvalue() == ""  # a log file gets no redraws
+    assert bar.line().startswith("upload f.jsonl [" + "#" * 15 + "." * 15 + "]  50% 1.0 KiB of 2.0 KiB, ")
+    bar.advance(1000)  # a download's total is an estimate: once done, what came is the whole
     bar.done()
-    assert out.getvalue().startswith("upload f.jsonl [" + "#" * 15 + "." * 15 + "]  50% 1.0 KiB of 2.0 KiB, ")
+    assert out.getvalue().startswith("upload f.jsonl [" + "#" * 30 + "] 100% 2.0 KiB of 2.0 KiB, ")
     assert out.getvalue().endswith("B/s\n") and out.getvalue().count("\n") == 1
 
 
