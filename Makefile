@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
 up: setup
-	$(VENV)/bin/mol up
+	$(VENV)/bin/mol up --host $(HOST) --port $(PORT)
 
 demo: setup
 	$(VENV)/bin/mol train examples/demo-mol.yaml --out runs/demo-mol --resume

@@ -40,6 +40,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         with suppress(asyncio.CancelledError):
             await dispatcher
         sweeper.stop()
+        svc.sessions.kw["bind"].dispose()  # close the pool's connections now, not when the app is collected
 
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:

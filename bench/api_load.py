@@ -281,7 +281,10 @@ async def under_slow_clients(base: str, spec: dict, download: str, args: argpars
     limits = httpx.Limits(max_connections=args.clients + args.slow + 10)
     async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=120, limits=limits) as client:
         slow = [asyncio.create_task(slow_download(base, download, stop, started, downloads)) for _ in range(args.slow)]
-        slow += [asyncio.create_task(slow_upload(base, client, i % 2 == 1, content, stop, started, uploads))
+        # each upload's bytes differ (its first line), so none is answered as an already-stored twin
+        slow += [asyncio.create_task(slow_upload(base, client, i % 2 == 1,
+                                                 json.dumps({"text": f"uploader {i}"}).encode() + b"\n" + content,
+                                                 stop, started, uploads))
                  for i in range(args.slow)]
         deadline = time.monotonic() + 120
         while len(started) < 2 * args.slow and time.monotonic() < deadline and not all(t.done() for t in slow):

@@ -212,19 +212,29 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     optimizer = _optimizer(model, spec, device)  # after wrapping: FSDP replaces the parameters with shards
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
     trainable, total = count_parameters(model)
-    cb.on_event({"step": 0, "kind": "config", "message": (
-        f"method={spec.method} kl_direction={spec.kl_direction} kl_weight={spec.kl_weight} "
-        f"rows/micro-batch domain:general={n_domain}:{n_general} finetune={spec.finetune} "
-        f"reference={getattr(cached or (reference if resident else None), 'kind', 'none')} "
-        f"eval_reference={getattr(reference, 'kind', 'none')} device={device} "
-        f"dtype={str(dtype).removeprefix('torch.')} "
-        f"trainable={trainable:,}/{total:,} params processes={world.size}"),
-        "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
+    held = getattr(cached or (reference if resident else None), "kind", "none")
+    cb.on_event({"step": 0, "kind": "config", "message": config_message(
+        spec, (n_domain, n_general), held, getattr(reference, "kind", "none"), device, dtype, (trainable, total),
+        world.size), "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
     qa = read_qa(spec.eval_data) if spec.eval_data else []
     heldout = (general if general is not None else domain).heldout
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
                optimizer, scheduler, chunk, eos_id, world, step_losses, prompts=prompts)
+
+
+def config_message(spec: JobSpec, rows: tuple[int, int], held: str, eval_reference: str, device, dtype,
+                   params: tuple[int, int], processes: int) -> str:
+    """The run's ``config`` event line. The KL settings and the reference are named as the spec names them, and
+    only for MoL (CPT and domain-only train against no reference); ``holds`` says what is resident while training
+    (``frozen-copy``, ``cached-top-k``, ``adapter-disabled``, ``none``), ``eval_reference`` what the KL gauge uses."""
+    words = [f"method={spec.method}"]
+    if spec.method == "mol":
+        words += [f"kl_direction={spec.kl_direction}", f"kl_weight={spec.kl_weight}", f"reference={spec.reference}"]
+    words += [f"rows/micro-batch domain:general={rows[0]}:{rows[1]}", f"finetune={spec.finetune}", f"holds={held}",
+              f"eval_reference={eval_reference}", f"device={device}", f"dtype={str(dtype).removeprefix('torch.')}",
+              f"trainable={params[0]:,}/{params[1]:,} params", f"processes={processes}"]
+    return " ".join(words)
 
 
 def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, world: World,

@@ -34,7 +34,7 @@ def _base_problems(base: dict[str, Any]) -> str | None:
     return None
 
 
-@router.post("", status_code=201, response_model=SweepOut, responses=errors(403, 503))
+@router.post("", status_code=201, response_model=SweepOut, responses=errors(400, 403, 503))
 def create_sweep(body: SweepIn, owner: Owner, db: DB, svc: Svc) -> SweepOut:
     """One job per grid point, on the base spec's data and seed; a grid over MOL_MAX_SWEEP_JOBS jobs is a 422."""
     base = body.base | ({"name": body.name} if body.name else {})

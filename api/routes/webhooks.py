@@ -22,7 +22,7 @@ def _owned(db, owner: str, endpoint_id: str) -> WebhookEndpoint:
     return endpoint
 
 
-@router.post("", status_code=201, response_model=WebhookCreated, responses=errors(403))
+@router.post("", status_code=201, response_model=WebhookCreated, responses=errors(400, 403))
 def create_webhook(body: WebhookIn, owner: Owner, db: DB) -> WebhookEndpoint:
     """A new endpoint; the answer holds its signing secret, which is never shown again."""
     return create_endpoint(db, owner, str(body.url), body.events)

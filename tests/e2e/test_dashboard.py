@@ -42,7 +42,7 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     page.goto(service.url)
     expect(page.locator("#who")).to_contain_text("signed in as local")
     assert "token=" not in page.url  # the token left the address bar
-    expect(page.locator(".empty")).to_contain_text("No jobs yet")
+    expect(page.locator("div.empty")).to_contain_text("No jobs yet")
 
     page.click("text=New job")
     # the demo model starts on the demo's corpora; the inputs carry the spec's ranges

@@ -36,7 +36,8 @@ def test_baseline_holds_no_reference_while_training_and_its_kl_gauge_is_exact(ma
     events = Events()
     run = setup_run(make_spec(method=method), tmp_path, events)
     assert isinstance(run.reference, OnDemandReference) and not run.reference.resident and base_loads == []
-    assert "reference=none eval_reference=on-demand" in events.config()
+    assert "holds=none eval_reference=on-demand" in events.config()
+    assert "kl_weight" not in events.config() and " reference=" not in events.config()  # CPT has no reference
     for step in (1, 2):
         train_step(run, step)
         assert not run.reference.resident and base_loads == []
@@ -53,7 +54,8 @@ def test_cached_mol_frees_the_base_after_building_its_cache(make_spec, corpora, 
                     events)
     assert run.cached is not None and isinstance(run.reference, OnDemandReference)
     assert len(base_loads) == 1 and base_loads.freed()  # loaded for the build only
-    assert "reference=cached-top-k eval_reference=on-demand" in events.config()
+    assert "holds=cached-top-k eval_reference=on-demand" in events.config()
+    assert "reference=cached " in events.config()  # as the spec names it
     for step in (1, 2):
         train_step(run, step)
         assert not run.reference.resident and len(base_loads) == 1
@@ -68,4 +70,4 @@ def test_exact_mol_keeps_one_frozen_copy_in_the_compute_dtype(make_spec, tmp_pat
     assert isinstance(run.reference, FrozenCopyReference) and len(base_loads) == 1
     assert {p.dtype for p in run.reference.model.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in run.model.parameters()} == {torch.float32}  # the trained weights stay fp32 masters
-    assert "reference=frozen-copy eval_reference=frozen-copy" in events.config()
+    assert "reference=exact " in events.config() and "holds=frozen-copy eval_reference=frozen-copy" in events.config()
