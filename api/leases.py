@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from .settings import Settings
 
@@ -34,7 +35,17 @@ def _process_gone(lease_owner: str | None) -> bool:
         return True
     except PermissionError:  # alive, someone else's
         return False
-    return False
+    return _is_zombie(int(pid))
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited but not been reaped: a runner whose worker was killed is re-parented, and in a
+    container whose init does not reap it stays a zombie, which ``kill(pid, 0)`` still finds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no procfs (macOS), or it went meanwhile
+        return False
+    return stat[stat.rfind(")") + 2:].startswith("Z")  # the state follows the parenthesised command name
 
 
 def lease_is_dead(lease_owner: str | None, heartbeat_at: datetime | None, lease_timeout_s: float,

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -206,3 +207,16 @@ def test_a_runner_whose_lease_was_taken_over_stops_and_leaves_the_job_to_its_new
         assert (job.status, job.lease_owner) == ("running", "host:2")
     assert finish(sessions, job_id, "succeeded", holder="host:2")
     assert state(sessions, job_id)[0] == "succeeded"
+
+
+def test_a_zombie_runner_holds_no_lease():
+    from api.leases import lease_is_dead
+
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    stat = Path(f"/proc/{child.pid}/stat")
+    while time.monotonic() < deadline and "Z" not in stat.read_text().rsplit(")", 1)[1][:3]:
+        time.sleep(0.05)  # exited, not reaped yet: a zombie that kill(pid, 0) still finds
+    owner = f"{socket.gethostname()}:{child.pid}"
+    assert lease_is_dead(owner, utcnow(), lease_timeout_s=3600)
+    child.wait()

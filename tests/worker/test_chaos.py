@@ -147,8 +147,9 @@ def test_sigkilled_workers_job_shows_the_loss_then_resumes_without_gaps(api, wor
     killed.send_signal(signal.SIGKILL)
     killed.wait(10)
     gone = time.monotonic()
-    wait_for(lambda: job(api, job_id)["attempt"] == 3, timeout=LEASE_TIMEOUT_S + SLACK_S, what="the second resume")
-    assert time.monotonic() - gone < LEASE_TIMEOUT_S + SLACK_S  # re-queued and sent again by the API's sweeper
+    # re-queued and sent again by the API's sweeper, then a fresh runner (a new Python importing torch) takes it
+    wait_for(lambda: job(api, job_id)["attempt"] == 3, timeout=LEASE_TIMEOUT_S + 2 * SLACK_S, what="the second resume")
+    assert time.monotonic() - gone < LEASE_TIMEOUT_S + 2 * SLACK_S
     done = ended(api, job_id, wait_for)
     assert done["status"] == "succeeded", done["error"]
     assert train_steps(api, job_id) == list(range(1, 31))  # no duplicate, no missing step
