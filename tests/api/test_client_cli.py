@@ -5,22 +5,19 @@ import hashlib
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 import tarfile
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 
 from api.app import create_app
 from api.cli import main
 from api.client import MolClient, Progress, human_bytes
 from api.settings import Settings
+from tests.live_server import serving
 from worker.runner import run
 
 TOKEN = "tok-alice"  # conftest's alice
@@ -43,23 +40,10 @@ def settings(tmp_path, tiny_model_dir) -> Settings:
 def server(settings, monkeypatch):
     """The base URL of a real server whose queue only records; MOL_API_URL and MOL_TOKEN point the client at it."""
     app = create_app(settings, enqueue=lambda _job_id: None)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                             timeout_graceful_shutdown=1))
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not instance.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("MOL_API_URL", base)
-    monkeypatch.setenv("MOL_TOKEN", TOKEN)
-    yield base
-    instance.should_exit = True
-    thread.join(10)
+    with serving(app, grace_s=1) as base:
+        monkeypatch.setenv("MOL_API_URL", base)
+        monkeypatch.setenv("MOL_TOKEN", TOKEN)
+        yield base
 
 
 def mol(capsys, *argv: str) -> tuple[int, str, str]:

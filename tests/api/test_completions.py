@@ -6,8 +6,6 @@ what is wrong."""
 
 import json
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from api.app import create_app
@@ -23,6 +20,7 @@ from api.db import Job
 from api.model_cache import ModelCache, serving_of
 from api.settings import Settings
 from mol_engine.generate import ModelSource
+from tests.live_server import serving
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
 CAP = 3000  # MOL_MAX_COMPLETION_TOKENS here
@@ -85,20 +83,8 @@ def served(tiny_model_dir, tmp_path_factory):
     jobs = {"full": add_job(app, "alice", tiny_model_dir, 1),
             "lora": add_job(app, "alice", lora_adapter(tiny_model_dir, root / "adapter"), 2)}
     bobs = add_job(app, "bob", tiny_model_dir, 1)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app, jobs, bobs
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as base:
+        yield base, app, jobs, bobs
 
 
 @pytest.fixture

@@ -13,14 +13,12 @@ import socket
 import struct
 import sys
 import tarfile
-import threading
 import time
 import tracemalloc
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from api import tarball
 from api.app import create_app
@@ -30,6 +28,7 @@ from api.routes import checkpoints
 from api.upload import BadUpload, receive_upload
 from api.upload_parts import receive_part
 from api.validation import inspect_dataset
+from tests.live_server import serving
 
 POOL = 2  # connections in the pool, and no overflow: N + 5 slow clients are far more than it holds
 WAIT = 8  # seconds a request waits for a pooled connection before it fails
@@ -42,20 +41,8 @@ def server(settings, tmp_path):
     """(base URL, app) of a real server on a small pool that times out quickly."""
     settings = settings.model_copy(update={"db_pool_size": POOL, "db_max_overflow": 0, "db_pool_timeout_s": WAIT})
     app = create_app(settings, enqueue=lambda _job_id: None)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=2)
-    instance = uvicorn.Server(config)
-    thread = threading.Thread(target=instance.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not instance.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    instance.should_exit = True
-    thread.join(10)
+    with serving(app) as base:
+        yield base, app
 
 
 def add_checkpoint(app, adapter: bool = False) -> tuple[str, Path]:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
 from api.app import create_app
 from api.settings import Settings
-from tests.e2e.conftest import free_port
 from tests.e2e.test_dashboard import CHROMIUM, FLAGS, SHOTS
+from tests.live_server import serving
 
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
@@ -31,17 +28,8 @@ def docs_app(tmp_path_factory):
 @pytest.fixture(scope="module")
 def base_url(docs_app) -> Iterator[str]:
     """``docs_app`` served by uvicorn in a thread."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(docs_app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(30)
+    with serving(docs_app) as base:
+        yield base
 
 
 @pytest.fixture

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
 from api.app import create_app
 from api.db import Job
 from api.settings import Settings
-from tests.e2e.conftest import free_port
 from tests.e2e.test_dashboard import CHROMIUM, FLAGS, SHOTS
+from tests.live_server import serving
 
 
 def other_weights(base: Path, dest: Path) -> Path:
@@ -47,17 +44,8 @@ def playground(tiny_model_dir, tmp_path):
     checkpoint = app.state.services.settings.runs_dir / job.id / "checkpoints" / "step-60"
     other_weights(tiny_model_dir, checkpoint / "model")
     (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 60}))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}", f"{job.id}:step-60"
-    server.should_exit = True
-    thread.join(30)
+    with serving(app) as base:
+        yield base, f"{job.id}:step-60"
     shutil.rmtree(tmp_path / "home", ignore_errors=True)
 
 

@@ -4,20 +4,17 @@ thread, SQLite, no worker: the jobs' evaluations are crafted metric rows)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import threading
-import time
 
 import httpx
 import pytest
-import uvicorn
 from playwright.sync_api import expect
 from test_dashboard import FRONTEND, SHOTS, page  # noqa: F401  (page: the Chromium fixture)
 
 from api.app import create_app
 from api.db import Job, MetricPoint
 from api.settings import Settings
+from tests.live_server import serving
 
 RULES = """
 globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [a, b] } };
@@ -53,20 +50,8 @@ def live_api(tmp_path, tiny_model_dir):
     (models / "tiny").symlink_to(tiny_model_dir)
     app = create_app(Settings(home=tmp_path / "home", models_dir=models, demo_model=False, tokens="alice:tok-a"),
                      enqueue=lambda *_args, **_kw: None)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    thread.join(10)
+    with serving(app) as base:
+        yield base, app
 
 
 def crafted_sweep(url: str, app) -> dict:
