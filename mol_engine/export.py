@@ -9,11 +9,13 @@ Every export carries the checkpoint's model card (README.md) rendered for what i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .checkpoint import STATE_FILE, is_sharded_checkpoint, read_sharded_weights
@@ -46,11 +48,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merged: bool = Fa
     ``base_model`` overrides the base directory recorded in a LoRA adapter (needed to merge).
     """
     source, out = model_dir(checkpoint), Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise ExportError(f"{out}: already exists and is not empty")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with written_whole(out) as tmp:
         if is_sharded_checkpoint(checkpoint) and is_adapter(source) and merged:
             with tempfile.TemporaryDirectory(prefix=f".{out.name}-adapter-", dir=out.parent) as adapter:
                 gather_shards(checkpoint, Path(adapter))
@@ -64,13 +62,25 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, merged: bool = Fa
         if base_model and is_adapter(tmp):
             _set_adapter_base(tmp, base_model)
         write_model_card(tmp, checkpoint_card(checkpoint), export_kind(checkpoint, merged))
+    return out
+
+
+@contextlib.contextmanager
+def written_whole(out: Path) -> Iterator[Path]:
+    """A scratch sibling of ``out`` to write an export into, renamed to ``out`` when the block ends well and removed
+    when it fails, so ``out`` exists only complete. Refuses an ``out`` that holds anything."""
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out}: already exists and is not empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        yield tmp
         if out.exists():
             out.rmdir()
         os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 def export_kind(checkpoint: str | Path, merged: bool) -> str:

@@ -10,16 +10,13 @@ the same axes as the run's evaluations.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
 
 from .checkpoint import STATE_FILE, is_sharded_checkpoint, read_sharded_weights
-from .export import ExportError, checkpoint_card, is_adapter, model_dir
+from .export import ExportError, checkpoint_card, is_adapter, model_dir, written_whole
 from .model_card import CARD_FILE, write_model_card
 from .spec import JobSpec
 
@@ -224,19 +221,11 @@ def export_interpolated(checkpoint: str | Path, alpha: float, out: str | Path, b
     else:
         ckpt_sd = full_checkpoint_state(model, weights)
         model.load_state_dict(interpolated_state(model.state_dict(), ckpt_sd, alpha))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
+    with written_whole(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(model_dir(checkpoint), local_files_only=True).save_pretrained(tmp)
         write_model_card(tmp, checkpoint_card(checkpoint), "merged" if lora else "full")
         _note_alpha(tmp / CARD_FILE, Path(checkpoint).name, alpha, lora)
-        if out.exists():
-            out.rmdir()
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
