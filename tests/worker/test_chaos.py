@@ -126,7 +126,8 @@ def test_sigkilled_workers_job_shows_the_loss_then_resumes_without_gaps(api, wor
     """The only worker killed: the job shows ``queued`` with the reason within the bound and /healthz says degraded;
     then, with a second worker running, the one that took the job over killed: it resumes there. Every step once."""
     only = workers.start()
-    job_id = submit(max_steps=30, save_every=3, eval_every=30)
+    # a tiny model trains ~50 steps a second here: enough steps that the job still runs when each kill lands
+    job_id = submit(max_steps=200, save_every=5, eval_every=200)
     wait_for(lambda: job(api, job_id)["step"] >= 4, what="step 4")
     only.send_signal(signal.SIGKILL)
     only.wait(10)
@@ -142,7 +143,9 @@ def test_sigkilled_workers_job_shows_the_loss_then_resumes_without_gaps(api, wor
 
     workers.start()
     workers.start()
-    wait_for(lambda: (j := job(api, job_id))["attempt"] == 2 and j["step"] >= 10, what="the resume, then step 10")
+    resumed_from = wait_for(lambda: (j := job(api, job_id))["attempt"] == 2 and j["status"] == "running" and j,
+                            what="the resume")["step"]
+    wait_for(lambda: job(api, job_id)["step"] >= resumed_from + 5, every=0.05, what="5 steps after the resume")
     killed = worker_of(api.app.state.services.sessions, job_id, workers.procs)
     killed.send_signal(signal.SIGKILL)
     killed.wait(10)
@@ -152,7 +155,7 @@ def test_sigkilled_workers_job_shows_the_loss_then_resumes_without_gaps(api, wor
     assert time.monotonic() - gone < LEASE_TIMEOUT_S + 2 * SLACK_S
     done = ended(api, job_id, wait_for)
     assert done["status"] == "succeeded", done["error"]
-    assert train_steps(api, job_id) == list(range(1, 31))  # no duplicate, no missing step
+    assert train_steps(api, job_id) == list(range(1, 201))  # no duplicate, no missing step
 
 
 def test_redis_killed_and_restarted_empty_loses_no_job(api, workers, submit, wait_for, private_redis):
@@ -222,7 +225,8 @@ def test_api_killed_mid_stream_ends_the_stream_and_a_new_api_serves_the_rest(ser
     workers.start()
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"},
                           timeout=httpx.Timeout(10, read=30))
-    job_id = submit(max_steps=30, save_every=5, eval_every=30)
+    steps = 250  # ~50 a second here: the job still runs when the API is killed half a second into the 2nd stream
+    job_id = submit(max_steps=steps, save_every=50, eval_every=steps)
     first = _read_stream(client, job_id, None, stop_after=3)
     assert first.how == "stopped"
     cut = SimpleNamespace()
@@ -243,7 +247,7 @@ def test_api_killed_mid_stream_ends_the_stream_and_a_new_api_serves_the_rest(ser
         assert job(client, job_id)["status"] in ("running", "succeeded")
         rest = _read_stream(client, job_id, second.last_id, stop_after=None)
         assert rest.how == "end" and rest.status == "succeeded"
-        assert first.steps + second.steps + rest.steps == list(range(1, 31))  # each point once, across 3 streams
+        assert first.steps + second.steps + rest.steps == list(range(1, steps + 1))  # each point once, across 3 streams
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
