@@ -49,6 +49,22 @@ def demo_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def postgres_url():
+    """A scratch PostgreSQL database on 127.0.0.1:5432 (started by .ci/run), dropped at the end."""
+    import sqlalchemy
+
+    name = f"mol_test_{os.getpid()}"
+    admin = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
+                                     isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as conn:
+        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A randomly initialised ~100K-parameter Llama with a byte-level BPE tokenizer, saved as an HF directory."""
     import torch

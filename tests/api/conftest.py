@@ -1,5 +1,3 @@
-import os
-
 import pytest
 from fastapi.testclient import TestClient
 
@@ -12,22 +10,6 @@ TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
 @pytest.fixture
 def queued() -> list[str]:
     return []
-
-
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A scratch PostgreSQL database on 127.0.0.1:5432 (started by .ci/run), dropped at the end."""
-    import sqlalchemy
-
-    name = f"mol_test_{os.getpid()}"
-    admin = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-                                     isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -40,20 +40,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def pg_url():
-    """A scratch PostgreSQL database for this module, dropped at the end."""
-    name = f"mol_chaos_{os.getpid()}"
-    admin = sqlalchemy.create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/postgres",
-                                     isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f"DROP DATABASE {name} WITH (FORCE)"))
-    admin.dispose()
-
-
 class PrivateRedis:
     """A redis-server of this test's own, without persistence: a restart comes back empty."""
 
@@ -89,13 +75,13 @@ def private_redis(tmp_path):
 
 
 @pytest.fixture
-def service_env(service_env, pg_url, request):
+def service_env(service_env, postgres_url, request):
     """The harness's environment on PostgreSQL (emptied for each test), fast leases, and the private Redis if the
     test asks for one."""
-    engine = sqlalchemy.create_engine(pg_url)
+    engine = sqlalchemy.create_engine(postgres_url)
     Base.metadata.drop_all(engine)
     engine.dispose()
-    env = service_env | {"MOL_DATABASE_URL": pg_url, "MOL_LEASE_TIMEOUT_S": str(LEASE_TIMEOUT_S),
+    env = service_env | {"MOL_DATABASE_URL": postgres_url, "MOL_LEASE_TIMEOUT_S": str(LEASE_TIMEOUT_S),
                          "MOL_HEARTBEAT_S": str(HEARTBEAT_S)}
     if "private_redis" in request.fixturenames:
         env["MOL_BROKER_URL"] = request.getfixturevalue("private_redis").url
