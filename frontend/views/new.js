@@ -18,7 +18,8 @@ const PURPOSES = [
 ];
 
 // The inputs, by spec field (a dotted path for nested ones), in the groups the form shows. `when` names the
-// choice a group depends on; `int` fields step by 1. Fields the server's schema does not know are left out.
+// choice a group depends on; `describe` shows each field's schema description under it. Fields the server's
+// schema does not know are left out.
 const GROUPS = [
   { legend: "Training", fields: [["name", "Name"], ["max_steps", "Steps"], ["lr", "Learning rate"],
     ["warmup_steps", "Warm-up steps"], ["batch_size", "Rows per micro-batch"], ["grad_accum", "Gradient accumulation"],
@@ -26,6 +27,8 @@ const GROUPS = [
   { legend: "Mixture and KL", fields: [["ratio", "Ratio domain:general"], ["kl_weight", "KL weight λ"],
     ["kl_direction", "KL direction"]] },
   { legend: "LoRA", when: ["finetune", "lora"], fields: [["lora.rank", "LoRA rank"], ["lora.alpha", "LoRA alpha"]] },
+  { legend: "Forgetting budget", describe: true, fields: [["max_general_kl", "Max KL to the base"],
+    ["on_budget", "When crossed"], ["best_metric", "Best checkpoint by"]] },
   { legend: "Evaluation, checkpoints, processes", fields: [["eval_every", "Evaluate every (steps)"],
     ["save_every", "Checkpoint every (steps)"], ["nproc", "Processes (torchrun)"]] },
 ];
@@ -48,15 +51,15 @@ function resolve(schema, node) {
   return ref ? { ...schema.$defs[ref.split("/").pop()], ...node } : node;
 }
 
-// {min, max, int, choices, fallback} of a field: pydantic writes ge/le as minimum/maximum, gt/lt as exclusive ones,
-// and an optional number as anyOf [number, null].
+// {min, max, int, choices, fallback, nullable, hint, help} of a field: pydantic writes ge/le as minimum/maximum,
+// gt/lt as exclusive ones, and an optional number as anyOf [number, null].
 export function fieldRule(prop) {
   const typed = prop.anyOf?.find((t) => t.type && t.type !== "null") ?? prop;
   const min = typed.minimum ?? typed.exclusiveMinimum;
   const max = typed.maximum ?? typed.exclusiveMaximum;
   return { min, max, int: typed.type === "integer", number: typed.type === "integer" || typed.type === "number",
     choices: typed.enum ?? null, fallback: prop.default ?? typed.default,
-    hint: rangeHint(typed) };
+    nullable: Boolean(prop.anyOf?.some((t) => t.type === "null")), hint: rangeHint(typed), help: prop.description };
 }
 
 // "from 1 to 1,024", "above 0, at most 1", "at least 0": the range a field accepts, in words.
@@ -74,14 +77,18 @@ function fieldError(name) {
   return el("p", { class: "error field-error", "data-error-for": name });
 }
 
-function inputFor(name, label, rule) {
+// An optional field left empty is sent as null ("none"), so a clone can drop its source's value.
+function inputFor(name, label, rule, describe = false) {
   const id = `f-${name.replace(".", "_")}`;
   const input = rule.choices
     ? el("select", { id, name }, rule.choices.map((c) => el("option", { value: c, selected: c === rule.fallback }, c)))
     : el("input", { id, name, type: rule.number ? "number" : "text", step: rule.int ? 1 : "any", min: rule.min,
-      max: rule.max, value: rule.fallback ?? "" });
+      max: rule.max, value: rule.fallback ?? "", placeholder: rule.nullable ? "none" : null,
+      "data-nullable": rule.nullable });
   return el("div", { class: "field" }, el("label", { for: id }, label), input,
-    rule.hint ? el("small", { class: "range muted" }, rule.hint) : null, fieldError(name));
+    rule.hint ? el("small", { class: "range muted" }, rule.hint) : null,
+    describe && rule.help ? el("small", { class: "help muted", "data-help-for": name }, rule.help) : null,
+    fieldError(name));
 }
 
 // "3.2 MiB · 1,204 documents · sha256 ab12cd34… · 812,330 tokens (demo)": what is known of a dataset.
@@ -229,7 +236,7 @@ export async function newJobPage(view, from = null) {
   const groups = GROUPS.map((g) => {
     const inputs = g.fields.map(([name, label]) => {
       const prop = fieldSchema(schema, name);
-      return prop ? inputFor(name, label, fieldRule(prop)) : null;
+      return prop ? inputFor(name, label, fieldRule(prop), g.describe) : null;
     }).filter(Boolean);
     return inputs.length ? el("fieldset", { "data-group": g.legend, "data-when": g.when?.join("=") },
       el("legend", {}, g.legend), el("div", { class: "grid" }, inputs)) : null;
@@ -278,8 +285,9 @@ export async function newJobPage(view, from = null) {
     try {
       const job = await api("/v1/jobs", { method: "POST", json: spec });
       if (form.elements.with_cpt.checked && spec.method !== "cpt") {
-        await api("/v1/jobs", { method: "POST",
-          json: { ...spec, method: "cpt", reference: "exact", name: `${spec.name}-cpt` } });
+        // the baseline runs its whole budget of steps (a budget only warns there), so the two compare step for step
+        await api("/v1/jobs", { method: "POST", json: { ...spec, method: "cpt", reference: "exact",
+          on_budget: "warn", name: `${spec.name}-cpt` } });
         location.hash = "#/jobs";
       } else {
         location.hash = `#/job/${job.id}`;
@@ -291,8 +299,8 @@ export async function newJobPage(view, from = null) {
 }
 
 // The spec the form describes: the datasets picked, the choices, and each shown input (an empty one is left to the
-// server's default, or to ``base``'s value when cloning; a number that does not parse goes as typed, so the server
-// names it).
+// server's default, or to ``base``'s value when cloning, except an optional one, which goes as null; a number that
+// does not parse goes as typed, so the server names it).
 function specFrom(form, base = {}) {
   const data = new FormData(form);
   const method = data.get("method");
@@ -305,8 +313,8 @@ function specFrom(form, base = {}) {
     reference: method === "mol" ? data.get("reference") : "exact" };
   for (const input of form.querySelectorAll("fieldset:not([hidden]) .field [name]")) {
     const raw = input.value.trim();
-    if (raw === "") continue;
-    const value = input.type === "number" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
+    if (raw === "" && !("nullable" in input.dataset)) continue;
+    const value = raw === "" ? null : input.type === "number" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
     const [head, sub] = input.name.split(".");
     if (sub) spec[head] = { ...spec[head], [sub]: value };
     else spec[head] = value;

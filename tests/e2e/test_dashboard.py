@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from mol_engine.spec import JobSpec
+
 CHROMIUM = "/usr/bin/chromium"
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "screenshots"
@@ -172,17 +174,21 @@ def test_submit_watch_compare_download(service, page, tmp_path):
 RULES = """
 globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [a, b] } };
 const root = process.argv[1];
-const { slotFor, defaultDataset } = await import(`${root}/views/new.js`);
+const { slotFor, defaultDataset, fieldRule, fieldSchema } = await import(`${root}/views/new.js`);
+const schema = JSON.parse(process.argv[2]);  // the JobSpec schema, as GET /v1/jobspec serves it
 const { chartsFor } = await import(`${root}/views/job.js`);
 const { figures } = await import(`${root}/views/compare.js`);
 const { niceTicks, axisRange, tickLabels } = await import(`${root}/charts.js`);
 const slots = ["base_model", "domain_data", "general_data", "eval_data", "reference", "batch_size", "kl_weight",
-  "lora.rank", "name"];
+  "lora.rank", "name", "max_general_kl", "on_budget", "best_metric"];
 const lines = ["kl_weight: Input should be greater than or equal to 0", "lora.rank: Input should be at most 1024",
   "domain_data.0: unknown dataset 'ds_x'",
   "spec: general_data is required for method 'mol' (or set general_source: self)",
   "spec: reference 'cached' only applies to method 'mol' (method is 'cpt')", "general_source: Input should be 'corpus'",
-  "spec: batch_size must be at least 2 so each step holds domain and general rows", "spec: something unnamed"];
+  "spec: batch_size must be at least 2 so each step holds domain and general rows", "spec: something unnamed",
+  "max_general_kl: Input should be greater than 0", "on_budget: Input should be 'warn' or 'stop'",
+  "spec: max_general_kl needs held-out general text: set general_data (or general_source: self)",
+  "spec: best_metric 'qa_exact_match' needs eval_data (a QA set)"];
 const datasets = [{ id: "mine", purpose: "domain", filename: "mine.jsonl" },
   { id: "dd", purpose: "domain", filename: "demo-domain.jsonl" },
   { id: "dg", purpose: "general", filename: "demo-general.jsonl" },
@@ -197,17 +203,20 @@ console.log(JSON.stringify({
   mol: titles({ method: "mol", eval_data: "ds_e" }), cpt: titles({ method: "cpt", eval_data: null }),
   ticks: niceTicks(-0.0719, 4.71), one_step: axisRange(0, 0, { integer: true }), one_value: axisRange(5, 5),
   labels: tickLabels([6.8801, 6.8802, 6.8803]), figures: figures(evals, { name: "eval/domain_ppl", lower: true }),
+  budget: ["max_general_kl", "on_budget", "best_metric"].map((f) => fieldRule(fieldSchema(schema, f))),
 }));
 """
 
 
 def test_form_chart_and_summary_rules():
-    run = subprocess.run(["node", "--input-type=module", "-e", RULES, str(FRONTEND)], capture_output=True, text=True,
-                         timeout=60, check=False)
+    schema = json.dumps(JobSpec.model_json_schema())
+    run = subprocess.run(["node", "--input-type=module", "-e", RULES, str(FRONTEND), schema], capture_output=True,
+                         text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout)
     assert seen["slots"] == ["kl_weight", "lora.rank", "domain_data", "general_data", "reference", "general_data",
-                             "batch_size", None]  # None: above the submit button
+                             "batch_size", None,  # None: above the submit button
+                             "max_general_kl", "on_budget", "max_general_kl", "best_metric"]
     assert seen["demo"] == ["dd", "dg", "de"] and seen["other"] == ["mine", "self", ""]
     mol, cpt = ({t[0]: t for t in seen[m]} for m in ("mol", "cpt"))
     assert mol["Training cross-entropy"][1] == ["domain rows"] and "Training KL to the base (general rows)" in mol
@@ -218,3 +227,10 @@ def test_form_chart_and_summary_rules():
     assert seen["labels"] == ["6.8801", "6.8802", "6.8803"]
     assert seen["figures"] == {"base": {"step": 0, "value": 100}, "final": {"step": 10, "value": 50},
                                "best": {"step": 5, "value": 40}}
+    # the forgetting budget's inputs: an optional number above 0 (empty: none) and two choices, each described
+    kl, on_budget, best = seen["budget"]
+    assert (kl["min"], kl.get("max"), kl["number"], kl["nullable"], kl["hint"]) == (0, None, True, True, "above 0")
+    assert kl.get("fallback") is None and kl["help"].startswith("forgetting budget: the KL to the base")
+    assert (on_budget["choices"], on_budget["fallback"], on_budget["nullable"]) == (["warn", "stop"], "warn", False)
+    assert (best["choices"], best["fallback"]) == (["domain_ppl", "qa_exact_match"], "domain_ppl")
+    assert "needs eval_data" in best["help"]

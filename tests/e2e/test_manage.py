@@ -1,5 +1,6 @@
 """Managing work in the dashboard (headless Chromium against a live API, no worker): the jobs list's filters,
-cloning a job into the New job form (with a dataset preview there), deleting a job after confirming."""
+cloning a job into the New job form (with a dataset preview there, and its forgetting budget), deleting a job
+after confirming."""
 
 from __future__ import annotations
 
@@ -70,6 +71,37 @@ def test_clone_fills_the_new_job_form_with_the_jobs_spec(live_api, page):  # noq
     page.click("[data-preview-link=domain_data]")  # the picked dataset's first documents
     expect(page.locator("[data-preview-for=domain_data] pre.document")).to_have_count(3)
     expect(page.locator("[data-preview-for=domain_data]")).to_contain_text("Contract clause 0")
+    # the forgetting budget: the schema's inputs, each refusal next to its field, kept by a clone, dropped if cleared
+    expect(page.locator("#f-max_general_kl")).to_have_value("")  # no budget: empty, the spec's null
+    expect(page.locator("#f-max_general_kl")).to_have_attribute("placeholder", "none")
+    expect(page.locator('[data-help-for="on_budget"]')).to_contain_text("warn (an event, training goes on)")
+    expect(page.locator("#f-on_budget")).to_have_value("warn")
+    expect(page.locator("#f-best_metric")).to_have_value("domain_ppl")
+    page.fill("#f-max_general_kl", "0")
+    page.click("text=Start training")
+    expect(page.locator('[data-error-for="max_general_kl"]')).to_contain_text("greater than 0")
+    page.fill("#f-max_general_kl", "0.05")
+    page.select_option("#f-on_budget", "stop")
+    page.select_option("#f-best_metric", "qa_exact_match")  # the clone has no QA set
+    page.click("text=Start training")
+    expect(page.locator('[data-error-for="best_metric"]')).to_contain_text("needs eval_data")
+    expect(page.locator('[data-error-for="max_general_kl"]')).to_be_empty()
+    page.select_option("#f-best_metric", "domain_ppl")
+    page.click("text=Start training")
+    expect(page.locator("h1")).to_have_text("legal cpt (copy)")
+    budgeted = page.url.rsplit("/", 1)[1]
+    page.click("[data-action=clone]")
+    expect(page.locator("#f-max_general_kl")).to_have_value("0.05")
+    expect(page.locator("#f-on_budget")).to_have_value("stop")
+    page.fill("#f-name", "no budget")
+    page.fill("#f-max_general_kl", "")
+    page.click("text=Start training")
+    expect(page.locator("h1")).to_have_text("no budget")
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer tok-a"}) as client:
+        spec = client.get(f"/v1/jobs/{budgeted}").json()["spec"]
+        assert (spec["max_general_kl"], spec["on_budget"], spec["best_metric"]) == (0.05, "stop", "domain_ppl")
+        cleared = client.get(f"/v1/jobs/{page.url.rsplit('/', 1)[1]}").json()["spec"]
+        assert cleared["max_general_kl"] is None and cleared["on_budget"] == "stop"
 
 
 def test_delete_asks_first_then_removes_the_job(live_api, page):  # noqa: F811
