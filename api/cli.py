@@ -74,7 +74,7 @@ def register_demo_datasets(sessions, settings: Settings, owner: str, source=None
             digest = _sha256(path)
             if (digest, purpose) in known:
                 continue
-            documents, tokens = inspect_dataset(path, purpose, path.name)
+            documents, tokens = inspect_dataset(path, purpose, path.name, max_bad_lines=settings.max_bad_lines)
             db.add(Dataset(owner=owner, purpose=purpose, filename=f"demo-{path.name}",
                            path=os.path.abspath(link / path.name), bytes=path.stat().st_size, documents=documents,
                            approx_tokens=tokens, sha256=digest))

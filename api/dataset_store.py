@@ -29,14 +29,14 @@ def stored_twin(db: Session, owner: str, purpose: str, sha256: str) -> Dataset |
                 None)
 
 
-async def keep_dataset(sessions: sessionmaker, owner: str, purpose: str, received: Received,
+async def keep_dataset(sessions: sessionmaker, owner: str, purpose: str, received: Received, max_bad_lines: int,
                        then: Callable[[Session, Dataset], None] | None = None) -> tuple[Dataset, bool]:
     """(the Dataset for ``received``, a whole file in the dataset store; whether it is new).
 
     The owner's dataset of the same bytes and purpose when there is one (``received`` is deleted); else a new
-    one recorded once its contents pass: 422 naming the field or the client's line when they do not, and the
-    file is deleted. ``then(db, dataset)`` runs in the transaction that adds the row (or finds the twin). The
-    database is used only after the (long) check.
+    one recorded once its contents pass: 422 naming the field or each of the client's bad lines (the first
+    ``max_bad_lines``, then how many more) when they do not, and the file is deleted. ``then(db, dataset)`` runs
+    in the transaction that adds the row (or finds the twin). The database is used only after the (long) check.
     """
     path = received.path
     twin = await run_in_threadpool(_twin, sessions, owner, purpose, received.sha256, then)
@@ -44,7 +44,8 @@ async def keep_dataset(sessions: sessionmaker, owner: str, purpose: str, receive
         path.unlink(missing_ok=True)
         return twin, False
     try:
-        documents, tokens = await run_in_threadpool(inspect_dataset, path, purpose, received.filename)
+        documents, tokens = await run_in_threadpool(inspect_dataset, path, purpose, received.filename,
+                                                    max_bad_lines=max_bad_lines)
     except DataError as err:
         path.unlink(missing_ok=True)
         raise HTTPException(422, str(err)) from None

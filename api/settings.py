@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     tokens: str = Field("", description="owner:token pairs, comma separated, accepted besides stored tokens")
     max_upload_mb: float = Field(1024, gt=0)
     upload_expiry_h: float = Field(24, gt=0, description="an upload in parts not completed by then is dropped")
+    max_bad_lines: int = Field(20, ge=1, description=(
+        "bad lines of an upload its 422 lists (each with its number and what is wrong); the rest are counted"))
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed with credentials; no '*'")
     job_attempts: int = Field(3, ge=1, description="attempts before a job that keeps crashing is failed")
     heartbeat_s: float = Field(10, gt=0)

@@ -48,28 +48,38 @@ def name_problem(purpose: str, filename: str, field: str = "file") -> str | None
     return None
 
 
-def inspect_dataset(path: Path, purpose: str, filename: str) -> tuple[int, int]:
-    """(documents, approximate tokens) of a stored upload; DataError naming the field or the client's line."""
+def inspect_dataset(path: Path, purpose: str, filename: str, *, max_bad_lines: int) -> tuple[int, int]:
+    """(documents, approximate tokens) of a stored upload; else DataError naming the field, or every bad line of
+    the client's file (the first ``max_bad_lines``, then how many more), each with its number and what is wrong."""
     problem = name_problem(purpose, filename)
     if problem:
         raise DataError(problem)
+    bad = data.BadLines(max_bad_lines)  # the whole file is read: a client fixes every line at once
     try:
-        if purpose == "eval":  # streamed too: memory stays bounded by one pair
-            pairs = chars = 0
-            for pair in iter_qa(path):
-                pairs, chars = pairs + 1, chars + len(pair.question) + len(pair.answer)
-            return pairs, chars // 4
-        if purpose == "prompts":  # at most MAX_SAMPLE_PROMPTS rows of bounded length
-            from mol_engine.samples import read_prompts
+        counted = _count(path, purpose, bad)
+    except DataError as err:  # about the whole file (unreadable, too many prompts), after the lines before it
+        raise DataError(str(bad.error(err)).replace(str(path), filename)) from None
+    if bad.count:
+        raise DataError(str(bad.error()).replace(str(path), filename))
+    return counted
 
-            prompts = read_prompts(path)
-            return len(prompts), sum(map(len, prompts)) // 4
-        documents = chars = 0
-        for doc in DocumentReader(path):  # streamed: memory stays bounded whatever the file size
-            documents, chars = documents + 1, chars + len(doc)
-        return documents, chars // 4
-    except DataError as err:
-        raise DataError(str(err).replace(str(path), filename)) from None
+
+def _count(path: Path, purpose: str, bad: data.BadLines) -> tuple[int, int]:
+    """(records, approximate tokens) of a file read as ``purpose`` with the engine's readers, bad lines to ``bad``."""
+    if purpose == "eval":  # streamed too: memory stays bounded by one pair
+        pairs = chars = 0
+        for pair in iter_qa(path, bad):
+            pairs, chars = pairs + 1, chars + len(pair.question) + len(pair.answer)
+        return pairs, chars // 4
+    if purpose == "prompts":  # at most MAX_SAMPLE_PROMPTS rows of bounded length
+        from mol_engine.samples import read_prompts
+
+        prompts = read_prompts(path, bad)
+        return len(prompts), sum(map(len, prompts)) // 4
+    documents = chars = 0
+    for doc in DocumentReader(path, bad):  # streamed: memory stays bounded whatever the file size
+        documents, chars = documents + 1, chars + len(doc)
+    return documents, chars // 4
 
 
 def dataset_refs(spec: dict[str, Any]) -> set[str]:

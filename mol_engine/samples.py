@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .data import BlockSource, DataError, QAPair, _file_lines, _records
+from .data import BadLines, BlockSource, DataError, QAPair, _bad, _file_lines, _records
 from .generate import LoadedModel, Sampling, context_length, generate
 from .spec import MAX_SAMPLE_PROMPT_CHARS as MAX_PROMPT_CHARS
 from .spec import MAX_SAMPLE_PROMPTS as MAX_PROMPTS
@@ -34,22 +34,24 @@ class Sample:
     completion: str
 
 
-def read_prompts(path: str | Path) -> list[str]:
-    """The ``prompt`` of each row of a JSONL file; DataError naming the line when one is not a non-empty string,
-    or when there are none or more than :data:`MAX_PROMPTS`."""
+def read_prompts(path: str | Path, bad: BadLines | None = None) -> list[str]:
+    """The ``prompt`` of each row of a JSONL file; DataError naming the line when one is not a non-empty string
+    (with ``bad``, such lines are noted there and skipped), or when there are none or more than
+    :data:`MAX_PROMPTS`."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     prompts = []
-    for line_no, record in _records(path, _file_lines(path), ("prompt",)):
+    for line_no, record in _records(path, _file_lines(path, bad), ("prompt",), bad):
         if not record["prompt"].strip():
-            raise DataError(f"{path}, line {line_no}: field 'prompt' is empty")
-        if len(record["prompt"]) > MAX_PROMPT_CHARS:
-            raise DataError(f"{path}, line {line_no}: the prompt has more than {MAX_PROMPT_CHARS} characters")
-        prompts.append(record["prompt"])
+            _bad(bad, DataError(f"{path}, line {line_no}: field 'prompt' is empty"))
+        elif len(record["prompt"]) > MAX_PROMPT_CHARS:
+            _bad(bad, DataError(f"{path}, line {line_no}: the prompt has more than {MAX_PROMPT_CHARS} characters"))
+        else:
+            prompts.append(record["prompt"])
         if len(prompts) > MAX_PROMPTS:
             raise DataError(f"{path}: more than {MAX_PROMPTS} prompts (each is completed at every evaluation)")
-    if not prompts:
+    if not prompts and not (bad and bad.count):
         raise DataError(f"{path}: no prompts found (empty file)")
     return prompts
 

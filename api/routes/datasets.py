@@ -46,7 +46,8 @@ async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc, respons
     final = upload.path.with_name(upload.path.name.removeprefix(".").removesuffix(".part"))
     os.replace(upload.path, final)
     upload.path = final
-    dataset, new = await keep_dataset(svc.sessions, owner, upload.fields.get("purpose", ""), upload)
+    dataset, new = await keep_dataset(svc.sessions, owner, upload.fields.get("purpose", ""), upload,
+                                      svc.settings.max_bad_lines)
     if not new:
         mark_existing(response, dataset)
     return dataset

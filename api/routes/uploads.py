@@ -96,7 +96,7 @@ async def _build_dataset(upload: Upload, expected: str | None, owner: str, svc: 
         received.path.unlink(missing_ok=True)
         raise HTTPException(422, f"sha256: the parts make a file with sha256 {received.sha256}, not the expected "
                                  f"{expected.lower()}; compare each part's sha256 (GET the upload) and resend")
-    return await keep_dataset(svc.sessions, owner, upload.purpose, received,
+    return await keep_dataset(svc.sessions, owner, upload.purpose, received, svc.settings.max_bad_lines,
                               then=lambda db, dataset: state.finish(db, upload.id, dataset))
 
 

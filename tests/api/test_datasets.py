@@ -34,6 +34,20 @@ def test_bad_uploads_get_clear_4xx_and_leave_nothing(client, settings, auth, upl
     assert [p for p in settings.datasets_dir.iterdir()] == []
 
 
+def test_every_bad_line_is_listed_up_to_the_cap_and_the_rest_counted(client, settings, upload):
+    three = upload('{"text": oops}\n[1]\n{"text": "ok"}\n{"txt": "x"}\n')
+    assert three.status_code == 422 and three.json()["detail"].splitlines() == [
+        "data.jsonl, line 1: invalid JSON (Expecting value)", "data.jsonl, line 2: expected a JSON object",
+        "data.jsonl, line 4: missing field 'text'"]
+    qa = upload('{"question": "q", "answer": " "}\n{"question": "q"}\n', purpose="eval", filename="qa.jsonl")
+    assert qa.json()["detail"].splitlines() == ["qa.jsonl, line 1: field 'answer' is empty",
+                                                "qa.jsonl, line 2: missing field 'answer'"]
+    cap = settings.max_bad_lines
+    many = upload('{"text": "ok"}\n' + "[1]\n" * (cap + 5)).json()["detail"].splitlines()
+    assert many == [f"data.jsonl, line {n}: expected a JSON object" for n in range(2, cap + 2)] + [
+        "and 5 more bad lines"]
+
+
 def test_missing_file_part(client, auth):
     response = client.post("/v1/datasets", headers=auth(), data={"purpose": "domain"},
                            files={"other": ("x.txt", b"abc")})

@@ -176,6 +176,16 @@ def test_bad_names_and_bad_contents_get_field_messages(client, auth, start, put)
     assert refused.status_code == 422 and "corpus.jsonl, line 2: invalid JSON" in refused.json()["detail"]
 
 
+def test_completing_lists_every_bad_line_as_a_whole_upload_does(client, settings, auth, start, put):
+    broken = b'{"text": oops}\n{"text": "ok"}\n' + b"[1]\n" * (settings.max_bad_lines + 1)
+    upload = start(size=len(broken))
+    put(upload["id"], 0, broken)
+    lines = complete(client, auth, upload["id"]).json()["detail"].splitlines()
+    assert lines[:2] == ["corpus.jsonl, line 1: invalid JSON (Expecting value)",
+                         "corpus.jsonl, line 3: expected a JSON object"]
+    assert len(lines) == settings.max_bad_lines + 1 and lines[-1] == "and 2 more bad lines"
+
+
 def test_other_owners_get_404(client, auth, start, put):
     upload = start()
     assert put(upload["id"], 0, parts_of(DATA)[0]).status_code == 200
