@@ -264,6 +264,13 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_task(args: argparse.Namespace) -> int:
+    from .task_eval import evaluate_task
+
+    print(json.dumps(evaluate_task(args.model, args.task, limit=args.limit, device=args.device)))
+    return 0
+
+
 def cmd_replicate(args: argparse.Namespace) -> int:
     from .replicate import main as replicate
 
@@ -323,6 +330,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="the export's directory")
     p.set_defaults(func=cmd_interpolate)
 
+    p = sub.add_parser("eval-task", help="score a model on a task file with lm-evaluation-harness (offline): "
+                                         "multiple-choice (question, choices, answer) or exact-match JSONL")
+    p.add_argument("model", help="a checkpoint (DIR/checkpoints/step-N, full or LoRA) or a base model directory")
+    p.add_argument("task", help="the task file (JSONL)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when there is one)")
+    p.set_defaults(func=cmd_eval_task)
+
     p = sub.add_parser("replicate", help="domain_only, CPT and MoL at 4 ratios on the demo -> docs/results.md")
     p.add_argument("--out", default="runs/replicate", help="where the runs go (reused when complete)")
     p.add_argument("--docs", default="docs", help="where results.md, results.json and the plots go")
@@ -345,6 +360,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     from .export import ExportError
     from .interpolate import InterpolationError
     from .modeling import ModelError
+    from .task_eval import TaskError
     from .train import TrainError
 
     args = (parser or build_parser()).parse_args(argv)
@@ -354,7 +370,7 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     try:
         return args.func(args)
     except (CliError, CheckpointError, DataError, ModelError, TrainError, ExportError,
-            InterpolationError) as err:
+            InterpolationError, TaskError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
