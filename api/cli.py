@@ -174,11 +174,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     token = local_token(sessions, settings)
     stop_demo = start_demo(sessions, settings, LOCAL_OWNER) if settings.demo_model else lambda: None
     signal.signal(signal.SIGTERM, _end_by_finally)
-    worker = Supervisor(worker_command(settings, "local"), env=os.environ.copy()).start()  # restarted if it dies
+    worker = Supervisor(worker_command(settings, "local"), env=os.environ.copy(),  # restarted if it dies
+                        log=settings.worker_log_file).start()  # its banner and warnings there: the URL ends the output
     try:
         app = create_app(settings)
-        print(f"MoL Studio is up: http://{args.host}:{args.port}/?token={token}", flush=True)
+        _say(f"worker: started; its log: {settings.worker_log_file}")
         print(f"API: Authorization: Bearer {token}   (docs at http://{args.host}:{args.port}/docs)", flush=True)
+        print(f"MoL Studio is up: http://{args.host}:{args.port}/?token={token}", flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         stop_demo()  # a background build ends at its next step

@@ -100,6 +100,11 @@ class Settings(BaseSettings):
         return self.home / "local-token"
 
     @property
+    def worker_log_file(self) -> Path:
+        """Where the worker that ``mol up`` runs writes its output (the one before: ``worker.log.1``)."""
+        return self.home / "worker.log"
+
+    @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
 

@@ -67,3 +67,18 @@ def test_stop_kills_a_process_that_ignores_sigterm(tmp_path):
     keeper = Supervisor(python(code), stop_timeout_s=0.3, say=lambda _m: None).start()
     wait_for(ready.exists)
     assert keeper.stop() == -signal.SIGKILL
+
+
+def test_with_a_log_the_output_goes_there_and_not_to_the_terminal(tmp_path, capfd):
+    """`mol up` logs its worker this way, so Celery's banner and warnings do not follow the dashboard's URL."""
+    log = tmp_path / "worker.log"
+    log.write_text("an earlier start\n")
+    said: list[str] = []
+    code = "import sys; print('banner'); print('a warning', file=sys.stderr)"
+    keeper = Supervisor(python(code), first_backoff_s=0.02, say=said.append, log=log).start()
+    wait_for(lambda: len(keeper.pauses) >= 2)
+    keeper.stop()
+    assert log.read_text().count("banner\n") >= 2 and log.read_text().count("a warning\n") >= 2  # restarts append
+    assert Path(f"{log}.1").read_text() == "an earlier start\n"
+    assert capfd.readouterr() == ("", "")
+    assert said[0] == f"worker exited (0); restarting it in 0.02 s (its log: {log})"

@@ -109,6 +109,7 @@ def test_mol_up_restarts_a_killed_worker_and_stops_it_on_sigterm(start_service, 
         second = _new_worker_pid(up.client, not_pid=first, timeout=60)
         assert _state(first) is None  # reaped by mol up, not left <defunct>
         assert "worker exited (-9); restarting it in 1 s" in up.log.read_text()
+        assert "[tasks]" not in up.log.read_text() and "[tasks]" in (up.home / "worker.log").read_text()  # banner
         mol_up = int(Path(f"/proc/{second}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the worker's parent
         os.kill(mol_up, signal.SIGTERM)  # to `mol up` alone, as `docker stop` or systemd send it
         deadline = time.monotonic() + 60
