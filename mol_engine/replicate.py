@@ -1,69 +1,104 @@
-"""The paper's comparison at demo scale: domain_only, CPT and MoL at several ratios, same seed, data and budget.
+"""The paper's comparison at demo scale, run as a sweep: domain_only, CPT and MoL at several ratios, same seed, data
+and budget, and the Pareto frontier of domain gain against general drift.
 
-    mol replicate [--out runs/replicate] [--docs docs] [--steps N]    (or: python bench/replicate.py)
+    mol replicate [--out runs/replicate] [--docs docs] [--steps N] [--grid kl_weight=0.5,1,2]
+    (or: python bench/replicate.py)
 
-Writes ``docs/results.md`` (table + plots) and ``docs/results.json`` from the runs themselves.
+The runs are two grids expanded by :func:`mol_engine.sweep.expand_grid` over the demo spec: the baselines
+(:data:`BASELINES`) and MoL over :data:`MOL_GRID`, to which ``--grid`` adds (or replaces) values. Writes
+``docs/results.md`` (table, frontier, targets, plots) and ``docs/results.json`` from the runs themselves.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from .callbacks import Callback, JsonlLogger
-from .demo import build_demo
+from .callbacks import JsonlLogger
+from .cli import load_spec, resolve_local, run_dir_name
 from .spec import JobSpec
+from .sweep import Point, SweepError, expand_grid, pareto_frontier, point_label, result_point
 from .train import train
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo-mol.yaml"
-RUNS = [("domain_only", "1:1"), ("cpt", "1:1"), ("mol", "4:1"), ("mol", "2:1"), ("mol", "1:1"), ("mol", "1:2")]
+BASELINES = {"method": ["domain_only", "cpt"], "ratio": ["1:1"]}  # domain_only draws no general rows at any ratio
+MOL_GRID = {"method": ["mol"], "ratio": ["4:1", "2:1", "1:1", "1:2"]}
 FINAL_KEYS = ["eval/domain_ppl", "eval/general_ppl", "eval/general_kl", "eval/qa_exact_match"]
-
-
-class _Curves(Callback):
-    def __init__(self) -> None:
-        self.evals: list[dict] = []
-
-    def on_metrics(self, step: int, metrics: dict[str, float]) -> None:
-        if "eval/domain_ppl" in metrics:
-            self.evals.append({"step": step, **metrics})
 
 
 def demo_spec(method: str, ratio: str, steps: int | None = None) -> JobSpec:
     """The README's demo spec (examples/demo-mol.yaml) with ``method`` and ``ratio``, on the built demo."""
-    from .cli import load_spec, resolve_local
-
     overrides = [f"method={method}", f"ratio={ratio}", f"name={method}-{ratio.replace(':', 'to')}"]
     if steps:
         overrides.append(f"max_steps={steps}")
     return resolve_local(load_spec(EXAMPLE, overrides))
 
 
-def run_all(out: Path, steps: int | None = None, log=print) -> list[dict]:
-    """Train every configuration of RUNS into ``out``; one result dict per run (final figures and curves)."""
-    build_demo(log=log)
+def grids(extra: Mapping[str, list] | None = None) -> list[dict[str, list]]:
+    """The sweeps replicate runs: the baselines, then MoL over :data:`MOL_GRID` with ``extra`` (e.g. kl_weight
+    values, or other ratios) merged in; SweepError if ``extra`` varies the method."""
+    extra = dict(extra or {})
+    if "method" in extra:
+        raise SweepError("grid: replicate fixes the methods (domain_only, CPT, MoL); vary ratio, kl_weight or lr")
+    return [BASELINES, {**MOL_GRID, **extra}]
+
+
+def label(values: Mapping[str, Any]) -> str:
+    """A run's name in the report: ``cpt``, ``mol 4:1``, ``mol 1:1 kl_weight=0.5`` (the ratio only for MoL)."""
+    words = [str(values["method"])]
+    if values["method"] == "mol":
+        words.append(str(values["ratio"]))
+    words += [f"{key}={value}" for key, value in values.items() if key not in ("method", "ratio")]
+    return " ".join(words)
+
+
+def sweep_points(base: Mapping[str, Any], extra: Mapping[str, list] | None = None) -> list[tuple[dict, dict]]:
+    """(grid values, spec dict) of every run: each grid of :func:`grids` expanded over ``base``, all checked before
+    any run starts (SweepError names a bad key or point)."""
+    return [({key: spec[key] for key in grid}, spec) for grid in grids(extra) for _, spec in expand_grid(base, grid)]
+
+
+def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None = None,
+            log=print) -> list[dict]:
+    """Train every point of :func:`sweep_points` into ``out``, reusing complete runs; one result dict per run: its
+    label, grid values, kl_weight, final figures, wall time and eval curves."""
     results = []
-    for method, ratio in RUNS:
-        spec = demo_spec(method, ratio, steps)
-        run_dir = out / spec.name
-        curves = _Curves()
+    for values, spec in sweep_points(base, extra):
+        run_dir = out / run_dir_name(point_label(values))
         started = time.perf_counter()
-        result = train(spec, run_dir, [curves, JsonlLogger(run_dir)], resume=True)
+        train(JobSpec.model_validate(spec), run_dir, [JsonlLogger(run_dir)], resume=True)
         seconds = time.perf_counter() - started
-        results.append({"method": method, "ratio": ratio, **{k: result.metrics.get(k) for k in FINAL_KEYS},
-                        "wall_s": round(seconds, 1), "curves": curves.evals})
-        log(f"{spec.name}: " + ", ".join(f"{k.split('/')[1]}={results[-1][k]:.4g}" for k in FINAL_KEYS) +
-            f", {seconds:.0f}s")
+        lines = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
+        curves = [m for m in lines if "eval/domain_ppl" in m]  # from the file: a reused run trains no step
+        result = {"run": label(values), **values, "kl_weight": spec["kl_weight"],
+                  **{k: curves[-1].get(k) for k in FINAL_KEYS}, "wall_s": round(seconds, 1), "curves": curves}
+        results.append(result)
+        log(f"{result['run']}: " + ", ".join(f"{k.split('/')[1]}={result[k]:.4g}" for k in FINAL_KEYS
+                                             if result[k] is not None) + f", {seconds:.0f}s")
     return results
 
 
+def trade_off(results: list[dict]) -> tuple[list[Point], list[str]]:
+    """Each run's point (domain gain and general drift, :func:`mol_engine.sweep.result_point`) and the labels of
+    the runs on the Pareto frontier, lowest drift first (:func:`mol_engine.sweep.pareto_frontier`)."""
+    points = [result_point(r["run"], r["curves"]) for r in results]
+    return points, pareto_frontier(points)
+
+
 def targets(results: list[dict]) -> list[tuple[str, bool, str]]:
-    """The issue's targets at 1:1, each (what, holds, figures)."""
-    mol = next(r for r in results if r["method"] == "mol" and r["ratio"] == "1:1")
-    cpt = next(r for r in results if r["method"] == "cpt")
+    """The issue's targets, MoL at 1:1 (at CPT's kl_weight) against CPT, each (what, holds, figures); none
+    without both runs."""
+    cpt = next((r for r in results if r["method"] == "cpt"), None)
+    mol = next((r for r in results if r["method"] == "mol" and r["ratio"] == "1:1"
+                and r.get("kl_weight") == (cpt or {}).get("kl_weight")), None)
+    if cpt is None or mol is None:
+        return []
     kl = mol["eval/general_kl"] / cpt["eval/general_kl"]
     ppl = mol["eval/domain_ppl"] / cpt["eval/domain_ppl"]
     em = (mol["eval/qa_exact_match"] - cpt["eval/qa_exact_match"]) * 100
@@ -73,19 +108,19 @@ def targets(results: list[dict]) -> list[tuple[str, bool, str]]:
 
 
 def plot(results: list[dict], docs: Path) -> list[str]:
-    """PNG plots of the eval curves and the trade-off; returns their file names."""
+    """PNG plots of the eval curves, the trade-off along training and the Pareto frontier; their file names."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    label = [f"{r['method']} {r['ratio']}" if r["method"] == "mol" else r["method"] for r in results]
+    names = [r["run"] for r in results]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     for ax, key, title, log in zip(axes.flat, FINAL_KEYS, ["domain perplexity", "general perplexity",
                                    "KL to base on general text (nats/token)", "QA exact match"],
                                    [True, True, False, False], strict=True):
-        for r, name in zip(results, label, strict=True):
-            ax.plot([p["step"] for p in r["curves"]], [p[key] for p in r["curves"]], marker=".", label=name)
+        for r, name in zip(results, names, strict=True):
+            ax.plot([p["step"] for p in r["curves"]], [p.get(key) for p in r["curves"]], marker=".", label=name)
         ax.set(title=title, xlabel="step", yscale="log" if log else "linear")
         ax.grid(alpha=0.3)
     axes.flat[0].legend()
@@ -94,7 +129,7 @@ def plot(results: list[dict], docs: Path) -> list[str]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    for r, name in zip(results, label, strict=True):
+    for r, name in zip(results, names, strict=True):
         base = r["curves"][0]["eval/domain_ppl"]
         xs = [p["eval/general_kl"] for p in r["curves"]]
         ys = [math.log(base / p["eval/domain_ppl"]) for p in r["curves"]]
@@ -106,33 +141,85 @@ def plot(results: list[dict], docs: Path) -> list[str]:
     fig.tight_layout()
     fig.savefig(docs / "results-tradeoff.png", dpi=110)
     plt.close(fig)
-    return ["results-curves.png", "results-tradeoff.png"]
+    plot_pareto(*trade_off(results), docs / "results-pareto.png")
+    return ["results-curves.png", "results-tradeoff.png", "results-pareto.png"]
 
 
-def write_report(results: list[dict], docs: Path, steps: int) -> None:
-    """docs/results.json (final figures) and docs/results.md (table, targets, plots)."""
+def plot_pareto(points: list[Point], frontier: list[str], path: Path) -> None:
+    """Each run's final point, the frontier's runs filled, named in bold and joined in drift order."""
+    import matplotlib.pyplot as plt
+
+    shown = [p for p in points if p["gain"] is not None and p["drift"] is not None]
+    at = {p["id"]: p for p in shown}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    ax.plot([at[i]["drift"] for i in frontier], [at[i]["gain"] for i in frontier], color="tab:blue", alpha=0.6,
+            zorder=1, label="Pareto frontier")
+    for p in shown:
+        on = p["id"] in frontier
+        ax.scatter(p["drift"], p["gain"], s=60, zorder=2, color="tab:blue" if on else "white",
+                   edgecolors="tab:blue" if on else "tab:gray")
+        ax.annotate(p["id"], (p["drift"], p["gain"]), textcoords="offset points", xytext=(6, 4), fontsize=9,
+                    fontweight="bold" if on else "normal", color="black" if on else "tab:gray")
+    if shown and all(p["drift"] > 0 for p in shown):
+        ax.set_xscale("log")
+    ax.set(xlabel="general drift: KL to the base (nats/token, lower is better)",
+           ylabel="domain gain: ln(base ppl / final ppl)", title="Final runs: the Pareto frontier (filled, bold)")
+    ax.margins(x=0.15, y=0.12)  # room for the names of the outermost points
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(results: list[dict], docs: Path, steps: int, machine: str = "") -> None:
+    """docs/results.json (final figures, gain, drift, frontier) and docs/results.md (table, frontier, targets,
+    plots); ``machine`` says where the wall times were taken."""
     docs.mkdir(parents=True, exist_ok=True)
-    finals = [{k: v for k, v in r.items() if k != "curves"} for r in results]
+    points, frontier = trade_off(results)
+    finals = [{**{k: v for k, v in r.items() if k != "curves"}, "gain": p["gain"], "drift": p["drift"],
+               "on_frontier": r["run"] in frontier} for r, p in zip(results, points, strict=True)]
     (docs / "results.json").write_text(json.dumps(finals, indent=2) + "\n")
     images = plot(results, docs)
     lines = ["# Results: MoL against CPT on the demo", "",
              f"Produced by `mol replicate` ({steps} steps each, same seed, data and budget; "
-             "spec: `examples/demo-mol.yaml`). Do not edit by hand.", "",
-             "| method | ratio | domain ppl | general ppl | KL to base | QA exact match | wall time |",
-             "|---|---|---|---|---|---|---|"]
+             f"spec: `examples/demo-mol.yaml`){machine}. Do not edit by hand.", "",
+             "| method | ratio | KL weight | domain ppl | general ppl | KL to base | QA exact match | domain gain "
+             "| Pareto | wall time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in finals:
-        lines.append(f"| {r['method']} | {r['ratio']} | {r['eval/domain_ppl']:.3f} | {r['eval/general_ppl']:.2f} | "
-                     f"{r['eval/general_kl']:.4f} | {r['eval/qa_exact_match']:.2f} | {r['wall_s']:.0f} s |")
-    lines += ["", "Targets at 1:1:", ""]
-    lines += [f"- {'✅' if ok else '❌'} {what}: {figures}" for what, ok, figures in targets(results)]
+        weight = f"{r['kl_weight']:g}" if r["method"] == "mol" and r.get("kl_weight") is not None else "–"
+        gain = "–" if r["gain"] is None else f"{r['gain']:.4f}"
+        lines.append(f"| {r['method']} | {r['ratio']} | {weight} | {r['eval/domain_ppl']:.3f} | "
+                     f"{r['eval/general_ppl']:.2f} | {r['eval/general_kl']:.4f} | {r['eval/qa_exact_match']:.2f} | "
+                     f"{gain} | {'✓' if r['on_frontier'] else ''} | {r['wall_s']:.0f} s |")
+    lines += ["", "Domain gain is ln(base domain ppl / final domain ppl); drift is the final KL to the base on "
+              "held-out general text. On the Pareto frontier (no other run has a higher gain and a lower drift), "
+              "lowest drift first: " + ", ".join(f"**{name}**" for name in frontier) + "."]
+    checks = targets(results)
+    lines += ["", "Targets, MoL 1:1 against CPT:", ""] if checks else []
+    lines += [f"- {'✅' if ok else '❌'} {what}: {figures}" for what, ok, figures in checks]
     lines += ["", *[f"![{name}]({name})" for name in images], ""]
     (docs / "results.md").write_text("\n".join(lines))
 
 
-def main(out: str = "runs/replicate", docs: str = "docs", steps: int | None = None) -> int:
-    """Run everything and write the report; returns 0."""
-    results = run_all(Path(out), steps, log=lambda m: print(m, file=sys.stderr))
-    write_report(results, Path(docs), steps or demo_spec("mol", "1:1").max_steps)
+def machine_note(load: float) -> str:
+    """``; wall times on 2 CPU cores, load average 3.4 when the runs began``: where the times were taken (a load
+    above the core count means other work shared the machine)."""
+    import torch
+
+    where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
+    busy = " (a busy, shared machine)" if load > (os.cpu_count() or 1) else ""
+    return f"; wall times on {where}, load average {load:.1f} when the runs began{busy}"
+
+
+def main(out: str = "runs/replicate", docs: str = "docs", steps: int | None = None,
+         grid: Mapping[str, list] | None = None) -> int:
+    """Run every sweep point and write the report; returns 0."""
+    spec = demo_spec("mol", "1:1", steps)
+    base = spec.model_dump(mode="json") | {"name": "demo"}
+    load = os.getloadavg()[0]
+    results = run_all(Path(out), base, grid, log=lambda m: print(m, file=sys.stderr))
+    write_report(results, Path(docs), spec.max_steps, machine_note(load))
     for what, ok, figures in targets(results):
         print(f"{'PASS' if ok else 'MISS'} {what}: {figures}")
     return 0
