@@ -1,6 +1,7 @@
 """Load on one API process over loopback, on PostgreSQL: slow clients must not stall anyone.
 
     python bench/api_load.py [--quick] [--slow 40] [--clients 20] [--window 60] [--streams 1000]
+                             [--completion-clients 1 8] [--completion-tokens 64]
 
 Starts `mol api` (one uvicorn process, a scratch PostgreSQL database, no workers, so jobs stay queued), then
 1. ``--slow`` slow downloaders (a checkpoint of ``--checkpoint-mb`` random bytes, read 1 KiB at a time) and as
@@ -9,10 +10,16 @@ Starts `mol api` (one uvicorn process, a scratch PostgreSQL database, no workers
 2. meanwhile ``--clients`` clients submit jobs and poll them (GET the job, GET the list) back to back for
    ``--window`` seconds: submit p50/p99, poll p99, and every 5xx anyone got;
 3. ``--streams`` SSE streams on one queued job are held: how many were served, and the API's CPU meanwhile;
+4. alone, 1 and then 8 (``--completion-clients``) clients at once each stream a ``--completion-tokens`` completion
+   (``POST /v1/completions``, ``stream: true``, greedy) from the demo model (the shared build in the demo cache,
+   ``MOL_DEMO_CACHE``, built there if missing; --quick: the tiny model): first-token latency p50/p95, tokens/s per
+   client after its first token, tokens/s of all clients together. Clients beyond ``MOL_GENERATION_THREADS`` (2)
+   wait for a thread, so their first token comes later: the bound doing its job;
 before all that, one ``--large-upload-mb`` upload: how much it raised the API's peak RSS.
-Prints one JSON line ({"slow_clients_5xx": 0, "submit_p99_ms": ..., "sse_streams": ...}) and, unless --quick,
-writes the figures into docs/performance.md (section api_load). Everything runs on 127.0.0.1 and stops by
-itself; the full run takes about 3 minutes, --quick well under one.
+Prints one JSON line ({"slow_clients_5xx": 0, "submit_p99_ms": ..., "sse_streams": ..., "completions": [...]})
+and, unless --quick, writes the figures into docs/performance.md (section api_load). Everything runs on 127.0.0.1
+and stops by itself; the full run takes about 3 minutes (and a few more the first time, to build the demo),
+--quick well under one.
 """
 
 from __future__ import annotations
@@ -22,8 +29,10 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -36,14 +45,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import replace_section
+from slow_clients import SLOW_READ, TICK_S, TOKEN, Tally, slow_download, slow_upload
 
 ROOT = Path(__file__).resolve().parents[1]
-TOKEN = "bench-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
-SLOW_READ = 1024  # bytes a slow downloader reads per tick
-TICK_S = 0.5
+PROMPT = "The river runs past the stone garden, and in the morning"
 
 
 def free_port() -> int:
@@ -136,108 +144,6 @@ def add_checkpoint(home: Path, job_id: str, size: int) -> str:
         for _ in range(size // 2**20):
             out.write(os.urandom(2**20))
     return f"/v1/jobs/{job_id}/checkpoints/step-1/download"
-
-
-# ---------------------------------------------------------------- slow clients (raw HTTP/1.1 on asyncio streams)
-
-
-@dataclass
-class Tally:
-    """Status codes and failures of one kind of client."""
-
-    statuses: list[int] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    completed: int = 0  # uploads that became a dataset
-
-    @property
-    def server_errors(self) -> int:
-        return sum(1 for s in self.statuses if s >= 500)
-
-
-async def _connect(base: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = base.removeprefix("http://").split(":")
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # reads nothing ahead for the client
-    sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
-    return await asyncio.open_connection(sock=sock, limit=2**16)
-
-
-async def _status(reader: asyncio.StreamReader) -> int:
-    line = await reader.readline()
-    return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else 0
-
-
-async def slow_download(base: str, path: str, stop: asyncio.Event, started: list, tally: Tally) -> None:
-    """GET ``path``, then read SLOW_READ bytes per tick until ``stop``; then hang up."""
-    writer = None
-    try:
-        reader, writer = await _connect(base)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
-        status = await asyncio.wait_for(_status(reader), 120)
-        tally.statuses.append(status)
-        started.append(1)
-        while not stop.is_set():
-            await reader.read(SLOW_READ)
-            await asyncio.sleep(TICK_S)
-    except (OSError, TimeoutError, ValueError) as err:
-        tally.failures.append(f"{type(err).__name__}: {err}")
-    finally:
-        if writer is not None:
-            writer.transport.abort()
-
-
-def _multipart(boundary: str, purpose: str, body: bytes) -> tuple[bytes, bytes]:
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n"
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"slow.jsonl\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n").encode()
-    return head + body, f"\r\n--{boundary}--\r\n".encode()
-
-
-async def _trickle(request_head: str, body: bytes, base: str, stop: asyncio.Event, started: list) -> int:
-    """Send ``request_head`` and ``body`` a little per tick until ``stop``, the rest at once; the status."""
-    reader, writer = await _connect(base)
-    try:
-        writer.write(request_head.encode())
-        sent, step = 0, max(1, len(body) // 1000)
-        started.append(1)
-        while not stop.is_set() and sent < len(body) - step:
-            writer.write(body[sent:sent + step])
-            await writer.drain()
-            sent += step
-            await asyncio.sleep(TICK_S)
-        writer.write(body[sent:])
-        await writer.drain()
-        return await asyncio.wait_for(_status(reader), 120)
-    finally:
-        writer.transport.abort()
-
-
-async def slow_upload(base: str, client: httpx.AsyncClient, parts: bool, content: bytes, stop: asyncio.Event,
-                      started: list, tally: Tally) -> None:
-    """One dataset upload whose body trickles in until ``stop``: multipart POST, or part 0 of an upload in parts."""
-    try:
-        if parts:
-            created = await client.post("/v1/uploads", json={"purpose": "domain", "filename": "slow.jsonl",
-                                                             "bytes": len(content)})
-            tally.statuses.append(created.status_code)
-            upload_id = created.json()["id"]
-            head = (f"PUT /v1/uploads/{upload_id}/parts/0 HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}"
-                    f"\r\nContent-Type: application/octet-stream\r\nContent-Length: {len(content)}\r\n\r\n")
-            tally.statuses.append(await _trickle(head, content, base, stop, started))
-            done = await client.post(f"/v1/uploads/{upload_id}/complete", json={"part_count": 1})
-            tally.statuses.append(done.status_code)
-            tally.completed += done.status_code == 201
-        else:
-            boundary = uuid.uuid4().hex
-            body, tail = _multipart(boundary, "domain", content)
-            head = (f"POST /v1/datasets HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n"
-                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                    f"Content-Length: {len(body) + len(tail)}\r\n\r\n")
-            tally.statuses.append(await _trickle(head, body + tail, base, stop, started))
-            tally.completed += tally.statuses[-1] == 201
-    except (OSError, TimeoutError, ValueError, KeyError, httpx.HTTPError) as err:
-        tally.failures.append(f"{type(err).__name__}: {err}")
 
 
 # ---------------------------------------------------------------- clients that submit and poll
@@ -337,14 +243,83 @@ async def hold_streams(base: str, job_id: str, count: int, window: float, pid: i
     return connected, used
 
 
+# ---------------------------------------------------------------- streamed completions
+
+
+def completion_model(models: Path, quick: bool) -> str:
+    """The name of the model served as ``bench`` under ``models``: the demo's (tiny with ``quick``), told never to
+    generate a special token, so that every completion runs to max_tokens."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from mol_engine.demo import build_demo, shared_demo_dir
+
+    name = "tiny" if quick else "demo"
+    source = models / "tiny" if quick else build_demo(shared_demo_dir(), log=lambda s: print(s, file=sys.stderr)).model
+    shutil.copytree(source, models / "bench")
+    config = GenerationConfig.from_pretrained(source)
+    config.suppress_tokens = AutoTokenizer.from_pretrained(source).all_special_ids
+    config.save_pretrained(models / "bench")
+    return name
+
+
+async def one_completion(client: httpx.AsyncClient, max_tokens: int) -> dict:
+    """Seconds to the first text chunk and from it to the end, and the finish_reason, of one streamed completion."""
+    body = {"model": "bench", "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
+    sent, first, reason = time.perf_counter(), None, None
+    async with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if line.startswith("data: {"):
+                choice = json.loads(line[6:])["choices"][0]
+                first = first or (time.perf_counter() if choice["text"] else None)
+                reason = choice["finish_reason"] or reason
+    end = time.perf_counter()
+    first = first or end
+    return {"first_s": first - sent, "after_first_s": end - first, "finish_reason": reason}
+
+
+async def completions_at_once(base: str, clients: int, max_tokens: int) -> dict:
+    """``clients`` streamed completions at once: how many ran to max_tokens, their first-token latency p50/p95,
+    tokens/s per client after its first token (median) and of all together (over the wall time)."""
+    async with httpx.AsyncClient(base_url=base, headers=HEADERS, timeout=600) as client:
+        started = time.perf_counter()
+        runs = await asyncio.gather(*(one_completion(client, max_tokens) for _ in range(clients)),
+                                    return_exceptions=True)
+        wall = time.perf_counter() - started
+    done = [r for r in runs if isinstance(r, dict) and r["finish_reason"] == "length"]
+    rates = [(max_tokens - 1) / r["after_first_s"] for r in done if r["after_first_s"] > 0]
+    return {"clients": clients, "completed": len(done),
+            "first_token_p50_ms": round(percentile([r["first_s"] for r in done], 0.5), 1),
+            "first_token_p95_ms": round(percentile([r["first_s"] for r in done], 0.95), 1),
+            "tokens_per_s_per_client": round(statistics.median(rates), 1) if rates else 0.0,
+            "tokens_per_s_all": round(len(done) * max_tokens / wall, 1),
+            "failures_sample": [f"{type(r).__name__}: {r}" for r in runs if not isinstance(r, dict)][:3]}
+
+
+def completion_figures(base: str, args: argparse.Namespace) -> list[dict]:
+    """:func:`completions_at_once` for each of ``--completion-clients``, after one completion that loads the model."""
+    asyncio.run(completions_at_once(base, 1, 2))  # the model's load is in no figure
+    return [asyncio.run(completions_at_once(base, n, args.completion_tokens)) for n in args.completion_clients]
+
+
+def completion_row(run: dict) -> str:
+    """The report's table row of one :func:`completions_at_once` run."""
+    return (f"| streamed completions, {run['clients']} client(s) at once ({run['completed']} ran to the end) | "
+            f"first token p50 {run['first_token_p50_ms']} ms, p95 {run['first_token_p95_ms']} ms; "
+            f"{run['tokens_per_s_per_client']} tokens/s per client after it, {run['tokens_per_s_all']} in all |")
+
+
 def write_report(result: dict, args: argparse.Namespace) -> None:
     text = [
-        "## API under load: slow clients, submissions, streams (`python bench/api_load.py`)", "",
+        "## API under load: slow clients, submissions, streams, completions (`python bench/api_load.py`)", "",
         f"One API process (uvicorn) on PostgreSQL, no workers; client and server share this 2-core machine over "
         f"loopback. {args.slow} slow downloaders (a {args.checkpoint_mb} MiB checkpoint read {SLOW_READ} bytes "
         f"every {TICK_S} s) and {args.slow} slow uploaders (half multipart, half a part of `/v1/uploads`, "
         f"{args.upload_kb} KiB trickled in over the window) stay connected while {args.clients} clients submit "
-        f"a job, GET it and GET the list, back to back for {args.window:g} s.", "",
+        f"a job, GET it and GET the list, back to back for {args.window:g} s. Then, alone, "
+        f"{' and then '.join(map(str, args.completion_clients))} clients at once each stream a completion of "
+        f"{args.completion_tokens} tokens (greedy) from the {result['completion_model']} model; the API generates "
+        "on `MOL_GENERATION_THREADS` (2) threads, so clients beyond two wait for one.", "",
         "| measure | figure |", "|---|---|",
         f"| 5xx answers to the slow clients | {result['slow_clients_5xx']} (of {result['slow_clients']}; "
         f"{result['slow_clients_failed']} failed otherwise) |",
@@ -355,7 +330,8 @@ def write_report(result: dict, args: argparse.Namespace) -> None:
         f"| API peak RSS growth for one {result['large_upload_mb']} MiB upload (received, validated) | "
         f"{result['upload_peak_rss_growth_mb']} MiB |",
         f"| SSE streams held on one job | {result['sse_streams']}/{result['sse_streams_tried']} served, API CPU "
-        f"{result['sse_cpu_percent_of_core']}% of one core |", "",
+        f"{result['sse_cpu_percent_of_core']}% of one core |",
+        *map(completion_row, result["completions"]), "",
         "```", json.dumps(result), "```", ""]
     replace_section(ROOT / "docs" / "performance.md", "api_load", "\n".join(text))
 
@@ -371,9 +347,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-mb", type=int, default=64)
     parser.add_argument("--upload-kb", type=int, default=256, help="size of each slow upload")
     parser.add_argument("--large-upload-mb", type=int, default=200, help="one upload whose memory is measured")
+    parser.add_argument("--completion-clients", type=int, nargs="+", default=[1, 8],
+                        help="streamed completions at once, one measurement per count")
+    parser.add_argument("--completion-tokens", type=int, default=64, help="tokens of each streamed completion")
     if parser.parse_args(argv).quick:  # smaller defaults; options given still win
         parser.set_defaults(slow=4, clients=3, window=3.0, streams=20, stream_window=1.0, checkpoint_mb=8,
-                            upload_kb=16, large_upload_mb=8)
+                            upload_kb=16, large_upload_mb=8, completion_tokens=8)
     return parser.parse_args(argv)
 
 
@@ -381,6 +360,7 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp, scratch_database() as database_url:
         home = Path(tmp) / "home"
         make_model(Path(tmp) / "models")
+        model_name = completion_model(Path(tmp) / "models", args.quick)
         proc, base = start_api(home, Path(tmp) / "models", database_url)
         try:
             text = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(10))
@@ -395,7 +375,8 @@ def run(args: argparse.Namespace) -> dict:
             result |= {"sse_streams": connected, "sse_streams_tried": args.streams,
                        "sse_cpu_percent_of_core": round(100 * used / args.stream_window, 1),
                        "large_upload_mb": args.large_upload_mb, "upload_peak_rss_growth_mb": growth,
-                       "database": "postgresql", "quick": args.quick}
+                       "database": "postgresql", "quick": args.quick, "completion_model": model_name,
+                       "completion_tokens": args.completion_tokens, "completions": completion_figures(base, args)}
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)

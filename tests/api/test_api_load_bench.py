@@ -1,4 +1,5 @@
-"""bench/api_load.py keeps working: --quick runs every phase on PostgreSQL, and no slow client gets a 5xx."""
+"""bench/api_load.py keeps working: --quick runs every phase on PostgreSQL, no slow client gets a 5xx, and streamed
+completions with 1 and 8 clients at once all run to the end with first-token and tokens/s figures."""
 
 import importlib.util
 import json
@@ -16,7 +17,7 @@ def load_bench():
     return module
 
 
-def test_quick_load_serves_slow_clients_submitters_and_streams(capsys):
+def test_quick_load_serves_slow_clients_submitters_streams_and_completions(capsys):
     assert load_bench().main(["--quick"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["slow_clients_5xx"] == 0 and result["slow_clients_failed"] == 0, result["slow_failures_sample"]
@@ -25,3 +26,9 @@ def test_quick_load_serves_slow_clients_submitters_and_streams(capsys):
     assert result["clients_5xx"] == 0 and result["submissions"] > 0 and result["submit_p99_ms"] > 0
     assert result["sse_streams"] == result["sse_streams_tried"] == 20
     assert 0 <= result["upload_peak_rss_growth_mb"] < 64 and result["database"] == "postgresql"
+    assert result["completion_model"] == "tiny" and result["completion_tokens"] == 8
+    assert [c["clients"] for c in result["completions"]] == [1, 8]
+    for run in result["completions"]:
+        assert run["completed"] == run["clients"], run["failures_sample"]  # every stream ran to max_tokens
+        assert 0 < run["first_token_p50_ms"] <= run["first_token_p95_ms"] < 30_000
+        assert run["tokens_per_s_per_client"] > 0 and run["tokens_per_s_all"] > 0
