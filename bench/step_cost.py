@@ -40,8 +40,8 @@ import torch
 from memory import PROBE_ENV
 from report import replace_section
 
+from mol_engine.batches import MixedBatches
 from mol_engine.callbacks import Callback
-from mol_engine.data import MixedBatches
 from mol_engine.demo import build_demo, tiny_llama_config
 from mol_engine.reference import OnDemandReference
 from mol_engine.spec import JobSpec

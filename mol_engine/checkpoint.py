@@ -14,7 +14,8 @@ A checkpoint is written to a temporary sibling (``.step-N-xxxx``) and renamed in
 rank has written its part), so ``step-N`` exists only complete; only then are older ones pruned. A write that fails
 (a full disk) removes its temporary directory and raises :class:`CheckpointError` (on every rank), leaving the
 earlier checkpoints as they were. Nothing is unpickled on resume but DCP's ``.metadata`` index (torch's own
-format), read with an unpickler that admits DCP's metadata classes alone (:class:`MetadataReader`).
+format), read with an unpickler that admits DCP's metadata classes alone (:class:`MetadataReader`). Which
+directories are checkpoints, and of which layout, :mod:`mol_engine.checkpoint_layout` says (without torch).
 """
 
 from __future__ import annotations
@@ -39,13 +40,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
+from .checkpoint_layout import RNG_DIR, SHARDS, STATE_FILE, checkpoint_dirs, is_sharded_checkpoint, step_of
 from .model_card import write_model_card
 
-_STEP_DIR = re.compile(r"step-(\d+)")
 _OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors' Rust writer reports an OSError
-STATE_FILE = "trainer_state.json"
-SHARDS = "dcp"  # the torch.distributed.checkpoint directory of an FSDP checkpoint
-RNG_DIR = "rng"  # one RNG file per rank in an FSDP checkpoint
 
 
 class CheckpointError(RuntimeError):
@@ -53,27 +51,6 @@ class CheckpointError(RuntimeError):
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def checkpoint_dirs(out_dir: str | Path) -> list[Path]:
-    """Complete checkpoints under ``out_dir/checkpoints`` (``step-N`` holding its state file), oldest first."""
-    root = Path(out_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m[1]), p) for p in root.iterdir()
-             if (m := _STEP_DIR.fullmatch(p.name)) and (p / STATE_FILE).is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_checkpoint(out_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint whose state file reads back, or None."""
-    for path in reversed(checkpoint_dirs(out_dir)):
-        try:
-            json.loads((path / STATE_FILE).read_text())
-        except (OSError, ValueError):  # truncated by hand or by a foreign writer: never resume from it
-            continue
-        return path
-    return None
 
 
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer, optimizer: torch.optim.Optimizer,
@@ -109,7 +86,7 @@ def prune_checkpoints(out_dir: str | Path, keep: int | None, protect: Collection
     if keep is None:
         return []
     older = checkpoint_dirs(out_dir)[:-max(keep, 1)]
-    doomed = [p for p in older if _step_of(p) not in set(protect)]
+    doomed = [p for p in older if step_of(p) not in set(protect)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed
@@ -144,11 +121,6 @@ def _set_rng(rng: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(rng["cpu"])
     if torch.cuda.is_available() and "cuda" in rng:
         torch.cuda.set_rng_state(rng["cuda"])
-
-
-def is_sharded_checkpoint(path: str | Path) -> bool:
-    """Whether ``path`` is a checkpoint written under FSDP: DCP shards, and no weights in ``model/``."""
-    return (Path(path) / SHARDS / ".metadata").is_file()
 
 
 def save_sharded_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer,
@@ -377,10 +349,6 @@ def is_disk_full(err: BaseException) -> bool:
 def _remove_temporaries(root: Path) -> None:
     for path in root.glob(".step-*"):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _step_of(path: Path) -> int:
-    return int(_STEP_DIR.fullmatch(path.name)[1])
 
 
 def _human_bytes(n: float) -> str:

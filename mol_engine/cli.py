@@ -361,11 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
-    """Entry point of the engine's CLI (``python -m mol_engine``); returns the exit status.
-
-    ``parser`` lets a caller add commands (the service adds up, worker, token).
-    """
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as ``error: ...`` and exit status 2. Imported once one is raised: the modules
+    that define them import torch, which a command that loads no model (mol up, --version) never needs."""
     from .checkpoint import CheckpointError
     from .data import DataError
     from .export import ExportError
@@ -374,14 +372,32 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     from .task_eval import TaskError
     from .train import TrainError
 
-    args = (parser or build_parser()).parse_args(argv)
-    from transformers.utils import logging as hf_logging
+    return CliError, CheckpointError, DataError, ModelError, TrainError, ExportError, InterpolationError, TaskError
 
-    hf_logging.disable_progress_bar()  # weight-loading bars would drown the training log
+
+def _hide_progress_bars() -> None:
+    """No progress bars from transformers or the hub, without importing transformers (a second at every start): it
+    takes the hub's switch when it loads. Already loaded (a caller in the same process), its own switch is set."""
+    if "transformers.utils.logging" in sys.modules:
+        sys.modules["transformers.utils.logging"].disable_progress_bar()
+        return
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Entry point of the engine's CLI (``python -m mol_engine``); returns the exit status.
+
+    ``parser`` lets a caller add commands (the service adds up, worker, token).
+    """
+    args = (parser or build_parser()).parse_args(argv)
+    _hide_progress_bars()  # weight-loading bars would drown the training log
     try:
         return args.func(args)
-    except (CliError, CheckpointError, DataError, ModelError, TrainError, ExportError,
-            InterpolationError, TaskError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

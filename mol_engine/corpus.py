@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import Blocks, DataError, document_positions
+from .batches import Blocks, document_positions
+from .data import DataError
 from .token_store import TokenStore
 
 Packing = Literal["concat", "document"]

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .data import Batch
+from .batches import Batch
 from .modeling import causal_lm
 from .objective import TokenSums, batch_losses
 from .reference import FrozenCopyReference

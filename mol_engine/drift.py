@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .data import BlockSource
+from .batches import BlockSource
 from .evaluate import _batches
 from .losses import KLDirection, _kl_to, _log_softmax_
 from .modeling import hidden_states, logits_head

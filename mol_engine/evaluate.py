@@ -9,7 +9,8 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
-from .data import Batch, BlockSource, QAPair
+from .batches import Batch, BlockSource
+from .data import QAPair
 from .losses import KLDirection
 from .objective import batch_losses
 from .reference import Reference

@@ -2,7 +2,7 @@
 
 Full fine-tuning checkpoints already hold a complete model directory. LoRA checkpoints hold a PEFT
 adapter: exported as is (small; loading it needs the base model) or merged into the base weights.
-A checkpoint written under FSDP holds its weights as DCP shards (``checkpoint.is_sharded_checkpoint``):
+A checkpoint written under FSDP holds its weights as DCP shards (``checkpoint_layout.is_sharded_checkpoint``):
 exporting it gathers them in this one process into the same directory (full weights, adapter, or merged).
 Every export carries the checkpoint's model card (README.md) rendered for what it holds (mol_engine/model_card.py).
 """
@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint import STATE_FILE, is_sharded_checkpoint, read_sharded_weights
+from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint
 from .model_card import card_from_state, write_model_card
 
 
@@ -105,6 +105,8 @@ def gather_shards(checkpoint: str | Path, dest: Path) -> Path:
     """The Hugging Face directory of an FSDP checkpoint written to ``dest``: its config and tokenizer with the
     weights gathered from every rank's shards (full weights in safetensors, or the PEFT adapter file)."""
     from safetensors.torch import save_file
+
+    from .checkpoint import read_sharded_weights
 
     description = model_dir(checkpoint)
     weights = read_sharded_weights(checkpoint)

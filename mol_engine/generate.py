@@ -7,6 +7,7 @@ that must not block (the API's event loop) run it in a thread of their own.
 
 A model to load is a Hugging Face directory, a LoRA adapter (loaded on its base with PEFT), or a training checkpoint
 (``step-N``, its ``model/`` directory); an FSDP checkpoint's shards are gathered once into ``cache_dir`` first.
+torch and transformers load with the first model (:func:`load_model`), not with this module.
 """
 
 from __future__ import annotations
@@ -18,11 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
-
-from .checkpoint import is_sharded_checkpoint
+from .checkpoint_layout import is_sharded_checkpoint
 from .export import ExportError, export_checkpoint, is_adapter, model_dir
 from .threads import use_threads
 
@@ -71,6 +68,8 @@ class Completion:
 
 def load_model(source: ModelSource, cache_dir: Path | None = None) -> LoadedModel:
     """The model at ``source`` in eval mode on the CPU, with its tokenizer; GenerationError when it cannot load."""
+    from transformers import AutoModelForCausalLM
+
     use_threads()  # torch's threads by the machine's load, once per process, as training decides them
     try:
         directory = loadable_dir(source.path, cache_dir)
@@ -103,6 +102,7 @@ def loadable_dir(path: Path, cache_dir: Path | None) -> Path:
 
 def _load_adapter(directory: Path, base: Path | None):
     from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     if base is None or not (base / "config.json").is_file():
         raise GenerationError(f"a LoRA adapter needs its base model, and '{base}' is not one")
@@ -111,6 +111,8 @@ def _load_adapter(directory: Path, base: Path | None):
 
 
 def _load_tokenizer(directory: Path, base: Path | None):
+    from transformers import AutoTokenizer
+
     try:
         return AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError):
@@ -151,9 +153,14 @@ def encode_prompt(loaded: LoadedModel, prompt: str, max_tokens: int) -> list[int
 def generate(loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling,
              on_text: Callable[[str], None] | None = None, cancelled: threading.Event | None = None) -> Completion:
     """The completion of ``prompt_ids``; each final piece of its text goes to ``on_text`` as it is made."""
-    pieces = _TextPieces(loaded.tokenizer, sampling.stop, on_text or (lambda _piece: None))
+    import torch
+    from transformers import StoppingCriteriaList
+
+    from .generate_hooks import Halt, TextPieces
+
+    pieces = TextPieces(loaded.tokenizer, sampling.stop, on_text or (lambda _piece: None))
     cancelled = cancelled or threading.Event()
-    halt = _Halt(lambda: pieces.stopped or cancelled.is_set())
+    halt = Halt(lambda: pieces.stopped or cancelled.is_set())
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
     ids = torch.tensor([prompt_ids], device=loaded.model.device)  # a training model may be on a GPU
@@ -177,60 +184,3 @@ def _generate_options(loaded: LoadedModel, sampling: Sampling) -> dict[str, Any]
     if sampling.temperature > 0:
         return options | {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p}
     return options | {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-
-
-class _Halt(StoppingCriteria):
-    """Ends generation when ``should_stop()`` says so (a stop string was seen, or the client went away)."""
-
-    def __init__(self, should_stop: Callable[[], bool]) -> None:
-        self.should_stop = should_stop
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.should_stop(), dtype=torch.bool, device=input_ids.device)
-
-
-class _TextPieces(BaseStreamer):
-    """Receives token ids from ``generate`` and hands on the text they add, once final: not a half character, not
-    the start of what may become a stop string; at a stop string it cuts the text there and sets ``stopped``."""
-
-    def __init__(self, tokenizer, stop: tuple[str, ...], on_text: Callable[[str], None]) -> None:
-        self.tokenizer, self.stop, self.on_text = tokenizer, tuple(s for s in stop if s), on_text
-        self.ids: list[int] = []
-        self.text = ""  # what has been handed on
-        self.stopped = False
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:  # generate's first call carries the prompt
-            self._prompt_seen = True
-            return
-        if self.stopped:
-            return
-        self.ids.extend(value.reshape(-1).tolist())
-        decoded = self._decode()
-        if decoded.endswith("\ufffd"):  # a character split across tokens: wait for the rest
-            return
-        self._hand_on(decoded, final=False)
-
-    def end(self) -> None:
-        if not self.stopped:
-            self._hand_on(self._decode(), final=True)
-
-    def _decode(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def _hand_on(self, decoded: str, final: bool) -> None:
-        cut = min((i for i in (decoded.find(s) for s in self.stop) if i >= 0), default=-1)
-        if cut >= 0:
-            decoded, self.stopped = decoded[:cut], True
-        ready = len(decoded) if final or self.stopped else len(decoded) - _held_back(decoded, self.stop)
-        if ready > len(self.text):
-            piece = decoded[len(self.text):ready]
-            self.text += piece
-            self.on_text(piece)
-
-
-def _held_back(text: str, stop: tuple[str, ...]) -> int:
-    """How many characters at the end of ``text`` may be the start of a stop string."""
-    return max((n for s in stop for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])),
-               default=0)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from torch import Tensor, nn
-
-from .checkpoint import STATE_FILE, is_sharded_checkpoint, read_sharded_weights
+from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint, latest_checkpoint
 from .export import ExportError, checkpoint_card, is_adapter, model_dir, written_whole
 from .model_card import CARD_FILE, write_model_card
 from .spec import JobSpec
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 MAX_ALPHAS = 11
@@ -92,7 +94,6 @@ def resolve_checkpoint(given: str | Path) -> Path:
     """The checkpoint ``given`` names: a checkpoint directory, ``RUN/checkpoints/best``, or a run directory (its
     best checkpoint within the budget, else its newest)."""
     from .budget import best_checkpoint_dir, checkpoint_path
-    from .checkpoint import latest_checkpoint
 
     path = checkpoint_path(given)
     if (path / STATE_FILE).is_file():
@@ -112,6 +113,8 @@ def checkpoint_weights(checkpoint: str | Path) -> dict[str, Tensor]:
     """The checkpoint's weights by the names its own files use: full weights, or the adapter's (PEFT's names, the
     adapter name left out); an FSDP checkpoint's shards gathered."""
     from safetensors.torch import load_file
+
+    from .checkpoint import read_sharded_weights
 
     if is_sharded_checkpoint(checkpoint):
         weights = read_sharded_weights(checkpoint)

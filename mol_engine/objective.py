@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .data import Batch
+from .batches import Batch
 from .losses import KLDirection, chunked_ce_sum, chunked_kl_sum, chunked_topk_kl_sum, mol_loss
 from .modeling import hidden_states, logits_head
 from .reference import Reference

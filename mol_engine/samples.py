@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from .data import BadLines, BlockSource, DataError, QAPair, _bad, _file_lines, _records
+from .batches import BlockSource
+from .data import BadLines, DataError, QAPair, _bad, _file_lines, _records
 from .generate import LoadedModel, Sampling, context_length, generate
 from .spec import MAX_SAMPLE_PROMPT_CHARS as MAX_PROMPT_CHARS
 from .spec import MAX_SAMPLE_PROMPTS as MAX_PROMPTS

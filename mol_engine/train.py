@@ -18,18 +18,13 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .batches import Batch, MixedBatches
 from .budget import best_checkpoint, budget_message, first_crossing, write_best
 from .callbacks import Callback, CallbackList, Cancelled
-from .checkpoint import (
-    CheckpointError,
-    checkpoint_dirs,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    save_sharded_checkpoint,
-)
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_sharded_checkpoint
+from .checkpoint_layout import checkpoint_dirs, latest_checkpoint
 from .corpus import Corpus, split_corpus
-from .data import Batch, DataError, MixedBatches, read_qa
+from .data import DataError, read_qa
 from .distributed import World, gathered, is_sharded, join_world, local_device, wrap
 from .drift import PassageKL, drift_event, passage_kls
 from .evaluate import heldout_metrics, qa_exact_match

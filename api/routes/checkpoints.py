@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
 from mol_engine.budget import BEST_NAME, read_best
-from mol_engine.checkpoint import checkpoint_dirs, is_sharded_checkpoint, sharded_weight_bytes
+from mol_engine.checkpoint_layout import checkpoint_dirs, is_sharded_checkpoint
 from mol_engine.export import (
     ExportError,
     checkpoint_card,
@@ -65,6 +65,8 @@ def download_bytes(checkpoint: Path) -> int:
     weights in its shards (not the optimizer state or RNG beside them; a tied head once)."""
     if not is_sharded_checkpoint(checkpoint):
         return tree_bytes(checkpoint / "model")
+    from mol_engine.checkpoint import sharded_weight_bytes  # reading the shards' index needs torch
+
     return tree_bytes(checkpoint / "model") + sharded_weight_bytes(checkpoint, tied_aliases(checkpoint / "model"))
 
 

@@ -21,7 +21,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from mol_engine.checkpoint import checkpoint_dirs
+from mol_engine.checkpoint_layout import checkpoint_dirs
 from mol_engine.generate import (
     Completion,
     GenerationError,

@@ -10,14 +10,8 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mol_engine import checkpoint
-from mol_engine.checkpoint import (
-    CheckpointError,
-    checkpoint_dirs,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
+from mol_engine.checkpoint import CheckpointError, load_checkpoint, prune_checkpoints, save_checkpoint
+from mol_engine.checkpoint_layout import checkpoint_dirs, latest_checkpoint
 from mol_engine.train import train
 
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")

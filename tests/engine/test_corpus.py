@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from mol_engine.batches import document_positions
 from mol_engine.corpus import split_corpus
-from mol_engine.data import DataError, document_positions
+from mol_engine.data import DataError
 from mol_engine.modeling import load_model, load_tokenizer
 from mol_engine.token_store import open_or_build
 

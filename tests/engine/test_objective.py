@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mol_engine.data import Batch
+from mol_engine.batches import Batch
 from mol_engine.modeling import load_model, load_tokenizer
 from mol_engine.objective import batch_losses
 from mol_engine.reference import FrozenCopyReference
