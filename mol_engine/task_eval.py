@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import STATE_FILE, is_sharded_checkpoint
+from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint
 from .data import DataError, _file_lines
 
 KINDS = ("multiple_choice", "exact_match")
