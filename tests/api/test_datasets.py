@@ -42,6 +42,9 @@ def test_every_bad_line_is_listed_up_to_the_cap_and_the_rest_counted(client, set
     qa = upload('{"question": "q", "answer": " "}\n{"question": "q"}\n', purpose="eval", filename="qa.jsonl")
     assert qa.json()["detail"].splitlines() == ["qa.jsonl, line 1: field 'answer' is empty",
                                                 "qa.jsonl, line 2: missing field 'answer'"]
+    latin = upload("ok\n\ncaf\u00e9\nna\u00efve\n".encode("latin-1"), filename="notes.txt")
+    assert [line.split(":")[0] for line in latin.json()["detail"].splitlines()] == ["notes.txt, line 3",
+                                                                                  "notes.txt, line 4"]
     cap = settings.max_bad_lines
     many = upload('{"text": "ok"}\n' + "[1]\n" * (cap + 5)).json()["detail"].splitlines()
     assert many == [f"data.jsonl, line {n}: expected a JSON object" for n in range(2, cap + 2)] + [
