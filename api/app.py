@@ -16,7 +16,19 @@ from .db import init_db, make_engine
 from .deps import Services
 from .logs import install_redaction
 from .openapi_docs import install_docs
-from .routes import checkpoints, completions, datasets, interpolations, jobs, misc, session, sweeps, uploads, webhooks
+from .routes import (
+    checkpoints,
+    completions,
+    datasets,
+    evaluations,
+    interpolations,
+    jobs,
+    misc,
+    session,
+    sweeps,
+    uploads,
+    webhooks,
+)
 from .settings import Settings
 from .sweeper import LeaseSweeper
 from .webhooks import WebhookDispatcher
@@ -61,8 +73,8 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, completions,
-                   webhooks):
+    for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, evaluations,
+                   completions, webhooks):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

@@ -18,7 +18,7 @@ from mol_engine.spec import JobSpec
 from .db import WorkerSeen, utcnow
 from .settings import Settings
 
-PURPOSES = ("domain", "general", "eval", "prompts")  # prompts: a job's sample_prompts file
+PURPOSES = ("domain", "general", "eval", "prompts", "task")  # prompts: sample_prompts; task: lm-eval tasks
 ACTIVE = ("queued", "running")
 CORPUS_SUFFIXES = tuple(data.CORPUS_SUFFIXES)  # what the engine reads, in one place
 QA_SUFFIXES = (".jsonl", ".ndjson", ".json")
@@ -42,7 +42,7 @@ def name_problem(purpose: str, filename: str, field: str = "file") -> str | None
     problem = filename_problem(filename, field)
     if problem:
         return problem
-    allowed = QA_SUFFIXES if purpose in ("eval", "prompts") else CORPUS_SUFFIXES
+    allowed = QA_SUFFIXES if purpose in ("eval", "prompts", "task") else CORPUS_SUFFIXES
     if Path(filename).suffix.lower() not in allowed:
         return f"{field}: '{filename}' must end with one of {', '.join(allowed)} for purpose '{purpose}'"
     return None
@@ -76,6 +76,11 @@ def _count(path: Path, purpose: str, bad: data.BadLines) -> tuple[int, int]:
 
         prompts = read_prompts(path, bad)
         return len(prompts), sum(map(len, prompts)) // 4
+    if purpose == "task":  # a task file for task evaluation (mol_engine/task_eval.py)
+        from mol_engine.task_eval import check_task_file
+
+        records = check_task_file(path, bad).records
+        return len(records), sum(len(json.dumps(r)) for r in records) // 4
     documents = chars = 0
     for doc in DocumentReader(path, bad):  # streamed: memory stays bounded whatever the file size
         documents, chars = documents + 1, chars + len(doc)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint
-from .data import DataError, _file_lines
+from .data import BadLines, DataError, _bad, _file_lines
 
 KINDS = ("multiple_choice", "exact_match")
 CONTEXT = "Question: {{question}}\nAnswer:"
@@ -49,28 +49,39 @@ class TaskFile:
         return len(self.records)
 
 
-def check_task_file(path: str | Path) -> TaskFile:
+def check_task_file(path: str | Path, bad: BadLines | None = None) -> TaskFile:
     """The task file at ``path``, checked; else DataError (a ValueError) naming the 1-based line and what is wrong:
-    invalid JSON, a missing field, an answer outside the choices, or a kind other than the first line's."""
+    invalid JSON, a missing field, an answer outside the choices, or a kind other than the first line's. With
+    ``bad``, bad lines are noted there and skipped (the caller reports them all)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     kind, records = None, []
-    for line_no, line in _file_lines(path):
-        if not line.strip():
+    for line_no, line in _file_lines(path, bad):
+        if line is None or not line.strip():
             continue
         try:
             record_kind, record = _record(line)
+            if kind is not None and record_kind != kind:
+                raise ValueError(f"a {record_kind.replace('_', '-')} question, but the first is "
+                                 f"{kind.replace('_', '-')} (every line needs 'choices', or none does)")
         except ValueError as err:
-            raise DataError(f"{path}, line {line_no}: {err}") from None
-        if kind is not None and record_kind != kind:
-            raise DataError(f"{path}, line {line_no}: a {record_kind.replace('_', '-')} question, but the first is "
-                            f"{kind.replace('_', '-')} (every line needs 'choices', or none does)")
+            _bad(bad, DataError(f"{path}, line {line_no}: {err}"))
+            continue
         kind = record_kind
         records.append(record)
-    if kind is None:
+    if kind is None and not (bad and bad.count):
         raise DataError(f"{path}: no questions found (empty file)")
-    return TaskFile(path, kind, records)
+    return TaskFile(path, kind or KINDS[0], records)
+
+
+def record_text(record: dict[str, Any]) -> str:
+    """A normalised record as a dataset preview shows it: the question, then the choices (``*`` the answer's) or
+    the answer."""
+    if "choices" not in record:
+        return f"{record['question']}\n\n{record['answer']}"
+    marked = [("* " if i == record["answer"] else "- ") + c for i, c in enumerate(record["choices"])]
+    return record["question"] + "\n\n" + "\n".join(marked)
 
 
 def _record(line: str) -> tuple[str, dict[str, Any]]:

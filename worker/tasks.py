@@ -28,7 +28,7 @@ from datetime import timedelta
 from celery import signals
 from sqlalchemy import or_, select, update
 
-from api.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
+from api.db import Dataset, Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
 from api.leases import as_utc, lease_is_dead
 from api.settings import Settings
 from api.webhooks import record_job_event_for_webhooks
@@ -100,6 +100,51 @@ def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alpha
     with sessions.begin() as db:
         db.add(JobEvent(job_id=job_id, step=int(checkpoint.removeprefix("step-")), kind="interpolation",
                         message=message, data=data))
+    return "failed" if "error" in data else "done"
+
+
+EVALUATE_TASK = "mol.evaluate_task"
+
+
+@app.task(name=EVALUATE_TASK, acks_late=True)
+def evaluate_task(job_id: str, task: str, checkpoints: list[str]) -> str:
+    """Score the task dataset ``task`` on each of ``checkpoints`` (``base`` or ``step-N``) of ``job_id``."""
+    return record_task_evaluation(_settings(), job_id, task, checkpoints)
+
+
+def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoints: list[str]) -> str:
+    """Run the engine's task evaluation (lm-eval) of each model in this process and store a row per model (its
+    metrics or its error), or the error that stopped them all, as a ``task-evaluation`` event of the job; returns
+    ``done`` or ``failed``."""
+    from api.validation import available_models
+    from mol_engine.task_eval import check_task_file
+    from mol_engine.task_eval import evaluate_task as score
+
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions() as db:
+        job, dataset = db.get(Job, job_id), db.get(Dataset, task)
+        base, path, filename = job.spec.get("base_model"), dataset and dataset.path, dataset and dataset.filename
+    data: dict = {"task": task, "filename": filename, "checkpoints": checkpoints}
+    try:
+        task_file = check_task_file(path or f"dataset '{task}' (deleted)")
+        data["kind"], data["rows"] = task_file.kind, []
+        for name in checkpoints:
+            model = available_models(settings).get(base) if name == "base" else \
+                settings.runs_dir / job_id / "checkpoints" / name
+            try:
+                data["rows"].append({"checkpoint": name} | score(model or f"base model '{base}'", task_file))
+            except Exception as err:  # this model's row says why; the others are scored all the same
+                log.exception("task evaluation of %s %s failed", job_id, name)
+                data["rows"].append({"checkpoint": name, "error": f"{type(err).__name__}: {err}"})
+        message = f"task evaluation of {filename}: {len(checkpoints)} model(s) scored"
+    except Exception as err:  # the event tells the user; the worker goes on
+        log.exception("task evaluation of %s failed", job_id)
+        data["error"] = f"{type(err).__name__}: {err}".replace(str(path), str(filename))
+        message = f"task evaluation of {filename} failed: {data['error']}"
+    steps = [int(name.removeprefix("step-")) for name in checkpoints if name.startswith("step-")]
+    with sessions.begin() as db:
+        db.add(JobEvent(job_id=job_id, step=max(steps, default=0), kind="task-evaluation", message=message,
+                        data=data))
     return "failed" if "error" in data else "done"
 
 

@@ -99,6 +99,10 @@ def documents_of(path: Path, purpose: str) -> Iterator[str]:
         from mol_engine.samples import read_prompts
 
         return iter(read_prompts(path))  # at most MAX_SAMPLE_PROMPTS short rows
+    if purpose == "task":
+        from mol_engine.task_eval import check_task_file, record_text
+
+        return (record_text(r) for r in check_task_file(path).records)
     return iter(DocumentReader(path))
 
 

@@ -1,0 +1,123 @@
+"""POST/GET /v1/jobs/{id}/evaluations: a task file (a ``task`` dataset) scored on the job's checkpoints and its base.
+
+A request queues the worker task ``mol.evaluate_task`` (worker/tasks.py), which runs the engine's ``evaluate_task``
+(lm-evaluation-harness, offline: mol_engine/task_eval.py) on each model and stores one row per model as a
+``task-evaluation`` event of the job; GET lists those events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from ..db import Job, JobEvent
+from ..deps import DB, Owner, Svc
+from ..schemas import UtcDatetime, errors
+from ..validation import available_models
+from .checkpoints import resolve_name
+from .datasets import owned_dataset
+from .jobs import owned_job
+
+router = APIRouter(prefix="/v1/jobs/{job_id}/evaluations", tags=["evaluations"], responses=errors(401, 404, 422))
+EVENT_KIND = "task-evaluation"
+BASE = "base"
+MAX_MODELS = 50
+
+Send = Callable[[str, str, list[str]], None]  # (job id, task dataset id, model names) -> queued on a worker
+
+
+class TaskEvaluationIn(BaseModel):
+    """Which task to score, on which of the job's models."""
+
+    task: str = Field(description="id of a dataset uploaded with purpose 'task'")
+    checkpoints: list[Annotated[str, Field(pattern=r"^(base|best|step-\d{1,9})$")]] | None = Field(
+        None, min_length=1, max_length=MAX_MODELS,
+        description="'base', 'best' or 'step-N' each; default every checkpoint the job keeps, and the base")
+
+
+class TaskEvaluationQueued(BaseModel):
+    job_id: str
+    task: str
+    checkpoints: list[str]
+    status: str = "queued"
+
+
+class TaskEvaluationOut(BaseModel):
+    """One task evaluation of a job: a row per model (``checkpoint``, ``acc``, ``acc_norm`` or ``exact_match``,
+    ``n``, or its ``error``), or why it failed as a whole."""
+
+    task: str
+    filename: str | None
+    kind: str | None
+    checkpoints: list[str]
+    rows: list[dict[str, Any]] | None
+    error: str | None
+    created_at: UtcDatetime
+
+
+def celery_sender(svc: Svc) -> Send:
+    """Queues ``mol.evaluate_task`` on the broker of the service's settings, on the 1-process jobs' queue."""
+
+    def send(job_id: str, task: str, checkpoints: list[str]) -> None:
+        from worker.celery_app import make_celery
+        from worker.queue import queue_for
+        from worker.tasks import EVALUATE_TASK
+
+        make_celery(svc.settings).send_task(EVALUATE_TASK, args=[job_id, task, checkpoints], queue=queue_for(1))
+
+    return send
+
+
+Sender = Annotated[Send, Depends(celery_sender)]
+
+
+@router.post("", status_code=202, response_model=TaskEvaluationQueued, responses=errors(400, 409))
+def request_task_evaluation(job_id: str, body: TaskEvaluationIn, owner: Owner, db: DB, svc: Svc,
+                            send: Sender) -> TaskEvaluationQueued:
+    job = owned_job(db, owner, job_id)
+    dataset = owned_dataset(db, owner, body.task)
+    if dataset.purpose != "task":
+        raise HTTPException(422, f"task: dataset '{body.task}' was uploaded for '{dataset.purpose}', not 'task'")
+    names = model_names(job, svc.settings.runs_dir / job_id, body.checkpoints)
+    if BASE in names and job.spec.get("base_model") not in available_models(svc.settings):
+        raise HTTPException(422, f"checkpoints: the base model '{job.spec.get('base_model')}' cannot be loaded "
+                                 f"(not among GET /v1/models)")
+    send(job_id, body.task, names)
+    return TaskEvaluationQueued(job_id=job_id, task=body.task, checkpoints=names)
+
+
+def model_names(job: Job, run_dir: Path, asked: list[str] | None) -> list[str]:
+    """The models to score, in order and once each: ``base`` and ``step-N`` names (``best`` resolved; 409 before
+    there is one); 404 for a checkpoint not kept, 422 for one that holds no model."""
+    if asked is None:
+        from mol_engine.checkpoint import checkpoint_dirs  # imports torch: not at the API's start
+
+        return [BASE] + [path.name for path in checkpoint_dirs(run_dir)]
+    names = list(dict.fromkeys(name if name == BASE else resolve_name(run_dir, name) for name in asked))
+    for name in names:
+        path = run_dir / "checkpoints" / name
+        if name != BASE and not path.is_dir():
+            raise HTTPException(404, f"checkpoint '{name}' not found")
+        if name != BASE and not any((path / "model" / f).is_file() for f in ("config.json", "adapter_config.json")):
+            raise HTTPException(422, f"checkpoints: '{name}' holds no loadable model (no model/config.json)")
+    return names
+
+
+@router.get("", response_model=list[TaskEvaluationOut])
+def list_task_evaluations(job_id: str, owner: Owner, db: DB) -> list[TaskEvaluationOut]:
+    owned_job(db, owner, job_id)
+    events = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == EVENT_KIND)
+                        .order_by(JobEvent.seq))
+    return [task_evaluation_out(e.data or {}, e.created_at) for e in events]
+
+
+def task_evaluation_out(data: dict[str, Any], created_at: datetime) -> TaskEvaluationOut:
+    return TaskEvaluationOut(task=data.get("task", ""), filename=data.get("filename"), kind=data.get("kind"),
+                             checkpoints=data.get("checkpoints", []), rows=data.get("rows"), error=data.get("error"),
+                             created_at=created_at)
