@@ -5,6 +5,7 @@
 import { api, listPages } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
 import { PALETTE, el, fmt, statusBadge } from "../dom.js";
+import { latestTaskScore, taskScoreTable } from "./task_evals.js";
 
 const CURVES = [
   ["eval/domain_ppl", "Domain perplexity (held out)", "perplexity, log scale", true],
@@ -162,6 +163,8 @@ export async function comparePage(view, ids) {
   if (ids.length < 1) return pickJobs(view);
   const jobs = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}`)));
   const series = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}/metrics`)));
+  const scores = await Promise.all(ids.map((id) => api(`/v1/jobs/${id}/evaluations`).then(latestTaskScore,
+    () => null)));
   const evals = series.map((points) => points.filter((p) => "eval/domain_ppl" in p).sort((a, b) => a.step - b.step));
   const charts = el("div", { class: "charts" });
   const tradeoff = el("div");
@@ -172,7 +175,7 @@ export async function comparePage(view, ids) {
       el("span", { class: "spacer" }), el("a", { class: "button", href: "#/compare" }, "Change selection"))),
     el("section", { class: "card" }, el("h2", {}, "Summary"), el("p", { class: "muted" }, "Held-out figures of each "
       + "job: the base model's (its evaluation at step 0), the last and the best, each with its change against the "
-      + "base (green: better)."), summaryTable(jobs, evals)),
+      + "base (green: better)."), summaryTable(jobs, evals), taskScoreTable(jobs, scores)),
     el("section", { class: "card" }, el("h2", {}, "Evaluation curves"), charts),
     el("section", { class: "card" }, el("h2", {}, "Trade-off"),
       el("p", { class: "muted" }, "One point per job and evaluation, labelled with its step. Up is a better fit to the domain, right is more drift"

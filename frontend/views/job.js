@@ -2,6 +2,7 @@
 import { api } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
 import { byteSize, el, localTime, statusBadge } from "../dom.js";
+import { taskEvaluationSection } from "./task_evals.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
 
@@ -208,9 +209,10 @@ export async function jobPage(view, jobId) {
   const samples = samplesSection();
   const drift = driftSection();
   const interpolation = interpolationSection(jobId);
+  const taskEvals = taskEvaluationSection(jobId);
   view.replaceChildren(el("section", { class: "card" }, header, dataBox),
     el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node, drift.node,
-    interpolation.node, el("div", { class: "two" },
+    interpolation.node, taskEvals.node, el("div", { class: "two" },
       el("section", { class: "card" }, el("h2", {}, "Checkpoints"), ckpts),
       el("section", { class: "card" }, el("h2", {}, "Events"), log)),
     el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", {}, JSON.stringify(job.spec, null, 2))));
@@ -250,6 +252,7 @@ export async function jobPage(view, jobId) {
     ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints));
   };
   await refresh();
+  taskEvals.refresh().catch(() => {});  // its task datasets and earlier results; events refresh it after
 
   const source = new EventSource(`/v1/jobs/${jobId}/events`);
   let lastCheckpoints = 0;
@@ -269,6 +272,7 @@ export async function jobPage(view, jobId) {
     if (ev.kind === "samples") samples.add(ev);
     if (ev.kind === "drift") drift.add(ev);
     if (ev.kind === "interpolation") interpolation.refresh();
+    if (ev.kind === "task-evaluation") taskEvals.refresh();
   });
   source.addEventListener("end", () => { source.close(); refresh(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) refresh(); };
