@@ -30,7 +30,7 @@ PART_BYTES = 8 * 2**20  # the dashboard's part size (docs/api.md: 8 to 64 MiB wo
 CHUNK_BYTES = 1 << 16
 FOLLOW_RETRIES = 5  # reconnections in a row before `follow` gives up on a dropped stream
 FOLLOW_SILENCE_S = 60.0  # a stream silent this long (the server pings every 15 s) is dead: reconnect
-PURPOSES = ("domain", "general", "eval")
+PURPOSES = ("domain", "general", "eval", "task")  # task: a task file for POST /v1/jobs/{id}/evaluations
 FORMATS = {"full": "merged", "merged": "merged", "adapter": "adapter"}  # the CLI's word -> the API's ?format=
 
 
