@@ -26,6 +26,7 @@ from typing import Any
 
 from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint
 from .data import BadLines, DataError, _bad, _file_lines
+from .threads import use_threads
 
 KINDS = ("multiple_choice", "exact_match")
 CONTEXT = "Question: {{question}}\nAnswer:"
@@ -194,6 +195,7 @@ def evaluate_task(model_dir: str | Path | None, task_file: TaskFile | str | Path
     over the first ``limit`` questions (all by default). ``model``/``tokenizer`` may be given already loaded. With
     ``details``, ``"answers"`` too: per question, each choice's log-likelihood, or the stripped generation."""
     task_file = task_file if isinstance(task_file, TaskFile) else check_task_file(task_file)
+    use_threads()  # torch's threads by the machine's idle cores (mol_engine/threads.py), once per process
     if model is None:
         model, tokenizer = load_model(model_dir, device)
     os.environ["HF_DATASETS_OFFLINE"] = "1"  # the json builder reads the local file; nothing from a hub

@@ -97,6 +97,7 @@ def test_exact_match_equals_greedy_generation_by_hand(tiny_model_dir, tmp_path):
                                          {"question": "Where is the road?", "answer": said + " zzz"}])
     got = evaluate_task(None, path, model=model, tokenizer=tokenizer, details=True)
     assert got == {"exact_match": 0.5, "n": 2, "answers": [said, greedy(model, tokenizer, "Where is the road?")]}
+    assert evaluate_task(None, path, model=model, tokenizer=tokenizer, limit=1) == {"exact_match": 1.0, "n": 1}
 
 
 def test_a_lora_checkpoint_is_its_adapter_merged_into_the_base(make_spec, tmp_path):
