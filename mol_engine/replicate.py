@@ -67,21 +67,29 @@ def sweep_points(base: Mapping[str, Any], extra: Mapping[str, list] | None = Non
 def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None = None,
             log=print) -> list[dict]:
     """Train every point of :func:`sweep_points` into ``out``, reusing complete runs; one result dict per run: its
-    label, grid values, kl_weight, final figures, wall time and eval curves."""
+    label, grid values, kl_weight, final figures, wall time (None for a reused run) and eval curves."""
     results = []
     for values, spec in sweep_points(base, extra):
         run_dir = out / run_dir_name(point_label(values))
+        reused = spec["max_steps"] in [m["step"] for m in _evaluations(run_dir)]
         started = time.perf_counter()
         train(JobSpec.model_validate(spec), run_dir, [JsonlLogger(run_dir)], resume=True)
         seconds = time.perf_counter() - started
-        lines = (json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines())
-        curves = [m for m in lines if "eval/domain_ppl" in m]  # from the file: a reused run trains no step
+        curves = _evaluations(run_dir)  # from the file: a reused run trains no step
         result = {"run": label(values), **values, "kl_weight": spec["kl_weight"],
-                  **{k: curves[-1].get(k) for k in FINAL_KEYS}, "wall_s": round(seconds, 1), "curves": curves}
+                  **{k: curves[-1].get(k) for k in FINAL_KEYS}, "wall_s": None if reused else round(seconds, 1),
+                  "curves": curves}
         results.append(result)
         log(f"{result['run']}: " + ", ".join(f"{k.split('/')[1]}={result[k]:.4g}" for k in FINAL_KEYS
-                                             if result[k] is not None) + f", {seconds:.0f}s")
+                                             if result[k] is not None) + f", {wall(result['wall_s'])}")
     return results
+
+
+def _evaluations(run_dir: Path) -> list[dict]:
+    """The evaluation points in ``run_dir/metrics.jsonl`` (none before the run started)."""
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [m for m in map(json.loads, lines) if "eval/domain_ppl" in m]
 
 
 def trade_off(results: list[dict]) -> tuple[list[Point], list[str]]:
@@ -158,18 +166,48 @@ def plot_pareto(points: list[Point], frontier: list[str], path: Path) -> None:
         on = p["id"] in frontier
         ax.scatter(p["drift"], p["gain"], s=60, zorder=2, color="tab:blue" if on else "white",
                    edgecolors="tab:blue" if on else "tab:gray")
-        ax.annotate(p["id"], (p["drift"], p["gain"]), textcoords="offset points", xytext=(6, 4), fontsize=9,
-                    fontweight="bold" if on else "normal", color="black" if on else "tab:gray")
     if shown and all(p["drift"] > 0 for p in shown):
         ax.set_xscale("log")
     ax.set(xlabel="general drift: KL to the base (nats/token, lower is better)",
            ylabel="domain gain: ln(base ppl / final ppl)", title="Final runs: the Pareto frontier (filled, bold)")
     ax.margins(x=0.15, y=0.12)  # room for the names of the outermost points
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="best")
     fig.tight_layout()
+    for p, (dx, dy) in zip(shown, _label_spots(ax, shown), strict=True):
+        on = p["id"] in frontier
+        ax.annotate(p["id"], (p["drift"], p["gain"]), textcoords="offset points", xytext=(dx, dy), fontsize=9,
+                    ha="left" if dx > 0 else "right", fontweight="bold" if on else "normal",
+                    color="black" if on else "tab:gray",
+                    arrowprops={"arrowstyle": "-", "color": "0.7", "lw": 0.6} if abs(dy) > 10 else None)
+    ax.legend(loc="best")
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _label_spots(ax, shown: list[Point]) -> list[tuple[int, int]]:
+    """Where each point's name goes, as an offset in points: the first spot (right, left, below, then higher up)
+    whose box overlaps no other marker, no name placed before and stays inside the axes; best gain placed first."""
+    to_points = 72 / ax.figure.dpi
+    where = [ax.transData.transform((p["drift"], p["gain"])) * to_points for p in shown]
+    (left, bottom), (right, top) = ax.bbox.get_points() * to_points
+    spots = [(dx, dy) for dy in (3, -13, 14, -24, 25, 36, 47) for dx in (6, -6)]
+    boxes = [(x - 5, y - 5, x + 5, y + 5) for x, y in where]  # the markers
+    chosen = [spots[0]] * len(shown)
+
+    def box(i: int, dx: int, dy: int) -> tuple[float, float, float, float]:
+        x, y = where[i]
+        x0 = x + dx if dx > 0 else x + dx - 5.5 * len(shown[i]["id"])  # about 5.5 points a character at size 9
+        return x0, y + dy, x0 + 5.5 * len(shown[i]["id"]), y + dy + 10
+
+    def free(b: tuple[float, float, float, float], own: int) -> bool:
+        inside = left <= b[0] and b[2] <= right and bottom <= b[1] and b[3] <= top
+        return inside and not any(o[0] < b[2] and b[0] < o[2] and o[1] < b[3] and b[1] < o[3]
+                                  for j, o in enumerate(boxes) if j != own)
+
+    for i in sorted(range(len(shown)), key=lambda i: -shown[i]["gain"]):
+        chosen[i] = next((spot for spot in spots if free(box(i, *spot), i)), spots[0])
+        boxes.append(box(i, *chosen[i]))
+    return chosen
 
 
 def write_report(results: list[dict], docs: Path, steps: int, machine: str = "") -> None:
@@ -191,7 +229,7 @@ def write_report(results: list[dict], docs: Path, steps: int, machine: str = "")
         gain = "–" if r["gain"] is None else f"{r['gain']:.4f}"
         lines.append(f"| {r['method']} | {r['ratio']} | {weight} | {r['eval/domain_ppl']:.3f} | "
                      f"{r['eval/general_ppl']:.2f} | {r['eval/general_kl']:.4f} | {r['eval/qa_exact_match']:.2f} | "
-                     f"{gain} | {'✓' if r['on_frontier'] else ''} | {r['wall_s']:.0f} s |")
+                     f"{gain} | {'✓' if r['on_frontier'] else ''} | {wall(r['wall_s'])} |")
     lines += ["", "Domain gain is ln(base domain ppl / final domain ppl); drift is the final KL to the base on "
               "held-out general text. On the Pareto frontier (no other run has a higher gain and a lower drift), "
               "lowest drift first: " + ", ".join(f"**{name}**" for name in frontier) + "."]
@@ -200,6 +238,11 @@ def write_report(results: list[dict], docs: Path, steps: int, machine: str = "")
     lines += [f"- {'✅' if ok else '❌'} {what}: {figures}" for what, ok, figures in checks]
     lines += ["", *[f"![{name}]({name})" for name in images], ""]
     (docs / "results.md").write_text("\n".join(lines))
+
+
+def wall(seconds: float | None) -> str:
+    """``54 s``, or ``reused`` for a run complete before this replicate began."""
+    return "reused" if seconds is None else f"{seconds:.0f} s"
 
 
 def machine_note(load: float) -> str:

@@ -2,7 +2,8 @@
 
 A grid maps a few spec fields (:data:`GRID_KEYS`) to lists of values; the sweep is every combination (the
 cartesian product), each job the base spec with that combination, the same data and seed, and a name saying
-its point. The service (``POST /v1/sweeps``) and the CLI (``mol sweep``) both expand with :func:`expand_grid`.
+its point. The service (``POST /v1/sweeps``) and the CLI (``mol sweep``, and ``mol replicate``'s runs) all expand
+with :func:`expand_grid`.
 
 Each job's result is a point (:func:`result_point`) of *domain gain* against *general drift*, read from its
 evaluation history, and :func:`pareto_frontier` names the jobs no other job beats on both.

@@ -58,6 +58,9 @@ def test_replicate_runs_its_grids_as_a_sweep(make_spec, tmp_path):
                      and (o["gain"], o["drift"]) != (r["gain"], r["drift"]) for o in finals)
         assert r["on_frontier"] is not beaten, r
     assert "Targets, MoL 1:1" not in (tmp_path / "docs" / "results.md").read_text()  # no MoL at CPT's kl_weight
+    again = run_all(tmp_path / "runs", base, {"ratio": ["1:1"], "kl_weight": [0.5, 2.0]}, log=lambda _: None)
+    assert [r["curves"] for r in again] == [r["curves"] for r in results]  # complete runs reused, figures kept
+    assert all(r["wall_s"] is None for r in again) and all(r["wall_s"] > 0 for r in results)
 
 
 def test_replicate_refuses_a_grid_over_the_method(capsys):
