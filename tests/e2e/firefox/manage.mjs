@@ -50,11 +50,11 @@ try {
 
   await page.evaluate((id) => { location.hash = `#/job/${id}`; }, cloneId);
   await page.waitForSelector("[data-action=clone]");
-  await page.click("[data-action=clone]");
+  await page.locator("[data-action=clone]").click();  // a locator retries when the page re-renders under it
   await page.waitForFunction(() => document.querySelector("#new-job input[name=name]")?.value.endsWith("(copy)"));
   seen.clone_name = await page.$eval("#new-job input[name=name]", (el) => el.value);
   seen.clone_method = await page.$eval("input[name=method]:checked", (el) => el.value);
-  await page.click("[data-preview-link=domain_data]");
+  await page.locator("[data-preview-link=domain_data]").click();
   await page.waitForSelector("[data-preview-for=domain_data] pre.document");
   seen.preview = await page.$$eval("[data-preview-for=domain_data] pre.document", (els) => els.map((el) => el.textContent));
   await page.screenshot({ path: `${shots}/firefox-clone-preview.png`, fullPage: true });
@@ -63,11 +63,11 @@ try {
   await page.waitForSelector("[data-action=delete]");
   const answer = (accept) => page.once("dialog", (dialog) => (accept ? dialog.accept() : dialog.dismiss()));
   answer(false);
-  await page.click("[data-action=delete]");
+  await page.locator("[data-action=delete]").click();
   await page.waitForFunction(() => !document.querySelector("[data-action=delete]")?.disabled);
   seen.after_dismiss = await page.evaluate(() => location.hash);
   answer(true);
-  await page.click("[data-action=delete]");
+  await page.locator("[data-action=delete]").click();
   await rows(4);
   seen.after_delete = await page.$$eval("table.jobs tbody tr td:nth-child(2)", (els) => els.map((el) => el.textContent));
 } finally {
