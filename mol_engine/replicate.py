@@ -67,7 +67,8 @@ def sweep_points(base: Mapping[str, Any], extra: Mapping[str, list] | None = Non
 def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None = None,
             log=print) -> list[dict]:
     """Train every point of :func:`sweep_points` into ``out``, reusing complete runs; one result dict per run: its
-    label, grid values, kl_weight, final figures, wall time (None for a reused run) and eval curves."""
+    label, grid values, kl_weight, final figures, wall time (None for a reused run), the machine's 1-minute load
+    average as it ended, and eval curves."""
     results = []
     for values, spec in sweep_points(base, extra):
         run_dir = out / run_dir_name(point_label(values))
@@ -78,7 +79,7 @@ def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None
         curves = _evaluations(run_dir)  # from the file: a reused run trains no step
         result = {"run": label(values), **values, "kl_weight": spec["kl_weight"],
                   **{k: curves[-1].get(k) for k in FINAL_KEYS}, "wall_s": None if reused else round(seconds, 1),
-                  "curves": curves}
+                  "load": round(os.getloadavg()[0], 1), "curves": curves}
         results.append(result)
         log(f"{result['run']}: " + ", ".join(f"{k.split('/')[1]}={result[k]:.4g}" for k in FINAL_KEYS
                                              if result[k] is not None) + f", {wall(result['wall_s'])}")
@@ -245,14 +246,15 @@ def wall(seconds: float | None) -> str:
     return "reused" if seconds is None else f"{seconds:.0f} s"
 
 
-def machine_note(load: float) -> str:
-    """``; wall times on 2 CPU cores, load average 3.4 when the runs began``: where the times were taken (a load
-    above the core count means other work shared the machine)."""
+def machine_note(loads: list[float]) -> str:
+    """``; wall times on 2 CPU cores, 1-minute load average 2.4 to 3.6 as the runs ended (a busy, shared
+    machine)``: where the times were taken; a load above the core count means other work shared the machine."""
     import torch
 
     where = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{os.cpu_count()} CPU cores"
-    busy = " (a busy, shared machine)" if load > (os.cpu_count() or 1) else ""
-    return f"; wall times on {where}, load average {load:.1f} when the runs began{busy}"
+    busy = " (a busy, shared machine)" if max(loads) > (os.cpu_count() or 1) else ""
+    return (f"; wall times on {where}, 1-minute load average {min(loads):.1f} to {max(loads):.1f} as the runs "
+            f"ended{busy}")
 
 
 def main(out: str = "runs/replicate", docs: str = "docs", steps: int | None = None,
@@ -260,9 +262,8 @@ def main(out: str = "runs/replicate", docs: str = "docs", steps: int | None = No
     """Run every sweep point and write the report; returns 0."""
     spec = demo_spec("mol", "1:1", steps)
     base = spec.model_dump(mode="json") | {"name": "demo"}
-    load = os.getloadavg()[0]
     results = run_all(Path(out), base, grid, log=lambda m: print(m, file=sys.stderr))
-    write_report(results, Path(docs), spec.max_steps, machine_note(load))
+    write_report(results, Path(docs), spec.max_steps, machine_note([r["load"] for r in results]))
     for what, ok, figures in targets(results):
         print(f"{'PASS' if ok else 'MISS'} {what}: {figures}")
     return 0

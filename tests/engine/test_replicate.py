@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mol_engine.cli import main as cli
-from mol_engine.replicate import grids, run_all, targets, write_report
+from mol_engine.replicate import grids, machine_note, run_all, targets, write_report
 from mol_engine.sweep import SweepError
 
 
@@ -61,6 +61,8 @@ def test_replicate_runs_its_grids_as_a_sweep(make_spec, tmp_path):
     again = run_all(tmp_path / "runs", base, {"ratio": ["1:1"], "kl_weight": [0.5, 2.0]}, log=lambda _: None)
     assert [r["curves"] for r in again] == [r["curves"] for r in results]  # complete runs reused, figures kept
     assert all(r["wall_s"] is None for r in again) and all(r["wall_s"] > 0 for r in results)
+    assert all(r["load"] >= 0 for r in results)  # the machine's load as each run ended, for the report's header
+    assert "busy" in machine_note([0.5, 999.0]) and "busy" not in machine_note([0.0, 0.0])
 
 
 def test_replicate_refuses_a_grid_over_the_method(capsys):
