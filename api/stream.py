@@ -30,11 +30,19 @@ PAGE = 5000  # rows per read
 
 @dataclass
 class Batch:
-    """New rows of one job since a position, and the job's status when they were read."""
+    """New rows of one job after a position (``after_metric``, ``after_event``), and the job's status when they
+    were read."""
 
     status: str | None
     metrics: list[dict]
     events: list[dict]
+    after_metric: int = 0
+    after_event: int = 0
+
+    def starts_after(self, metric: int, event: int, kinds: tuple[str, ...]) -> bool:
+        """Whether rows after (``metric``, ``event``) of ``kinds`` could be missing from this batch: it was read
+        from a later position (the tail's, while a subscriber was still reading its backlog)."""
+        return ("metric" in kinds and self.after_metric > metric) or ("event" in kinds and self.after_event > event)
 
 
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
@@ -59,7 +67,8 @@ def read_since(svc: Services, job_id: str, after_metric: int, after_event: int, 
         return Batch(status,
                      [{"seq": r.seq, "step": r.step, **r.values} for r in metrics],
                      [{"seq": r.seq, "step": r.step, "kind": r.kind, "message": r.message, "data": r.data,
-                       "created_at": utc_iso(r.created_at)} for r in events])
+                       "created_at": utc_iso(r.created_at)} for r in events],
+                     after_metric, after_event)
 
 
 def _positions(svc: Services, job_id: str) -> tuple[int, int]:
@@ -124,6 +133,8 @@ async def _messages(request: Request, svc: Services, job_id: str, kinds: tuple[s
                 batch = await run_in_threadpool(read_since, svc, job_id, metric, event)
             else:
                 batch = await queue.get()
+                if batch.starts_after(metric, event, kinds):  # rows between our position and the tail's: read them
+                    batch = await run_in_threadpool(read_since, svc, job_id, metric, event)
     finally:
         tail.queues.discard(queue)
 
