@@ -26,12 +26,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+STOPPING: list[subprocess.Popen] = []  # `mol up`s told to stop, whose clean exit the session checks at its end
+
+
+def _stopped_cleanly(proc: subprocess.Popen) -> None:
+    """Waits for a `mol up` sent Ctrl-C to exit, asserting a clean exit; SIGKILLs its group if it did not."""
+    try:
+        assert proc.wait(60) == 0 or proc.returncode in (-signal.SIGINT, 130), f"mol up exited {proc.returncode}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def stopping_services() -> Iterator[None]:
+    yield
+    while STOPPING:
+        _stopped_cleanly(STOPPING.pop())
+
+
 @contextmanager
-def running_service(home: Path, log_path: Path, wait_for_demo: bool = True,
-                    env: dict[str, str] | None = None) -> Iterator[SimpleNamespace]:
+def running_service(home: Path, log_path: Path, wait_for_demo: bool = True, env: dict[str, str] | None = None,
+                    stop_in_background: bool = False) -> Iterator[SimpleNamespace]:
     """`mol up` on ``home`` until the block ends (then Ctrl-C): its client (with the token), home, URL, log.
     It yields once the demo (built in the background) is ready, unless ``wait_for_demo`` is false; ``env`` is
-    added to the environment last."""
+    added to the environment last. With ``stop_in_background`` the block ends without waiting for `mol up` to
+    finish its graceful stop (its worker's takes ~4 s); the session checks the exit at its end."""
     port = free_port()
     env = os.environ | {"MOL_HOME": str(home), "MOL_DEMO_PRETRAIN_STEPS": "5"} | (env or {})
     env.pop("MOL_BROKER_URL", None)
@@ -65,16 +85,15 @@ def running_service(home: Path, log_path: Path, wait_for_demo: bool = True,
     finally:  # also when the block failed: never leave a `mol up` behind
         client.close()
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C
-        try:
-            assert proc.wait(60) == 0 or proc.returncode in (-signal.SIGINT, 130)
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
+        if stop_in_background:
+            STOPPING.append(proc)
+        else:
+            _stopped_cleanly(proc)
 
 
 @pytest.fixture
 def service(tmp_path):
-    with running_service(tmp_path / "home", tmp_path / "mol-up.log") as running:
+    with running_service(tmp_path / "home", tmp_path / "mol-up.log", stop_in_background=True) as running:
         yield running
 
 

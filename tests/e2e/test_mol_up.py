@@ -135,7 +135,7 @@ def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
     env = {"MOL_DEMO_CACHE": str(tmp_path / "cache"), "MOL_DEMO_PRETRAIN_STEPS": "30"}
     with ExitStack() as stack, sync_playwright() as playwright:
         first = stack.enter_context(running_service(tmp_path / "home-a", tmp_path / "home-a.log",
-                                                    wait_for_demo=False, env=env))
+                                                    wait_for_demo=False, env=env, stop_in_background=True))
         status = first.client.get("/v1/demo").json()
         assert status["state"] == "building", status  # the URL answered before the demo was built
         assert [m["id"] for m in first.client.get("/v1/models").json()] == []
@@ -149,7 +149,7 @@ def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
         page.screenshot(path=SHOTS / "demo-banner.png")
 
         second = stack.enter_context(running_service(tmp_path / "home-b", tmp_path / "home-b.log",
-                                                     wait_for_demo=False, env=env))
+                                                     wait_for_demo=False, env=env, stop_in_background=True))
         for up in (first, second):
             _wait_ready(up.client)
         expect(page.locator("#demo-banner")).to_have_text("The demo model is ready.", timeout=60_000)
