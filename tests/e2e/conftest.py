@@ -99,6 +99,7 @@ def service(tmp_path):
 
 @pytest.fixture
 def start_service(tmp_path):
-    """start_service() -> a context manager running `mol up` on the same MOL_HOME each time (a restart)."""
+    """start_service(stop_in_background=False) -> a context manager running `mol up` on the same MOL_HOME each time
+    (a restart); a start that no other follows may stop in the background."""
     starts = iter(range(1, 100))
-    return lambda: running_service(tmp_path / "home", tmp_path / f"mol-up-{next(starts)}.log")
+    return lambda **options: running_service(tmp_path / "home", tmp_path / f"mol-up-{next(starts)}.log", **options)

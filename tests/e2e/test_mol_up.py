@@ -75,7 +75,7 @@ def test_restart_keeps_the_token_and_survives_deleting_a_demo_dataset(start_serv
         assert set(demo) == {"domain", "general", "eval"}
         assert first.client.delete(f"/v1/datasets/{demo['domain']}").status_code == 204
         assert (first.home / "demo" / "domain.jsonl").is_file()
-    with start_service() as second:  # the same MOL_HOME started again
+    with start_service(stop_in_background=True) as second:  # the same MOL_HOME started again
         assert second.token == first.token
         assert {d["purpose"] for d in second.client.get("/v1/datasets").json()} == {"domain", "general", "eval"}
 
