@@ -36,16 +36,16 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import tokenizers
-import torch
-import transformers
 from filelock import FileLock, Timeout
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from .threads import use_threads
+
+if TYPE_CHECKING:  # torch, transformers and tokenizers load only when a build runs: a reused build needs none
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 DEMO_VERSION = "mol-demo-1"
 MARKER = "DEMO_COMPLETE"
@@ -213,6 +213,9 @@ def eval_pairs(seed: int = 0, max_operand: int = MAX_OPERAND) -> list[dict[str, 
 # ------------------------------------------------------------------------------------ tokenizer, model
 def build_tokenizer(texts: Iterable[str], vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on ``texts`` that round-trips any text and adds no BOS/EOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -250,6 +253,8 @@ def tiny_llama_config(
     tie_word_embeddings: bool = True,
 ) -> LlamaConfig:
     """A small Llama config (about 1.1M parameters at the defaults and a 2048 vocabulary, embeddings tied)."""
+    from transformers import LlamaConfig
+
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -281,6 +286,8 @@ def pretrain(
     ``on_step(step, loss)`` is called after every step. The final loss is the mean over the last tenth of the
     steps (at least one).
     """
+    import torch
+
     stream = torch.tensor(token_ids, dtype=torch.long)
     if len(stream) <= BLOCK_SIZE:
         raise ValueError("pretraining text is shorter than one block")
@@ -310,8 +317,8 @@ def pretrain(
 # ---------------------------------------------------------------------------------------- cache, progress
 def build_versions() -> dict[str, str]:
     """The versions that decide a build's bytes: Python's minor (the corpus), torch, transformers, tokenizers."""
-    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}", "torch": torch.__version__,
-            "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+    return {"python": f"{sys.version_info.major}.{sys.version_info.minor}",
+            **{package: version(package) for package in ("torch", "transformers", "tokenizers")}}
 
 
 def demo_key(pretrain_steps: int, seed: int, versions: Mapping[str, str]) -> str:
@@ -510,6 +517,9 @@ def _is_complete(root: Path, marker: str) -> bool:
 
 def _build_into(root: Path, pretrain_steps: int, seed: int, log: Callable[[str], None],
                 progress: BuildProgress) -> None:
+    import torch
+    from transformers import LlamaForCausalLM
+
     paths = DemoPaths.under(root)
     progress.phase("writing the corpora")
     pretrain_docs, general_docs = split_general(general_documents())
