@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
+CTRL_C_GRACE_S = 5.0  # a worker ended by SIGINT is restarted only if `mol up` did not start stopping by then
+
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -71,6 +73,8 @@ class Supervisor:
             code = self.proc.wait()  # reaps it
             if self._stopping.is_set():
                 return
+            if code == -signal.SIGINT and self._stopping.wait(CTRL_C_GRACE_S):
+                return  # the terminal's Ctrl-C reached the whole process group: `mol up` is stopping too
             pause = self.next_pause(time.monotonic() - started)
             self.pauses.append(pause)
             where = f" (its log: {self.log})" if self.log else ""

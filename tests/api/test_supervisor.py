@@ -82,3 +82,21 @@ def test_with_a_log_the_output_goes_there_and_not_to_the_terminal(tmp_path, capf
     assert Path(f"{log}.1").read_text() == "an earlier start\n"
     assert capfd.readouterr() == ("", "")
     assert said[0] == f"worker exited (0); restarting it in 0.02 s (its log: {log})"
+
+
+def test_a_ctrl_c_that_reached_the_worker_too_is_no_restart(monkeypatch):
+    monkeypatch.setattr("api.supervisor.CTRL_C_GRACE_S", 0.3)
+    said: list[str] = []
+    keeper = Supervisor(python("import time; time.sleep(60)"), first_backoff_s=0.05, say=said.append).start()
+    first = keeper.pid
+    os.kill(first, signal.SIGINT)  # the terminal's Ctrl-C: `mol up` stops right after
+    time.sleep(0.1)
+    keeper.stop()
+    assert keeper.pid == first and said == []  # not started again, and no "restarting it" on the way out
+    alone = Supervisor(python("import time; time.sleep(60)"), first_backoff_s=0.05, say=said.append).start()
+    try:
+        os.kill(alone.pid, signal.SIGINT)  # a SIGINT to the worker alone: restarted once the grace has passed
+        wait_for(lambda: alone.pauses == [0.05])
+        assert said == [f"worker exited ({-signal.SIGINT}); restarting it in 0.05 s"]
+    finally:
+        alone.stop()
