@@ -16,6 +16,8 @@ from pathlib import Path
 from api.settings import Settings
 
 TASK_NAME = "mol.run_job"
+INTERPOLATE_TASK = "mol.interpolate"  # work beside a job's training, on the 1-process queue: interpolations,
+EVALUATE_TASK = "mol.evaluate_task"  # and task evaluations
 DEFAULT_QUEUE = "mol-jobs"
 UNACKED_KEY = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages in this hash
 
@@ -42,6 +44,18 @@ def celery_enqueue(settings: Settings) -> Callable[..., None]:
         celery.send_task(TASK_NAME, args=[job_id], queue=queue_for(nproc))
 
     return enqueue
+
+
+def celery_task_sender(settings: Settings, task_name: str) -> Callable[..., None]:
+    """A function ``send(*args)`` that queues the worker task ``task_name`` with ``args`` on the 1-process jobs'
+    queue of ``settings``' broker."""
+
+    def send(*args) -> None:
+        from .celery_app import make_celery
+
+        make_celery(settings).send_task(task_name, args=list(args), queue=queue_for(1))
+
+    return send
 
 
 def message_job_id(raw: str | bytes) -> str | None:

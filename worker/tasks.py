@@ -34,7 +34,7 @@ from api.settings import Settings
 from api.webhooks import record_job_event_for_webhooks
 
 from .celery_app import app
-from .queue import TASK_NAME, queue_for, waiting_job_ids
+from .queue import EVALUATE_TASK, INTERPOLATE_TASK, TASK_NAME, queue_for, waiting_job_ids
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +73,6 @@ def run_job(self, job_id: str) -> str:
     return word
 
 
-INTERPOLATE_TASK = "mol.interpolate"
-
-
 @app.task(name=INTERPOLATE_TASK, acks_late=True)
 def interpolate(job_id: str, checkpoint: str, alphas: list[float]) -> str:
     """Evaluate the models between the base and ``checkpoint`` of ``job_id`` at ``alphas`` (WiSE-FT)."""
@@ -101,9 +98,6 @@ def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alpha
         db.add(JobEvent(job_id=job_id, step=int(checkpoint.removeprefix("step-")), kind="interpolation",
                         message=message, data=data))
     return "failed" if "error" in data else "done"
-
-
-EVALUATE_TASK = "mol.evaluate_task"
 
 
 @app.task(name=EVALUATE_TASK, acks_late=True)

@@ -63,15 +63,9 @@ class TaskEvaluationOut(BaseModel):
 
 def celery_sender(svc: Svc) -> Send:
     """Queues ``mol.evaluate_task`` on the broker of the service's settings, on the 1-process jobs' queue."""
+    from worker.queue import EVALUATE_TASK, celery_task_sender
 
-    def send(job_id: str, task: str, checkpoints: list[str]) -> None:
-        from worker.celery_app import make_celery
-        from worker.queue import queue_for
-        from worker.tasks import EVALUATE_TASK
-
-        make_celery(svc.settings).send_task(EVALUATE_TASK, args=[job_id, task, checkpoints], queue=queue_for(1))
-
-    return send
+    return celery_task_sender(svc.settings, EVALUATE_TASK)
 
 
 Sender = Annotated[Send, Depends(celery_sender)]

@@ -63,15 +63,9 @@ class InterpolationOut(BaseModel):
 
 def celery_sender(svc: Svc) -> Send:
     """Queues ``mol.interpolate`` on the broker of the service's settings, on the 1-process jobs' queue."""
+    from worker.queue import INTERPOLATE_TASK, celery_task_sender
 
-    def send(job_id: str, checkpoint: str, alphas: list[float]) -> None:
-        from worker.celery_app import make_celery
-        from worker.queue import queue_for
-        from worker.tasks import INTERPOLATE_TASK
-
-        make_celery(svc.settings).send_task(INTERPOLATE_TASK, args=[job_id, checkpoint, alphas], queue=queue_for(1))
-
-    return send
+    return celery_task_sender(svc.settings, INTERPOLATE_TASK)
 
 
 Sender = Annotated[Send, Depends(celery_sender)]
