@@ -263,6 +263,20 @@ def _read_json(text: str) -> Any:
 JSON_CODEC = {"json_serializer": strict_dumps, "json_deserializer": _read_json}
 
 
+@event.listens_for(Session, "before_flush")
+def _events_of_a_job_commit_in_seq_order(session: Session, _context, _instances) -> None:
+    """On PostgreSQL, a transaction that adds events to a job first locks the job's row, so events of one job are
+    written one transaction at a time and commit in the order of their ``seq``: a stream that has read seq N has
+    seen every earlier event of that job. Without it two writers (a runner's checkpoint event, the API's cancel)
+    could commit out of order and a live stream would skip the earlier one. SQLite writes one at a time already."""
+    job_ids = sorted({row.job_id for row in session.new if isinstance(row, JobEvent)})
+    if not job_ids or session.get_bind().dialect.name != "postgresql":
+        return
+    connection = session.connection()
+    for job_id in job_ids:  # in one order, so two transactions never wait on each other's jobs
+        connection.execute(select(Job.id).where(Job.id == job_id).with_for_update())
+
+
 def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20, pool_timeout_s: float = 30) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout so the API and workers can share it.
 
