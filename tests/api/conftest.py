@@ -1,3 +1,6 @@
+import json
+from contextlib import contextmanager
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -5,6 +8,35 @@ from api.app import create_app
 from api.settings import Settings
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
+ARITHMETIC = "".join(json.dumps({"text": f"Question: What is {i} plus 1?\nAnswer: {i + 1}"}) + "\n" for i in range(40))
+PROSE = "".join(json.dumps({"text": f"The river and the stone number {i} under the quiet morning."}) + "\n"
+                for i in range(40))
+
+
+def tiny_job_spec(upload, owner: str = "alice", **fields) -> dict:
+    """A spec training the tiny model 2 steps (evaluated and saved at step 2) on arithmetic and prose corpora it
+    uploads for ``owner``; ``fields`` override."""
+    domain = upload(ARITHMETIC, owner=owner).json()["id"]
+    general = upload(PROSE, purpose="general", owner=owner).json()["id"]
+    return {"name": "t", "base_model": "tiny", "domain_data": [domain], "general_data": [general], "seq_len": 32,
+            "batch_size": 4, "lr": 3e-3, "max_steps": 2, "eval_every": 2, "save_every": 2, "eval_batches": 1} | fields
+
+
+@contextmanager
+def worker_task_in_process(client, sender, work):
+    """Overrides a route's ``sender`` dependency so each task it queues runs here, at once, as ``work(*args)``
+    (what the worker task does); yields the list of the tasks' arguments."""
+    calls: list[tuple] = []
+
+    def send(*args) -> None:
+        calls.append(args)
+        work(*args)
+
+    client.app.dependency_overrides[sender] = lambda: send
+    try:
+        yield calls
+    finally:
+        client.app.dependency_overrides.clear()
 
 
 @pytest.fixture

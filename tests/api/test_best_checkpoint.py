@@ -12,20 +12,15 @@ from sqlalchemy import select, text
 
 from api.db import SCHEMA_VERSION, Base, Job, SchemaVersion, init_db, make_engine
 from mol_engine.budget import checkpoint_path
+from tests.api.conftest import tiny_job_spec
 from worker.runner import run
 
 train_module = importlib.import_module("mol_engine.train")
-DOCS = "".join(json.dumps({"text": f"Question: What is {i} plus 1?\nAnswer: {i + 1}"}) + "\n" for i in range(40))
-PROSE = "".join(json.dumps({"text": f"The river and the stone number {i} under the quiet morning."}) + "\n"
-                for i in range(40))
 SQLITE = pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the runs are the cost, not the database
 
 
-def job_spec(upload, **extra) -> dict:
-    domain = upload(DOCS).json()["id"]
-    general = upload(PROSE, purpose="general").json()["id"]
-    return {"name": "b", "base_model": "tiny", "domain_data": [domain], "general_data": [general], "seq_len": 32,
-            "batch_size": 4, "lr": 3e-3, "max_steps": 6, "eval_every": 2, "save_every": 2, "eval_batches": 1} | extra
+def job_spec(upload, **fields) -> dict:
+    return tiny_job_spec(upload, max_steps=6, **fields)
 
 
 @SQLITE

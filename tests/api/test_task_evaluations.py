@@ -3,17 +3,16 @@ worker task, which scores the job's models with lm-eval and stores a row per mod
 that GET lists; another owner's job or dataset is a 404, a model that cannot be loaded a 422."""
 
 import json
+from functools import partial
 
 import pytest
 
 from api.routes.evaluations import celery_sender
 from mol_engine.task_eval import evaluate_task
+from tests.api.conftest import tiny_job_spec, worker_task_in_process
 from worker.runner import run
 from worker.tasks import record_task_evaluation
 
-DOCS = "".join(json.dumps({"text": f"Question: What is {i} plus 1?\nAnswer: {i + 1}"}) + "\n" for i in range(40))
-PROSE = "".join(json.dumps({"text": f"The river and the stone number {i} under the quiet morning."}) + "\n"
-                for i in range(40))
 TASK = [{"question": "What is 1 plus 2?", "choices": ["3", "4", "river"], "answer": 0},
         {"question": "What is 3 plus 4?", "choices": ["7", "stone"], "answer": "7"},
         {"question": "Which is green?", "choices": ["garden", "winter"], "answer": 1}]
@@ -24,25 +23,11 @@ def lines(records: list) -> str:
     return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records)
 
 
-def job_spec(upload, owner: str = "alice") -> dict:
-    domain = upload(DOCS, owner=owner).json()["id"]
-    general = upload(PROSE, purpose="general", owner=owner).json()["id"]
-    return {"name": "t", "base_model": "tiny", "domain_data": [domain], "general_data": [general], "seq_len": 32,
-            "batch_size": 4, "lr": 3e-3, "max_steps": 2, "eval_every": 2, "save_every": 2, "eval_batches": 1}
-
-
 @pytest.fixture
-def sent(client, settings) -> list[tuple]:
+def sent(client, settings):
     """What POST hands to the workers; each is run here, in-process, as the worker task would."""
-    calls: list[tuple] = []
-
-    def send(job_id: str, task: str, checkpoints: list[str]) -> None:
-        calls.append((job_id, task, checkpoints))
-        record_task_evaluation(settings, job_id, task, checkpoints)
-
-    client.app.dependency_overrides[celery_sender] = lambda: send
-    yield calls
-    client.app.dependency_overrides.clear()
+    with worker_task_in_process(client, celery_sender, partial(record_task_evaluation, settings)) as calls:
+        yield calls
 
 
 def test_a_task_file_is_checked_at_upload_and_previewed(client, auth, upload):
@@ -60,7 +45,7 @@ def test_a_task_file_is_checked_at_upload_and_previewed(client, auth, upload):
 @SQLITE
 def test_the_base_is_scored_as_the_engine_scores_it_and_listed(client, auth, upload, settings, sent, tiny_model_dir,
                                                                 tmp_path):
-    job_id = client.post("/v1/jobs", headers=auth(), json=job_spec(upload)).json()["id"]
+    job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload)).json()["id"]
     task = upload(lines(TASK), purpose="task", filename="quiz.jsonl").json()["id"]
     response = client.post(f"/v1/jobs/{job_id}/evaluations", headers=auth(), json={"task": task,
                                                                                     "checkpoints": ["base"]})
@@ -76,7 +61,7 @@ def test_the_base_is_scored_as_the_engine_scores_it_and_listed(client, auth, upl
 
 @SQLITE
 def test_by_default_every_checkpoint_and_the_base_are_scored(client, auth, upload, settings, sent):
-    job_id = client.post("/v1/jobs", headers=auth(), json=job_spec(upload)).json()["id"]
+    job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload)).json()["id"]
     assert run(job_id, settings) == "succeeded"
     task = upload(lines([{"question": "What is 1 plus 2?", "answer": "3"}]), purpose="task").json()["id"]
     response = client.post(f"/v1/jobs/{job_id}/evaluations", headers=auth(), json={"task": task})
@@ -87,7 +72,7 @@ def test_by_default_every_checkpoint_and_the_base_are_scored(client, auth, uploa
 
 
 def test_another_owners_job_or_dataset_is_a_404_and_bad_requests_are_4xx(client, auth, upload, settings, sent):
-    job_id = client.post("/v1/jobs", headers=auth(), json=job_spec(upload)).json()["id"]
+    job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload)).json()["id"]
     task = upload(lines(TASK), purpose="task").json()["id"]
     bobs = upload(lines(TASK), purpose="task", owner="bob").json()["id"]
     qa = upload(lines([{"question": "q", "answer": "a"}]), purpose="eval").json()["id"]
@@ -108,7 +93,7 @@ def test_another_owners_job_or_dataset_is_a_404_and_bad_requests_are_4xx(client,
 
 
 def test_a_task_gone_before_the_worker_reads_it_is_a_failed_evaluation(client, auth, upload, settings):
-    job_id = client.post("/v1/jobs", headers=auth(), json=job_spec(upload)).json()["id"]
+    job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload)).json()["id"]
     task = upload(lines(TASK), purpose="task", filename="quiz.jsonl").json()["id"]
     assert client.delete(f"/v1/datasets/{task}", headers=auth()).status_code == 204
     assert record_task_evaluation(settings, job_id, task, ["base"]) == "failed"
