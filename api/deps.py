@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -73,3 +73,15 @@ Owner = Annotated[str, Depends(owner)]
 StreamOwner = Annotated[str, Depends(owner_unheld)]
 DB = Annotated[Session, SESSION]
 Svc = Annotated[Services, Depends(services)]
+
+
+def worker_task_sender(task_name: str) -> Callable[..., Callable[..., None]]:
+    """A dependency for a route that queues the worker task ``task_name``: it gives ``send(*args)``, which queues
+    it on the service's broker (worker/queue.py). Each call makes a dependency of its own, for tests to override."""
+
+    def sender(svc: Svc) -> Callable[..., None]:
+        from worker.queue import celery_task_sender
+
+        return celery_task_sender(svc.settings, task_name)
+
+    return sender

@@ -16,8 +16,10 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from worker.queue import EVALUATE_TASK
+
 from ..db import Job, JobEvent
-from ..deps import DB, Owner, Svc
+from ..deps import DB, Owner, Svc, worker_task_sender
 from ..schemas import UtcDatetime, errors
 from ..validation import available_models
 from .checkpoints import resolve_name
@@ -61,13 +63,7 @@ class TaskEvaluationOut(BaseModel):
     created_at: UtcDatetime
 
 
-def celery_sender(svc: Svc) -> Send:
-    """Queues ``mol.evaluate_task`` on the broker of the service's settings, on the 1-process jobs' queue."""
-    from worker.queue import EVALUATE_TASK, celery_task_sender
-
-    return celery_task_sender(svc.settings, EVALUATE_TASK)
-
-
+celery_sender = worker_task_sender(EVALUATE_TASK)  # queues ``mol.evaluate_task`` on the 1-process jobs' queue
 Sender = Annotated[Send, Depends(celery_sender)]
 
 

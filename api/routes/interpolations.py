@@ -15,9 +15,10 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
 from mol_engine.interpolate import DEFAULT_ALPHAS, MAX_ALPHAS, check_alphas
+from worker.queue import INTERPOLATE_TASK
 
 from ..db import JobEvent
-from ..deps import DB, Owner, Svc
+from ..deps import DB, Owner, Svc, worker_task_sender
 from ..schemas import UtcDatetime, errors
 from .checkpoints import resolve_name
 from .jobs import owned_job
@@ -61,13 +62,7 @@ class InterpolationOut(BaseModel):
     created_at: UtcDatetime
 
 
-def celery_sender(svc: Svc) -> Send:
-    """Queues ``mol.interpolate`` on the broker of the service's settings, on the 1-process jobs' queue."""
-    from worker.queue import INTERPOLATE_TASK, celery_task_sender
-
-    return celery_task_sender(svc.settings, INTERPOLATE_TASK)
-
-
+celery_sender = worker_task_sender(INTERPOLATE_TASK)  # queues ``mol.interpolate`` on the 1-process jobs' queue
 Sender = Annotated[Send, Depends(celery_sender)]
 
 
