@@ -15,7 +15,12 @@ Starts `mol api` (one uvicorn process, a scratch PostgreSQL database, no workers
    ``MOL_DEMO_CACHE``, built there if missing; --quick: the tiny model): first-token latency p50/p95, tokens/s per
    client after its first token, tokens/s of all clients together. Clients beyond ``MOL_GENERATION_THREADS`` (2)
    wait for a thread, so their first token comes later: the bound doing its job;
-before all that, one ``--large-upload-mb`` upload: how much it raised the API's peak RSS.
+before all that, one ``--large-upload-mb`` upload: how much it raised the API's peak RSS;
+5. the abuse mix (bench/abuse.py), on a second API with a worker and a database of its own: one owner sends
+   oversized bodies (``--oversized-mb``, with and without a token), huge prompts (``--huge-prompt-chars``), a
+   burst of ``--side-tasks`` interpolations and keeps dead webhook endpoints for ``--abuse-window`` seconds, while
+   another owner submits and cancels jobs: 5xx (goal 0), the API's peak RSS growth (goal <= 100 MiB), the other
+   owner's submit p99 (goal < 1 s), webhook delivery p99 (goal < 2 s) and its training job's wait for the worker.
 Prints one JSON line ({"slow_clients_5xx": 0, "submit_p99_ms": ..., "sse_streams": ..., "completions": [...]})
 and, unless --quick, writes the figures into docs/performance.md (section api_load). Everything runs on 127.0.0.1
 and stops by itself; the full run takes about 3 minutes (and a few more the first time, to build the demo),
@@ -44,6 +49,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import abuse
 from report import replace_section
 from slow_clients import SLOW_READ, TICK_S, TOKEN, Tally, slow_download, slow_upload
 
@@ -82,11 +88,16 @@ def scratch_database():
         admin.dispose()
 
 
-def start_api(home: Path, model_dir: Path, database_url: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+def service_env(home: Path, model_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
+    """The API's (and a worker's) environment: ``home``, the models, the database, the filesystem broker."""
     env = os.environ | {"MOL_HOME": str(home), "MOL_TOKENS": f"bench:{TOKEN}", "MOL_MODELS_DIR": str(model_dir),
                         "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url}
     env.pop("MOL_BROKER_URL", None)
+    return env | extra
+
+
+def start_api(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -243,6 +254,131 @@ async def hold_streams(base: str, job_id: str, count: int, window: float, pid: i
     return connected, used
 
 
+# ---------------------------------------------------------------- the abuse mix
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """One Celery worker (as `mol worker` runs it) on the API's broker and database."""
+    from api.cli import worker_command
+    from api.settings import Settings
+
+    return subprocess.Popen(worker_command(Settings(), "bench"), env=env, cwd=ROOT, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def upload_corpora(base: str, token: str) -> dict[str, str]:
+    """A domain, a general and an eval dataset of the owner of ``token``: purpose -> id."""
+    headers = {"Authorization": f"Bearer {token}"}
+    text = "".join(json.dumps({"text": f"{token} document {i} about rivers and stone"}) + "\n" for i in range(40))
+    qa = "".join(json.dumps({"question": f"{i} + 1 =", "answer": str(i + 1)}) + "\n" for i in range(8))
+    return {purpose: httpx.post(f"{base}/v1/datasets", headers=headers, data={"purpose": purpose},
+                                files={"file": (f"{purpose}.jsonl", body)}, timeout=60).json()["id"]
+            for purpose, body in (("domain", text), ("general", text), ("eval", qa))}
+
+
+def tiny_spec(ids: dict[str, str], steps: int) -> dict:
+    return {"base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
+            "eval_data": ids["eval"], "max_steps": steps, "eval_every": max(1, steps // 2),
+            "save_every": max(1, steps // 2), "batch_size": 2, "seq_len": 16}
+
+
+async def honest_owner(client: httpx.AsyncClient, spec: dict, until: float, timings: Timings,
+                       cancels: dict[str, float]) -> None:
+    """bench's loop: submit a job, GET it, cancel it (its webhook delivery is timed from the cancel's answer)."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    while time.monotonic() < until:
+        started = time.perf_counter()
+        response = await client.post("/v1/jobs", json=spec, headers=headers)
+        timings.submit.append(time.perf_counter() - started)
+        timings.statuses.append(response.status_code)
+        if response.status_code != 201:
+            continue
+        job_id = response.json()["id"]
+        started = time.perf_counter()
+        polled = await client.get(f"/v1/jobs/{job_id}", headers=headers)
+        timings.poll.append(time.perf_counter() - started)
+        cancel = await client.post(f"/v1/jobs/{job_id}/cancel", headers=headers)
+        timings.statuses += [polled.status_code, cancel.status_code]
+        cancels[job_id] = time.monotonic()
+        await asyncio.sleep(0.2)
+
+
+async def attacker(client: httpx.AsyncClient, spec: dict, until: float, args: argparse.Namespace,
+                   outcomes: abuse.Outcomes) -> None:
+    """mallory's loop: oversized bodies of each kind, huge prompts, and a cancelled job (a delivery to each of her
+    dead endpoints), again until ``until``."""
+    size = args.oversized_mb * abuse.MiB
+    while time.monotonic() < until:
+        await asyncio.gather(*(abuse.oversized_body(client, size, token, chunked, outcomes)
+                               for token in (None, abuse.ATTACKER_TOKEN) for chunked in (False, True)),
+                             abuse.huge_prompt(client, "tiny", args.huge_prompt_chars, outcomes),
+                             abuse.huge_prompt(client, "tiny", 900_000, outcomes))
+        _, status, _ = await abuse.submit_and_cancel(client, spec, abuse.ATTACKER_TOKEN)
+        outcomes.add("cancelled_jobs", status)
+
+
+async def abuse_window(base: str, specs: dict[str, dict], trained: str, args: argparse.Namespace) -> dict:
+    """mallory's abuse beside bench's work for ``--abuse-window`` s; then bench's training job's wait for a worker
+    while mallory's side tasks are queued."""
+    outcomes, timings, cancels = abuse.Outcomes(), Timings(), {}
+    with abuse.webhook_receiver() as (receiver, arrivals), abuse.dead_endpoint() as dead:
+        async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+            dead_endpoints = await abuse.register_dead_webhooks(client, dead, outcomes)
+            created = await client.post("/v1/webhooks", json={"url": receiver, "events": ["job.cancelled"]},
+                                        headers=HEADERS)
+            created.raise_for_status()
+            until = time.monotonic() + args.abuse_window
+            await asyncio.gather(abuse.side_task_burst(client, trained, args.side_tasks, outcomes),
+                                 attacker(client, specs["mallory"], until, args, outcomes),
+                                 *(honest_owner(client, specs["bench"], until, timings, cancels) for _ in range(4)))
+            submitted = time.monotonic()
+            training = await client.post("/v1/jobs", json=specs["bench_training"], headers=HEADERS)
+            status = await abuse.wait_for(client, training.json()["id"], TOKEN, {"running", "succeeded", "failed"},
+                                          timeout=300)
+            queued_wait = time.monotonic() - submitted
+        deadline = time.monotonic() + 30
+        while len(arrivals.keys() & cancels.keys()) < len(cancels) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        delays = [arrivals[job] - at for job, at in cancels.items() if job in arrivals]
+    return {"abuse_5xx": outcomes.server_errors + sum(1 for s in timings.statuses if s >= 500),
+            "abuse_outcomes": outcomes.summary(), "abuse_dead_webhooks": dead_endpoints,
+            "other_owner_submit_p99_ms": round(percentile(timings.submit, 0.99), 1),
+            "other_owner_submissions": len(timings.submit),
+            "other_owner_webhook_p99_ms": round(percentile(delays, 0.99), 1),
+            "other_owner_webhooks_delivered": f"{len(delays)}/{len(cancels)}",
+            "other_owner_queued_wait_s": round(queued_wait, 2), "other_owner_training_status": status}
+
+
+def abuse_mix(tmp: Path, models: Path, args: argparse.Namespace) -> dict:
+    """The abuse phase on an API and one worker of its own (a scratch database, a fresh MOL_HOME): figures of
+    :func:`abuse_window` and the API's peak RSS growth over it."""
+    with scratch_database() as database_url:
+        env = service_env(tmp / "abuse-home", models, database_url,
+                          MOL_TOKENS=f"bench:{TOKEN},{abuse.ATTACKER}:{abuse.ATTACKER_TOKEN}",
+                          MOL_WEBHOOK_ALLOW_HOSTS="127.0.0.1", MOL_HEARTBEAT_S="1")
+        proc, base = start_api(env)
+        worker = start_worker(env, tmp / "abuse-worker.log")
+        try:
+            ids = {owner: upload_corpora(base, token) for owner, token in (("bench", TOKEN),
+                                                                             ("mallory", abuse.ATTACKER_TOKEN))}
+            trained = httpx.post(f"{base}/v1/jobs", json=tiny_spec(ids["mallory"], 4),
+                                 headers={"Authorization": f"Bearer {abuse.ATTACKER_TOKEN}"}).json()["id"]
+            status = asyncio.run(abuse.wait_for_status(base, trained, abuse.ATTACKER_TOKEN, 300))
+            if status != "succeeded":
+                raise RuntimeError(f"mallory's training job ended {status}; see {tmp / 'abuse-worker.log'}")
+            specs = {"bench": tiny_spec(ids["bench"], 1000), "mallory": tiny_spec(ids["mallory"], 1000),
+                     "bench_training": tiny_spec(ids["bench"], 2)}
+            before = peak_rss_mb(proc.pid)
+            result = asyncio.run(abuse_window(base, specs, trained, args))
+            result["abuse_api_peak_rss_growth_mb"] = round(peak_rss_mb(proc.pid) - before, 1)
+        finally:
+            for process in (worker, proc):
+                os.killpg(process.pid, signal.SIGTERM)
+            for process in (worker, proc):
+                process.wait(30)
+    return result
+
+
 # ---------------------------------------------------------------- streamed completions
 
 
@@ -309,9 +445,15 @@ def completion_row(run: dict) -> str:
             f"{run['tokens_per_s_per_client']} tokens/s per client after it, {run['tokens_per_s_all']} in all |")
 
 
+def abuse_outcomes(outcomes: dict[str, dict[str, int]]) -> str:
+    """``oversized_anonymous_length: 401 ×4; ...`` for the report."""
+    return "; ".join(f"{kind}: " + ", ".join(f"{status} ×{n}" for status, n in counts.items())
+                     for kind, counts in outcomes.items())
+
+
 def write_report(result: dict, args: argparse.Namespace) -> None:
     text = [
-        "## API under load: slow clients, submissions, streams, completions (`python bench/api_load.py`)", "",
+        "## API under load: slow clients, submissions, streams, completions, abuse (`python bench/api_load.py`)", "",
         f"One API process (uvicorn) on PostgreSQL, no workers; client and server share this 2-core machine over "
         f"loopback. {args.slow} slow downloaders (a {args.checkpoint_mb} MiB checkpoint read {SLOW_READ} bytes "
         f"every {TICK_S} s) and {args.slow} slow uploaders (half multipart, half a part of `/v1/uploads`, "
@@ -332,6 +474,23 @@ def write_report(result: dict, args: argparse.Namespace) -> None:
         f"| SSE streams held on one job | {result['sse_streams']}/{result['sse_streams_tried']} served, API CPU "
         f"{result['sse_cpu_percent_of_core']}% of one core |",
         *map(completion_row, result["completions"]), "",
+        f"**The abuse mix** (an API, a worker and a database of their own): for {args.abuse_window:g} s one owner "
+        f"sends {args.oversized_mb} MiB JSON bodies (without a token and with one; by Content-Length and chunked), "
+        f"completions with {args.huge_prompt_chars:,}- and 900,000-character prompts, a burst of "
+        f"{args.side_tasks} interpolation requests, and keeps as many webhook endpoints as she may "
+        f"({result['abuse_dead_webhooks']}) on a server that never answers, each of her cancelled jobs a delivery "
+        "to every one. Meanwhile another owner submits, GETs and cancels jobs (4 loops), times each cancel's webhook "
+        "delivery to its own receiver, and then submits a 2-step training job and times its wait for the worker.",
+        "", "| measure | figure |", "|---|---|",
+        f"| 5xx answers to anyone | {result['abuse_5xx']} |",
+        f"| the abusive requests' answers | {abuse_outcomes(result['abuse_outcomes'])} |",
+        f"| API peak RSS growth over the mix | {result['abuse_api_peak_rss_growth_mb']} MiB |",
+        f"| the other owner's submit | p99 {result['other_owner_submit_p99_ms']} ms "
+        f"({result['other_owner_submissions']} jobs) |",
+        f"| the other owner's webhook delivery (cancel answered -> received) | p99 "
+        f"{result['other_owner_webhook_p99_ms']} ms ({result['other_owner_webhooks_delivered']} delivered) |",
+        f"| the other owner's training job, queued behind the side tasks | {result['other_owner_queued_wait_s']} s "
+        f"to `{result['other_owner_training_status']}` |", "",
         "```", json.dumps(result), "```", ""]
     replace_section(ROOT / "docs" / "performance.md", "api_load", "\n".join(text))
 
@@ -350,9 +509,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--completion-clients", type=int, nargs="+", default=[1, 8],
                         help="streamed completions at once, one measurement per count")
     parser.add_argument("--completion-tokens", type=int, default=64, help="tokens of each streamed completion")
+    parser.add_argument("--abuse-window", type=float, default=30.0, help="seconds of the abuse mix")
+    parser.add_argument("--oversized-mb", type=int, default=200, help="size of each oversized JSON body")
+    parser.add_argument("--huge-prompt-chars", type=int, default=9_600_000, help="the huge prompts' length")
+    parser.add_argument("--side-tasks", type=int, default=30, help="interpolation requests in one owner's burst")
     if parser.parse_args(argv).quick:  # smaller defaults; options given still win
         parser.set_defaults(slow=4, clients=3, window=3.0, streams=20, stream_window=1.0, checkpoint_mb=8,
-                            upload_kb=16, large_upload_mb=8, completion_tokens=8)
+                            upload_kb=16, large_upload_mb=8, completion_tokens=8, abuse_window=3.0,
+                            oversized_mb=16, huge_prompt_chars=2_000_000, side_tasks=8)
     return parser.parse_args(argv)
 
 
@@ -361,7 +525,7 @@ def run(args: argparse.Namespace) -> dict:
         home = Path(tmp) / "home"
         make_model(Path(tmp) / "models")
         model_name = completion_model(Path(tmp) / "models", args.quick)
-        proc, base = start_api(home, Path(tmp) / "models", database_url)
+        proc, base = start_api(service_env(home, Path(tmp) / "models", database_url))
         try:
             text = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(10))
             ids = {p: httpx.post(f"{base}/v1/datasets", headers=HEADERS, data={"purpose": p},
@@ -380,6 +544,7 @@ def run(args: argparse.Namespace) -> dict:
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)
+        result |= abuse_mix(Path(tmp), Path(tmp) / "models", args)
     return result
 
 
