@@ -85,7 +85,9 @@ def scratch_database():
 def start_api(home: Path, model_dir: Path, database_url: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = os.environ | {"MOL_HOME": str(home), "MOL_TOKENS": f"bench:{TOKEN}", "MOL_MODELS_DIR": str(model_dir),
-                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url}
+                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url,
+                        # the completion clients are one owner: let all of them in, queued on 2 threads as before
+                        "MOL_GENERATION_THREADS": "2", "MOL_GENERATIONS_PER_OWNER": "64"}
     env.pop("MOL_BROKER_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
