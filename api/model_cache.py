@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from mol_engine.generate import LoadedModel, ModelSource, load_model
 
+from .owner_limits import OwnerLimits
 from .settings import Settings
 
 
@@ -55,12 +56,14 @@ class ModelCache:
 
 
 class Serving:
-    """Generation's share of one API process: the model cache, its threads, and counts the tests read."""
+    """Generation's share of one API process: the model cache, its threads, each owner's share of them
+    (``owners``: MOL_GENERATIONS_PER_OWNER), and counts the tests read."""
 
     def __init__(self, settings: Settings) -> None:
         cache_dir = settings.serving_dir
         self.models = ModelCache(settings.resident_models, lambda source: load_model(source, cache_dir))
         self.threads = ThreadPoolExecutor(settings.generation_threads, thread_name_prefix="mol-generate")
+        self.owners = OwnerLimits(settings.generations_per_owner)
         self.finished: dict[str, int] = {}  # finish_reason -> generations that ended so
 
     def count(self, finish_reason: str) -> None:

@@ -47,9 +47,21 @@ class Settings(BaseSettings):
     db_max_overflow: int = Field(20, ge=0, description="connections opened past the pool under load")
     db_pool_timeout_s: float = Field(30, gt=0, description="how long a request waits for a free connection")
     resident_models: int = Field(2, ge=1, description="models the completions routes keep loaded (LRU)")
-    generation_threads: int = Field(2, ge=1, description="threads that load models and generate (at most this "
+    generation_threads: int = Field(3, ge=1, description="threads that load models and generate (at most this "
                                     "many completions run at once; the others wait their turn)")
+    generations_per_owner: int = Field(2, ge=1, description=(
+        "completions one owner may have running or waiting at once (the playground runs 2); the next is refused "
+        "with 429. Kept below MOL_GENERATION_THREADS, no owner can take every thread and delay another's"))
     max_completion_tokens: int = Field(512, ge=1, description="the largest max_tokens a completion may ask for")
+    max_prompt_chars: int = Field(500_000, ge=1, description=(
+        "the longest prompt (a chat's messages: their roles and contents together) a completion may send, in "
+        "characters; refused before the model loads (tokenizing 1M characters takes ~170 MB and seconds)"))
+    max_stop_chars: int = Field(256, ge=1, description=(
+        "the longest stop string a completion may give (each new token's text is matched against every start of "
+        "each one)"))
+    prompt_chars_per_token: int = Field(32, ge=1, description=(
+        "a prompt longer than the model's context times this many characters cannot fit it and is refused "
+        "before it is tokenized (generous: text averages about 4 characters a token)"))
     webhook_retry_s: list[float] = Field([1, 5, 30, 120, 600], max_length=20, description=(
         "webhooks: the wait before each retry of a delivery that failed (no 2xx in time); a delivery is tried "
         "once, then once more per entry, then marked failed"))

@@ -91,7 +91,9 @@ def scratch_database():
 def service_env(home: Path, model_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
     """The API's (and a worker's) environment: ``home``, the models, the database, the filesystem broker."""
     env = os.environ | {"MOL_HOME": str(home), "MOL_TOKENS": f"bench:{TOKEN}", "MOL_MODELS_DIR": str(model_dir),
-                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url}
+                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url,
+                        # the completion clients are one owner: let all of them in, queued on 2 threads as before
+                        "MOL_GENERATION_THREADS": "2", "MOL_GENERATIONS_PER_OWNER": "64"}
     env.pop("MOL_BROKER_URL", None)
     return env | extra
 

@@ -3,13 +3,16 @@ from a base model (``GET /v1/models``) or one of the owner's checkpoints, ``<job
 or ``best``, the names the checkpoints routes take).
 
 Models load and generate in the bounded threads of :mod:`api.model_cache`, never on the event loop; a client that
-goes away sets its generation's ``cancelled`` flag, which the engine checks after every token.
+goes away sets its generation's ``cancelled`` flag, which the engine checks after every token. Each owner has at
+most MOL_GENERATIONS_PER_OWNER generations running or waiting (the next is 429), and a prompt is measured against
+MOL_MAX_PROMPT_CHARS and the model's context before any tokenizer reads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -36,12 +39,16 @@ from mol_engine.generate import (
 from ..db import Job, is_id
 from ..deps import StreamOwner, Svc
 from ..model_cache import Serving, serving_of
+from ..owner_limits import OwnerBusy, Slot
 from ..schemas import SSE, ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, ModelOut, errors
 from ..settings import Settings
 from ..validation import available_models, model_type
 from .checkpoints import resolve_name
 
-router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 409, 422))
+router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 409, 422, 429))
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 1  # an owner's generations end within seconds (MOL_MAX_COMPLETION_TOKENS): soon worth a retry
+GENERATION_FAILED = "the generation failed on the server (its log has the error)"  # the error itself is not shown
 
 
 def checkpoint_path(settings: Settings, job_id: str, name: str) -> Path | None:
@@ -81,14 +88,18 @@ def checkpoint_models(svc, owner: str) -> list[ModelOut]:
 
 
 class Running:
-    """One generation in a thread of ``serving``: its text pieces arrive on an asyncio queue, its end in ``done``."""
+    """One generation in a thread of ``serving``: its text pieces arrive on an asyncio queue, its end in ``done``;
+    the owner's ``slot`` is given back when its thread has ended (or when it never started)."""
 
-    def __init__(self, serving: Serving, loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> None:
+    def __init__(self, serving: Serving, loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling,
+                 slot: Slot) -> None:
         self.loop = asyncio.get_running_loop()
         self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
         self.cancelled = threading.Event()
         self.serving = serving
-        self.done = self.loop.run_in_executor(serving.threads, self._work, loaded, prompt_ids, sampling)
+        work = serving.threads.submit(self._work, loaded, prompt_ids, sampling)
+        work.add_done_callback(lambda _work: slot.release())  # the thread's end, not the awaiting task's
+        self.done = asyncio.wrap_future(work)
 
     def _work(self, loaded: LoadedModel, prompt_ids: list[int], sampling: Sampling) -> Completion:
         try:
@@ -159,44 +170,116 @@ CHAT = Shape("chatcmpl", _chat_whole, _chat_chunk, opening={"object": "chat.comp
     {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
 
 
-async def answer(request: Request, svc, owner: str, body: CompletionIn, prompt_of: Callable[[LoadedModel], str],
-                 shape: Shape):
-    """The completion of ``body`` as JSON, or as SSE chunks when it asks to ``stream``."""
-    cap = svc.settings.max_completion_tokens
+@dataclass(frozen=True)
+class PromptIn:
+    """A request's prompt: the field it came in (``prompt`` or ``messages``), its length in characters, and the text
+    it makes for a model (a chat's, through the model's template)."""
+
+    field: str
+    chars: int
+    text_for: Callable[[LoadedModel], str]
+
+
+def prompt_limit(settings: Settings, context: int | None = None) -> tuple[int, str]:
+    """The most characters a prompt may have, and what says so: MOL_MAX_PROMPT_CHARS, or for a model of ``context``
+    tokens that many times MOL_PROMPT_CHARS_PER_TOKEN where it is smaller (more cannot fit the context)."""
+    per_token = settings.prompt_chars_per_token
+    if context is not None and context * per_token < settings.max_prompt_chars:
+        return context * per_token, (f"the model's context of {context} tokens times {per_token} characters a "
+                                     "token, MOL_PROMPT_CHARS_PER_TOKEN")
+    return settings.max_prompt_chars, "MOL_MAX_PROMPT_CHARS"
+
+
+def check_prompt_length(field: str, chars: int, settings: Settings, context: int | None = None) -> None:
+    """Returns when ``chars`` is within :func:`prompt_limit`; else 422 naming ``field`` and the limit."""
+    limit, why = prompt_limit(settings, context)
+    if chars > limit:
+        raise HTTPException(422, f"{field}: {chars} characters, more than the {limit} accepted ({why}): shorten it")
+
+
+def check_sizes(body: CompletionIn, settings: Settings) -> None:
+    """Returns when ``max_tokens`` and the stop strings are within this server's limits; else 422 naming them (each
+    token's text is checked against every start of each stop string: their length costs time at every token)."""
+    cap = settings.max_completion_tokens
     if body.max_tokens > cap:
         raise HTTPException(422, f"max_tokens: {body.max_tokens} is more than this server's limit of {cap} "
                                  "(MOL_MAX_COMPLETION_TOKENS)")
+    longest = max(map(len, body.stop_strings()), default=0)
+    if longest > settings.max_stop_chars:
+        raise HTTPException(422, f"stop: a stop string of {longest} characters is longer than this server's limit of "
+                                 f"{settings.max_stop_chars} (MOL_MAX_STOP_CHARS)")
+
+
+def owner_slot(serving: Serving, owner: str) -> Slot:
+    """One of ``owner``'s generation slots; 429 (with Retry-After) when it holds them all."""
+    try:
+        return serving.owners.take(owner)
+    except OwnerBusy as busy:
+        raise HTTPException(429, f"you already have {busy.limit} completions running or waiting, this server's "
+                                 "limit per owner (MOL_GENERATIONS_PER_OWNER): retry when one has ended",
+                            headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+
+async def start(request: Request, svc, owner: str, body: CompletionIn, prompt: PromptIn) -> Running:
+    """The generation of ``body`` started in a thread, holding one of ``owner``'s slots until it ends: 429 when the
+    owner holds them all, 422 when the model does not load or the prompt does not fit it (refused by its length
+    before it is tokenized when it is far too long)."""
     source = await run_in_threadpool(resolve_model, svc, owner, body.model)
     serving = serving_of(request.app.state, svc.settings)
+    slot = owner_slot(serving, owner)
 
     def load_and_encode() -> tuple[LoadedModel, list[int]]:
         loaded = serving.models.get(source)
-        return loaded, encode_prompt(loaded, prompt_of(loaded), body.max_tokens)
+        text = prompt.text_for(loaded)
+        check_prompt_length(prompt.field, len(text), svc.settings, loaded.context)
+        return loaded, encode_prompt(loaded, text, body.max_tokens)
 
+    work = serving.threads.submit(load_and_encode)
     try:
-        loaded, prompt_ids = await asyncio.get_running_loop().run_in_executor(serving.threads, load_and_encode)
-    except GenerationError as err:
-        raise HTTPException(422, f"model: '{body.model}': {err}") from None
+        loaded, prompt_ids = await asyncio.wrap_future(work)
+    except BaseException as err:
+        work.add_done_callback(lambda _work: slot.release())  # at once, or when a load this request left ends
+        if isinstance(err, GenerationError):
+            raise HTTPException(422, f"model: '{body.model}': {err}") from None
+        raise
     sampling = Sampling(max_tokens=body.max_tokens, temperature=body.temperature, top_p=body.top_p,
                         stop=body.stop_strings(), seed=body.seed)
-    running = Running(serving, loaded, prompt_ids, sampling)
+    return Running(serving, loaded, prompt_ids, sampling, slot)
+
+
+async def answer(request: Request, svc, owner: str, body: CompletionIn, prompt: PromptIn, shape: Shape):
+    """The completion of ``body`` as JSON, or as SSE chunks when it asks to ``stream``."""
+    check_sizes(body, svc.settings)
+    check_prompt_length(prompt.field, prompt.chars, svc.settings)
+    running = await start(request, svc, owner, body, prompt)
     head = {"id": f"{shape.prefix}-{uuid.uuid4().hex}", "created": int(time.time()), "model": body.model}
     if body.stream:
         return StreamingResponse(sse(running, shape, head), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    completion = await running.result(request)
+    try:
+        completion = await running.result(request)
+    except Exception:
+        log.exception("a completion of %s failed", body.model)
+        raise HTTPException(500, GENERATION_FAILED) from None
     return head | shape.whole(completion)
 
 
 async def sse(running: Running, shape: Shape, head: dict) -> AsyncIterator[str]:
-    """OpenAI's stream: a ``data:`` line per chunk, the last with its finish_reason, then ``data: [DONE]``."""
+    """OpenAI's stream: a ``data:`` line per chunk, the last with its finish_reason, then ``data: [DONE]``; a
+    generation that fails after the 200 went out ends with an error chunk (OpenAI's ``{"error": …}``) instead."""
     try:
         if shape.opening:
             yield _data(head | shape.opening)
         async for piece in running.texts():
             yield _data(head | shape.chunk(piece, None))
-        completion = await running.done
-        yield _data(head | shape.chunk("", completion.finish_reason))
+        try:
+            completion = await running.done
+        except Exception:
+            log.exception("a streamed completion of %s failed", head["model"])
+            yield _data({"error": {"message": GENERATION_FAILED, "type": "server_error", "param": None,
+                                   "code": None}})
+        else:
+            yield _data(head | shape.chunk("", completion.finish_reason))
         yield "data: [DONE]\n\n"
     finally:
         running.cancelled.set()  # the client went away mid-stream (or it ended): the generation stops
@@ -216,9 +299,11 @@ async def openai_errors(answering):
 
 def openai_error(err: HTTPException) -> JSONResponse:
     """The error in the API's shape (``detail``) and in OpenAI's (``error.message``, which its clients show)."""
-    kind = "not_found_error" if err.status_code == 404 else "invalid_request_error"
+    kind = {404: "not_found_error", 429: "rate_limit_error", 500: "server_error"}.get(err.status_code,
+                                                                                    "invalid_request_error")
     return JSONResponse({"detail": err.detail, "error": {"message": err.detail, "type": kind, "param": None,
-                                                          "code": err.status_code}}, status_code=err.status_code)
+                                                          "code": err.status_code}}, status_code=err.status_code,
+                        headers=err.headers)
 
 
 STREAMED = {200: {"content": SSE, "description": "JSON, or with `stream: true` SSE chunks ending `data: [DONE]`"}}
@@ -230,11 +315,14 @@ async def create_completion(body: CompletionIn, request: Request, owner: StreamO
     prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
     if len(prompts) != 1:
         return openai_error(HTTPException(422, f"prompt: one prompt per request (got {len(prompts)})"))
-    return await openai_errors(answer(request, svc, owner, body, lambda _loaded: prompts[0], TEXT))
+    prompt = PromptIn("prompt", len(prompts[0]), lambda _loaded: prompts[0])
+    return await openai_errors(answer(request, svc, owner, body, prompt, TEXT))
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionOut, responses=STREAMED)
 async def create_chat_completion(body: ChatCompletionIn, request: Request, owner: StreamOwner, svc: Svc):
     """The assistant's reply to ``messages``, for a model whose tokenizer has a chat template (422 otherwise)."""
     messages = [m.model_dump() for m in body.messages]
-    return await openai_errors(answer(request, svc, owner, body, lambda loaded: chat_prompt(loaded, messages), CHAT))
+    prompt = PromptIn("messages", sum(len(m["role"]) + len(m["content"]) for m in messages),
+                      lambda loaded: chat_prompt(loaded, messages))
+    return await openai_errors(answer(request, svc, owner, body, prompt, CHAT))

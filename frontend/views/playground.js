@@ -39,6 +39,7 @@ async function stream(pane, body, signal) {
       throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
     }
     await readChunks(response, (chunk) => {
+      if (chunk.error) throw new Error(chunk.error.message);  // the generation failed after the 200
       const choice = chunk.choices[0];
       if (choice.text) { pane.text.append(choice.text); pieces += 1; }
       finish = choice.finish_reason ?? finish;
