@@ -91,9 +91,7 @@ def scratch_database():
 def service_env(home: Path, model_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
     """The API's (and a worker's) environment: ``home``, the models, the database, the filesystem broker."""
     env = os.environ | {"MOL_HOME": str(home), "MOL_TOKENS": f"bench:{TOKEN}", "MOL_MODELS_DIR": str(model_dir),
-                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url,
-                        # the completion clients are one owner: let all of them in, queued on 2 threads as before
-                        "MOL_GENERATION_THREADS": "2", "MOL_GENERATIONS_PER_OWNER": "64"}
+                        "MOL_DEMO_MODEL": "false", "MOL_STREAM_POLL_S": "0.5", "MOL_DATABASE_URL": database_url}
     env.pop("MOL_BROKER_URL", None)
     return env | extra
 
@@ -527,7 +525,9 @@ def run(args: argparse.Namespace) -> dict:
         home = Path(tmp) / "home"
         make_model(Path(tmp) / "models")
         model_name = completion_model(Path(tmp) / "models", args.quick)
-        proc, base = start_api(service_env(home, Path(tmp) / "models", database_url))
+        # the completion clients are one owner: let all of them in, queued on 2 threads as before
+        proc, base = start_api(service_env(home, Path(tmp) / "models", database_url, MOL_GENERATION_THREADS="2",
+                                           MOL_GENERATIONS_PER_OWNER="64"))
         try:
             text = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(10))
             ids = {p: httpx.post(f"{base}/v1/datasets", headers=HEADERS, data={"purpose": p},
