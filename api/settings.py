@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     generation_threads: int = Field(2, ge=1, description="threads that load models and generate (at most this "
                                     "many completions run at once; the others wait their turn)")
     max_completion_tokens: int = Field(512, ge=1, description="the largest max_tokens a completion may ask for")
+    max_microbatch_tokens: int = Field(131_072, ge=8, description=(
+        "the most tokens one micro-batch of a submitted job may hold (batch_size x seq_len, per process): the "
+        "activations of a larger one fit on no worker; grad_accum reaches larger batches"))
     webhook_retry_s: list[float] = Field([1, 5, 30, 120, 600], max_length=20, description=(
         "webhooks: the wait before each retry of a delivery that failed (no 2xx in time); a delivery is tried "
         "once, then once more per entry, then marked failed"))
