@@ -402,8 +402,12 @@ class WebhookCreated(WebhookOut):
 
 
 class WebhookAttemptOut(BaseModel):
+    """One attempt, logged coarsely: ``outcome`` is delivered, http_error, timeout, connection_failed or
+    no_public_address (null on attempts logged before it was kept); ``error`` says the same in words."""
+
     attempt: int
     at: str
+    outcome: str | None = None
     status_code: int | None
     error: str | None
     duration_ms: int | None

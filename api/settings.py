@@ -6,7 +6,9 @@ datasets and runs. ``MOL_DATABASE_URL`` and ``MOL_BROKER_URL`` switch to Postgre
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
+from ipaddress import ip_network
 from pathlib import Path
 
 from pydantic import Field, field_validator
@@ -62,12 +64,30 @@ class Settings(BaseSettings):
     prompt_chars_per_token: int = Field(32, ge=1, description=(
         "a prompt longer than the model's context times this many characters cannot fit it and is refused "
         "before it is tokenized (generous: text averages about 4 characters a token)"))
+    max_microbatch_tokens: int = Field(131_072, ge=8, description=(
+        "the most tokens one micro-batch of a submitted job may hold (batch_size x seq_len, per process): the "
+        "activations of a larger one fit on no worker; grad_accum reaches larger batches"))
     webhook_retry_s: list[float] = Field([1, 5, 30, 120, 600], max_length=20, description=(
         "webhooks: the wait before each retry of a delivery that failed (no 2xx in time); a delivery is tried "
         "once, then once more per entry, then marked failed"))
     webhook_timeout_s: float = Field(10, gt=0, description="webhooks: how long one attempt waits for a 2xx answer")
     webhook_poll_s: float = Field(1, gt=0, description="webhooks: how often the API's dispatcher looks for due "
                                   "deliveries")
+    webhook_concurrency_per_owner: int = Field(4, ge=1, description=(
+        "webhooks: attempts of one owner's deliveries a dispatcher (API process) runs at once, so that endpoints "
+        "that never answer hold up no other owner"))
+    webhook_concurrency_per_endpoint: int = Field(1, ge=1, description=(
+        "webhooks: attempts at one endpoint a dispatcher (API process) runs at once"))
+    max_webhooks_per_owner: int = Field(20, ge=1, description="webhooks: the most endpoints one owner may register")
+    webhook_failures_before_cooldown: int = Field(5, ge=1, description=(
+        "webhooks: failed attempts in a row (any of its deliveries) after which an endpoint cools down: its "
+        "deliveries wait MOL_WEBHOOK_COOLDOWN_S, doubled by each further failure"))
+    webhook_cooldown_s: float = Field(60, gt=0, description="webhooks: the first cool-down of a failing endpoint")
+    webhook_cooldown_max_s: float = Field(3600, gt=0, description="webhooks: the longest cool-down of an endpoint")
+    webhook_allow_hosts: list[str] = Field(default_factory=list, description=(
+        "webhooks: internal receivers allowed besides public addresses: host names (any address they resolve to, "
+        "but the cloud metadata service), addresses or networks, e.g. [\"hooks.internal\", \"10.1.0.0/16\"]; "
+        "loopback, private, link-local, multicast and reserved addresses are refused otherwise"))
 
     @field_validator("cors_origins")
     @classmethod
@@ -77,6 +97,19 @@ class Settings(BaseSettings):
             raise ValueError("MOL_CORS_ORIGINS may not contain '*' (requests carry credentials): list each "
                              "origin, e.g. [\"https://studio.example.com\"]")
         return origins
+
+    @field_validator("webhook_allow_hosts")
+    @classmethod
+    def _allow_entries(cls, entries: list[str]) -> list[str]:
+        """Refuses an entry that is neither a network, an address nor a bare host name (a URL, a host:port)."""
+        for entry in entries:
+            try:
+                ip_network(entry.strip(), strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9_.-]+", entry.strip()):
+                    raise ValueError(f"MOL_WEBHOOK_ALLOW_HOSTS: '{entry}' is neither a host name, an address nor a "
+                                     "network (e.g. hooks.internal, 10.1.2.3, 10.1.0.0/16)") from None
+        return entries
 
     @cached_property
     def db_url(self) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from mol_engine import data
+from mol_engine.context import model_context, seq_len_problem
 from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.spec import JobSpec
 
@@ -156,6 +157,21 @@ def check_references(spec: JobSpec, owned: dict[str, Any], models: dict[str, Pat
             elif dataset.purpose != purpose:
                 problems.append(
                     f"{where}: dataset '{dataset_id}' was uploaded for '{dataset.purpose}', not '{purpose}'")
+    return problems
+
+
+def shape_problems(spec: JobSpec, models: dict[str, Path], max_tokens: int) -> list[str]:
+    """Problems with the blocks a spec trains on, each naming the fields: ``seq_len`` beyond its base model's
+    context (the engine's rule, as ``mol train`` checks it), a micro-batch of more than ``max_tokens`` tokens."""
+    problems = []
+    if spec.base_model in models:
+        problem = seq_len_problem(spec.seq_len, model_context(models[spec.base_model]), spec.base_model)
+        problems += [problem] if problem else []
+    tokens = spec.batch_size * spec.seq_len
+    if tokens > max_tokens:
+        problems.append(f"batch_size, seq_len: a micro-batch of {spec.batch_size} x {spec.seq_len} = {tokens} tokens "
+                        f"is more than the {max_tokens} a worker accepts (MOL_MAX_MICROBATCH_TOKENS); lower "
+                        "batch_size and raise grad_accum, or lower seq_len")
     return problems
 
 

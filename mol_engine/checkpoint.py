@@ -185,18 +185,25 @@ class MetadataReader(dcp.FileSystemReader):
 
 class _MetadataUnpickler(pickle.Unpickler):
     """Admits what DCP's ``Metadata`` holds: its own classes, tensor sizes, dtypes and layouts, the checkpoint's
-    path; any other global (a callable a crafted file would smuggle in) fails the read."""
+    path; any other global (a callable a crafted file would smuggle in) fails the read. Only exact (module, name)
+    pairs pass: pickle resolves a dotted name attribute by attribute (``metadata`` + ``os.system`` is ``os.system``,
+    since the metadata module imports ``os``), so no name is ever looked up past the pair itself."""
 
     ALLOWED = frozenset({
+        *(("torch.distributed.checkpoint.metadata", name) for name in (
+            "Metadata", "MetadataIndex", "StorageMeta", "TensorProperties", "TensorStorageMetadata",
+            "ChunkStorageMetadata", "BytesStorageMetadata", "_MEM_FORMAT_ENCODING")),
         ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
         ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"), ("pathlib", "PosixPath"),
         ("pathlib", "PurePosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PureWindowsPath"),
     })
 
     def find_class(self, module: str, name: str) -> Any:
-        if module == "torch.distributed.checkpoint.metadata" or (module, name) in self.ALLOWED:
+        """The admitted global ``module.name``; else UnpicklingError naming it."""
+        if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        if module == "torch" and isinstance(value := getattr(torch, name, None), torch.dtype | torch.memory_format):
+        if module == "torch" and "." not in name and isinstance(
+                value := getattr(torch, name, None), torch.dtype | torch.memory_format):
             return value
         raise pickle.UnpicklingError(f"DCP metadata names {module}.{name}, which a checkpoint index never holds")
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .checkpoint_layout import is_sharded_checkpoint
+from .context import CONTEXT_FIELDS
 from .export import ExportError, export_checkpoint, is_adapter, model_dir
 from .threads import use_threads
 
@@ -123,7 +124,7 @@ def _load_tokenizer(directory: Path, base: Path | None):
 
 def context_length(config, tokenizer) -> int:
     """The most tokens (prompt and completion) the model attends over."""
-    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+    for name in CONTEXT_FIELDS:
         if isinstance(getattr(config, name, None), int):
             return getattr(config, name)
     return int(tokenizer.model_max_length)

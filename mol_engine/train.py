@@ -23,6 +23,7 @@ from .budget import best_checkpoint, budget_message, first_crossing, write_best
 from .callbacks import Callback, CallbackList, Cancelled
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .checkpoint_layout import checkpoint_dirs, latest_checkpoint
+from .context import model_context, seq_len_problem
 from .corpus import Corpus, split_corpus
 from .data import DataError, read_qa
 from .distributed import World, gathered, is_sharded, join_world, local_device, wrap
@@ -107,6 +108,9 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
     Returns how the run ended and the last value of every metric.
     """
     out = Path(out_dir)
+    problem = seq_len_problem(spec.seq_len, model_context(spec.base_model), spec.base_model)
+    if problem:  # a block longer than the model's positions: garbage at best, a huge step-0 allocation at worst
+        raise TrainError(problem)
     check_trackers(spec.report_to)  # a missing tracker package fails the run before any work, on every rank
     world = join_world(pick_device(spec).type)
     use_threads()  # torch's threads by the machine's idle cores (mol_engine/threads.py), once per process

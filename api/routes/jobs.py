@@ -20,7 +20,14 @@ from ..job_store import JobFilter, KeyReused, create_job, page_of_jobs, send_job
 from ..schemas import SSE, EventOut, JobOut, JobPage, JobStatus, JobSummary, MetricPointOut, errors, json_body, utc_iso
 from ..settings import Settings
 from ..stream import job_stream
-from ..validation import available_models, check_references, demo_problem, largest_nproc, nproc_problem
+from ..validation import (
+    available_models,
+    check_references,
+    demo_problem,
+    largest_nproc,
+    nproc_problem,
+    shape_problems,
+)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 # The database compares it with a 32-bit column: a larger one is a 422 naming it, not a 500
@@ -73,10 +80,13 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
 
 
 def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings) -> list[str]:
-    """Why ``spec`` cannot run for ``owner`` (a dataset not theirs or of the wrong purpose, an unknown model, more
-    processes than any worker has), one line each: what POST /v1/jobs and POST /v1/sweeps check."""
+    """Why ``spec`` cannot run for ``owner`` (a dataset not theirs or of the wrong purpose, an unknown model, a
+    seq_len beyond the model's context or a micro-batch too large, more processes than any worker has), one line
+    each: what POST /v1/jobs and POST /v1/sweeps check."""
     owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
-    problems = check_references(spec, owned, available_models(settings)) + demo_problem(spec, settings)
+    models = available_models(settings)
+    problems = check_references(spec, owned, models) + demo_problem(spec, settings)
+    problems += shape_problems(spec, models, settings.max_microbatch_tokens)
     return problems + nproc_problem(spec.nproc, largest_nproc(db, settings))
 
 

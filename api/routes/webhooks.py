@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query
 
 from ..db import WebhookDelivery, WebhookEndpoint, is_id
-from ..deps import DB, Owner
+from ..deps import DB, Owner, Svc
 from ..schemas import WebhookCreated, WebhookDeliveryOut, WebhookIn, WebhookOut, errors
-from ..webhooks import create_endpoint, deliveries_of, endpoints_of, owned_endpoint
+from ..webhook_targets import AllowList, url_problem
+from ..webhooks import TooManyEndpoints, create_endpoint, deliveries_of, endpoints_of, owned_endpoint
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=errors(401, 422))
 
@@ -22,10 +23,18 @@ def _owned(db, owner: str, endpoint_id: str) -> WebhookEndpoint:
     return endpoint
 
 
-@router.post("", status_code=201, response_model=WebhookCreated, responses=errors(400, 403))
-def create_webhook(body: WebhookIn, owner: Owner, db: DB) -> WebhookEndpoint:
-    """A new endpoint; the answer holds its signing secret, which is never shown again."""
-    return create_endpoint(db, owner, str(body.url), body.events)
+@router.post("", status_code=201, response_model=WebhookCreated, responses=errors(400, 403, 409))
+def create_webhook(body: WebhookIn, owner: Owner, db: DB, svc: Svc) -> WebhookEndpoint:
+    """A new endpoint (a URL whose host is a public address or a name; loopback, private, link-local and other
+    internal addresses are refused); the answer holds its signing secret, which is never shown again."""
+    settings = svc.settings
+    problem = url_problem(str(body.url), AllowList.parse(settings.webhook_allow_hosts))
+    if problem:
+        raise HTTPException(422, problem)
+    try:
+        return create_endpoint(db, owner, str(body.url), body.events, settings.max_webhooks_per_owner)
+    except TooManyEndpoints as err:
+        raise HTTPException(409, str(err)) from None
 
 
 @router.get("", response_model=list[WebhookOut])

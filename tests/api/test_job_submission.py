@@ -20,7 +20,8 @@ QA = json.dumps({"question": "What is 1 plus 1?", "answer": "2"}) + "\n"
 
 def spec(datasets, **extra):
     return {"name": "t", "base_model": "tiny", "domain_data": [datasets["domain"]],
-            "general_data": [datasets["general"]], "eval_data": datasets["eval"], "max_steps": 5} | extra
+            "general_data": [datasets["general"]], "eval_data": datasets["eval"], "max_steps": 5,
+            "seq_len": 64} | extra
 
 
 @pytest.fixture
@@ -104,3 +105,22 @@ def test_requests_racing_with_one_key_make_one_job(client, datasets):
     assert len({job_id for job_id, _ in results}) == 1 and [new for _, new in results].count(True) == 1
     with sessions() as db:
         assert db.scalar(select(func.count()).select_from(Job)) == 1
+
+
+def test_a_seq_len_beyond_the_models_context_is_a_422_naming_it_and_the_limit(client, auth, datasets, queued):
+    response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, seq_len=4096))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("seq_len: 4096") and "'tiny'" in detail and "max_position_embeddings 256" in detail
+    assert queued == [] and listed(client, auth) == []
+    assert client.post("/v1/jobs", headers=auth(), json=spec(datasets, seq_len=256)).status_code == 201  # the limit
+
+
+def test_a_micro_batch_no_worker_could_hold_is_a_422_naming_the_fields(client, auth, datasets, queued):
+    response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, seq_len=256, batch_size=1024))
+    assert response.status_code == 422, response.text
+    detail = response.json()["detail"]
+    assert detail.startswith("batch_size, seq_len: a micro-batch of 1024 x 256 = 262144 tokens"), detail
+    assert "MOL_MAX_MICROBATCH_TOKENS" in detail and queued == []
+    fits = spec(datasets, seq_len=256, batch_size=512, grad_accum=2)  # 131072 tokens: the default bound, not over
+    assert client.post("/v1/jobs", headers=auth(), json=fits).status_code == 201

@@ -13,7 +13,8 @@ def datasets(upload):
 
 def spec(datasets, **extra):
     return {"name": "t", "base_model": "tiny", "domain_data": [datasets["domain"]],
-            "general_data": [datasets["general"]], "eval_data": datasets["eval"], "max_steps": 5} | extra
+            "general_data": [datasets["general"]], "eval_data": datasets["eval"], "max_steps": 5,
+            "seq_len": 64} | extra
 
 
 def test_submit_validates_stores_and_enqueues(client, auth, datasets, queued):

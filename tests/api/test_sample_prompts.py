@@ -9,7 +9,7 @@ PROMPTS = json.dumps({"prompt": "Once upon a time"}) + "\n" + json.dumps({"promp
 
 def spec(domain: str, general: str, **extra) -> dict:
     return {"name": "t", "base_model": "tiny", "domain_data": [domain], "general_data": [general],
-            "max_steps": 5} | extra
+            "max_steps": 5, "seq_len": 64} | extra
 
 
 def test_a_prompts_dataset_is_checked_and_referenced(client, auth, upload, queued):

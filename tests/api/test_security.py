@@ -26,7 +26,7 @@ def test_cookie_alone_cannot_write_from_another_site(client, auth, upload):
     ids = {p: upload(DOCS if p != "eval" else QA, purpose=p).json()["id"] for p in ("domain", "general", "eval")}
     job = client.post("/v1/jobs", headers=auth(), json={
         "name": "t", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
-        "eval_data": ids["eval"], "max_steps": 5}).json()
+        "eval_data": ids["eval"], "max_steps": 5, "seq_len": 64}).json()
     assert client.post("/v1/session", headers=auth()).status_code == 200  # the browser now holds the cookie
     forged = client.post(f"/v1/jobs/{job['id']}/cancel", headers={"Origin": "https://evil.example"})
     assert forged.status_code == 403 and "Authorization: Bearer" in forged.json()["detail"]

@@ -12,7 +12,7 @@ DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" 
 def base(upload):
     ids = {p: upload(DOCS, purpose=p).json()["id"] for p in ("domain", "general")}
     return {"name": "legal", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
-            "max_steps": 10, "eval_every": 5, "seed": 3}
+            "max_steps": 10, "eval_every": 5, "seed": 3, "seq_len": 64}
 
 
 def test_a_sweep_makes_one_queued_job_per_grid_point(client, auth, base, queued):

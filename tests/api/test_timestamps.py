@@ -39,7 +39,8 @@ def test_every_timestamp_ends_in_z(client, auth, upload):
     assert_utc_z(parted, 2)  # created_at, expires_at
     assert_utc_z(client.get(f"/v1/uploads/{parted.json()['id']}", headers=auth()), 2)
 
-    spec = {"name": "t", "base_model": "tiny", "domain_data": [dataset], "general_source": "self", "max_steps": 2}
+    spec = {"name": "t", "base_model": "tiny", "domain_data": [dataset], "general_source": "self", "max_steps": 2,
+            "seq_len": 64}
     job = client.post("/v1/jobs", headers=auth(), json=spec)
     assert job.status_code == 201, job.text
     assert_utc_z(job, 1)

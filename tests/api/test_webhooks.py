@@ -1,11 +1,14 @@
 """Webhooks: signed job events reach a local receiver, a failing receiver is retried with backoff, a forged signature
-fails the receiver's check (the standardwebhooks package), owners stay apart, and bad URLs are refused."""
+fails the receiver's check (the standardwebhooks package), owners stay apart, and bad URLs are refused; one owner's
+hanging endpoints delay no other owner, internal addresses are refused, and the log keeps coarse outcomes only."""
 
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
+from contextlib import suppress
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -61,10 +64,39 @@ def receiver():
         each.server.server_close()
 
 
+class Hanging:
+    """A server on loopback that accepts connections and never answers (nor reads), until it is closed."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.accepted: list[socket.socket] = []
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with suppress(OSError):  # closed
+            while True:
+                self.accepted.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def hanging():
+    """A running Hanging server, closed after the test."""
+    server = Hanging()
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def client(settings, queued):
-    """The API with its webhook dispatcher polling fast and retrying after RETRY_S."""
+    """The API with its webhook dispatcher polling fast and retrying after RETRY_S; receivers on loopback allowed."""
     settings.webhook_poll_s, settings.webhook_retry_s, settings.webhook_timeout_s = 0.05, [RETRY_S] * 3, 5
+    settings.webhook_allow_hosts = ["127.0.0.0/8"]
     with TestClient(create_app(settings, enqueue=queued.append)) as c:
         yield c
 
@@ -197,6 +229,117 @@ def test_a_url_that_is_not_http_or_an_unknown_event_is_a_422(client, auth):
         assert response.status_code == 422, body
         assert response.json()["detail"].startswith(("url: ", "events.0: ")), response.text
     assert client.get("/v1/webhooks", headers=auth()).json() == []
+
+
+def test_one_owners_endpoints_that_never_answer_delay_no_other_owner(client, auth, receiver, hanging):
+    for i in range(20):  # the most one owner may have
+        client.post("/v1/webhooks", headers=auth(), json={"url": f"{hanging.url}/{i}"}).raise_for_status()
+    for _ in range(3):  # 60 deliveries that each hang until the 5 s timeout
+        finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    wait_for(lambda: len(hanging.accepted) >= 4)
+    working = receiver()
+    client.post("/v1/webhooks", headers=auth("bob"), json={"url": working.url}).raise_for_status()
+    start = time.monotonic()
+    finish(client.app.state.services.sessions, add_job(client, owner="bob"), "succeeded")
+    wait_for(lambda: working.received, timeout_s=2)
+    assert time.monotonic() - start < 2
+    assert len(hanging.accepted) <= 4  # MOL_WEBHOOK_CONCURRENCY_PER_OWNER of alice's attempts at once, no more
+
+
+def test_an_owner_has_at_most_max_webhooks_per_owner_endpoints(client, auth, receiver):
+    hook = receiver()
+    for _ in range(20):
+        assert client.post("/v1/webhooks", headers=auth(), json={"url": hook.url}).status_code == 201
+    refused = client.post("/v1/webhooks", headers=auth(), json={"url": hook.url})
+    assert refused.status_code == 409 and "MOL_MAX_WEBHOOKS_PER_OWNER=20" in refused.json()["detail"]
+    assert len(client.get("/v1/webhooks", headers=auth()).json()) == 20
+    assert client.post("/v1/webhooks", headers=auth("bob"), json={"url": hook.url}).status_code == 201
+
+
+def test_an_endpoint_that_keeps_failing_cools_down_longer_each_time(client, auth, receiver):
+    settings = client.app.state.services.settings
+    settings.webhook_failures_before_cooldown = 2
+    settings.webhook_cooldown_s, settings.webhook_cooldown_max_s = 0.5, 0.75
+    hook = receiver([500] * 10)
+    endpoint = client.post("/v1/webhooks", headers=auth(), json={"url": hook.url}).json()
+    finish(client.app.state.services.sessions, add_job(client), "failed", "RuntimeError")
+    (failed,) = wait_for(lambda: [d for d in deliveries(client, auth, endpoint["id"]) if d["status"] == "failed"])
+    times = [moment for moment, _, _ in hook.received]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert failed["attempts"] == 4 and len(gaps) == 3, gaps
+    assert gaps[1] >= 0.45 and gaps[2] >= 0.7, gaps  # after the retry wait (0.2 s): 0.5 s, then 1 s capped at 0.75
+
+
+INTERNAL = {  # a URL of each kind of address no webhook may go to, with the kind the refusal names
+    "http://127.0.0.1/hook": "loopback", "http://[::1]/hook": "loopback",
+    "http://2130706433/hook": "loopback",  # 127.0.0.1 spelt as one number
+    "http://[::ffff:127.0.0.1]/hook": "loopback", "http://0.0.0.0/hook": "unspecified",
+    "http://10.1.2.3/hook": "private", "http://172.16.0.1/hook": "private", "http://192.168.1.1/": "private",
+    "http://[fc00::1]/hook": "private", "http://[fe80::1]/hook": "link-local",
+    "http://169.254.169.254/latest/meta-data/": "cloud metadata", "http://[fd00:ec2::254]/": "cloud metadata",
+    "http://224.0.0.1/hook": "multicast", "http://[ff02::1]/hook": "multicast",
+    "http://240.0.0.1/hook": "reserved", "http://100.64.0.1/hook": "non-public",
+}
+
+
+def test_an_internal_address_is_refused_at_registration_naming_url(client, auth):
+    client.app.state.services.settings.webhook_allow_hosts = []
+    for url, kind in INTERNAL.items():
+        response = client.post("/v1/webhooks", headers=auth(), json={"url": url})
+        assert response.status_code == 422, (url, response.text)
+        detail = response.json()["detail"]
+        assert detail.startswith("url: ") and f"is a {kind} address" in detail, (url, detail)
+    assert client.get("/v1/webhooks", headers=auth()).json() == []
+
+
+def test_the_allow_list_admits_internal_networks_but_never_the_metadata_service(client, auth):
+    client.app.state.services.settings.webhook_allow_hosts = ["127.0.0.0/8", "169.254.0.0/16", "10.0.0.0/8"]
+    for url in ("http://127.0.0.1:9/hook", "http://10.9.8.7/hook", "https://hooks.example.com/x"):
+        assert client.post("/v1/webhooks", headers=auth(), json={"url": url}).status_code == 201, url
+    refused = client.post("/v1/webhooks", headers=auth(), json={"url": "http://169.254.169.254/"})
+    assert refused.status_code == 422 and "cloud metadata" in refused.json()["detail"]
+
+
+def test_a_host_name_resolving_to_loopback_is_refused_when_sent(client, auth, receiver):
+    client.app.state.services.settings.webhook_allow_hosts = []  # localhost: a name, checked at each attempt
+    hook = receiver()
+    endpoint = client.post("/v1/webhooks", headers=auth(),
+                           json={"url": hook.url.replace("127.0.0.1", "localhost")}).json()
+    finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    (delivery,) = wait_for(lambda: [d for d in deliveries(client, auth, endpoint["id"]) if d["attempts"]])
+    attempt = delivery["attempts_log"][0]
+    assert attempt["outcome"] == "no_public_address" and attempt["status_code"] is None
+    assert attempt["error"] == "no_public_address" and hook.received == []
+
+
+def answer_as_redis(listener: socket.socket) -> None:
+    """Answers each connection as Redis answers an HTTP request (not HTTP), then hangs up; until closed."""
+    with suppress(OSError):
+        while True:
+            conn = listener.accept()[0]
+            conn.sendall(b"-ERR unknown command 'POST'\r\n")
+            conn.close()
+
+
+def test_the_log_keeps_coarse_outcomes_that_tell_no_port_from_another(client, auth, receiver, hanging):
+    client.app.state.services.settings.webhook_timeout_s = 1
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_url = f"http://127.0.0.1:{closed.getsockname()[1]}/hook"
+    closed.close()  # nothing listens there: refused
+    not_http = socket.create_server(("127.0.0.1", 0))
+    threading.Thread(target=answer_as_redis, args=(not_http,), daemon=True).start()
+    urls = {"closed": closed_url, "not_http": f"http://127.0.0.1:{not_http.getsockname()[1]}/hook",
+            "hanging": hanging.url, "failing": receiver([503] * 10).url}
+    ids = {name: client.post("/v1/webhooks", headers=auth(), json={"url": url}).json()["id"]
+           for name, url in urls.items()}
+    finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    first = {name: wait_for(lambda i=i: [d for d in deliveries(client, auth, i) if d["attempts"]])[0]["attempts_log"][0]
+             for name, i in ids.items()}
+    not_http.close()
+    assert {name: (a["outcome"], a["error"]) for name, a in first.items()} == {
+        "closed": ("connection_failed", "connection_failed"), "not_http": ("connection_failed", "connection_failed"),
+        "hanging": ("timeout", "timeout"), "failing": ("http_error", "http_error 5xx")}
+    assert first["failing"]["status_code"] == 503
 
 
 def test_a_version_5_database_gains_the_webhook_tables(tmp_path):

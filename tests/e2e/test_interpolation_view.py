@@ -45,7 +45,7 @@ def test_the_job_page_draws_the_interpolation_beside_the_training_trade_off(live
                for p in ("domain", "general")}
         job_id = client.post("/v1/jobs", json={"name": "legal", "base_model": "tiny", "domain_data": [ids["domain"]],
                                                "general_data": [ids["general"]], "max_steps": 4,
-                                               "eval_every": 2}).json()["id"]
+                                               "eval_every": 2, "seq_len": 64}).json()["id"]
     with app.state.services.sessions.begin() as db:
         row = db.get(Job, job_id)
         row.step, row.status = 4, "succeeded"

@@ -25,7 +25,7 @@ def make_jobs(url: str, app) -> dict[str, dict]:
                for p in ("domain", "general")}
         jobs = {name: client.post("/v1/jobs", json={
             "name": name, "base_model": "tiny", "method": method, "domain_data": [ids["domain"]],
-            "general_data": [ids["general"]], "max_steps": 12, "lr": 0.0003, "ratio": "3:1"}).json()
+            "general_data": [ids["general"]], "max_steps": 12, "lr": 0.0003, "ratio": "3:1", "seq_len": 64}).json()
             for name, method, _ in JOBS}
     with app.state.services.sessions.begin() as db:
         for name, _, status in JOBS:

@@ -61,7 +61,7 @@ def crafted_sweep(url: str, app) -> dict:
         ids = {p: client.post("/v1/datasets", data={"purpose": p}, files={"file": ("d.jsonl", docs)}).json()["id"]
                for p in ("domain", "general")}
         base = {"name": "legal", "base_model": "tiny", "domain_data": [ids["domain"]],
-                "general_data": [ids["general"]], "max_steps": 10, "eval_every": 10}
+                "general_data": [ids["general"]], "max_steps": 10, "eval_every": 10, "seq_len": 64}
         sweep = client.post("/v1/sweeps", json={"base": base, "grid": {"ratio": ["4:1", "1:1"],
                                                                          "kl_weight": [0.5, 2]}}).json()
     finals = {("4:1", 0.5): (6.0, 0.30), ("4:1", 2.0): (9.0, 0.12), ("1:1", 0.5): (10.0, 0.25),

@@ -47,7 +47,8 @@ def test_the_job_page_lists_the_rows_and_compare_the_latest_score(live_api, page
                for p in ("domain", "general")}
         task = client.post("/v1/datasets", data={"purpose": "task"}, files={"file": ("quiz.jsonl", quiz)}).json()
         job_id = client.post("/v1/jobs", json={"name": "legal", "base_model": "tiny", "domain_data": [ids["domain"]],
-                                               "general_data": [ids["general"]], "max_steps": 4}).json()["id"]
+                                               "general_data": [ids["general"]], "max_steps": 4,
+                                               "seq_len": 64}).json()["id"]
     rows = [{"checkpoint": "base", "acc": 0.25, "acc_norm": 0.5, "n": 4},
             {"checkpoint": "step-4", "acc": 0.75, "acc_norm": 0.5, "n": 4}]
     with app.state.services.sessions.begin() as db:

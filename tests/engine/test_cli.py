@@ -66,6 +66,22 @@ def test_missing_model_directory_is_a_clear_error(tmp_path, tiny_model_dir, corp
     assert main(["train", str(spec), "--out", str(tmp_path / "kept")]) == 2 and (tmp_path / "kept").is_dir()
 
 
+def test_a_seq_len_beyond_the_models_context_is_refused_before_any_work(tmp_path, tiny_model_dir, corpora, capsys):
+    spec = write_spec(tmp_path / "spec.yaml", tiny_model_dir, corpora, seq_len=100_000, batch_size=64)
+    assert main(["train", str(spec), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "seq_len: 100000 is longer than" in err and "max_position_embeddings 256" in err, err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_the_context_is_read_from_the_config_or_its_text_config(tmp_path):
+    from mol_engine.context import config_context, model_context
+
+    assert config_context({"n_positions": 1024}) == ("n_positions", 1024)
+    assert config_context({"text_config": {"max_position_embeddings": 8192}}) == ("max_position_embeddings", 8192)
+    assert config_context({"hidden_size": 32}) is None and model_context(tmp_path / "absent") is None
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as exited:
         main(["--version"])

@@ -134,6 +134,43 @@ def test_the_shard_index_is_read_without_running_foreign_code(runs, tmp_path):
     assert MetadataReader(runs["two"] / "checkpoints" / "step-2" / "dcp").read_metadata().state_dict_metadata
 
 
+def _global_call_pickle(module: str, name: str, arg: str) -> bytes:
+    """A protocol-4 pickle calling ``module``'s global ``name`` (dotted names allowed) with ``arg``."""
+    def text(value: str) -> bytes:
+        return b"X" + len(value.encode()).to_bytes(4, "little") + value.encode()
+
+    return b"\x80\x04" + text(module) + text(name) + b"\x93" + text(arg) + b"\x85R."
+
+
+@pytest.mark.parametrize("module,name", [
+    ("torch.distributed.checkpoint.metadata", "os.system"),  # a dotted name through an admitted module
+    ("torch.distributed.checkpoint.metadata", "os"),
+    ("os", "system"),
+    ("torch", "serialization.os.system"),
+])
+def test_a_crafted_shard_index_runs_nothing_whatever_the_name(module, name, tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / "dcp").mkdir()
+    (tmp_path / "dcp" / ".metadata").write_bytes(_global_call_pickle(module, name, f"touch '{marker}'"))
+    with pytest.raises(pickle.UnpicklingError, match=f"names {module}.{name}, which a checkpoint index never holds"):
+        MetadataReader(tmp_path / "dcp").read_metadata()
+    assert not marker.exists()
+
+
+def test_a_real_shard_index_still_reads(tmp_path):
+    """The index of a one-process DCP save (a model, its AdamW state, plain values) passes the admitted pairs."""
+    import torch.distributed.checkpoint as dcp
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    dcp.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "extra": {"x": 1}},
+             storage_writer=dcp.FileSystemWriter(tmp_path / "dcp"))
+    index = MetadataReader(tmp_path / "dcp").read_metadata().state_dict_metadata
+    assert index["model.weight"].size == torch.Size([2, 3]) and index["model.weight"].properties.dtype == torch.float32
+
+
 def test_full_disk_on_rank_1_stops_both_ranks_and_keeps_the_last_checkpoint(runs, tmp_path):
     """A rank other than 0 fails its write: every rank raises, step-3 is not left half-written."""
     spec = runs["single"].model_copy(update={"batch_size": 4, "max_steps": 3, "save_every": 1, "eval_every": 3,

@@ -243,7 +243,7 @@ def test_api_killed_mid_stream_ends_the_stream_and_a_new_api_serves_the_rest(ser
 def test_submit_while_redis_is_down_makes_no_job_and_a_retry_makes_one(api, submit, private_redis):
     datasets = {d["purpose"]: d["id"] for d in api.get("/v1/datasets").json()}  # uploaded by ``submit``
     spec = {"name": "r", "base_model": "tiny", "domain_data": [datasets["domain"]],
-            "general_data": [datasets["general"]], "max_steps": 2}
+            "general_data": [datasets["general"]], "max_steps": 2, "seq_len": 64}
     key = {"Idempotency-Key": "retry-1"}
     private_redis.kill()
     refused = api.post("/v1/jobs", json=spec, headers=key)
