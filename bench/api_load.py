@@ -355,7 +355,7 @@ def abuse_mix(tmp: Path, models: Path, args: argparse.Namespace) -> dict:
     with scratch_database() as database_url:
         env = service_env(tmp / "abuse-home", models, database_url,
                           MOL_TOKENS=f"bench:{TOKEN},{abuse.ATTACKER}:{abuse.ATTACKER_TOKEN}",
-                          MOL_WEBHOOK_ALLOW_HOSTS="127.0.0.1", MOL_HEARTBEAT_S="1")
+                          MOL_WEBHOOK_ALLOW_HOSTS='["127.0.0.0/8"]', MOL_HEARTBEAT_S="1")
         proc, base = start_api(env)
         worker = start_worker(env, tmp / "abuse-worker.log")
         try:
