@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Callable
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from .db import ApiToken
@@ -43,6 +46,16 @@ def owner_of(session: Session, token: str, static: dict[str, str]) -> str | None
             return owner
     row = session.get(ApiToken, hash_token(token))
     return row.owner if row else None
+
+
+def token_revoked(sessions: Callable[[], Session], token: str, static: dict[str, str]) -> bool:
+    """Whether ``token``, valid when a long stream or download began, belongs to no owner any more (revoked);
+    False while the database cannot be reached (it is asked again at the next check)."""
+    try:
+        with sessions() as db:
+            return owner_of(db, token, static) is None
+    except (DBAPIError, PoolTimeout):
+        return False
 
 
 def list_tokens(session: Session) -> list[ApiToken]:

@@ -227,8 +227,9 @@ class MolClient:
 
     def follow(self, job_id: str, retries: int = FOLLOW_RETRIES) -> Iterator[SseMessage]:
         """The job's metric and event messages live, until its ``end`` message; after a dropped connection the
-        stream (or one silent for FOLLOW_SILENCE_S) is opened again with ``Last-Event-ID``, so nothing is repeated or
-        lost (``retries`` times in a row at most)."""
+        stream (or one silent for FOLLOW_SILENCE_S, or one the server ended with an ``error`` event: its database
+        unreachable) is opened again with ``Last-Event-ID``, so nothing is repeated or lost (``retries`` times in a
+        row at most)."""
         last_id, failures = None, 0
         while True:
             headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_id} if last_id else {})
@@ -237,6 +238,8 @@ class MolClient:
                                       timeout=httpx.Timeout(30.0, read=FOLLOW_SILENCE_S)) as response:
                     checked(response)
                     for message in sse_messages(response.iter_lines()):
+                        if message.event == "error":  # the server gave up this stream, not the job: reconnect
+                            break
                         failures = 0
                         last_id = message.id or last_id
                         yield message

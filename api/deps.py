@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.orm import Session, sessionmaker
 
-from .auth import COOKIE, owner_of
+from .auth import COOKIE, owner_of, token_revoked
 from .settings import Settings
 
 
@@ -40,6 +40,19 @@ SESSION = Depends(session, scope="function")
 COOKIE_METHODS = frozenset({"GET", "HEAD"})  # reads, streams and downloads: what EventSource and links need
 
 
+def bearer_token(request: Request) -> str:
+    """The token of the request's ``Authorization: Bearer`` header ('' without one)."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def revocation_check(request: Request, svc: Services) -> Callable[[], bool]:
+    """For a long stream or download: a blocking check of whether the token that authenticated ``request`` (its
+    bearer token, else its cookie) has been revoked since."""
+    token, static = bearer_token(request) or request.cookies.get(COOKIE, ""), svc.settings.static_tokens()
+    return lambda: token_revoked(svc.sessions, token, static)
+
+
 def owner(request: Request, db: Annotated[Session, SESSION],
           svc: Annotated[Services, Depends(services)]) -> str:
     """The owner of the request's bearer token (or, on GET and HEAD only, of the dashboard's cookie).
@@ -47,8 +60,7 @@ def owner(request: Request, db: Annotated[Session, SESSION],
     401 without a valid token; 403 for a write that carries only the cookie, which a form or script on another
     site can make the browser send (a bearer header it cannot).
     """
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""
+    token = bearer_token(request)
     if not token and request.cookies.get(COOKIE):
         if request.method not in COOKIE_METHODS:
             raise HTTPException(403, "the session cookie only authenticates reads: send 'Authorization: Bearer "

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     cancel_grace_s: float = Field(10, gt=0)
     stream_poll_s: float = Field(0.5, gt=0)
     stream_keepalive_s: float = Field(15, gt=0)
+    stream_db_outage_s: float = Field(30, gt=0, description=(
+        "how long a live SSE stream retries (with backoff) a database it cannot reach before it ends with an "
+        "`error` event, for the client to reconnect with Last-Event-ID"))
+    token_recheck_s: float = Field(15, gt=0, description=(
+        "how often an open SSE stream or download checks that its token was not revoked (`mol token revoke`); a "
+        "revoked stream ends with an `error` event, a revoked download is cut"))
     worker_capacity: int = Field(1, ge=1, description=(
         "processes (GPUs) this worker can give one job; `mol worker --gpus/--procs` sets it"))
     max_nproc: int = Field(1, ge=1, description=(

@@ -6,26 +6,42 @@ ended and everything has been sent.
 
 One :class:`JobTail` per job and API process polls the database and fans new rows out to every subscriber,
 so the database load grows with the jobs being watched, not with the number of open streams.
+
+A stream never goes silent: reads that fail because the database is unreachable are tried again with backoff,
+and after ``stream_db_outage_s`` without it (or on any other failure of the tail) every subscriber gets an SSE
+``error`` event and the stream closes, so the client reconnects and resumes from ``Last-Event-ID`` (the
+browser's EventSource does so by itself). Every ``token_recheck_s`` a stream checks that its token was not
+revoked, and ends with an ``error`` event if it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from .db import MAX_SEQ, Job, JobEvent, MetricPoint
-from .deps import Services
+from .deps import Services, revocation_check
 from .schemas import utc_iso
+from .settings import Settings
 
 FINAL = ("succeeded", "failed", "cancelled")
 PAGE = 5000  # rows per read
+DB_DOWN = (DBAPIError, PoolTimeout)  # the database unreachable (a dropped connection, a refused one, a full pool)
+RETRY_CAP_S = 2.0  # the longest wait between two tries of a failed read: a database back is seen within this
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -43,6 +59,19 @@ class Batch:
         """Whether rows after (``metric``, ``event``) of ``kinds`` could be missing from this batch: it was read
         from a later position (the tail's, while a subscriber was still reading its backlog)."""
         return ("metric" in kinds and self.after_metric > metric) or ("event" in kinds and self.after_event > event)
+
+
+@dataclass
+class Ended:
+    """What a tail hands its subscribers when it stops before the job's end: why, for their ``error`` event."""
+
+    detail: str
+
+
+def error_message(detail: str) -> dict:
+    """An SSE ``error`` event saying ``detail``; it has no id, so the client's Last-Event-ID stays on the last
+    row it was sent."""
+    return {"event": "error", "data": json.dumps({"detail": detail})}
 
 
 def parse_last_event_id(value: str | None) -> tuple[int, int]:
@@ -78,6 +107,28 @@ def _positions(svc: Services, job_id: str) -> tuple[int, int]:
     return metric, event
 
 
+async def read_retrying(settings: Settings, read: Callable[..., T], *args) -> T:
+    """``read(*args)`` (blocking, run in a thread), tried again with backoff while the database is unreachable;
+    raises the last error once it has been unreachable for ``stream_db_outage_s``."""
+    down_since, delay = None, settings.stream_poll_s
+    while True:
+        try:
+            return await run_in_threadpool(read, *args)
+        except DB_DOWN:
+            down_since = down_since or time.monotonic()
+            left = settings.stream_db_outage_s - (time.monotonic() - down_since)
+            if left <= 0:
+                raise
+            await asyncio.sleep(min(delay, left))
+            delay = min(2 * delay, RETRY_CAP_S)
+
+
+def outage_detail(settings: Settings) -> str:
+    """The ``error`` event's text when the database stayed unreachable."""
+    return (f"the database was unreachable for {settings.stream_db_outage_s:g} s: reconnect with Last-Event-ID to "
+            "resume")
+
+
 class JobTail:
     """Polls one job's new rows and hands each batch to every subscriber's queue."""
 
@@ -87,10 +138,11 @@ class JobTail:
         self.task: asyncio.Task | None = None
 
     async def run(self) -> None:
-        metric, event = await run_in_threadpool(_positions, self.svc, self.job_id)
+        settings = self.svc.settings
         try:
+            metric, event = await read_retrying(settings, _positions, self.svc, self.job_id)
             while self.queues:
-                batch = await run_in_threadpool(read_since, self.svc, self.job_id, metric, event)
+                batch = await read_retrying(settings, read_since, self.svc, self.job_id, metric, event)
                 metric = batch.metrics[-1]["seq"] if batch.metrics else metric
                 event = batch.events[-1]["seq"] if batch.events else event
                 for queue in self.queues:
@@ -98,7 +150,14 @@ class JobTail:
                 if batch.status in FINAL and not batch.metrics and not batch.events:
                     return
                 if not batch.metrics and not batch.events:
-                    await asyncio.sleep(self.svc.settings.stream_poll_s)
+                    await asyncio.sleep(settings.stream_poll_s)
+        except Exception as err:  # ending the streams beats leaving them silent forever
+            if not isinstance(err, DB_DOWN):
+                log.exception("the live tail of job %s failed", self.job_id)
+            ended = Ended(outage_detail(settings) if isinstance(err, DB_DOWN) else
+                          "the live stream failed: reconnect with Last-Event-ID to resume")
+            for queue in self.queues:
+                queue.put_nowait(ended)
         finally:
             self.hub.pop(self.job_id, None)
 
@@ -110,31 +169,60 @@ class JobTail:
         return queue
 
 
+def _rows(batch: Batch, kinds: tuple[str, ...], metric: int, event: int) -> tuple[list[dict], int, int]:
+    """The SSE messages of ``batch``'s rows of ``kinds`` after the position (``metric``, ``event``), and the
+    position after them."""
+    messages = []
+    for name, rows in (("metric", batch.metrics), ("event", batch.events)):
+        if name not in kinds:
+            continue
+        for row in rows:
+            if row["seq"] <= (metric if name == "metric" else event):
+                continue  # already sent from the backlog
+            metric, event = (row["seq"], event) if name == "metric" else (metric, row["seq"])
+            messages.append({"event": name, "id": f"{metric}:{event}", "data": json.dumps(row)})
+    return messages, metric, event
+
+
+async def _next(queue: asyncio.Queue, timeout: float) -> Batch | Ended | None:
+    """The tail's next item for this subscriber, or None after ``timeout`` seconds without one."""
+    try:
+        return await asyncio.wait_for(queue.get(), max(timeout, 0.0))
+    except TimeoutError:
+        return None
+
+
 async def _messages(request: Request, svc: Services, job_id: str, kinds: tuple[str, ...]) -> AsyncIterator[dict]:
     hub: dict[str, JobTail] = request.app.state.tails
     tail = hub.get(job_id) or hub.setdefault(job_id, JobTail(svc, job_id, hub))
     queue = tail.subscribe()  # before reading the backlog, so nothing lands in between unseen
     metric, event = parse_last_event_id(request.headers.get("last-event-id"))
+    settings, revoked = svc.settings, revocation_check(request, svc)
+    recheck_at = time.monotonic() + settings.token_recheck_s
     try:
-        batch = await run_in_threadpool(read_since, svc, job_id, metric, event)
-        while True:
-            for name, rows in (("metric", batch.metrics), ("event", batch.events)):
-                if name not in kinds:
-                    continue
-                for row in rows:
-                    if row["seq"] <= (metric if name == "metric" else event):
-                        continue  # already sent from the backlog
-                    metric, event = (row["seq"], event) if name == "metric" else (metric, row["seq"])
-                    yield {"event": name, "id": f"{metric}:{event}", "data": json.dumps(row)}
-            if batch.status in FINAL and not batch.metrics and not batch.events:
-                yield {"event": "end", "id": f"{metric}:{event}", "data": json.dumps({"status": batch.status})}
-                return
-            if len(batch.metrics) >= PAGE or len(batch.events) >= PAGE:  # a long backlog: keep paging
-                batch = await run_in_threadpool(read_since, svc, job_id, metric, event)
-            else:
-                batch = await queue.get()
-                if batch.starts_after(metric, event, kinds):  # rows between our position and the tail's: read them
-                    batch = await run_in_threadpool(read_since, svc, job_id, metric, event)
+        batch = await read_retrying(settings, read_since, svc, job_id, metric, event)
+        while not isinstance(batch, Ended):
+            if batch is not None:
+                messages, metric, event = _rows(batch, kinds, metric, event)
+                for message in messages:
+                    yield message
+                if batch.status in FINAL and not batch.metrics and not batch.events:
+                    yield {"event": "end", "id": f"{metric}:{event}", "data": json.dumps({"status": batch.status})}
+                    return
+            if time.monotonic() >= recheck_at:
+                if await run_in_threadpool(revoked):
+                    yield error_message("the token of this stream was revoked")
+                    return
+                recheck_at = time.monotonic() + settings.token_recheck_s
+            if batch is not None and (len(batch.metrics) >= PAGE or len(batch.events) >= PAGE):  # keep paging
+                batch = await read_retrying(settings, read_since, svc, job_id, metric, event)
+            else:  # the tail's next batch; when it was read from past our position, the rows between are read
+                batch = await _next(queue, recheck_at - time.monotonic())
+                if isinstance(batch, Batch) and batch.starts_after(metric, event, kinds):
+                    batch = await read_retrying(settings, read_since, svc, job_id, metric, event)
+        yield error_message(batch.detail)
+    except DB_DOWN:
+        yield error_message(outage_detail(settings))
     finally:
         tail.queues.discard(queue)
 

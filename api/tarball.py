@@ -4,19 +4,23 @@
 bytes follow in chunks, zlib compresses them in gzip framing. The response pulls one chunk at a time (in one
 of the PRODUCERS threads), so a client that reads slowly holds back the producer, and one that goes away
 stops it at once (the generator is closed); a temporary tree the download was made from is removed whichever
-way the response ends. ``replaced`` files (a few small ones, by path inside the directory) are sent from memory
-instead of the disk, or added when the directory lacks them: the download's portable model card and adapter config.
+way the response ends. A download given a ``revoked`` check asks it every ``recheck_s`` seconds and is cut (the
+connection dropped, the body unfinished) once its token has been revoked. ``replaced`` files (a few small ones,
+by path inside the directory) are sent from memory instead of the disk, or added when the directory lacks them:
+the download's portable model card and adapter config.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import stat
 import tarfile
+import time
 import zlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import anyio
@@ -30,6 +34,11 @@ GZIP = 16 + zlib.MAX_WBITS  # zlib's wbits for the gzip container
 # then share two cores' worth of work instead of taking the thread pool that every other request runs in.
 PRODUCERS = anyio.CapacityLimiter(2)
 LEVEL = 1  # weights barely compress: bf16 0.80 of its size at level 1, 0.79 at 6, for a third of the CPU
+log = logging.getLogger(__name__)
+
+
+class DownloadRevoked(Exception):
+    """The token a download was made with has been revoked while it streamed."""
 
 
 def _members(directory: Path, name: str) -> Iterator[tuple[Path, str]]:
@@ -112,10 +121,18 @@ def tar_gz_chunks(directory: Path, arcname: str, replaced: Mapping[str, bytes] |
     yield gz.flush()
 
 
-async def _pulled(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
-    """``chunks`` one at a time from a PRODUCERS thread, closed (its open file too) however the iteration ends."""
+async def _pulled(chunks: Iterator[bytes], revoked: Callable[[], bool] | None = None,
+                  recheck_s: float = 15.0) -> AsyncIterator[bytes]:
+    """``chunks`` one at a time from a PRODUCERS thread, closed (its open file too) however the iteration ends;
+    DownloadRevoked when ``revoked()``, asked every ``recheck_s`` seconds (in a thread: it reads the database),
+    says so."""
+    check_at = time.monotonic() + recheck_s
     try:
         while (chunk := await anyio.to_thread.run_sync(next, chunks, None, limiter=PRODUCERS)) is not None:
+            if revoked is not None and time.monotonic() >= check_at:
+                if await anyio.to_thread.run_sync(revoked):
+                    raise DownloadRevoked
+                check_at = time.monotonic() + recheck_s
             yield chunk
     finally:
         chunks.close()  # a thread running next() is waited for by the cancellation, so this never races it
@@ -125,20 +142,25 @@ class TarGzResponse(StreamingResponse):
     """``directory`` as a streamed .tar.gz download named ``filename``.
 
     ``cleanup`` (a temporary tree, e.g. a merged export) is removed when the response ends: read to the end,
-    the client gone midway, or never started. ``replaced``: see :func:`tar_chunks`.
+    the client gone midway, cut, or never started. ``replaced``: see :func:`tar_chunks`. ``revoked`` and
+    ``recheck_s``: see :func:`_pulled`; a revoked download ends with its body unfinished, which makes the server
+    drop the connection, so the client sees a broken download rather than a short one.
     """
 
     media_type = "application/gzip"
 
     def __init__(self, directory: Path, arcname: str, filename: str, cleanup: Path | None = None,
-                 replaced: Mapping[str, bytes] | None = None) -> None:
+                 replaced: Mapping[str, bytes] | None = None, revoked: Callable[[], bool] | None = None,
+                 recheck_s: float = 15.0) -> None:
         self.cleanup = cleanup
-        super().__init__(_pulled(tar_gz_chunks(directory, arcname, replaced)),
+        super().__init__(_pulled(tar_gz_chunks(directory, arcname, replaced), revoked, recheck_s),
                          headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             await super().__call__(scope, receive, send)
+        except DownloadRevoked:
+            log.warning("download %s cut: its token was revoked", scope.get("path"))
         finally:
             with anyio.CancelScope(shield=True):  # runs even when the server cancels the request
                 await self.body_iterator.aclose()

@@ -7,13 +7,14 @@ job's registered model id and the owner's dataset names in place of the paths th
 from __future__ import annotations
 
 import contextlib
+import errno
 import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
@@ -30,7 +31,7 @@ from mol_engine.export import (
 from mol_engine.model_card import portable_files, reference_names, spec_references
 
 from ..db import Dataset, Job
-from ..deps import DB, Owner, StreamOwner, Svc
+from ..deps import DB, Owner, StreamOwner, Svc, revocation_check
 from ..disk import tree_bytes
 from ..schemas import TARBALL, CheckpointOut, errors
 from ..tarball import TarGzResponse
@@ -100,6 +101,17 @@ def portable(checkpoint: Path, source: Path, format: str, submitted: dict, label
     return portable_files(source, card, kind, reference_names(card["spec"], submitted, labels))
 
 
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` says the disk (or the quota) is full: an OSError, or safetensors' error wrapping one."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    if type(err).__module__.split(".")[0] != "safetensors":
+        return False
+    from mol_engine.checkpoint import is_disk_full  # torch: already loaded by the export that failed
+
+    return is_disk_full(err)
+
+
 STALE_EXPORT_S = 24 * 3600  # a scratch this old outlived its response: the API process died while it streamed
 
 
@@ -114,9 +126,12 @@ def new_scratch(exports: Path, prefix: str) -> Path:
 
 
 @router.get("/{name}/download", response_class=StreamingResponse, responses={
-    200: {"content": TARBALL, "description": "a Hugging Face directory as a streamed .tar.gz"}} | errors(409))
-def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, format: str = "merged"):
-    """Streams the checkpoint as .tar.gz; no database connection is held while it (or a merge) runs."""
+    200: {"content": TARBALL, "description": "a Hugging Face directory as a streamed .tar.gz"}} | errors(409, 507))
+def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, request: Request,
+                        format: str = "merged"):
+    """Streams the checkpoint as .tar.gz; no database connection is held while it (or a merge) runs. 507 when the
+    disk fills up while a merge or a gather is written (the partial export removed); the download is cut if the
+    token is revoked while it streams."""
     with svc.sessions() as db:
         job = owned_job(db, owner, job_id)
         submitted, labels = job.spec, dataset_labels(db, job)
@@ -128,14 +143,20 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, fo
         raise HTTPException(404, f"checkpoint '{name}' not found")
     if format not in ("merged", "adapter"):
         raise HTTPException(422, "format: must be 'merged' or 'adapter'")
-    scratch = new_scratch(svc.settings.exports_dir, f"{job_id}-{name}-")
+    scratch = None
     try:
+        scratch = new_scratch(svc.settings.exports_dir, f"{job_id}-{name}-")
         source = download_source(path, format, scratch)
         replaced = portable(path, source, format, submitted, labels)
     except BaseException as err:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         if isinstance(err, ExportError):
             raise HTTPException(409, str(err)) from None
+        if disk_full(err):
+            raise HTTPException(507, f"checkpoint '{name}': the server's disk is full while preparing the "
+                                     f"'{format}' download; free space and try again") from None
         raise
     return TarGzResponse(source, f"{job_id}-{name}", f"{job_id}-{name}-{format}.tar.gz", cleanup=scratch,
-                         replaced=replaced)
+                         replaced=replaced, revoked=revocation_check(request, svc),
+                         recheck_s=svc.settings.token_recheck_s)

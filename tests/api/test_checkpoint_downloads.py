@@ -1,17 +1,26 @@
 """Downloaded checkpoints are portable: no text file in a tarball names a server path, the adapter config and the
 model card name the registered model, and the card names the owner's datasets with their sha256; the checkpoint
-list reports the bytes a download carries."""
+list reports the bytes a download carries. A full disk while a download is merged answers 507; a download whose
+token is revoked is cut."""
 
+import errno
 import hashlib
 import io
 import json
 import tarfile
+import time
 
+import httpx
 import pytest
 
+from api.app import create_app
+from api.auth import create_token, revoke_tokens
 from api.disk import tree_bytes
+from api.routes import checkpoints
 from mol_engine.model_card import front_matter
 from tests.api.test_results import DOCS, finished_job  # noqa: F401  (the fixture that runs a job)
+from tests.api.test_slow_clients import WEIGHTS, add_checkpoint
+from tests.live_server import serving
 
 
 def download(client, auth, job_id: str, fmt: str) -> dict[str, bytes]:
@@ -48,3 +57,58 @@ def test_downloads_name_the_registered_model_and_no_server_path(client, auth, fi
     (listed,) = client.get(f"/v1/jobs/{full}/checkpoints", headers=auth()).json()
     step = settings.runs_dir / full / "checkpoints" / "step-2"
     assert listed["bytes"] == tree_bytes(step / "model") < tree_bytes(step)  # the weights, not optimizer or RNG
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_full_disk_while_merging_a_download_answers_507_and_leaves_no_export(client, auth, monkeypatch):
+    job_id, _model = add_checkpoint(client.app, adapter=True)
+    exports = client.app.state.services.settings.exports_dir
+    failures = iter([OSError(errno.ENOSPC, "No space left on device"), OSError(errno.EDQUOT, "Disk quota exceeded")])
+
+    def export_checkpoint(checkpoint, out, merged=False):  # the merge writes part of the model, then the disk is full
+        out.mkdir(parents=True)
+        (out / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 4096)
+        raise next(failures)
+
+    monkeypatch.setattr(checkpoints, "export_checkpoint", export_checkpoint)
+    for _ in range(2):
+        response = client.get(f"/v1/jobs/{job_id}/checkpoints/step-1/download", headers=auth())
+        assert response.status_code == 507, response.text  # before the fix: the OSError, a 500
+        assert response.json()["detail"] == ("checkpoint 'step-1': the server's disk is full while preparing the "
+                                             "'merged' download; free space and try again")
+        assert list(exports.iterdir()) == []  # the partial export is gone
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_revoking_the_token_cuts_an_open_download(settings):
+    settings = settings.model_copy(update={"token_recheck_s": 0.2})
+    app = create_app(settings, enqueue=lambda _job_id: None)
+    sessions = app.state.services.sessions
+    job_id, _model = add_checkpoint(app)
+    with sessions.begin() as db:
+        token = create_token(db, "alice")
+
+    def read(token: str, revoke: bool) -> tuple[int, bool]:
+        """(bytes read, whether the download broke) of a download paused after its first chunk, when the token
+        is revoked (``revoke``) or not."""
+        url, got = f"{base}/v1/jobs/{job_id}/checkpoints/step-1/download", 0
+        with httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as response:
+            assert response.status_code == 200
+            chunks = response.iter_raw()
+            got += len(next(chunks))
+            if revoke:
+                with sessions.begin() as db:  # what `mol token revoke alice` does
+                    assert revoke_tokens(db, "alice")
+            time.sleep(0.5)  # the server waits on the client: the next chunk it makes is past the recheck
+            try:
+                for chunk in chunks:
+                    got += len(chunk)
+            except httpx.RemoteProtocolError:  # the connection closed before the end of the chunked body
+                return got, True
+        return got, False
+
+    with serving(app) as base:
+        whole, broke = read("tok-alice", revoke=False)
+        assert not broke and whole > WEIGHTS  # a token in force: read to the end, pauses and all
+        cut, broke = read(token, revoke=True)
+    assert broke and cut < WEIGHTS // 2  # before the fix: the whole tarball

@@ -143,6 +143,21 @@ def test_follow_resumes_from_the_last_event_id_after_a_dropped_connection():
     assert messages == [("metric", "1:0"), ("event", "1:1"), ("end", "1:1")] and seen == [None, "1:0"]
 
 
+def test_follow_reconnects_after_an_error_event_and_shows_it_not():
+    seen: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("last-event-id"))
+        if len(seen) == 1:  # the API's database stayed unreachable: it ends the stream with an error event
+            return httpx.Response(200, content=b'event: metric\nid: 1:0\ndata: {"seq": 1, "step": 1}\n\n'
+                                               b'event: error\ndata: {"detail": "the database was unreachable"}\n\n')
+        return httpx.Response(200, content=b'event: end\nid: 1:0\ndata: {"status": "succeeded"}\n\n')
+
+    client = MolClient("http://mol.test", "t", transport=httpx.MockTransport(handler))
+    messages = [(m.event, m.id) for m in client.follow("job_1")]
+    assert messages == [("metric", "1:0"), ("end", "1:0")] and seen == [None, "1:0"]
+
+
 def test_a_part_cut_off_is_sent_again_and_the_progress_counts_it_once(tmp_path):
     puts: list[int] = []
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from types import SimpleNamespace
 
+import pytest
 from sqlalchemy import select
 
 from api.db import Job, MetricPoint, init_db, make_engine
@@ -33,7 +35,7 @@ def test_rows_between_a_backlog_and_the_tails_start_are_sent_once(settings):
     hub: dict[str, JobTail] = {}
     tail = hub["job_tail"] = JobTail(svc, "job_tail", hub)
     tail.task = SimpleNamespace()  # a tail already running: this test feeds its batches by hand
-    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(tails=hub)), headers={})
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(tails=hub)), headers={}, cookies={})
 
     async def read() -> list[int]:
         stream, steps = _messages(request, svc, "job_tail", ("metric",)), []
@@ -91,3 +93,134 @@ def test_on_postgresql_events_of_one_job_commit_in_seq_order(postgres_url):
         writer.join(10)
         engine.dispose()
     assert seqs["second"] > seqs["first"]
+
+
+def _running_job(settings, job_id: str):
+    """(services, add_points) for a running job of alice's in a fresh database of ``settings``."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    sessions = init_db(make_engine(settings.db_url))
+    svc = Services(settings=settings, sessions=sessions, enqueue=lambda *_: None)
+    with sessions.begin() as db:
+        db.add(Job(id=job_id, owner="alice", name="t", spec={}, max_steps=9, status="running"))
+
+    def add_points(*steps: int, status: str | None = None) -> None:
+        with sessions.begin() as db:
+            db.add_all([MetricPoint(job_id=job_id, step=s, values={"train/loss": 1.0}) for s in steps])
+            if status:
+                db.get(Job, job_id).status = status
+
+    return svc, add_points
+
+
+def _subscriber(svc):
+    """A stream request of alice's on a fresh hub of tails: (request, hub)."""
+    hub: dict[str, JobTail] = {}
+    request = SimpleNamespace(app=SimpleNamespace(state=SimpleNamespace(tails=hub)),
+                              headers={"authorization": "Bearer tok-alice"}, cookies={})
+    return request, hub
+
+
+def _failing_reads(monkeypatch) -> dict:
+    """Makes api.stream's reads raise OperationalError (a dropped connection) while ``state["fail"]`` is above 0
+    (each failure counts it down; -1: fail until set otherwise); returns ``state`` (with the failures counted)."""
+    from sqlalchemy.exc import OperationalError
+
+    from api import stream
+
+    state, real = {"fail": 0, "failed": 0}, stream.read_since
+
+    def read_since(*args, **kwargs):
+        if state["fail"]:
+            state["fail"] -= state["fail"] > 0
+            state["failed"] += 1
+            raise OperationalError("SELECT", {}, Exception("server closed the connection unexpectedly"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stream, "read_since", read_since)
+    return state
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_database_blip_delays_a_stream_and_loses_nothing(settings, monkeypatch):
+    svc, add_points = _running_job(settings, "job_blip")
+    add_points(1, 2)
+    reads = _failing_reads(monkeypatch)
+    request, hub = _subscriber(svc)
+
+    async def read() -> list[dict]:
+        stream = _messages(request, svc, "job_blip", ("metric",))
+        got = [await anext(stream) for _ in range(2)]  # the backlog
+        reads["fail"] = 4  # the tail's next reads fail: the connection dropped, then the database is back
+        add_points(3, 4, 5, status="succeeded")
+        async for message in stream:
+            got.append(message)
+        return got
+
+    got = asyncio.run(asyncio.wait_for(read(), 15))  # before the fix: the tail died, the stream waited forever
+    assert reads["failed"] == 4
+    assert [m["event"] for m in got] == ["metric"] * 5 + ["end"]
+    assert [json.loads(m["data"])["step"] for m in got[:5]] == [1, 2, 3, 4, 5]
+    assert json.loads(got[-1]["data"]) == {"status": "succeeded"} and hub == {}
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_long_database_outage_ends_the_stream_with_an_error_event(settings, monkeypatch):
+    settings = settings.model_copy(update={"stream_db_outage_s": 0.5})
+    svc, add_points = _running_job(settings, "job_outage")
+    add_points(1)
+    reads = _failing_reads(monkeypatch)
+    request, hub = _subscriber(svc)
+
+    async def read() -> tuple[list[dict], float]:
+        stream = _messages(request, svc, "job_outage", ("metric",))
+        got = [await anext(stream)]
+        reads["fail"] = -1  # down for good
+        started = time.monotonic()
+        async for message in stream:
+            got.append(message)
+        return got, time.monotonic() - started
+
+    got, took = asyncio.run(asyncio.wait_for(read(), 15))  # before the fix: silence (keep-alives) forever
+    assert [m["event"] for m in got] == ["metric", "error"] and "id" not in got[-1]  # Last-Event-ID stays put
+    assert json.loads(got[-1]["data"])["detail"] == (
+        "the database was unreachable for 0.5 s: reconnect with Last-Event-ID to resume")
+    assert 0.5 <= took < 5 and hub == {}
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_revoking_the_token_ends_its_open_stream_with_an_error_event(settings):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from api.auth import create_token, revoke_tokens
+
+    settings = settings.model_copy(update={"token_recheck_s": 0.3, "stream_keepalive_s": 1})
+    app = create_app(settings, enqueue=lambda _job_id: None)
+    sessions = app.state.services.sessions
+    with sessions.begin() as db:
+        token = create_token(db, "carol")
+        db.add(Job(id="job_watched", owner="carol", name="t", spec={}, max_steps=9, status="running"))
+
+    def later(seconds: float, work) -> threading.Timer:
+        timer = threading.Timer(seconds, work)
+        timer.start()
+        return timer
+
+    def revoke() -> None:  # what `mol token revoke carol` does
+        with sessions.begin() as db:
+            revoke_tokens(db, "carol")
+
+    def end_job() -> None:  # only so that the test ends where the stream would not
+        with sessions.begin() as db:
+            db.get(Job, "job_watched").status = "cancelled"
+
+    with TestClient(app) as client:
+        timers = [later(0.5, revoke), later(10, end_job)]
+        started = time.monotonic()
+        body = client.get("/v1/jobs/job_watched/events", headers={"Authorization": f"Bearer {token}",
+                                                                   "Accept": "text/event-stream"}).text
+        took = time.monotonic() - started
+        for timer in timers:
+            timer.cancel()
+    assert "event: end" not in body and "event: error" in body, body
+    assert '"detail": "the token of this stream was revoked"' in body and took < 5

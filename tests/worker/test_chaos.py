@@ -9,6 +9,7 @@ Tests that stop Redis start a private redis-server on a free port; the shared on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -25,7 +26,10 @@ import pytest
 import redis
 import sqlalchemy
 
-from api.db import Base, Job
+from api.app import create_app
+from api.db import Base, Job, MetricPoint, init_db, make_engine
+from api.settings import Settings
+from tests.live_server import serving
 from tests.worker.conftest import TOKEN
 
 LEASE_TIMEOUT_S, HEARTBEAT_S = 10.0, 0.5
@@ -175,8 +179,9 @@ def _start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
 
 
 def _read_stream(client: httpx.Client, job_id: str, last_id: str | None, stop_after: int | None) -> SimpleNamespace:
-    """Training steps and the last SSE id read, and how the stream ended: ``end`` (its end event), ``cut`` (the
-    connection broke) or ``stopped`` (we stopped after ``stop_after`` training steps)."""
+    """Training steps and the last SSE id read, and how the stream ended: ``end`` (its end event), ``error`` (its
+    error event), ``cut`` (the connection broke, or an answer that is no stream) or ``stopped`` (we stopped after
+    ``stop_after`` training steps)."""
     read = SimpleNamespace(steps=[], last_id=last_id, how=None, status=None)
     headers = {"Accept": "text/event-stream"} | ({"Last-Event-ID": last_id} if last_id else {})
     kind = None
@@ -195,6 +200,9 @@ def _read_stream(client: httpx.Client, job_id: str, last_id: str | None, stop_af
                         return read
                 elif line.startswith("data:") and kind == "end":
                     read.how, read.status = "end", json.loads(line[5:])["status"]
+                    return read
+                elif line.startswith("data:") and kind == "error":
+                    read.how = "error"
                     return read
     except (httpx.RemoteProtocolError, httpx.ReadError):
         read.how = "cut"
@@ -276,3 +284,130 @@ def test_cancel_racing_the_lease_never_trains_under_a_cancelled_label(api, worke
             "cancelled", 0, [])  # never leased after the cancel
     assert job(api, leased)["step"] == steps and job(api, leased)["status"] == "cancelled"  # nothing trains on
 
+
+
+class CuttableProxy:
+    """A TCP proxy on 127.0.0.1 (a free port) in front of ``target``, a thread per direction of each connection:
+    ``cut()`` breaks every open connection and refuses new ones (accepted, then closed at once) until ``restore()``."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.refusing, self.pairs = target, False, []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            try:
+                if self.refusing:
+                    raise OSError("cut")
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.pairs.append((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(1 << 16):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):  # one side gone: the other sees it at once
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.refusing = True
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for end in pair:
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)  # wakes the pump blocked in recv; close alone would not
+
+    def restore(self) -> None:
+        self.refusing = False
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
+
+
+def _follow(base: str, job_id: str) -> SimpleNamespace:
+    """The job's metric stream read to its end event, opened again with Last-Event-ID whenever a connection ends
+    without it: the steps read, and how each connection ended (see ``_read_stream``)."""
+    steps, hows, last_id = [], [], None
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {TOKEN}"},
+                      timeout=httpx.Timeout(10, read=30)) as client:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            read = _read_stream(client, job_id, last_id, stop_after=None)
+            steps, last_id = steps + read.steps, read.last_id
+            hows.append(read.how)
+            if read.how == "end":
+                break
+            time.sleep(0.25)
+    return SimpleNamespace(steps=steps, hows=hows)
+
+
+def test_a_database_blip_ends_no_stream_silently_and_loses_no_row(postgres_url, tmp_path):
+    """PostgreSQL cut off for 3 s behind a proxy while streams are open on two APIs: on one (MOL_STREAM_DB_OUTAGE_S
+    30) every stream waits the blip out and delivers the rest; on the other (1 s) every stream ends with an error
+    event, and the reconnection with Last-Event-ID (refused while the database is away) delivers the rest. Each
+    stream's rows, across its connections, are every step once, in order. Rows are written behind the proxy."""
+    engine = sqlalchemy.create_engine(postgres_url)
+    Base.metadata.drop_all(engine)
+    engine.dispose()
+    writer = init_db(make_engine(postgres_url))  # the runner's side: not behind the proxy
+    with writer.begin() as db:
+        db.add(Job(id="job_blip", owner="tester", name="b", spec={}, max_steps=100, status="running"))
+    proxy = CuttableProxy(("127.0.0.1", 5432))
+    proxied = postgres_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    apps = [create_app(Settings(home=tmp_path / f"home-{outage}", database_url=proxied, demo_model=False,
+                                tokens=f"tester:{TOKEN}", stream_poll_s=0.05, stream_keepalive_s=1,
+                                stream_db_outage_s=outage), enqueue=lambda _job_id: None) for outage in (30, 1)]
+    steps, reads = 100, {}
+    with serving(apps[0]) as waits, serving(apps[1]) as gives_up:
+        readers = [threading.Thread(target=lambda key=(base, i): reads.__setitem__(key, _follow(key[0], "job_blip")))
+                   for base in (waits, gives_up) for i in range(2)]
+
+        def write_rows() -> None:
+            for step in range(1, steps + 1):
+                with writer.begin() as db:
+                    db.add(MetricPoint(job_id="job_blip", step=step, values={"train/loss": 1.0}))
+                if step == 10:
+                    for reader in readers:
+                        reader.start()
+                time.sleep(0.04)
+            with writer.begin() as db:
+                db.get(Job, "job_blip").status = "succeeded"
+
+        rows = threading.Thread(target=write_rows)
+        rows.start()
+        deadline = time.monotonic() + 20
+        while any(len(getattr(app.state.tails.get("job_blip"), "queues", ())) < 2 for app in apps):
+            assert time.monotonic() < deadline, "the streams did not open"  # each app's two, before the cut
+            time.sleep(0.05)
+        proxy.cut()
+        time.sleep(3)
+        proxy.restore()
+        rows.join(30)
+        deadline = time.monotonic() + 30
+        for reader in readers:  # before the fix: the streams went silent, a keep-alive a second, and never ended
+            reader.join(max(deadline - time.monotonic(), 0))
+        proxy.close()
+    assert len(reads) == len(readers), "a stream never ended"
+    for (base, _), read in reads.items():
+        assert read.steps == list(range(1, steps + 1)), (base, read.hows)  # every row once, in order
+        assert read.hows == ["end"] if base == waits else read.hows[0] == "error" and read.hows[-1] == "end", (
+            base, read.hows)
