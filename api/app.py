@@ -11,6 +11,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 
 from .db import init_db, make_engine
 from .deps import Services
@@ -37,6 +38,13 @@ from .webhooks import WebhookDispatcher
 def _validation_error(_request: Request, err: RequestValidationError) -> JSONResponse:
     parts = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in err.errors()]
     return JSONResponse({"detail": "\n".join(parts)}, status_code=422)
+
+
+def _database_unreachable(_request: Request, _err: OperationalError) -> JSONResponse:
+    """A request that found the database unreachable (or gone mid-query): 503 with Retry-After, never a 500; the
+    reason stays in the log (it can name hosts)."""
+    return JSONResponse({"detail": "the database is unreachable right now; retry in a few seconds"},
+                        status_code=503, headers={"Retry-After": "2"})
 
 
 @asynccontextmanager
@@ -70,6 +78,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.state.services = Services(settings=settings, sessions=sessions, enqueue=enqueue)
     app.state.tails = {}  # job id -> JobTail: one database tail per watched job (api.stream)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(OperationalError, _database_unreachable)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
