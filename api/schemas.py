@@ -43,6 +43,7 @@ ERROR_MEANINGS = {
     409: "conflicts with the object's current state",
     413: "larger than the size limit",
     422: "invalid input: each line names the field or the line of the file at fault",
+    429: "past a per-owner limit, which the message names: send it again later",
     503: "the job queue is unavailable; nothing was created",
     507: "the server's disk is full",
 }
