@@ -166,7 +166,7 @@ def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None =
     lease was taken for dead and re-queued must not overwrite the run that took over). False when it did not."""
     with sessions.begin() as db:
         job = db.get(Job, job_id, with_for_update=holder is not None)
-        if holder is not None and job.lease_owner != holder:
+        if job is None or (holder is not None and job.lease_owner != holder):
             return False
         job.status, job.error, job.finished_at, job.lease_owner = status, error, utcnow(), None
         job.stop_reason = stop_reason
