@@ -1,13 +1,15 @@
 """Weight interpolation through the service: POST queues the worker task, which stores its rows as an
-`interpolation` event that GET lists; the 422s for α and the 409 for `best` before any evaluation."""
+`interpolation` event that GET lists; the 422s for α and the 409 for `best` before any evaluation; the owner's
+cap on side tasks (429), the same request answering the pending one (200), and a refusing broker (503)."""
 
+from datetime import timedelta
 from functools import partial
 
 import pytest
 from kombu.exceptions import OperationalError
-from sqlalchemy import select
+from sqlalchemy import select, update
 
-from api.db import SideTask
+from api.db import SideTask, utcnow
 from api.routes.interpolations import celery_sender
 from tests.api.conftest import tiny_job_spec, worker_task_in_process
 from worker.runner import run
@@ -96,6 +98,10 @@ def test_an_owner_past_the_side_task_cap_gets_a_429_naming_it_and_others_are_ser
                        json={"checkpoint": "step-2", "alphas": [1.0]}).status_code == 202
     assert record_interpolation(settings, *held[0]) == "failed"  # a worker ends one (no model in the checkpoint)
     assert client.post(url, headers=auth(), json={"checkpoint": "step-2", "alphas": [1.0]}).status_code == 202
+    assert client.post(url, headers=auth(), json={"checkpoint": "step-2", "alphas": [0.1]}).status_code == 429
+    with client.app.state.services.sessions.begin() as db:  # pending past MOL_SIDE_TASK_EXPIRY_H: taken for lost
+        db.execute(update(SideTask).values(created_at=utcnow() - timedelta(hours=settings.side_task_expiry_h + 1)))
+    assert client.post(url, headers=auth(), json={"checkpoint": "step-2", "alphas": [0.1]}).status_code == 202
 
 
 def test_the_same_request_while_one_is_pending_answers_that_one(client, auth, upload, settings, held):
