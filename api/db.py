@@ -1,5 +1,5 @@
-"""Database: SQLAlchemy tables (tokens, datasets, uploads, sweeps, jobs, metric points, events, webhooks) and a
-session factory.
+"""Database: SQLAlchemy tables (tokens, datasets, uploads, sweeps, jobs, metric points, events, side tasks,
+webhooks) and a session factory.
 
 The database is the source of truth; the schema carries a version (``schema_version``) checked at start and
 stepped forward by ``MIGRATIONS`` when it is older.
@@ -202,6 +202,25 @@ class JobEvent(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+
+class SideTask(Base):
+    """Work a worker does for an owner beside training: an ``interpolation`` or a ``task-evaluation`` of a job.
+    ``queued`` or ``running`` it counts against the owner's cap, and an identical request (``request_sha256``)
+    finds it instead of queueing another (api/side_tasks.py); the worker task marks it ``done`` or ``failed``.
+    A new table (create_all makes it in an existing database; no older table changes, so no schema step)."""
+
+    __tablename__ = "side_tasks"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("side"))
+    owner: Mapped[str] = mapped_column(String(200))
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(40))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(20), default="queued")  # queued|running|done|failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    __table_args__ = (Index("ix_side_tasks_owner_status", "owner", "status"),
+                      Index("ix_side_tasks_job_request", "job_id", "request_sha256"))
 
 
 class WebhookEndpoint(Base):

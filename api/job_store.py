@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mol_engine.spec import JobSpec
 
-from .db import IdempotencyKey, Job, JobEvent, MetricPoint, new_id, utcnow
+from .db import IdempotencyKey, Job, JobEvent, MetricPoint, SideTask, new_id, utcnow
 from .leases import as_utc, lease_is_dead
 from .stream import FINAL
 from .webhooks import record_job_event_for_webhooks
@@ -211,7 +211,7 @@ class JobActive(Exception):
 
 
 def delete_job(sessions: sessionmaker, job_id: str) -> None:
-    """Delete an ended job's row with its metric points, events and idempotency keys, in one transaction.
+    """Delete an ended job's row with its metric points, events, side tasks and idempotency keys, in one transaction.
 
     Raises JobActive when it is queued or running (a worker may be writing to it: cancel it first), LookupError
     when it is gone. The job's delete is a compare-and-set on its having ended, so a job re-queued meanwhile
@@ -221,7 +221,7 @@ def delete_job(sessions: sessionmaker, job_id: str) -> None:
         status = db.scalar(select(Job.status).where(Job.id == job_id))
         if status is None:
             raise LookupError(job_id)
-        for table in (MetricPoint, JobEvent, IdempotencyKey):
+        for table in (MetricPoint, JobEvent, SideTask, IdempotencyKey):
             db.execute(delete(table).where(table.job_id == job_id))
         if db.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINAL))).rowcount != 1:
             raise JobActive(status)  # rolls the children's deletes back

@@ -53,7 +53,7 @@ ERROR_MEANINGS = {
     409: "conflicts with the object's current state",
     413: "larger than the size limit",
     422: "invalid input: each line names the field or the line of the file at fault",
-    429: "you already have as many of these running as the server allows; `Retry-After` says when to try again",
+    429: "past a per-owner limit, which the message names; `Retry-After`, where given, says when to try again",
     503: "the job queue is unavailable; nothing was created",
     507: "the server's disk is full",
 }

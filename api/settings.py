@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         "revoked stream ends with an `error` event, a revoked download is cut"))
     worker_capacity: int = Field(1, ge=1, description=(
         "processes (GPUs) this worker can give one job; `mol worker --gpus/--procs` sets it"))
+    side_tasks_per_owner: int = Field(4, ge=1, description=(
+        "interpolations and task evaluations one owner may have queued or running at once (another is a 429), "
+        "so one owner's side tasks cannot fill the workers' queue"))
+    side_task_expiry_h: float = Field(24, gt=0, description=(
+        "a side task still queued or running after this long is taken for lost (its message gone with a broker "
+        "wipe): it no longer counts against its owner's cap, and the same request queues it again"))
     max_nproc: int = Field(1, ge=1, description=(
         "largest nproc accepted at submit even when no live worker is that large (workers started on demand)"))
     max_sweep_jobs: int = Field(32, ge=1, description="the most jobs one sweep (POST /v1/sweeps) may make: the "

@@ -3,7 +3,8 @@
 acks_late + reject_on_worker_lost: a task whose worker dies is redelivered, never lost; prefetch 1: a
 worker holds one job at a time; a visibility timeout longer than any job: Redis never redelivers a healthy
 job (the database lease, not the broker, decides who runs a job). A worker consumes the queue of every process
-count up to its capacity (``MOL_WORKER_CAPACITY``, see worker/queue.py).
+count up to its capacity (``MOL_WORKER_CAPACITY``, see worker/queue.py), then the side tasks' queue: taken in
+turn with them, so side tasks never hold a training job back for more than one of them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,11 @@
 
 A job asking for ``nproc`` processes goes to :func:`queue_for` ``(nproc)``; a worker of capacity C consumes the
 queues of every count up to C (:func:`queues_up_to`), so a 4-process job waits for a worker with 4 GPUs while
-1-process jobs run anywhere.
+1-process jobs run anywhere. Side tasks (interpolations, task evaluations) have a queue of their own,
+``SIDE_QUEUE``, which every worker consumes after its jobs' queues. Kombu takes a worker's queues in turn (round
+robin: Redis moves the queue it last took from to the end, the filesystem transport moves on to the next), so
+after each side task a waiting training job goes first: it waits for at most one side task, never for all those
+queued before it.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from pathlib import Path
 from api.settings import Settings
 
 TASK_NAME = "mol.run_job"
-INTERPOLATE_TASK = "mol.interpolate"  # work beside a job's training, on the 1-process queue: interpolations,
+INTERPOLATE_TASK = "mol.interpolate"  # work beside a job's training, on the side tasks' queue: interpolations,
 EVALUATE_TASK = "mol.evaluate_task"  # and task evaluations
 DEFAULT_QUEUE = "mol-jobs"
+SIDE_QUEUE = "mol-side"  # not "mol-jobs-...": the reconciler reads the jobs' queues by that prefix
 UNACKED_KEY = "unacked"  # kombu's Redis transport keeps delivered, unacknowledged messages in this hash
 
 log = logging.getLogger(__name__)
@@ -30,8 +35,9 @@ def queue_for(nproc: int) -> str:
 
 
 def queues_up_to(capacity: int) -> list[str]:
-    """The queues a worker that can give a job ``capacity`` processes consumes."""
-    return [queue_for(n) for n in range(1, capacity + 1)]
+    """The queues a worker that can give a job ``capacity`` processes consumes: its jobs' queues, then the side
+    tasks' queue."""
+    return [queue_for(n) for n in range(1, capacity + 1)] + [SIDE_QUEUE]
 
 
 def celery_enqueue(settings: Settings) -> Callable[..., None]:
@@ -47,13 +53,13 @@ def celery_enqueue(settings: Settings) -> Callable[..., None]:
 
 
 def celery_task_sender(settings: Settings, task_name: str) -> Callable[..., None]:
-    """A function ``send(*args)`` that queues the worker task ``task_name`` with ``args`` on the 1-process jobs'
-    queue of ``settings``' broker."""
+    """A function ``send(*args)`` that queues the side task ``task_name`` with ``args`` on the side tasks' queue
+    of ``settings``' broker."""
 
     def send(*args) -> None:
         from .celery_app import make_celery
 
-        make_celery(settings).send_task(task_name, args=list(args), queue=queue_for(1))
+        make_celery(settings).send_task(task_name, args=list(args), queue=SIDE_QUEUE)
 
     return send
 

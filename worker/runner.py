@@ -73,7 +73,10 @@ class LeaseHeartbeat:
 
 class DatabaseRecorder(Callback):
     """Writes metric points and events to the database, reads the cancel flag, and (given ``heartbeat_s``)
-    heartbeats the lease; rank 0 of a several-process job records without a heartbeat (its runner beats)."""
+    heartbeats the lease; rank 0 of a several-process job records without a heartbeat (its runner beats).
+
+    A run it stops for another reason than the user's cancel (its worker gone, its lease taken over) ends with an
+    ``interrupted`` event, not the engine's ``cancelled``: the job is not cancelled, it resumes."""
 
     def __init__(self, sessions: sessionmaker, job_id: str, me: str, heartbeat_s: float | None,
                  labels: dict[str, str] | None = None) -> None:
@@ -99,7 +102,19 @@ class DatabaseRecorder(Callback):
             job.step = max(job.step, step)
             job.last_metrics = {**job.last_metrics, **metrics}
 
+    def interruption(self) -> tuple[str, str] | None:
+        """(cause, why in words) when this runner stops the run for another reason than the user's cancel."""
+        if self.orphaned:
+            return "worker_gone", "its worker is gone"
+        if self.lease_lost:
+            return "lease_lost", "its lease was taken over (this runner stalled past the lease timeout)"
+        return None
+
     def on_event(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "cancelled" and (interrupted := self.interruption()):
+            event = event | {"kind": "interrupted", "cause": interrupted[0],
+                             "message": f"interrupted: {interrupted[1]}; {event['message']}; the job resumes from "
+                                        "its last checkpoint"}
         data = {k: v for k, v in event.items() if k not in ("step", "kind", "message")}
         if isinstance(data.get("file"), str):
             data["file"] = relabel(data["file"], self.labels)
@@ -166,7 +181,7 @@ def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None =
     lease was taken for dead and re-queued must not overwrite the run that took over). False when it did not."""
     with sessions.begin() as db:
         job = db.get(Job, job_id, with_for_update=holder is not None)
-        if holder is not None and job.lease_owner != holder:
+        if job is None or (holder is not None and job.lease_owner != holder):
             return False
         job.status, job.error, job.finished_at, job.lease_owner = status, error, utcnow(), None
         job.stop_reason = stop_reason

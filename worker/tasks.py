@@ -27,8 +27,10 @@ from datetime import timedelta
 
 from celery import signals
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import sessionmaker
 
-from api.db import Dataset, Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
+from api.db import Dataset, Job, JobEvent, SideTask, WorkerSeen, init_db, make_engine, utcnow
 from api.leases import as_utc, lease_is_dead
 from api.settings import Settings
 from api.webhooks import record_job_event_for_webhooks
@@ -50,6 +52,9 @@ def run_job(self, job_id: str) -> str:
     sessions = init_db(make_engine(settings.db_url))
     with sessions() as db:
         job = db.get(Job, job_id)
+        if job is None:
+            log.info("job %s skipped: the job was deleted", job_id)
+            return "skipped"
         if _is_stale_delivery(job, settings):
             return "skipped"
         nproc = _nproc(job)
@@ -74,16 +79,21 @@ def run_job(self, job_id: str) -> str:
 
 
 @app.task(name=INTERPOLATE_TASK, acks_late=True)
-def interpolate(job_id: str, checkpoint: str, alphas: list[float]) -> str:
+def interpolate(job_id: str, checkpoint: str, alphas: list[float], side_task: str | None = None) -> str:
     """Evaluate the models between the base and ``checkpoint`` of ``job_id`` at ``alphas`` (WiSE-FT)."""
-    return record_interpolation(_settings(), job_id, checkpoint, alphas)
+    return record_interpolation(_settings(), job_id, checkpoint, alphas, side_task)
 
 
-def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alphas: list[float]) -> str:
+def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alphas: list[float],
+                         side_task: str | None = None) -> str:
     """Run the engine's interpolation of ``checkpoint`` (``step-N``) in this process and store its rows, or the
-    error that stopped it, as an ``interpolation`` event of the job; returns ``done`` or ``failed``."""
+    error that stopped it, as an ``interpolation`` event of the job (and the outcome on the side task, if given);
+    returns ``done``, ``failed``, or ``skipped`` for a job deleted since the request."""
     from mol_engine.interpolate import checkpoint_spec, evaluate_interpolation
 
+    sessions = init_db(make_engine(settings.db_url))
+    if not _side_task_starts(sessions, job_id, side_task, "interpolation"):
+        return "skipped"
     path = settings.runs_dir / job_id / "checkpoints" / checkpoint
     data: dict = {"checkpoint": checkpoint, "alphas": alphas}
     try:
@@ -93,31 +103,33 @@ def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alpha
         log.exception("interpolation of %s %s failed", job_id, checkpoint)
         data["error"] = f"{type(err).__name__}: {err}"
         message = f"interpolation of {checkpoint} failed: {data['error']}"
-    sessions = init_db(make_engine(settings.db_url))
-    with sessions.begin() as db:
-        db.add(JobEvent(job_id=job_id, step=int(checkpoint.removeprefix("step-")), kind="interpolation",
-                        message=message, data=data))
-    return "failed" if "error" in data else "done"
+    event = JobEvent(job_id=job_id, step=int(checkpoint.removeprefix("step-")), kind="interpolation",
+                     message=message, data=data)
+    return _side_task_ends(sessions, event, side_task)
 
 
 @app.task(name=EVALUATE_TASK, acks_late=True)
-def evaluate_task(job_id: str, task: str, checkpoints: list[str]) -> str:
+def evaluate_task(job_id: str, task: str, checkpoints: list[str], side_task: str | None = None) -> str:
     """Score the task dataset ``task`` on each of ``checkpoints`` (``base`` or ``step-N``) of ``job_id``."""
-    return record_task_evaluation(_settings(), job_id, task, checkpoints)
+    return record_task_evaluation(_settings(), job_id, task, checkpoints, side_task)
 
 
-def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoints: list[str]) -> str:
+def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoints: list[str],
+                           side_task: str | None = None) -> str:
     """Run the engine's task evaluation (lm-eval) of each model in this process and store a row per model (its
-    metrics or its error), or the error that stopped them all, as a ``task-evaluation`` event of the job; returns
-    ``done`` or ``failed``."""
+    metrics or its error), or the error that stopped them all, as a ``task-evaluation`` event of the job (and the
+    outcome on the side task, if given); returns ``done``, ``failed``, or ``skipped`` for a job deleted since."""
     from api.validation import available_models
     from mol_engine.task_eval import check_task_file
     from mol_engine.task_eval import evaluate_task as score
 
     sessions = init_db(make_engine(settings.db_url))
+    if not _side_task_starts(sessions, job_id, side_task, "task evaluation"):
+        return "skipped"
     with sessions() as db:
         job, dataset = db.get(Job, job_id), db.get(Dataset, task)
-        base, path, filename = job.spec.get("base_model"), dataset and dataset.path, dataset and dataset.filename
+        base = job and job.spec.get("base_model")  # None: deleted since; its event is not recorded (below)
+        path, filename = dataset and dataset.path, dataset and dataset.filename
     data: dict = {"task": task, "filename": filename, "checkpoints": checkpoints}
     try:
         task_file = check_task_file(path or f"dataset '{task}' (deleted)")
@@ -136,10 +148,40 @@ def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoin
         data["error"] = f"{type(err).__name__}: {err}".replace(str(path), str(filename))
         message = f"task evaluation of {filename} failed: {data['error']}"
     steps = [int(name.removeprefix("step-")) for name in checkpoints if name.startswith("step-")]
+    event = JobEvent(job_id=job_id, step=max(steps, default=0), kind="task-evaluation", message=message, data=data)
+    return _side_task_ends(sessions, event, side_task)
+
+
+def _side_task_starts(sessions: sessionmaker, job_id: str, side_task: str | None, what: str) -> bool:
+    """Whether the side task ``what`` of ``job_id`` is to run: False (and a log line) when the job was deleted since
+    the request; else its side task, if given, is marked ``running``."""
     with sessions.begin() as db:
-        db.add(JobEvent(job_id=job_id, step=max(steps, default=0), kind="task-evaluation", message=message,
-                        data=data))
-    return "failed" if "error" in data else "done"
+        if db.get(Job, job_id) is None:
+            log.info("%s of job %s skipped: the job was deleted", what, job_id)
+            return False
+        if side_task:
+            db.execute(update(SideTask).where(SideTask.id == side_task, SideTask.status == "queued")
+                       .values(status="running"))
+    return True
+
+
+def _side_task_ends(sessions: sessionmaker, event: JobEvent, side_task: str | None) -> str:
+    """Store a side task's ``event`` and mark its side task, if given, ``done`` or ``failed`` (the event's data has
+    an ``error``), in one transaction; returns that outcome, or ``skipped`` (logged) when the job was deleted
+    while it ran."""
+    outcome = "failed" if "error" in event.data else "done"
+    try:
+        with sessions.begin() as db:
+            if db.get(Job, event.job_id, with_for_update=True) is None:  # locked: a delete waits for this commit
+                raise LookupError(event.job_id)
+            db.add(event)
+            if side_task:
+                db.execute(update(SideTask).where(SideTask.id == side_task)
+                           .values(status=outcome, finished_at=utcnow()))
+    except (LookupError, IntegrityError):  # IntegrityError: deleted between the read and the insert (SQLite)
+        log.info("%s of job %s not recorded: the job was deleted while it ran", event.kind, event.job_id)
+        return "skipped"
+    return outcome
 
 
 def _is_stale_delivery(job: Job | None, settings: Settings) -> bool:
@@ -172,7 +214,7 @@ def _end_group(child: subprocess.Popen) -> None:
 def _mark_cancelled(sessions, job_id: str) -> None:
     with sessions.begin() as db:
         job = db.get(Job, job_id)
-        if job.status == "running":
+        if job is not None and job.status == "running":
             job.status, job.finished_at, job.lease_owner = "cancelled", utcnow(), None
             record_job_event_for_webhooks(db, job, "cancelled")
 

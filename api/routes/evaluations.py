@@ -2,7 +2,8 @@
 
 A request queues the worker task ``mol.evaluate_task`` (worker/tasks.py), which runs the engine's ``evaluate_task``
 (lm-evaluation-harness, offline: mol_engine/task_eval.py) on each model and stores one row per model as a
-``task-evaluation`` event of the job; GET lists those events.
+``task-evaluation`` event of the job; GET lists those events. It is one of the owner's side tasks
+(api/side_tasks.py): capped per owner, and the same request made again while one is pending or done answers it.
 """
 
 from __future__ import annotations
@@ -10,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from worker.queue import EVALUATE_TASK
 
 from ..db import Job, JobEvent
-from ..deps import DB, Owner, Svc, worker_task_sender
+from ..deps import DB, Owner, Svc, queue_side_task, worker_task_sender
 from ..schemas import UtcDatetime, errors
 from ..validation import available_models
 from .checkpoints import resolve_name
@@ -31,7 +32,7 @@ EVENT_KIND = "task-evaluation"
 BASE = "base"
 MAX_MODELS = 50
 
-Send = Callable[[str, str, list[str]], None]  # (job id, task dataset id, model names) -> queued on a worker
+Send = Callable[[str, str, list[str], str], None]  # (job id, task dataset id, model names, side task id) -> queued
 
 
 class TaskEvaluationIn(BaseModel):
@@ -44,10 +45,11 @@ class TaskEvaluationIn(BaseModel):
 
 
 class TaskEvaluationQueued(BaseModel):
+    id: str = Field(description="the side task: the same request while it is pending or done answers it again")
     job_id: str
     task: str
     checkpoints: list[str]
-    status: str = "queued"
+    status: Literal["queued", "running", "done"] = "queued"
 
 
 class TaskEvaluationOut(BaseModel):
@@ -63,13 +65,15 @@ class TaskEvaluationOut(BaseModel):
     created_at: UtcDatetime
 
 
-celery_sender = worker_task_sender(EVALUATE_TASK)  # queues ``mol.evaluate_task`` on the 1-process jobs' queue
+celery_sender = worker_task_sender(EVALUATE_TASK)  # queues ``mol.evaluate_task`` on the side tasks' queue
 Sender = Annotated[Send, Depends(celery_sender)]
 
 
-@router.post("", status_code=202, response_model=TaskEvaluationQueued, responses=errors(400, 409))
-def request_task_evaluation(job_id: str, body: TaskEvaluationIn, owner: Owner, db: DB, svc: Svc,
-                            send: Sender) -> TaskEvaluationQueued:
+@router.post("", status_code=202, response_model=TaskEvaluationQueued,
+             responses={200: {"model": TaskEvaluationQueued, "description": "the same request, pending or done"}}
+             | errors(400, 409, 429, 503))
+def request_task_evaluation(job_id: str, body: TaskEvaluationIn, owner: Owner, db: DB, svc: Svc, send: Sender,
+                            response: Response) -> TaskEvaluationQueued:
     job = owned_job(db, owner, job_id)
     dataset = owned_dataset(db, owner, body.task)
     if dataset.purpose != "task":
@@ -78,8 +82,9 @@ def request_task_evaluation(job_id: str, body: TaskEvaluationIn, owner: Owner, d
     if BASE in names and job.spec.get("base_model") not in available_models(svc.settings):
         raise HTTPException(422, f"checkpoints: the base model '{job.spec.get('base_model')}' cannot be loaded "
                                  f"(not among GET /v1/models)")
-    send(job_id, body.task, names)
-    return TaskEvaluationQueued(job_id=job_id, task=body.task, checkpoints=names)
+    db.close()  # the rest runs in short sessions of its own
+    task = queue_side_task(svc, owner, job_id, EVENT_KIND, {"task": body.task, "checkpoints": names}, send, response)
+    return TaskEvaluationQueued(id=task.id, job_id=job_id, task=body.task, checkpoints=names, status=task.status)
 
 
 def model_names(job: Job, run_dir: Path, asked: list[str] | None) -> list[str]:

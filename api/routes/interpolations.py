@@ -2,15 +2,17 @@
 
 A request queues the worker task ``mol.interpolate`` (worker/tasks.py), which runs the engine's
 ``evaluate_interpolation`` and stores its rows as an ``interpolation`` event of the job; GET lists those events.
+It is one of the owner's side tasks (api/side_tasks.py): capped per owner, and the same request made again while
+one is pending or done answers that one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
@@ -18,7 +20,7 @@ from mol_engine.interpolate import DEFAULT_ALPHAS, MAX_ALPHAS, check_alphas
 from worker.queue import INTERPOLATE_TASK
 
 from ..db import JobEvent
-from ..deps import DB, Owner, Svc, worker_task_sender
+from ..deps import DB, Owner, Svc, queue_side_task, worker_task_sender
 from ..schemas import UtcDatetime, errors
 from .checkpoints import resolve_name
 from .jobs import owned_job
@@ -27,7 +29,7 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/interpolations", tags=["interpolati
                    responses=errors(401, 404, 422))
 EVENT_KIND = "interpolation"
 
-Send = Callable[[str, str, list[float]], None]  # (job id, checkpoint name, alphas) -> queued on a worker
+Send = Callable[[str, str, list[float], str], None]  # (job id, checkpoint name, alphas, side task id) -> queued
 
 
 class InterpolationIn(BaseModel):
@@ -45,10 +47,11 @@ class InterpolationIn(BaseModel):
 
 
 class InterpolationQueued(BaseModel):
+    id: str = Field(description="the side task: the same request while it is pending or done answers it again")
     job_id: str
     checkpoint: str
     alphas: list[float]
-    status: str = "queued"
+    status: Literal["queued", "running", "done"] = "queued"
 
 
 class InterpolationOut(BaseModel):
@@ -62,20 +65,24 @@ class InterpolationOut(BaseModel):
     created_at: UtcDatetime
 
 
-celery_sender = worker_task_sender(INTERPOLATE_TASK)  # queues ``mol.interpolate`` on the 1-process jobs' queue
+celery_sender = worker_task_sender(INTERPOLATE_TASK)  # queues ``mol.interpolate`` on the side tasks' queue
 Sender = Annotated[Send, Depends(celery_sender)]
 
 
-@router.post("", status_code=202, response_model=InterpolationQueued, responses=errors(400, 409))
-def request_interpolation(job_id: str, body: InterpolationIn, owner: Owner, db: DB, svc: Svc,
-                          send: Sender) -> InterpolationQueued:
+@router.post("", status_code=202, response_model=InterpolationQueued,
+             responses={200: {"model": InterpolationQueued, "description": "the same request, pending or done"}}
+             | errors(400, 409, 429, 503))
+def request_interpolation(job_id: str, body: InterpolationIn, owner: Owner, db: DB, svc: Svc, send: Sender,
+                          response: Response) -> InterpolationQueued:
     owned_job(db, owner, job_id)
+    db.close()  # the rest runs in short sessions of its own
     run_dir = svc.settings.runs_dir / job_id
     name = resolve_name(run_dir, body.checkpoint)  # 'best' before any evaluation: 409
     if not (run_dir / "checkpoints" / name).is_dir():
         raise HTTPException(404, f"checkpoint '{body.checkpoint}' not found")
-    send(job_id, name, body.alphas)
-    return InterpolationQueued(job_id=job_id, checkpoint=name, alphas=body.alphas)
+    task = queue_side_task(svc, owner, job_id, EVENT_KIND, {"checkpoint": name, "alphas": body.alphas}, send,
+                           response)
+    return InterpolationQueued(id=task.id, job_id=job_id, checkpoint=name, alphas=body.alphas, status=task.status)
 
 
 @router.get("", response_model=list[InterpolationOut])

@@ -14,7 +14,7 @@ from mol_engine.spec import JobSpec, Method, format_validation_error
 
 from .. import job_store
 from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
-from ..deps import DB, Owner, Services, Svc
+from ..deps import DB, Owner, Services, Svc, handing_to_workers
 from ..disk import tree_bytes
 from ..job_store import JobFilter, KeyReused, create_job, page_of_jobs, send_job, withdraw_job
 from ..schemas import SSE, EventOut, JobOut, JobPage, JobStatus, JobSummary, MetricPointOut, errors, json_body, utc_iso
@@ -93,12 +93,8 @@ def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings) 
 def hand_to_workers(svc: Services, job: Job) -> None:
     """Enqueue ``job`` on the queue of its process count; when the broker refuses, withdraw the job (503) unless a
     worker already started it. One-process jobs go to the default queue: an ``enqueue(job_id)`` serves them."""
-    try:
+    with handing_to_workers("job", lambda: withdraw_job(svc.sessions, job.id)):
         send_job(svc.enqueue, job.id, job.spec)
-    except Exception as err:  # any broker client error: connection refused, timeout, auth
-        if withdraw_job(svc.sessions, job.id):
-            raise HTTPException(503, f"the job queue is unavailable ({type(err).__name__}); no job was created: "
-                                     "send the same request again later") from None
 
 
 @router.get("", response_model=JobPage)

@@ -188,7 +188,7 @@ export function interpolationSection(jobId) {
     try {
       const body = { checkpoint: checkpoint.value.trim(), alphas: alphas.value.split(",").map(Number) };
       const queued = await api(`/v1/jobs/${jobId}/interpolations`, { method: "POST", json: body });
-      note.textContent = `queued: ${queued.checkpoint} at α = ${queued.alphas.join(", ")}`;
+      note.textContent = `${queued.status}: ${queued.checkpoint} at α = ${queued.alphas.join(", ")}`;
     } catch (err) { note.textContent = err.message; }
     run.disabled = false;
   } }, "Evaluate");
@@ -267,7 +267,7 @@ export async function jobPage(view, jobId) {
     const stamp = el("time", { datetime: ev.created_at }, localTime(ev.created_at, { timeStyle: "medium" }));
     log.prepend(el("li", { "data-kind": ev.kind },
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
-    if (ev.kind === "checkpoint" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
+    if (ev.kind === "checkpoint" || ev.kind === "interrupted" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
     if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
     if (ev.kind === "samples") samples.add(ev);
     if (ev.kind === "drift") drift.add(ev);

@@ -20,7 +20,8 @@ from api.app import create_app
 from api.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
 from api.job_store import cancel_job, release_dead_leases
 from api.settings import Settings
-from worker.runner import DatabaseRecorder, acquire_lease, finish
+from tests.api.conftest import tiny_job_spec
+from worker.runner import DatabaseRecorder, acquire_lease, finish, run
 
 HOUR_AGO = timedelta(hours=1)
 
@@ -201,6 +202,10 @@ def test_a_runner_whose_lease_was_taken_over_stops_and_leaves_the_job_to_its_new
         db.get(Job, job_id).status, db.get(Job, job_id).lease_owner = "queued", None
     assert acquire_lease(sessions, job_id, "host:2", settings)
     assert recorder.should_stop() and recorder.lease_lost
+    recorder.on_event({"step": 3, "kind": "cancelled", "message": "stopped at step 3 (checkpoints kept)"})  # engine's
+    assert events(sessions, job_id) == [("interrupted", "interrupted: its lease was taken over (this runner stalled "
+                                         "past the lease timeout); stopped at step 3 (checkpoints kept); the job "
+                                         "resumes from its last checkpoint")]  # nobody cancelled it
     assert not finish(sessions, job_id, "cancelled", holder="host:1")  # its stop is not the job's end
     with sessions() as db:
         job = db.get(Job, job_id)
@@ -220,3 +225,27 @@ def test_a_zombie_runner_holds_no_lease():
     owner = f"{socket.gethostname()}:{child.pid}"
     assert lease_is_dead(owner, utcnow(), lease_timeout_s=3600)
     child.wait()
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the run is the cost, not the database
+def test_a_run_whose_worker_is_gone_is_interrupted_and_one_the_user_cancels_cancelled(client, auth, upload, settings,
+                                                                                        sessions, monkeypatch):
+    kinds = {}
+    with monkeypatch.context() as patch:  # the worker that started the runner killed: the runner is orphaned
+        patch.setattr(DatabaseRecorder, "orphaned", property(lambda _self: True))
+        job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload)).json()["id"]
+        assert run(job_id, settings) == "orphaned" and state(sessions, job_id)[0] == "running"  # resumed elsewhere
+        kinds["worker gone"] = [kind for kind, _ in events(sessions, job_id)]
+    recorded = DatabaseRecorder.on_metrics
+
+    def cancel_at_step_1(self, step, metrics) -> None:  # the user's cancel arrives at step 1
+        recorded(self, step, metrics)
+        with sessions.begin() as db:
+            db.get(Job, self.job_id).cancel_requested = True
+
+    monkeypatch.setattr(DatabaseRecorder, "on_metrics", cancel_at_step_1)
+    job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload, max_steps=4)).json()["id"]
+    assert run(job_id, settings) == "cancelled" and state(sessions, job_id)[0] == "cancelled"
+    kinds["user cancel"] = [kind for kind, _ in events(sessions, job_id)]
+    assert "interrupted" in kinds["worker gone"] and "cancelled" not in kinds["worker gone"], kinds
+    assert "cancelled" in kinds["user cancel"] and "interrupted" not in kinds["user cancel"], kinds

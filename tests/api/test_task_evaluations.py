@@ -6,7 +6,10 @@ import json
 from functools import partial
 
 import pytest
+import redis
+from sqlalchemy import select
 
+from api.db import SideTask
 from api.routes.evaluations import celery_sender
 from mol_engine.task_eval import evaluate_task
 from tests.api.conftest import tiny_job_spec, worker_task_in_process
@@ -50,7 +53,8 @@ def test_the_base_is_scored_as_the_engine_scores_it_and_listed(client, auth, upl
     response = client.post(f"/v1/jobs/{job_id}/evaluations", headers=auth(), json={"task": task,
                                                                                     "checkpoints": ["base"]})
     assert response.status_code == 202, response.text
-    assert response.json() == {"job_id": job_id, "task": task, "checkpoints": ["base"], "status": "queued"}
+    queued = response.json()
+    assert queued == {"id": queued["id"], "job_id": job_id, "task": task, "checkpoints": ["base"], "status": "queued"}
     (listed,) = client.get(f"/v1/jobs/{job_id}/evaluations", headers=auth()).json()
     assert (listed["filename"], listed["kind"], listed["error"]) == ("quiz.jsonl", "multiple_choice", None)
     (tmp_path / "quiz.jsonl").write_text(lines(TASK))
@@ -99,3 +103,45 @@ def test_a_task_gone_before_the_worker_reads_it_is_a_failed_evaluation(client, a
     assert record_task_evaluation(settings, job_id, task, ["base"]) == "failed"
     (listed,) = client.get(f"/v1/jobs/{job_id}/evaluations", headers=auth()).json()
     assert listed["rows"] is None and "deleted" in listed["error"]
+
+
+@pytest.fixture
+def held(client):
+    """What POST hands to the workers, held there: no worker takes it, so each stays queued."""
+    calls: list[tuple] = []
+    client.app.dependency_overrides[celery_sender] = lambda: lambda *args: calls.append(args)
+    yield calls
+    client.app.dependency_overrides.clear()
+
+
+def test_evaluations_share_the_side_task_cap_and_the_same_request_answers_the_pending_one(client, auth, upload,
+                                                                                         settings, held):
+    settings.side_tasks_per_owner = 2
+    job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload)).json()["id"]
+    tasks = [upload(lines(TASK[:n]), purpose="task").json()["id"] for n in (1, 2, 3)]
+    url = f"/v1/jobs/{job_id}/evaluations"
+    first = client.post(url, headers=auth(), json={"task": tasks[0], "checkpoints": ["base"]})
+    again = client.post(url, headers=auth(), json={"task": tasks[0], "checkpoints": ["base", "base"]})
+    assert (first.status_code, again.status_code) == (202, 200) and again.json() == first.json()
+    assert client.post(url, headers=auth(), json={"task": tasks[1], "checkpoints": ["base"]}).status_code == 202
+    response = client.post(url, headers=auth(), json={"task": tasks[2], "checkpoints": ["base"]})
+    assert response.status_code == 429 and "MOL_SIDE_TASKS_PER_OWNER = 2" in response.json()["detail"]
+    assert [args[1] for args in held] == tasks[:2]
+
+
+def test_a_broker_that_refuses_is_a_503_and_leaves_no_queued_evaluation(client, auth, upload, settings):
+    job_id = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload)).json()["id"]
+    task = upload(lines(TASK), purpose="task").json()["id"]
+
+    def broker_down(*_args) -> None:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    client.app.dependency_overrides[celery_sender] = lambda: broker_down
+    response = client.post(f"/v1/jobs/{job_id}/evaluations", headers=auth(), json={"task": task,
+                                                                                   "checkpoints": ["base"]})
+    assert response.status_code == 503 and response.json()["detail"] == (
+        "the job queue is unavailable (ConnectionError); no task evaluation was created: send the same request "
+        "again later")
+    client.app.dependency_overrides.clear()
+    with client.app.state.services.sessions() as db:
+        assert db.scalars(select(SideTask)).all() == []

@@ -109,4 +109,4 @@ def test_a_worker_s_gpus_set_its_capacity_and_the_queues_it_consumes(capsys):
     assert worker_env(procs=2) == {"MOL_WORKER_CAPACITY": "2"} and worker_env() == {"MOL_WORKER_CAPACITY": "1"}
     assert main(["worker", "--gpus", "0,0"]) == 2 and "--gpus" in capsys.readouterr().err
     queues = make_celery(Settings(worker_capacity=3)).conf.task_queues
-    assert [q.name for q in queues] == ["mol-jobs", "mol-jobs-2", "mol-jobs-3"]
+    assert [q.name for q in queues] == ["mol-jobs", "mol-jobs-2", "mol-jobs-3", "mol-side"]
