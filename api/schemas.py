@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PlainSerializer, Wit
 
 from mol_engine.spec import JobSpec
 
+from .upload_parts import MAX_PARTS
 from .validation import PURPOSES
 from .webhooks import WebhookEventType
 
@@ -120,7 +121,8 @@ class UploadIn(BaseModel):
 
 
 class CompleteIn(BaseModel):
-    part_count: int | None = Field(None, ge=1, description="parts 0..part_count-1 (default: as many as received)")
+    part_count: int | None = Field(None, ge=1, le=MAX_PARTS,
+                                   description="parts 0..part_count-1 (default: as many as received)")
     sha256: str | None = Field(None, pattern="^[0-9a-fA-F]{64}$", description="expected hash of the whole file")
 
 
