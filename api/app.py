@@ -14,8 +14,10 @@ from fastapi.responses import JSONResponse
 
 from .db import init_db, make_engine
 from .deps import Services
+from .head_requests import HeadAsGet
 from .logs import install_redaction
 from .openapi_docs import install_docs
+from .request_limits import RequestLimits
 from .routes import (
     checkpoints,
     completions,
@@ -70,7 +72,9 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.state.services = Services(settings=settings, sessions=sessions, enqueue=enqueue)
     app.state.tails = {}  # job id -> JobTail: one database tail per watched job (api.stream)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    if settings.cors_origins:
+    app.add_middleware(RequestLimits)  # before the body is read: the caller, then the body's size
+    app.add_middleware(HeadAsGet)
+    if settings.cors_origins:  # added last, so outermost: its headers go on the answers of the two above too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, evaluations,

@@ -38,6 +38,8 @@ SESSION = Depends(session, scope="function")
 
 
 COOKIE_METHODS = frozenset({"GET", "HEAD"})  # reads, streams and downloads: what EventSource and links need
+# Where api.request_limits leaves the owner it found before the body was read, so the request is looked up once
+OWNER_KEY = "mol.owner"
 
 
 def owner(request: Request, db: Annotated[Session, SESSION],
@@ -45,8 +47,11 @@ def owner(request: Request, db: Annotated[Session, SESSION],
     """The owner of the request's bearer token (or, on GET and HEAD only, of the dashboard's cookie).
 
     401 without a valid token; 403 for a write that carries only the cookie, which a form or script on another
-    site can make the browser send (a bearer header it cannot).
+    site can make the browser send (a bearer header it cannot). The one rule: api.request_limits applies it too,
+    before a request's body is read.
     """
+    if OWNER_KEY in request.scope:
+        return request.scope[OWNER_KEY]
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     token = token.strip() if scheme.lower() == "bearer" else ""
     if not token and request.cookies.get(COOKIE):

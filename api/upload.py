@@ -17,6 +17,8 @@ from starlette.requests import Request
 from .validation import filename_problem
 
 MAX_FORM_BYTES = 64 * 1024  # part headers and text fields, which are held in memory, of one request
+# What a multipart request may hold besides its file: MAX_FORM_BYTES, and as much again for the boundary lines
+MULTIPART_OVERHEAD = 2 * MAX_FORM_BYTES
 
 
 class UploadTooLarge(Exception):
@@ -138,7 +140,7 @@ async def receive_upload(request: Request, directory: Path, limit: int) -> Recei
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise BadUpload("body: expected multipart/form-data with a 'file' part")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise UploadTooLarge
     receiver = _Receiver(directory, limit)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())
