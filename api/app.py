@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
-from .db import init_db, make_engine
+from .db import open_database
 from .deps import Services
 from .head_requests import HeadAsGet
 from .logs import install_redaction
@@ -58,12 +58,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
-    """The API for ``settings``; ``enqueue`` hands job ids to the workers (default: the Celery queue)."""
+    """The API for ``settings``; ``enqueue`` hands job ids to the workers (default: the Celery queue).
+
+    Raises api.db.DatabaseUnreachable when the database does not answer."""
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.uses_filesystem_broker:
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
-    sessions = init_db(make_engine(settings.db_url, **settings.pool_options()))
+    sessions = open_database(settings.db_url, **settings.pool_options())
     if enqueue is None:
         from worker.queue import celery_enqueue
 
