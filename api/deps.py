@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .auth import COOKIE, owner_of
@@ -72,10 +73,20 @@ def owner_unheld(request: Request, svc: Annotated[Services, Depends(services)]) 
         return owner(request, db, svc)
 
 
+def owner_or_none(request: Request, svc: Annotated[Services, Depends(services)]) -> str | None:
+    """The owner as ``owner`` finds it, or None: no token, one that is not valid, or a database that does not
+    answer (a route open to all, such as /healthz, shows more to an owner and never fails on this)."""
+    try:
+        return owner_unheld(request, svc)
+    except (HTTPException, SQLAlchemyError):
+        return None
+
+
 Owner = Annotated[str, Depends(owner)]
 # For handlers that wait on a client inside the handler (reading a request body) or run long (a merge): they
 # take no DB and open short sessions of their own (svc.sessions) before and after the long part.
 StreamOwner = Annotated[str, Depends(owner_unheld)]
+OwnerOrNone = Annotated[str | None, Depends(owner_or_none)]
 DB = Annotated[Session, SESSION]
 Svc = Annotated[Services, Depends(services)]
 

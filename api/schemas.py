@@ -238,15 +238,16 @@ class WorkerOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """``status`` is ``degraded`` when the database or the broker fails, or jobs wait with no worker alive."""
+    """``status`` is ``degraded`` when the database or the broker fails, or jobs wait with no worker alive. The
+    other fields only for a request with a valid token."""
 
     model_config = ConfigDict(extra="allow")
     status: str
     reasons: list[str] = []
-    database: str
-    broker: str
-    workers: list[WorkerOut] | str  # a string says why the workers could not be read
-    jobs_waiting: int = 0
+    database: str | None = None
+    broker: str | None = None
+    workers: list[WorkerOut] | str | None = None  # a string says why the workers could not be read
+    jobs_waiting: int | None = None
 
 
 class SessionOut(BaseModel):
