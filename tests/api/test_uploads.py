@@ -351,7 +351,8 @@ def test_a_version_1_database_is_migrated_to_64_bit_sizes(settings):
 
 
 @pytest.mark.parametrize(("field", "value"), [("filename", "a" * 300 + ".jsonl"), ("filename", "a\x00b.jsonl"),
-                                              ("filename", "a\nb.jsonl"), ("mime_type", "text/plain\x00")])
+                                              ("filename", "a\nb.jsonl"), ("mime_type", "text/plain\x00"),
+                                              ("purpose", "domain\x00")])
 def test_absurd_names_in_parts_are_refused_and_leave_nothing(client, settings, auth, field, value):
     body = {"filename": "c.jsonl", "purpose": "domain", "bytes": 10} | {field: value}
     response = client.post("/v1/uploads", headers=auth(), json=body)
