@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, PlainSerializer, WithJsonSchema
 
 from mol_engine.spec import JobSpec
+from mol_engine.sweep import GRID_KEYS
 
 from .upload_parts import MAX_PARTS
 from .validation import PURPOSES
@@ -375,14 +376,20 @@ class WebhookDeliveryOut(BaseModel):
     payload: dict[str, Any]
 
 
+MAX_GRID_VALUES = 256  # of one grid key; MOL_MAX_SWEEP_JOBS caps the product
+MAX_GRID_TEXT = 64  # characters of one grid value given as text ("4:1", "mol")
+GridValue = Annotated[str, Field(max_length=MAX_GRID_TEXT)] | int | float
+
+
 class SweepIn(BaseModel):
     """A sweep: the base job spec (as POST /v1/jobs takes it) and a grid of values to vary; one job per point."""
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, min_length=1, max_length=150, description="default: the base spec's name")
     base: dict[str, Any] = Field(description="a job spec (JobSpec), shared by every job of the sweep")
-    grid: dict[str, list[Any]] = Field(description="spec field -> values: ratio, kl_weight, lr and method may vary",
-                                       examples=[{"ratio": ["4:1", "1:1", "1:2"], "kl_weight": [0.5, 1]}])
+    grid: dict[str, Annotated[list[GridValue], Field(max_length=MAX_GRID_VALUES)]] = Field(
+        max_length=len(GRID_KEYS), description="spec field -> values: ratio, kl_weight, lr and method may vary",
+        examples=[{"ratio": ["4:1", "1:1", "1:2"], "kl_weight": [0.5, 1]}])
 
 
 class SweepJobOut(BaseModel):
