@@ -13,10 +13,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from .db import init_db, make_engine
+from .db import open_database
 from .deps import Services
+from .head_requests import HeadAsGet
 from .logs import install_redaction
 from .openapi_docs import install_docs
+from .request_limits import RequestLimits
 from .routes import (
     checkpoints,
     completions,
@@ -64,12 +66,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
-    """The API for ``settings``; ``enqueue`` hands job ids to the workers (default: the Celery queue)."""
+    """The API for ``settings``; ``enqueue`` hands job ids to the workers (default: the Celery queue).
+
+    Raises api.db.DatabaseUnreachable when the database does not answer."""
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.uses_filesystem_broker:
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
-    sessions = init_db(make_engine(settings.db_url, **settings.pool_options()))
+    sessions = open_database(settings.db_url, **settings.pool_options())
     if enqueue is None:
         from worker.queue import celery_enqueue
 
@@ -79,7 +83,9 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     app.state.tails = {}  # job id -> JobTail: one database tail per watched job (api.stream)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(OperationalError, _database_unreachable)
-    if settings.cors_origins:
+    app.add_middleware(RequestLimits)  # before the body is read: the caller, then the body's size
+    app.add_middleware(HeadAsGet)
+    if settings.cors_origins:  # added last, so outermost: its headers go on the answers of the two above too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, evaluations,

@@ -165,12 +165,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
-    from .db import init_db, make_engine
     from .supervisor import Supervisor
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = _sessions(settings)
     token = local_token(sessions, settings)
     stop_demo = start_demo(sessions, settings, LOCAL_OWNER) if settings.demo_model else lambda: None
     signal.signal(signal.SIGTERM, _end_by_finally)
@@ -209,9 +208,25 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _sessions(settings: Settings):
-    from .db import init_db, make_engine
+    from .db import open_database
 
-    return init_db(make_engine(settings.db_url))
+    return open_database(settings.db_url)
+
+
+def _database_errors_in_one_line(name: str, command: Callable[[argparse.Namespace], int]):
+    """``command``, which prints ``mol <name>: cannot reach the database at …`` and returns 1 when the database
+    does not answer at start, instead of raising (a traceback)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .db import DatabaseUnreachable
+
+        try:
+            return command(args)
+        except DatabaseUnreachable as err:
+            print(f"mol {name}: {err}", file=sys.stderr)
+            return 1
+
+    return run
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -260,11 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
                                   "unless MOL_DATABASE_URL / MOL_BROKER_URL say otherwise)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=cmd_up)
+    p.set_defaults(func=_database_errors_in_one_line("up", cmd_up))
     p = sub.add_parser("api", help="run the API alone (deployments: workers run apart, with `mol worker`)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=cmd_api)
+    p.set_defaults(func=_database_errors_in_one_line("api", cmd_api))
     p = sub.add_parser("worker", help="run one worker (one job at a time, on up to as many processes as it has GPUs)")
     p.add_argument("--name", default="worker", help="worker name, unique per host")
     capacity = p.add_mutually_exclusive_group()
@@ -277,12 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     token_sub = p.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="create a token for OWNER and print it (stored hashed)")
     create.add_argument("owner")
-    create.set_defaults(func=cmd_token_create)
+    create.set_defaults(func=_database_errors_in_one_line("token create", cmd_token_create))
     listing = token_sub.add_parser("list", help="list stored tokens: owner, created, fingerprint")
-    listing.set_defaults(func=cmd_token_list)
+    listing.set_defaults(func=_database_errors_in_one_line("token list", cmd_token_list))
     revoke = token_sub.add_parser("revoke", help="revoke every token of an owner, or one by its fingerprint")
     revoke.add_argument("which", metavar="OWNER|FINGERPRINT")
-    revoke.set_defaults(func=cmd_token_revoke)
+    revoke.set_defaults(func=_database_errors_in_one_line("token revoke", cmd_token_revoke))
     add_client_parser(sub)
     return parser
 

@@ -37,7 +37,17 @@ async def keep_dataset(sessions: sessionmaker, owner: str, purpose: str, receive
     one recorded once its contents pass: 422 naming the field or each of the client's bad lines (the first
     ``max_bad_lines``, then how many more) when they do not, and the file is deleted. ``then(db, dataset)`` runs
     in the transaction that adds the row (or finds the twin). The database is used only after the (long) check.
+    Whatever fails (a database error included), ``received`` is deleted.
     """
+    try:
+        return await _keep(sessions, owner, purpose, received, max_bad_lines, then)
+    except BaseException:
+        received.path.unlink(missing_ok=True)
+        raise
+
+
+async def _keep(sessions: sessionmaker, owner: str, purpose: str, received: Received, max_bad_lines: int,
+                then: Callable[[Session, Dataset], None] | None) -> tuple[Dataset, bool]:
     path = received.path
     twin = await run_in_threadpool(_twin, sessions, owner, purpose, received.sha256, then)
     if twin is not None:
@@ -47,15 +57,10 @@ async def keep_dataset(sessions: sessionmaker, owner: str, purpose: str, receive
         documents, tokens = await run_in_threadpool(inspect_dataset, path, purpose, received.filename,
                                                     max_bad_lines=max_bad_lines)
     except DataError as err:
-        path.unlink(missing_ok=True)
         raise HTTPException(422, str(err)) from None
     dataset = Dataset(id=new_id("ds"), owner=owner, purpose=purpose, filename=received.filename, path=str(path),
                       bytes=received.bytes, documents=documents, approx_tokens=tokens, sha256=received.sha256)
-    try:
-        await run_in_threadpool(_record, sessions, dataset, then)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
+    await run_in_threadpool(_record, sessions, dataset, then)
     return dataset, True
 
 

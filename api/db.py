@@ -30,7 +30,8 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from mol_engine.callbacks import strict_dumps
@@ -357,6 +358,26 @@ def _add_sweeps(session: Session) -> None:
 # from version N to N + 1
 MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason, 5: _add_webhooks,
               6: _add_sweeps}
+
+
+class DatabaseUnreachable(RuntimeError):
+    """The database did not answer at start; the message says where (password hidden) and why, on one line."""
+
+
+def open_database(url: str, **pool: float) -> sessionmaker:
+    """:func:`init_db` on a new engine for ``url`` (``pool``: make_engine's options); DatabaseUnreachable when
+    the database does not answer."""
+    engine = make_engine(url, **pool)
+    try:
+        return init_db(engine)
+    except DBAPIError as err:
+        engine.dispose()
+        where = make_url(url)
+        reason = " ".join(str(err.orig or err).split())
+        if where.password:
+            reason = reason.replace(where.password, "***")
+        raise DatabaseUnreachable(f"cannot reach the database at {where.render_as_string(hide_password=True)}: "
+                                  f"{reason}") from None
 
 
 def init_db(engine: Engine) -> sessionmaker:

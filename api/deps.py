@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from .auth import COOKIE, owner_of, token_revoked
@@ -42,6 +43,8 @@ SESSION = Depends(session, scope="function")
 
 
 COOKIE_METHODS = frozenset({"GET", "HEAD"})  # reads, streams and downloads: what EventSource and links need
+# Where api.request_limits leaves the owner it found before the body was read, so the request is looked up once
+OWNER_KEY = "mol.owner"
 
 
 def bearer_token(request: Request) -> str:
@@ -62,8 +65,11 @@ def owner(request: Request, db: Annotated[Session, SESSION],
     """The owner of the request's bearer token (or, on GET and HEAD only, of the dashboard's cookie).
 
     401 without a valid token; 403 for a write that carries only the cookie, which a form or script on another
-    site can make the browser send (a bearer header it cannot).
+    site can make the browser send (a bearer header it cannot). The one rule: api.request_limits applies it too,
+    before a request's body is read.
     """
+    if OWNER_KEY in request.scope:
+        return request.scope[OWNER_KEY]
     token = bearer_token(request)
     if not token and request.cookies.get(COOKIE):
         if request.method not in COOKIE_METHODS:
@@ -83,10 +89,20 @@ def owner_unheld(request: Request, svc: Annotated[Services, Depends(services)]) 
         return owner(request, db, svc)
 
 
+def owner_or_none(request: Request, svc: Annotated[Services, Depends(services)]) -> str | None:
+    """The owner as ``owner`` finds it, or None: no token, one that is not valid, or a database that does not
+    answer (a route open to all, such as /healthz, shows more to an owner and never fails on this)."""
+    try:
+        return owner_unheld(request, svc)
+    except (HTTPException, SQLAlchemyError):
+        return None
+
+
 Owner = Annotated[str, Depends(owner)]
 # For handlers that wait on a client inside the handler (reading a request body) or run long (a merge): they
 # take no DB and open short sessions of their own (svc.sessions) before and after the long part.
 StreamOwner = Annotated[str, Depends(owner_unheld)]
+OwnerOrNone = Annotated[str | None, Depends(owner_or_none)]
 DB = Annotated[Session, SESSION]
 Svc = Annotated[Services, Depends(services)]
 

@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from .schemas import component_schemas
+from .schemas import ERROR_MEANINGS, component_schemas
 
 ASSETS = "/docs-assets"
 # The docs pages may load from this server only, so the browser refuses any other host before a request is made
@@ -28,14 +28,19 @@ BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "a token
 
 
 def complete_document(doc: dict) -> dict:
-    """``doc`` with the self-validated bodies' schemas and the bearer scheme on each route that answers 401."""
+    """``doc`` with the self-validated bodies' schemas, the bearer scheme on each route that answers 401, and the
+    413 on each route that takes a body."""
     components = doc.setdefault("components", {})
     components.setdefault("schemas", {}).update(component_schemas())
     components["securitySchemes"] = BEARER
+    too_large = {"description": ERROR_MEANINGS[413],
+                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
     for operations in doc.get("paths", {}).values():
         for operation in operations.values():
             if "401" in operation.get("responses", {}):
                 operation["security"] = [{name: []} for name in BEARER]
+            if "requestBody" in operation:  # api.request_limits bounds every body
+                operation["responses"].setdefault("413", too_large)
     return doc
 
 

@@ -22,7 +22,9 @@ from pydantic import (
 )
 
 from mol_engine.spec import JobSpec
+from mol_engine.sweep import GRID_KEYS
 
+from .upload_parts import MAX_PARTS
 from .validation import PURPOSES
 from .webhooks import WebhookEventType
 
@@ -131,7 +133,8 @@ class UploadIn(BaseModel):
 
 
 class CompleteIn(BaseModel):
-    part_count: int | None = Field(None, ge=1, description="parts 0..part_count-1 (default: as many as received)")
+    part_count: int | None = Field(None, ge=1, le=MAX_PARTS,
+                                   description="parts 0..part_count-1 (default: as many as received)")
     sha256: str | None = Field(None, pattern="^[0-9a-fA-F]{64}$", description="expected hash of the whole file")
 
 
@@ -247,15 +250,16 @@ class WorkerOut(BaseModel):
 
 
 class HealthOut(BaseModel):
-    """``status`` is ``degraded`` when the database or the broker fails, or jobs wait with no worker alive."""
+    """``status`` is ``degraded`` when the database or the broker fails, or jobs wait with no worker alive. The
+    other fields only for a request with a valid token."""
 
     model_config = ConfigDict(extra="allow")
     status: str
     reasons: list[str] = []
-    database: str
-    broker: str
-    workers: list[WorkerOut] | str  # a string says why the workers could not be read
-    jobs_waiting: int = 0
+    database: str | None = None
+    broker: str | None = None
+    workers: list[WorkerOut] | str | None = None  # a string says why the workers could not be read
+    jobs_waiting: int | None = None
 
 
 class SessionOut(BaseModel):
@@ -428,14 +432,20 @@ class WebhookDeliveryOut(BaseModel):
     payload: dict[str, Any]
 
 
+MAX_GRID_VALUES = 256  # of one grid key; MOL_MAX_SWEEP_JOBS caps the product
+MAX_GRID_TEXT = 64  # characters of one grid value given as text ("4:1", "mol")
+GridValue = Annotated[str, Field(max_length=MAX_GRID_TEXT)] | int | float
+
+
 class SweepIn(BaseModel):
     """A sweep: the base job spec (as POST /v1/jobs takes it) and a grid of values to vary; one job per point."""
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(None, min_length=1, max_length=150, description="default: the base spec's name")
     base: dict[str, Any] = Field(description="a job spec (JobSpec), shared by every job of the sweep")
-    grid: dict[str, list[Any]] = Field(description="spec field -> values: ratio, kl_weight, lr and method may vary",
-                                       examples=[{"ratio": ["4:1", "1:1", "1:2"], "kl_weight": [0.5, 1]}])
+    grid: dict[str, Annotated[list[GridValue], Field(max_length=MAX_GRID_VALUES)]] = Field(
+        max_length=len(GRID_KEYS), description="spec field -> values: ratio, kl_weight, lr and method may vary",
+        examples=[{"ratio": ["4:1", "1:1", "1:2"], "kl_weight": [0.5, 1]}])
 
 
 class SweepJobOut(BaseModel):

@@ -28,7 +28,12 @@ class Settings(BaseSettings):
         "where demo builds are shared by every MOL_HOME of the user (None: $XDG_CACHE_HOME/mol-studio, else "
         "~/.cache/mol-studio)"))
     tokens: str = Field("", description="owner:token pairs, comma separated, accepted besides stored tokens")
-    max_upload_mb: float = Field(1024, gt=0)
+    max_upload_mb: float = Field(1024, gt=0, description=(
+        "largest dataset file (POST /v1/datasets, or the declared size of an upload in parts); the multipart "
+        "request around it may hold a little more (its headers and text fields)"))
+    max_json_body_kb: float = Field(1024, gt=0, description=(
+        "largest body of any other /v1 request (JSON: job specs, sweeps, completions...); a larger one is a 413, "
+        "refused from its Content-Length or as soon as that many bytes arrived"))
     upload_expiry_h: float = Field(24, gt=0, description="an upload in parts not completed by then is dropped")
     max_bad_lines: int = Field(20, ge=1, description=(
         "bad lines of an upload its 422 lists (each with its number and what is wrong); the rest are counted"))
@@ -164,6 +169,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 2**20)
+
+    @property
+    def max_json_body_bytes(self) -> int:
+        return int(self.max_json_body_kb * 2**10)
 
     def static_tokens(self) -> dict[str, str]:
         """token -> owner from ``MOL_TOKENS`` ("alice:tok1,bob:tok2")."""

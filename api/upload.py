@@ -14,9 +14,11 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from .validation import filename_problem
+from .validation import filename_problem, text_problem
 
 MAX_FORM_BYTES = 64 * 1024  # part headers and text fields, which are held in memory, of one request
+# What a multipart request may hold besides its file: MAX_FORM_BYTES, and as much again for the boundary lines
+MULTIPART_OVERHEAD = 2 * MAX_FORM_BYTES
 
 
 class UploadTooLarge(Exception):
@@ -116,7 +118,11 @@ class _Receiver:
 
     def _part_end(self) -> None:
         if self._name != "file" or self._handle is None:
-            self.upload.fields[self._name] = self._buffer.decode(errors="replace")
+            value = self._buffer.decode(errors="replace")
+            problem = text_problem("form field name", self._name) or text_problem(self._name, value)
+            if problem:  # refused as soon as the field is whole: before the file when it comes first
+                raise BadUpload(problem)
+            self.upload.fields[self._name] = value
         elif not self._handle.closed:
             self._handle.close()
             self.upload.sha256 = self._digest.hexdigest()
@@ -138,7 +144,7 @@ async def receive_upload(request: Request, directory: Path, limit: int) -> Recei
     if content_type != b"multipart/form-data" or b"boundary" not in options:
         raise BadUpload("body: expected multipart/form-data with a 'file' part")
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
+    if declared and declared.isdigit() and int(declared) > limit + MULTIPART_OVERHEAD:
         raise UploadTooLarge
     receiver = _Receiver(directory, limit)
     parser = MultipartParser(options[b"boundary"], receiver.callbacks())

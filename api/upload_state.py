@@ -100,13 +100,27 @@ def record_part(sessions: sessionmaker, upload_id: str, index: int, part: Part) 
     return old
 
 
+def missing_parts(received: set[int], count: int, shown: int = 20) -> tuple[list[int], int]:
+    """(the first ``shown`` indices of 0..count-1 not in ``received``, how many are missing in all).
+
+    Walks at most ``len(received) + shown`` indices, however large ``count`` is.
+    """
+    first: list[int] = []
+    index = 0
+    while len(first) < shown and index < count:
+        if index not in received:
+            first.append(index)
+        index += 1
+    return first, count - sum(1 for i in received if 0 <= i < count)
+
+
 def _check_parts(upload: Upload, part_count: int | None) -> None:
     """422 unless parts 0..n-1 are all there and hold the declared size."""
     received = {part.index for part in upload.parts}
     count = part_count if part_count is not None else max(received, default=-1) + 1
-    missing = sorted(set(range(count)) - received)
+    first, missing = missing_parts(received, count)
     if missing:
-        shown = ", ".join(map(str, missing[:20])) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+        shown = ", ".join(map(str, first)) + (f" and {missing - len(first)} more" if missing > len(first) else "")
         raise HTTPException(422, f"parts: missing part {shown} of 0..{count - 1}; send them, then complete again")
     total = sum(part.bytes for part in upload.parts if part.index < count)
     if total != upload.bytes:

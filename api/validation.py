@@ -36,10 +36,18 @@ def filename_problem(filename: str, field: str = "file") -> str | None:
     return None
 
 
+def text_problem(field: str, value: str) -> str | None:
+    """What makes a client's short text (a form field) unusable: a control character such as NUL, which
+    PostgreSQL refuses to store; else None."""
+    if CONTROL.search(value):
+        return f"{field}: must not contain control characters (such as NUL or a newline)"
+    return None
+
+
 def name_problem(purpose: str, filename: str, field: str = "file") -> str | None:
     """What is wrong with an upload's purpose or file name (``field`` names the name's field), before any byte."""
     if purpose not in PURPOSES:
-        return f"purpose: must be one of {', '.join(PURPOSES)} (got '{purpose}')"
+        return text_problem("purpose", purpose) or f"purpose: must be one of {', '.join(PURPOSES)} (got '{purpose}')"
     problem = filename_problem(filename, field)
     if problem:
         return problem

@@ -20,7 +20,7 @@ from ..db import Dataset, Job, is_id
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import DATASET_FORM, DatasetOut, DatasetPreview, PreviewDocument, errors
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
-from ..validation import ACTIVE, dataset_refs
+from ..validation import ACTIVE, dataset_refs, name_problem
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 PREVIEW_CHARS = 4000  # of each document a preview shows
@@ -43,11 +43,17 @@ async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc, respons
         raise HTTPException(422, str(err)) from None
     except DiskFull:
         raise HTTPException(507, "file: the server's disk is full; free space and send it again") from None
-    final = upload.path.with_name(upload.path.name.removeprefix(".").removesuffix(".part"))
-    os.replace(upload.path, final)
-    upload.path = final
-    dataset, new = await keep_dataset(svc.sessions, owner, upload.fields.get("purpose", ""), upload,
-                                      svc.settings.max_bad_lines)
+    purpose = upload.fields.get("purpose", "")
+    try:
+        if problem := name_problem(purpose, upload.filename):  # before the database sees any of it
+            raise HTTPException(422, problem)
+        final = upload.path.with_name(upload.path.name.removeprefix(".").removesuffix(".part"))
+        os.replace(upload.path, final)
+        upload.path = final
+        dataset, new = await keep_dataset(svc.sessions, owner, purpose, upload, svc.settings.max_bad_lines)
+    except BaseException:  # whatever failed, the received bytes go (keep_dataset removes them too)
+        upload.path.unlink(missing_ok=True)
+        raise
     if not new:
         mark_existing(response, dataset)
     return dataset

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from mol_engine.spec import JobSpec
 
 from ..db import Job, WorkerSeen, utcnow
-from ..deps import Owner, Svc
+from ..deps import Owner, OwnerOrNone, Svc
 from ..leases import worker_alive_within_s
 from ..schemas import DemoOut, HealthOut, ModelOut, errors, utc_iso
 from ..validation import available_models, demo_status, model_type
@@ -50,11 +50,12 @@ def job_spec_schema(owner: Owner) -> dict:
 @router.get("/healthz", tags=["health"], responses={
     200: {"model": HealthOut, "description": "ok, or degraded with its reasons"},
     503: {"model": HealthOut, "description": "the database is unreachable: degraded, with its reasons"}})
-def health(svc: Svc, response: Response) -> dict:
+def health(svc: Svc, response: Response, caller: OwnerOrNone) -> dict:
     """``ok``, or ``degraded`` with its ``reasons``: the database or the broker unreachable, or jobs waiting while
     no worker has been seen within ``MOL_LEASE_TIMEOUT_S``. HTTP 503 only when the database is unreachable (this
     process can serve nothing); otherwise 200: reads and downloads still work, and a load balancer that took the
-    API out (or restarted it) would not bring a worker or the broker back."""
+    API out (or restarted it) would not bring a worker or the broker back. The details (each part's state, the
+    workers by host name, the jobs waiting) only with a valid token: without, ``status`` and ``reasons``."""
     database, broker = database_status(svc.sessions), broker_status(svc.settings)
     within = worker_alive_within_s(svc.settings)
     try:
@@ -69,8 +70,10 @@ def health(svc: Svc, response: Response) -> dict:
         reasons.append(f"job queue unreachable ({broker})")
     if waiting and not workers:
         reasons.append(f"{waiting} job(s) waiting and no worker seen in the last {within:g} s")
-    return {"status": "degraded" if reasons else "ok", "reasons": reasons, "database": database, "broker": broker,
-            "workers": workers, "jobs_waiting": waiting}
+    public = {"status": "degraded" if reasons else "ok", "reasons": reasons}
+    if caller is None:
+        return public
+    return public | {"database": database, "broker": broker, "workers": workers, "jobs_waiting": waiting}
 
 
 def database_status(sessions) -> str:

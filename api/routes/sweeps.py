@@ -25,39 +25,49 @@ router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=errors(401, 4
 Limit = Annotated[int, Query(ge=1, le=200, description="sweeps listed, newest first")]
 
 
-def _base_problems(base: dict[str, Any]) -> str | None:
-    """The base spec's own problems, each line naming ``base.<field>``; None when it is a valid spec."""
+def _validated_base(base: dict[str, Any]) -> JobSpec:
+    """The base spec validated; else a 422 whose lines each name ``base.<field>``."""
     try:
-        JobSpec.model_validate(base)
+        return JobSpec.model_validate(base)
     except ValidationError as err:
-        return "\n".join(f"base.{line}" for line in format_validation_error(err).splitlines())
-    return None
+        problem = "\n".join(f"base.{line}" for line in format_validation_error(err).splitlines())
+        raise HTTPException(422, problem) from None
 
 
 @router.post("", status_code=201, response_model=SweepOut, responses=errors(400, 403, 503))
 def create_sweep(body: SweepIn, owner: Owner, db: DB, svc: Svc) -> SweepOut:
-    """One job per grid point, on the base spec's data and seed; a grid over MOL_MAX_SWEEP_JOBS jobs is a 422."""
+    """One job per grid point, on the base spec's data and seed; a grid over MOL_MAX_SWEEP_JOBS jobs is a 422.
+    The sweep keeps the base and the grid as validated, not as sent."""
     base = body.base | ({"name": body.name} if body.name else {})
-    if problem := _base_problems(base):
-        raise HTTPException(422, problem)
+    validated = _validated_base(base)
     try:
-        specs = [JobSpec.model_validate(spec) for _, spec in expand_grid(base, body.grid, svc.settings.max_sweep_jobs)]
+        points = [spec for _, spec in expand_grid(base, body.grid, svc.settings.max_sweep_jobs)]
     except SweepError as err:
         raise HTTPException(422, str(err)) from None
+    specs = [JobSpec.model_validate(spec) for spec in points]
     problems = [p for spec in specs for p in submit_problems(db, owner, spec, svc.settings)]
     db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(dict.fromkeys(problems)))
-    sweep = _insert_sweep(svc.sessions, owner, base.get("name") or JobSpec.model_fields["name"].default, body)
+    as_json = validated.model_dump(mode="json")
+    base_spec = {key: as_json[key] for key in body.base if key in as_json}
+    sweep = _insert_sweep(svc.sessions, owner, validated.name, base_spec, grid_as_validated(body.grid, points))
     jobs = [create_job(svc.sessions, owner, spec, sweep_id=sweep.id)[0] for spec in specs]
     _hand_all_to_workers(svc, sweep, jobs)
     with svc.sessions() as session:
         return sweep_out(session, sweep)
 
 
-def _insert_sweep(sessions: sessionmaker, owner: str, name: str, body: SweepIn) -> Sweep:
+def grid_as_validated(grid: dict[str, list[Any]], specs: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """``grid`` with its values as its jobs' validated specs hold them (``' 4 : 1'`` is ``4:1``), in the order
+    given (expand_grid refuses two values that validate alike)."""
+    return {key: list(dict.fromkeys(spec[key] for spec in specs)) for key in grid}
+
+
+def _insert_sweep(sessions: sessionmaker, owner: str, name: str, base_spec: dict[str, Any],
+                  grid: dict[str, list[Any]]) -> Sweep:
     with sessions.begin() as db:
-        sweep = Sweep(owner=owner, name=name[:200], base_spec=body.base, grid=body.grid)
+        sweep = Sweep(owner=owner, name=name[:200], base_spec=base_spec, grid=grid)
         db.add(sweep)
     return sweep
 

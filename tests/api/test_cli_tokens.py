@@ -77,3 +77,14 @@ def test_invalid_settings_are_a_clear_error(home, monkeypatch, capsys):
     monkeypatch.setenv("MOL_CORS_ORIGINS", '["*"]')
     assert cli.main(["token", "list"]) == 2
     assert "MOL_CORS_ORIGINS may not contain '*'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["api"], ["token", "list"]])
+def test_an_unreachable_database_is_one_line_not_a_traceback(home, monkeypatch, capsys, command):
+    monkeypatch.setenv("MOL_DATABASE_URL", "postgresql+psycopg://mol:s3cret@127.0.0.1:1/mol")
+    assert cli.main(command) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s3cret" not in err and "Traceback" not in err, err
+    assert err.startswith(f"mol {' '.join(command)}: cannot reach the database at "
+                          "postgresql+psycopg://mol:***@127.0.0.1:1/mol: "), err
+    assert "refused" in err, err  # the reason, as the driver gives it

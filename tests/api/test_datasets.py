@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(5))
 
 
@@ -130,3 +132,42 @@ def test_absurd_file_names_are_refused_and_leave_nothing(client, settings, auth)
     assert not settings.datasets_dir.exists() or list(settings.datasets_dir.iterdir()) == []
     assert client.get("/v1/datasets", headers=auth()).json() == []
     assert raw_upload(client, auth, "naïve ☃.jsonl".encode()).json()["filename"] == "naïve ☃.jsonl"
+
+
+def form(fields: list[tuple[bytes, bytes]], boundary: bytes = b"b0undary") -> tuple[dict[str, str], bytes]:
+    """(the Content-Type header, the multipart body) of ``fields`` as sent: (name, value) each, ``file`` a file."""
+    body = b""
+    for name, value in fields:
+        disposition = b'; filename="data.jsonl"' if name == b"file" else b""
+        body += b"--" + boundary + b'\r\nContent-Disposition: form-data; name="' + name + b'"' + disposition
+        body += b"\r\n\r\n" + value + b"\r\n"
+    return {"Content-Type": f"multipart/form-data; boundary={boundary.decode()}"}, body + b"--" + boundary + b"--\r\n"
+
+
+def test_control_characters_in_form_fields_are_a_422_naming_the_field_and_leave_nothing(client, settings, auth):
+    doc = DOCS.encode()
+    cases = [([(b"purpose", b"domain\x00"), (b"file", doc)], "purpose: must not contain control characters"),
+             ([(b"file", doc), (b"purpose", b"domain\x00")], "purpose: must not contain control characters"),
+             ([(b"file", doc), (b"purpose", b"dom\x01ain")], "purpose: must not contain control characters"),
+             ([(b"file", doc), (b"purpose", b"domain"), (b"no\x00te", b"x")], "form field name: must not contain"),
+             ([(b"file", doc), (b"purpose", b"domain"), (b"note", b"a\x00b")], "note: must not contain")]
+    for fields, message in cases:
+        headers, body = form(fields)
+        response = client.post("/v1/datasets", headers=auth() | headers, content=body)
+        assert response.status_code == 422 and response.json()["detail"].startswith(message), response.text
+    assert [p for p in settings.datasets_dir.rglob("*") if p.is_file()] == []
+    assert client.get("/v1/datasets", headers=auth()).json() == []
+    headers, body = form([(b"file", doc), (b"purpose", b"domain")])
+    assert client.post("/v1/datasets", headers=auth() | headers, content=body).status_code == 201
+
+
+def test_a_database_failure_while_keeping_an_upload_leaves_no_file(client, settings, auth, upload, monkeypatch):
+    from api import dataset_store
+
+    def broken(*_args):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(dataset_store, "_twin", broken)
+    with pytest.raises(RuntimeError, match="went away"):
+        upload(DOCS)
+    assert [p for p in settings.datasets_dir.rglob("*") if p.is_file()] == []

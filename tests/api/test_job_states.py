@@ -167,8 +167,8 @@ def test_cancel_racing_a_lease_in_threads_ends_one_of_the_two_true_ways(sessions
             assert (status, requested, attempt) == ("cancelled", True, 0)
 
 
-def test_health_is_degraded_while_jobs_wait_and_no_worker_is_seen(client, sessions, add_job):
-    assert client.get("/healthz").json() | {"workers": []} == {
+def test_health_is_degraded_while_jobs_wait_and_no_worker_is_seen(client, sessions, add_job, auth):
+    assert client.get("/healthz", headers=auth()).json() | {"workers": []} == {
         "status": "ok", "reasons": [], "database": "ok", "broker": "ok", "workers": [], "jobs_waiting": 0}
     add_job()
     answer = client.get("/healthz")
@@ -177,6 +177,18 @@ def test_health_is_degraded_while_jobs_wait_and_no_worker_is_seen(client, sessio
     with sessions.begin() as db:
         db.add(WorkerSeen(name="host:1", last_seen=utcnow()))
     assert client.get("/healthz").json()["status"] == "ok"
+
+
+def test_health_shows_workers_and_waiting_jobs_only_with_a_token(client, sessions, add_job, auth):
+    add_job()
+    with sessions.begin() as db:
+        db.add(WorkerSeen(name="gpu-host-7:123", last_seen=utcnow()))
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        public = client.get("/healthz", headers=headers)
+        assert public.status_code == 200 and public.json() == {"status": "ok", "reasons": []}, public.text
+    full = client.get("/healthz", headers=auth()).json()
+    assert [w["name"] for w in full["workers"]] == ["gpu-host-7:123"] and full["jobs_waiting"] == 1
+    assert full["database"] == full["broker"] == "ok"
 
 
 def test_health_names_an_unreachable_broker_and_database(tmp_path):

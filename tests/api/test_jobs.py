@@ -77,7 +77,7 @@ def test_models_and_health(client, auth):
     models = client.get("/v1/models", headers=auth()).json()
     assert [m["id"] for m in models] == ["tiny"] and models[0]["model_type"] == "llama"
     assert client.get("/v1/models").status_code == 401
-    assert client.get("/healthz").json()["database"] == "ok"
+    assert client.get("/healthz", headers=auth()).json()["database"] == "ok"
 
 
 def test_session_cookie_authenticates_streams_and_downloads(client, auth):

@@ -134,8 +134,8 @@ def test_restarting_the_api_loses_nothing(client, auth, finished_job, settings, 
         assert len(again.get("/v1/datasets", headers=auth()).json()) == 2
 
 
-def test_health_reports_database_broker_and_workers(client):
-    report = client.get("/healthz").json()
+def test_health_reports_database_broker_and_workers(client, auth):
+    report = client.get("/healthz", headers=auth()).json()
     assert report["database"] == "ok" and report["broker"] == "ok" and report["workers"] == []
 
 

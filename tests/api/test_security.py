@@ -94,3 +94,34 @@ def test_app_startup_installs_the_redaction(settings, queued):
     for _ in range(2):  # started twice, filtered once
         with TestClient(app):
             assert sum(isinstance(f, RedactTokens) for f in access.filters) == 1
+
+
+def _finished_job_with_a_checkpoint(client, settings) -> str:
+    """A succeeded job of alice's with a (tiny, fake) step-2 checkpoint, written straight to the store."""
+    from api.db import Job, utcnow
+    from mol_engine.checkpoint import STATE_FILE
+
+    with client.app.state.services.sessions.begin() as db:
+        job = Job(owner="alice", name="done", spec={"base_model": "tiny", "method": "mol"}, status="succeeded",
+                  step=2, max_steps=2, last_metrics={}, started_at=utcnow(), finished_at=utcnow())
+        db.add(job)
+    step = settings.runs_dir / job.id / "checkpoints" / "step-2"
+    (step / "model").mkdir(parents=True)
+    (step / STATE_FILE).write_text("{}")
+    (step / "model" / "config.json").write_text("{}")
+    return job.id
+
+
+def test_head_on_the_api_answers_as_get_without_a_body(client, auth, settings):
+    job_id = _finished_job_with_a_checkpoint(client, settings)
+    assert client.post("/v1/session", headers=auth()).status_code == 200  # the browser now holds the cookie
+    for path in (f"/v1/jobs/{job_id}", f"/v1/jobs/{job_id}/checkpoints/step-2/download", "/healthz"):
+        got, head = client.get(path), client.head(path)
+        assert got.status_code == head.status_code == 200, (path, head.status_code)
+        assert head.content == b"" and got.content != b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+    job = client.get(f"/v1/jobs/{job_id}")
+    assert client.head(f"/v1/jobs/{job_id}").headers["content-length"] == str(len(job.content))
+    assert client.head("/v1/jobs/job_nope").status_code == 404
+    client.cookies.clear()
+    assert client.head(f"/v1/jobs/{job_id}").status_code == 401

@@ -132,3 +132,27 @@ def test_a_version_6_database_gains_the_sweeps(tmp_path):
     with sessions() as db:
         assert db.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [7]
     engine.dispose()
+
+
+def test_a_sweep_keeps_its_values_as_validated_not_as_sent(client, auth, base):
+    padded = " 4 :  1" + " " * 50  # within the bound, and what JobSpec reads as 4:1
+    body = {"base": base | {"ratio": " 2 : 1 "}, "grid": {"ratio": [padded, "1:2"], "lr": ["0.001", 2e-3]}}
+    response = client.post("/v1/sweeps", headers=auth(), json=body)
+    assert response.status_code == 201, response.text
+    sweep = response.json()
+    assert sweep["grid"] == {"ratio": ["4:1", "1:2"], "lr": [0.001, 0.002]}
+    assert sweep["base_spec"]["ratio"] == "2:1" and set(sweep["base_spec"]) == set(base) | {"ratio"}
+    again = client.get(f"/v1/sweeps/{sweep['id']}", headers=auth()).json()
+    assert again["grid"] == sweep["grid"] and again["base_spec"] == sweep["base_spec"]
+    assert client.get("/v1/sweeps", headers=auth()).json()["data"][0]["grid"] == sweep["grid"]
+
+
+@pytest.mark.parametrize(("grid", "field"), [
+    ({"ratio": ["4:1" + " " * 1_000_000]}, "grid.ratio.0"),  # a padded value is refused, not stored
+    ({"lr": [1e-3 * (i + 1) for i in range(257)]}, "grid.lr: List should have at most 256 items"),
+    ({"lr": [[1e-3] * 10]}, "grid.lr.0"),
+])
+def test_a_sweep_s_grid_is_bounded(client, auth, base, queued, grid, field):
+    response = client.post("/v1/sweeps", headers=auth(), json={"base": base, "grid": grid})
+    assert response.status_code == 422 and field in response.json()["detail"], response.text
+    assert queued == []

@@ -57,4 +57,4 @@ def test_every_timestamp_ends_in_z(client, auth, upload):
     with client.app.state.services.sessions() as db:
         db.add(WorkerSeen(name="w1@host", last_seen=utcnow()))
         db.commit()
-    assert_utc_z(client.get("/healthz"), 1)
+    assert_utc_z(client.get("/healthz", headers=auth()), 1)

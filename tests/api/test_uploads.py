@@ -5,6 +5,7 @@ import errno
 import hashlib
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -14,7 +15,8 @@ from starlette.requests import ClientDisconnect
 
 from api.db import SCHEMA_VERSION, Base, Dataset, SchemaVersion, Upload, init_db, make_engine, utcnow
 from api.upload import _Receiver
-from api.upload_parts import HiddenFile, assemble, receive_part
+from api.upload_parts import MAX_PARTS, HiddenFile, assemble, receive_part
+from api.upload_state import missing_parts
 
 PART = 4096
 DATA = "".join(json.dumps({"text": f"document {i}: the river runs north under the stone bridge"}) + "\n"
@@ -133,6 +135,23 @@ def test_missing_part_is_named(client, auth, start, put):
     short = complete(client, auth, upload["id"], part_count=5)
     assert short.status_code == 422 and f"hold {len(DATA) - len(chunks[5])} bytes" in short.json()["detail"]
     assert complete(client, auth, upload["id"], part_count=6).status_code == 201
+
+
+def test_a_huge_part_count_is_refused_at_once_and_missing_parts_stay_bounded(client, auth, start, put):
+    upload = start()
+    put(upload["id"], 0, parts_of(DATA)[0])
+    began = time.monotonic()
+    huge = complete(client, auth, upload["id"], part_count=1_000_000_000)
+    assert time.monotonic() - began < 2
+    assert huge.status_code == 422 and huge.json()["detail"].startswith("part_count: "), huge.text
+    assert f"less than or equal to {MAX_PARTS}" in huge.json()["detail"]
+    widest = complete(client, auth, upload["id"], part_count=MAX_PARTS)
+    detail = widest.json()["detail"]
+    assert widest.status_code == 422 and len(detail) < 300, detail
+    assert "missing part 1, 2, 3, " in detail and f"and {MAX_PARTS - 21} more of 0..{MAX_PARTS - 1}" in detail
+    began = time.monotonic()
+    assert missing_parts({0, 2}, 10**12, shown=3) == ([1, 3, 4], 10**12 - 2)
+    assert time.monotonic() - began < 0.1
 
 
 def test_size_limits_are_checked_as_parts_arrive(client, settings, auth, start, put):
@@ -332,7 +351,8 @@ def test_a_version_1_database_is_migrated_to_64_bit_sizes(settings):
 
 
 @pytest.mark.parametrize(("field", "value"), [("filename", "a" * 300 + ".jsonl"), ("filename", "a\x00b.jsonl"),
-                                              ("filename", "a\nb.jsonl"), ("mime_type", "text/plain\x00")])
+                                              ("filename", "a\nb.jsonl"), ("mime_type", "text/plain\x00"),
+                                              ("purpose", "domain\x00")])
 def test_absurd_names_in_parts_are_refused_and_leave_nothing(client, settings, auth, field, value):
     body = {"filename": "c.jsonl", "purpose": "domain", "bytes": 10} | {field: value}
     response = client.post("/v1/uploads", headers=auth(), json=body)
