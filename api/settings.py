@@ -39,11 +39,15 @@ class Settings(BaseSettings):
         "bad lines of an upload its 422 lists (each with its number and what is wrong); the rest are counted"))
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed with credentials; no '*'")
     job_attempts: int = Field(3, ge=1, description="attempts before a job that keeps crashing is failed")
-    heartbeat_s: float = Field(10, gt=0)
+    heartbeat_s: float = Field(10, gt=0, description=(
+        "how often a running job's runner renews its lease; also how often the API's sweeper looks for dead ones"))
     lease_timeout_s: float = Field(120, gt=0, description="a running job without heartbeat this long is stale")
-    cancel_grace_s: float = Field(10, gt=0)
-    stream_poll_s: float = Field(0.5, gt=0)
-    stream_keepalive_s: float = Field(15, gt=0)
+    cancel_grace_s: float = Field(10, gt=0, description=(
+        "how long a cancelled run may take to stop by itself before its process group is killed"))
+    stream_poll_s: float = Field(0.5, gt=0, description=(
+        "how often a watched job's shared tail reads new rows (one read per job, whatever its streams)"))
+    stream_keepalive_s: float = Field(15, gt=0, description=(
+        "the longest an open SSE stream stays silent: a keep-alive comment is sent after it"))
     stream_db_outage_s: float = Field(30, gt=0, description=(
         "how long a live SSE stream retries (with backoff) a database it cannot reach before it ends with an "
         "`error` event, for the client to reconnect with Last-Event-ID"))
