@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -322,6 +323,7 @@ class WebhookDispatcher:
         self.sessions, self.settings = sessions, settings
         self.in_flight: set[asyncio.Task] = set()
         self.lanes = Lanes(settings)
+        self.lane_freed = asyncio.Event()  # an attempt ended: the deliveries queued behind it need not wait a poll
 
     async def attempt(self, client: httpx.AsyncClient, claimed: Claimed) -> None:
         """One attempt at ``claimed``, logged on its row; its lanes are freed when it ends, however it ends."""
@@ -335,6 +337,7 @@ class WebhookDispatcher:
             log.exception("webhook delivery %s: the attempt could not be recorded", claimed.id)
         finally:
             self.lanes.release(claimed.owner, claimed.endpoint_id)
+            self.lane_freed.set()
 
     async def dispatch_due(self, client: httpx.AsyncClient) -> int:
         """Starts an attempt for each delivery due now whose owner and endpoint have room (as many as fit under
@@ -368,6 +371,13 @@ class WebhookDispatcher:
                 break
         return started
 
+    async def next_round(self) -> None:
+        """Waits ``webhook_poll_s``, or less when an attempt ends first: one endpoint's deliveries go one after
+        another (``webhook_concurrency_per_endpoint``), each as soon as the one before it is done, not one a poll."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.lane_freed.wait(), self.settings.webhook_poll_s)
+        self.lane_freed.clear()
+
     async def run(self) -> None:
         """Dispatches until cancelled (attempts in flight are dropped then: their claims lapse and they are made
         again); a failing round (the database away) is logged and tried again. No connection is kept alive: each
@@ -381,7 +391,7 @@ class WebhookDispatcher:
                         await self.dispatch_due(client)
                     except Exception:
                         log.exception("webhook dispatch failed; trying again in %s s", self.settings.webhook_poll_s)
-                    await asyncio.sleep(self.settings.webhook_poll_s)
+                    await self.next_round()
             finally:
                 for task in list(self.in_flight):
                     task.cancel()
