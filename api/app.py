@@ -18,7 +18,7 @@ from .deps import Services
 from .head_requests import HeadAsGet
 from .logs import install_redaction
 from .openapi_docs import install_docs
-from .request_limits import RequestLimits
+from .request_limits import DATABASE_UNREACHABLE, RequestLimits
 from .routes import (
     checkpoints,
     completions,
@@ -45,8 +45,7 @@ def _validation_error(_request: Request, err: RequestValidationError) -> JSONRes
 def _database_unreachable(_request: Request, _err: OperationalError) -> JSONResponse:
     """A request that found the database unreachable (or gone mid-query): 503 with Retry-After, never a 500; the
     reason stays in the log (it can name hosts)."""
-    return JSONResponse({"detail": "the database is unreachable right now; retry in a few seconds"},
-                        status_code=503, headers={"Retry-After": "2"})
+    return JSONResponse({"detail": DATABASE_UNREACHABLE.detail}, status_code=503, headers=DATABASE_UNREACHABLE.headers)
 
 
 @asynccontextmanager

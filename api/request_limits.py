@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 
 from fastapi import HTTPException
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
 from starlette.requests import Request
@@ -26,6 +27,8 @@ from .upload import MULTIPART_OVERHEAD
 API_PREFIX = "/v1/"
 UPLOAD_PART = re.compile(r"/v1/uploads/[^/]+/parts/[^/]+/?")
 DATASETS = "/v1/datasets"
+DATABASE_UNREACHABLE = HTTPException(503, "the database is unreachable right now; retry in a few seconds",
+                                     headers={"Retry-After": "2"})
 
 
 def route_path(scope: Scope) -> str:
@@ -72,6 +75,9 @@ class RequestLimits:
             scope[OWNER_KEY] = await run_in_threadpool(owner_unheld, request, services)
         except HTTPException as refused:
             await _answer(refused, scope, receive, send)
+            return
+        except OperationalError:  # outside the app's exception handlers: answered here as they would (api.app)
+            await _answer(DATABASE_UNREACHABLE, scope, receive, send)
             return
         limit = body_limit(scope["method"], path, services.settings)
         if limit is None:

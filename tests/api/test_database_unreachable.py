@@ -21,3 +21,16 @@ def test_an_unreachable_database_is_a_503_with_retry_after_not_a_500(client, aut
             assert "10.0.0.7" not in response.text  # the reason, which can name hosts, stays in the log
     finally:
         client.app.dependency_overrides.clear()
+
+
+def test_a_write_that_finds_the_database_unreachable_before_its_body_is_read_is_a_503(client, auth, monkeypatch):
+    """api.request_limits authenticates a write before the app (and its exception handlers) sees it."""
+    import api.request_limits
+
+    def unreachable(request, svc):
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("refused"))
+
+    monkeypatch.setattr(api.request_limits, "owner_unheld", unreachable)
+    response = client.post("/v1/jobs", json={"base_model": "tiny"}, headers=auth())
+    assert response.status_code == 503 and response.headers["retry-after"] == "2"
+    assert "database is unreachable" in response.json()["detail"]
