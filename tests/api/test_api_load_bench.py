@@ -1,5 +1,6 @@
-"""bench/api_load.py keeps working: --quick runs every phase on PostgreSQL, no slow client gets a 5xx, and streamed
-completions with 1 and 8 clients at once all run to the end with first-token and tokens/s figures."""
+"""bench/api_load.py keeps working: --quick runs every phase on PostgreSQL, no slow client gets a 5xx, streamed
+completions with 1 and 8 clients at once all run to the end with first-token and tokens/s figures, and the abuse mix
+is refused as the bounds say while another owner's work goes on."""
 
 import importlib.util
 import json
@@ -32,3 +33,16 @@ def test_quick_load_serves_slow_clients_submitters_streams_and_completions(capsy
         assert run["completed"] == run["clients"], run["failures_sample"]  # every stream ran to max_tokens
         assert 0 < run["first_token_p50_ms"] <= run["first_token_p95_ms"] < 30_000
         assert run["tokens_per_s_per_client"] > 0 and run["tokens_per_s_all"] > 0
+
+    outcomes = result["abuse_outcomes"]
+    assert result["abuse_5xx"] == 0, outcomes
+    assert set(outcomes["oversized_anonymous_length"]) == set(outcomes["oversized_anonymous_chunked"]) == {"401"}
+    assert set(outcomes["oversized_token_length"]) == set(outcomes["oversized_token_chunked"]) == {"413"}
+    assert set(outcomes["prompt_900k_chars"]) == {"422"} and set(outcomes["prompt_2000k_chars"]) == {"413"}
+    assert outcomes["side_tasks"] == {"202": 4, "429": 4}  # MOL_SIDE_TASKS_PER_OWNER of 8
+    assert outcomes["webhook_registrations"] == {"201": 20, "409": 1} == {"201": result["abuse_dead_webhooks"],
+                                                                           "409": 1}
+    assert result["abuse_api_peak_rss_growth_mb"] < 100
+    delivered, cancelled = map(int, result["other_owner_webhooks_delivered"].split("/"))
+    assert delivered == cancelled > 0
+    assert result["other_owner_training_status"] in ("running", "succeeded")
