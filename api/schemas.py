@@ -525,7 +525,7 @@ class WorkerList(BaseModel):
 class JobLogOut(BaseModel):
     """A piece of a job's log: ``text`` is its bytes ``offset`` to ``next_offset`` (of ``size``); ask again with
     ``offset=next_offset`` for what follows. ``ended``: the job has ended, so once ``next_offset == size`` no more
-    lines come (a re-queued job appends its next attempt)."""
+    lines come but its worker's last one (it follows the job's end within a second)."""
 
     offset: int
     next_offset: int
