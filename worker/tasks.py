@@ -299,10 +299,14 @@ def _worker_name() -> str:
 
 
 def _beat(sessions: sessionmaker, settings: Settings) -> None:
-    """Record that this worker is alive now, with its capacity, device and the job it runs (GET /v1/workers)."""
-    with sessions.begin() as db:
-        db.merge(WorkerSeen(name=_worker_name(), last_seen=utcnow(), capacity=settings.worker_capacity,
-                            device=_device, job_id=_current_job))
+    """Record that this worker is alive now, with its capacity, device and the job it runs (GET /v1/workers); a
+    database that does not answer is logged, not raised: the next beat tries again, and a job still runs."""
+    try:
+        with sessions.begin() as db:
+            db.merge(WorkerSeen(name=_worker_name(), last_seen=utcnow(), capacity=settings.worker_capacity,
+                                device=_device, job_id=_current_job))
+    except Exception:  # any database error: the heartbeat thread and the job's task must outlive it
+        log.exception("could not record this worker's heartbeat; the next beat tries again")
 
 
 def _task_enqueue(job_id: str, nproc: int = 1) -> None:
