@@ -25,12 +25,14 @@ from .routes import (
     datasets,
     evaluations,
     interpolations,
+    job_files,
     jobs,
     misc,
     session,
     sweeps,
     uploads,
     webhooks,
+    workers,
 )
 from .settings import Settings
 from .sweeper import LeaseSweeper
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, evaluations,
-                   completions, webhooks):
+                   completions, webhooks, workers, job_files):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

@@ -36,7 +36,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from mol_engine.callbacks import strict_dumps
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
@@ -266,6 +266,8 @@ class WorkerSeen(Base):
     name: Mapped[str] = mapped_column(String(200), primary_key=True)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     capacity: Mapped[int] = mapped_column(Integer, default=1)  # processes (GPUs) it gives one job: largest nproc
+    device: Mapped[str | None] = mapped_column(String(200), nullable=True)  # "cpu (8 cores)", "cuda: 2 x NVIDIA H100"
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the job it runs now, if any
 
 
 class SchemaVersion(Base):
@@ -355,9 +357,18 @@ def _add_sweeps(session: Session) -> None:
     session.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_sweep_id ON jobs (sweep_id)"))
 
 
+def _add_worker_details(session: Session) -> None:
+    """7 -> 8: workers record their device and the job they run (GET /v1/workers); rows from before have neither."""
+    columns = {c["name"] for c in inspect(session.connection()).get_columns("workers_seen")}
+    if "device" not in columns:
+        session.execute(text("ALTER TABLE workers_seen ADD COLUMN device VARCHAR(200)"))
+    if "job_id" not in columns:
+        session.execute(text("ALTER TABLE workers_seen ADD COLUMN job_id VARCHAR(40)"))
+
+
 # from version N to N + 1
 MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason, 5: _add_webhooks,
-              6: _add_sweeps}
+              6: _add_sweeps, 7: _add_worker_details}
 
 
 class DatabaseUnreachable(RuntimeError):

@@ -500,3 +500,53 @@ class DatasetPreview(BaseModel):
 
     dataset: DatasetOut
     documents: list[PreviewDocument]
+
+
+class WorkerStatusOut(BaseModel):
+    """A worker as GET /v1/workers shows it: alive when its heartbeat is within ``MOL_LEASE_TIMEOUT_S``. The job
+    it runs is named only to that job's owner; to others it is ``busy``."""
+
+    name: str  # host:pid
+    alive: bool
+    device: str | None  # "cpu (8 cores)", "cuda: 2 x NVIDIA H100 (GPUs 0,1)"; null until its first heartbeat says
+    capacity: int  # processes (GPUs) it gives one job
+    last_seen: UtcDatetime
+    busy: bool
+    job_id: str | None
+    job_name: str | None
+
+
+class WorkerList(BaseModel):
+    object: str = "list"
+    data: list[WorkerStatusOut]  # alive first, then by last heartbeat, newest first
+    alive_within_s: float  # MOL_LEASE_TIMEOUT_S
+
+
+class JobLogOut(BaseModel):
+    """A piece of a job's log: ``text`` is its bytes ``offset`` to ``next_offset`` (of ``size``); ask again with
+    ``offset=next_offset`` for what follows. ``ended``: the job has ended, so once ``next_offset == size`` no more
+    lines come but its worker's last one (it follows the job's end within a second)."""
+
+    offset: int
+    next_offset: int
+    size: int
+    text: str
+    ended: bool
+
+
+class TrackerOut(BaseModel):
+    """A tracker's output folder in a job's run directory, downloadable as .tar.gz, and how to look at it."""
+
+    name: str  # tensorboard | mlflow | wandb
+    folder: str  # its name in the run directory (and in the archive)
+    bytes: int
+    download: str  # the URL of its .tar.gz
+    view: str  # a command that shows it once unpacked
+
+
+class SweepBoundsOut(BaseModel):
+    """What a sweep's grid may hold on this server (GET /v1/sweeps/bounds): the grid editor's limits."""
+
+    keys: list[str]  # the spec fields a grid may vary
+    max_values: int  # values of one key
+    max_jobs: int  # MOL_MAX_SWEEP_JOBS: the product of the lists' lengths

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         "largest nproc accepted at submit even when no live worker is that large (workers started on demand)"))
     max_sweep_jobs: int = Field(32, ge=1, description="the most jobs one sweep (POST /v1/sweeps) may make: the "
                                 "product of its grid's list lengths")
+    job_log_chunk_kb: float = Field(256, gt=0, description=(
+        "the most of a job's log one GET /v1/jobs/{id}/log answer carries (a client reads on from next_offset)"))
+    job_log_tail_kb: float = Field(64, gt=0, description=(
+        "how much of a job's log's end GET /v1/jobs/{id}/log returns without an offset (what a page shows first)"))
+    workers_listed_h: float = Field(24, gt=0, description=(
+        "GET /v1/workers lists the workers seen within this many hours (older ones are gone for good)"))
     db_pool_size: int = Field(20, ge=1, description="pooled database connections of one API process")
     db_max_overflow: int = Field(20, ge=0, description="connections opened past the pool under load")
     db_pool_timeout_s: float = Field(30, gt=0, description="how long a request waits for a free connection")
@@ -169,6 +175,10 @@ class Settings(BaseSettings):
     def worker_log_file(self) -> Path:
         """Where the worker that ``mol up`` runs writes its output (the one before: ``worker.log.1``)."""
         return self.home / "worker.log"
+
+    def job_log_file(self, job_id: str) -> Path:
+        """The job's log: its runner's output and its worker's lines about it, every attempt appended."""
+        return self.runs_dir / job_id / "job.log"
 
     @property
     def max_upload_bytes(self) -> int:

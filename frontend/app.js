@@ -2,10 +2,14 @@
 import { api, signIn, signOut, token } from "./api.js";
 import { el } from "./dom.js";
 import { comparePage } from "./views/compare.js";
+import { datasetsPage } from "./views/datasets.js";
+import { logPage } from "./views/job_files.js";
 import { jobPage } from "./views/job.js";
 import { jobsPage } from "./views/jobs.js";
 import { newJobPage } from "./views/new.js";
 import { playgroundPage } from "./views/playground.js";
+import { sweepsPage } from "./views/sweeps.js";
+import { workersPage } from "./views/workers.js";
 
 const view = document.getElementById("view");
 let cleanup = () => {};
@@ -88,6 +92,10 @@ function route() {
     job: () => jobPage(view, parts[1]),
     compare: () => comparePage(view, new URLSearchParams(query).get("ids")?.split(",").filter(Boolean) ?? []),
     playground: () => playgroundPage(view, new URLSearchParams(query).get("model")),
+    datasets: () => datasetsPage(view),
+    sweeps: () => sweepsPage(view),
+    workers: () => workersPage(view),
+    log: () => logPage(view, parts[1]),
   };
   const page = pages[parts[0]] ?? pages.jobs;
   Promise.resolve(page()).then((stop) => { cleanup = stop ?? (() => {}); }).catch((err) => {

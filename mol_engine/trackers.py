@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 Tracker = Literal["tensorboard", "mlflow", "wandb"]
 EXTRA = "pip install 'mol-studio[trackers]'"
 PACKAGE = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # the module each one imports
+# the folder each one writes in the run directory (wandb makes its own ``wandb`` folder in the directory it is given)
+OUTPUT_DIRS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlruns", "wandb": "wandb"}
 
 
 class TrackerMissing(RuntimeError):
@@ -111,7 +113,7 @@ def mlflow_tracking_uri(out_dir: Path) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-    return (out_dir / "mlruns").resolve().as_uri()
+    return (out_dir / OUTPUT_DIRS["mlflow"]).resolve().as_uri()
 
 
 class WandbTracker(TrackerCallback):
@@ -137,7 +139,7 @@ class WandbTracker(TrackerCallback):
 
 
 def _tensorboard(out: Path, config: dict[str, Any]) -> TrackerCallback:
-    return TensorBoardTracker(out / "tensorboard", config)
+    return TensorBoardTracker(out / OUTPUT_DIRS["tensorboard"], config)
 
 
 BUILDERS: dict[str, Callable[[Path, dict[str, Any]], TrackerCallback]] = {

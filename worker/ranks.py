@@ -16,6 +16,7 @@ from pathlib import Path
 
 from api.db import Job, init_db, make_engine
 from api.settings import Settings
+from mol_engine.callbacks import ConsoleLogger
 
 from .runner import DatabaseRecorder, dataset_labels, relabel, resolve_spec
 
@@ -48,7 +49,7 @@ def main(job_id: str, lease_owner: str, report: Path) -> int:
     recorder = DatabaseRecorder(sessions, job_id, lease_owner, None, labels) if is_main else None
     try:
         spec = resolve_spec(sessions, job, settings)
-        result = train(spec, settings.runs_dir / job_id, [recorder] if recorder else [], resume=True)
+        result = train(spec, settings.runs_dir / job_id, [recorder, ConsoleLogger()] if recorder else [], resume=True)
     except Exception as err:  # the runner decides: fail the job, or resume it when a peer was lost
         if is_main:
             write_report(report, {"status": "error", "peer_lost": lost_a_peer(err),

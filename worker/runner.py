@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from api.db import Dataset, Job, JobEvent, MetricPoint, init_db, make_engine, ut
 from api.settings import Settings
 from api.validation import available_models
 from api.webhooks import record_job_event_for_webhooks
-from mol_engine.callbacks import Callback
+from mol_engine.callbacks import Callback, ConsoleLogger
 from mol_engine.spec import JobSpec
 
 
@@ -234,8 +235,10 @@ def _run_here(sessions: sessionmaker, job_id: str, me: str, spec: JobSpec, label
 
     recorder = DatabaseRecorder(sessions, job_id, me, settings.heartbeat_s, labels)
     try:
-        result = train(spec, settings.runs_dir / job_id, [recorder], resume=True)
+        # progress and events also as lines on stderr: the job's log (worker/tasks.py), which the owner can tail
+        result = train(spec, settings.runs_dir / job_id, [recorder, ConsoleLogger()], resume=True)
     except Exception as err:  # any failure becomes the job's error message
+        traceback.print_exc()  # the whole story into the job's log; the message alone into the job
         recorder.close()
         finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels), holder=me)
         return "failed"

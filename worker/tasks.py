@@ -14,6 +14,7 @@ live lease.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -22,8 +23,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
+from typing import TextIO
 
 from celery import signals
 from sqlalchemy import or_, select, update
@@ -36,9 +38,14 @@ from api.settings import Settings
 from api.webhooks import record_job_event_for_webhooks
 
 from .celery_app import app
+from .devices import describe_device
 from .queue import EVALUATE_TASK, INTERPOLATE_TASK, TASK_NAME, queue_for, waiting_job_ids
 
 log = logging.getLogger(__name__)
+# What the heartbeat records (GET /v1/workers). The worker runs its tasks in its own process (``--pool=solo``,
+# api/cli.py), so the heartbeat thread and the task see the same values.
+_current_job: str | None = None
+_device: str | None = None
 
 
 def _settings() -> Settings:
@@ -58,8 +65,41 @@ def run_job(self, job_id: str) -> str:
         if _is_stale_delivery(job, settings):
             return "skipped"
         nproc = _nproc(job)
+    global _current_job
+    _current_job = job_id
+    _beat(sessions, settings)  # GET /v1/workers shows the job now, not at the next heartbeat
+    try:
+        with _job_log(settings, job_id) as job_log:
+            word = _watch_runner(sessions, settings, job_id, job_log)
+    finally:
+        _current_job = None
+        _beat(sessions, settings)
+    if word == "requeued":  # a rank died: the runner put the job back in the queue to resume
+        _send(_task_enqueue, job_id, nproc)
+    return word
+
+
+@contextlib.contextmanager
+def _job_log(settings: Settings, job_id: str) -> Iterator[TextIO]:
+    """The job's log (GET /v1/jobs/{id}/log), opened to append this attempt's lines: the runner's stderr (progress,
+    events, warnings, a traceback) and this worker's own lines about it, each of these stamped."""
+    path = settings.job_log_file(job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", buffering=1) as handle:
+        _log_line(handle, f"worker {_worker_name()} ({_device or 'device unknown'}) starts the job's runner")
+        yield handle
+
+
+def _log_line(handle: TextIO, text: str) -> None:
+    handle.write(f"[{utcnow().isoformat(timespec='seconds')}] {text}\n")
+    handle.flush()
+
+
+def _watch_runner(sessions: sessionmaker, settings: Settings, job_id: str, job_log: TextIO) -> str:
+    """Run ``python -m worker.runner JOB_ID`` (its stderr into ``job_log``) until it ends, ending its process group
+    ``cancel_grace_s`` after the user cancelled; returns the runner's last word (``cancelled`` when it was ended)."""
     child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id], start_new_session=True,
-                             stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+                             stdout=subprocess.PIPE, stderr=job_log, text=True, env=os.environ.copy())
     cancel_seen: float | None = None
     while child.poll() is None:
         time.sleep(0.5)
@@ -68,13 +108,13 @@ def run_job(self, job_id: str) -> str:
         if cancelled and cancel_seen is None:
             cancel_seen = time.monotonic()
         if cancel_seen is not None and time.monotonic() - cancel_seen > settings.cancel_grace_s:
+            _log_line(job_log, f"cancelled: the runner did not stop within {settings.cancel_grace_s:g} s; ended")
             _end_group(child)
             _mark_cancelled(sessions, job_id)
             return "cancelled"
     out = (child.stdout.read() if child.stdout else "").strip().splitlines()
     word = out[-1] if out else f"exit {child.returncode}"
-    if word == "requeued":  # a rank died: the runner put the job back in the queue to resume
-        _send(_task_enqueue, job_id, nproc)
+    _log_line(job_log, f"the runner ended: {word} (exit code {child.returncode})")
     return word
 
 
@@ -253,6 +293,22 @@ def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | N
     return sent
 
 
+def _worker_name() -> str:
+    """This worker's name in ``workers_seen``: host:pid of its (solo pool) process, which runs its tasks too."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _beat(sessions: sessionmaker, settings: Settings) -> None:
+    """Record that this worker is alive now, with its capacity, device and the job it runs (GET /v1/workers); a
+    database that does not answer is logged, not raised: the next beat tries again, and a job still runs."""
+    try:
+        with sessions.begin() as db:
+            db.merge(WorkerSeen(name=_worker_name(), last_seen=utcnow(), capacity=settings.worker_capacity,
+                                device=_device, job_id=_current_job))
+    except Exception:  # any database error: the heartbeat thread and the job's task must outlive it
+        log.exception("could not record this worker's heartbeat; the next beat tries again")
+
+
 def _task_enqueue(job_id: str, nproc: int = 1) -> None:
     """Queue ``job_id`` on this worker's broker, on the queue of its process count."""
     run_job.apply_async(args=[job_id], queue=queue_for(nproc))
@@ -274,14 +330,14 @@ def _reconcile_on_start(**_kwargs) -> None:
     """Re-queue what a dead worker left behind now, then keep checking in the background."""
     settings = _settings()
     sessions = init_db(make_engine(settings.db_url))
-    name = f"{socket.gethostname()}:{os.getpid()}"
     reconcile(settings)
 
     def loop() -> None:
+        global _device
+        _device = describe_device()
         last_reconcile = time.monotonic()
         while True:
-            with sessions.begin() as db:
-                db.merge(WorkerSeen(name=name, last_seen=utcnow(), capacity=settings.worker_capacity))
+            _beat(sessions, settings)
             if time.monotonic() - last_reconcile > max(5.0, settings.lease_timeout_s / 2):
                 reconcile(settings)
                 last_reconcile = time.monotonic()

@@ -13,12 +13,21 @@ from sqlalchemy import and_, delete, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mol_engine.spec import JobSpec, format_validation_error
-from mol_engine.sweep import SweepError, expand_grid, pareto_frontier, ranked, result_point
+from mol_engine.sweep import GRID_KEYS, SweepError, expand_grid, pareto_frontier, ranked, result_point
 
 from ..db import Job, MetricPoint, Sweep, is_id
 from ..deps import DB, Owner, Services, Svc
 from ..job_store import create_job, withdraw_job
-from ..schemas import SweepIn, SweepJobOut, SweepList, SweepOut, SweepSummary, errors
+from ..schemas import (
+    MAX_GRID_VALUES,
+    SweepBoundsOut,
+    SweepIn,
+    SweepJobOut,
+    SweepList,
+    SweepOut,
+    SweepSummary,
+    errors,
+)
 from .jobs import hand_to_workers, submit_problems
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=errors(401, 422))
@@ -95,6 +104,12 @@ def list_sweeps(owner: Owner, db: DB, limit: Limit = 50) -> SweepList:
                            .order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)))
     counts = _status_counts(db, [s.id for s in rows[:limit]])
     return SweepList(data=[_summary(s, counts.get(s.id, {})) for s in rows[:limit]], has_more=len(rows) > limit)
+
+
+@router.get("/bounds", response_model=SweepBoundsOut)
+def sweep_bounds(owner: Owner, svc: Svc) -> SweepBoundsOut:
+    """What a grid may hold here: the fields it may vary, values per field, and jobs in all (MOL_MAX_SWEEP_JOBS)."""
+    return SweepBoundsOut(keys=list(GRID_KEYS), max_values=MAX_GRID_VALUES, max_jobs=svc.settings.max_sweep_jobs)
 
 
 @router.get("/{sweep_id}", response_model=SweepOut, responses=errors(404))

@@ -2,6 +2,7 @@
 import { api } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
 import { byteSize, el, localTime, statusBadge } from "../dom.js";
+import { trackersSection } from "./job_files.js";
 import { taskEvaluationSection } from "./task_evals.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
@@ -210,12 +211,14 @@ export async function jobPage(view, jobId) {
   const drift = driftSection();
   const interpolation = interpolationSection(jobId);
   const taskEvals = taskEvaluationSection(jobId);
+  const trackers = trackersSection(jobId);
   view.replaceChildren(el("section", { class: "card" }, header, dataBox),
     el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node, drift.node,
     interpolation.node, taskEvals.node, el("div", { class: "two" },
       el("section", { class: "card" }, el("h2", {}, "Checkpoints"), ckpts),
       el("section", { class: "card" }, el("h2", {}, "Events"), log)),
-    el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", {}, JSON.stringify(job.spec, null, 2))));
+    el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", {}, JSON.stringify(job.spec, null, 2))),
+    trackers.node);
   const set = chartSet(charts, job.spec);
 
   const drawHeader = () => {
@@ -238,7 +241,8 @@ export async function jobPage(view, jobId) {
       "Clone");
     header.replaceChildren(el("h1", {}, job.name), statusBadge(job.status),
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
-      el("span", { class: "spacer" }), clone, FINAL.includes(job.status) ? remove : cancel);
+      el("span", { class: "spacer" }), el("a", { class: "button", href: `#/log/${jobId}`, "data-action": "log" }, "Log"),
+      clone, FINAL.includes(job.status) ? remove : cancel);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
     if (job.stop_reason === "budget") {
       header.append(el("p", { class: "muted wide", "data-stop-reason": "budget" },
@@ -252,6 +256,7 @@ export async function jobPage(view, jobId) {
     ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints));
   };
   await refresh();
+  trackers.refresh();  // again when the job ends: a tracker writes its files as the run goes
   taskEvals.refresh().catch(() => {});  // its task datasets and earlier results; events refresh it after
 
   const source = new EventSource(`/v1/jobs/${jobId}/events`);
@@ -274,7 +279,7 @@ export async function jobPage(view, jobId) {
     if (ev.kind === "interpolation") interpolation.refresh();
     if (ev.kind === "task-evaluation") taskEvals.refresh();
   });
-  source.addEventListener("end", () => { source.close(); refresh(); });
+  source.addEventListener("end", () => { source.close(); refresh(); trackers.refresh(); });
   source.onerror = () => { if (source.readyState === EventSource.CLOSED) refresh(); };
   // Redraw at most twice a second, however fast points arrive; refresh status and checkpoints meanwhile.
   let seen = 0;

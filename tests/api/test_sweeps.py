@@ -156,3 +156,11 @@ def test_a_sweep_s_grid_is_bounded(client, auth, base, queued, grid, field):
     response = client.post("/v1/sweeps", headers=auth(), json={"base": base, "grid": grid})
     assert response.status_code == 422 and field in response.json()["detail"], response.text
     assert queued == []
+
+
+def test_the_grid_editor_reads_the_server_s_bounds(client, auth, settings):
+    response = client.get("/v1/sweeps/bounds", headers=auth())
+    assert response.status_code == 200, response.text
+    assert response.json() == {"keys": ["ratio", "kl_weight", "lr", "method"], "max_values": 256,
+                               "max_jobs": settings.max_sweep_jobs}
+    assert client.get("/v1/sweeps/bounds").status_code == 401

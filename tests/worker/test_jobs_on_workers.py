@@ -17,12 +17,21 @@ def test_job_runs_to_success_with_metrics_in_the_database(api, workers, submit, 
         "step-2", "step-4", "step-6"]
     health = api.get("/healthz").json()
     assert health["broker"] == "ok" and len(health["workers"]) == 1
+    # the worker's lines and its runner's, for this job alone (the worker's last line follows the job's end)
+    log = wait_for(lambda: (g := api.get(f"/v1/jobs/{job_id}/log").json())["text"].endswith(
+        "the runner ended: succeeded (exit code 0)\n") and g, timeout=10, what="the worker's last line")
+    assert log["ended"] and log["next_offset"] == log["size"] and " starts the job's runner\n" in log["text"]
+    assert "[eval 6]" in log["text"] and "[checkpoint]" in log["text"] and "x.jsonl" in log["text"]
+    worker = api.get("/v1/workers").json()["data"]
+    assert [(w["alive"], w["busy"], w["device"].startswith(("cpu (", "cuda"))) for w in worker] == [(True, False, True)]
 
 
 def test_cancel_stops_a_running_job_and_keeps_checkpoints(api, workers, submit, wait_for):
     workers.start()
     job_id = submit(max_steps=5000, save_every=2)
     wait_for(lambda: status(api, job_id)["step"] >= 3, what="job to reach step 3")
+    worker = api.get("/v1/workers").json()["data"][0]
+    assert worker["busy"] and worker["job_id"] == job_id and worker["job_name"] == "w"
     assert api.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "running"
     job = wait_for(lambda: (j := status(api, job_id))["status"] != "running" and j, timeout=15, what="cancel")
     assert job["status"] == "cancelled" and job["step"] < 5000
