@@ -126,6 +126,11 @@ def measured_timings(sessions: sessionmaker, owner: str, shape: tuple, scan: int
         return [t for t in timings if t is not None][:keep]
 
 
+def _plural(n: int, word: str) -> str:
+    """``1 save``, ``2 saves``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def estimate(sessions: sessionmaker, owner: str, query: BaseModel, scan: int, keep: int) -> dict[str, Any]:
     """GET /v1/estimate's answer for ``query`` (an :data:`EstimateQuery`): the seconds, the parts they come
     from and a sentence; ``seconds`` None when nothing comparable ran."""
@@ -142,9 +147,9 @@ def estimate(sessions: sessionmaker, owner: str, query: BaseModel, scan: int, ke
                 "message": f"no estimate yet: no finished job of {what} has run here"}
     t = median_timing(timings)
     seconds = estimate_seconds(t, steps, every, save_every)
-    jobs = f"{len(timings)} finished job{'s' if len(timings) > 1 else ''}"
     return {"seconds": seconds, "based_on": len(timings), **counts, "setup_s": t.setup_s, "step_s": t.step_s,
             "eval_s": t.eval_s, "save_s": t.save_s,
-            "message": f"about {format_duration(seconds)}: {format_duration(t.setup_s)} to load, {steps} steps x "
-                       f"{t.step_s:.3g} s, {counts['evaluations']} evaluations x {t.eval_s:.3g} s, {counts['saves']} "
-                       f"saves x {t.save_s:.3g} s (from {jobs} of {what})"}
+            "message": f"about {format_duration(seconds)}: {format_duration(t.setup_s)} to load, "
+                       f"{_plural(steps, 'step')} x {t.step_s:.3g} s, {_plural(counts['evaluations'], 'evaluation')} x "
+                       f"{t.eval_s:.3g} s, {_plural(counts['saves'], 'save')} x {t.save_s:.3g} s (from "
+                       f"{_plural(len(timings), 'finished job')} of {what})"}

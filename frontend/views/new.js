@@ -1,8 +1,13 @@
-// New job: pick or upload datasets, choose a base model and method, set the hyperparameters people reach for.
+// New job: pick or upload datasets, choose a base model and method, set the hyperparameters people reach for, and
+// every other spec field in the Advanced section; the YAML view shows the whole spec as a file, editable.
 // Defaults, ranges and choices come from the server's JobSpec schema (GET /v1/jobspec); the server is the one
 // judge of a spec, and each line of its 422 lands next to the field it names.
 import { api, upload } from "../api.js";
 import { byteSize, el } from "../dom.js";
+import {
+  DEMO_SPEC, FieldProblem, controlKind, estimateQuery, estimateText, extraControl, parseSpecYaml, readControl,
+  specPaths, specYaml, writeControl,
+} from "./spec_fields.js";
 
 const SELF = "self";  // the general picker's value for general_source: self (text sampled from the base model)
 const DEMO_MODEL = "demo";
@@ -33,7 +38,10 @@ const GROUPS = [
     ["save_every", "Checkpoint every (steps)"], ["nproc", "Processes (torchrun)"]] },
 ];
 // spec fields whose errors belong to another input's slot
-const ALIASES = { general_source: "general_data", self_sample_tokens: "general_data", lora: "lora.rank" };
+const ALIASES = { general_source: "general_data", lora: "lora.rank" };
+// the spec fields the form shows outside the Advanced section
+const SHOWN = new Set([...GROUPS.flatMap((g) => g.fields.map(([name]) => name)), ...PURPOSES.map((p) => p.field),
+  "general_source", "base_model", "method", "reference", "finetune"]);
 
 // The schema of one (possibly nested, "lora.rank") field, following $ref into $defs; null when unknown.
 export function fieldSchema(schema, path) {
@@ -89,6 +97,27 @@ function inputFor(name, label, rule, describe = false) {
     rule.hint ? el("small", { class: "range muted" }, rule.hint) : null,
     describe && rule.help ? el("small", { class: "help muted", "data-help-for": name }, rule.help) : null,
     fieldError(name));
+}
+
+// Every spec field the form does not show above, generated from the schema (a new spec field appears here with no
+// change to the form), each labelled with its name, its range and its description; a nested object's fields show
+// when its group does (lora.* with LoRA).
+function advancedSection(schema) {
+  const fields = specPaths(schema).filter((path) => !SHOWN.has(path)).map((path) => {
+    const prop = fieldSchema(schema, path);
+    const rule = fieldRule(prop);
+    const kind = controlKind(prop);
+    const when = GROUPS.find((g) => g.when && g.fields.some(([n]) => n.split(".")[0] === path.split(".")[0]))?.when;
+    const node = ["choice", "number", "text"].includes(kind) ? inputFor(path, path, rule, true)
+      : el("div", { class: "field" }, extraControl(path, kind, prop, rule),
+        rule.help ? el("small", { class: "help muted", "data-help-for": path }, rule.help) : null, fieldError(path));
+    if (when) node.dataset.when = when.join("=");
+    node.classList.add(`kind-${kind}`);
+    return node;
+  });
+  return el("details", { class: "advanced", "data-advanced": "" },
+    el("summary", {}, `Advanced: every other spec field (${fields.length})`),
+    el("fieldset", { "data-group": "Advanced" }, el("div", { class: "grid" }, fields)));
 }
 
 // "3.2 MiB · 1,204 documents · sha256 ab12cd34… · 812,330 tokens (demo)": what is known of a dataset.
@@ -171,12 +200,13 @@ function datasetPicker(spec, datasets) {
     select.value = defaultDataset(spec.purpose, [...known.values()], model);
     showStats();
   };
-  // picks the dataset a cloned job used (when it is still there)
+  // picks the dataset a cloned job used (when it is still there); whether it is
   node.pick = (id) => {
-    if (![...select.options].some((o) => o.value === id)) return;
+    if (![...select.options].some((o) => o.value === id)) return false;
     select.value = id;
     select.dataset.touched = "1";
     showStats();
+    return true;
   };
   return node;
 }
@@ -208,15 +238,70 @@ function fillFrom(form, pickers, spec) {
     }
   };
   for (const name of ["base_model", "method", "reference", "finetune"]) set(name, spec[name]);
-  for (const input of form.querySelectorAll(".field [name]")) {
-    const [head, sub] = input.name.split(".");
-    set(input.name, sub ? spec[head]?.[sub] : spec[head]);
+  for (const name of fieldNames(form)) {
+    const [head, sub] = name.split(".");
+    const value = sub ? spec[head]?.[sub] : spec[head];
+    if (value !== undefined) writeControl(form, name, value);
+    touch(form, name);
   }
   set("name", `${spec.name} (copy)`);
   form.elements.with_cpt.checked = false;  // a clone is one job
   const picks = { domain: spec.domain_data?.[0], eval: spec.eval_data,
     general: spec.general_source === "self" ? SELF : spec.general_data?.[0] };
   for (const picker of pickers) if (picks[picker.dataset.purpose]) picker.pick(picks[picker.dataset.purpose]);
+}
+
+// The names of the form's field controls (a dotted path for nested ones), in the form's order.
+function fieldNames(form) {
+  return [...new Set([...form.querySelectorAll(".field [name]")].map((input) => input.name))];
+}
+
+// Marks a field as set by hand (or from a spec): a change of base model leaves its value alone.
+function touch(form, name) {
+  form.querySelectorAll(`[name="${CSS.escape(name)}"]`).forEach((input) => { input.dataset.touched = "1"; });
+}
+
+// Fills the form with a spec from the YAML view: every field it names, and each one it leaves out back to the
+// schema's default, so the form holds that spec and nothing else. FieldProblem, before anything changes, for a model
+// or dataset this server does not have, or several datasets for one corpus (the form holds one each).
+function applySpec(form, pickers, spec, schema) {
+  const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
+  const model = spec.base_model ?? null;
+  const models = form.elements.base_model?.tagName === "SELECT" ? [...form.elements.base_model.options] : [];
+  if (!models.some((o) => o.value === model)) {
+    throw new FieldProblem(`base_model: no base model '${model}' on this server`);
+  }
+  const one = (field) => {
+    const value = spec[field] ?? [];
+    if (!Array.isArray(value)) throw new FieldProblem(`${field}: a list of dataset ids, e.g. [ds_…]`);
+    if (value.length > 1) {
+      throw new FieldProblem(`${field}: the form holds one dataset per corpus (the API and mol client take several)`);
+    }
+    return value[0] ?? "";
+  };
+  const picks = { domain: one("domain_data"), eval: spec.eval_data ?? "",
+    general: spec.general_source === "self" ? SELF : one("general_data") };
+  for (const picker of pickers) {
+    const id = picks[picker.dataset.purpose];
+    const select = picker.querySelector("select");
+    if (![...select.options].some((o) => o.value === id)) {
+      throw new FieldProblem(`${select.name}: ${id ? `no dataset '${id}' among yours` : "required"}`);
+    }
+  }
+  for (const picker of pickers) picker.pick(picks[picker.dataset.purpose]);
+  for (const name of ["base_model", "method", "reference", "finetune"]) {
+    const value = String(spec[name] ?? defaults[name]);
+    for (const input of form.querySelectorAll(`[name="${name}"]`)) {
+      if (input.type === "radio") input.checked = input.value === value;
+      else input.value = value;
+    }
+  }
+  for (const name of fieldNames(form)) {
+    const [head, sub] = name.split(".");
+    const value = sub ? spec[head]?.[sub] : spec[head];
+    writeControl(form, name, value !== undefined ? value : fieldRule(fieldSchema(schema, name)).fallback ?? null);
+    touch(form, name);
+  }
 }
 
 function radios(name, options, checked) {
@@ -261,11 +346,24 @@ export async function newJobPage(view, from = null) {
       fieldError("finetune")),
     el("fieldset", {}, el("legend", {}, "Data"), pickers),
     groups,
+    advancedSection(schema),
     general,
+    el("p", { class: "estimate muted", "data-estimate": "" }),
     el("button", { type: "submit", class: "primary" }, "Start training"));
+  const yaml = yamlView(form, schema, () => specFrom(form, source?.spec),
+    (spec) => { applySpec(form, pickers, spec, schema); changed(); });
+  form.insertBefore(yaml, general);
   view.replaceChildren(form);
 
-  const pickDefaults = () => pickers.forEach((p) => p.pickFor(modelSelect?.value));
+  // the demo model starts on examples/demo-mol.yaml's hyperparameters, another model on the schema's defaults; a
+  // field set by hand (or by a clone, or the YAML view) keeps its value
+  const presetFor = (model) => {
+    for (const name of Object.keys(DEMO_SPEC)) {
+      if (form.elements[name]?.dataset.touched) continue;
+      writeControl(form, name, model === DEMO_MODEL ? DEMO_SPEC[name] : defaults[name]);
+    }
+  };
+  const pickDefaults = () => { pickers.forEach((p) => p.pickFor(modelSelect?.value)); presetFor(modelSelect?.value); };
   modelSelect?.addEventListener("change", pickDefaults);
   pickDefaults();
   if (source) fillFrom(form, pickers, source.spec);
@@ -275,14 +373,31 @@ export async function newJobPage(view, from = null) {
     const chosen = form.querySelector(`[name="${name}"]:checked`)?.value;
     g.hidden = not ? chosen === value : chosen !== value;
   });
-  form.addEventListener("change", showGroups);
-  showGroups();
+  const estimate = estimator(form, () => specFrom(form, source?.spec));
+  let pending = null;
+  // after any change: the parts shown, the YAML view, and (once typing pauses) the estimate
+  const changed = () => {
+    showGroups();
+    yaml.refresh();
+    clearTimeout(pending);
+    pending = setTimeout(estimate, 300);
+  };
+  form.addEventListener("input", (e) => {
+    if (e.target.name && e.target.closest(".field")) touch(form, e.target.name);
+  });
+  form.addEventListener("input", (e) => { if (e.target !== yaml.text) changed(); });
+  form.addEventListener("change", (e) => { if (e.target !== yaml.text) changed(); });
+  changed();
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearErrors(form);
-    const spec = specFrom(form, source?.spec);
     try {
+      if (yaml.edited) {
+        yaml.open = true;
+        throw new FieldProblem("yaml: the YAML view has edits not in the form: apply them, or revert them");
+      }
+      const spec = specFrom(form, source?.spec);
       const job = await api("/v1/jobs", { method: "POST", json: spec });
       if (form.elements.with_cpt.checked && spec.method !== "cpt") {
         // the baseline runs its whole budget of steps (a budget only warns there), so the two compare step for step
@@ -298,6 +413,77 @@ export async function newJobPage(view, from = null) {
   });
 }
 
+// The YAML view: the spec the form describes as a file, following the form while it is not being edited; Apply puts
+// an edited one into the form (``apply(spec)``), Revert drops the edits. A submit with edits not applied is refused:
+// neither the form nor the file silently wins.
+function yamlView(form, schema, current, apply) {
+  const text = el("textarea", { id: "spec-yaml", rows: 22, spellcheck: "false", "aria-label": "the spec as YAML" });
+  const note = el("span", { class: "muted", "data-yaml-note": "" });
+  const error = el("p", { class: "error", "data-error-for": "yaml" });
+  const node = el("details", { class: "yaml-view", "data-yaml": "" },
+    el("summary", {}, "YAML: the whole spec as a file"),
+    el("p", { class: "muted" }, "The spec this form submits, as a spec file for `mol train` lists it (here the model "
+      + "and datasets go by their ids on this server). Edit it and apply it, or change the form: it follows."),
+    text, el("div", { class: "toolbar" }, el("button", { type: "button", "data-action": "apply-yaml",
+      onclick: () => node.apply() }, "Apply to the form"), el("button", { type: "button", "data-action": "revert-yaml",
+      onclick: () => { node.edited = false; note.textContent = ""; error.textContent = ""; node.refresh(); } },
+    "Revert to the form"), note), error);
+  node.text = text;
+  node.edited = false;
+  text.addEventListener("input", () => { node.edited = true; note.textContent = "edited: not in the form yet"; });
+  node.refresh = () => {
+    if (node.edited) return;
+    try {
+      text.value = specYaml(current(), schema);
+    } catch (err) {
+      note.textContent = err.message;  // a field that does not parse: the form shows it at submit
+    }
+  };
+  node.apply = () => {
+    error.textContent = "";
+    try {
+      apply(parseSpecYaml(text.value, schema));
+    } catch (err) {
+      if (!(err instanceof FieldProblem)) throw err;
+      error.textContent = err.message;
+      node.open = true;
+      return false;
+    }
+    node.edited = false;
+    note.textContent = "applied";
+    node.refresh();
+    return true;
+  };
+  return node;
+}
+
+// Shows GET /v1/estimate's answer for the spec (and its CPT baseline's, when one goes with it) above the button.
+function estimator(form, current) {
+  const box = form.querySelector("[data-estimate]");
+  let asked = 0;
+  return async () => {
+    const mine = ++asked;
+    let spec;
+    try {
+      spec = current();
+    } catch {
+      return;  // a field that does not parse: its error shows at submit
+    }
+    if (!spec.base_model) { box.textContent = ""; return; }
+    const baseline = form.elements.with_cpt.checked && spec.method !== "cpt";
+    try {
+      const [job, cpt] = await Promise.all([api(`/v1/estimate?${estimateQuery(spec)}`),
+        baseline ? api(`/v1/estimate?${estimateQuery({ ...spec, method: "cpt", reference: "exact" })}`) : null]);
+      if (mine !== asked) return;
+      box.textContent = estimateText(job, cpt);
+      box.title = [job.message, cpt?.message].filter(Boolean).join("\n");
+      box.dataset.seconds = job.seconds ?? "";
+    } catch (err) {
+      if (mine === asked) box.textContent = `No estimate: ${err.message}`;
+    }
+  };
+}
+
 // The spec the form describes: the datasets picked, the choices, and each shown input (an empty one is left to the
 // server's default, or to ``base``'s value when cloning, except an optional one, which goes as null; a number that
 // does not parse goes as typed, so the server names it).
@@ -311,11 +497,11 @@ function specFrom(form, base = {}) {
     general_source: generalPick === SELF && method !== "domain_only" ? "self" : "corpus",  // domain_only samples none
     eval_data: data.get("eval_data") || null,
     reference: method === "mol" ? data.get("reference") : "exact" };
-  for (const input of form.querySelectorAll("fieldset:not([hidden]) .field [name]")) {
-    const raw = input.value.trim();
-    if (raw === "" && !("nullable" in input.dataset)) continue;
-    const value = raw === "" ? null : input.type === "number" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
-    const [head, sub] = input.name.split(".");
+  for (const name of fieldNames(form)) {
+    if (form.querySelector(`[name="${CSS.escape(name)}"]`).closest("[hidden]")) continue;
+    const value = readControl(form, name);
+    if (value === undefined) continue;
+    const [head, sub] = name.split(".");
     if (sub) spec[head] = { ...spec[head], [sub]: value };
     else spec[head] = value;
   }
