@@ -381,6 +381,7 @@ export async function newJobPage(view, from = null) {
     yaml.refresh();
     clearTimeout(pending);
     pending = setTimeout(estimate, 300);
+    form.querySelector("[data-estimate]").textContent = "Run time: estimating…";  // never the last shape's
   };
   form.addEventListener("input", (e) => {
     if (e.target.name && e.target.closest(".field")) touch(form, e.target.name);
