@@ -5,11 +5,10 @@
 import { api, upload } from "../api.js";
 import { byteSize, el } from "../dom.js";
 import {
-  DEMO_SPEC, FieldProblem, controlKind, estimateQuery, estimateText, extraControl, parseSpecYaml, readControl,
-  specPaths, specYaml, writeControl,
+  DEMO_SPEC, FieldProblem, SELF, applySpec, controlKind, estimator, extraControl, fieldNames, readControl, specPaths,
+  touch, writeControl, yamlView,
 } from "./spec_fields.js";
 
-const SELF = "self";  // the general picker's value for general_source: self (text sampled from the base model)
 const DEMO_MODEL = "demo";
 
 const PURPOSES = [
@@ -251,59 +250,6 @@ function fillFrom(form, pickers, spec) {
   for (const picker of pickers) if (picks[picker.dataset.purpose]) picker.pick(picks[picker.dataset.purpose]);
 }
 
-// The names of the form's field controls (a dotted path for nested ones), in the form's order.
-function fieldNames(form) {
-  return [...new Set([...form.querySelectorAll(".field [name]")].map((input) => input.name))];
-}
-
-// Marks a field as set by hand (or from a spec): a change of base model leaves its value alone.
-function touch(form, name) {
-  form.querySelectorAll(`[name="${CSS.escape(name)}"]`).forEach((input) => { input.dataset.touched = "1"; });
-}
-
-// Fills the form with a spec from the YAML view: every field it names, and each one it leaves out back to the
-// schema's default, so the form holds that spec and nothing else. FieldProblem, before anything changes, for a model
-// or dataset this server does not have, or several datasets for one corpus (the form holds one each).
-function applySpec(form, pickers, spec, schema) {
-  const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
-  const model = spec.base_model ?? null;
-  const models = form.elements.base_model?.tagName === "SELECT" ? [...form.elements.base_model.options] : [];
-  if (!models.some((o) => o.value === model)) {
-    throw new FieldProblem(`base_model: no base model '${model}' on this server`);
-  }
-  const one = (field) => {
-    const value = spec[field] ?? [];
-    if (!Array.isArray(value)) throw new FieldProblem(`${field}: a list of dataset ids, e.g. [ds_…]`);
-    if (value.length > 1) {
-      throw new FieldProblem(`${field}: the form holds one dataset per corpus (the API and mol client take several)`);
-    }
-    return value[0] ?? "";
-  };
-  const picks = { domain: one("domain_data"), eval: spec.eval_data ?? "",
-    general: spec.general_source === "self" ? SELF : one("general_data") };
-  for (const picker of pickers) {
-    const id = picks[picker.dataset.purpose];
-    const select = picker.querySelector("select");
-    if (![...select.options].some((o) => o.value === id)) {
-      throw new FieldProblem(`${select.name}: ${id ? `no dataset '${id}' among yours` : "required"}`);
-    }
-  }
-  for (const picker of pickers) picker.pick(picks[picker.dataset.purpose]);
-  for (const name of ["base_model", "method", "reference", "finetune"]) {
-    const value = String(spec[name] ?? defaults[name]);
-    for (const input of form.querySelectorAll(`[name="${name}"]`)) {
-      if (input.type === "radio") input.checked = input.value === value;
-      else input.value = value;
-    }
-  }
-  for (const name of fieldNames(form)) {
-    const [head, sub] = name.split(".");
-    const value = sub ? spec[head]?.[sub] : spec[head];
-    writeControl(form, name, value !== undefined ? value : fieldRule(fieldSchema(schema, name)).fallback ?? null);
-    touch(form, name);
-  }
-}
-
 function radios(name, options, checked) {
   return el("div", { class: "choices" }, options.map(([value, text]) =>
     el("label", {}, el("input", { type: "radio", name, value, checked: value === checked }), text)));
@@ -351,7 +297,10 @@ export async function newJobPage(view, from = null) {
     el("p", { class: "estimate muted", "data-estimate": "" }),
     el("button", { type: "submit", class: "primary" }, "Start training"));
   const yaml = yamlView(form, schema, () => specFrom(form, source?.spec),
-    (spec) => { applySpec(form, pickers, spec, schema); changed(); });
+    (spec) => {
+      applySpec(form, pickers, spec, schema, (name) => fieldRule(fieldSchema(schema, name)).fallback);
+      changed();
+    });
   form.insertBefore(yaml, general);
   view.replaceChildren(form);
 
@@ -412,77 +361,6 @@ export async function newJobPage(view, from = null) {
       showErrors(form, err.message);
     }
   });
-}
-
-// The YAML view: the spec the form describes as a file, following the form while it is not being edited; Apply puts
-// an edited one into the form (``apply(spec)``), Revert drops the edits. A submit with edits not applied is refused:
-// neither the form nor the file silently wins.
-function yamlView(form, schema, current, apply) {
-  const text = el("textarea", { id: "spec-yaml", rows: 22, spellcheck: "false", "aria-label": "the spec as YAML" });
-  const note = el("span", { class: "muted", "data-yaml-note": "" });
-  const error = el("p", { class: "error", "data-error-for": "yaml" });
-  const node = el("details", { class: "yaml-view", "data-yaml": "" },
-    el("summary", {}, "YAML: the whole spec as a file"),
-    el("p", { class: "muted" }, "The spec this form submits, as a spec file for `mol train` lists it (here the model "
-      + "and datasets go by their ids on this server). Edit it and apply it, or change the form: it follows."),
-    text, el("div", { class: "toolbar" }, el("button", { type: "button", "data-action": "apply-yaml",
-      onclick: () => node.apply() }, "Apply to the form"), el("button", { type: "button", "data-action": "revert-yaml",
-      onclick: () => { node.edited = false; note.textContent = ""; error.textContent = ""; node.refresh(); } },
-    "Revert to the form"), note), error);
-  node.text = text;
-  node.edited = false;
-  text.addEventListener("input", () => { node.edited = true; note.textContent = "edited: not in the form yet"; });
-  node.refresh = () => {
-    if (node.edited) return;
-    try {
-      text.value = specYaml(current(), schema);
-    } catch (err) {
-      note.textContent = err.message;  // a field that does not parse: the form shows it at submit
-    }
-  };
-  node.apply = () => {
-    error.textContent = "";
-    try {
-      apply(parseSpecYaml(text.value, schema));
-    } catch (err) {
-      if (!(err instanceof FieldProblem)) throw err;
-      error.textContent = err.message;
-      node.open = true;
-      return false;
-    }
-    node.edited = false;
-    note.textContent = "applied";
-    node.refresh();
-    return true;
-  };
-  return node;
-}
-
-// Shows GET /v1/estimate's answer for the spec (and its CPT baseline's, when one goes with it) above the button.
-function estimator(form, current) {
-  const box = form.querySelector("[data-estimate]");
-  let asked = 0;
-  return async () => {
-    const mine = ++asked;
-    let spec;
-    try {
-      spec = current();
-    } catch {
-      return;  // a field that does not parse: its error shows at submit
-    }
-    if (!spec.base_model) { box.textContent = ""; return; }
-    const baseline = form.elements.with_cpt.checked && spec.method !== "cpt";
-    try {
-      const [job, cpt] = await Promise.all([api(`/v1/estimate?${estimateQuery(spec)}`),
-        baseline ? api(`/v1/estimate?${estimateQuery({ ...spec, method: "cpt", reference: "exact" })}`) : null]);
-      if (mine !== asked) return;
-      box.textContent = estimateText(job, cpt);
-      box.title = [job.message, cpt?.message].filter(Boolean).join("\n");
-      box.dataset.seconds = job.seconds ?? "";
-    } catch (err) {
-      if (mine === asked) box.textContent = `No estimate: ${err.message}`;
-    }
-  };
 }
 
 // The spec the form describes: the datasets picked, the choices, and each shown input (an empty one is left to the
