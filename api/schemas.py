@@ -550,3 +550,19 @@ class SweepBoundsOut(BaseModel):
     keys: list[str]  # the spec fields a grid may vary
     max_values: int  # values of one key
     max_jobs: int  # MOL_MAX_SWEEP_JOBS: the product of the lists' lengths
+
+
+class EstimateOut(BaseModel):
+    """``GET /v1/estimate``: how long a job of that shape would run here, measured on the owner's finished jobs of
+    the same base model and shape (``based_on`` of them); ``seconds`` null: no estimate yet, nothing comparable ran.
+    The parts: seconds to load, per step, per evaluation and per save (medians over those jobs)."""
+
+    seconds: float | None
+    based_on: int
+    evaluations: int  # the spec's: step 0, every eval_every, the last step
+    saves: int
+    setup_s: float | None = None
+    step_s: float | None = None
+    eval_s: float | None = None
+    save_s: float | None = None
+    message: str

@@ -115,6 +115,11 @@ class Settings(BaseSettings):
         "webhooks: internal receivers allowed besides public addresses: host names (any address they resolve to, "
         "but the cloud metadata service), addresses or networks, e.g. [\"hooks.internal\", \"10.1.0.0/16\"]; "
         "loopback, private, link-local, multicast and reserved addresses are refused otherwise"))
+    estimate_jobs: int = Field(5, ge=1, description=(
+        "GET /v1/estimate: the newest finished jobs of the same base model and shape whose timings (medians) "
+        "make an estimate"))
+    estimate_scan_jobs: int = Field(200, ge=1, description=(
+        "GET /v1/estimate: the owner's newest succeeded jobs it reads (with their specs) to find comparable ones"))
 
     @field_validator("cors_origins")
     @classmethod

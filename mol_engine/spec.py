@@ -28,8 +28,10 @@ class LoraSpec(BaseModel):
 
     rank: int = Field(16, ge=1, le=1024)
     alpha: float = Field(32.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch's input while training")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="the modules that get adapters: all-linear (every linear layer but the output "
+        "head), or a list of module names, e.g. [q_proj, v_proj]")
 
 
 class JobSpec(BaseModel):
@@ -66,18 +68,24 @@ class JobSpec(BaseModel):
     batch_size: int = Field(8, ge=1, le=4096, description="rows per micro-batch")
     grad_accum: int = Field(1, ge=1, le=1024)
     lr: float = Field(2e-5, gt=0, le=1.0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the learning rate the schedule ends at, as a "
+                                "fraction of lr")
     warmup_steps: int = Field(20, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="the learning rate after warm-up: cosine or linear decay to lr x min_lr_ratio at "
+        "max_steps, or constant")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW's decoupled weight decay (not on biases and "
+                                "norms)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradients are clipped to this norm; null: no clipping")
     max_steps: int = Field(1000, ge=1, le=10_000_000)
 
     eval_every: int = Field(100, ge=1)
     eval_batches: int = Field(8, ge=1, description="held-out blocks per corpus at each evaluation, in batches")
-    heldout_fraction: float = Field(0.05, gt=0, lt=0.5)
-    qa_max_new_tokens: int = Field(16, ge=1, le=512)
-    qa_prompt: str = "Question: {question}\nAnswer:"
+    heldout_fraction: float = Field(0.05, gt=0, lt=0.5, description="the share of each corpus's documents held out "
+                                    "for evaluation (a seeded sample, never trained on)")
+    qa_max_new_tokens: int = Field(16, ge=1, le=512, description="tokens generated per QA answer (greedy)")
+    qa_prompt: str = Field("Question: {question}\nAnswer:", description="how a QA question is put to the model; "
+                           "must contain {question}")
     sample_prompts: Annotated[list[SamplePrompt], Field(max_length=MAX_SAMPLE_PROMPTS)] | SamplePrompt | None = Field(
         None, description="prompts the model completes (greedy) at every evaluation, the base's at step 0: a list, "
         "or a JSONL file (a dataset, via the API) of {\"prompt\": ...} rows; null: 2 QA questions and 2 held-out "
@@ -99,9 +107,12 @@ class JobSpec(BaseModel):
         "(lowest) or qa_exact_match (highest; needs eval_data)")
 
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp32 or bf16 to choose")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in the backward pass instead of keeping them: less memory, an "
+        "extra forward pass of time per step")
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="how several processes (torchrun) share the model: ddp keeps a full replica per "
         "process, fsdp shards parameters, gradients and optimizer state (FSDP2); auto picks fsdp for full "

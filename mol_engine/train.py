@@ -408,6 +408,7 @@ def _check_finite(run: Run, step: int, values: list[float]) -> None:
 
 def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     spec = run.spec
+    started = time.perf_counter()  # the event's seconds: what the service's time estimates count per evaluation
     run.model.eval()
     n_blocks = spec.eval_batches * spec.batch_size
     general = run.general.heldout.select(range(min(n_blocks, len(run.general.heldout)))) if run.general else None
@@ -427,7 +428,8 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
     run.evaluations[step] = metrics
     cb.on_metrics(step, metrics)
     shown = ", ".join(f"{k.removeprefix('eval/')}={v:.4g}" for k, v in metrics.items())
-    cb.on_event({"step": step, "kind": "eval", "message": f"evaluation at step {step}: {shown}"})
+    cb.on_event({"step": step, "kind": "eval", "message": f"evaluation at step {step}: {shown}",
+                 "seconds": round(time.perf_counter() - started, 3)})
     if samples is not None:
         cb.on_event(samples_event(step, samples))
     if drift is not None:
@@ -463,6 +465,7 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
     Under FSDP every rank writes its own shards; otherwise rank 0 writes the checkpoint. A failed write (a full
     disk) raises :class:`CheckpointError` on every rank, not only on the one that failed.
     """
+    started = time.perf_counter()  # the event's seconds: what the service's time estimates count per save
     spec = run.spec.model_dump(mode="json")
     state = {"data": run.batches.state(), "spec": spec, "finetune": run.spec.finetune,
              "base_model": run.spec.base_model, "evaluations": {str(s): v for s, v in run.evaluations.items()},
@@ -479,7 +482,8 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
         path = _save_on_rank_0(run, step, state, keep, protect)
     if run.world.is_main:
         write_best(run.out, best, run.spec.best_metric, run.spec.max_general_kl, run.evaluations.get(best))
-    cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name})
+    cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name,
+                 "seconds": round(time.perf_counter() - started, 3)})
     return path
 
 

@@ -1,7 +1,7 @@
 // Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
 import { api } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
-import { byteSize, el, localTime, statusBadge } from "../dom.js";
+import { byteSize, duration, el, localTime, statusBadge } from "../dom.js";
 import { trackersSection } from "./job_files.js";
 import { taskEvaluationSection } from "./task_evals.js";
 
@@ -200,6 +200,44 @@ export function interpolationSection(jobId) {
   return { node, refresh };
 }
 
+// A job's own timings so far, from its events: where this run began training (its config or resumed event: the
+// step, the time in ms), the seconds of each evaluation and save (their events carry them) and those spent since.
+export function trackPace(pace, ev) {
+  if (ev.kind === "config" || ev.kind === "resumed") {
+    const { evals = [], saves = [] } = pace ?? {};
+    return { step: ev.step, at: Date.parse(ev.created_at), spent: 0, evals, saves };
+  }
+  const seconds = ev.data?.seconds;
+  if (!pace || typeof seconds !== "number" || (ev.kind !== "eval" && ev.kind !== "checkpoint")) return pace;
+  const key = ev.kind === "eval" ? "evals" : "saves";
+  return { ...pace, spent: pace.spent + seconds, [key]: [...pace[key], seconds] };
+}
+
+// How many of the steps after ``step`` up to ``last`` evaluate (or save) at ``every``: each multiple, and the last.
+function comingAt(step, last, every) {
+  return Math.floor(last / every) - Math.floor(step / every) + (last % every && step < last ? 1 : 0);
+}
+
+// Seconds a running job has left at its own pace (``pace``: trackPace's): the steps to go at its seconds per step
+// since it began training (its evaluations and saves taken out), plus the evaluations and saves to come at their
+// mean seconds so far, as GET /v1/estimate reckons; null before its first step.
+export function etaSeconds(job, pace, now) {
+  if (!pace || job.step <= pace.step) return null;
+  const mean = (xs) => (xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 0);
+  const stepS = Math.max(0, (now - pace.at) / 1000 - pace.spent) / (job.step - pace.step);
+  const { eval_every: evalEvery = 100, save_every: saveEvery = 200 } = job.spec;
+  const last = job.max_steps;
+  return (last - job.step) * stepS + comingAt(job.step, last, evalEvery) * mean(pace.evals)
+    + comingAt(job.step, last, saveEvery) * mean(pace.saves);
+}
+
+// "about 3 min left" under a running job's name (empty for a job that is not running).
+export function etaText(job, pace, now) {
+  if (job.status !== "running") return "";
+  const eta = etaSeconds(job, pace, now);
+  return eta === null ? "ETA after its first steps" : `about ${duration(eta)} left`;
+}
+
 export async function jobPage(view, jobId) {
   let job = await api(`/v1/jobs/${jobId}`);
   const header = el("div", { class: "toolbar" });
@@ -220,6 +258,7 @@ export async function jobPage(view, jobId) {
     el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", {}, JSON.stringify(job.spec, null, 2))),
     trackers.node);
   const set = chartSet(charts, job.spec);
+  let pace = null;  // the run's own timings so far (trackPace): its ETA's
 
   const drawHeader = () => {
     const cancel = el("button", { class: "danger", onclick: async () => {
@@ -241,6 +280,7 @@ export async function jobPage(view, jobId) {
       "Clone");
     header.replaceChildren(el("h1", {}, job.name), statusBadge(job.status),
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
+      el("span", { class: "muted", "data-eta": "" }, etaText(job, pace, Date.now())),
       el("span", { class: "spacer" }), el("a", { class: "button", href: `#/log/${jobId}`, "data-action": "log" }, "Log"),
       clone, FINAL.includes(job.status) ? remove : cancel);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
@@ -274,6 +314,7 @@ export async function jobPage(view, jobId) {
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
     if (ev.kind === "checkpoint" || ev.kind === "interrupted" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
     if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
+    pace = trackPace(pace, ev);
     if (ev.kind === "samples") samples.add(ev);
     if (ev.kind === "drift") drift.add(ev);
     if (ev.kind === "interpolation") interpolation.refresh();

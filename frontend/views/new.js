@@ -1,10 +1,14 @@
-// New job: pick or upload datasets, choose a base model and method, set the hyperparameters people reach for.
+// New job: pick or upload datasets, choose a base model and method, set the hyperparameters people reach for, and
+// every other spec field in the Advanced section; the YAML view shows the whole spec as a file, editable.
 // Defaults, ranges and choices come from the server's JobSpec schema (GET /v1/jobspec); the server is the one
 // judge of a spec, and each line of its 422 lands next to the field it names.
 import { api, upload } from "../api.js";
 import { byteSize, el } from "../dom.js";
+import {
+  DEMO_SPEC, FieldProblem, SELF, applySpec, controlKind, estimator, extraControl, fieldNames, readControl, specPaths,
+  touch, writeControl, yamlView,
+} from "./spec_fields.js";
 
-const SELF = "self";  // the general picker's value for general_source: self (text sampled from the base model)
 const DEMO_MODEL = "demo";
 
 const PURPOSES = [
@@ -33,7 +37,10 @@ const GROUPS = [
     ["save_every", "Checkpoint every (steps)"], ["nproc", "Processes (torchrun)"]] },
 ];
 // spec fields whose errors belong to another input's slot
-const ALIASES = { general_source: "general_data", self_sample_tokens: "general_data", lora: "lora.rank" };
+const ALIASES = { general_source: "general_data", lora: "lora.rank" };
+// the spec fields the form shows outside the Advanced section
+const SHOWN = new Set([...GROUPS.flatMap((g) => g.fields.map(([name]) => name)), ...PURPOSES.map((p) => p.field),
+  "general_source", "base_model", "method", "reference", "finetune"]);
 
 // The schema of one (possibly nested, "lora.rank") field, following $ref into $defs; null when unknown.
 export function fieldSchema(schema, path) {
@@ -89,6 +96,27 @@ function inputFor(name, label, rule, describe = false) {
     rule.hint ? el("small", { class: "range muted" }, rule.hint) : null,
     describe && rule.help ? el("small", { class: "help muted", "data-help-for": name }, rule.help) : null,
     fieldError(name));
+}
+
+// Every spec field the form does not show above, generated from the schema (a new spec field appears here with no
+// change to the form), each labelled with its name, its range and its description; a nested object's fields show
+// when its group does (lora.* with LoRA).
+function advancedSection(schema) {
+  const fields = specPaths(schema).filter((path) => !SHOWN.has(path)).map((path) => {
+    const prop = fieldSchema(schema, path);
+    const rule = fieldRule(prop);
+    const kind = controlKind(prop);
+    const when = GROUPS.find((g) => g.when && g.fields.some(([n]) => n.split(".")[0] === path.split(".")[0]))?.when;
+    const node = ["choice", "number", "text"].includes(kind) ? inputFor(path, path, rule, true)
+      : el("div", { class: "field" }, extraControl(path, kind, prop, rule),
+        rule.help ? el("small", { class: "help muted", "data-help-for": path }, rule.help) : null, fieldError(path));
+    if (when) node.dataset.when = when.join("=");
+    node.classList.add(`kind-${kind}`);
+    return node;
+  });
+  return el("details", { class: "advanced", "data-advanced": "" },
+    el("summary", {}, `Advanced: every other spec field (${fields.length})`),
+    el("fieldset", { "data-group": "Advanced" }, el("div", { class: "grid" }, fields)));
 }
 
 // "3.2 MiB · 1,204 documents · sha256 ab12cd34… · 812,330 tokens (demo)": what is known of a dataset.
@@ -171,12 +199,13 @@ function datasetPicker(spec, datasets) {
     select.value = defaultDataset(spec.purpose, [...known.values()], model);
     showStats();
   };
-  // picks the dataset a cloned job used (when it is still there)
+  // picks the dataset a cloned job used (when it is still there); whether it is
   node.pick = (id) => {
-    if (![...select.options].some((o) => o.value === id)) return;
+    if (![...select.options].some((o) => o.value === id)) return false;
     select.value = id;
     select.dataset.touched = "1";
     showStats();
+    return true;
   };
   return node;
 }
@@ -208,9 +237,11 @@ function fillFrom(form, pickers, spec) {
     }
   };
   for (const name of ["base_model", "method", "reference", "finetune"]) set(name, spec[name]);
-  for (const input of form.querySelectorAll(".field [name]")) {
-    const [head, sub] = input.name.split(".");
-    set(input.name, sub ? spec[head]?.[sub] : spec[head]);
+  for (const name of fieldNames(form)) {
+    const [head, sub] = name.split(".");
+    const value = sub ? spec[head]?.[sub] : spec[head];
+    if (value !== undefined) writeControl(form, name, value);
+    touch(form, name);
   }
   set("name", `${spec.name} (copy)`);
   form.elements.with_cpt.checked = false;  // a clone is one job
@@ -261,11 +292,27 @@ export async function newJobPage(view, from = null) {
       fieldError("finetune")),
     el("fieldset", {}, el("legend", {}, "Data"), pickers),
     groups,
+    advancedSection(schema),
     general,
+    el("p", { class: "estimate muted", "data-estimate": "" }),
     el("button", { type: "submit", class: "primary" }, "Start training"));
+  const yaml = yamlView(form, schema, () => specFrom(form, source?.spec),
+    (spec) => {
+      applySpec(form, pickers, spec, schema, (name) => fieldRule(fieldSchema(schema, name)).fallback);
+      changed();
+    });
+  form.insertBefore(yaml, general);
   view.replaceChildren(form);
 
-  const pickDefaults = () => pickers.forEach((p) => p.pickFor(modelSelect?.value));
+  // the demo model starts on examples/demo-mol.yaml's hyperparameters, another model on the schema's defaults; a
+  // field set by hand (or by a clone, or the YAML view) keeps its value
+  const presetFor = (model) => {
+    for (const name of Object.keys(DEMO_SPEC)) {
+      if (form.elements[name]?.dataset.touched) continue;
+      writeControl(form, name, model === DEMO_MODEL ? DEMO_SPEC[name] : defaults[name]);
+    }
+  };
+  const pickDefaults = () => { pickers.forEach((p) => p.pickFor(modelSelect?.value)); presetFor(modelSelect?.value); };
   modelSelect?.addEventListener("change", pickDefaults);
   pickDefaults();
   if (source) fillFrom(form, pickers, source.spec);
@@ -275,14 +322,32 @@ export async function newJobPage(view, from = null) {
     const chosen = form.querySelector(`[name="${name}"]:checked`)?.value;
     g.hidden = not ? chosen === value : chosen !== value;
   });
-  form.addEventListener("change", showGroups);
-  showGroups();
+  const estimate = estimator(form, () => specFrom(form, source?.spec));
+  let pending = null;
+  // after any change: the parts shown, the YAML view, and (once typing pauses) the estimate
+  const changed = () => {
+    showGroups();
+    yaml.refresh();
+    clearTimeout(pending);
+    pending = setTimeout(estimate, 300);
+    form.querySelector("[data-estimate]").textContent = "Run time: estimating…";  // never the last shape's
+  };
+  form.addEventListener("input", (e) => {
+    if (e.target.name && e.target.closest(".field")) touch(form, e.target.name);
+  });
+  form.addEventListener("input", (e) => { if (e.target !== yaml.text) changed(); });
+  form.addEventListener("change", (e) => { if (e.target !== yaml.text) changed(); });
+  changed();
 
   form.addEventListener("submit", async (e) => {
     e.preventDefault();
     clearErrors(form);
-    const spec = specFrom(form, source?.spec);
     try {
+      if (yaml.edited) {
+        yaml.open = true;
+        throw new FieldProblem("yaml: the YAML view has edits not in the form: apply them, or revert them");
+      }
+      const spec = specFrom(form, source?.spec);
       const job = await api("/v1/jobs", { method: "POST", json: spec });
       if (form.elements.with_cpt.checked && spec.method !== "cpt") {
         // the baseline runs its whole budget of steps (a budget only warns there), so the two compare step for step
@@ -311,11 +376,11 @@ function specFrom(form, base = {}) {
     general_source: generalPick === SELF && method !== "domain_only" ? "self" : "corpus",  // domain_only samples none
     eval_data: data.get("eval_data") || null,
     reference: method === "mol" ? data.get("reference") : "exact" };
-  for (const input of form.querySelectorAll("fieldset:not([hidden]) .field [name]")) {
-    const raw = input.value.trim();
-    if (raw === "" && !("nullable" in input.dataset)) continue;
-    const value = raw === "" ? null : input.type === "number" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
-    const [head, sub] = input.name.split(".");
+  for (const name of fieldNames(form)) {
+    if (form.querySelector(`[name="${CSS.escape(name)}"]`).closest("[hidden]")) continue;
+    const value = readControl(form, name);
+    if (value === undefined) continue;
+    const [head, sub] = name.split(".");
     if (sub) spec[head] = { ...spec[head], [sub]: value };
     else spec[head] = value;
   }

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
+from test_new_job_form import leaf_paths
 
 from mol_engine.spec import JobSpec
 
@@ -59,6 +60,13 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     expect(page.locator("#f-lora_rank")).to_have_value("16")
     expect(page.locator("#f-lora_rank")).to_have_attribute("max", "1024")
     page.check("input[name=finetune][value=full]")
+    # the demo model starts on examples/demo-mol.yaml's numbers (minutes on a CPU), not JobSpec's 1,000 steps
+    for field, value in {"max_steps": "400", "seq_len": "128", "batch_size": "16", "eval_every": "50"}.items():
+        expect(page.locator(f"#f-{field}")).to_have_value(value)
+    # every spec field has a control: the common ones up front, the others in the Advanced section, from the schema
+    names = set(page.eval_on_selector_all("#new-job [name]", "nodes => nodes.map((n) => n.name)"))
+    assert sorted(set(leaf_paths(JobSpec.model_json_schema())) - names) == ["general_source"]  # the self option
+    expect(page.locator("[data-estimate]")).to_contain_text("no estimate yet")  # no job has run here yet
     page.screenshot(path=SHOTS / "new-job.png", full_page=True)
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": oops}\n')
@@ -152,13 +160,39 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     # the form's own defaults on the demo model are a job the server takes (with its CPT baseline)
     page.click("text=New job")
     expect(page.locator("#pick-general option:checked")).to_contain_text("demo-general.jsonl")
+    # the shape of demo-mol and its baseline (64 tokens, 8 rows): an estimate measured on them
+    page.fill("#f-seq_len", "64")
+    page.fill("#f-batch_size", "8")
+    expect(page.locator("[data-estimate]")).to_contain_text(re.compile(
+        r"about [\d.]+ (s|min) \(measured on 1 finished job like it\); its CPT baseline: about [\d.]+ (s|min)"))
+    page.fill("#f-seq_len", "128")
+    page.fill("#f-batch_size", "16")
+    # an Advanced field, and the YAML view edited and applied: the submitted spec holds both
+    page.click("details.advanced > summary")
+    page.fill("#f-weight_decay", "0.01")
+    page.click("details.yaml-view > summary")
+    view = page.locator("#spec-yaml")
+    expect(view).to_have_value(re.compile(r"\nweight_decay: 0.01\n"))  # the form's values, as a spec file
+    view.fill(view.input_value().replace("seed: 0", "seed: 7")
+              .replace("sample_prompts: null", "sample_prompts:\n  - 'What is 2 plus 2?'"))
+    page.click("text=Start training")  # refused while the YAML view holds edits the form does not
+    expect(page.locator('[data-error-for="yaml"]')).to_contain_text("apply them, or revert them")
+    page.click("[data-action=apply-yaml]")
+    expect(page.locator("#f-seed")).to_have_value("7")
+    expect(page.locator("#f-sample_prompts")).to_have_value("- What is 2 plus 2?")
+    page.screenshot(path=SHOTS / "new-job-advanced-yaml.png", full_page=True)
     page.click("text=Start training")
     expect(page.locator("tr[data-job]")).to_have_count(4)
     jobs = {j["name"]: j for j in service.client.get("/v1/jobs").json()["data"]}
     spec = service.client.get(f"/v1/jobs/{jobs['mol-job']['id']}").json()["spec"]
     assert spec["method"] == "mol" and spec["general_data"] and jobs["mol-job-cpt"]["method"] == "cpt"
+    assert (spec["weight_decay"], spec["seed"], spec["sample_prompts"]) == (0.01, 7, ["What is 2 plus 2?"])
+    assert (spec["max_steps"], spec["seq_len"], spec["batch_size"]) == (400, 128, 16)  # the demo's own numbers
     service.client.post(f"/v1/jobs/{jobs['mol-job-cpt']['id']}/cancel")  # the CPT one is not needed here
     page.get_by_role("link", name="mol-job", exact=True).click()
+    # its ETA, from its own pace once it has stepped
+    expect(page.locator("[data-eta]")).to_have_text(re.compile(r"^about [\d.]+ (s|min|h) left$"), timeout=240_000)
+    page.screenshot(path=SHOTS / "job-eta.png")
     asked = []
     page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
     page.click("button:has-text('Cancel')")  # cancelling asks first; dismissed, the job runs on

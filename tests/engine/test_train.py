@@ -41,9 +41,14 @@ def test_mol_run_logs_every_curve_from_the_base_model(make_spec, tmp_path):
     assert trains[-1]["train/general_kl"] > 0 and evals[-1]["eval/general_kl"] > 0
     assert trains[-1]["train/domain_ce"] < trains[0]["train/domain_ce"]
     assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step-3", "step-6"]
-    events = [json.loads(line)["kind"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    events = [e["kind"] for e in logged]
     assert next(e for e in events if e != "token-store") == "config" and events[-1] == "succeeded"
     assert "checkpoint" in events
+    # each evaluation and save says how long it took: the service's time estimates count them apart from steps
+    timed = [e for e in logged if e["kind"] in ("eval", "checkpoint")]
+    assert [e["kind"] for e in timed] == ["eval", "eval", "checkpoint", "eval", "checkpoint"]
+    assert all(isinstance(e["seconds"], float) and 0 <= e["seconds"] < 60 for e in timed), timed
 
 
 @pytest.mark.parametrize("packing", ["concat", "document"])

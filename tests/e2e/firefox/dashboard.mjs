@@ -30,6 +30,20 @@ try {
   await page.waitForFunction(() =>
     document.querySelector('[data-error-for="domain_data"]')?.textContent.includes("line 2: invalid JSON"));
   seen.refused_upload = await page.$eval('[data-error-for="domain_data"]', (el) => el.textContent);
+  // the Advanced section and the YAML view: a field typed in the form shows in the YAML; an edit applied comes back
+  await page.click("details.advanced > summary");
+  seen.advanced_fields = await page.$$eval("details.advanced .field", (els) => els.length);
+  await page.$eval("#f-seed", (el) => { el.value = ""; });
+  await page.type("#f-seed", "3");
+  await page.click("details.yaml-view > summary");
+  await page.waitForFunction(() => document.querySelector("#spec-yaml").value.includes("\nseed: 3\n"));
+  await page.$eval("#spec-yaml", (t) => {
+    t.value = t.value.replace("seed: 3", "seed: 4");
+    t.dispatchEvent(new Event("input", { bubbles: true }));
+  });
+  await page.click("[data-action=apply-yaml]");
+  seen.yaml_seed = await page.$eval("#f-seed", (el) => el.value);
+  await page.screenshot({ path: `${shots}/firefox-new-job.png`, fullPage: true });
 
   await page.evaluate(() => { location.hash = "#/jobs"; });
   await page.waitForSelector(`a ::-p-text(${jobName})`);
