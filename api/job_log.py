@@ -56,10 +56,3 @@ def read_log(path: Path, offset: int | None, max_bytes: int, tail_bytes: int) ->
         data = _whole_lines(data)
     return LogChunk(start, start + len(data), size, data.decode("utf-8", errors="replace"))
 
-
-def relabel(text: str, labels: dict[str, str]) -> str:
-    """``text`` with server paths and file names replaced by the owner's names (whole paths first), as the runner
-    relabels the job's events (worker/runner.py: the worker does not import this module, nor the API the worker)."""
-    for stored in sorted(labels, key=len, reverse=True):
-        text = text.replace(stored, labels[stored])
-    return text

@@ -30,6 +30,7 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import sessionmaker
 
+from api.dataset_names import relabel, stored_names
 from api.db import Dataset, Job, JobEvent, MetricPoint, init_db, make_engine, utcnow
 from api.settings import Settings
 from api.validation import available_models
@@ -160,20 +161,10 @@ def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpe
 
 
 def dataset_labels(sessions: sessionmaker, owner: str) -> dict[str, str]:
-    """Each of the owner's datasets as the server stores it (path, file name) -> as the owner knows it."""
-    labels = {}
+    """Each of the owner's datasets as the server stores it -> as the owner knows it (api.dataset_names)."""
     with sessions() as db:
-        for dataset in db.scalars(select(Dataset).where(Dataset.owner == owner)):
-            labels[dataset.path] = f"{dataset.filename} ({dataset.id})"
-            labels[Path(dataset.path).name] = dataset.filename
-    return labels
+        return stored_names(db, owner)
 
-
-def relabel(text: str, labels: dict[str, str]) -> str:
-    """``text`` with server paths and file names replaced by the owner's names (whole paths first)."""
-    for stored in sorted(labels, key=len, reverse=True):
-        text = text.replace(stored, labels[stored])
-    return text
 
 
 def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None,

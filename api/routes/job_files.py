@@ -8,14 +8,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
-from sqlalchemy import select
 
 from mol_engine.trackers import OUTPUT_DIRS
 
-from ..db import Dataset
+from ..dataset_names import relabel, stored_names
 from ..deps import DB, Owner, StreamOwner, Svc, revocation_check
 from ..disk import tree_bytes
-from ..job_log import OffsetPastEnd, read_log, relabel
+from ..job_log import OffsetPastEnd, read_log
 from ..schemas import TARBALL, JobLogOut, TrackerOut, errors
 from ..tarball import TarGzResponse
 from .jobs import owned_job
@@ -29,14 +28,6 @@ VIEW = {"tensorboard": "tensorboard --logdir {folder}", "mlflow": "mlflow ui --b
         "wandb": "wandb sync {folder}/offline-run-*"}
 
 
-def owner_labels(db, owner: str) -> dict[str, str]:
-    """Each of the owner's datasets as the server stores it (path, file name) -> as the owner knows it."""
-    labels = {}
-    for dataset in db.scalars(select(Dataset).where(Dataset.owner == owner)):
-        labels[dataset.path] = f"{dataset.filename} ({dataset.id})"
-        labels[Path(dataset.path).name] = dataset.filename
-    return labels
-
 
 @router.get("/log", response_model=JobLogOut)
 def job_log(job_id: str, owner: Owner, db: DB, svc: Svc, offset: Offset = None) -> JobLogOut:
@@ -44,7 +35,7 @@ def job_log(job_id: str, owner: Owner, db: DB, svc: Svc, offset: Offset = None) 
     worker's lines about each attempt), at most ``MOL_JOB_LOG_CHUNK_KB``; dataset paths show as the owner's file
     names. Follow it by asking again from ``next_offset``. 422 for an offset past the log's end."""
     job = owned_job(db, owner, job_id)
-    ended, labels = job.status in FINAL, owner_labels(db, owner)
+    ended, labels = job.status in FINAL, stored_names(db, owner)
     db.close()
     settings = svc.settings
     try:
