@@ -204,7 +204,7 @@ def cmd_evaluations_list(client: MolClient, args: argparse.Namespace) -> int:
 # --- webhooks -----------------------------------------------------------------------------------------------------
 
 def cmd_webhooks_create(client: MolClient, args: argparse.Namespace) -> int:
-    hook = client.request("POST", "/v1/webhooks", json={"url": args.url, "events": args.events})
+    hook = client.request("POST", "/v1/webhooks", json={"url": args.endpoint, "events": args.events})
     say("keep the secret: it signs every delivery and is never shown again")
     return emit(args, hook, f"{hook['id']}\nsecret: {hook['secret']}")
 
@@ -329,7 +329,7 @@ def add_resource_commands(commands: argparse._SubParsersAction) -> None:
     command(sub, "list", cmd_evaluations_list, "a job's task evaluations and their rows").add_argument("job")
     sub = _group(commands, "webhooks", "endpoints that receive your jobs' events")
     p = command(sub, "create", cmd_webhooks_create, "add an endpoint; prints its id and signing secret (once)")
-    p.add_argument("url")
+    p.add_argument("endpoint", metavar="URL", help="the https URL that receives the signed POSTs")  # not --url's dest
     p.add_argument("--events", type=_csv(str), help="comma-separated event types (default: all)")
     command(sub, "list", cmd_webhooks_list, "list your endpoints")
     command(sub, "delete", cmd_webhooks_delete, "delete an endpoint and its delivery log").add_argument("webhook")
