@@ -195,7 +195,7 @@ class MolClient:
         """``path`` as a dataset through the resumable uploads API: create, send each part in order, complete (the
         server checks the whole file against ``sha256`` when given); a part cut off by a dropped connection is sent
         again once. Returns the Dataset: the owner's stored one when the server had the same file and purpose
-        already (then ``existing`` is its id, else None)."""
+        already (then ``self.existing`` is its id, else None)."""
         size = path.stat().st_size
         count = max(1, math.ceil(size / part_bytes))
         upload = self.request("POST", "/v1/uploads", json={"filename": path.name, "purpose": purpose, "bytes": size})

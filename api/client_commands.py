@@ -56,8 +56,13 @@ def cmd_datasets_delete(client: MolClient, args: argparse.Namespace) -> int:
 
 # --- models and checkpoints ---------------------------------------------------------------------------------------
 
+def model_kind(model: dict[str, Any]) -> str:
+    """``base`` or ``checkpoint`` (``JOB:step-N``), from the listed kind, else from the id's form."""
+    return model.get("kind") or ("checkpoint" if ":" in model["id"] else "base")
+
+
 def models_table(models: list[dict[str, Any]]) -> str:
-    return table(("ID", "KIND", "TYPE"), [(m["id"], m.get("kind") or "base", m.get("model_type")) for m in models])
+    return table(("ID", "KIND", "TYPE"), [(m["id"], model_kind(m), m.get("model_type")) for m in models])
 
 
 def cmd_models_list(client: MolClient, args: argparse.Namespace) -> int:
