@@ -1,5 +1,6 @@
 """``mol client``: the REST API from a terminal, as the OpenAI and Together CLIs are (upload, submit, follow, list,
-cancel, download).
+cancel, download here; datasets, models, checkpoints, sweeps, interpolations, evaluations, webhooks and completions
+in api/client_commands.py). ``--json`` prints the API's answers for scripts.
 
 Only httpx, PyYAML and the standard library: nothing of the server is imported, so the client runs on a laptop
 against a remote MoL Studio. ``MOL_API_URL`` (default http://127.0.0.1:8000) and ``MOL_TOKEN`` name the server and
@@ -10,6 +11,7 @@ that cannot be reached prints why and exits 1; never a traceback.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -30,7 +32,8 @@ PART_BYTES = 8 * 2**20  # the dashboard's part size (docs/api.md: 8 to 64 MiB wo
 CHUNK_BYTES = 1 << 16
 FOLLOW_RETRIES = 5  # reconnections in a row before `follow` gives up on a dropped stream
 FOLLOW_SILENCE_S = 60.0  # a stream silent this long (the server pings every 15 s) is dead: reconnect
-PURPOSES = ("domain", "general", "eval", "task")  # task: a task file for POST /v1/jobs/{id}/evaluations
+PURPOSES = ("domain", "general", "eval", "prompts", "task")  # prompts: sample_prompts; task: lm-eval tasks
+EXISTING_HEADER = "Mol-Existing-Dataset"  # api/dataset_store.py's: an upload answered with a dataset stored before
 FORMATS = {"full": "merged", "merged": "merged", "adapter": "adapter"}  # the CLI's word -> the API's ?format=
 
 
@@ -147,6 +150,15 @@ def filename_of(response: httpx.Response, fallback: str) -> str:
     return Path(found.group(1)).name if found else fallback
 
 
+def file_sha256(path: Path) -> str:
+    """The hex sha256 of the file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def retry_once(call: Callable[[], Any]) -> Any:
     """``call()``, and once more after a dropped connection: for requests a repeat cannot double (a part sent to
     the same index, a job submitted with the same Idempotency-Key)."""
@@ -163,6 +175,7 @@ class MolClient:
                  transport: httpx.BaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+        self.existing: str | None = None  # the last upload's dataset when the server had the same file stored
 
     def close(self) -> None:
         self.http.close()
@@ -178,9 +191,11 @@ class MolClient:
         return response.json() if response.content else None
 
     def upload(self, path: Path, purpose: str, progress: Callable[[int], None] = lambda _n: None,
-               part_bytes: int = PART_BYTES) -> dict[str, Any]:
-        """``path`` as a dataset through the resumable uploads API: create, send each part in order, complete; a
-        part cut off by a dropped connection is sent again once. Returns the Dataset."""
+               part_bytes: int = PART_BYTES, sha256: str | None = None) -> dict[str, Any]:
+        """``path`` as a dataset through the resumable uploads API: create, send each part in order, complete (the
+        server checks the whole file against ``sha256`` when given); a part cut off by a dropped connection is sent
+        again once. Returns the Dataset: the owner's stored one when the server had the same file and purpose
+        already (then ``self.existing`` is its id, else None)."""
         size = path.stat().st_size
         count = max(1, math.ceil(size / part_bytes))
         upload = self.request("POST", "/v1/uploads", json={"filename": path.name, "purpose": purpose, "bytes": size})
@@ -188,7 +203,26 @@ class MolClient:
             for index in range(count):
                 handle.seek(index * part_bytes)
                 self._put_part(upload["id"], index, handle.read(part_bytes), progress)
-        return self.request("POST", f"/v1/uploads/{upload['id']}/complete", json={"part_count": count})
+        body = {"part_count": count} | ({"sha256": sha256} if sha256 else {})
+        response = checked(self.http.post(f"/v1/uploads/{upload['id']}/complete", json=body))
+        self.existing = response.headers.get(EXISTING_HEADER)
+        return response.json()
+
+    def datasets(self) -> list[dict[str, Any]]:
+        """The owner's datasets, newest first."""
+        return self.request("GET", "/v1/datasets")
+
+    def stored_copy(self, path: Path, purpose: str) -> tuple[dict[str, Any] | None, str]:
+        """(the owner's dataset of ``purpose`` holding the same bytes as ``path``, or None; the file's sha256)."""
+        digest = file_sha256(path)
+        same = [d for d in self.datasets() if d["sha256"] == digest and d["purpose"] == purpose]
+        return (same[0] if same else None), digest
+
+    def models(self, checkpoints: bool = False) -> list[dict[str, Any]]:
+        """GET /v1/models as a list, whichever shape the server answers: a bare list, or OpenAI's list object
+        (``{"object": "list", "data": [...]}``)."""
+        listed = self.request("GET", "/v1/models", params={"include": "checkpoints"} if checkpoints else None)
+        return listed["data"] if isinstance(listed, dict) else listed
 
     def _put_part(self, upload_id: str, index: int, part: bytes, progress: Callable[[int], None]) -> None:
         """One part, sent in chunks that each advance ``progress``; a dropped connection sends it once more (the
@@ -302,48 +336,79 @@ def format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    """``rows`` under ``header`` as aligned text columns (None shown as -, floats to 4 significant digits)."""
+    cells = [header, *[tuple("-" if c is None else format_value(c) for c in row) for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> str:
     """Jobs as an aligned text table, newest first as the API lists them."""
-    header = ("ID", "NAME", "STATUS", "METHOD", "STEP", "CREATED")
-    rows = [(j["id"], j["name"], j["status"], j.get("method") or "-", f"{j['step']}/{j['max_steps']}",
-             j["created_at"]) for j in jobs]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in [header, *rows])
+    return table(("ID", "NAME", "STATUS", "METHOD", "STEP", "CREATED"),
+                 [(j["id"], j["name"], j["status"], j.get("method") or "-", f"{j['step']}/{j['max_steps']}",
+                   j["created_at"]) for j in jobs])
+
+
+def emit(args: argparse.Namespace, answer: Any, text: str | Callable[[], str]) -> int:
+    """Prints the API's ``answer`` as JSON with ``--json`` (for scripts), else ``text``; returns 0."""
+    print(json.dumps(answer, indent=2) if getattr(args, "json", False) else (text if isinstance(text, str) else
+                                                                             text()))
+    return 0
+
+
+def say(message: str) -> None:
+    """A note for the person at the terminal, on stderr (stdout stays the answer, for scripts)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def upload_file(client: MolClient, path: Path, purpose: str) -> dict[str, Any]:
+    """The owner's dataset of ``path``'s bytes and ``purpose``: the stored one when the same file (by sha256) is there
+    already, with nothing sent; else the file uploaded, with a progress bar on stderr."""
+    stored, digest = client.stored_copy(path, purpose)
+    if stored is not None:
+        say(f"{path.name}: the same file (sha256 {digest[:12]}…) is your dataset {stored['id']} already; not sent")
+        return stored
+    bar = Progress(f"upload {path.name}", path.stat().st_size)
+    dataset = client.upload(path, purpose, bar.advance, sha256=digest)
+    bar.done()
+    if client.existing:
+        say(f"{path.name}: the server had the same file stored as {client.existing}")
+    return dataset
 
 
 def cmd_upload(client: MolClient, args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    bar = Progress(f"upload {path.name}", path.stat().st_size)
-    dataset = client.upload(path, args.purpose, bar.advance)
-    bar.done()
-    print(dataset["id"])
-    return 0
+    dataset = upload_file(client, Path(args.file), args.purpose)
+    return emit(args, dataset, dataset["id"])
 
 
 def cmd_submit(client: MolClient, args: argparse.Namespace) -> int:
-    print(client.submit(load_spec(Path(args.spec)))["id"])
-    return 0
+    from .client_refs import resolve_spec
+
+    path = Path(args.spec)
+    job = client.submit(resolve_spec(client, load_spec(path), path.parent))
+    return emit(args, job, job["id"])
 
 
 def cmd_follow(client: MolClient, args: argparse.Namespace) -> int:
     status = None
     for message in client.follow(args.job):
-        print(event_line(message), flush=True)
+        line = json.dumps({"event": message.event, "id": message.id, "data": message.data})
+        print(line if args.json else event_line(message), flush=True)
         if message.event == "end":
             status = (message.data or {}).get("status")
     return 0 if status == "succeeded" else 1
 
 
 def cmd_list(client: MolClient, args: argparse.Namespace) -> int:
-    print(jobs_table(client.list_jobs(args.limit)))
-    return 0
+    jobs = client.list_jobs(args.limit)
+    return emit(args, jobs, lambda: jobs_table(jobs))
 
 
 def cmd_cancel(client: MolClient, args: argparse.Namespace) -> int:
     job = client.cancel(args.job)
-    print(f"{job['id']} {job['status']}" + (" (stops at its next step)" if job["status"] == "running" else ""))
-    return 0
+    return emit(args, job, f"{job['id']} {job['status']}" + (" (stops at its next step)"
+                                                             if job["status"] == "running" else ""))
 
 
 def cmd_download(client: MolClient, args: argparse.Namespace) -> int:
@@ -357,8 +422,7 @@ def cmd_download(client: MolClient, args: argparse.Namespace) -> int:
                            progress_for)
     for bar in bars:
         bar.done()
-    print(path)
-    return 0
+    return emit(args, {"path": str(path), "bytes": path.stat().st_size}, str(path))
 
 
 def run_command(args: argparse.Namespace) -> int:
@@ -382,40 +446,54 @@ def run_command(args: argparse.Namespace) -> int:
         client.close()
 
 
+JSON_FLAG = argparse.ArgumentParser(add_help=False)  # --json after a command too (default: the group's)
+JSON_FLAG.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                       help="print the API's JSON answer instead of text, for scripts")
+
+
+def command(commands: argparse._SubParsersAction, name: str, run: Callable[[MolClient, argparse.Namespace], int],
+            help: str) -> argparse.ArgumentParser:
+    """A ``mol client`` command ``name`` that runs ``run(client, args)`` and takes ``--json``."""
+    parser = commands.add_parser(name, help=help, description=help, parents=[JSON_FLAG])
+    parser.set_defaults(client_func=run)
+    return parser
+
+
 def add_client_parser(sub: argparse._SubParsersAction) -> None:
     """The ``client`` command group under the ``mol`` parser's subcommands."""
+    from .client_commands import add_resource_commands  # they build on this module's client and helpers
+
     group = sub.add_parser("client", help="use a MoL Studio API from the terminal (MOL_API_URL, MOL_TOKEN): upload, "
-                                          "submit, follow, list, cancel, download")
+                                          "submit, follow, list, cancel, download, datasets, models, checkpoints, "
+                                          "sweeps, interpolations, evaluations, webhooks, complete, chat")
     group.add_argument("--url", default=os.environ.get("MOL_API_URL", DEFAULT_URL),
                        help="the API's base URL (default: MOL_API_URL, else %(default)s)")
     group.add_argument("--token", default=os.environ.get("MOL_TOKEN"), help="bearer token (default: MOL_TOKEN)")
+    group.add_argument("--json", action="store_true", help="print the API's JSON answers instead of text")
     group.set_defaults(func=run_command)
     commands = group.add_subparsers(dest="client_command", required=True)
-    p = commands.add_parser("upload", help="upload a JSONL/Parquet/text file in parts (progress on stderr); "
-                                           "prints the dataset id")
+    p = command(commands, "upload", cmd_upload, "upload a JSONL/Parquet/text file in parts (progress on stderr; a "
+                "file you stored before, by sha256, is not sent again); prints the dataset id")
     p.add_argument("file")
     p.add_argument("--purpose", choices=PURPOSES, required=True)
-    p.set_defaults(client_func=cmd_upload)
-    p = commands.add_parser("submit", help="submit a job spec file (YAML or JSON); prints the job id")
+    p = command(commands, "submit", cmd_submit, "submit a job spec file (YAML or JSON); its datasets may be ids, "
+                "local files (uploaded unless stored), names of your datasets, or demo; prints the job id")
     p.add_argument("spec")
-    p.set_defaults(client_func=cmd_submit)
-    p = commands.add_parser("follow", help="print a job's events and metrics live, one line each, until it ends "
-                                           "(exit 0 if it succeeded)")
+    p = command(commands, "follow", cmd_follow, "print a job's events and metrics live, one line each, until it "
+                "ends (exit 0 if it succeeded); --json: one JSON object a line")
     p.add_argument("job")
-    p.set_defaults(client_func=cmd_follow)
-    p = commands.add_parser("list", help="list your jobs, newest first")
+    p = command(commands, "list", cmd_list, "list your jobs, newest first")
     p.add_argument("--limit", type=int, default=50)
-    p.set_defaults(client_func=cmd_list)
-    p = commands.add_parser("cancel", help="cancel a job")
+    p = command(commands, "cancel", cmd_cancel, "cancel a job")
     p.add_argument("job")
-    p.set_defaults(client_func=cmd_cancel)
-    p = commands.add_parser("download", help="download a checkpoint as .tar.gz (progress on stderr); prints its path")
+    p = command(commands, "download", cmd_download, "download a checkpoint as .tar.gz (progress on stderr); prints "
+                "its path")
     p.add_argument("job")
     p.add_argument("checkpoint", metavar="STEP|best", help="step-N, N, or best")
     p.add_argument("--format", choices=tuple(FORMATS), default="full",
                    help="full (the whole model; a LoRA job's merged into its base, the same as merged) or adapter")
     p.add_argument("-o", "--output", help="file or directory to write (default: the server's file name here)")
-    p.set_defaults(client_func=cmd_download)
+    add_resource_commands(commands)
 
 
 def main(argv: list[str] | None = None) -> int:

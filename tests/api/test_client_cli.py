@@ -192,8 +192,11 @@ def test_progress_writes_one_final_line_when_not_on_a_terminal():
 
 
 def test_the_client_imports_nothing_of_the_server_or_the_engine():
-    loaded = subprocess.run([sys.executable, "-c", "import sys, api.client; print(' '.join(sys.modules))"],
-                            capture_output=True, text=True, check=True).stdout.split()
+    code = ("import argparse, sys, api.client, api.client_refs\n"  # with every command registered
+            "api.client.add_client_parser(argparse.ArgumentParser().add_subparsers())\nprint(' '.join(sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "httpx" in loaded and not [m for m in loaded if m.split(".")[0] in ("torch", "transformers", "fastapi",
                                                                                "sqlalchemy", "mol_engine")]
-    assert not [m for m in loaded if m.startswith("api.") and m != "api.client"]
+    assert "api.client_commands" in loaded
+    assert not [m for m in loaded if m.startswith("api.") and m not in ("api.client", "api.client_commands",
+                                                                        "api.client_refs")]

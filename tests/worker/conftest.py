@@ -15,20 +15,26 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.cli import worker_command, worker_env
 from api.settings import Settings
+from tests.redis_db import claim_redis_db
 
-REDIS_DB = int(os.environ.get("MOL_TEST_REDIS_DB", "11"))  # another number keeps concurrent runs apart
 TOKEN = "tok-worker-tests"
 
 
+@pytest.fixture(scope="session")
+def redis_db() -> int:
+    """This run's own Redis database (tests/redis_db.py: MOL_TEST_REDIS_DB, else a free one claimed by a lock)."""
+    return claim_redis_db()
+
+
 @pytest.fixture
-def service_env(tmp_path, tiny_model_dir) -> dict[str, str]:
-    client = redis.Redis(host="127.0.0.1", port=6379, db=REDIS_DB)
+def service_env(tmp_path, tiny_model_dir, redis_db) -> dict[str, str]:
+    client = redis.Redis(host="127.0.0.1", port=6379, db=redis_db)
     client.ping()  # fails loudly when Redis is not running: .ci/run starts it
     client.flushdb()
     models = tmp_path / "models"
     models.mkdir()
     (models / "tiny").symlink_to(tiny_model_dir)
-    return {"MOL_HOME": str(tmp_path / "home"), "MOL_BROKER_URL": f"redis://127.0.0.1:6379/{REDIS_DB}",
+    return {"MOL_HOME": str(tmp_path / "home"), "MOL_BROKER_URL": f"redis://127.0.0.1:6379/{redis_db}",
             "MOL_MODELS_DIR": str(models), "MOL_DEMO_MODEL": "false", "MOL_TOKENS": f"tester:{TOKEN}",
             "MOL_STREAM_POLL_S": "0.05", "MOL_CANCEL_GRACE_S": "5", "MOL_HEARTBEAT_S": "1"}
 
