@@ -166,10 +166,12 @@ export function interpolationGroups(evals, interpolations) {
   return [training, ...alongAlpha];
 }
 
-export function interpolationSection(jobId) {
-  const checkpoint = el("input", { name: "checkpoint", value: "best", size: 8 });
-  const alphas = el("input", { name: "alphas", value: "0,0.25,0.5,0.75,1", size: 20 });
+// ``queued(task)`` is told of each request the Evaluate button made (the side task POST answered).
+export function interpolationSection(jobId, queued = () => {}) {
+  const checkpoint = el("input", { name: "checkpoint", value: "best", size: 8, style: "width:auto" });
+  const alphas = el("input", { name: "alphas", value: "0,0.25,0.5,0.75,1", size: 20, style: "width:auto" });
   const note = el("span", { class: "muted" });
+  const pending = el("span", { class: "muted", "data-pending": "interpolation" });
   const plot = el("div", { class: "charts" });
   const refresh = async () => {
     const [evals, interpolations] = await Promise.all([api(`/v1/jobs/${jobId}/metrics`),
@@ -187,16 +189,74 @@ export function interpolationSection(jobId) {
     run.disabled = true;
     try {
       const body = { checkpoint: checkpoint.value.trim(), alphas: alphas.value.split(",").map(Number) };
-      const queued = await api(`/v1/jobs/${jobId}/interpolations`, { method: "POST", json: body });
-      note.textContent = `${queued.status}: ${queued.checkpoint} at α = ${queued.alphas.join(", ")}`;
+      const asked = await api(`/v1/jobs/${jobId}/interpolations`, { method: "POST", json: body });
+      note.textContent = asked.status === "done" ? `done already: ${asked.checkpoint} at α = ${asked.alphas.join(", ")}`
+        : "";
+      queued({ ...asked, kind: "interpolation" });
     } catch (err) { note.textContent = err.message; }
     run.disabled = false;
   } }, "Evaluate");
   const node = el("section", { class: "card interpolation" }, el("h2", {}, "Weight interpolation"),
     el("p", { class: "muted" }, "The models (1−α)·base + α·checkpoint (LoRA: the adapter scaled by α), evaluated on a "
       + "worker: a point left of the training curve at the same height forgets less for the same gain."),
-    el("p", {}, "Checkpoint ", checkpoint, " α ", alphas, " ", run, " ", note), plot);
-  return { node, refresh };
+    el("p", {}, "Checkpoint ", checkpoint, " α ", alphas, " ", run, " ", note, " ", pending), plot);
+  return { node, refresh, pending, kind: "interpolation" };
+}
+
+// How often the page asks GET /v1/jobs/{id}/side-tasks: often while one of the job's side tasks is pending, now and
+// then otherwise (a request made from another client or tab).
+export const SIDE_TASK_POLL_MS = { pending: 2000, idle: 10000 };
+
+// "1 running, 2 queued on a worker: the results appear here": the pending side tasks of one kind; "" when none.
+export function pendingNote(pending, kind) {
+  const mine = pending.filter((t) => t.kind === kind);
+  const running = mine.filter((t) => t.status === "running").length;
+  const parts = [running && `${running} running`, mine.length - running && `${mine.length - running} queued`];
+  return mine.length ? `${parts.filter(Boolean).join(", ")} on a worker: the result${mine.length > 1 ? "s" : ""} `
+    + "will appear here" : "";
+}
+
+// The kinds of the side tasks in `before` (id -> kind) that `now` (the pending list) no longer holds: they ended,
+// their results are in.
+export function endedKinds(before, now) {
+  const still = new Set(now.map((t) => t.id));
+  return new Set([...before].filter(([id]) => !still.has(id)).map(([, kind]) => kind));
+}
+
+// Results of side tasks land after a job may have ended, when its event stream is closed: while any of the job's
+// is pending the page reads GET .../side-tasks every SIDE_TASK_POLL_MS.pending, and refreshes the section of each
+// kind that ended. `expect(task)` adds one just asked for (and polls at once); `stop()` ends it.
+export function watchSideTasks(jobId, sections) {
+  let known = new Map();  // id -> kind of the pending side tasks last seen
+  let timer = null;
+  let polling = false;
+  let stopped = false;
+  let asked = 0;  // requests made here: an answer read before the latest one is stale
+  const poll = async () => {
+    clearTimeout(timer);
+    if (polling || stopped) return;
+    polling = true;
+    const before = asked;
+    let pending = null;
+    try { pending = await api(`/v1/jobs/${jobId}/side-tasks`); } catch { /* the next poll tries again */ }
+    polling = false;
+    if (stopped) return;
+    if (before !== asked) { poll(); return; }
+    if (pending) {
+      const ended = endedKinds(known, pending);
+      known = new Map(pending.map((t) => [t.id, t.kind]));
+      for (const s of sections) {
+        s.pending.textContent = pendingNote(pending, s.kind);
+        if (ended.has(s.kind)) s.refresh().catch(() => {});
+      }
+    }
+    timer = setTimeout(poll, known.size ? SIDE_TASK_POLL_MS.pending : SIDE_TASK_POLL_MS.idle);
+  };
+  poll();
+  return {
+    expect: (task) => { asked += 1; if (task.status !== "done") known.set(task.id, task.kind); poll(); },
+    stop: () => { stopped = true; clearTimeout(timer); },
+  };
 }
 
 export async function jobPage(view, jobId) {
@@ -208,8 +268,9 @@ export async function jobPage(view, jobId) {
   const ckpts = el("div");
   const samples = samplesSection();
   const drift = driftSection();
-  const interpolation = interpolationSection(jobId);
-  const taskEvals = taskEvaluationSection(jobId);
+  let sideTasks = null;  // watches the side tasks asked for below (made once the sections are)
+  const interpolation = interpolationSection(jobId, (task) => sideTasks?.expect(task));
+  const taskEvals = taskEvaluationSection(jobId, (task) => sideTasks?.expect(task));
   view.replaceChildren(el("section", { class: "card" }, header, dataBox),
     el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node, drift.node,
     interpolation.node, taskEvals.node, el("div", { class: "two" },
@@ -253,6 +314,7 @@ export async function jobPage(view, jobId) {
   };
   await refresh();
   taskEvals.refresh().catch(() => {});  // its task datasets and earlier results; events refresh it after
+  sideTasks = watchSideTasks(jobId, [interpolation, taskEvals]);  // results that land after the stream has closed
 
   const source = new EventSource(`/v1/jobs/${jobId}/events`);
   let lastCheckpoints = 0;
@@ -283,6 +345,6 @@ export async function jobPage(view, jobId) {
     if (lastCheckpoints !== seen) { seen = lastCheckpoints; refresh(); }
   }, 500);
   const status = setInterval(() => { if (!FINAL.includes(job.status)) refresh(); }, 3000);
-  return () => { source.close(); clearInterval(timer); clearInterval(status); };
+  return () => { source.close(); clearInterval(timer); clearInterval(status); sideTasks.stop(); };
 }
 
