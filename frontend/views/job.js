@@ -65,15 +65,39 @@ function diskUsed(job, checkpoints) {
     `${byteSize(job.disk_bytes)} on disk, ${n} checkpoint${n === 1 ? "" : "s"}`);
 }
 
-// Building a token store is the long first part of a job on a big corpus: tokens done, rate, share and ETA.
-function storeProgress(box, ev) {
+// The events that say what a job is doing before its first step: preparing its data (token stores, self-sampled
+// general text), the base's cached top-k, then the model and data ready (config), or a resume.
+const PHASE_KINDS = ["token-store", "self-sample", "reference-cache", "config", "resumed"];
+
+// The line under a job's title, {phase, text, fraction?}: the latest preparation event while there is no step yet
+// (a token store being built with its share done), the training step once steps run; null once the job has
+// ended (its badge and step say it). `ev` is the latest event of PHASE_KINDS, if any.
+export function phaseLine(job, ev) {
+  if (FINAL.includes(job.status)) return null;
+  if (job.status === "queued") return { phase: "queued", text: "Waiting for a worker to take the job." };
+  if (job.step > 0) {
+    return { phase: "training", text: `Training: step ${job.step} of ${job.max_steps} `
+      + `(${Math.floor((100 * job.step) / job.max_steps)}%).` };
+  }
+  if (!ev) return { phase: "starting", text: "Starting: loading the model and reading the data." };
   const d = ev.data || {};
-  if (d.done || d.fraction === undefined) {
-    box.replaceChildren(el("p", { class: "muted", "data-store": "ready" }, ev.message));
+  if ((ev.kind === "token-store" || ev.kind === "self-sample") && !d.done && d.fraction !== undefined) {
+    return { phase: "building", text: ev.message, fraction: d.fraction };
+  }
+  if (ev.kind === "config" || ev.kind === "resumed") {
+    return { phase: "starting", text: "Starting: the model and data are ready, the first training step comes next." };
+  }
+  return { phase: "preparing", text: ev.message };
+}
+
+// Shows phaseLine's line in `box`, with a progress bar while a store is built.
+function showPhase(box, line) {
+  if (!line) {
+    box.replaceChildren();
     return;
   }
-  box.replaceChildren(el("p", { "data-store": "building" }, ev.message),
-    el("progress", { max: 1, value: d.fraction, title: `${(100 * d.fraction).toFixed(1)}%` }));
+  box.replaceChildren(el("p", { class: "muted", "data-phase": line.phase }, line.text), line.fraction === undefined
+    ? "" : el("progress", { max: 1, value: line.fraction, title: `${(100 * line.fraction).toFixed(1)}%` }));
 }
 
 // A select over the steps that brought one kind of event (`data-steps` names it), the newest followed until the
@@ -306,11 +330,15 @@ export async function jobPage(view, jobId) {
         `Stopped at step ${job.step}: the KL to the base crossed the forgetting budget (${job.spec.max_general_kl}).`));
     }
   };
+  let phaseEvent = null;  // the latest of PHASE_KINDS
   const refresh = async () => {
     job = await api(`/v1/jobs/${jobId}`);
     drawHeader();
+    showPhase(dataBox, phaseLine(job, phaseEvent));
     const checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
-    ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints));
+    ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints),
+      checkpoints.length ? el("p", {}, el("a", { class: "button", href: `#/playground?job=${encodeURIComponent(jobId)}`,
+        "data-action": "playground" }, "Try in playground")) : "");
   };
   await refresh();
   taskEvals.refresh().catch(() => {});  // its task datasets and earlier results; events refresh it after
@@ -330,7 +358,7 @@ export async function jobPage(view, jobId) {
     log.prepend(el("li", { "data-kind": ev.kind },
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
     if (ev.kind === "checkpoint" || ev.kind === "interrupted" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
-    if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
+    if (PHASE_KINDS.includes(ev.kind)) { phaseEvent = ev; showPhase(dataBox, phaseLine(job, ev)); }
     if (ev.kind === "samples") samples.add(ev);
     if (ev.kind === "drift") drift.add(ev);
     if (ev.kind === "interpolation") interpolation.refresh();

@@ -3,6 +3,7 @@
 // judge of a spec, and each line of its 422 lands next to the field it names.
 import { api, upload } from "../api.js";
 import { byteSize, el } from "../dom.js";
+import { noModelNote } from "./no_model.js";
 
 const SELF = "self";  // the general picker's value for general_source: self (text sampled from the base model)
 const DEMO_MODEL = "demo";
@@ -245,7 +246,7 @@ export async function newJobPage(view, from = null) {
     el("h1", {}, "New job"),
     el("fieldset", {}, el("legend", {}, "Model and method"),
       el("label", { for: "base_model" }, "Base model"),
-      modelSelect ?? el("p", { class: "error" }, "No base model on this server: put model directories under MOL_MODELS_DIR."),
+      modelSelect ?? noModelNote(),
       fieldError("base_model"),
       radios("method", [["mol", "MoL: CE on domain, KL to the base on general"],
         ["cpt", "CPT baseline: CE on everything"], ["domain_only", "Domain only"]], defaults.method),
