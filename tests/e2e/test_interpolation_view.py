@@ -62,6 +62,27 @@ def test_the_job_page_draws_the_interpolation_beside_the_training_trade_off(live
     page.locator("section.interpolation").screenshot(path=SHOTS / "job-interpolation.png")
 
 
+SIDE_TASK_RULES = """
+const { pendingNote, endedKinds } = await import(`${process.argv[1]}/views/side_tasks.js`);
+const pending = [{ id: "a", kind: "interpolation", status: "running" }, { id: "b", kind: "interpolation",
+  status: "queued" }, { id: "c", kind: "task-evaluation", status: "queued" }];
+const before = new Map([["a", "interpolation"], ["b", "interpolation"], ["c", "task-evaluation"]]);
+console.log(JSON.stringify({ notes: [pendingNote(pending, "interpolation"), pendingNote(pending, "task-evaluation"),
+  pendingNote([], "interpolation")], ended: [...endedKinds(before, pending.slice(0, 1))],
+  none: [...endedKinds(before, pending)] }));
+"""
+
+
+def test_pending_side_tasks_are_told_and_an_ended_one_refreshes_its_kind():
+    run = subprocess.run(["node", "--input-type=module", "-e", SIDE_TASK_RULES, str(FRONTEND)], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["notes"] == ["1 running, 1 queued on a worker: the results will appear here",
+                             "1 queued on a worker: the result will appear here", ""]
+    assert sorted(seen["ended"]) == ["interpolation", "task-evaluation"] and seen["none"] == []
+
+
 def test_results_that_land_after_the_job_ended_show_without_a_reload(live_api, page):  # noqa: F811
     """The job's stream is closed once it has ended: the page reads its pending side tasks instead, shows them as
     queued, then running, and draws each result within seconds of its landing."""
