@@ -276,10 +276,12 @@ export async function jobPage(view, jobId) {
     }
   };
   let phaseEvent = null;  // the latest of PHASE_KINDS
+  let trained = 0;  // the latest training step the metric stream brought: ahead of `job`, read every 3 s
+  const drawPhase = () => showPhase(dataBox, phaseLine({ ...job, step: Math.max(job.step, trained) }, phaseEvent));
   const refresh = async () => {
     job = await api(`/v1/jobs/${jobId}`);
     drawHeader();
-    showPhase(dataBox, phaseLine(job, phaseEvent));
+    drawPhase();
     const checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
     ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints),
       checkpoints.length ? el("p", {}, el("a", { class: "button", href: `#/playground?job=${encodeURIComponent(jobId)}`,
@@ -293,6 +295,7 @@ export async function jobPage(view, jobId) {
   let lastCheckpoints = 0;
   source.addEventListener("metric", (e) => {
     const point = JSON.parse(e.data);
+    if (point.step > trained && "train/lr" in point) { trained = point.step; drawPhase(); }
     for (const [chart, names] of set) {
       if (names.some((n) => n in point)) chart.push(point.step, names.map((n) => point[n]));
     }
@@ -303,7 +306,7 @@ export async function jobPage(view, jobId) {
     log.prepend(el("li", { "data-kind": ev.kind },
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
     if (ev.kind === "checkpoint" || ev.kind === "interrupted" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
-    if (PHASE_KINDS.includes(ev.kind)) { phaseEvent = ev; showPhase(dataBox, phaseLine(job, ev)); }
+    if (PHASE_KINDS.includes(ev.kind)) { phaseEvent = ev; drawPhase(); }
     if (ev.kind === "samples") samples.add(ev);
     if (ev.kind === "drift") drift.add(ev);
     if (ev.kind === "interpolation") interpolation.refresh();

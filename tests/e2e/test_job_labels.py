@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from test_dashboard import FRONTEND, SHOTS, page  # noqa: F401  (page: the Chromium fixture)
 from test_sweep_view import live_api  # noqa: F401  (the live API fixture)
 
-from api.db import Job, JobEvent
+from api.db import Job, JobEvent, MetricPoint
 
 RULES = """
 globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [a, b] } };
@@ -88,6 +88,9 @@ def test_the_job_subtitle_follows_the_run_instead_of_keeping_the_token_store_lin
         db.get(Job, job_id).step = 50
     expect(line).to_have_text("Training: step 50 of 200 (25%).", timeout=10_000)  # the job is read every 3 s
     expect(page.locator(".store-progress")).not_to_contain_text("token store")
+    with app.state.services.sessions.begin() as db:  # a training step's metrics: the line follows the stream
+        db.add(MetricPoint(job_id=job_id, step=60, values={"train/lr": 1e-3, "train/domain_ce": 2.0}))
+    expect(line).to_have_text("Training: step 60 of 200 (30%).")
     page.locator("section.card").first.screenshot(path=SHOTS / "job-phase-training.png")
     with app.state.services.sessions.begin() as db:
         db.get(Job, job_id).status = "succeeded"
