@@ -30,6 +30,7 @@ from .routes import (
     jobs,
     misc,
     session,
+    side_tasks,
     sweeps,
     uploads,
     webhooks,
@@ -91,7 +92,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, evaluations,
-                   completions, webhooks, workers, job_files, estimates):
+                   side_tasks, completions, webhooks, workers, job_files, estimates):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

@@ -202,6 +202,9 @@ class ModelOut(BaseModel):
     id: str  # the name a job spec's base_model takes; the server's path stays private
     model_type: str | None = None
     kind: str = "base"  # or "checkpoint" (``<job_id>:step-N``, listed with ?include=checkpoints): completions only
+    job_name: str | None = None  # a checkpoint's: the name of its job, which people know it by
+    checkpoint: str | None = None  # a checkpoint's name in its job: ``best`` or ``step-N``
+    step: int | None = None  # a checkpoint's step (``best``'s: the step it names)
 
 
 class DemoOut(BaseModel):

@@ -78,3 +78,11 @@ def withdraw_side_task(sessions: sessionmaker, task_id: str) -> bool:
     """Delete a side task the broker could not be given; False if a worker has already started it."""
     with sessions.begin() as db:
         return db.execute(delete(SideTask).where(SideTask.id == task_id, SideTask.status == "queued")).rowcount == 1
+
+
+def pending_side_tasks(db: Session, job_id: str, expiry: timedelta) -> list[SideTask]:
+    """The job's side tasks still queued or running, oldest first; one pending for longer than ``expiry`` is taken
+    for lost and left out. At most the owner's cap (``MOL_SIDE_TASKS_PER_OWNER``) of them, as requests keep it."""
+    return list(db.scalars(select(SideTask).where(SideTask.job_id == job_id, SideTask.status.in_(PENDING),
+                                                  SideTask.created_at >= utcnow() - expiry)
+                           .order_by(SideTask.created_at)))

@@ -155,8 +155,50 @@ export function niceTicks(lo, hi, count = 5) {
   return { ticks, lo: ticks[0], hi: ticks[ticks.length - 1], decimals };
 }
 
-// A scatter of points per group ({x, y, label}), joined in order, on round axes with a zero line, each point
-// labelled (its step); it fills its card's width and redraws when the card is resized.
+// The span an axis shows for `values`: theirs, widened by `margin` of it on each side (a lone value, or equal ones,
+// by a tenth of itself), so the points fill the plot without sitting on its frame; null for no values.
+export function dataSpan(values, margin = 0.08) {
+  const finite = values.filter(Number.isFinite);
+  if (!finite.length) return null;
+  const lo = Math.min(...finite);
+  const hi = Math.max(...finite);
+  const pad = hi > lo ? (hi - lo) * margin : Math.abs(lo) * 0.1 || 0.1;
+  return [lo - pad, hi + pad];
+}
+
+// An axis over `span` ([lo, hi]) exactly, with the round ticks that fall inside it and the decimals that print them.
+export function fittedAxis([lo, hi]) {
+  const { ticks, decimals } = niceTicks(lo, hi);
+  return { lo, hi, decimals, ticks: ticks.filter((v) => v >= lo - 1e-12 && v <= hi + 1e-12) };
+}
+
+const overlaps = (a, b) => a.l < b.r && b.l < a.r && a.t < b.b && b.t < a.b;
+
+// Where each point's label goes, in pixels: for each item {x, y, w, h} (the point, its label's size) the box
+// {l, t, r, b} of the first spot around its point (right, left, above, below) that stays inside `area` and
+// overlaps no label placed before it and no point's marker (of `radius`); null when no spot is free: that label
+// is left out (the chart's legend or the table beside it names the point), so labels never overlap.
+export function placeLabels(items, area, { gap = 6, radius = 4 } = {}) {
+  const markers = items.map(({ x, y }) => ({ l: x - radius, r: x + radius, t: y - radius, b: y + radius }));
+  const placed = [];
+  return items.map(({ x, y, w, h }) => {
+    const spots = [[gap, -h - 2], [gap, 2], [-gap - w, -h - 2], [-gap - w, 2], [-w / 2, -radius - 2 - h],
+      [-w / 2, radius + 2]];
+    for (const [dx, dy] of spots) {
+      const box = { l: x + dx, t: y + dy, r: x + dx + w, b: y + dy + h };
+      const inside = box.l >= area.l && box.r <= area.r && box.t >= area.t && box.b <= area.b;
+      if (inside && !placed.some((p) => overlaps(p, box)) && !markers.some((m) => overlaps(m, box))) {
+        placed.push(box);
+        return box;
+      }
+    }
+    return null;
+  });
+}
+
+// A scatter of points per group ({x, y, label}), joined in order, on round axes that fit the points (the zero
+// line drawn where it falls inside), each point labelled where its label overlaps nothing; it fills its card's
+// width and redraws when the card is resized.
 export function scatter(parent, { title, xLabel, yLabel, groups }) {
   const canvas = el("canvas", { class: "scatter", height: 380 });
   const legend = el("div", { class: "legend" }, groups.map((g) =>
@@ -187,8 +229,8 @@ function drawScatter(canvas, { xLabel, yLabel, groups }) {
     return;
   }
   const pad = { l: 80, r: 24, t: 16, b: 52 };
-  const xs = niceTicks(Math.min(...all.map((p) => p.x)), Math.max(...all.map((p) => p.x)));
-  const ys = niceTicks(Math.min(0, ...all.map((p) => p.y)), Math.max(0, ...all.map((p) => p.y)));
+  const xs = fittedAxis(dataSpan(all.map((p) => p.x)));
+  const ys = fittedAxis(dataSpan(all.map((p) => p.y)));
   const sx = (v) => pad.l + ((v - xs.lo) / (xs.hi - xs.lo)) * (width - pad.l - pad.r);
   const sy = (v) => height - pad.b - ((v - ys.lo) / (ys.hi - ys.lo)) * (height - pad.t - pad.b);
   canvas.dataset.xticks = xs.ticks.map((v) => v.toFixed(xs.decimals)).join(" ");
@@ -217,14 +259,35 @@ function drawScatter(canvas, { xLabel, yLabel, groups }) {
     ctx.beginPath();
     g.points.forEach((p, i) => (i ? ctx.lineTo(sx(p.x), sy(p.y)) : ctx.moveTo(sx(p.x), sy(p.y))));
     ctx.stroke(); ctx.globalAlpha = 1;
-    ctx.textAlign = "left";
-    ctx.font = "11px system-ui";
-    for (const p of g.points) {
-      ctx.beginPath(); ctx.arc(sx(p.x), sy(p.y), 4, 0, 2 * Math.PI); ctx.fill();
-      if (p.label === undefined) continue;
-      const room = width - pad.r - sx(p.x) - 6 >= ctx.measureText(p.label).width;  // else left of the point
-      ctx.textAlign = room ? "left" : "right";
-      ctx.fillText(p.label, sx(p.x) + (room ? 6 : -6), sy(p.y) - 6);
+    for (const p of g.points) { ctx.beginPath(); ctx.arc(sx(p.x), sy(p.y), 4, 0, 2 * Math.PI); ctx.fill(); }
+  }
+  drawLabels(ctx, groups, sx, sy, { l: pad.l, t: pad.t, r: width - pad.r, b: height - pad.b }, canvas);
+}
+
+// The points' labels, each in its group's colour where placeLabels found it room; the canvas records the boxes
+// drawn (data-labels) and how many labels found none (data-labels-left-out).
+function drawLabels(ctx, groups, sx, sy, area, canvas) {
+  ctx.font = "11px system-ui";
+  ctx.textAlign = "left";
+  ctx.textBaseline = "top";
+  const items = [];
+  for (const g of groups) {
+    for (const p of g.points.filter((q) => q.label !== undefined)) {
+      const item = { color: g.color, text: String(p.label), x: sx(p.x), y: sy(p.y) };
+      // one label where several groups share a point and its label (every job's step 0, the base)
+      if (items.some((o) => o.text === item.text && Math.hypot(o.x - item.x, o.y - item.y) < 1)) continue;
+      items.push({ ...item, w: Math.ceil(ctx.measureText(item.text).width), h: 12 });
     }
   }
+  const boxes = placeLabels(items, area);
+  const drawn = [];
+  items.forEach((item, i) => {
+    if (!boxes[i]) return;
+    ctx.fillStyle = item.color;
+    ctx.fillText(item.text, boxes[i].l, boxes[i].t);
+    drawn.push({ text: item.text, ...boxes[i] });
+  });
+  ctx.textBaseline = "alphabetic";
+  canvas.dataset.labels = JSON.stringify(drawn);
+  canvas.dataset.labelsLeftOut = items.length - drawn.length;
 }

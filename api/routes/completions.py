@@ -24,6 +24,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from mol_engine.budget import BEST_NAME, best_checkpoint_dir
 from mol_engine.checkpoint_layout import checkpoint_dirs
 from mol_engine.generate import (
     Completion,
@@ -78,13 +79,21 @@ def resolve_model(svc, owner: str, model_id: str) -> ModelSource:
 
 
 def checkpoint_models(svc, owner: str) -> list[ModelOut]:
-    """The owner's checkpoints as completion models, ``<job_id>:<name>``, newest first (by job, then by step)."""
+    """The owner's checkpoints as completion models, ``<job_id>:<name>``, newest first (by job, then by step), each
+    job's ``best`` (when it has one) before its steps; each names its job (``job_name``) for people to pick by."""
     with svc.sessions() as db:
-        jobs = db.query(Job.id, Job.spec).filter(Job.owner == owner).order_by(Job.created_at.desc()).all()
+        jobs = db.query(Job.id, Job.name, Job.spec).filter(Job.owner == owner).order_by(Job.created_at.desc()).all()
     models = available_models(svc.settings)
-    return [ModelOut(id=f"{job_id}:{path.name}", model_type=model_type(models[spec["base_model"]])
-                     if spec.get("base_model") in models else None, kind="checkpoint")
-            for job_id, spec in jobs for path in reversed(checkpoint_dirs(svc.settings.runs_dir / job_id))]
+    listed = []
+    for job_id, job_name, spec in jobs:
+        base = models.get(spec.get("base_model"))
+        of_job = {"model_type": model_type(base) if base else None, "kind": "checkpoint", "job_name": job_name}
+        run_dir = svc.settings.runs_dir / job_id
+        best = best_checkpoint_dir(run_dir)
+        named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(checkpoint_dirs(run_dir))]
+        listed += [ModelOut(id=f"{job_id}:{name}", checkpoint=name, step=int(path.name.removeprefix("step-")),
+                            **of_job) for name, path in named]
+    return listed
 
 
 class Running:

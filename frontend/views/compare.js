@@ -76,22 +76,32 @@ export function sortRows(rows, key) {
     || a.name.localeCompare(b.name));
 }
 
-// The trade-off plot's groups: one point per evaluated job (labelled with its grid point), then the frontier drawn
-// as a line through its jobs in the API's order (lowest drift first), each labelled with its name.
+// Short keys for a sweep's points, by job id: A, B, … Z, AA, AB … in the API's order (best domain gain first). The
+// plot labels each point with its key (full names overlap, however placed); the legend and the table say which job.
+export function pointKeys(jobs) {
+  const key = (i) => (i < 26 ? "" : key(Math.floor(i / 26) - 1)) + String.fromCharCode(65 + (i % 26));
+  return Object.fromEntries(jobs.map((j, i) => [j.id, key(i)]));
+}
+
+// The trade-off plot's groups: one point per evaluated job off the frontier (its legend: key and grid point), then
+// the frontier drawn as a line through its jobs in the API's order (lowest drift first); each point labelled with
+// its key.
 export function sweepGroups(sweep) {
+  const keys = pointKeys(sweep.data);
   const label = (j) => Object.entries(j.values).map(([k, v]) => `${k}=${v}`).join(" ");
   const evaluated = sweep.data.filter((j) => j.gain !== null && j.drift !== null);
   const byId = Object.fromEntries(evaluated.map((j) => [j.id, j]));
+  const frontier = sweep.frontier.filter((id) => byId[id]);
   return [
-    ...evaluated.filter((j) => !j.on_frontier).map((j, i) => ({ label: label(j), color: PALETTE[(i + 1) % PALETTE.length],
-      points: [{ x: j.drift, y: j.gain, label: j.name }] })),
-    { label: "Pareto frontier", color: "#111827",
-      points: sweep.frontier.filter((id) => byId[id]).map((id) => ({ x: byId[id].drift, y: byId[id].gain,
-        label: byId[id].name })) },
+    ...evaluated.filter((j) => !j.on_frontier).map((j, i) => ({ label: `${keys[j.id]} · ${label(j)}`,
+      color: PALETTE[(i + 1) % PALETTE.length], points: [{ x: j.drift, y: j.gain, label: keys[j.id] }] })),
+    { label: `Pareto frontier: ${frontier.map((id) => keys[id]).join(", ")}`, color: "#111827",
+      points: frontier.map((id) => ({ x: byId[id].drift, y: byId[id].gain, label: keys[id] })) },
   ];
 }
 
 function sweepTable(sweep) {
+  const keys = pointKeys(sweep.data);
   const body = el("tbody");
   const heads = {};
   const draw = (key) => {
@@ -101,6 +111,7 @@ function sweepTable(sweep) {
     }
     body.replaceChildren(...sortRows(sweep.data, key).map((j) => el("tr", { "data-job": j.id,
       "data-frontier": j.on_frontier ? "yes" : "no" },
+      el("td", { "data-col": "point" }, el("strong", {}, keys[j.id])),
       el("td", {}, el("a", { href: `#/job/${j.id}` }, j.name)),
       el("td", {}, statusBadge(j.status)),
       el("td", { class: "num", "data-col": "gain" }, fmt(j.gain)),
@@ -110,7 +121,8 @@ function sweepTable(sweep) {
   const sortable = (key, text, title) => (heads[key] = el("th", { title, class: "sortable",
     onclick: () => draw(key) }, el("button", { class: "link" }, text)));
   draw("gain");
-  return el("table", { class: "summary", "data-sweep-table": "" }, el("thead", {}, el("tr", {}, el("th", {}, "job"),
+  return el("table", { class: "summary", "data-sweep-table": "" }, el("thead", {}, el("tr", {},
+    el("th", { title: "the point's label on the plot" }, "point"), el("th", {}, "job"),
     el("th", {}, "status"),
     sortable("gain", "domain gain ↓", "ln(base domain ppl / final domain ppl); click to sort, highest first"),
     sortable("drift", "drift ↑", "KL to the base on held-out general text at the final evaluation; click to sort, "
@@ -131,7 +143,7 @@ export async function sweepPage(view, id) {
     el("section", { class: "card" }, el("h2", {}, "Pareto frontier"),
       el("p", { class: "muted" }, "One point per job at its final evaluation. Up is more domain gain, right is more "
         + "drift from the base on general text. The line joins the jobs no other job beats on both: pick among "
-        + "them by the drift you accept."), plot),
+        + "them by the drift you accept. Each point is labelled with its letter in the table below."), plot),
     el("section", { class: "card" }, el("h2", {}, "Jobs"), sweepTable(sweep)));
   scatter(plot, { title: "Domain gain against general drift (sweep)", groups: sweepGroups(sweep),
     xLabel: "general drift: KL to the base (nats / token)", yLabel: "domain gain: ln(base ppl / ppl)" });

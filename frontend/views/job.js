@@ -3,6 +3,7 @@ import { api } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
 import { byteSize, duration, el, localTime, statusBadge } from "../dom.js";
 import { trackersSection } from "./job_files.js";
+import { watchSideTasks } from "./side_tasks.js";
 import { taskEvaluationSection } from "./task_evals.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
@@ -66,15 +67,39 @@ function diskUsed(job, checkpoints) {
     `${byteSize(job.disk_bytes)} on disk, ${n} checkpoint${n === 1 ? "" : "s"}`);
 }
 
-// Building a token store is the long first part of a job on a big corpus: tokens done, rate, share and ETA.
-function storeProgress(box, ev) {
+// The events that say what a job is doing before its first step: preparing its data (token stores, self-sampled
+// general text), the base's cached top-k, then the model and data ready (config), or a resume.
+const PHASE_KINDS = ["token-store", "self-sample", "reference-cache", "config", "resumed"];
+
+// The line under a job's title, {phase, text, fraction?}: the latest preparation event while there is no step yet
+// (a token store being built with its share done), the training step once steps run; null once the job has
+// ended (its badge and step say it). `ev` is the latest event of PHASE_KINDS, if any.
+export function phaseLine(job, ev) {
+  if (FINAL.includes(job.status)) return null;
+  if (job.status === "queued") return { phase: "queued", text: "Waiting for a worker to take the job." };
+  if (job.step > 0) {
+    return { phase: "training", text: `Training: step ${job.step} of ${job.max_steps} `
+      + `(${Math.floor((100 * job.step) / job.max_steps)}%).` };
+  }
+  if (!ev) return { phase: "starting", text: "Starting: loading the model and reading the data." };
   const d = ev.data || {};
-  if (d.done || d.fraction === undefined) {
-    box.replaceChildren(el("p", { class: "muted", "data-store": "ready" }, ev.message));
+  if ((ev.kind === "token-store" || ev.kind === "self-sample") && !d.done && d.fraction !== undefined) {
+    return { phase: "building", text: ev.message, fraction: d.fraction };
+  }
+  if (ev.kind === "config" || ev.kind === "resumed") {
+    return { phase: "starting", text: "Starting: the model and data are ready, the first training step comes next." };
+  }
+  return { phase: "preparing", text: ev.message };
+}
+
+// Shows phaseLine's line in `box`, with a progress bar while a store is built.
+function showPhase(box, line) {
+  if (!line) {
+    box.replaceChildren();
     return;
   }
-  box.replaceChildren(el("p", { "data-store": "building" }, ev.message),
-    el("progress", { max: 1, value: d.fraction, title: `${(100 * d.fraction).toFixed(1)}%` }));
+  box.replaceChildren(el("p", { class: "muted", "data-phase": line.phase }, line.text), line.fraction === undefined
+    ? "" : el("progress", { max: 1, value: line.fraction, title: `${(100 * line.fraction).toFixed(1)}%` }));
 }
 
 // A select over the steps that brought one kind of event (`data-steps` names it), the newest followed until the
@@ -167,10 +192,12 @@ export function interpolationGroups(evals, interpolations) {
   return [training, ...alongAlpha];
 }
 
-export function interpolationSection(jobId) {
-  const checkpoint = el("input", { name: "checkpoint", value: "best", size: 8 });
-  const alphas = el("input", { name: "alphas", value: "0,0.25,0.5,0.75,1", size: 20 });
+// ``queued(task)`` is told of each request the Evaluate button made (the side task POST answered).
+export function interpolationSection(jobId, queued = () => {}) {
+  const checkpoint = el("input", { name: "checkpoint", value: "best", size: 8, style: "width:auto" });
+  const alphas = el("input", { name: "alphas", value: "0,0.25,0.5,0.75,1", size: 20, style: "width:auto" });
   const note = el("span", { class: "muted" });
+  const pending = el("span", { class: "muted", "data-pending": "interpolation" });
   const plot = el("div", { class: "charts" });
   const refresh = async () => {
     const [evals, interpolations] = await Promise.all([api(`/v1/jobs/${jobId}/metrics`),
@@ -188,16 +215,18 @@ export function interpolationSection(jobId) {
     run.disabled = true;
     try {
       const body = { checkpoint: checkpoint.value.trim(), alphas: alphas.value.split(",").map(Number) };
-      const queued = await api(`/v1/jobs/${jobId}/interpolations`, { method: "POST", json: body });
-      note.textContent = `${queued.status}: ${queued.checkpoint} at α = ${queued.alphas.join(", ")}`;
+      const asked = await api(`/v1/jobs/${jobId}/interpolations`, { method: "POST", json: body });
+      note.textContent = asked.status === "done" ? `done already: ${asked.checkpoint} at α = ${asked.alphas.join(", ")}`
+        : "";
+      queued({ ...asked, kind: "interpolation" });
     } catch (err) { note.textContent = err.message; }
     run.disabled = false;
   } }, "Evaluate");
   const node = el("section", { class: "card interpolation" }, el("h2", {}, "Weight interpolation"),
     el("p", { class: "muted" }, "The models (1−α)·base + α·checkpoint (LoRA: the adapter scaled by α), evaluated on a "
       + "worker: a point left of the training curve at the same height forgets less for the same gain."),
-    el("p", {}, "Checkpoint ", checkpoint, " α ", alphas, " ", run, " ", note), plot);
-  return { node, refresh };
+    el("p", {}, "Checkpoint ", checkpoint, " α ", alphas, " ", run, " ", note, " ", pending), plot);
+  return { node, refresh, pending, kind: "interpolation" };
 }
 
 // A job's own timings so far, from its events: where this run began training (its config or resumed event: the
@@ -247,8 +276,9 @@ export async function jobPage(view, jobId) {
   const ckpts = el("div");
   const samples = samplesSection();
   const drift = driftSection();
-  const interpolation = interpolationSection(jobId);
-  const taskEvals = taskEvaluationSection(jobId);
+  let sideTasks = null;  // watches the side tasks asked for below (made once the sections are)
+  const interpolation = interpolationSection(jobId, (task) => sideTasks?.expect(task));
+  const taskEvals = taskEvaluationSection(jobId, (task) => sideTasks?.expect(task));
   const trackers = trackersSection(jobId);
   view.replaceChildren(el("section", { class: "card" }, header, dataBox),
     el("section", { class: "card" }, el("h2", {}, "Curves"), charts), samples.node, drift.node,
@@ -289,20 +319,28 @@ export async function jobPage(view, jobId) {
         `Stopped at step ${job.step}: the KL to the base crossed the forgetting budget (${job.spec.max_general_kl}).`));
     }
   };
+  let phaseEvent = null;  // the latest of PHASE_KINDS
+  let trained = 0;  // the latest training step the metric stream brought: ahead of `job`, read every 3 s
+  const drawPhase = () => showPhase(dataBox, phaseLine({ ...job, step: Math.max(job.step, trained) }, phaseEvent));
   const refresh = async () => {
     job = await api(`/v1/jobs/${jobId}`);
     drawHeader();
+    drawPhase();
     const checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
-    ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints));
+    ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints),
+      checkpoints.length ? el("p", {}, el("a", { class: "button", href: `#/playground?job=${encodeURIComponent(jobId)}`,
+        "data-action": "playground" }, "Try in playground")) : "");
   };
   await refresh();
   trackers.refresh();  // again when the job ends: a tracker writes its files as the run goes
   taskEvals.refresh().catch(() => {});  // its task datasets and earlier results; events refresh it after
+  sideTasks = watchSideTasks(jobId, [interpolation, taskEvals]);  // results that land after the stream has closed
 
   const source = new EventSource(`/v1/jobs/${jobId}/events`);
   let lastCheckpoints = 0;
   source.addEventListener("metric", (e) => {
     const point = JSON.parse(e.data);
+    if (point.step > trained && "train/lr" in point) { trained = point.step; drawPhase(); }
     for (const [chart, names] of set) {
       if (names.some((n) => n in point)) chart.push(point.step, names.map((n) => point[n]));
     }
@@ -313,7 +351,7 @@ export async function jobPage(view, jobId) {
     log.prepend(el("li", { "data-kind": ev.kind },
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
     if (ev.kind === "checkpoint" || ev.kind === "interrupted" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
-    if (ev.kind === "token-store" || ev.kind === "self-sample") storeProgress(dataBox, ev);
+    if (PHASE_KINDS.includes(ev.kind)) { phaseEvent = ev; drawPhase(); }
     pace = trackPace(pace, ev);
     if (ev.kind === "samples") samples.add(ev);
     if (ev.kind === "drift") drift.add(ev);
@@ -329,6 +367,6 @@ export async function jobPage(view, jobId) {
     if (lastCheckpoints !== seen) { seen = lastCheckpoints; refresh(); }
   }, 500);
   const status = setInterval(() => { if (!FINAL.includes(job.status)) refresh(); }, 3000);
-  return () => { source.close(); clearInterval(timer); clearInterval(status); };
+  return () => { source.close(); clearInterval(timer); clearInterval(status); sideTasks.stop(); };
 }
 

@@ -8,6 +8,7 @@ import {
   DEMO_SPEC, FieldProblem, SELF, applySpec, controlKind, estimator, extraControl, fieldNames, readControl, specPaths,
   touch, writeControl, yamlView,
 } from "./spec_fields.js";
+import { noModelNote } from "./no_model.js";
 
 const DEMO_MODEL = "demo";
 
@@ -276,7 +277,7 @@ export async function newJobPage(view, from = null) {
     el("h1", {}, "New job"),
     el("fieldset", {}, el("legend", {}, "Model and method"),
       el("label", { for: "base_model" }, "Base model"),
-      modelSelect ?? el("p", { class: "error" }, "No base model on this server: put model directories under MOL_MODELS_DIR."),
+      modelSelect ?? noModelNote(),
       fieldError("base_model"),
       radios("method", [["mol", "MoL: CE on domain, KL to the base on general"],
         ["cpt", "CPT baseline: CE on everything"], ["domain_only", "Domain only"]], defaults.method),

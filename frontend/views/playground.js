@@ -55,9 +55,28 @@ async function stream(pane, body, signal) {
   }
 }
 
+// How a model reads in the pickers: a base by its id, a checkpoint by its job's name, "legal · best (step 200)" or
+// "legal · step 200" (its id, `<job_id>:…`, is what the API takes, not what people remember).
+export function modelLabel(m) {
+  if (m.kind !== "checkpoint") return `base ${m.id}`;
+  const job = m.job_name ?? m.id.split(":")[0];
+  const name = m.checkpoint ?? m.id.split(":")[1];
+  return name === "best" ? `${job} · best (step ${m.step ?? "?"})` : `${job} · ${name.replace("step-", "step ")}`;
+}
+
+// The model the right pane starts on: `wanted` if listed, else the best (or newest) checkpoint of the job `jobId`
+// the user came from, else the newest job's best or newest checkpoint, else a second base model.
+export function defaultModel(models, { wanted = null, jobId = null } = {}) {
+  if (wanted && models.some((m) => m.id === wanted)) return wanted;
+  const checkpoints = models.filter((m) => m.kind === "checkpoint");
+  const bases = models.filter((m) => m.kind !== "checkpoint");
+  const ofJob = jobId ? checkpoints.find((m) => m.id.startsWith(`${jobId}:`)) : null;  // best first, as listed
+  return ofJob?.id ?? checkpoints[0]?.id ?? bases[1]?.id ?? bases[0]?.id;
+}
+
 function modelPicker(models, chosen) {
-  return el("select", {}, models.map((m) => el("option", { value: m.id, selected: m.id === chosen },
-    m.kind === "checkpoint" ? `checkpoint ${m.id}` : `base ${m.id}`)));
+  return el("select", {}, models.map((m) => el("option", { value: m.id, selected: m.id === chosen,
+    title: m.id }, modelLabel(m))));
 }
 
 function pane(side, models, chosen) {
@@ -75,11 +94,15 @@ function pane(side, models, chosen) {
 
 const field = (label, input) => el("label", { class: "inline", style: "white-space: nowrap" }, label, input);
 
+// ``wanted``: a model id to start the right pane on (#/playground?model=…); ?job=<job_id> (the job page's "Try in
+// playground") starts it on that job's best checkpoint.
 export async function playgroundPage(view, wanted) {
-  const models = await api("/v1/models?include=checkpoints");
+  const listed = await api("/v1/models?include=checkpoints");
+  const models = Array.isArray(listed) ? listed : listed.data;  // a bare list, or OpenAI's list object
   const bases = models.filter((m) => m.kind !== "checkpoint");
   const checkpoints = models.filter((m) => m.kind === "checkpoint");
-  const right = wanted ?? checkpoints[0]?.id ?? bases[1]?.id ?? bases[0]?.id;
+  const jobId = new URLSearchParams(location.hash.split("?")[1] ?? "").get("job");
+  const right = defaultModel(models, { wanted, jobId });
   const panes = [pane("left", models, bases[0]?.id), pane("right", models, right)];
   const prompt = el("textarea", { id: "prompt", rows: 4, style: "width: 100%; font: inherit; box-sizing: border-box",
     placeholder: "Type a prompt; both models complete it." }, "Question: What is two plus three?\nAnswer:");
@@ -104,7 +127,8 @@ export async function playgroundPage(view, wanted) {
   view.replaceChildren(
     el("section", { class: "card" }, el("h1", {}, "Playground"),
       el("p", { class: "muted" }, "Greedy at temperature 0. The same route serves OpenAI's client: ",
-        el("code", {}, "POST /v1/completions"), " with model = a base id or ", el("code", {}, "<job_id>:step-N"), "."),
+        el("code", {}, "POST /v1/completions"), " with model = a base id, ", el("code", {}, "<job_id>:best"), " or ",
+        el("code", {}, "<job_id>:step-N"), " (a checkpoint's id is on hover in the pickers)."),
       hint, prompt,
       el("div", { class: "toolbar" }, field("Max tokens", maxTokens), field("Temperature", temperature),
         el("span", { class: "spacer" }), stop, go)),

@@ -32,11 +32,13 @@ function evaluationTable(e) {
         : [...metrics.map((m) => el("td", { class: "num" }, fmt(r[m]))), el("td", { class: "num" }, r.n)]))));
 }
 
-export function taskEvaluationSection(jobId) {
+// ``queued(task)`` is told of each request the Run button made (the side task POST answered).
+export function taskEvaluationSection(jobId, queued = () => {}) {
   const task = el("select", { name: "task", "aria-label": "task dataset", style: "width:auto" });
   const checkpoints = el("input", { name: "checkpoints", placeholder: "all, and base", size: 24, style: "width:auto",
     title: "base, best, step-N separated by commas" });
   const note = el("span", { class: "muted" });
+  const pending = el("span", { class: "muted", "data-pending": "task-evaluation" });
   const tables = el("div");
   const refresh = async () => {
     const [datasets, evaluations] = await Promise.all([api("/v1/datasets"), api(`/v1/jobs/${jobId}/evaluations`)]);
@@ -52,16 +54,17 @@ export function taskEvaluationSection(jobId) {
     try {
       const names = checkpoints.value.split(",").map((s) => s.trim()).filter(Boolean);
       const body = { task: task.value, ...(names.length ? { checkpoints: names } : {}) };
-      const queued = await api(`/v1/jobs/${jobId}/evaluations`, { method: "POST", json: body });
-      note.textContent = `queued: ${queued.checkpoints.join(", ")}`;
+      const asked = await api(`/v1/jobs/${jobId}/evaluations`, { method: "POST", json: body });
+      note.textContent = asked.status === "done" ? `done already: ${asked.checkpoints.join(", ")}` : "";
+      queued({ ...asked, kind: "task-evaluation" });
     } catch (err) { note.textContent = err.message; }
     run.disabled = false;
   } }, "Run");
   const node = el("section", { class: "card task-evaluations" }, el("h2", {}, "Task evaluations"),
     el("p", { class: "muted" }, "A task file (upload one with purpose task: multiple-choice or exact-match JSONL) "
       + "scored with lm-evaluation-harness on a worker, offline, on the base and the checkpoints."),
-    el("p", {}, "Task ", task, " checkpoints ", checkpoints, " ", run, " ", note), tables);
-  return { node, refresh };
+    el("p", {}, "Task ", task, " checkpoints ", checkpoints, " ", run, " ", note, " ", pending), tables);
+  return { node, refresh, pending, kind: "task-evaluation" };
 }
 
 // Compare's row of task scores: per job its latest task evaluation's score with the base's; nothing when no job has one.

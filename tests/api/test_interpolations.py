@@ -137,3 +137,17 @@ def test_a_broker_that_refuses_is_a_503_and_leaves_no_queued_interpolation(clien
         assert db.scalars(select(SideTask)).all() == []
     client.app.dependency_overrides[celery_sender] = lambda: lambda *args: held.append(args)
     assert client.post(url, headers=auth(), json=body).status_code == 202 and len(held) == 1
+
+
+def test_the_jobs_pending_side_tasks_are_listed_until_they_end(client, auth, upload, settings, held):
+    job_id = job_with_a_checkpoint(client, auth, upload, settings)
+    url = f"/v1/jobs/{job_id}/side-tasks"
+    assert client.get(url, headers=auth()).json() == []
+    queued = client.post(f"/v1/jobs/{job_id}/interpolations", headers=auth(),
+                         json={"checkpoint": "step-2", "alphas": [0, 1]}).json()
+    (pending,) = client.get(url, headers=auth()).json()
+    assert (pending["id"], pending["kind"], pending["status"]) == (queued["id"], "interpolation", "queued")
+    assert client.get(url, headers=auth("bob")).status_code == 404  # another owner's job
+    assert record_interpolation(settings, *held[0]) == "failed"  # a worker ends it (no model in the checkpoint)
+    assert client.get(url, headers=auth()).json() == []
+    assert client.get(f"/v1/jobs/{job_id}/interpolations", headers=auth()).json()[0]["error"]

@@ -144,8 +144,13 @@ def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
         assert refused.status_code == 422 and "'demo' is not ready yet" in refused.json()["detail"], refused.text
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         page = browser.new_page()
-        page.goto(first.url)
+        page.goto(f"{first.url}#/new")  # the New job form has no base model yet: it says the demo is building
         expect(page.locator("#demo-banner")).to_contain_text("The demo model is being built", timeout=60_000)
+        note = page.locator("[data-no-model]")
+        expect(note).to_have_attribute("data-no-model", "building")
+        expect(note).to_contain_text("The demo model is being built")
+        expect(note).to_contain_text('Its base model "demo" appears here once it is ready')
+        expect(note).not_to_have_class("error")
         page.screenshot(path=SHOTS / "demo-banner.png")
 
         second = stack.enter_context(running_service(tmp_path / "home-b", tmp_path / "home-b.log",
@@ -153,6 +158,7 @@ def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
         for up in (first, second):
             _wait_ready(up.client)
         expect(page.locator("#demo-banner")).to_have_text("The demo model is ready.", timeout=60_000)
+        expect(page.locator("#base_model")).to_have_value("demo")  # the form, drawn again, offers it
         browser.close()
         logs = [up.log.read_text() for up in (first, second)]
         assert "demo built in" in logs[0] and "demo built in" not in logs[1], logs  # one build, shared
