@@ -44,6 +44,13 @@ function chartSet(parent, spec) {
   return chartsFor(spec).map(([options, names]) => [new LineChart(parent, options), names]);
 }
 
+// The downloads a checkpoint offers, [format, label]: full weights are one plain "Download"; a LoRA checkpoint
+// offers its adapter merged into the base and the adapter alone (the server names each one's folder apart).
+export function downloadChoices(kind) {
+  return kind === "adapter" ? [["merged", "Download merged"], ["adapter", "Download adapter"]]
+    : [["merged", "Download"]];
+}
+
 function checkpointsTable(jobId, checkpoints) {
   if (!checkpoints.length) return el("p", { class: "muted" }, "No checkpoint yet.");
   // the best checkpoint within the budget is marked (and downloadable as `best` too)
@@ -51,10 +58,15 @@ function checkpointsTable(jobId, checkpoints) {
     ? { "data-best": "", title: "best domain figure among evaluated checkpoints within the forgetting budget" } : {},
     el("td", {}, c.name, c.best ? [" ", el("mark", { class: "best" }, "best")] : ""),
     el("td", { class: "muted" }, `${byteSize(c.bytes)} · ${c.kind}`),
-    el("td", {}, el("a", { class: "button", download: "", "data-download": c.name,
-      href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=merged` }, "Download merged")),
-    el("td", {}, c.kind === "adapter" ? el("a", { class: "button", download: "",
-      href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=adapter` }, "Download adapter") : null)))));
+    ...downloadLinks(jobId, c).map((link) => el("td", {}, link))))));
+}
+
+// One link per download choice, then an empty cell's null, so every row has two cells of links.
+function downloadLinks(jobId, c) {
+  const links = downloadChoices(c.kind).map(([format, label], i) => el("a", { class: "button", download: "",
+    "data-format": format, ...(i === 0 ? { "data-download": c.name } : {}),
+    href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=${format}` }, label));
+  return [links[0], links[1] || null];
 }
 
 // "1.2 GiB on disk, 3 checkpoints": the whole run directory (checkpoints, logs, samples), as the API measured it.
