@@ -199,9 +199,21 @@ class JobPage(BaseModel):
 
 
 class ModelOut(BaseModel):
+    """OpenAI's model object (``id``, ``object``, ``created``, ``owned_by``) with the model's type and kind."""
+
     id: str  # the name a job spec's base_model takes; the server's path stays private
+    object: Literal["model"] = "model"
+    created: int = 0  # Unix seconds: when the base model's files, or the checkpoint, were written
+    owned_by: str = "mol-studio"  # a base model: the server's; a checkpoint: its job's owner
     model_type: str | None = None
     kind: str = "base"  # or "checkpoint" (``<job_id>:step-N``, listed with ?include=checkpoints): completions only
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models`` in OpenAI's list shape, which ``OpenAI(...).models.list()`` reads."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 class DemoOut(BaseModel):

@@ -82,9 +82,22 @@ def checkpoint_models(svc, owner: str) -> list[ModelOut]:
     with svc.sessions() as db:
         jobs = db.query(Job.id, Job.spec).filter(Job.owner == owner).order_by(Job.created_at.desc()).all()
     models = available_models(svc.settings)
-    return [ModelOut(id=f"{job_id}:{path.name}", model_type=model_type(models[spec["base_model"]])
-                     if spec.get("base_model") in models else None, kind="checkpoint")
+    return [checkpoint_model(f"{job_id}:{path.name}", path, models.get(spec.get("base_model")), owner)
             for job_id, spec in jobs for path in reversed(checkpoint_dirs(svc.settings.runs_dir / job_id))]
+
+
+def checkpoint_model(model_id: str, path: Path, base: Path | None, owner: str) -> ModelOut:
+    """The model object of checkpoint ``path`` (of a job on ``base``, None when that is gone) listed as ``model_id``."""
+    return ModelOut(id=model_id, created=mtime_s(path), owned_by=owner,
+                    model_type=model_type(base) if base is not None else None, kind="checkpoint")
+
+
+def mtime_s(path: Path) -> int:
+    """When ``path`` was last written, in Unix seconds (0 when it cannot be read)."""
+    try:
+        return int(path.stat().st_mtime)
+    except OSError:
+        return 0
 
 
 class Running:

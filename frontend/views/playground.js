@@ -76,7 +76,7 @@ function pane(side, models, chosen) {
 const field = (label, input) => el("label", { class: "inline", style: "white-space: nowrap" }, label, input);
 
 export async function playgroundPage(view, wanted) {
-  const models = await api("/v1/models?include=checkpoints");
+  const models = (await api("/v1/models?include=checkpoints")).data;  // OpenAI's list: {object, data}
   const bases = models.filter((m) => m.kind !== "checkpoint");
   const checkpoints = models.filter((m) => m.kind === "checkpoint");
   const right = wanted ?? checkpoints[0]?.id ?? bases[1]?.id ?? bases[0]?.id;
