@@ -179,11 +179,11 @@ class JobSummary(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    stop_reason: str | None = None  # why a succeeded job ended before max_steps: "budget" (its forgetting budget)
 
 
 class JobOut(JobSummary):
     spec: dict[str, Any]
-    stop_reason: str | None = None  # why a succeeded job ended before max_steps: "budget" (its forgetting budget)
     disk_bytes: int | None = None  # the run directory's size, measured by GET /v1/jobs/{id}
     sweep_id: str | None = None  # the sweep (POST /v1/sweeps) that made it
 

@@ -1,7 +1,7 @@
 // Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
 import { api } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
-import { byteSize, el, localTime, statusBadge } from "../dom.js";
+import { byteSize, el, jobBadge, localTime } from "../dom.js";
 import { taskEvaluationSection } from "./task_evals.js";
 
 const FINAL = ["succeeded", "failed", "cancelled"];
@@ -49,6 +49,19 @@ function chartSet(parent, spec) {
 export function downloadChoices(kind) {
   return kind === "adapter" ? [["merged", "Download merged"], ["adapter", "Download adapter"]]
     : [["merged", "Download"]];
+}
+
+// Why a job stopped before max_steps, in words (null when it did not): its forgetting budget, and the best
+// checkpoint within it among ``checkpoints`` (GET …/checkpoints), or that none is.
+export function stopReason(job, checkpoints) {
+  if (job.stop_reason !== "budget") return null;
+  const patience = job.spec.budget_patience ?? 1;
+  const best = checkpoints.find((c) => c.best);
+  return `Stopped at step ${job.step} of ${job.max_steps}: the KL to the base stayed over the forgetting budget `
+    + `(max_general_kl ${job.spec.max_general_kl})${patience > 1 ? ` for ${patience} evaluations in a row` : ""}. `
+    + (best ? `The best checkpoint within the budget is ${best.name} (marked best below).`
+      : "No checkpoint is within the budget: every one kept is over it (a higher kl_weight, or a lower learning "
+        + "rate, keeps the KL lower).");
 }
 
 function checkpointsTable(jobId, checkpoints) {
@@ -230,6 +243,7 @@ export async function jobPage(view, jobId) {
     el("section", { class: "card" }, el("h2", {}, "Spec"), el("pre", {}, JSON.stringify(job.spec, null, 2))));
   const set = chartSet(charts, job.spec);
 
+  let checkpoints = [];  // the latest list: the header names the best one when the budget stopped the job
   const drawHeader = () => {
     const cancel = el("button", { class: "danger", onclick: async () => {
       if (!window.confirm(`Cancel the job ${job.name} (step ${job.step} of ${job.max_steps})?`)) return;
@@ -248,19 +262,17 @@ export async function jobPage(view, jobId) {
     } }, "Delete");
     const clone = el("a", { class: "button", href: `#/new?from=${encodeURIComponent(jobId)}`, "data-action": "clone" },
       "Clone");
-    header.replaceChildren(el("h1", {}, job.name), statusBadge(job.status),
+    header.replaceChildren(el("h1", {}, job.name), jobBadge(job),
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
       el("span", { class: "spacer" }), clone, FINAL.includes(job.status) ? remove : cancel);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
-    if (job.stop_reason === "budget") {
-      header.append(el("p", { class: "muted wide", "data-stop-reason": "budget" },
-        `Stopped at step ${job.step}: the KL to the base crossed the forgetting budget (${job.spec.max_general_kl}).`));
-    }
+    const reason = stopReason(job, checkpoints);
+    if (reason) header.append(el("p", { class: "wide", "data-stop-reason": job.stop_reason }, reason));
   };
   const refresh = async () => {
     job = await api(`/v1/jobs/${jobId}`);
+    checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
     drawHeader();
-    const checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
     ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints));
   };
   await refresh();
