@@ -179,11 +179,11 @@ class JobSummary(BaseModel):
     created_at: UtcDatetime
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
+    stop_reason: str | None = None  # why a succeeded job ended before max_steps: "budget" (its forgetting budget)
 
 
 class JobOut(JobSummary):
     spec: dict[str, Any]
-    stop_reason: str | None = None  # why a succeeded job ended before max_steps: "budget" (its forgetting budget)
     disk_bytes: int | None = None  # the run directory's size, measured by GET /v1/jobs/{id}
     sweep_id: str | None = None  # the sweep (POST /v1/sweeps) that made it
 
@@ -199,12 +199,24 @@ class JobPage(BaseModel):
 
 
 class ModelOut(BaseModel):
+    """OpenAI's model object (``id``, ``object``, ``created``, ``owned_by``) with the model's type and kind."""
+
     id: str  # the name a job spec's base_model takes; the server's path stays private
+    object: Literal["model"] = "model"
+    created: int = 0  # Unix seconds: when the base model's files, or the checkpoint, were written
+    owned_by: str = "mol-studio"  # a base model: the server's; a checkpoint: its job's owner
     model_type: str | None = None
     kind: str = "base"  # or "checkpoint" (``<job_id>:step-N``, listed with ?include=checkpoints): completions only
     job_name: str | None = None  # a checkpoint's: the name of its job, which people know it by
     checkpoint: str | None = None  # a checkpoint's name in its job: ``best`` or ``step-N``
     step: int | None = None  # a checkpoint's step (``best``'s: the step it names)
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models`` in OpenAI's list shape, which ``OpenAI(...).models.list()`` reads."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelOut]
 
 
 class DemoOut(BaseModel):

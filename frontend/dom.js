@@ -60,4 +60,13 @@ export function statusBadge(status) {
   return el("span", { class: `badge ${status}`, "data-status": status }, status);
 }
 
+// A job's badge: its status, except that a job its forgetting budget stopped (stop_reason "budget") has one of its
+// own, never the plain green "succeeded" of a run that went to max_steps.
+export function jobBadge(job) {
+  if (job.stop_reason !== "budget") return statusBadge(job.status);
+  return el("span", { class: "badge over-budget", "data-status": job.status, "data-stop-reason": "budget",
+    title: "stopped early: its KL to the base stayed over the forgetting budget (max_general_kl)" },
+  "stopped: over budget");
+}
+
 export const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];

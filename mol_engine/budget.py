@@ -1,9 +1,14 @@
 """The forgetting budget and the best checkpoint within it: one place for each rule.
 
 A job may set ``max_general_kl``, the KL to the base (nats/token) on held-out general text it accepts. Each
-evaluation after training compares ``eval/general_kl`` with it (:func:`crosses_budget`); the first one above is
-the crossing. Every job marks the best checkpoint (:func:`best_checkpoint`): among the evaluated checkpoints
-within the budget (all, without one), the best figure of ``best_metric``. The engine writes it to
+evaluation after training compares ``eval/general_kl`` with it (:func:`crosses_budget`); the budget is crossed
+(:func:`first_crossing`) at the evaluation that ends ``budget_patience`` evaluations in a row above it over which
+the KL did not fall (the last no lower than the first). One evaluation is not enough: under MoL the KL rises in
+the first steps, while the domain loss falls fastest and the KL term has not yet pulled the model back, then falls
+(docs/engine.md has the demo's curve), so a budget judged at the first evaluation above it stopped such runs at
+their first evaluation. A count alone is not enough either: how many evaluations the early rise spans depends on
+``eval_every``; its fall does not. Every job marks the best checkpoint (:func:`best_checkpoint`): among the
+evaluated checkpoints within the budget (all, without one), the best figure of ``best_metric``. The engine writes it to
 ``best.json`` in the run directory (:func:`write_best`), and whoever serves checkpoints reads it back
 (:func:`read_best`).
 """
@@ -35,10 +40,23 @@ def crosses_budget(metrics: Mapping[str, float], budget: float | None) -> bool:
     return budget is not None and kl is not None and (not math.isfinite(kl) or kl > budget)
 
 
-def first_crossing(evaluations: Mapping[int, Mapping[str, float]], budget: float | None) -> int | None:
-    """The first step after training began (step 0 is the base) whose evaluation crosses ``budget``, or None."""
-    return min((step for step, metrics in evaluations.items() if step > 0 and crosses_budget(metrics, budget)),
-               default=None)
+def first_crossing(evaluations: Mapping[int, Mapping[str, float]], budget: float | None,
+                   patience: int = 1) -> int | None:
+    """The first step after training began (step 0 is the base) whose evaluation ends ``patience`` evaluations in a
+    row over ``budget`` over which the KL did not fall, or None."""
+    steps = sorted(s for s in evaluations if s > 0)
+    for end in range(patience - 1, len(steps)):
+        window = [evaluations[s] for s in steps[end - patience + 1:end + 1]]
+        if all(crosses_budget(m, budget) for m in window) and not falling(window):
+            return steps[end]
+    return None
+
+
+def falling(window: list[Mapping[str, float]]) -> bool:
+    """Whether the KL of the last evaluation of ``window`` is below the first's (a figure that is not finite never
+    falls)."""
+    first, last = window[0][KL_METRIC], window[-1][KL_METRIC]
+    return math.isfinite(first) and math.isfinite(last) and last < first
 
 
 def within_budget(metrics: Mapping[str, float], budget: float | None) -> bool:
@@ -68,11 +86,13 @@ def best_checkpoint(history: Mapping[int, Mapping[str, float]], budget: float | 
     return min(candidates, key=rank, default=None)
 
 
-def budget_message(step: int, metrics: Mapping[str, float], budget: float, stop: bool) -> str:
-    """The ``budget`` event's message: the step, the figure, the budget and what happens next."""
+def budget_message(step: int, metrics: Mapping[str, float], budget: float, stop: bool, patience: int = 1) -> str:
+    """The ``budget`` event's message: the step, the figure, the budget (and for how many evaluations it has been
+    over it) and what happens next."""
     then = "stopping (on_budget: stop); checkpoints kept" if stop else "training goes on (on_budget: warn)"
+    running = f" ({patience} evaluations in a row over it, not falling: budget_patience)" if patience > 1 else ""
     return (f"forgetting budget crossed at step {step}: {KL_METRIC} = {metrics[KL_METRIC]:.4g} nats/token > "
-            f"max_general_kl = {budget:g}; {then}")
+            f"max_general_kl = {budget:g}{running}; {then}")
 
 
 def write_best(out_dir: str | Path, step: int | None, metric: BestMetric, budget: float | None,

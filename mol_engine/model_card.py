@@ -30,6 +30,7 @@ KINDS = tuple(KIND_TEXT)
 SOFTWARE = ("torch", "transformers", "peft", "mol-studio")
 SMALL_JSON = 1 << 20  # configs; a tokenizer.json is larger, and holds no path
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/model": how the Hugging Face hub names a model
+_HUB_CACHE = re.compile(r"/models--([A-Za-z0-9][\w.-]*?--[\w.-]+)/snapshots/[^/]+/?$")  # huggingface_hub's cache
 
 METHODS = {
     "mol": "Mixture of Losses: cross-entropy on domain rows, KL divergence to the frozen base model on general rows",
@@ -53,12 +54,35 @@ def hub_name(reference: str | None) -> str | None:
 
 
 def base_model_name(base_model: str) -> str:
-    """The portable name of the base: a hub name given as such, or the one its config records (``_name_or_path``,
-    as hub downloads carry it); else ``base_model`` as given (a local path, which the service renames)."""
+    """The portable name of the base: a hub name given as such, the one its config records (``_name_or_path``, as
+    transformers 4 saved it), or the one a Hugging Face cache path spells (``…/models--org--name/snapshots/…``);
+    else ``base_model`` as given (a local path, which the service renames)."""
     if name := hub_name(base_model):
         return name
     recorded = _read_json(Path(base_model) / "config.json").get("_name_or_path")
-    return hub_name(recorded if isinstance(recorded, str) else None) or base_model
+    return hub_name(recorded if isinstance(recorded, str) else None) or cached_hub_name(base_model) or base_model
+
+
+def cached_hub_name(path: str) -> str | None:
+    """The hub name (``org/name``) of a directory in the Hugging Face cache (a snapshot, or a link to one), else
+    None."""
+    for candidate in (Path(path), Path(path).resolve()):
+        if found := _HUB_CACHE.search(candidate.as_posix()):
+            return found[1].replace("--", "/", 1)
+    return None
+
+
+def base_is_hub(card: Mapping[str, Any]) -> bool:
+    """Whether the card's base is a Hugging Face hub name, which anyone can load, rather than a local model."""
+    return bool(card.get("base_hub", hub_name(card["base_model"]) is not None))
+
+
+def adapter_base(card: Mapping[str, Any]) -> str:
+    """What a portable adapter's ``base_model_name_or_path`` says: the base's hub name, or for a local base a
+    placeholder that no loader resolves (so a wrong model of the same name is never fetched in its place)."""
+    if base_is_hub(card):
+        return card["base_model"]
+    return f"<local base model '{card['base_model']}': not on the Hugging Face hub; put its directory here>"
 
 
 def base_license(base_model: str) -> str | None:
@@ -124,10 +148,17 @@ def card_evaluations(evaluations: Mapping[int, Mapping[str, float]], step: int) 
 
 def build_card(spec: Mapping[str, Any], step: int, evaluations: Mapping[int, Mapping[str, float]]) -> dict[str, Any]:
     """The card of a checkpoint at ``step`` of a run of ``spec`` (as JSON, its paths local) with its evaluations."""
-    return {"name": spec["name"], "base_model": base_model_name(spec["base_model"]),
-            "license": base_license(spec["base_model"]), "method": spec["method"], "finetune": spec["finetune"],
+    base = base_model_name(spec["base_model"])
+    return {"name": spec["name"], "base_model": base, "base_hub": hub_name(base) is not None,
+            "base_source": base_source(spec["base_model"], base), "license": base_license(spec["base_model"]),
+            "method": spec["method"], "finetune": spec["finetune"],
             "step": step, "spec": dict(spec), "datasets": dataset_entries(spec),
             "evaluations": card_evaluations(evaluations, step), "software": software_versions()}
+
+
+def base_source(given: str, name: str) -> str:
+    """Where the base came from, as the card says it: the hub, or the local directory the run was ``given``."""
+    return "the Hugging Face hub" if hub_name(name) else f"the local directory `{given}`"
 
 
 def card_from_state(state: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -174,8 +205,8 @@ def render_model_card(card: Mapping[str, Any], kind: str) -> str:
     """The README.md (Hugging Face model card: YAML front matter, then Markdown) of a ``kind`` directory."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    sections = [_header(card, kind), _evaluation_section(card), _data_section(card), _spec_section(card),
-                _software_section(card), _loading_section(card, kind)]
+    sections = [_header(card, kind), _base_section(card, kind), _evaluation_section(card), _data_section(card),
+                _spec_section(card), _software_section(card), _loading_section(card, kind)]
     return _front_matter(card, kind) + "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -192,7 +223,7 @@ def portable_files(model_dir: Path, card: Mapping[str, Any], kind: str, names: M
     files[CARD_FILE] = render_model_card(card, kind).encode()
     config = _read_json(model_dir / ADAPTER_CONFIG)
     if config:
-        config["base_model_name_or_path"] = card["base_model"]
+        config["base_model_name_or_path"] = adapter_base(card)
         files[ADAPTER_CONFIG] = (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
     return files
 
@@ -225,6 +256,18 @@ def _header(card: Mapping[str, Any], kind: str) -> str:
             f"{what}{lora} of `{card['base_model']}` after {card['step']} of {spec['max_steps']} optimizer steps of "
             f"domain-adaptive continued pre-training with MoL Studio: "
             f"method `{card['method']}`, {method}.")
+
+
+def _base_section(card: Mapping[str, Any], kind: str) -> str:
+    base, source = card["base_model"], card.get("base_source")
+    if base_is_hub(card):
+        return f"## Base model\n\n`{base}`, from the Hugging Face hub."
+    text = f"## Base model\n\n`{base}` is not on the Hugging Face hub" + (f": it is {source}." if source else ".")
+    if kind == "adapter":
+        text += (" Loading this adapter needs a copy of that model's directory: `adapter_config.json` names a "
+                 "placeholder as its `base_model_name_or_path` (set it to that directory, or load the base yourself "
+                 "as below).")
+    return text
 
 
 def _evaluation_section(card: Mapping[str, Any]) -> str:
@@ -293,10 +336,12 @@ def _software_section(card: Mapping[str, Any]) -> str:
 
 def _loading_section(card: Mapping[str, Any], kind: str) -> str:
     if kind == "adapter":
+        base, comment = ((card["base_model"], "or a local copy's directory") if base_is_hub(card)
+                         else ("path/to/the/base", f"the directory of `{card['base_model']}`: see Base model"))
         code = ("from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, "
                 "AutoTokenizer\n\n"
                 "path = \"path/to/this/directory\"\n"
-                f"base = AutoModelForCausalLM.from_pretrained(\"{card['base_model']}\")  # or the base's directory\n"
+                f"base = AutoModelForCausalLM.from_pretrained(\"{base}\")  # {comment}\n"
                 "model = PeftModel.from_pretrained(base, path)\n"
                 "tokenizer = AutoTokenizer.from_pretrained(path)\n\n"
                 "merged = model.merge_and_unload()  # plain transformers weights, the adapter folded in\n"

@@ -163,14 +163,15 @@ def _loop(spec: JobSpec, out: Path, cb: Callback, world: World, resume: bool) ->
 
 
 def _crosses_budget_now(run: Run, step: int, cb: Callback) -> bool:
-    """Whether this step's evaluation is the first over ``max_general_kl`` (rank 0's figures decide for every
-    rank); if so, a ``budget`` event says so."""
-    budget = run.spec.max_general_kl
-    if budget is None or not run.world.agree(first_crossing(run.evaluations, budget) == step, run.device):
+    """Whether this step's evaluation crosses ``max_general_kl``, the ``budget_patience``-th in a row over it (rank
+    0's figures decide for every rank); if so, a ``budget`` event says so."""
+    budget, patience = run.spec.max_general_kl, run.spec.budget_patience
+    if budget is None or not run.world.agree(first_crossing(run.evaluations, budget, patience) == step, run.device):
         return False
     stop, kl = run.spec.on_budget == "stop", run.evaluations[step].get("eval/general_kl")
-    cb.on_event({"step": step, "kind": "budget", "message": budget_message(step, run.evaluations[step], budget, stop),
-                 "general_kl": kl, "max_general_kl": budget, "on_budget": run.spec.on_budget})
+    message = budget_message(step, run.evaluations[step], budget, stop, patience)
+    cb.on_event({"step": step, "kind": "budget", "message": message, "general_kl": kl, "max_general_kl": budget,
+                 "budget_patience": patience, "on_budget": run.spec.on_budget})
     return True
 
 

@@ -28,7 +28,7 @@ from mol_engine.export import (
     is_adapter,
     tied_aliases,
 )
-from mol_engine.model_card import portable_files, reference_names, spec_references
+from mol_engine.model_card import base_is_hub, portable_files, reference_names, spec_references
 
 from ..db import Dataset, Job
 from ..deps import DB, Owner, StreamOwner, Svc, revocation_check
@@ -97,8 +97,18 @@ def portable(checkpoint: Path, source: Path, format: str, submitted: dict, label
     card = checkpoint_card(checkpoint)
     if card is None:
         return {}
+    if not base_is_hub(card):  # where a user finds a copy of the base: this server, not the path it read it from
+        card["base_source"] = (f"the model `{submitted['base_model']}` of the MoL Studio server that trained it "
+                               "(`GET /v1/models` lists it)")
     kind = export_kind(checkpoint, merged=format == "merged")
     return portable_files(source, card, kind, reference_names(card["spec"], submitted, labels))
+
+
+def archive_name(job_id: str, name: str, kind: str) -> str:
+    """The folder a download of checkpoint ``name`` holding ``kind`` (see ``export_kind``) unpacks into, its file
+    name without ``.tar.gz``: a LoRA checkpoint's adapter and merged model get distinct ones (unpacked into one
+    folder, transformers would apply the adapter to weights that already hold it), full weights the plain name."""
+    return f"{job_id}-{name}" if kind == "full" else f"{job_id}-{name}-{kind}"
 
 
 def disk_full(err: BaseException) -> bool:
@@ -157,6 +167,7 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, re
             raise HTTPException(507, f"checkpoint '{name}': the server's disk is full while preparing the "
                                      f"'{format}' download; free space and try again") from None
         raise
-    return TarGzResponse(source, f"{job_id}-{name}", f"{job_id}-{name}-{format}.tar.gz", cleanup=scratch,
+    folder = archive_name(job_id, name, export_kind(path, merged=format == "merged"))
+    return TarGzResponse(source, folder, f"{folder}.tar.gz", cleanup=scratch,
                          replaced=replaced, revoked=revocation_check(request, svc),
                          recheck_s=svc.settings.token_recheck_s)

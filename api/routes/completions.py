@@ -86,14 +86,28 @@ def checkpoint_models(svc, owner: str) -> list[ModelOut]:
     models = available_models(svc.settings)
     listed = []
     for job_id, job_name, spec in jobs:
-        base = models.get(spec.get("base_model"))
-        of_job = {"model_type": model_type(base) if base else None, "kind": "checkpoint", "job_name": job_name}
-        run_dir = svc.settings.runs_dir / job_id
+        base, run_dir = models.get(spec.get("base_model")), svc.settings.runs_dir / job_id
         best = best_checkpoint_dir(run_dir)
         named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(checkpoint_dirs(run_dir))]
-        listed += [ModelOut(id=f"{job_id}:{name}", checkpoint=name, step=int(path.name.removeprefix("step-")),
-                            **of_job) for name, path in named]
+        listed += [checkpoint_model(f"{job_id}:{name}", path, base, owner, job_name) for name, path in named]
     return listed
+
+
+def checkpoint_model(model_id: str, path: Path, base: Path | None, owner: str,
+                     job_name: str | None = None) -> ModelOut:
+    """The model object of checkpoint ``path`` (of the job ``job_name`` on ``base``, None when that is gone) listed
+    as ``model_id`` (``<job_id>:best`` or ``<job_id>:step-N``)."""
+    return ModelOut(id=model_id, created=mtime_s(path), owned_by=owner,
+                    model_type=model_type(base) if base is not None else None, kind="checkpoint", job_name=job_name,
+                    checkpoint=model_id.rsplit(":", 1)[-1], step=int(path.name.removeprefix("step-")))
+
+
+def mtime_s(path: Path) -> int:
+    """When ``path`` was last written, in Unix seconds (0 when it cannot be read)."""
+    try:
+        return int(path.stat().st_mtime)
+    except OSError:
+        return 0
 
 
 class Running:

@@ -1,12 +1,13 @@
-"""GET /healthz and GET /v1/models."""
+"""GET /healthz, GET /v1/models and GET /v1/models/{id}."""
 
 from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import func, select, text
 
 from mol_engine.spec import JobSpec
@@ -14,20 +15,40 @@ from mol_engine.spec import JobSpec
 from ..db import Job, WorkerSeen, utcnow
 from ..deps import Owner, OwnerOrNone, Svc
 from ..leases import worker_alive_within_s
-from ..schemas import DemoOut, HealthOut, ModelOut, errors, utc_iso
+from ..schemas import DemoOut, HealthOut, ModelList, ModelOut, errors, utc_iso
 from ..validation import available_models, demo_status, model_type
-from .completions import checkpoint_models
+from .completions import checkpoint_model, checkpoint_models, mtime_s, openai_error, resolve_model
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=list[ModelOut], tags=["models"], responses=errors(401, 422))
-def list_models(owner: Owner, svc: Svc, include: Literal["checkpoints"] | None = None) -> list[ModelOut]:
-    """The base models on offer, by name and type (their paths on the server are not shown); with
-    ``include=checkpoints`` also the owner's checkpoints, which the completions routes take as ``model``."""
-    bases = [ModelOut(id=name, model_type=model_type(path))
-             for name, path in available_models(svc.settings).items() if (path / "config.json").is_file()]
-    return bases + (checkpoint_models(svc, owner) if include == "checkpoints" else [])
+@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=errors(401, 422))
+def list_models(owner: Owner, svc: Svc, include: Literal["checkpoints"] | None = None) -> ModelList:
+    """The base models on offer, by name and type (their paths on the server are not shown), in OpenAI's list shape
+    (``OpenAI(...).models.list()``); with ``include=checkpoints`` also the owner's checkpoints, which the
+    completions routes take as ``model``."""
+    bases = [base_model(name, path) for name, path in available_models(svc.settings).items()
+             if (path / "config.json").is_file()]
+    return ModelList(data=bases + (checkpoint_models(svc, owner) if include == "checkpoints" else []))
+
+
+@router.get("/v1/models/{model_id}", response_model=ModelOut, tags=["models"], responses=errors(401, 404, 409, 422))
+def retrieve_model(model_id: str, owner: Owner, svc: Svc):
+    """One model by its id (``OpenAI(...).models.retrieve``): a base model, or one of the owner's checkpoints as
+    ``<job_id>:step-N`` or ``<job_id>:best`` (409 while the job has no best); 404 for anything else. Errors carry
+    OpenAI's ``error`` beside ``detail``, as the completions routes' do."""
+    try:
+        source = resolve_model(svc, owner, model_id)
+    except HTTPException as err:
+        return openai_error(err)
+    if model_id in available_models(svc.settings):
+        return base_model(model_id, source.path)
+    return checkpoint_model(model_id, source.path, source.base, owner)
+
+
+def base_model(name: str, path: Path) -> ModelOut:
+    """The model object of the base model ``name`` in directory ``path``."""
+    return ModelOut(id=name, created=mtime_s(path / "config.json"), model_type=model_type(path))
 
 
 @router.get("/v1/demo", response_model=DemoOut, tags=["models"], responses=errors(401))

@@ -4,7 +4,7 @@
 // sortable by gain or drift.
 import { api, listPages } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
-import { PALETTE, el, fmt, statusBadge } from "../dom.js";
+import { PALETTE, el, fmt, jobBadge } from "../dom.js";
 import { latestTaskScore, taskScoreTable } from "./task_evals.js";
 
 const CURVES = [
@@ -113,7 +113,7 @@ function sweepTable(sweep) {
       "data-frontier": j.on_frontier ? "yes" : "no" },
       el("td", { "data-col": "point" }, el("strong", {}, keys[j.id])),
       el("td", {}, el("a", { href: `#/job/${j.id}` }, j.name)),
-      el("td", {}, statusBadge(j.status)),
+      el("td", {}, jobBadge(j)),
       el("td", { class: "num", "data-col": "gain" }, fmt(j.gain)),
       el("td", { class: "num", "data-col": "drift" }, fmt(j.drift)),
       el("td", {}, j.on_frontier ? el("strong", {}, "on the frontier") : el("span", { class: "muted" }, "dominated")))));
@@ -153,7 +153,7 @@ export async function sweepPage(view, id) {
 async function pickJobs(view) {
   const [{ items: jobs }, sweeps] = await Promise.all([listPages("/v1/jobs"), api("/v1/sweeps")]);  // jobs: 200 a page
   const boxes = jobs.map((j) => el("label", { class: "inline" }, el("input", { type: "checkbox", value: j.id }),
-    `${j.name} (${j.method}) `, statusBadge(j.status)));
+    `${j.name} (${j.method}) `, jobBadge(j)));
   const go = el("button", { class: "primary", onclick: () => {
     const ids = boxes.map((b) => b.querySelector("input")).filter((i) => i.checked).map((i) => i.value);
     location.hash = `#/compare?ids=${ids.join(",")}`;
@@ -183,7 +183,7 @@ export async function comparePage(view, ids) {
   view.replaceChildren(
     el("section", { class: "card" }, el("div", { class: "toolbar" }, el("h1", {}, "Compare"),
       jobs.map((j, i) => el("span", { class: "chip", style: `border-color:${PALETTE[i % PALETTE.length]}` },
-        el("a", { href: `#/job/${j.id}` }, j.name), ` ${j.spec.method} `, statusBadge(j.status))),
+        el("a", { href: `#/job/${j.id}` }, j.name), ` ${j.spec.method} `, jobBadge(j))),
       el("span", { class: "spacer" }), el("a", { class: "button", href: "#/compare" }, "Change selection"))),
     el("section", { class: "card" }, el("h2", {}, "Summary"), el("p", { class: "muted" }, "Held-out figures of each "
       + "job: the base model's (its evaluation at step 0), the last and the best, each with its change against the "

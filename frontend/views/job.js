@@ -1,7 +1,7 @@
 // Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
 import { api } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
-import { byteSize, duration, el, localTime, statusBadge } from "../dom.js";
+import { byteSize, duration, el, jobBadge, localTime } from "../dom.js";
 import { trackersSection } from "./job_files.js";
 import { watchSideTasks } from "./side_tasks.js";
 import { taskEvaluationSection } from "./task_evals.js";
@@ -46,6 +46,26 @@ function chartSet(parent, spec) {
   return chartsFor(spec).map(([options, names]) => [new LineChart(parent, options), names]);
 }
 
+// The downloads a checkpoint offers, [format, label]: full weights are one plain "Download"; a LoRA checkpoint
+// offers its adapter merged into the base and the adapter alone (the server names each one's folder apart).
+export function downloadChoices(kind) {
+  return kind === "adapter" ? [["merged", "Download merged"], ["adapter", "Download adapter"]]
+    : [["merged", "Download"]];
+}
+
+// Why a job stopped before max_steps, in words (null when it did not): its forgetting budget, and the best
+// checkpoint within it among ``checkpoints`` (GET …/checkpoints), or that none is.
+export function stopReason(job, checkpoints) {
+  if (job.stop_reason !== "budget") return null;
+  const patience = job.spec.budget_patience ?? 1;
+  const best = checkpoints.find((c) => c.best);
+  return `Stopped at step ${job.step} of ${job.max_steps}: the KL to the base stayed over the forgetting budget `
+    + `(max_general_kl ${job.spec.max_general_kl})${patience > 1 ? ` for ${patience} evaluations in a row` : ""}. `
+    + (best ? `The best checkpoint within the budget is ${best.name} (marked best below).`
+      : "No checkpoint is within the budget: every one kept is over it (a higher kl_weight, or a lower learning "
+        + "rate, keeps the KL lower).");
+}
+
 function checkpointsTable(jobId, checkpoints) {
   if (!checkpoints.length) return el("p", { class: "muted" }, "No checkpoint yet.");
   // the best checkpoint within the budget is marked (and downloadable as `best` too)
@@ -53,10 +73,15 @@ function checkpointsTable(jobId, checkpoints) {
     ? { "data-best": "", title: "best domain figure among evaluated checkpoints within the forgetting budget" } : {},
     el("td", {}, c.name, c.best ? [" ", el("mark", { class: "best" }, "best")] : ""),
     el("td", { class: "muted" }, `${byteSize(c.bytes)} · ${c.kind}`),
-    el("td", {}, el("a", { class: "button", download: "", "data-download": c.name,
-      href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=merged` }, "Download merged")),
-    el("td", {}, c.kind === "adapter" ? el("a", { class: "button", download: "",
-      href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=adapter` }, "Download adapter") : null)))));
+    ...downloadLinks(jobId, c).map((link) => el("td", {}, link))))));
+}
+
+// One link per download choice, then an empty cell's null, so every row has two cells of links.
+function downloadLinks(jobId, c) {
+  const links = downloadChoices(c.kind).map(([format, label], i) => el("a", { class: "button", download: "",
+    "data-format": format, ...(i === 0 ? { "data-download": c.name } : {}),
+    href: `/v1/jobs/${jobId}/checkpoints/${c.name}/download?format=${format}` }, label));
+  return [links[0], links[1] || null];
 }
 
 // "1.2 GiB on disk, 3 checkpoints": the whole run directory (checkpoints, logs, samples), as the API measured it.
@@ -290,6 +315,7 @@ export async function jobPage(view, jobId) {
   const set = chartSet(charts, job.spec);
   let pace = null;  // the run's own timings so far (trackPace): its ETA's
 
+  let checkpoints = [];  // the latest list: the header names the best one when the budget stopped the job
   const drawHeader = () => {
     const cancel = el("button", { class: "danger", onclick: async () => {
       if (!window.confirm(`Cancel the job ${job.name} (step ${job.step} of ${job.max_steps})?`)) return;
@@ -308,25 +334,23 @@ export async function jobPage(view, jobId) {
     } }, "Delete");
     const clone = el("a", { class: "button", href: `#/new?from=${encodeURIComponent(jobId)}`, "data-action": "clone" },
       "Clone");
-    header.replaceChildren(el("h1", {}, job.name), statusBadge(job.status),
+    header.replaceChildren(el("h1", {}, job.name), jobBadge(job),
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
       el("span", { class: "muted", "data-eta": "" }, etaText(job, pace, Date.now())),
       el("span", { class: "spacer" }), el("a", { class: "button", href: `#/log/${jobId}`, "data-action": "log" }, "Log"),
       clone, FINAL.includes(job.status) ? remove : cancel);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
-    if (job.stop_reason === "budget") {
-      header.append(el("p", { class: "muted wide", "data-stop-reason": "budget" },
-        `Stopped at step ${job.step}: the KL to the base crossed the forgetting budget (${job.spec.max_general_kl}).`));
-    }
+    const reason = stopReason(job, checkpoints);
+    if (reason) header.append(el("p", { class: "wide", "data-stop-reason": job.stop_reason }, reason));
   };
   let phaseEvent = null;  // the latest of PHASE_KINDS
   let trained = 0;  // the latest training step the metric stream brought: ahead of `job`, read every 3 s
   const drawPhase = () => showPhase(dataBox, phaseLine({ ...job, step: Math.max(job.step, trained) }, phaseEvent));
   const refresh = async () => {
     job = await api(`/v1/jobs/${jobId}`);
+    checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
     drawHeader();
     drawPhase();
-    const checkpoints = await api(`/v1/jobs/${jobId}/checkpoints`);
     ckpts.replaceChildren(diskUsed(job, checkpoints) ?? "", checkpointsTable(jobId, checkpoints),
       checkpoints.length ? el("p", {}, el("a", { class: "button", href: `#/playground?job=${encodeURIComponent(jobId)}`,
         "data-action": "playground" }, "Try in playground")) : "");

@@ -1,6 +1,6 @@
 // Jobs list: live (refreshed every 2 s), with a selection to compare.
 import { api, listPages } from "../api.js";
-import { duration, el, fmt, statusBadge, when } from "../dom.js";
+import { duration, el, fmt, jobBadge, when } from "../dom.js";
 
 function eta(job) {
   if (job.status !== "running" || !job.started_at || job.step < 1) return "";
@@ -16,7 +16,7 @@ function row(job, selected, onToggle) {
     el("td", {}, el("a", { href: `#/job/${job.id}` }, job.name)),
     el("td", {}, job.base_model),
     el("td", {}, job.method),
-    el("td", {}, statusBadge(job.status)),
+    el("td", {}, jobBadge(job)),
     el("td", { class: "progress-cell" },
       el("progress", { max: job.max_steps, value: job.step }),
       el("span", { class: "muted" }, ` ${job.step} / ${job.max_steps} ${eta(job)}`)),

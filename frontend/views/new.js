@@ -258,8 +258,9 @@ function radios(name, options, checked) {
 
 // ``from``: a job id whose spec fills the form (the job page's Clone button: #/new?from=<job_id>)
 export async function newJobPage(view, from = null) {
-  const [datasets, models, schema, source] = await Promise.all([api("/v1/datasets"), api("/v1/models"),
-    api("/v1/jobspec"), from ? api(`/v1/jobs/${encodeURIComponent(from)}`) : null]);
+  const [datasets, models, schema, source] = await Promise.all([api("/v1/datasets"),
+    api("/v1/models").then((list) => list.data), api("/v1/jobspec"),
+    from ? api(`/v1/jobs/${encodeURIComponent(from)}`) : null]);
   const defaults = Object.fromEntries(Object.entries(schema.properties).map(([k, v]) => [k, v.default]));
   const pickers = PURPOSES.map((p) => datasetPicker(p, datasets));
   const general = el("p", { class: "error", "data-error-for": "spec" });

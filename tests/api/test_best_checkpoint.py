@@ -30,7 +30,7 @@ def test_a_budget_stop_ends_succeeded_and_best_resolves_to_the_best_step_within_
     figures, heldout = iter([(20.0, 0.0), (9.0, 0.1), (5.0, 0.5)]), train_module.heldout_metrics
     monkeypatch.setattr(train_module, "heldout_metrics", lambda *a, **k: heldout(*a, **k) | dict(
         zip(("eval/domain_ppl", "eval/general_kl"), next(figures), strict=True)))
-    spec = job_spec(upload, max_general_kl=0.3, on_budget="stop", keep_checkpoints=1)
+    spec = job_spec(upload, max_general_kl=0.3, on_budget="stop", budget_patience=1, keep_checkpoints=1)
     job_id = client.post("/v1/jobs", headers=auth(), json=spec).json()["id"]
     assert run(job_id, settings) == "succeeded"
 

@@ -23,12 +23,17 @@ from tests.api.test_slow_clients import WEIGHTS, add_checkpoint
 from tests.live_server import serving
 
 
-def download(client, auth, job_id: str, fmt: str) -> dict[str, bytes]:
-    """Every regular file of the job's step-2 tarball in ``fmt``, by its path inside the model directory."""
+def download(client, auth, job_id: str, fmt: str, folders: dict | None = None) -> dict[str, bytes]:
+    """Every regular file of the job's step-2 tarball in ``fmt``, by its path inside the model directory; the folder
+    every member lies in, and the file name the server gives, go to ``folders[(job_id, fmt)]``."""
     response = client.get(f"/v1/jobs/{job_id}/checkpoints/step-2/download", headers=auth(), params={"format": fmt})
     assert response.status_code == 200, response.text
     with tarfile.open(fileobj=io.BytesIO(response.content), mode="r:gz") as tar:
-        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+        members = tar.getmembers()
+        if folders is not None:
+            disposition = response.headers["content-disposition"]
+            folders[(job_id, fmt)] = ({m.name.split("/", 1)[0] for m in members}, disposition.split('"')[1])
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in members if m.isfile()}
 
 
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the database plays no part here
@@ -37,9 +42,10 @@ def test_downloads_name_the_registered_model_and_no_server_path(client, auth, fi
     server = str(tmp_path_factory.getbasetemp())  # MOL_HOME, the runs, the models and their link targets
     full = finished_job(max_steps=2, save_every=2, eval_every=2)
     lora = finished_job(finetune="lora", lora={"rank": 4}, max_steps=2, save_every=2, eval_every=2)
+    folders = {}
     for job_id, fmt, library in ((full, "merged", "transformers"), (lora, "adapter", "peft"),
                                  (lora, "merged", "transformers")):
-        files = download(client, auth, job_id, fmt)
+        files = download(client, auth, job_id, fmt, folders)
         domain_id = client.get(f"/v1/jobs/{job_id}", headers=auth()).json()["spec"]["domain_data"][0]
         texts = {name: data.decode() for name, data in files.items() if not name.endswith(".safetensors")}
         assert "README.md" in texts and "tokenizer.json" in texts, sorted(files)
@@ -50,9 +56,17 @@ def test_downloads_name_the_registered_model_and_no_server_path(client, auth, fi
         assert f"| domain | data.jsonl ({domain_id}) | `{hashlib.sha256(DOCS.encode()).hexdigest()}` |" in card
         assert "| Domain perplexity (held-out) |" in card and "step 2 (this checkpoint)" in card
         assert ("adapter_config.json" in files) == (fmt == "adapter")
-        if fmt == "adapter":
-            assert json.loads(texts["adapter_config.json"])["base_model_name_or_path"] == "tiny"
-            assert 'AutoModelForCausalLM.from_pretrained("tiny")' in card
+        assert ("`tiny` is not on the Hugging Face hub: it is the model `tiny` of the MoL Studio server that "
+                "trained it") in card  # where the base came from
+        if fmt == "adapter":  # "tiny" would be fetched from the hub, a different model: a placeholder that fails
+            base = json.loads(texts["adapter_config.json"])["base_model_name_or_path"]
+            assert base == "<local base model 'tiny': not on the Hugging Face hub; put its directory here>"
+            assert 'AutoModelForCausalLM.from_pretrained("path/to/the/base")' in card
+
+    # unpacked side by side, no two formats share a folder (an adapter beside its merged model: applied twice)
+    assert folders == {(full, "merged"): ({f"{full}-step-2"}, f"{full}-step-2.tar.gz"),
+                       (lora, "adapter"): ({f"{lora}-step-2-adapter"}, f"{lora}-step-2-adapter.tar.gz"),
+                       (lora, "merged"): ({f"{lora}-step-2-merged"}, f"{lora}-step-2-merged.tar.gz")}
 
     (listed,) = client.get(f"/v1/jobs/{full}/checkpoints", headers=auth()).json()
     step = settings.runs_dir / full / "checkpoints" / "step-2"

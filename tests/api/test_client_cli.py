@@ -118,7 +118,7 @@ def test_follow_and_download_a_finished_job(server, settings, capsys, tmp_path):
     assert any(line.startswith("step 2 ") and "train/loss=" in line for line in lines)  # metrics, one line each
     assert any(line.endswith("Z  succeeded: " + line.split("succeeded: ", 1)[-1]) for line in lines)  # the event
     code, out, err = mol(capsys, "download", job_id, "2", "-o", str(tmp_path))
-    tarball = tmp_path / f"{job_id}-step-2-merged.tar.gz"
+    tarball = tmp_path / f"{job_id}-step-2.tar.gz"  # full weights: the plain name, no "-merged"
     assert code == 0 and out.strip() == str(tarball) and "download 2" in err and "B/s" in err
     with tarfile.open(tarball) as tar:
         assert f"{job_id}-step-2/config.json" in tar.getnames()

@@ -132,6 +132,39 @@ def test_greedy_completion_equals_the_engine_and_streamed_chunks_add_up_to_it(cl
     assert sampled[0] == sampled[1]  # the same seed, the same sample
 
 
+def test_every_openai_client_call_the_docs_show(client, served):
+    """docs/api.md's client calls, each through the official ``openai`` package: models.list (bases; with
+    include=checkpoints the owner's checkpoints too), models.retrieve, completions and chat completions, whole and
+    streamed."""
+    jobs, bobs = served[2], served[3]
+    listed = client.models.list()  # before the fix: a bare JSON list, which the client cannot read as a page
+    assert [m.id for m in listed] == ["broken", "chatty", "endless", "tiny"]
+    assert {(m.object, m.owned_by) for m in listed} == {("model", "mol-studio")} and all(m.created for m in listed)
+    with_checkpoints = [m.id for m in client.models.list(extra_query={"include": "checkpoints"})]
+    assert with_checkpoints[4:] == [f"{jobs['lora']}:step-2", f"{jobs['full']}:step-1"]
+    tiny = client.models.retrieve("tiny")
+    assert (tiny.id, tiny.object, tiny.owned_by, tiny.model_type) == ("tiny", "model", "mol-studio", "llama")
+    mine = client.models.retrieve(f"{jobs['lora']}:step-2")
+    assert (mine.id, mine.owned_by, mine.kind, mine.model_type) == (f"{jobs['lora']}:step-2", "alice",
+                                                                    "checkpoint", "llama")
+    for missing in ("nobody", f"{bobs}:step-1", f"{jobs['full']}:step-9"):
+        with pytest.raises(openai.NotFoundError, match="not found"):
+            client.models.retrieve(missing)
+    with pytest.raises(openai.ConflictError, match="no best checkpoint yet"):
+        client.models.retrieve(f"{jobs['full']}:best")
+
+    text = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, temperature=0)
+    assert text.object == "text_completion" and text.usage.completion_tokens <= 4
+    streamed = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=4, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == text.choices[0].text
+    messages = [{"role": "user", "content": "What is 2 plus 3?"}]
+    chat = client.chat.completions.create(model="chatty", messages=messages, max_tokens=4, temperature=0)
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    chunks = client.chat.completions.create(model="chatty", messages=messages, max_tokens=4, temperature=0,
+                                            stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == chat.choices[0].message.content
+
+
 def test_chat_completion_through_the_tokenizer_template(client, served):
     messages = [{"role": "user", "content": "What is 2 plus 3?"}]
     whole = client.chat.completions.create(model="chatty", messages=messages, max_tokens=10, temperature=0)
@@ -150,10 +183,10 @@ def test_chat_completion_through_the_tokenizer_template(client, served):
 def test_checkpoints_complete_for_their_owner_only(client, served, tiny_model_dir, tmp_path):
     base, _app, jobs, bobs = served
     listed = httpx.get(f"{base}/v1/models?include=checkpoints", headers={"Authorization": "Bearer tok-alice"}).json()
-    checkpoints = [m["id"] for m in listed if m["kind"] == "checkpoint"]
+    checkpoints = [m["id"] for m in listed["data"] if m["kind"] == "checkpoint"]
     assert checkpoints == [f"{jobs['lora']}:step-2", f"{jobs['full']}:step-1"]  # newest first: the playground's pick
     plain = httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer tok-alice"}).json()
-    assert {m["kind"] for m in plain} == {"base"}  # the new-job form's list is unchanged
+    assert {m["kind"] for m in plain["data"]} == {"base"}  # the new-job form's list is unchanged
     full = client.completions.create(model=f"{jobs['full']}:step-1", prompt=PROMPT, max_tokens=6, temperature=0)
     assert full.choices[0].text == engine_greedy(tiny_model_dir, PROMPT, 6)
     adapter = client.completions.create(model=f"{jobs['lora']}:step-2", prompt=PROMPT, max_tokens=6, temperature=0)

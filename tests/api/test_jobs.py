@@ -74,7 +74,7 @@ def test_dataset_in_use_cannot_be_deleted(client, auth, datasets):
 
 
 def test_models_and_health(client, auth):
-    models = client.get("/v1/models", headers=auth()).json()
+    models = client.get("/v1/models", headers=auth()).json()["data"]
     assert [m["id"] for m in models] == ["tiny"] and models[0]["model_type"] == "llama"
     assert client.get("/v1/models").status_code == 401
     assert client.get("/healthz", headers=auth()).json()["database"] == "ok"

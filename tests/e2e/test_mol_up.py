@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_upload_train_stream_download_load(service, tmp_path):
     client, home = service.client, service.home
-    assert [m["id"] for m in client.get("/v1/models").json()] == ["demo"]
+    assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["demo"]
     demo = home / "demo"
     ids = {}
     for purpose, name in (("domain", "domain.jsonl"), ("general", "general.jsonl"), ("eval", "eval.jsonl")):
@@ -138,7 +138,7 @@ def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
                                                     wait_for_demo=False, env=env, stop_in_background=True))
         status = first.client.get("/v1/demo").json()
         assert status["state"] == "building", status  # the URL answered before the demo was built
-        assert [m["id"] for m in first.client.get("/v1/models").json()] == []
+        assert [m["id"] for m in first.client.get("/v1/models").json()["data"]] == []
         refused = first.client.post("/v1/jobs", json={"name": "early", "base_model": "demo", "domain_data": ["x"],
                                                         "general_data": ["y"]})
         assert refused.status_code == 422 and "'demo' is not ready yet" in refused.json()["detail"], refused.text
@@ -164,7 +164,7 @@ def test_url_comes_before_the_demo_which_two_homes_build_once(tmp_path):
         assert "demo built in" in logs[0] and "demo built in" not in logs[1], logs  # one build, shared
         assert re.search(r"demo: pretraining step 30/30, .* elapsed, about 0 s left", logs[0]), logs[0]
         for up in (first, second):
-            assert [m["id"] for m in up.client.get("/v1/models").json()] == ["demo"]
+            assert [m["id"] for m in up.client.get("/v1/models").json()["data"]] == ["demo"]
             assert {d["purpose"] for d in up.client.get("/v1/datasets").json()} == {"domain", "general", "eval"}
         assert (first.home / "demo").resolve() == (second.home / "demo").resolve()
         assert (first.home / "demo").resolve().parent == tmp_path / "cache"

@@ -71,10 +71,11 @@ def test_the_service_renames_paths_to_its_model_id_and_the_owners_dataset_names(
     files = {name: data.decode() for name, data in portable_files(tmp_path, CARD, "adapter", names).items()}
     assert sorted(files) == ["README.md", "adapter_config.json", "config.json"]  # the tokenizer's names no path
     assert not [name for name, text in files.items() if "/srv" in text]
-    assert json.loads(files["adapter_config.json"]) == {"base_model_name_or_path": "tiny", "r": 4}
+    placeholder = "<local base model 'tiny': not on the Hugging Face hub; put its directory here>"
+    assert json.loads(files["adapter_config.json"]) == {"base_model_name_or_path": placeholder, "r": 4}
     assert json.loads(files["config.json"]) == {"_name_or_path": "tiny"}
     card = files["README.md"]
-    assert front_matter(card)["base_model"] == "tiny" and 'from_pretrained("tiny")' in card
+    assert front_matter(card)["base_model"] == "tiny" and 'from_pretrained("path/to/the/base")' in card
     assert "| domain | law.jsonl (ds_1) |" in card and "| general | ds_2 |" in card  # a deleted dataset: its id
 
 
@@ -101,6 +102,23 @@ def test_the_base_is_named_by_its_hub_name_when_its_config_records_one(tmp_path)
     assert base_model_name(str(tmp_path)) == "org/base-7b" and base_model_name("org/other") == "org/other"
     (tmp_path / "config.json").write_text(json.dumps({"_name_or_path": "/home/me/base"}))
     assert base_model_name(str(tmp_path)) == str(tmp_path)  # a path is no name: the service renames it
+    snapshot = tmp_path / "hub" / "models--Qwen--Qwen2.5-0.5B" / "snapshots" / "a1b2c3"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "qwen").symlink_to(snapshot)  # a models_dir entry linked into the Hugging Face cache
+    assert base_model_name(str(tmp_path / "models" / "qwen")) == "Qwen/Qwen2.5-0.5B"
+
+
+def test_an_adapter_of_a_hub_base_names_it_and_one_of_a_local_base_a_placeholder(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/srv/x", "r": 4}))
+    hub = CARD | {"base_model": "org/base-7b", "base_hub": True, "base_source": "the Hugging Face hub"}
+    files = portable_files(tmp_path, hub, "adapter", {})
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "org/base-7b"
+    card = files["README.md"].decode()
+    assert "`org/base-7b`, from the Hugging Face hub." in card and 'from_pretrained("org/base-7b")' in card
+    local = render_model_card(CARD | {"base_source": "the local directory `/srv/mol/models/tiny`"}, "adapter")
+    assert ("`/srv/mol/models/tiny` is not on the Hugging Face hub: it is the local directory "
+            "`/srv/mol/models/tiny`. Loading this adapter needs a copy") in local
 
 
 def test_a_run_writes_the_card_into_its_checkpoints_and_exports(make_spec, corpora, tiny_model_dir, tmp_path,
@@ -131,7 +149,8 @@ def test_a_run_writes_the_card_into_its_checkpoints_and_exports(make_spec, corpo
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # the adapter card's code saves ./merged: its instructions run as written
     via_adapter, via_merged = {}, {}
-    exec(code_blocks(card, "python")[0].replace("path/to/this/directory", str(adapter)), via_adapter)
+    adapter_code = code_blocks(card, "python")[0].replace("path/to/this/directory", str(adapter))
+    exec(adapter_code.replace("path/to/the/base", str(tiny_model_dir)), via_adapter)  # a local base: its directory
     exec(code_blocks(merged_card, "python")[0].replace("path/to/this/directory", str(merged)), via_merged)
     ids = torch.tensor([[5, 6, 7, 8]])
     expected = via_merged["model"](ids).logits
