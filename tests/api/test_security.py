@@ -39,7 +39,7 @@ def test_models_name_no_server_path(client, auth, settings):
     models = client.get("/v1/models", headers=auth()).json()
     (tiny,) = models["data"]
     assert tiny == {"id": "tiny", "object": "model", "created": tiny["created"], "owned_by": "mol-studio",
-                    "model_type": "llama", "kind": "base"}
+                    "model_type": "llama", "kind": "base", "job_name": None, "checkpoint": None, "step": None}
     assert str(settings.models_dir) not in json.dumps(models)
 
 

@@ -179,8 +179,8 @@ def test_an_aborted_merged_download_leaves_no_thread_open_file_or_export(server,
     # read to the end: the whole tree comes back, and its scratch is removed too
     body = httpx.get(f"{base}{path}", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).content
     with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
-        assert tar.getnames() == [f"{job_id}-step-1", f"{job_id}-step-1/model.safetensors"]
-        assert tar.extractfile(f"{job_id}-step-1/model.safetensors").read() == payload
+        assert tar.getnames() == [f"{job_id}-step-1-merged", f"{job_id}-step-1-merged/model.safetensors"]
+        assert tar.extractfile(f"{job_id}-step-1-merged/model.safetensors").read() == payload
     assert wait_for(lambda: list(exports.iterdir())) == []
 
 

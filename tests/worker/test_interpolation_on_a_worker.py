@@ -25,7 +25,8 @@ def queue_side_tasks_of_another_owner(api, corpora, broker_url: str, count: int)
         with open(corpora[purpose], "rb") as handle:
             ids[purpose] = api.post("/v1/datasets", headers=OTHER, data={"purpose": purpose},
                                     files={"file": ("x.jsonl", handle)}).json()["id"]
-    spec = {"name": "o", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]]}
+    spec = {"name": "o", "base_model": "tiny", "domain_data": [ids["domain"]], "general_data": [ids["general"]],
+            "seq_len": 64}
     job_id = api.post("/v1/jobs", headers=OTHER, json=spec).json()["id"]
     assert api.post(f"/v1/jobs/{job_id}/cancel", headers=OTHER).json()["status"] == "cancelled"
     redis.Redis.from_url(broker_url).delete("mol-jobs")  # its message: nothing to run
