@@ -6,7 +6,6 @@ The engine's CLI (``python -m mol_engine``) knows nothing of the service; this m
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import signal
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 from mol_engine import cli as engine_cli
 from mol_engine.spec import MAX_NPROC
 
-from .client import add_client_parser
+from .client import add_client_parser, file_sha256
 from .client import main as client_main
 from .settings import Settings
 
@@ -42,13 +41,6 @@ def worker_env(gpus: str | None = None, procs: int | None = None) -> dict[str, s
     return {"MOL_WORKER_CAPACITY": str(procs or 1)}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def register_demo_datasets(sessions, settings: Settings, owner: str, source=None) -> None:
     """Make the demo corpora pickable datasets of ``owner`` (once; matched by content hash).
@@ -71,7 +63,7 @@ def register_demo_datasets(sessions, settings: Settings, owner: str, source=None
                 print(f"demo {purpose} corpus {path} is missing; delete {paths.root} to rebuild the demo",
                       file=sys.stderr)
                 continue
-            digest = _sha256(path)
+            digest = file_sha256(path)
             if (digest, purpose) in known:
                 continue
             documents, tokens = inspect_dataset(path, purpose, path.name, max_bad_lines=settings.max_bad_lines)
