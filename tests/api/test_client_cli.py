@@ -192,12 +192,13 @@ def test_progress_writes_one_final_line_when_not_on_a_terminal():
     assert out.getvalue().endswith("B/s\n") and out.getvalue().count("\n") == 1
 
 
-def test_the_client_imports_nothing_of_the_server_or_the_engine():
+def test_the_client_imports_nothing_of_the_server_and_of_the_engine_only_its_spec_reader():
     code = ("import argparse, sys, api.client, api.client_refs\n"  # with every command registered
             "api.client.add_client_parser(argparse.ArgumentParser().add_subparsers())\nprint(' '.join(sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "httpx" in loaded and not [m for m in loaded if m.split(".")[0] in ("torch", "transformers", "fastapi",
-                                                                               "sqlalchemy", "mol_engine")]
+                                                                               "sqlalchemy")]
+    assert [m for m in loaded if m.split(".")[0] == "mol_engine"] == ["mol_engine", "mol_engine.spec_file"]
     assert "api.client_commands" in loaded
     assert not [m for m in loaded if m.startswith("api.") and m not in ("api.client", "api.client_commands",
                                                                         "api.client_refs")]
