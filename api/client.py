@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import httpx
-import yaml
+
+from mol_engine.spec_file import read_spec_file
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 PART_BYTES = 8 * 2**20  # the dashboard's part size (docs/api.md: 8 to 64 MiB work well)
@@ -137,11 +138,9 @@ def sse_messages(lines: Iterator[str]) -> Iterator[SseMessage]:
 
 
 def load_spec(path: Path) -> dict[str, Any]:
-    """A job spec file, YAML or JSON (JSON is YAML), as a mapping."""
-    spec = yaml.safe_load(path.read_text())
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: a job spec is a mapping of fields (YAML or JSON), not {type(spec).__name__}")
-    return spec
+    """A job spec file, YAML or JSON (JSON is YAML), as a mapping, read as `mol train` reads it (``ratio: 4:1``
+    stays "4:1"); ValueError naming the file when it is not one."""
+    return read_spec_file(path)
 
 
 def filename_of(response: httpx.Response, fallback: str) -> str:
@@ -439,7 +438,7 @@ def run_command(args: argparse.Namespace) -> int:
     except httpx.HTTPError as err:
         print(f"error: cannot talk to {args.url}: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, yaml.YAMLError) as err:
+    except (OSError, ValueError) as err:  # ValueError: a spec file that is not one too (SpecFileError)
         print(f"error: {err}", file=sys.stderr)
         return 2
     finally:

@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from mol_engine.distributed import join_world  # noqa: E402
 from mol_engine.spec import JobSpec  # noqa: E402
+from mol_engine.spec_file import read_spec_file  # noqa: E402
 from mol_engine.train import setup_run, train_step  # noqa: E402
 
 KEYS = ("train/loss", "train/domain_ce", "train/general_kl", "train/grad_norm")
@@ -50,7 +51,7 @@ def local_bytes(tensors) -> int:
 
 def worker(spec_path: Path, out: Path) -> None:
     """Train the spec's ``max_steps`` steps as this rank; write ``out/rank-R.json``: the curve and the bytes held."""
-    spec = JobSpec.model_validate(yaml.safe_load(spec_path.read_text()))
+    spec = JobSpec.model_validate(read_spec_file(spec_path))
     world = join_world("cpu")
     try:
         run = setup_run(spec, out, world=world)

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from mol_engine.distributed import World, join_world  # noqa: E402
 from mol_engine.spec import JobSpec  # noqa: E402
+from mol_engine.spec_file import read_spec_file  # noqa: E402
 from mol_engine.train import setup_run, train_step  # noqa: E402
 
 # dense bf16 tensor-core peak, FLOP/s (vendor datasheets, without sparsity); the first name found in the device's
@@ -132,7 +133,7 @@ def fsdp_all_gpus(paths: dict[str, str], root: Path, batch_size: int, steps: int
 
 def fsdp_worker(spec_path: Path, steps: int) -> None:
     """One torchrun rank of :func:`fsdp_all_gpus`: rank 0 prints its measure as a JSON line."""
-    spec = JobSpec.model_validate(yaml.safe_load(spec_path.read_text()))
+    spec = JobSpec.model_validate(read_spec_file(spec_path))
     world = join_world("cuda")
     try:
         result = measure(spec, spec_path.parent / "fsdp-run", world, steps)

@@ -18,39 +18,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from .spec import JobSpec, format_validation_error
+from .spec_file import SpecFileError, load_yaml, read_spec_file
 
 DEMO_PREFIX = "demo:"
 
 
 class CliError(Exception):
     """A user error: printed as one message, exit status 2, no traceback."""
-
-
-class SpecLoader(yaml.SafeLoader):
-    """YAML without 1.1's base-60 numbers (``ratio: 4:1`` stays a string) and with ``1e-3`` as a float."""
-
-
-_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
-SpecLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-SpecLoader.add_implicit_resolver(_INT, re.compile(r"^[-+]?(0|[1-9][0-9_]*)$"), list("-+0123456789"))
-SpecLoader.add_implicit_resolver(
-    _FLOAT,
-    re.compile(r"^[-+]?([0-9][0-9_]*)?\.[0-9_]*([eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
-               r"|^[-+]?\.(inf|Inf|INF)$|^\.(nan|NaN|NAN)$"),
-    list("-+0123456789."),
-)
-
-
-def load_yaml(text: str):
-    """Parse YAML with :class:`SpecLoader`."""
-    return yaml.load(text, Loader=SpecLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -77,15 +54,12 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_spec_dict(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """The mapping in a YAML spec file with ``--set`` overrides applied, not yet validated."""
+    """The mapping in a YAML spec file (read by the one spec reader, mol_engine.spec_file) with ``--set``
+    overrides applied, not yet validated."""
     try:
-        raw = load_yaml(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise CliError(f"{path}: spec file not found") from None
-    except yaml.YAMLError as err:
-        raise CliError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise CliError(f"{path}: the spec must be a YAML mapping of field: value")
+        raw = read_spec_file(path)
+    except SpecFileError as err:
+        raise CliError(str(err)) from None
     return _merge(raw, parse_overrides(list(overrides)))
 
 

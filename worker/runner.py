@@ -169,14 +169,16 @@ def dataset_labels(sessions: sessionmaker, owner: str) -> dict[str, str]:
 
 def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None,
            stop_reason: str | None = None, holder: str | None = None) -> bool:
-    """End the job as ``status``; given ``holder``, only while that lease owner still holds it (a runner whose
-    lease was taken for dead and re-queued must not overwrite the run that took over). False when it did not."""
+    """Whether the job ended as ``status``; given ``holder`` (a runner always gives its own name), only while that
+    lease owner still holds it: a runner whose lease was taken for dead and re-queued must not overwrite the run
+    that took over. One compare-and-set on the holder, with the job's events."""
+    owner = [] if holder is None else [Job.lease_owner == holder]
+    values = {"status": status, "error": error, "stop_reason": stop_reason, "finished_at": utcnow(),
+              "lease_owner": None}
     with sessions.begin() as db:
-        job = db.get(Job, job_id, with_for_update=holder is not None)
-        if job is None or (holder is not None and job.lease_owner != holder):
+        if db.execute(update(Job).where(Job.id == job_id, *owner).values(**values)).rowcount != 1:
             return False
-        job.status, job.error, job.finished_at, job.lease_owner = status, error, utcnow(), None
-        job.stop_reason = stop_reason
+        job = db.get(Job, job_id)
         if error:
             db.add(JobEvent(job_id=job_id, step=job.step, kind="failed", message=error, data={}))
         record_job_event_for_webhooks(db, job, status)  # the outbox: sent by the API's dispatcher
@@ -195,9 +197,16 @@ def requeue(sessions: sessionmaker, job_id: str, me: str, reason: str) -> bool:
     return True
 
 
+def _fail(sessions: sessionmaker, job_id: str, me: str, error: str) -> str:
+    """``failed``, the job we hold ended so with ``error``; ``lease-lost`` when another runner took it over
+    meanwhile (its state is theirs to write)."""
+    return "failed" if finish(sessions, job_id, "failed", error, holder=me) else "lease-lost"
+
+
 def run(job_id: str, settings: Settings | None = None) -> str:
     """Run (or resume) one job to its end; returns its final status, ``skipped`` if it is not ours to run,
-    ``orphaned`` if our worker died, or ``requeued`` if a rank died and the job waits to resume."""
+    ``orphaned`` if our worker died, ``requeued`` if a rank died and the job waits to resume, or ``lease-lost``
+    if another runner took the job over (this one was taken for dead)."""
     settings = settings or Settings()
     sessions = init_db(make_engine(settings.db_url))
     me = f"{socket.gethostname()}:{os.getpid()}"
@@ -206,14 +215,12 @@ def run(job_id: str, settings: Settings | None = None) -> str:
     with sessions() as db:
         job = db.get(Job, job_id)
     if job.attempt > settings.job_attempts:
-        finish(sessions, job_id, "failed", f"gave up after {settings.job_attempts} attempts")
-        return "failed"
+        return _fail(sessions, job_id, me, f"gave up after {settings.job_attempts} attempts")
     labels = dataset_labels(sessions, job.owner)
     try:
         spec = resolve_spec(sessions, job, settings)
     except Exception as err:  # a dataset deleted since submit, a model gone
-        finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels))
-        return "failed"
+        return _fail(sessions, job_id, me, relabel(f"{type(err).__name__}: {err}", labels))
     if spec.nproc == 1:
         return _run_here(sessions, job_id, me, spec, labels, settings)
     return _run_ranks(sessions, job, me, spec.nproc, settings)
@@ -231,8 +238,7 @@ def _run_here(sessions: sessionmaker, job_id: str, me: str, spec: JobSpec, label
     except Exception as err:  # any failure becomes the job's error message
         traceback.print_exc()  # the whole story into the job's log; the message alone into the job
         recorder.close()
-        finish(sessions, job_id, "failed", relabel(f"{type(err).__name__}: {err}", labels), holder=me)
-        return "failed"
+        return _fail(sessions, job_id, me, relabel(f"{type(err).__name__}: {err}", labels))
     recorder.close()
     if result.status == "cancelled" and recorder.orphaned:
         return "orphaned"  # not a user's cancel: leave the job running for the next worker to resume
@@ -273,12 +279,10 @@ def _run_ranks(sessions: sessionmaker, job: Job, me: str, nproc: int, settings: 
             return "lease-lost"
         return word["status"]
     if word.get("status") == "error" and not word.get("peer_lost"):  # the job's own fault: retrying won't help
-        finish(sessions, job.id, "failed", word["error"])
-        return "failed"
+        return _fail(sessions, job.id, me, word["error"])
     reason = word.get("error") or f"a process of the job ended unexpectedly (torchrun exit code {ranks.returncode})"
     if job.attempt >= settings.job_attempts:
-        finish(sessions, job.id, "failed", f"{reason}; gave up after {settings.job_attempts} attempts")
-        return "failed"
+        return _fail(sessions, job.id, me, f"{reason}; gave up after {settings.job_attempts} attempts")
     return "requeued" if requeue(sessions, job.id, me, reason) else "skipped"
 
 

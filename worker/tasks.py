@@ -28,11 +28,12 @@ from datetime import timedelta
 from typing import TextIO
 
 from celery import signals
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
 from api.db import Dataset, Job, JobEvent, SideTask, WorkerSeen, init_db, make_engine, utcnow
+from api.job_store import release_dead_leases
 from api.leases import as_utc, lease_is_dead
 from api.settings import Settings
 from api.webhooks import record_job_event_for_webhooks
@@ -260,24 +261,20 @@ def _mark_cancelled(sessions, job_id: str) -> None:
 
 
 def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | None = None) -> list[str]:
-    """Re-queue jobs left behind (running with a dead lease, queued again after they ran, or queued for long) and send
-    a message for each whose message the broker does not hold, with ``enqueue(job_id, nproc=N)`` (default: this
-    worker's broker); returns the ids sent."""
+    """Release dead leases (``api.job_store.release_dead_leases``, as the API's sweeper does), then send a message
+    for each job left behind (re-queued from a dead lease, queued again after it ran, or queued for long) whose
+    message the broker does not hold, with ``enqueue(job_id, nproc=N)`` (default: this worker's broker); returns
+    the ids sent."""
     settings = settings or _settings()
     sessions = init_db(make_engine(settings.db_url))
+    released = {job_id for job_id, status in release_dead_leases(sessions, settings.lease_timeout_s).items()
+                if status == "queued"}
     stuck_since = utcnow() - timedelta(seconds=settings.lease_timeout_s)
-    candidates: dict[str, int] = {}
-    with sessions.begin() as db:
-        jobs = db.scalars(select(Job).where(or_(Job.status == "running", Job.status == "queued")))
-        for job in jobs:
-            heartbeat = job.heartbeat_at.replace(tzinfo=utcnow().tzinfo) if job.heartbeat_at else None
-            if job.status == "running" and lease_is_dead(job.lease_owner, heartbeat, settings.lease_timeout_s):
-                job.status, job.lease_owner, job.queued_at = "queued", None, utcnow()
-                candidates[job.id] = _nproc(job)
-            elif job.status == "queued" and (job.attempt > 0 or as_utc(job.queued_at) < stuck_since):
-                # a job that ran before (released from a dead lease, by the API's sweeper too) has no message in
-                # flight; a new one's message may still be on its way from the API: it gets lease_timeout_s
-                candidates[job.id] = _nproc(job)
+    with sessions() as db:
+        # a job that ran before (released from a dead lease, here or by the API's sweeper) has no message in
+        # flight; a new one's message may still be on its way from the API: it gets lease_timeout_s
+        candidates = {job.id: _nproc(job) for job in db.scalars(select(Job).where(Job.status == "queued"))
+                      if job.id in released or job.attempt > 0 or as_utc(job.queued_at) < stuck_since}
     if not candidates:
         return []
     try:

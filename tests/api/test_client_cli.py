@@ -17,6 +17,7 @@ from api.app import create_app
 from api.cli import main
 from api.client import MolClient, Progress, human_bytes
 from api.settings import Settings
+from mol_engine.cli import load_spec
 from tests.live_server import serving
 from worker.runner import run
 
@@ -191,12 +192,34 @@ def test_progress_writes_one_final_line_when_not_on_a_terminal():
     assert out.getvalue().endswith("B/s\n") and out.getvalue().count("\n") == 1
 
 
-def test_the_client_imports_nothing_of_the_server_or_the_engine():
+def test_the_client_imports_nothing_of_the_server_and_of_the_engine_only_its_spec_reader():
     code = ("import argparse, sys, api.client, api.client_refs\n"  # with every command registered
             "api.client.add_client_parser(argparse.ArgumentParser().add_subparsers())\nprint(' '.join(sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "httpx" in loaded and not [m for m in loaded if m.split(".")[0] in ("torch", "transformers", "fastapi",
-                                                                               "sqlalchemy", "mol_engine")]
+                                                                               "sqlalchemy")]
+    assert [m for m in loaded if m.split(".")[0] == "mol_engine"] == ["mol_engine", "mol_engine.spec_file"]
     assert "api.client_commands" in loaded
     assert not [m for m in loaded if m.startswith("api.") and m not in ("api.client", "api.client_commands",
                                                                         "api.client_refs")]
+
+
+def test_a_spec_file_means_the_same_to_mol_train_and_to_the_client(server, capsys, tmp_path):
+    """`ratio: 4:1` is the integer 241 to a plain YAML 1.1 reader: every command reads a spec file with the engine's
+    one reader (mol_engine/spec_file.py), so `mol train` and what `mol client submit` and `sweeps create` send agree."""
+    domain, general = datasets(capsys, tmp_path)
+    fields = (f"name: cli\nbase_model: tiny\ndomain_data: [{domain}]\ngeneral_data: [{general}]\nratio: 4:1\n"
+              "lr: 3e-3\nseq_len: 32\nbatch_size: 4\nmax_steps: 2\n")
+    (tmp_path / "spec.yaml").write_text(fields)
+    (tmp_path / "sweep.yaml").write_text("base:\n" + "".join(f"  {line}\n" for line in fields.splitlines())
+                                         + "grid:\n  kl_weight: [0.5, 1]\n")
+    trained = load_spec(tmp_path / "spec.yaml")  # `mol train`'s
+    assert (trained.ratio, trained.lr) == ("4:1", 3e-3)
+    code, out, err = mol(capsys, "submit", str(tmp_path / "spec.yaml"))
+    assert code == 0, err
+    code, sweep, err = mol(capsys, "sweeps", "create", str(tmp_path / "sweep.yaml"), "--json")
+    assert code == 0, err
+    with api(server) as http:
+        sent = [http.get(f"/v1/jobs/{job_id}").json()["spec"]
+                for job_id in (out.strip(), *(job["id"] for job in json.loads(sweep)["data"]))]
+    assert [(spec["ratio"], spec["lr"]) for spec in sent] == [("4:1", 3e-3)] * 3

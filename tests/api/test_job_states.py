@@ -3,16 +3,19 @@ racing a worker's lease never leaves a job training under a ``cancelled`` label 
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import threading
 import time
 from datetime import timedelta
+from importlib import import_module
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import sessionmaker
 
 from api import job_store
@@ -20,7 +23,9 @@ from api.app import create_app
 from api.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
 from api.job_store import cancel_job, release_dead_leases
 from api.settings import Settings
+from mol_engine.spec import JobSpec
 from tests.api.conftest import tiny_job_spec
+from worker import runner
 from worker.runner import DatabaseRecorder, acquire_lease, finish, run
 
 HOUR_AGO = timedelta(hours=1)
@@ -224,6 +229,80 @@ def test_a_runner_whose_lease_was_taken_over_stops_and_leaves_the_job_to_its_new
         assert (job.status, job.lease_owner) == ("running", "host:2")
     assert finish(sessions, job_id, "succeeded", holder="host:2")
     assert state(sessions, job_id)[0] == "succeeded"
+
+
+def take_over(sessions, job_id: str, settings) -> None:
+    """This runner stalled past the lease timeout: its job was released, and runner host:2 took it."""
+    with sessions.begin() as db:
+        db.execute(update(Job).where(Job.id == job_id).values(status="queued", lease_owner=None))
+    assert acquire_lease(sessions, job_id, "host:2", settings)
+
+
+def assert_left_to_its_new_holder(sessions, job_id: str) -> None:
+    with sessions() as db:
+        job = db.get(Job, job_id)
+        assert (job.status, job.lease_owner, job.error) == ("running", "host:2", None)
+    assert [kind for kind, _ in events(sessions, job_id)] == []  # no "failed" event on the run that took over
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("path", ["attempts used up", "spec no longer resolves", "training raised"])
+def test_a_runner_taken_for_dead_does_not_fail_the_job_that_was_taken_over(path, sessions, add_job, settings,
+                                                                              monkeypatch):
+    job_id = add_job(attempt=settings.job_attempts if path == "attempts used up" else 0)
+
+    def taken_over_during(outcome):
+        """A step of the runner that returns or raises ``outcome`` (a function's answer, or an exception)
+        while another runner takes the job over."""
+        def step(*args, **_kwargs):
+            answer = None if isinstance(outcome, Exception) else outcome(*args)
+            take_over(sessions, job_id, settings)
+            if isinstance(outcome, Exception):
+                raise outcome
+            return answer
+        return step
+
+    if path == "attempts used up":  # taken over between this runner's lease and its look at the attempts
+        monkeypatch.setattr(runner, "acquire_lease", taken_over_during(acquire_lease))
+    elif path == "spec no longer resolves":
+        monkeypatch.setattr(runner, "resolve_spec", taken_over_during(ValueError("dataset 'd' no longer exists")))
+    else:
+        monkeypatch.setattr(runner, "resolve_spec", lambda *_args: JobSpec.model_construct(nproc=1))
+        raised = RuntimeError("CUDA error: unspecified launch failure")
+        monkeypatch.setattr(import_module("mol_engine.train"), "train", taken_over_during(raised))
+    word = run(job_id, settings)
+    assert_left_to_its_new_holder(sessions, job_id)
+    assert word == "lease-lost"
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("report", [{"status": "error", "error": "ValueError: bad batch"}, None],
+                         ids=["a rank's own error", "ranks died, attempts used up"])
+def test_a_multi_process_runner_taken_for_dead_does_not_fail_the_job_that_was_taken_over(report, sessions, add_job,
+                                                                                          settings, monkeypatch):
+    job_id = add_job(attempt=settings.job_attempts - 1)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+    assert acquire_lease(sessions, job_id, me, settings)  # its last attempt
+    with sessions() as db:
+        job = db.get(Job, job_id)
+
+    class Torchrun:
+        """torchrun whose ranks fail (rank 0 writing ``report``) while the job is taken over by another runner."""
+
+        def __init__(self, command: list[str], **_kwargs) -> None:
+            take_over(sessions, job_id, settings)
+            if report:
+                Path(command[-1]).write_text(json.dumps(report))
+            self.returncode = 1
+
+        def poll(self) -> int:
+            return self.returncode
+
+    monkeypatch.setattr(runner.subprocess, "Popen", Torchrun)
+    monkeypatch.setattr(runner.signal, "signal", lambda *_args: None)  # not this test process's SIGTERM
+    word = runner._run_ranks(sessions, job, me, 2, settings)
+    assert_left_to_its_new_holder(sessions, job_id)
+    assert word == "lease-lost"
 
 
 def test_a_zombie_runner_holds_no_lease():

@@ -6,9 +6,9 @@ import socket
 from datetime import timedelta
 
 import redis
-from sqlalchemy import update
+from sqlalchemy import Engine, event, select, update
 
-from api.db import Job, init_db, make_engine, utcnow
+from api.db import Job, JobEvent, init_db, make_engine, utcnow
 from api.settings import Settings
 from worker import tasks
 from worker.queue import celery_enqueue
@@ -102,3 +102,39 @@ def test_a_job_released_from_a_dead_lease_is_sent_at_once(tmp_path):
         db.add(Job(id="job_new", owner="a", name="a", spec={}, max_steps=1))  # its message may be on its way
     sent: list[str] = []
     assert tasks.reconcile(settings, lambda job_id, nproc=1: sent.append(job_id)) == ["job_released"] == sent
+
+
+def test_the_reconciler_releases_a_dead_lease_as_the_api_does(tmp_path):
+    """One transition (api.job_store.release_dead_leases): a pending cancel ends the job, a re-queue says why in a
+    ``lease_lost`` event, and a heartbeat that lands between the reconciler's read and its write keeps the job."""
+    settings = Settings(home=tmp_path, lease_timeout_s=60)
+    sessions = init_db(make_engine(settings.db_url))
+    hour_ago = utcnow() - timedelta(hours=1)
+    with sessions.begin() as db:  # three runners that stopped heartbeating an hour ago
+        for job_id, cancel in (("job_cancelled", True), ("job_lost", False), ("job_beats", False)):
+            db.add(Job(id=job_id, owner="a", name="a", spec={}, max_steps=1, status="running", attempt=1,
+                       lease_owner=f"host:{job_id}", heartbeat_at=hour_ago, cancel_requested=cancel))
+    beaten: list[str] = []
+
+    def beat_before_the_update(_conn, _cursor, statement, params, _context, _many) -> None:
+        """job_beats's runner renews its lease just after the reconciler read it, before it writes."""
+        if statement.startswith("UPDATE jobs") and not beaten:
+            beaten.append("job_beats")
+            with sessions.begin() as db:
+                db.execute(update(Job).where(Job.id == "job_beats").values(heartbeat_at=utcnow()))
+
+    event.listen(Engine, "before_cursor_execute", beat_before_the_update)
+    try:
+        sent: list[str] = []
+        tasks.reconcile(settings, lambda job_id, nproc=1: sent.append(job_id))
+    finally:
+        event.remove(Engine, "before_cursor_execute", beat_before_the_update)
+    with sessions() as db:
+        status = {job.id: (job.status, job.lease_owner) for job in db.scalars(select(Job))}
+        kinds = {job_id: [e.kind for e in db.scalars(select(JobEvent).where(JobEvent.job_id == job_id))]
+                 for job_id in status}
+    assert beaten == ["job_beats"]
+    assert status == {"job_cancelled": ("cancelled", None), "job_lost": ("queued", None),
+                      "job_beats": ("running", "host:job_beats")}, status
+    assert kinds == {"job_cancelled": ["cancelled"], "job_lost": ["lease_lost"], "job_beats": []}, kinds
+    assert sent == ["job_lost"]  # a cancelled job is not handed to the broker
