@@ -126,6 +126,12 @@ def wrap(model: nn.Module, world: World, device: torch.device, mode: Mode = "aut
     return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def compute_weights_dtype(master: torch.dtype, device: torch.device, sharded: bool) -> torch.dtype:
+    """The dtype the trained weights have when the model computes with them: bf16 where FSDP gathers them so
+    (:func:`parallelize` on CUDA), else the ``master`` weights' own (autocast casts them op by op)."""
+    return torch.bfloat16 if sharded and device.type == "cuda" else master
+
+
 def parallelize(root: nn.Module, model: nn.Module, device: torch.device) -> nn.Module:
     """``root`` (which holds ``model``) with FSDP2 applied, as torchtitan's ``parallelize``: ``fully_shard`` on
     each decoder layer, then on ``root``, whose group keeps the rest (embeddings, final norm, a tied or untied

@@ -10,8 +10,9 @@ For a step whose rows are split into domain rows D and general rows G (a flag pe
 where T_D and T_G are the valid target positions (no padding, no first token of a new document) of the
 domain and general rows. With a cached reference (:mod:`mol_engine.reference_cache`) KL_t is taken over k+1
 buckets instead of the vocabulary: the base's top-k tokens at t and one tail bucket for all the others
-(:func:`token_topk_kl`). Full-vocabulary logits are only ever formed for a chunk of positions at a time
-(and recomputed in backward) so memory does not grow with positions × vocabulary.
+(:func:`token_topk_kl`). Full-vocabulary logits are only ever formed for a chunk of positions at a time, and each
+chunk's gradients (hidden states and head weights) are formed right away (:class:`_HeadChunks`), so memory does not
+grow with positions × vocabulary and nothing is recomputed in backward.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 KLDirection = Literal["reverse", "forward"]
-Head = Callable[[Tensor], Tensor]  # hidden states [N, H] -> logits [N, V]
+# hidden states [N, H] -> logits [N, V]; its trainable tensors are those its ``parameters()`` yields (an nn.Module,
+# or modeling.LogitsHead): a plain function is taken to have none
+Head = Callable[[Tensor], Tensor]
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk
 
@@ -65,7 +67,7 @@ def _log_softmax_(logits: Tensor) -> Tensor:
     return torch.log_softmax(logits, dim=-1, out=logits)
 
 
-TAIL_FLOOR = -80.0  # log-probability floor of a tail bucket, so that 0·log 0 terms stay finite
+TAIL_FLOOR = -80.0  # log-probability floor of a cached reference's tail bucket (mol_engine/reference_cache.py)
 
 
 def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_tail: Tensor,
@@ -77,14 +79,19 @@ def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_ta
         P_i = softmax(z)_{v_i},   P_tail = Σ_{v ∉ top-k} softmax(z)_v
         Q_i = exp(ref_logprob_i), Q_tail = exp(ref_tail),   Σ_i Q_i + Q_tail = 1
         reverse: Σ_b P_b (log P_b − log Q_b),  ∂/∂z_v = p_v (log P_b(v) − log Q_b(v) − KL)
-        forward: Σ_b Q_b (log Q_b − log P_b),  ∂/∂z_v = p_v (1 − Q_b(v) / P_b(v))
+        forward: Σ_b Q_b (log Q_b − log P_b),  ∂/∂z_v = p_v (1 − Q_b(v) / P_b(v)) = (p_v / P_b(v)) (P_b(v) − Q_b(v))
 
     where b(v) is the bucket of token v. Both sides are proper distributions over the same buckets, so this is a
     true KL (of the coarsened distributions: never above the full-vocabulary KL), unlike plain top-k truncation,
     which drops the tail and biases the targets. Gradients flow into ``logits``; backward keeps one [N, V] tensor.
+    Every gradient is formed as (p_v / P_b(v)) times a bounded bucket factor, with p_v / P_b(v) = 1 for a top-k
+    token and ≤ 1 for a tail token, so extreme logits (a bucket the model gives e^-300) give finite gradients; the
+    tail's log-mass is a log-sum-exp, exact however small. Needs k < V (a tail of at least one token).
     """
     if direction not in ("reverse", "forward"):
         raise ValueError(f"unknown KL direction {direction!r}")
+    if ref_index.shape[-1] >= logits.shape[-1]:
+        raise ValueError(f"top-k of {ref_index.shape[-1]} leaves no tail in a vocabulary of {logits.shape[-1]}")
     log_q = torch.cat([ref_logprob, ref_tail[:, None]], dim=-1).to(_upcast(logits).dtype)
     return _BucketKL.apply(logits, ref_index, log_q, direction == "reverse")
 
@@ -128,26 +135,29 @@ class _VocabKL(torch.autograd.Function):
 class _BucketKL(torch.autograd.Function):
     """KL between softmax(logits) coarsened to k+1 buckets and ``log_q`` [N, k+1] (see token_topk_kl).
 
-    One [N, V] buffer: log p, then p, then p with the top-k zeroed (summed for the tail bucket), then the unit
-    gradient, which backward keeps.
+    One [N, V] buffer: log p, then the tail tokens' log p (the top-k set to −inf), then p_v / max tail p (0 on the
+    top-k), then the unit gradient, which backward keeps.
     """
 
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
         ctx.dtype = logits.dtype
-        log_p = F.log_softmax(_upcast(logits), dim=-1)
-        log_top = log_p.gather(-1, index)
-        tail_p = log_p.exp_().scatter_(-1, index, 0.0)  # p on the tail tokens, 0 on the top-k
-        log_bucket = torch.cat([log_top, tail_p.sum(-1).log().clamp_min(TAIL_FLOOR)[:, None]], dim=-1)
+        buffer = F.log_softmax(_upcast(logits), dim=-1)
+        log_top = buffer.gather(-1, index)
+        peak = buffer.scatter_(-1, index, float("-inf")).amax(-1, keepdim=True)  # finite: the tail is not empty
+        ratio = buffer.sub_(peak).exp_()  # p_v / peak on the tail, 0 on the top-k, never above 1
+        mass = ratio.sum(-1)  # at least 1
+        log_bucket = torch.cat([log_top, (peak[:, 0] + mass.log())[:, None]], dim=-1)
+        bucket = log_bucket.exp()
         if reverse:
-            kl = (log_bucket.exp() * (log_bucket - log_q)).sum(-1)
-            coef = log_bucket - log_q - kl[:, None]
+            kl = (bucket * (log_bucket - log_q)).sum(-1)
+            factor = bucket * (log_bucket - log_q - kl[:, None])  # ∂KL/∂z_v = (p_v / P_b) · factor_b
         else:
             kl = (log_q.exp() * (log_q - log_bucket)).sum(-1)
-            coef = 1 - (log_q - log_bucket).exp()
+            factor = bucket - log_q.exp()
         unit_grad = None
-        if ctx.needs_input_grad[0]:  # p_v · coef of v's bucket: the tail's in place, then the top-k tokens'
-            unit_grad = tail_p.mul_(coef[:, -1:]).scatter_(-1, index, log_top.exp() * coef[:, :-1])
+        if ctx.needs_input_grad[0]:  # the tail's p_v / P_tail = ratio / mass, in place; the top-k's is 1
+            unit_grad = ratio.mul_((factor[:, -1] / mass)[:, None]).scatter_(-1, index, factor[:, :-1])
         ctx.save_for_backward(unit_grad)
         return kl
 
@@ -174,7 +184,7 @@ def chunked_ce_sum(hidden: Tensor, head: Head, targets: Tensor, chunk: int) -> T
     def piece(h: Tensor, y: Tensor) -> Tensor:
         return token_cross_entropy(head(h), y).sum()
 
-    return _sum_over_chunks(piece, chunk, hidden, targets)
+    return _sum_over_chunks(piece, chunk, hidden, targets, head=head)
 
 
 def chunked_kl_sum(hidden: Tensor, head: Head, ref_hidden: Tensor, ref_head: Head, direction: KLDirection,
@@ -185,7 +195,7 @@ def chunked_kl_sum(hidden: Tensor, head: Head, ref_hidden: Tensor, ref_head: Hea
             log_q = _log_softmax_(ref_head(r))
         return _kl_to(head(h), log_q, direction).sum()
 
-    return _sum_over_chunks(piece, chunk, hidden, ref_hidden)
+    return _sum_over_chunks(piece, chunk, hidden, ref_hidden, head=head)
 
 
 def chunked_topk_kl_sum(hidden: Tensor, head: Head, ref_index: Tensor, ref_logprob: Tensor, ref_tail: Tensor,
@@ -194,19 +204,72 @@ def chunked_topk_kl_sum(hidden: Tensor, head: Head, ref_index: Tensor, ref_logpr
     def piece(h: Tensor, index: Tensor, logprob: Tensor, tail: Tensor) -> Tensor:
         return token_topk_kl(head(h), index, logprob, tail, direction).sum()
 
-    return _sum_over_chunks(piece, chunk, hidden, ref_index, ref_logprob, ref_tail)
+    return _sum_over_chunks(piece, chunk, hidden, ref_index, ref_logprob, ref_tail, head=head)
 
 
-def _sum_over_chunks(piece: Callable[..., Tensor], chunk: int, first: Tensor, *rest: Tensor) -> Tensor:
-    """Σ of ``piece`` over ``chunk``-position slices of ``first`` and the tensors aligned with it."""
+def _sum_over_chunks(piece: Callable[..., Tensor], chunk: int, first: Tensor, *rest: Tensor,
+                     head: Head | None = None) -> Tensor:
+    """Σ of ``piece`` over ``chunk``-position slices of ``first`` and the tensors aligned with it, float32.
+
+    With gradients wanted (for ``first`` or for ``head``'s trainable parameters) it runs :class:`_HeadChunks`.
+    """
     n = first.shape[0]
     if n == 0:
         return first.sum() * 0.0  # keeps the graph connected, so every parameter still gets a gradient
     slices = [[t[s : s + chunk] for t in (first, *rest)] for s in range(0, n, chunk)]
-    if n <= chunk or not torch.is_grad_enabled():
+    params = head_parameters(head) if torch.is_grad_enabled() else []
+    if not torch.is_grad_enabled() or not (first.requires_grad or params):
         return sum((piece(*parts) for parts in slices), start=first.new_zeros((), dtype=torch.float32))
-    total = first.new_zeros((), dtype=torch.float32)
-    for parts in slices:
-        # Recompute this chunk's logits in backward instead of keeping [chunk, V] alive per chunk.
-        total = total + checkpoint(piece, *parts, use_reentrant=False)
-    return total
+    return _HeadChunks.apply(piece, chunk, rest, first, *params)
+
+
+def head_parameters(head: Head | None) -> list[Tensor]:
+    """The trainable tensors of ``head`` (what its ``parameters()`` yields with ``requires_grad``); [] for none."""
+    found = getattr(head, "parameters", None)
+    return [p for p in found() if p.requires_grad] if callable(found) else []
+
+
+class _HeadChunks(torch.autograd.Function):
+    """Σ of a loss ``piece`` over chunks of positions, each chunk's gradients formed in forward, once.
+
+    ``piece(h, *rest)`` forms a chunk's logits through the head and returns its loss sum. For each chunk forward
+    runs the piece and, at once, its backward (``torch.autograd.grad``) to the chunk's hidden states and the
+    head's parameters; the chunk's logits are then freed. The hidden-state gradients fill one [N, H] tensor; the
+    head's gradient of every chunk is added into a float32 buffer per parameter. Under autocast the bf16 head
+    weight is cast once and shared by all chunks, so autograd would otherwise sum the chunks' gradients in that
+    cast's bf16 buffer (hundreds of roundings at a large vocabulary); here each chunk's gradient is rounded once
+    and summed in float32, and backward hands it over in the parameter's dtype (one more rounding for a bf16
+    parameter, as FSDP's gathered ones are). For a tied model that is the embedding's gradient too.
+    Returns the float32 sum; backward scales the stored gradients by its upstream gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, piece: Callable[..., Tensor], chunk: int, rest: tuple[Tensor, ...], hidden: Tensor,
+                *params: Tensor) -> Tensor:
+        want_hidden = ctx.needs_input_grad[3]
+        grad_hidden = torch.empty_like(hidden) if want_hidden else None
+        grad_params = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+        total = hidden.new_zeros((), dtype=torch.float32)
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s : s + chunk].detach().requires_grad_(want_hidden)
+            with torch.enable_grad():
+                loss = piece(h, *(t[s : s + chunk] for t in rest))
+            wrt = [h] if want_hidden else []
+            grads = torch.autograd.grad(loss, [*wrt, *params], allow_unused=True) if loss.requires_grad \
+                else [None] * (len(wrt) + len(params))
+            if want_hidden:
+                grad_hidden[s : s + chunk] = 0 if grads[0] is None else grads[0]
+            for buffer, grad in zip(grad_params, grads[len(wrt):], strict=True):
+                if grad is not None:
+                    buffer.add_(grad)
+            total += loss.detach()
+        ctx.param_dtypes = [p.dtype for p in params]
+        ctx.save_for_backward(grad_hidden, *grad_params)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total: Tensor) -> tuple[Tensor | None, ...]:
+        grad_hidden, *grad_params = ctx.saved_tensors
+        scaled_hidden = None if grad_hidden is None else grad_hidden * grad_total.to(grad_hidden.dtype)
+        scaled = [(g * grad_total).to(dtype) for g, dtype in zip(grad_params, ctx.param_dtypes, strict=True)]
+        return None, None, None, scaled_hidden, *scaled

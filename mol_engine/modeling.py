@@ -5,7 +5,7 @@ Splitting lets the losses form full-vocabulary logits a chunk of positions at a 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -153,34 +153,43 @@ def _body(lm: nn.Module) -> nn.Module:
     return body
 
 
-def logits_head(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """A function hidden [N, H] -> logits [N, V], as the model's own forward computes them.
-
-    After ``lm_head`` it applies the transforms transformers' forwards apply, with the same operations:
-    Granite's ``logits / logits_scaling``, Cohere's ``logits * logit_scale`` and Gemma's final soft-capping.
-    :func:`verify_split` checks at load that nothing else is missing.
-    """
+def logits_head(model: nn.Module) -> LogitsHead:
+    """A function hidden [N, H] -> logits [N, V], as the model's own forward computes them (:class:`LogitsHead`)."""
     lm = causal_lm(model)
     head = lm.get_output_embeddings()
     if head is None:
         raise ModelError("base_model: the model has no output embeddings (lm_head)")
-    config = lm.config
-    divide = getattr(config, "logits_scaling", None)  # Granite family
-    multiply = getattr(lm, "logit_scale", None)  # Cohere: a number set from the config
-    multiply = multiply if isinstance(multiply, int | float) else None
-    softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+    return LogitsHead(head, lm)
 
-    def apply(hidden: Tensor) -> Tensor:
-        logits = head(hidden)
-        if divide is not None:
-            logits = logits / divide
-        if multiply is not None:
-            logits = logits * multiply
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
+
+class LogitsHead:
+    """``lm_head`` and the transforms transformers' forwards apply after it, with the same operations: Granite's
+    ``logits / logits_scaling``, Cohere's ``logits * logit_scale`` and Gemma's final soft-capping.
+    :func:`verify_split` checks at load that nothing else is missing. :meth:`parameters` are ``lm_head``'s (the
+    chunked losses form their gradients themselves: mol_engine.losses).
+    """
+
+    def __init__(self, head: nn.Module, lm: nn.Module) -> None:
+        config = lm.config
+        self.head = head
+        self.divide = getattr(config, "logits_scaling", None)  # Granite family
+        multiply = getattr(lm, "logit_scale", None)  # Cohere: a number set from the config
+        self.multiply = multiply if isinstance(multiply, int | float) else None
+        self.softcap = getattr(config, "final_logit_softcapping", None)  # Gemma 2/3
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        logits = self.head(hidden)
+        if self.divide is not None:
+            logits = logits / self.divide
+        if self.multiply is not None:
+            logits = logits * self.multiply
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    return apply
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The head's parameters as the module holds them now (FSDP swaps in gathered ones for a forward)."""
+        return self.head.parameters()
 
 
 # largest |split - forward| logit difference accepted, per unit of the largest |logit| (at least 1)

@@ -1,7 +1,9 @@
 """Where the base model's next-token distribution comes from during training and evaluation.
 
 - :class:`FrozenCopyReference` (full fine-tuning, MoL with the exact reference): the base loaded a second time,
-  straight in the compute dtype (no float32 copy of it ever exists), frozen.
+  straight in the dtype the trained weights compute in (``train.reference_dtype``: float32 masters under autocast,
+  bf16 where FSDP gathers in bf16), frozen, and run under the same autocast: the model's own numerics, so the KL
+  is exactly 0 at step 0.
 - :class:`AdapterDisabledReference` (LoRA): the trained model itself with its adapters switched off,
   so no second copy of the weights exists.
 - :class:`OnDemandReference` (full fine-tuning runs that do not train against the base: ``cpt``,
@@ -33,7 +35,7 @@ class Reference(Protocol):
 
 
 class FrozenCopyReference:
-    """A frozen model of the base (loaded by :meth:`load`, in the compute dtype), kept for the whole run."""
+    """A frozen model of the base (loaded by :meth:`load`, in the trained weights' dtype), kept for the whole run."""
 
     kind = "frozen-copy"
 

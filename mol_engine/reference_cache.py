@@ -34,7 +34,9 @@ from .corpus import TokenBlocks
 from .losses import TAIL_FLOOR
 from .reference import Reference
 
-FORMAT = 2  # 2: keyed by the blocks' fingerprint; heads that apply every logit transform (Granite)
+# 2: keyed by the blocks' fingerprint; heads that apply every logit transform (Granite). 3: the base computes as the
+# trained model does (full fine-tuning: float32 weights under autocast, no longer bf16 weights)
+FORMAT = 3
 PROGRESS_EVERY_S = 2.0
 
 

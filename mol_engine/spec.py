@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 Method = Literal["mol", "cpt", "domain_only"]
 MAX_SELF_SAMPLE_TOKENS = 50_000_000  # sampling runs before step 1: beyond this it takes hours on any GPU
@@ -144,6 +144,15 @@ class JobSpec(BaseModel):
         if not match or int(match[1]) < 1 or int(match[2]) < 1:
             raise ValueError("ratio must look like 'D:G' with positive integers, e.g. '1:1' or '4:1'")
         return f"{int(match[1])}:{int(match[2])}"
+
+    @field_validator("nproc")
+    @classmethod
+    def _check_nproc_device(cls, value: int, info: ValidationInfo) -> int:
+        device = info.data.get("device", "auto")
+        if value > 1 and re.fullmatch(r"\s*cuda\s*:\s*\d+\s*", device):
+            raise ValueError(f"{value} processes cannot all run on device '{device}': with nproc above 1 each "
+                             f"process takes its own GPU, so set device to cuda or auto (or nproc to 1)")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -26,7 +26,7 @@ from .checkpoint_layout import checkpoint_dirs, latest_checkpoint
 from .context import model_context, seq_len_problem
 from .corpus import Corpus, split_corpus
 from .data import DataError, read_qa
-from .distributed import World, gathered, is_sharded, join_world, local_device, wrap
+from .distributed import World, compute_weights_dtype, gathered, is_sharded, join_world, local_device, uses_fsdp, wrap
 from .drift import PassageKL, drift_event, passage_kls
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
@@ -96,9 +96,12 @@ class Run:
     prompts: list[str] = field(default_factory=list)  # completed at every evaluation (mol_engine/samples.py)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return autocast(self.device, self.dtype)
+
+
+def autocast(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``; nothing for float32."""
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
 
 
 def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = (), resume: bool = False) -> TrainResult:
@@ -196,7 +199,7 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     # resident only when every step trains against it; else loaded for evaluation (or the cache build) alone
     resident = ROUTES[spec.method][1] and spec.reference != "cached"
     reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
-                               dtype=dtype) if needs_reference else None
+                               dtype=reference_dtype(spec, device, world)) if needs_reference else None
     model.train()
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
@@ -221,6 +224,15 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
                optimizer, scheduler, chunk, eos_id, world, step_losses, prompts=prompts)
+
+
+def reference_dtype(spec: JobSpec, device: torch.device, world: World) -> torch.dtype:
+    """The dtype a frozen copy of the base holds its weights in: the trained weights' as the model computes with
+    them (float32 masters under autocast; bf16 where FSDP gathers them so), so that the reference runs the model's
+    own numerics and the KL to it is exactly 0 at step 0. (With LoRA the reference is the model itself.)"""
+    lora = spec.finetune == "lora"
+    master = pick_dtype(spec, device) if lora else torch.float32
+    return compute_weights_dtype(master, device, uses_fsdp(spec.distributed, world, lora))
 
 
 def config_message(spec: JobSpec, rows: tuple[int, int], held: str, eval_reference: str, device, dtype,
@@ -298,7 +310,8 @@ def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data
     key = cache_key(spec.base_model, general.train, spec.reference_top_k, dtype)
     if not world.is_main:
         world.barrier()
-    with released_after(reference):  # an on-demand base is loaded for a build only, and freed after it
+    # an on-demand base is loaded for a build only, and freed after it; it computes as in training (autocast)
+    with released_after(reference), autocast(device, dtype):
         cached = load_or_build(reference, general.train, root=cache_root(data_file), key=key,
                                k=spec.reference_top_k, vocab_size=vocab_size, device=device,
                                batch_size=max(spec.batch_size, BUILD_TOKENS // spec.seq_len), chunk=chunk,

@@ -35,7 +35,8 @@ def test_submit_validates_stores_and_enqueues(client, auth, datasets, queued):
      ({"learning_rate": 1}, "learning_rate: unknown field"),
      ({"base_model": "gpt-9"}, "base_model: unknown model 'gpt-9'"),
      ({"domain_data": ["ds_nope"]}, "domain_data[0]: unknown dataset 'ds_nope'"),
-     ({"method": "sft"}, "method: Input should be 'mol', 'cpt' or 'domain_only'")],
+     ({"method": "sft"}, "method: Input should be 'mol', 'cpt' or 'domain_only'"),
+     ({"device": "cuda:0", "nproc": 2}, "nproc: 2 processes cannot all run on device 'cuda:0'")],
 )
 def test_bad_specs_name_the_field(client, auth, datasets, queued, change, message):
     response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, **change))

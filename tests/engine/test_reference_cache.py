@@ -62,6 +62,45 @@ def test_bucketed_kl_hand_written_gradient_matches_autograd(direction):
     torch.testing.assert_close(token_topk_kl(logits, index, values, tail, direction), textbook(logits))
 
 
+def extreme_bucket_case() -> tuple[torch.Tensor, ...]:
+    """Logits far from the cached targets: a model sure of a token outside the base's top-k (its top-k at e^-300),
+    one sure of the top-k (its tail at e^-300), one with a top-k token at e^-400, and an ordinary row."""
+    torch.manual_seed(5)
+    ref = torch.randn(4, 30) * 2
+    index, values, tail = targets_of(ref, k=4)
+    logits = torch.randn(4, 30)
+    outside = next(v for v in range(30) if v not in index[0])
+    logits[0, outside] = 300.0
+    logits[1] = -300.0
+    logits[1, index[1]] = 0.0
+    logits[2, index[2, 0]] = -400.0
+    return logits, index, values, tail
+
+
+def bucket_kl_float64(logits, index, values, tail, direction):
+    """The bucketed KL in float64 from the textbook definition, the tail by log-sum-exp over its tokens."""
+    log_p = logits.double().log_softmax(-1)
+    log_tail = log_p.scatter(-1, index, float("-inf")).logsumexp(-1)
+    log_b = torch.cat([log_p.gather(-1, index), log_tail[:, None]], -1)
+    log_q = torch.cat([values, tail[:, None]], -1).double()
+    if direction == "reverse":
+        return (log_b.exp() * (log_b - log_q)).sum(-1)
+    return (log_q.exp() * (log_q - log_b)).sum(-1)
+
+
+@pytest.mark.parametrize("direction", ["reverse", "forward"])
+def test_bucketed_kl_gives_finite_gradients_at_extreme_logits(direction):
+    """issue 19, item 11: the forward KL's 1 − exp(log q − log P) overflowed to inf, and inf · 0 gave NaN, where the
+    true gradient p_v − Q_b is bounded."""
+    logits, index, values, tail = extreme_bucket_case()
+    z = logits.clone().requires_grad_()
+    token_topk_kl(z, index, values, tail, direction).sum().backward()
+    z64 = logits.double().requires_grad_()
+    bucket_kl_float64(z64, index, values, tail, direction).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    torch.testing.assert_close(z.grad, z64.grad.float(), rtol=1e-4, atol=1e-6)
+
+
 def test_bucketed_kl_gradient_pulls_the_model_towards_the_base():
     torch.manual_seed(2)
     ref = torch.randn(8, 40) * 3

@@ -34,6 +34,13 @@ def test_out_of_range_fields_are_named(fields, where):
     assert errors(**fields).startswith(f"{where}:")
 
 
+def test_one_indexed_gpu_for_several_processes_is_refused_naming_both_fields():
+    """issue 19, item 11: torchrun's ranks would all bind cuda:1 (each rank picks its GPU only for device cuda)."""
+    assert errors(device="cuda:1", nproc=2).startswith("nproc: 2 processes cannot all run on device 'cuda:1'")
+    assert JobSpec(**(BASE | {"device": "cuda", "nproc": 2})).nproc == 2
+    assert JobSpec(**(BASE | {"device": "cuda:1", "nproc": 1})).device == "cuda:1"
+
+
 def test_general_data_required_unless_self_or_domain_only():
     assert "general_data is required" in errors(general_data=[])
     assert JobSpec(**(BASE | {"general_data": [], "general_source": "self"})).uses_general
