@@ -1,9 +1,9 @@
 """Where the base model's next-token distribution comes from during training and evaluation.
 
 - :class:`FrozenCopyReference` (full fine-tuning, MoL with the exact reference): the base loaded a second time,
-  straight in the dtype the trained weights compute in (``train.reference_dtype``: float32 masters under autocast,
-  bf16 where FSDP gathers in bf16), frozen, and run under the same autocast: the model's own numerics, so the KL
-  is exactly 0 at step 0.
+  in the dtype the trained weights compute in (``train.reference_dtype``: float32 masters under autocast, with the
+  matmul weights autocast would cast stored in bf16 already; bf16 where FSDP gathers in bf16), frozen, and run
+  under the same autocast: the model's own numerics, so the KL is exactly 0 at step 0.
 - :class:`AdapterDisabledReference` (LoRA): the trained model itself with its adapters switched off,
   so no second copy of the weights exists.
 - :class:`OnDemandReference` (full fine-tuning runs that do not train against the base: ``cpt``,
@@ -44,9 +44,11 @@ class FrozenCopyReference:
         self._head = logits_head(self.model)
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype) -> FrozenCopyReference:
-        """The base model in ``path`` loaded on ``device`` directly in ``dtype``, frozen."""
-        return cls(load_model(path, device, dtype))
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype,
+             matmul_dtype: torch.dtype | None = None) -> FrozenCopyReference:
+        """The base model in ``path`` loaded on ``device`` directly in ``dtype`` (its matmul weights in
+        ``matmul_dtype``, when given: ``modeling.store_matmul_weights``), frozen."""
+        return cls(load_model(path, device, dtype, matmul_dtype))
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
@@ -68,8 +70,9 @@ class OnDemandReference:
 
     kind = "on-demand"
 
-    def __init__(self, path: str, device: torch.device, dtype: torch.dtype) -> None:
-        self.path, self.device, self.dtype = path, device, dtype
+    def __init__(self, path: str, device: torch.device, dtype: torch.dtype,
+                 matmul_dtype: torch.dtype | None = None) -> None:
+        self.path, self.device, self.dtype, self.matmul_dtype = path, device, dtype, matmul_dtype
         self._stamp = _files_stamp(path)
         self._loaded: FrozenCopyReference | None = None
 
@@ -83,7 +86,7 @@ class OnDemandReference:
             if _files_stamp(self.path) != self._stamp:
                 raise ModelError(f"base_model: the files in {self.path} changed during the run; the KL to the base "
                                  f"would no longer measure against the model this run started from")
-            self._loaded = FrozenCopyReference.load(self.path, self.device, self.dtype)
+            self._loaded = FrozenCopyReference.load(self.path, self.device, self.dtype, self.matmul_dtype)
         return self._loaded
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
@@ -155,12 +158,12 @@ class AdapterDisabledReference:
 
 
 def make_reference(model: nn.Module, *, lora: bool, resident: bool, path: str, device: torch.device,
-                   dtype: torch.dtype) -> Reference:
+                   dtype: torch.dtype, matmul_dtype: torch.dtype | None = None) -> Reference:
     """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy
-    loaded from ``path`` in ``dtype`` when the run trains against it every step (``resident``), or an
-    on-demand one that holds no weights between uses."""
+    loaded from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``) when the run trains against it every
+    step (``resident``), or an on-demand one that holds no weights between uses."""
     if lora:
         return AdapterDisabledReference(model)
     if resident:
-        return FrozenCopyReference.load(path, device, dtype)
-    return OnDemandReference(path, device, dtype)
+        return FrozenCopyReference.load(path, device, dtype, matmul_dtype)
+    return OnDemandReference(path, device, dtype, matmul_dtype)

@@ -199,7 +199,8 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     # resident only when every step trains against it; else loaded for evaluation (or the cache build) alone
     resident = ROUTES[spec.method][1] and spec.reference != "cached"
     reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
-                               dtype=reference_dtype(spec, device, world)) if needs_reference else None
+                               dtype=reference_dtype(spec, device, world),
+                               matmul_dtype=None if dtype == torch.float32 else dtype) if needs_reference else None
     model.train()
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,

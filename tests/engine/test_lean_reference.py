@@ -1,6 +1,6 @@
 """Runs that do not train against the base hold none of its weights while training, and still measure the exact
-KL to it at evaluation; MoL with the exact reference keeps one frozen copy, in the trained weights' dtype, so the KL
-is 0 at step 0."""
+KL to it at evaluation; MoL with the exact reference keeps one frozen copy that computes as the trained weights do,
+so the KL is 0 at step 0."""
 
 import shutil
 
@@ -65,12 +65,17 @@ def test_cached_mol_frees_the_base_after_building_its_cache(make_spec, corpora, 
     assert_exact_gauge(run, measured)
 
 
-def test_exact_mol_keeps_one_frozen_copy_in_the_trained_weights_dtype(make_spec, tmp_path, base_loads):
+def test_exact_mol_keeps_one_frozen_copy_that_computes_as_the_trained_weights(make_spec, tmp_path, base_loads):
     events = Events()
     run = setup_run(make_spec(precision="bf16"), tmp_path, events)
     assert isinstance(run.reference, FrozenCopyReference) and len(base_loads) == 1
-    # the base computes as the trained fp32 masters do under bf16 autocast (a bf16 copy would compute otherwise)
-    assert {p.dtype for p in run.reference.model.parameters()} == {torch.float32}
+    # the base computes as the trained fp32 masters do under bf16 autocast: the matmul weights autocast casts are
+    # stored in bf16 already, the rest (embeddings, norms, a tied head) in fp32, as the masters (an all-bf16 copy
+    # would compute otherwise, an all-fp32 one would take twice the memory of its matmul weights)
+    dtypes = {name: p.dtype for name, p in run.reference.model.named_parameters()}
+    linear = {name for name, m in run.reference.model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert {dtypes[f"{name}.weight"] for name in linear if f"{name}.weight" in dtypes} == {torch.bfloat16}
+    assert {d for name, d in dtypes.items() if name.rsplit(".", 1)[0] not in linear} == {torch.float32}
     assert {p.dtype for p in run.model.parameters()} == {torch.float32}  # the trained weights stay fp32 masters
     assert "reference=exact " in events.config() and "holds=frozen-copy eval_reference=frozen-copy" in events.config()
 
