@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -59,16 +62,55 @@ class World:
             dist.destroy_process_group()
 
 
+DIST_TIMEOUT_ENV = "MOL_DIST_TIMEOUT_S"
+DIST_TIMEOUT_S = 1800.0  # its default: the longest a rank waits in one collective for the others
+MARKER_POLL_S = 0.2
+
+
+def dist_timeout() -> timedelta:
+    """How long a collective waits for every rank: ``MOL_DIST_TIMEOUT_S`` seconds (default 1800). No long work
+    (a cache build, self-sampling, a token store) sits behind a collective (:func:`main_rank_first`), so this
+    bounds the wait for a stuck or dead rank only."""
+    value = os.environ.get(DIST_TIMEOUT_ENV, str(DIST_TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{DIST_TIMEOUT_ENV}: expected a number of seconds above 0, got '{value}'")
+    return timedelta(seconds=seconds)
+
+
 def join_world(device_type: str) -> World:
-    """The process group torchrun describes (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA; else one process."""
+    """The process group torchrun describes (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA, with
+    :func:`dist_timeout`; else one process."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1 and not dist.is_initialized():
         return World()
     owns = False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=dist_timeout())
         owns = True
     return World(dist.get_rank(), dist.get_world_size(), owns)
+
+
+@contextlib.contextmanager
+def main_rank_first(world: World, marker: Path) -> Iterator[None]:
+    """The with-block runs on rank 0, then on the other ranks once rank 0 is through it (rank 0 builds what they
+    read: a reference cache, a self-sampled corpus). They poll ``marker`` rather than wait in a collective: the work
+    can take longer than any process group timeout (NCCL's default is 10 minutes); if rank 0 dies, torchrun ends
+    them. Rank 0 leaves the block without waiting for the others."""
+    if world.size == 1:
+        yield
+        return
+    if world.is_main:
+        marker.unlink(missing_ok=True)
+    world.barrier()  # quick: every rank is past the unlink, so a marker seen from here on is this run's
+    while not world.is_main and not marker.is_file():
+        time.sleep(MARKER_POLL_S)
+    yield
+    if world.is_main:
+        marker.touch()
 
 
 def local_device(device: torch.device) -> torch.device:

@@ -26,7 +26,17 @@ from .checkpoint_layout import checkpoint_dirs, latest_checkpoint
 from .context import model_context, seq_len_problem
 from .corpus import Corpus, split_corpus
 from .data import DataError, read_qa
-from .distributed import World, compute_weights_dtype, gathered, is_sharded, join_world, local_device, uses_fsdp, wrap
+from .distributed import (
+    World,
+    compute_weights_dtype,
+    gathered,
+    is_sharded,
+    join_world,
+    local_device,
+    main_rank_first,
+    uses_fsdp,
+    wrap,
+)
 from .drift import PassageKL, drift_event, passage_kls
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
@@ -255,14 +265,11 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, worl
     """The domain and general corpora (blocks over token stores), and the general corpus's files."""
     general_files = spec.general_data
     if spec.general_source == "self":  # rank 0 samples, the others read what it wrote
-        if not world.is_main:
-            world.barrier()
-        general_files = [str(self_general_corpus(
-            out, model, tokenizer, spec.self_sample_tokens, max_len=spec.seq_len, seed=spec.seed, device=device,
-            progress=lambda point: cb.on_event({"step": 0, "kind": "self-sample", **point}),
-            should_stop=cb.should_stop))]
-        if world.is_main:
-            world.barrier()
+        with main_rank_first(world, out / ".self-sample.done"):
+            general_files = [str(self_general_corpus(
+                out, model, tokenizer, spec.self_sample_tokens, max_len=spec.seq_len, seed=spec.seed, device=device,
+                progress=lambda point: cb.on_event({"step": 0, "kind": "self-sample", **point}),
+                should_stop=cb.should_stop))]
     stores = _token_stores({"domain": spec.domain_data, "general": general_files}, tokenizer, out, world, cb)
 
     def corpus(name: str, seed: int) -> Corpus:
@@ -309,19 +316,15 @@ def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data
                       dtype: torch.dtype, device: torch.device, chunk: int, world: World, cb: Callback) -> TopKTargets:
     """The base's top-k targets on the general training blocks: reused from an earlier job, or built (rank 0)."""
     key = cache_key(spec.base_model, general.train, spec.reference_top_k, dtype)
-    if not world.is_main:
-        world.barrier()
+    root = cache_root(data_file)
     # an on-demand base is loaded for a build only, and freed after it; it computes as in training (autocast)
-    with released_after(reference), autocast(device, dtype):
-        cached = load_or_build(reference, general.train, root=cache_root(data_file), key=key,
-                               k=spec.reference_top_k, vocab_size=vocab_size, device=device,
-                               batch_size=max(spec.batch_size, BUILD_TOKENS // spec.seq_len), chunk=chunk,
-                               log=lambda message: cb.on_event({"step": 0, "kind": "reference-cache",
-                                                                "message": message}),
-                               should_stop=cb.should_stop)
-    if world.is_main:
-        world.barrier()
-    return cached
+    with main_rank_first(world, root / f".{key}.built"), released_after(reference), autocast(device, dtype):
+        return load_or_build(reference, general.train, root=root, key=key, k=spec.reference_top_k,
+                             vocab_size=vocab_size, device=device,
+                             batch_size=max(spec.batch_size, BUILD_TOKENS // spec.seq_len), chunk=chunk,
+                             log=lambda message: cb.on_event({"step": 0, "kind": "reference-cache",
+                                                              "message": message}),
+                             should_stop=cb.should_stop)
 
 
 def _optimizer(model: nn.Module, spec: JobSpec, device: torch.device) -> torch.optim.Optimizer:

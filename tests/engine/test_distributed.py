@@ -27,9 +27,11 @@ def points(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def launch(target: list[str], spec_path, out, *extra) -> subprocess.CompletedProcess:
-    """``target train SPEC --out OUT`` in 2 processes under torchrun; a hang fails the test after 300 s."""
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def launch(target: list[str], spec_path, out, *extra, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    """``target train SPEC --out OUT`` in 2 processes under torchrun (``env`` added to the environment); a hang
+    fails the test after 300 s."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)} | (env or {})
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                *target, "train", str(spec_path), "--out", str(out), *extra]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -67,7 +69,9 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume(make_spec
 
 
 def test_two_processes_build_and_share_the_cached_reference(make_spec, corpora, tmp_path):
-    """Rank 0 builds the top-k cache while rank 1 waits; both then read their own rows' targets."""
+    """Rank 0 builds the top-k cache while rank 1 waits; both then read their own rows' targets. The build takes
+    longer than the process group's timeout (MOL_DIST_TIMEOUT_S=5, a build slowed by 8 s): rank 1 waits for it
+    outside any collective, so the job succeeds (it failed with gloo's timeout when rank 1 waited in a barrier)."""
     copies = {}
     for name in ("one", "two"):  # a corpus copy each, so the 2-process run builds its own cache
         copies[name] = tmp_path / f"general-{name}.jsonl"
@@ -78,7 +82,9 @@ def test_two_processes_build_and_share_the_cached_reference(make_spec, corpora, 
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(single.model_copy(
         update={"batch_size": 4, "general_data": [str(copies["two"])]}).model_dump(mode="json")))
-    torchrun(spec_path, tmp_path / "two")
+    done = launch([str(ROOT / "tests" / "engine" / "slow_cache_rank0.py")], spec_path, tmp_path / "two",
+                  env={"MOL_DIST_TIMEOUT_S": "5"})
+    assert done.returncode == 0, done.stderr[-3000:]
 
     assert len(list(tmp_path.glob("general-two.jsonl.mol-cache/topk-*/meta.json"))) == 1
     assert not list(tmp_path.glob("general-two.jsonl.mol-cache/.building-*"))  # nothing half-written left
@@ -161,3 +167,18 @@ def test_lora_under_fsdp_trains_resumes_and_exports(make_spec, tiny_model_dir, t
         with_adapter = PeftModel.from_pretrained(base, adapter)(ids).logits
         assert torch.allclose(AutoModelForCausalLM.from_pretrained(merged)(ids).logits, with_adapter, atol=1e-5)
     assert (with_adapter - plain).abs().max() > 0  # the adapter trained
+
+
+def test_the_process_groups_timeout_is_a_setting(monkeypatch):
+    from datetime import timedelta
+
+    from mol_engine.distributed import dist_timeout
+
+    monkeypatch.delenv("MOL_DIST_TIMEOUT_S", raising=False)
+    assert dist_timeout() == timedelta(seconds=1800)
+    monkeypatch.setenv("MOL_DIST_TIMEOUT_S", "5")
+    assert dist_timeout() == timedelta(seconds=5)
+    for bad in ("0", "-3", "soon"):
+        monkeypatch.setenv("MOL_DIST_TIMEOUT_S", bad)
+        with pytest.raises(ValueError, match=f"MOL_DIST_TIMEOUT_S: expected a number of seconds above 0, got '{bad}'"):
+            dist_timeout()
