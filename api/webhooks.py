@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -374,8 +373,13 @@ class WebhookDispatcher:
     async def next_round(self) -> None:
         """Waits ``webhook_poll_s``, or less when an attempt ends first: one endpoint's deliveries go one after
         another (``webhook_concurrency_per_endpoint``), each as soon as the one before it is done, not one a poll."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.lane_freed.wait(), self.settings.webhook_poll_s)
+        # asyncio.wait, not wait_for: on Python < 3.12 wait_for swallows a cancel that lands as the event is set,
+        # and the app's shutdown, which cancels this task and awaits it, then waits forever
+        freed = asyncio.ensure_future(self.lane_freed.wait())
+        try:
+            await asyncio.wait({freed}, timeout=self.settings.webhook_poll_s)
+        finally:
+            freed.cancel()
         self.lane_freed.clear()
 
     async def run(self) -> None:

@@ -4,6 +4,7 @@ hanging endpoints delay no other owner, internal addresses are refused, and the 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 import threading
@@ -368,3 +369,22 @@ def test_a_version_5_database_gains_the_webhook_tables(tmp_path):
         assert db.scalars(select(SchemaVersion.version)).all() == [SCHEMA_VERSION] == [8]
         assert db.scalars(select(WebhookDelivery)).all() == []
     engine.dispose()
+
+
+def test_a_cancel_that_lands_as_an_attempt_ends_stops_the_dispatcher(settings):
+    """The app's shutdown cancels the dispatcher and awaits it: a cancel arriving as an attempt frees its lane must
+    not be swallowed (asyncio.wait_for did so before Python 3.12, and the shutdown waited forever)."""
+    from api.webhooks import WebhookDispatcher
+
+    async def cancel_as_a_lane_frees() -> asyncio.Task:
+        settings.webhook_poll_s = 60
+        dispatcher = WebhookDispatcher(None, settings)
+        waiting = asyncio.create_task(dispatcher.next_round())
+        await asyncio.sleep(0.05)  # in its wait
+        dispatcher.lane_freed.set()
+        waiting.cancel()
+        with suppress(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(waiting), 5)
+        return waiting
+
+    assert asyncio.run(cancel_as_a_lane_frees()).cancelled()
