@@ -185,11 +185,17 @@ def _rows(batch: Batch, kinds: tuple[str, ...], metric: int, event: int) -> tupl
 
 
 async def _next(queue: asyncio.Queue, timeout: float) -> Batch | Ended | None:
-    """The tail's next item for this subscriber, or None after ``timeout`` seconds without one."""
+    """The tail's next item for this subscriber, or None after ``timeout`` seconds without one.
+
+    asyncio.wait, not wait_for: before Python 3.12 wait_for can swallow a cancel that lands as an item arrives, and
+    on 3.10 its timeout is not the builtin TimeoutError."""
+    getter = asyncio.ensure_future(queue.get())
     try:
-        return await asyncio.wait_for(queue.get(), max(timeout, 0.0))
-    except TimeoutError:
-        return None
+        await asyncio.wait({getter}, timeout=max(timeout, 0.0))
+    finally:
+        if not getter.done():
+            getter.cancel()  # an unfinished get takes nothing from the queue
+    return getter.result() if getter.done() and not getter.cancelled() else None
 
 
 async def _messages(request: Request, svc: Services, job_id: str, kinds: tuple[str, ...]) -> AsyncIterator[dict]:
