@@ -29,12 +29,20 @@ KLDirection = Literal["reverse", "forward"]
 # or modeling.LogitsHead): a plain function is taken to have none
 Head = Callable[[Tensor], Tensor]
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk
+# fp32 logits per chunk when ``loss_chunk_tokens`` is not set: small on a CPU (caches), large on a GPU, where a
+# chunk of a hundred positions leaves the head's matmul bound by reading the [V, H] weight (it is re-read per chunk)
+CPU_CHUNK_BYTES = 64 * 2**20
+CUDA_CHUNK_BYTES = 2**30  # at most; and at most 1/64 of the device's memory
 
 
 def token_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
-    """Per-token −log p(target), float32, shape [N], for logits [N, V] and targets [N]."""
-    return F.cross_entropy(logits.float(), targets, reduction="none")
+    """Per-token −log p(target), float32, shape [N], for logits [N, V] and targets [N].
+
+    ``CE_t = −log softmax(z)_y``,  ``∂CE_t/∂z_v = p_v − 1[v = y]``. The gradient is formed in forward in the one
+    float32 buffer log_softmax writes (:class:`_VocabCE`): bf16 logits are read once and upcast inside the kernel,
+    never copied to float32 first.
+    """
+    return _VocabCE.apply(logits, targets)
 
 
 def token_kl(logits: Tensor, ref_logits: Tensor, direction: KLDirection = "reverse") -> Tensor:
@@ -46,7 +54,7 @@ def token_kl(logits: Tensor, ref_logits: Tensor, direction: KLDirection = "rever
     [N, V] float32 tensor for it instead of the four or five that log_softmax + kl_div would keep.
     """
     with torch.no_grad():
-        log_q = F.log_softmax(_upcast(ref_logits.detach()), dim=-1)
+        log_q = _log_softmax(ref_logits.detach())
     return _kl_to(logits, log_q, direction)
 
 
@@ -63,8 +71,9 @@ def _log_softmax_(logits: Tensor) -> Tensor:
     The same kernel as the model side of :class:`_VocabKL`, so the KL of a model to itself is exactly 0; the
     kernel's last pass is elementwise, so writing over its input is safe (and checked bit-exact in the tests).
     """
-    logits = _upcast(logits)
-    return torch.log_softmax(logits, dim=-1, out=logits)
+    if logits.dtype in (torch.float32, torch.float64):
+        return torch.log_softmax(logits, dim=-1, out=logits)
+    return _log_softmax(logits)  # half precision: the kernel writes a fresh float32 tensor
 
 
 TAIL_FLOOR = -80.0  # log-probability floor of a cached reference's tail bucket (mol_engine/reference_cache.py)
@@ -92,13 +101,35 @@ def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_ta
         raise ValueError(f"unknown KL direction {direction!r}")
     if ref_index.shape[-1] >= logits.shape[-1]:
         raise ValueError(f"top-k of {ref_index.shape[-1]} leaves no tail in a vocabulary of {logits.shape[-1]}")
-    log_q = torch.cat([ref_logprob, ref_tail[:, None]], dim=-1).to(_upcast(logits).dtype)
+    log_q = torch.cat([ref_logprob, ref_tail[:, None]], dim=-1).to(torch.promote_types(logits.dtype, torch.float32))
     return _BucketKL.apply(logits, ref_index, log_q, direction == "reverse")
 
 
-def _upcast(x: Tensor) -> Tensor:
-    """float32 for half precisions (float64 stays, for gradcheck)."""
-    return x if x.dtype == torch.float64 else x.float()
+def _log_softmax(logits: Tensor) -> Tensor:
+    """log_softmax over the last dimension in float32 (float64 stays), upcast inside the kernel: bf16 logits are read
+    as they are, with no float32 copy of them first."""
+    return F.log_softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
+
+
+class _VocabCE(torch.autograd.Function):
+    """Cross-entropy of softmax(logits) at ``targets`` (see token_cross_entropy); backward keeps one [N, V] tensor."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
+        ctx.dtype = logits.dtype
+        log_p = _log_softmax(logits)
+        loss = log_p.gather(-1, targets[:, None]).squeeze(-1).neg_()
+        unit_grad = None
+        if ctx.needs_input_grad[0]:  # p − onehot(y), in log p's buffer
+            unit_grad = log_p.exp_()
+            unit_grad[torch.arange(len(targets), device=targets.device), targets] -= 1
+        ctx.save_for_backward(unit_grad)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor) -> tuple[Tensor, None]:
+        (unit_grad,) = ctx.saved_tensors
+        return (unit_grad * grad_loss[:, None]).to(ctx.dtype), None
 
 
 class _VocabKL(torch.autograd.Function):
@@ -113,7 +144,7 @@ class _VocabKL(torch.autograd.Function):
     def forward(ctx, logits: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
         ctx.dtype = logits.dtype
         want_grad = ctx.needs_input_grad[0]
-        log_p = F.log_softmax(_upcast(logits), dim=-1)
+        log_p = _log_softmax(logits)
         if reverse:  # KL = Σ p (log p − log q), unit gradient p (log p − log q − KL)
             diff = log_q.neg_().add_(log_p)
             p = log_p.exp_()
@@ -142,7 +173,7 @@ class _BucketKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, index: Tensor, log_q: Tensor, reverse: bool) -> Tensor:
         ctx.dtype = logits.dtype
-        buffer = F.log_softmax(_upcast(logits), dim=-1)
+        buffer = _log_softmax(logits)
         log_top = buffer.gather(-1, index)
         peak = buffer.scatter_(-1, index, float("-inf")).amax(-1, keepdim=True)  # finite: the tail is not empty
         ratio = buffer.sub_(peak).exp_()  # p_v / peak on the tail, 0 on the top-k, never above 1
@@ -174,9 +205,17 @@ def mol_loss(ce_sum: Tensor, n_ce: int, kl_sum: Tensor, n_kl: int, kl_weight: fl
     return ce + kl_weight * kl
 
 
-def chunk_size(vocab_size: int, chunk_tokens: int | None = None) -> int:
-    """Positions per chunk: ``chunk_tokens`` if given, else as many as fit DEFAULT_CHUNK_BYTES of fp32 logits."""
-    return chunk_tokens or max(1, DEFAULT_CHUNK_BYTES // (4 * vocab_size))
+def chunk_size(vocab_size: int, chunk_tokens: int | None = None, device: torch.device | None = None) -> int:
+    """Positions per chunk: ``chunk_tokens`` if given, else as many as fit :func:`chunk_bytes` of fp32 logits."""
+    return chunk_tokens or max(1, chunk_bytes(device) // (4 * vocab_size))
+
+
+def chunk_bytes(device: torch.device | None) -> int:
+    """The fp32 logits one loss chunk may hold on ``device``: CUDA_CHUNK_BYTES capped at 1/64 of a GPU's memory
+    (1 GiB on an 80 GB H100: ~1,770 positions at a 151,936-word vocabulary), CPU_CHUNK_BYTES elsewhere."""
+    if device is None or device.type != "cuda":
+        return CPU_CHUNK_BYTES
+    return min(CUDA_CHUNK_BYTES, torch.cuda.get_device_properties(device).total_memory // 64)
 
 
 def chunked_ce_sum(hidden: Tensor, head: Head, targets: Tensor, chunk: int) -> Tensor:

@@ -130,7 +130,8 @@ class JobSpec(BaseModel):
         1, ge=1, le=MAX_NPROC, description="processes (one per GPU) the service runs the job on, under torchrun on "
         "one node; `mol train` ignores it (the launcher sets the process count). batch_size is per process")
     loss_chunk_tokens: int | None = Field(
-        None, ge=1, description="positions per log-softmax chunk; None sizes chunks to ~64 MiB of fp32 logits"
+        None, ge=1, description="positions per loss chunk (the head's logits are formed a chunk at a time); None "
+        "sizes chunks to the device: ~64 MiB of fp32 logits on a CPU, up to 1 GiB on a GPU (1/64 of its memory)"
     )
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, max_length=3, description="experiment trackers that also receive the metrics (as "

@@ -216,7 +216,7 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
                            spec.seed, rank=world.rank, world_size=world.size)
     vocab_size = model.get_output_embeddings().weight.shape[0]
-    chunk = chunk_size(vocab_size, spec.loss_chunk_tokens)
+    chunk = chunk_size(vocab_size, spec.loss_chunk_tokens, device)
     cached = None
     if spec.reference == "cached" and reference is not None and general is not None:
         cached = _cached_reference(spec, reference, general, general_files[0], vocab_size, dtype, device, chunk,

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mol_engine.losses import chunked_ce_sum, chunked_kl_sum, mol_loss, token_cross_entropy, token_kl
 
@@ -47,6 +48,35 @@ def test_cross_entropy_is_negative_log_likelihood():
     targets = torch.randint(0, 11, (5,))
     expected = -torch.log_softmax(logits, -1)[torch.arange(5), targets]
     torch.testing.assert_close(token_cross_entropy(logits, targets), expected)
+
+
+def test_cross_entropy_hand_written_gradient_matches_autograd():
+    logits = torch.randn(6, 13, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 13, (6,))
+    assert torch.autograd.gradcheck(lambda z: token_cross_entropy(z, targets), (logits,))
+    weights = torch.rand(6, dtype=torch.float64)
+    (token_cross_entropy(logits, targets) * weights).sum().backward()
+    expected = torch.autograd.grad((F.cross_entropy(logits, targets, reduction="none") * weights).sum(), logits)[0]
+    torch.testing.assert_close(logits.grad, expected)
+
+
+def test_bf16_logits_are_upcast_inside_the_kernel():
+    """The loss of bf16 logits is float32 and equals the loss of the logits copied to float32 first (which the
+    kernel no longer does), and the gradient comes back in the logits' dtype."""
+    logits = torch.randn(7, 50).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 50, (7,))
+    ce = token_cross_entropy(logits, targets)
+    assert ce.dtype == torch.float32
+    torch.testing.assert_close(ce, F.cross_entropy(logits.detach().float(), targets, reduction="none"))
+    ce.sum().backward()
+    assert logits.grad.dtype == torch.bfloat16
+
+
+def test_chunks_are_sized_by_device():
+    from mol_engine.losses import CPU_CHUNK_BYTES, chunk_size
+
+    assert chunk_size(151_936, device=torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 151_936) == 110
+    assert chunk_size(151_936, 4096, torch.device("cpu")) == 4096  # loss_chunk_tokens wins
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 100])
