@@ -1,6 +1,7 @@
 """FSDP2 on CPU: 2 processes (torchrun, gloo, ``distributed: fsdp``) against 1, same global batch, fp32.
 
-Two micro-batches per step, so the first one's skipped reduce-scatter (FSDP's ``no_sync``) is part of the check.
+Two micro-batches per step: each one's backward reduce-scatters (the ranks' gradients are sharded, and counted,
+before the second), and the curve must still follow the single process's.
 
     .venv/bin/python bench/fsdp_check.py [--steps 4]
 
@@ -8,7 +9,8 @@ Builds a tiny Llama (tied embeddings) and small corpora in a temporary directory
 process and in two, and prints one JSON line: ``fsdp_vs_single_curve_maxrel`` (the largest relative difference of
 loss, domain CE and gradient norm over the steps; goal <= 1e-4), ``fsdp_vs_single_kl_maxabs`` (the general KL's
 largest absolute difference) and ``fsdp_rank_memory_ratio`` (parameter + optimizer-state bytes held by the largest
-rank over the single process's; about 0.5).
+rank over the single process's; about 0.5). bench/numerics.py uses ``--rss-spec`` (:func:`setup_rss`) for
+``fsdp_rank_peak_rss_ratio``.
 
 ``--worker SPEC OUT`` is the per-process target torchrun starts (tests/engine/test_distributed.py uses it too).
 """

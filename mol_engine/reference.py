@@ -47,11 +47,12 @@ class FrozenCopyReference:
 
     @classmethod
     def load(cls, path: str, device: torch.device, dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
-             load: Loader = load_model) -> FrozenCopyReference:
+             load: Loader | None = None) -> FrozenCopyReference:
         """The base model in ``path`` loaded by ``load`` on ``device`` directly in ``dtype`` (its matmul weights in
         ``matmul_dtype``, when given: ``modeling.store_matmul_weights``), frozen. ``load`` is
-        ``modeling.load_model``, or under FSDP ``distributed.load_frozen_for_fsdp`` (each rank reads its shards)."""
-        return cls(load(path, device, dtype, matmul_dtype))
+        ``modeling.load_model`` (None), or under FSDP ``distributed.load_frozen_for_fsdp`` (each rank reads only its
+        shards)."""
+        return cls((load or load_model)(path, device, dtype, matmul_dtype))
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
@@ -161,10 +162,12 @@ class AdapterDisabledReference:
 
 
 def make_reference(model: nn.Module, *, lora: bool, resident: bool, path: str, device: torch.device,
-                   dtype: torch.dtype, matmul_dtype: torch.dtype | None = None, load: Loader = load_model) -> Reference:
-    """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy
-    loaded by ``load`` from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``) when the run trains against
-    it every step (``resident``), or an on-demand one that holds no weights between uses (loaded whole)."""
+                   dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
+                   load: Loader | None = None) -> Reference:
+    """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy loaded
+    by ``load`` (``modeling.load_model`` when None) from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``)
+    when the run trains against it every step (``resident``), or an on-demand one that holds no weights between
+    uses (loaded whole)."""
     if lora:
         return AdapterDisabledReference(model)
     if resident:

@@ -218,7 +218,7 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
                                dtype=reference_dtype(spec, device, world),
                                matmul_dtype=None if dtype == torch.float32 else dtype,
-                               load=load_frozen_for_fsdp if sharded else load_model) if needs_reference else None
+                               load=load_frozen_for_fsdp if sharded else None) if needs_reference else None
     model.train()
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
