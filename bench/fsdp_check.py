@@ -106,15 +106,26 @@ def watch_micro_batches(run) -> list[dict[str, float]]:
 
 
 def reference_prefetches(run) -> bool:
-    """Whether every decoder layer of a sharded frozen reference but the last prefetches the next one's all-gather
-    (True where there is none to prefetch: one process, or no frozen copy)."""
+    """Whether, in a forward of a sharded frozen reference, every decoder layer after the first finds its all-gather
+    already issued (prefetched by the layer before) when its own forward starts (True where there is nothing to
+    prefetch: one process, or no frozen copy). Every rank calls it: the forward is a collective."""
     from mol_engine.distributed import is_sharded
 
     frozen = getattr(run.reference, "model", None)
     if frozen is None or not is_sharded(frozen):
         return True
     layers = [m for m in frozen.modules() if is_sharded(m) and m is not frozen]  # its decoder layers, in order
-    return all(layer._get_fsdp_state()._states_to_forward_prefetch for layer in layers[:-1])
+    issued: list[bool] = []
+
+    def look(layer, *_) -> None:  # before FSDP's own pre-forward (prepend), which would issue it now
+        issued.append(layer._get_fsdp_state()._fsdp_param_group._all_gather_result is not None)
+
+    hooks = [layer.register_forward_pre_hook(look, prepend=True) for layer in layers]
+    ids = torch.arange(2 * 8).reshape(2, 8) % 100
+    run.reference.hidden(ids, torch.ones_like(ids))
+    for hook in hooks:
+        hook.remove()
+    return len(issued) == len(layers) and all(issued[1:])
 
 
 def worker(spec_path: Path, out: Path, rss_spec: Path | None = None) -> None:
