@@ -159,6 +159,30 @@ def test_fsdp_follows_one_process_in_half_the_memory_per_rank(make_spec, tiny_mo
     assert rss_ratio(single, sharded) <= 0.65, (single[0]["rss"], [r["rss"] for r in sharded])
 
 
+def test_a_rank_reads_only_its_rows_of_each_weight_into_a_meta_built_model(tiny_model_dir, tmp_path):
+    """What FSDP's sharded load reads (mol_engine/sharded_load.py), in one process: any rows of any tensor, in the
+    file's dtype, equal the whole file's; the meta-built model has its weights on meta, its buffers real, its head
+    tied to the embedding, and names every weight the file holds; a file whose names differ is not sliced."""
+    from safetensors.torch import load_file, save_file
+
+    from mol_engine.sharded_load import meta_model, sliceable, stored_tensors
+
+    whole = load_file(tiny_model_dir / "model.safetensors")
+    shutil.copy(tiny_model_dir / "config.json", tmp_path / "config.json")
+    save_file({name: t.to(torch.bfloat16) for name, t in whole.items()}, tmp_path / "model.safetensors")
+    for folder, dtype in ((tiny_model_dir, torch.float32), (tmp_path, torch.bfloat16)):
+        stored = stored_tensors(str(folder))
+        for name, tensor in whole.items():
+            first, stop = tensor.shape[0] // 3, tensor.shape[0] - 1
+            assert torch.equal(stored[name].rows(first, stop), tensor[first:stop].to(dtype)), name
+    model = meta_model(str(tiny_model_dir), torch.float32)
+    assert all(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert sliceable(model, stored_tensors(str(tiny_model_dir)))
+    save_file({f"transformer.{name}": t for name, t in whole.items()}, tmp_path / "model.safetensors")
+    assert not sliceable(model, stored_tensors(str(tmp_path)))  # loaded whole, then sharded
+
+
 def test_lora_under_fsdp_trains_resumes_and_exports(make_spec, tiny_model_dir, tmp_path):
     spec = make_spec(batch_size=4, max_steps=2, save_every=1, eval_every=2, finetune="lora", distributed="fsdp")
     spec_path = tmp_path / "spec.yaml"
