@@ -269,7 +269,7 @@ def config_message(spec: JobSpec, rows: tuple[int, int], held: str, eval_referen
     return " ".join(words)
 
 
-def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, world: World,
+def _corpora(spec: JobSpec, out: Path, model: nn.Module | None, tokenizer, device, world: World,
              cb: Callback) -> tuple[Corpus, Corpus | None, list[str]]:
     """The domain and general corpora (blocks over token stores), and the general corpus's files."""
     general_files = spec.general_data
