@@ -7,6 +7,7 @@ With one process every helper is a no-op, so the training loop reads the same ei
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ import torch.distributed as dist
 from torch import nn
 
 from .batches import Batch
-from .modeling import causal_lm
+from .callbacks import Cancelled
+from .modeling import causal_lm, load_model
 from .objective import TokenSums, batch_losses
 from .reference import FrozenCopyReference
+from .sharded_load import load_sharded
 
 Mode = Literal["auto", "ddp", "fsdp"]
 
@@ -97,20 +100,43 @@ def join_world(device_type: str) -> World:
 @contextlib.contextmanager
 def main_rank_first(world: World, marker: Path) -> Iterator[None]:
     """The with-block runs on rank 0, then on the other ranks once rank 0 is through it (rank 0 builds what they
-    read: a reference cache, a self-sampled corpus). They poll ``marker`` rather than wait in a collective: the work
-    can take longer than any process group timeout (NCCL's default is 10 minutes); if rank 0 dies, torchrun ends
-    them. Rank 0 leaves the block without waiting for the others."""
+    read: a reference cache, a self-sampled corpus, token stores). They poll ``marker`` rather than wait in a
+    collective: the work can take longer than any process group timeout (NCCL's default is 10 minutes); if rank 0
+    dies, torchrun ends them. Rank 0 leaves the block without waiting for the others.
+
+    When the block raises :class:`Cancelled` on rank 0 (the run was cancelled while it worked), rank 0 leaves a
+    note next to ``marker`` and the waiting ranks raise :class:`Cancelled` too: every rank ends the run cancelled."""
     if world.size == 1:
         yield
         return
     if world.is_main:
         marker.unlink(missing_ok=True)
+        cancel_note(marker).unlink(missing_ok=True)
     world.barrier()  # quick: every rank is past the unlink, so a marker seen from here on is this run's
-    while not world.is_main and not marker.is_file():
-        time.sleep(MARKER_POLL_S)
-    yield
+    if not world.is_main:
+        wait_for_marker(marker)
+    try:
+        yield
+    except Cancelled:
+        if world.is_main:
+            cancel_note(marker).touch()
+        raise
     if world.is_main:
         marker.touch()
+
+
+def cancel_note(marker: Path) -> Path:
+    """The file rank 0 leaves instead of ``marker`` when the run was cancelled before it got there."""
+    return marker.with_name(marker.name + ".cancelled")
+
+
+def wait_for_marker(marker: Path) -> None:
+    """Poll until ``marker`` exists; raise :class:`Cancelled` if rank 0 left its :func:`cancel_note` instead."""
+    note = cancel_note(marker)
+    while not marker.is_file():
+        if note.is_file():
+            raise Cancelled("cancelled before step 1 (rank 0 stopped while the others waited for it)")
+        time.sleep(MARKER_POLL_S)
 
 
 def local_device(device: torch.device) -> torch.device:
@@ -122,7 +148,12 @@ def local_device(device: torch.device) -> torch.device:
 
 
 class StepLosses(nn.Module):
-    """``forward(batch) -> TokenSums`` around the model: the module DDP wraps, and FSDP's root."""
+    """``forward(batch) -> TokenSums`` around the model: the module DDP wraps, and FSDP's root.
+
+    It has no ``no_sync``: under FSDP every micro-batch's backward reduce-scatters its gradients, so a rank only
+    ever holds its shard of them (skipping the reduce-scatter, FSDP's ``set_requires_gradient_sync(False)``, would
+    keep unsharded fp32 gradients of the whole model on every rank); DDP's own ``no_sync`` serves DDP.
+    """
 
     def __init__(self, model: nn.Module, **loss_kwargs) -> None:
         super().__init__()
@@ -134,18 +165,6 @@ class StepLosses(nn.Module):
         return batch_losses(self.model, Batch(input_ids, attention_mask, is_general, general_rows, position_ids),
                             **self.loss_kwargs)
 
-    @contextlib.contextmanager
-    def no_sync(self) -> Iterator[None]:
-        """Under FSDP, gradients accumulate unreduced inside (DDP's ``no_sync``); with one process, nothing."""
-        if not is_sharded(self):
-            yield
-            return
-        self.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            self.set_requires_gradient_sync(True)
-
 
 def uses_fsdp(mode: Mode, world: World, lora: bool) -> bool:
     """Whether the model is sharded with FSDP2: several processes, and ``fsdp`` asked or ``auto`` with full
@@ -154,15 +173,18 @@ def uses_fsdp(mode: Mode, world: World, lora: bool) -> bool:
 
 
 def wrap(model: nn.Module, world: World, device: torch.device, mode: Mode = "auto", lora: bool = False,
-         **loss_kwargs) -> nn.Module:
-    """The step module: plain with one process, FSDP2-sharded or DistributedDataParallel with several."""
-    step = StepLosses(model, **loss_kwargs)
+         root: StepLosses | None = None, **loss_kwargs) -> nn.Module:
+    """The step module: plain with one process, FSDP2-sharded or DistributedDataParallel with several. ``root``:
+    the step module :func:`load_for_fsdp` already sharded ``model`` under (it gets the losses' arguments)."""
+    step = root if root is not None else StepLosses(model)
+    step.loss_kwargs = loss_kwargs
     if world.size == 1:
         return step
     if uses_fsdp(mode, world, lora):
-        if isinstance(reference := loss_kwargs.get("reference"), FrozenCopyReference):
+        reference = loss_kwargs.get("reference")
+        if isinstance(reference, FrozenCopyReference) and not is_sharded(reference.model):
             shard_frozen(reference.model, device)
-        return parallelize(step, model, device)
+        return step if is_sharded(step) else parallelize(step, model, device)
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(step, device_ids=[device.index] if device.type == "cuda" else None)
@@ -228,14 +250,53 @@ def gathered(root: nn.Module) -> Iterator[None]:
 
 
 def shard_frozen(model: nn.Module, device: torch.device) -> nn.Module:
-    """A frozen model (the reference's base copy) sharded like the trained one, its root group gathered for good
-    (its embeddings, norm and head: each call runs the body and the head apart, never the root's forward)."""
+    """A frozen model (the reference's base copy) sharded like the trained one (:func:`parallelize_frozen`), its
+    root group gathered for good (:func:`keep_root_gathered`)."""
+    return keep_root_gathered(parallelize_frozen(model, device))
+
+
+def parallelize_frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` sharded as :func:`parallelize` shards the trained one, each decoder layer prefetching the next
+    one's all-gather as its forward starts. The frozen model runs outside FSDP's root protocol (its root's forward is
+    never called), so nothing else would overlap a layer's all-gather with the previous layer's compute."""
+    layers = decoder_layers(model)  # before fully_shard renames their classes (FSDP<name>)
+    parallelize(model, model, device)
+    for layer, following in itertools.pairwise(layers):
+        layer.set_modules_to_forward_prefetch([following])
+    return model
+
+
+def keep_root_gathered(model: nn.Module) -> nn.Module:
+    """The sharded frozen ``model`` with its root group (embeddings, norm, head) gathered for good: each call runs
+    the body and the head apart, never the root's forward."""
     from torch.distributed.fsdp import fully_shard
 
-    parallelize(model, model, device)
     fully_shard.state(model)._lazy_init()
     model.unshard()
     return model
+
+
+def load_for_fsdp(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, StepLosses]:
+    """(model, its step module): the causal LM in ``path`` and the :class:`StepLosses` FSDP's root, sharded by
+    :func:`parallelize` on the meta device, each rank then reading only its shards (mol_engine.sharded_load); a
+    checkpoint that cannot be read so is loaded whole on every rank, then sharded."""
+    loaded = load_sharded(path, device, dtype, lambda model: parallelize(StepLosses(model), model, device))
+    if loaded is not None:
+        return loaded
+    model = load_model(path, device, dtype)
+    return model, parallelize(StepLosses(model), model, device)
+
+
+def load_frozen_for_fsdp(path: str, device: torch.device, dtype: torch.dtype,
+                         matmul_dtype: torch.dtype | None = None) -> nn.Module:
+    """The base in ``path`` as a sharded frozen copy (:func:`shard_frozen`), loaded as :func:`load_for_fsdp` loads
+    the trained model: each rank reads only its shards. ``modeling.load_model``'s signature (the reference's
+    loader under FSDP). Its body/head split is not checked again: :func:`load_for_fsdp` checked the same files."""
+    loaded = load_sharded(path, device, dtype, lambda model: parallelize_frozen(model, device), matmul_dtype,
+                          verify=False)
+    if loaded is None:
+        return shard_frozen(load_model(path, device, dtype, matmul_dtype), device)
+    return keep_root_gathered(loaded[0])
 
 
 def sharded_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, dict]:

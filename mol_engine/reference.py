@@ -16,7 +16,7 @@ states; logits are formed chunk by chunk by the losses through :attr:`head`.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from .modeling import ModelError, causal_lm, hidden_states, load_model, logits_head
+
+Loader = Callable[[str, torch.device, torch.dtype, "torch.dtype | None"], nn.Module]  # as modeling.load_model
 
 
 class Reference(Protocol):
@@ -44,11 +46,13 @@ class FrozenCopyReference:
         self._head = logits_head(self.model)
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype,
-             matmul_dtype: torch.dtype | None = None) -> FrozenCopyReference:
-        """The base model in ``path`` loaded on ``device`` directly in ``dtype`` (its matmul weights in
-        ``matmul_dtype``, when given: ``modeling.store_matmul_weights``), frozen."""
-        return cls(load_model(path, device, dtype, matmul_dtype))
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
+             load: Loader | None = None) -> FrozenCopyReference:
+        """The base model in ``path`` loaded by ``load`` on ``device`` directly in ``dtype`` (its matmul weights in
+        ``matmul_dtype``, when given: ``modeling.store_matmul_weights``), frozen. ``load`` is
+        ``modeling.load_model`` (None), or under FSDP ``distributed.load_frozen_for_fsdp`` (each rank reads only its
+        shards)."""
+        return cls((load or load_model)(path, device, dtype, matmul_dtype))
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
@@ -158,12 +162,14 @@ class AdapterDisabledReference:
 
 
 def make_reference(model: nn.Module, *, lora: bool, resident: bool, path: str, device: torch.device,
-                   dtype: torch.dtype, matmul_dtype: torch.dtype | None = None) -> Reference:
-    """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy
-    loaded from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``) when the run trains against it every
-    step (``resident``), or an on-demand one that holds no weights between uses."""
+                   dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
+                   load: Loader | None = None) -> Reference:
+    """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy loaded
+    by ``load`` (``modeling.load_model`` when None) from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``)
+    when the run trains against it every step (``resident``), or an on-demand one that holds no weights between
+    uses (loaded whole)."""
     if lora:
         return AdapterDisabledReference(model)
     if resident:
-        return FrozenCopyReference.load(path, device, dtype, matmul_dtype)
+        return FrozenCopyReference.load(path, device, dtype, matmul_dtype, load)
     return OnDemandReference(path, device, dtype, matmul_dtype)

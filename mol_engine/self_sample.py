@@ -66,11 +66,16 @@ def _progress_point(total: int, n_tokens: int, seconds: float) -> dict:
             "fraction": round(min(total / n_tokens, 1.0), 4)}
 
 
+def self_corpus_path(out_dir: Path) -> Path:
+    """Where :func:`self_general_corpus` keeps the run's sampled general text."""
+    return out_dir / "general_self.jsonl"
+
+
 def self_general_corpus(out_dir: Path, model: nn.Module, tokenizer, n_tokens: int, *, max_len: int, seed: int,
                         device: torch.device, progress: Progress | None = None,
                         should_stop: ShouldStop | None = None) -> Path:
     """``out_dir/general_self.jsonl``, sampled once and reused (a resumed run sees the same text)."""
-    path = out_dir / "general_self.jsonl"
+    path = self_corpus_path(out_dir)
     if not path.exists():
         docs = sample_documents(model, tokenizer, n_tokens, max_len=max_len, seed=seed, device=device,
                                 progress=progress, should_stop=should_stop)

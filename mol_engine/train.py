@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -32,6 +32,8 @@ from .distributed import (
     gathered,
     is_sharded,
     join_world,
+    load_for_fsdp,
+    load_frozen_for_fsdp,
     local_device,
     main_rank_first,
     uses_fsdp,
@@ -46,7 +48,7 @@ from .objective import ROUTES, objective
 from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
 from .samples import Sample, complete, job_prompts, samples_event
-from .self_sample import self_general_corpus
+from .self_sample import self_corpus_path, self_general_corpus
 from .spec import JobSpec
 from .threads import use_threads
 from .token_store import TokenStore, cache_root, open_or_build
@@ -199,8 +201,13 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     tokenizer = load_tokenizer(spec.base_model)
     eos_id = tokenizer.eos_token_id
     # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
-    model = load_model(spec.base_model, device, dtype if lora else torch.float32)
+    # Under FSDP full fine-tuning each rank loads only its shards, after the corpora (rank 0 may self-sample).
+    sharded = uses_fsdp(spec.distributed, world, lora) and not lora
+    model = None if sharded else load_model(spec.base_model, device, dtype if lora else torch.float32)
     domain, general, general_files = _corpora(spec, out, model, tokenizer, device, world, cb)
+    root = None
+    if sharded:
+        model, root = load_for_fsdp(spec.base_model, device)
     if lora:
         model = add_lora(model, spec)
     if spec.gradient_checkpointing:
@@ -210,7 +217,8 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     resident = ROUTES[spec.method][1] and spec.reference != "cached"
     reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
                                dtype=reference_dtype(spec, device, world),
-                               matmul_dtype=None if dtype == torch.float32 else dtype) if needs_reference else None
+                               matmul_dtype=None if dtype == torch.float32 else dtype,
+                               load=load_frozen_for_fsdp if sharded else None) if needs_reference else None
     model.train()
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
@@ -221,8 +229,9 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     if spec.reference == "cached" and reference is not None and general is not None:
         cached = _cached_reference(spec, reference, general, general_files[0], vocab_size, dtype, device, chunk,
                                    world, cb)
-    step_losses = wrap(model, world, device, spec.distributed, lora, method=spec.method, eos_id=eos_id, chunk=chunk,
-                       reference=None if cached else reference, cached=cached, kl_direction=spec.kl_direction)
+    step_losses = wrap(model, world, device, spec.distributed, lora, root, method=spec.method, eos_id=eos_id,
+                       chunk=chunk, reference=None if cached else reference, cached=cached,
+                       kl_direction=spec.kl_direction)
     optimizer = _optimizer(model, spec, device)  # after wrapping: FSDP replaces the parameters with shards
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, spec))
     trainable, total = count_parameters(model)
@@ -260,14 +269,15 @@ def config_message(spec: JobSpec, rows: tuple[int, int], held: str, eval_referen
     return " ".join(words)
 
 
-def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, world: World,
+def _corpora(spec: JobSpec, out: Path, model: nn.Module | None, tokenizer, device, world: World,
              cb: Callback) -> tuple[Corpus, Corpus | None, list[str]]:
     """The domain and general corpora (blocks over token stores), and the general corpus's files."""
     general_files = spec.general_data
     if spec.general_source == "self":  # rank 0 samples, the others read what it wrote
-        with main_rank_first(world, out / ".self-sample.done"):
+        with main_rank_first(world, out / ".self-sample.done"), \
+                _whole_model(model, spec, device, needed=not self_corpus_path(out).exists()) as sampler:
             general_files = [str(self_general_corpus(
-                out, model, tokenizer, spec.self_sample_tokens, max_len=spec.seq_len, seed=spec.seed, device=device,
+                out, sampler, tokenizer, spec.self_sample_tokens, max_len=spec.seq_len, seed=spec.seed, device=device,
                 progress=lambda point: cb.on_event({"step": 0, "kind": "self-sample", **point}),
                 should_stop=cb.should_stop))]
     stores = _token_stores({"domain": spec.domain_data, "general": general_files}, tokenizer, out, world, cb)
@@ -279,37 +289,45 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, worl
     return corpus("domain", spec.seed), corpus("general", spec.seed + 1) if general_files else None, general_files
 
 
+@contextlib.contextmanager
+def _whole_model(model: nn.Module | None, spec: JobSpec, device: torch.device,
+                 needed: bool) -> Iterator[nn.Module | None]:
+    """``model``; or, where the trained model is not loaded yet (FSDP loads it sharded after the corpora, and a
+    sharded model cannot generate on rank 0 alone) and one is ``needed``, the base loaded whole for the with-block
+    (in float32, as the full fine-tuning model), then freed."""
+    if model is not None or not needed:
+        yield model
+        return
+    whole = load_model(spec.base_model, device, torch.float32)
+    try:
+        yield whole
+    finally:
+        whole.to("meta")  # frees every weight at once (see reference.OnDemandReference.release)
+
+
 def _token_stores(files: dict[str, list[str]], tokenizer, out: Path, world: World,
                   cb: Callback) -> dict[str, list[TokenStore]]:
-    """Each file's token store: rank 0 builds what is missing, the other ranks wait for it and open it.
+    """Each file's token store: rank 0 builds what is missing and lists them, the other ranks wait for it
+    (:func:`main_rank_first`, polling a marker: a store of billions of tokens takes longer than any process group
+    timeout) and open what it listed."""
+    listing = out / ".token-stores.json"
+    with main_rank_first(world, out / ".token-stores.done"):
+        if not world.is_main:
+            paths = json.loads(listing.read_text())
+            return {name: [TokenStore(Path(p)) for p in found] for name, found in paths.items()}
 
-    The others poll a marker file rather than wait in a collective: building a store of billions of tokens
-    takes longer than any process group timeout (if rank 0 fails, torchrun ends them).
-    """
-    marker = out / ".token-stores.json"
-    if world.is_main:
-        marker.unlink(missing_ok=True)
-    world.barrier()
-    if not world.is_main:
-        while not marker.is_file():
-            time.sleep(0.2)
-        paths = json.loads(marker.read_text())
-        return {name: [TokenStore(Path(p)) for p in found] for name, found in paths.items()}
+        def progress(point: dict) -> None:
+            cb.on_event({"step": 0, "kind": "token-store", **point})
 
-    def progress(point: dict) -> None:
-        cb.on_event({"step": 0, "kind": "token-store", **point})
-
-    stores: dict[str, list[TokenStore]] = {name: [] for name in files}
-    for name, paths in files.items():
-        for i, path in enumerate(paths):
-            try:
-                stores[name].append(open_or_build(path, tokenizer, progress, cb.should_stop))
-            except DataError as err:  # name the spec field as well as the file and line
-                raise DataError(f"{name}_data[{i}]: {err}") from None
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps({name: [str(s.path) for s in found] for name, found in stores.items()}))
-    tmp.replace(marker)
-    return stores
+        stores: dict[str, list[TokenStore]] = {name: [] for name in files}
+        for name, paths in files.items():
+            for i, path in enumerate(paths):
+                try:
+                    stores[name].append(open_or_build(path, tokenizer, progress, cb.should_stop))
+                except DataError as err:  # name the spec field as well as the file and line
+                    raise DataError(f"{name}_data[{i}]: {err}") from None
+        listing.write_text(json.dumps({name: [str(s.path) for s in found] for name, found in stores.items()}))
+        return stores
 
 
 def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data_file: str, vocab_size: int,
@@ -379,6 +397,8 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     sums = torch.zeros(3, device=run.device)  # domain CE, general CE, general KL (token sums)
     counts = [0, 0, 0]
     for i, batch in enumerate(micro):
+        # DDP all-reduces once per step (no_sync before the last micro-batch); FSDP reduce-scatters every
+        # micro-batch, so each rank only ever holds its shard of the gradients (StepLosses has no no_sync)
         sync = i == len(micro) - 1 or not hasattr(run.step_losses, "no_sync")
         with run.autocast(), contextlib.nullcontext() if sync else run.step_losses.no_sync():
             parts = run.step_losses(batch.input_ids, batch.attention_mask, batch.is_general, batch.general_rows,

@@ -98,6 +98,22 @@ def test_two_processes_build_and_share_the_cached_reference(make_spec, corpora, 
                 assert b[key] == pytest.approx(a[key], rel=2e-4, abs=1e-6), (a["step"], key)
 
 
+def test_a_cancel_while_rank_0_builds_the_cache_ends_every_rank_cancelled(make_spec, corpora, tmp_path):
+    """Cancelled before step 1, while rank 0 builds the reference cache and rank 1 waits for it: rank 1 learns of
+    it (rank 0's cancel note), so both ranks end the run ``cancelled`` and exit 0 (the service's runner then marks
+    the job cancelled). Rank 1 used to wait for the cache's marker forever, until the job was killed or failed."""
+    general = tmp_path / "general.jsonl"  # a copy of its own: the cache is built here, not reused
+    shutil.copy(corpora["general"], general)
+    spec = make_spec(max_steps=2, reference="cached", reference_top_k=16, general_data=[str(general)])
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    done = launch([str(ROOT / "tests" / "engine" / "cancel_cache_rank0.py")], spec_path, tmp_path / "two")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [(tmp_path / "two" / f"result-{rank}").read_text() for rank in (0, 1)] == ["cancelled", "cancelled"]
+    assert not list(tmp_path.glob("general.jsonl.mol-cache/.building-*"))  # nothing half-written left
+    assert not list(tmp_path.glob("general.jsonl.mol-cache/topk-*"))
+
+
 def test_full_disk_on_rank_0_stops_both_ranks_with_its_message(make_spec, tmp_path):
     """Rank 0 prunes to the newest checkpoint; when its disk fills, every rank exits instead of waiting."""
     spec_path = tmp_path / "spec.yaml"
@@ -118,19 +134,53 @@ def test_auto_picks_fsdp_for_full_fine_tuning_with_several_processes():
     assert not uses_fsdp("fsdp", one, lora=False)  # one process: nothing to shard over
 
 
-def test_fsdp_follows_one_process_in_half_the_memory_per_rank(make_spec, tmp_path):
+def test_fsdp_follows_one_process_in_half_the_memory_per_rank(make_spec, tiny_model_dir, tmp_path):
     """bench/fsdp_check.py's measure: per-step loss, CE and grad norm within 1e-4 relative (fp32, same global
-    batch), and each rank holds about half the parameter + optimizer-state bytes."""
-    from fsdp_check import compare, run_curve
+    batch), and each rank holds about half the parameter + optimizer-state bytes. Gradients are reduce-scattered
+    after every micro-batch (each rank holds its half of them before the second one), the frozen reference's layers
+    prefetch the next one's all-gather, and each rank loads only its shards: setting up a 26M-parameter model, its
+    frozen reference and the optimizer peaks at <= 0.65 x one process's memory on every rank (about 0.5; it was
+    about 1.0 when every rank loaded the whole model and reference first)."""
+    from fsdp_check import compare, rss_ratio, run_curve, wide_model
 
     spec = make_spec(batch_size=8, grad_accum=2, max_steps=4, save_every=100, eval_every=100, distributed="fsdp",
-                     precision="fp32")  # grad_accum: the first micro-batch skips the reduce-scatter
-    single = run_curve(spec, tmp_path / "one", 1)
-    sharded = run_curve(spec.model_copy(update={"batch_size": 4}), tmp_path / "two", 2)
+                     precision="fp32")
+    wide = spec.model_copy(update={"base_model": str(wide_model(tmp_path, tiny_model_dir, 512, 8))})
+    single = run_curve(spec, tmp_path / "one", 1, rss_spec=wide)
+    sharded = run_curve(spec.model_copy(update={"batch_size": 4}), tmp_path / "two", 2, rss_spec=wide)
     figures = compare(single, sharded)
     assert figures["fsdp_vs_single_curve_maxrel"] <= 1e-4, figures
     assert figures["fsdp_vs_single_kl_maxabs"] <= 1e-6, figures
     assert 0.45 <= figures["fsdp_rank_memory_ratio"] <= 0.6, figures
+    for rank in sharded:
+        second = rank["micro_batches"][1::2]  # grad_accum 2: before each step's second micro-batch
+        assert len(second) == 4 and all(m["with_grad"] == 1.0 and m["grad_share"] <= 0.55 for m in second), second
+        assert rank["reference_prefetch"] and rank["rss"]["largest_param_share"] <= 0.5
+    assert rss_ratio(single, sharded) <= 0.65, (single[0]["rss"], [r["rss"] for r in sharded])
+
+
+def test_a_rank_reads_only_its_rows_of_each_weight_into_a_meta_built_model(tiny_model_dir, tmp_path):
+    """What FSDP's sharded load reads (mol_engine/sharded_load.py), in one process: any rows of any tensor, in the
+    file's dtype, equal the whole file's; the meta-built model has its weights on meta, its buffers real, its head
+    tied to the embedding, and names every weight the file holds; a file whose names differ is not sliced."""
+    from safetensors.torch import load_file, save_file
+
+    from mol_engine.sharded_load import meta_model, sliceable, stored_tensors
+
+    whole = load_file(tiny_model_dir / "model.safetensors")
+    shutil.copy(tiny_model_dir / "config.json", tmp_path / "config.json")
+    save_file({name: t.to(torch.bfloat16) for name, t in whole.items()}, tmp_path / "model.safetensors")
+    for folder, dtype in ((tiny_model_dir, torch.float32), (tmp_path, torch.bfloat16)):
+        stored = stored_tensors(str(folder))
+        for name, tensor in whole.items():
+            first, stop = tensor.shape[0] // 3, tensor.shape[0] - 1
+            assert torch.equal(stored[name].rows(first, stop), tensor[first:stop].to(dtype)), name
+    model = meta_model(str(tiny_model_dir), torch.float32)
+    assert all(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert sliceable(model, stored_tensors(str(tiny_model_dir)))
+    save_file({f"transformer.{name}": t for name, t in whole.items()}, tmp_path / "model.safetensors")
+    assert not sliceable(model, stored_tensors(str(tmp_path)))  # loaded whole, then sharded
 
 
 def test_lora_under_fsdp_trains_resumes_and_exports(make_spec, tiny_model_dir, tmp_path):
