@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .batches import Batch
-from .modeling import causal_lm
+from .modeling import decoder_layers
 from .objective import TokenSums, batch_losses
 from .reference import FrozenCopyReference
 
@@ -190,15 +190,6 @@ def parallelize(root: nn.Module, model: nn.Module, device: torch.device) -> nn.M
         fully_shard(layer, mp_policy=policy)
     fully_shard(root, mp_policy=policy)
     return root
-
-
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of the causal LM inside ``model`` (the classes it names in ``_no_split_modules``)."""
-    names = set(getattr(causal_lm(model), "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ValueError(f"cannot find the decoder layers of {type(causal_lm(model)).__name__} to shard with FSDP")
-    return layers
 
 
 def is_sharded(module: nn.Module) -> bool:

@@ -5,6 +5,7 @@ Splitting lets the losses form full-vocabulary logits a chunk of positions at a 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,80 @@ def pick_dtype(spec: JobSpec, device: torch.device) -> torch.dtype:
     if spec.precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.precision]
+
+
+ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "flex": "flex_attention"}  # spec -> HF
+
+
+def pick_attention(spec: JobSpec, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The ``attn_implementation`` the model is loaded with: the spec's choice, or for ``auto`` flash-attention-2
+    on CUDA in bf16/fp16 when the flash-attn package is installed, else FlexAttention on CUDA with document
+    packing (a block-sparse mask, where SDPA would build a dense [T, T] one), else None: transformers' default
+    (SDPA where the architecture has it, else eager). Raises :class:`ModelError` naming ``attention`` when the
+    choice cannot run here (the spec refuses what it can tell without the machine)."""
+    if spec.attention == "auto":
+        if device.type == "cuda" and dtype != torch.float32 and flash_attention_available():
+            return "flash_attention_2"
+        return "flex_attention" if device.type == "cuda" and spec.packing == "document" else None
+    if spec.attention != "sdpa" and device.type != "cuda":
+        raise ModelError(f"attention: {spec.attention} needs a CUDA device (this run is on {device}): choose sdpa "
+                         f"or auto")
+    if spec.attention == "flash_attention_2" and not flash_attention_available():
+        raise ModelError("attention: flash_attention_2 needs the flash-attn package (>= 2.3.3, `pip install "
+                         "flash-attn --no-build-isolation`) on this machine: install it, or choose flex, sdpa or auto")
+    return ATTENTION[spec.attention]
+
+
+def flash_attention_available() -> bool:
+    """Whether transformers can run flash-attention-2 here (the flash-attn package and a CUDA device)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def use_compile(spec: JobSpec, device: torch.device) -> bool:
+    """Whether decoder layers run under ``torch.compile``: ``on``, or ``auto`` on CUDA."""
+    return spec.compile == "on" or (spec.compile == "auto" and device.type == "cuda")
+
+
+def compile_layers(model: nn.Module) -> nn.Module:
+    """``model`` with each decoder layer compiled in place (``Module.compile``, as torchtitan compiles each
+    TransformerBlock): compilation happens at a layer's first call, one graph shared by the layers of one class.
+    Done before FSDP wraps the layers; LoRA adapters and gradient checkpointing may be added before or after."""
+    for layer in decoder_layers(model):
+        layer.compile()
+    return model
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of the causal LM inside ``model`` (the classes it names in ``_no_split_modules``)."""
+    names = set(getattr(causal_lm(model), "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find the decoder layers of {type(causal_lm(model)).__name__} to shard with FSDP "
+                         f"or compile")
+    return layers
+
+
+def attention_of(model: nn.Module) -> str:
+    """The attention implementation ``model`` runs (``sdpa``, ``eager``, ``flex_attention``...)."""
+    return causal_lm(model).config._attn_implementation
+
+
+@contextlib.contextmanager
+def for_generation(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` set up for ``generate`` in the with-block: compiled layers run eagerly (a decode step's shapes
+    change at every token: each would be a recompilation) and FlexAttention gives way to SDPA (its decode path is
+    compiled per shape too, and its CPU kernel fails to build in torch 2.13). Training's forwards are untouched."""
+    config = causal_lm(model).config
+    chosen = config._attn_implementation
+    if chosen == "flex_attention":
+        config._attn_implementation = "sdpa"
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            yield model
+    finally:
+        config._attn_implementation = chosen
 
 
 def load_tokenizer(path: str):
@@ -68,19 +143,23 @@ def _check_token_ids(tokenizer, path: str) -> None:
 
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32,
-               matmul_dtype: torch.dtype | None = None) -> nn.Module:
+               matmul_dtype: torch.dtype | None = None, attention: str | None = None) -> nn.Module:
     """The causal LM in ``path`` on ``device`` (weights in ``dtype``; with ``matmul_dtype``, its matmul weights in
-    that, see :func:`store_matmul_weights`), local files only, no remote code."""
+    that, see :func:`store_matmul_weights`; its ``attn_implementation`` ``attention``, None: transformers'
+    default), local files only, no remote code."""
     from transformers import AutoModelForCausalLM
 
     _check_model_dir(path)
     _check_weights(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
+            path, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+            attn_implementation=attention,
         )
-    except (OSError, ValueError) as err:
-        raise ModelError(f"base_model: cannot load a causal LM from {path}: {err}") from None
+    except (OSError, ValueError, ImportError) as err:
+        field = "attention" if attention and attention in str(err) else "base_model"
+        raise ModelError(f"{field}: cannot load a causal LM from {path}"
+                         f"{f' with attention {attention}' if attention else ''}: {err}") from None
     model.config.use_cache = False
     if matmul_dtype is None:
         model = model.to(device)

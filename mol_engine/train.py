@@ -41,7 +41,19 @@ from .drift import PassageKL, drift_event, passage_kls
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .model_card import build_card
-from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
+from .modeling import (
+    add_lora,
+    attention_of,
+    compile_layers,
+    count_parameters,
+    for_generation,
+    load_model,
+    load_tokenizer,
+    pick_attention,
+    pick_device,
+    pick_dtype,
+    use_compile,
+)
 from .objective import ROUTES, objective
 from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
@@ -199,18 +211,23 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     tokenizer = load_tokenizer(spec.base_model)
     eos_id = tokenizer.eos_token_id
     # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
-    model = load_model(spec.base_model, device, dtype if lora else torch.float32)
+    model = load_model(spec.base_model, device, dtype if lora else torch.float32,
+                       attention=pick_attention(spec, device, dtype))
     domain, general, general_files = _corpora(spec, out, model, tokenizer, device, world, cb)
     if lora:
         model = add_lora(model, spec)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    compiled = use_compile(spec, device)
+    if compiled:  # after self-sampling's generation, before FSDP wraps the layers
+        compile_layers(model)
     needs_reference = ROUTES[spec.method][1] or general is not None
     # resident only when every step trains against it; else loaded for evaluation (or the cache build) alone
     resident = ROUTES[spec.method][1] and spec.reference != "cached"
     reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
                                dtype=reference_dtype(spec, device, world),
-                               matmul_dtype=None if dtype == torch.float32 else dtype) if needs_reference else None
+                               matmul_dtype=None if dtype == torch.float32 else dtype,
+                               compiled=compiled) if needs_reference else None
     model.train()
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
@@ -229,7 +246,8 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     held = getattr(cached or (reference if resident else None), "kind", "none")
     cb.on_event({"step": 0, "kind": "config", "message": config_message(
         spec, (n_domain, n_general), held, getattr(reference, "kind", "none"), device, dtype, (trainable, total),
-        world.size), "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
+        world.size, (attention_of(model), compiled)), "kl_direction": spec.kl_direction,
+        "rows": [n_domain, n_general], "attention": attention_of(model), "compile": compiled})
     qa = read_qa(spec.eval_data) if spec.eval_data else []
     heldout = (general if general is not None else domain).heldout
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
@@ -247,16 +265,19 @@ def reference_dtype(spec: JobSpec, device: torch.device, world: World) -> torch.
 
 
 def config_message(spec: JobSpec, rows: tuple[int, int], held: str, eval_reference: str, device, dtype,
-                   params: tuple[int, int], processes: int) -> str:
+                   params: tuple[int, int], processes: int, body: tuple[str, bool] = ("sdpa", False)) -> str:
     """The run's ``config`` event line. The KL settings and the reference are named as the spec names them, and
     only for MoL (CPT and domain-only train against no reference); ``holds`` says what is resident while training
-    (``frozen-copy``, ``cached-top-k``, ``adapter-disabled``, ``none``), ``eval_reference`` what the KL gauge uses."""
+    (``frozen-copy``, ``cached-top-k``, ``adapter-disabled``, ``none``), ``eval_reference`` what the KL gauge uses;
+    ``body`` is (the attention implementation the model runs, whether its layers are compiled), as chosen from
+    the spec's ``attention`` and ``compile``."""
     words = [f"method={spec.method}"]
     if spec.method == "mol":
         words += [f"kl_direction={spec.kl_direction}", f"kl_weight={spec.kl_weight}", f"reference={spec.reference}"]
     words += [f"rows/micro-batch domain:general={rows[0]}:{rows[1]}", f"finetune={spec.finetune}", f"holds={held}",
               f"eval_reference={eval_reference}", f"device={device}", f"dtype={str(dtype).removeprefix('torch.')}",
-              f"trainable={params[0]:,}/{params[1]:,} params", f"processes={processes}"]
+              f"trainable={params[0]:,}/{params[1]:,} params", f"processes={processes}",
+              f"attention={body[0]}", f"compile={'on' if body[1] else 'off'}"]
     return " ".join(words)
 
 
@@ -265,7 +286,7 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module, tokenizer, device, worl
     """The domain and general corpora (blocks over token stores), and the general corpus's files."""
     general_files = spec.general_data
     if spec.general_source == "self":  # rank 0 samples, the others read what it wrote
-        with main_rank_first(world, out / ".self-sample.done"):
+        with main_rank_first(world, out / ".self-sample.done"), for_generation(model):
             general_files = [str(self_general_corpus(
                 out, model, tokenizer, spec.self_sample_tokens, max_len=spec.seq_len, seed=spec.seed, device=device,
                 progress=lambda point: cb.on_event({"step": 0, "kind": "self-sample", **point}),
@@ -437,9 +458,10 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
             general=general, reference=reference, batch_size=spec.batch_size, eos_id=run.eos_id, chunk=run.chunk,
             kl_direction=spec.kl_direction, device=run.device)
         if run.qa:
-            metrics["eval/qa_exact_match"] = qa_exact_match(
-                run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
-                device=run.device)
+            with for_generation(run.model):
+                metrics["eval/qa_exact_match"] = qa_exact_match(
+                    run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
+                    device=run.device)
         drift = _drift(run, step, general, reference)
     samples = _complete_samples(run)
     run.model.train()
@@ -471,7 +493,7 @@ def _complete_samples(run: Run) -> list[Sample] | None:
     sharded = is_sharded(run.step_losses)
     if not run.prompts or not (run.world.is_main or sharded):
         return None
-    with run.autocast(), gathered(run.step_losses):
+    with run.autocast(), gathered(run.step_losses), for_generation(run.model):
         samples = complete(run.model, run.tokenizer, run.prompts, run.spec.sample_max_tokens)
     return samples if run.world.is_main else None
 
