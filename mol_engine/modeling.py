@@ -89,9 +89,10 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def attention_of(model: nn.Module) -> str:
-    """The attention implementation ``model`` runs (``sdpa``, ``eager``, ``flex_attention``...)."""
-    return causal_lm(model).config._attn_implementation
+def attention_of(model: nn.Module) -> str | None:
+    """The attention implementation ``model`` runs (``sdpa``, ``eager``, ``flex_attention``...); None for a
+    module without a transformers config."""
+    return getattr(getattr(causal_lm(model), "config", None), "_attn_implementation", None)
 
 
 @contextlib.contextmanager

@@ -50,7 +50,7 @@ class FrozenCopyReference:
         """The base model in ``path`` loaded on ``device`` directly in ``dtype`` (its matmul weights in
         ``matmul_dtype``, when given: ``modeling.store_matmul_weights``), with ``attn_implementation``
         ``attention``, its decoder layers compiled when ``compiled``, frozen."""
-        model = load_model(path, device, dtype, matmul_dtype, attention)
+        model = load_model(path, device, dtype, matmul_dtype, attention=attention)
         return cls(compile_layers(model) if compiled else model)
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:

@@ -42,6 +42,7 @@ from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .model_card import build_card
 from .modeling import (
+    ModelError,
     add_lora,
     attention_of,
     compile_layers,
@@ -211,8 +212,7 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     tokenizer = load_tokenizer(spec.base_model)
     eos_id = tokenizer.eos_token_id
     # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
-    model = load_model(spec.base_model, device, dtype if lora else torch.float32,
-                       attention=pick_attention(spec, device, dtype))
+    model = _load_trained(spec, device, dtype if lora else torch.float32, pick_attention(spec, device, dtype))
     domain, general, general_files = _corpora(spec, out, model, tokenizer, device, world, cb)
     if lora:
         model = add_lora(model, spec)
@@ -253,6 +253,17 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
                optimizer, scheduler, chunk, eos_id, world, step_losses, prompts=prompts)
+
+
+def _load_trained(spec: JobSpec, device: torch.device, dtype: torch.dtype, attention: str | None) -> nn.Module:
+    """The model to train, with ``attention``; an architecture without the kernel ``auto`` picked gets
+    transformers' default instead (an explicit choice fails, naming ``attention``)."""
+    try:
+        return load_model(spec.base_model, device, dtype, attention=attention)
+    except ModelError:
+        if spec.attention != "auto" or attention is None:
+            raise
+        return load_model(spec.base_model, device, dtype)
 
 
 def reference_dtype(spec: JobSpec, device: torch.device, world: World) -> torch.dtype:

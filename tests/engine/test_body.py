@@ -99,3 +99,12 @@ def test_packed_documents_under_flex_attention_give_each_document_its_logits_alo
     with for_generation(flex):  # generation decodes with SDPA (flex's decode kernel fails to build on a CPU)
         assert flex.config._attn_implementation == "sdpa"
     assert flex.config._attn_implementation == "flex_attention"
+
+
+def test_a_kernel_the_architecture_lacks_fails_naming_attention_unless_auto_picked_it(make_spec):
+    from mol_engine.train import _load_trained
+
+    with pytest.raises(ModelError, match=r"^attention: cannot load"):
+        _load_trained(make_spec(attention="sdpa"), CPU, torch.float32, "no_such_kernel")
+    model = _load_trained(make_spec(), CPU, torch.float32, "no_such_kernel")  # auto: transformers' default
+    assert model.config._attn_implementation == "sdpa"
