@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/gpu_check.py [--steps 8] [--batch-size 8]
 
-Measures, each variant alone after the others freed their memory: CPT, MoL with the exact reference and MoL with
+Measures, each variant alone after the others freed their memory: CPT (decoder layers compiled, the default on
+CUDA, and not: ``compile_speedup``), MoL with the exact reference and MoL with
 the cached top-k reference (full fine-tuning: fp32 master weights, bf16 autocast): tokens/s, model FLOPs
 utilisation and peak GPU memory; then MoL (exact) with FSDP2 on every visible GPU under torchrun (skipped with one
 GPU). Prints one JSON line. Without CUDA it prints a JSON line saying so and exits 0.
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mol_engine.distributed import World, join_world  # noqa: E402
+from mol_engine.modeling import attention_of, use_compile  # noqa: E402
 from mol_engine.spec import JobSpec  # noqa: E402
 from mol_engine.spec_file import read_spec_file  # noqa: E402
 from mol_engine.train import setup_run, train_step  # noqa: E402
@@ -80,12 +82,13 @@ def build(root: Path, general_blocks: int) -> dict[str, str]:
 
 
 def job(paths: dict[str, str], method: str, reference: str, batch_size: int, steps: int,
-        distributed: str = "auto") -> JobSpec:
-    """The measured job: full fine-tuning, bf16 autocast on CUDA, ``steps`` + 2 warm-up steps, no eval or save."""
+        distributed: str = "auto", compile: str = "auto") -> JobSpec:
+    """The measured job: full fine-tuning, bf16 autocast on CUDA, ``steps`` + 2 warm-up steps (compilation, with
+    ``compile`` auto: on CUDA), no eval or save."""
     return JobSpec(base_model=paths["model"], domain_data=[paths["domain"]], general_data=[paths["general"]],
                    method=method, reference=reference, seq_len=SEQ_LEN, batch_size=batch_size, max_steps=steps + 2,
                    warmup_steps=0, lr=1e-5, precision="bf16", device="cuda", eval_every=10_000, save_every=10_000,
-                   reference_top_k=64, distributed=distributed, heldout_fraction=0.02)
+                   reference_top_k=64, distributed=distributed, heldout_fraction=0.02, compile=compile)
 
 
 def measure(spec: JobSpec, out: Path, world: World, steps: int) -> dict[str, float]:
@@ -104,7 +107,8 @@ def measure(spec: JobSpec, out: Path, world: World, steps: int) -> dict[str, flo
     peak = peak_flops(torch.cuda.get_device_name(run.device))
     result = {"tokens_per_s": round(tokens_per_s), "mfu": round(6 * n_params * tokens_per_s / (peak * world.size), 4)
               if peak else None, "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-              "loss": round(metrics["train/loss"], 4), "params": n_params}
+              "loss": round(metrics["train/loss"], 4), "params": n_params, "attention": attention_of(run.model),
+              "compile": use_compile(spec, run.device)}
     del run
     gc.collect()
     torch.cuda.empty_cache()
@@ -159,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = build(root, general_blocks=4 * args.batch_size * (args.steps + 2))
-        variants = {"cpt": ("cpt", "exact"), "mol_exact": ("mol", "exact"), "mol_cached": ("mol", "cached")}
-        results = {name: measure(job(paths, method, ref, args.batch_size, args.steps), root / name, World(), args.steps)
-                   for name, (method, ref) in variants.items()}
+        variants = {"cpt": ("cpt", "exact", "auto"), "cpt_compile_off": ("cpt", "exact", "off"),
+                    "mol_exact": ("mol", "exact", "auto"), "mol_cached": ("mol", "cached", "auto")}
+        results = {name: measure(job(paths, method, ref, args.batch_size, args.steps, compile=compiled), root / name,
+                                 World(), args.steps)
+                   for name, (method, ref, compiled) in variants.items()}
         results["fsdp_mol_exact"] = fsdp_all_gpus(paths, root, args.batch_size, args.steps)
     cpt, exact, cached = results["cpt"], results["mol_exact"], results["mol_cached"]
     print(json.dumps({
@@ -169,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": args.batch_size, "steps": args.steps, "peak_bf16_flops": peak_flops(torch.cuda.get_device_name()),
         **results,
         "mol_cpt_throughput": round(exact["tokens_per_s"] / cpt["tokens_per_s"], 3),
+        "compile_speedup": round(cpt["tokens_per_s"] / results["cpt_compile_off"]["tokens_per_s"], 3),
         "cached_cpt_throughput": round(cached["tokens_per_s"] / cpt["tokens_per_s"], 3),
         "cached_exact_memory": round(cached["peak_memory_gib"] / exact["peak_memory_gib"], 3),
         "seconds": round(time.perf_counter() - started, 1)}))
