@@ -37,6 +37,7 @@ def pick_dtype(spec: JobSpec, device: torch.device) -> torch.dtype:
 
 
 ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "flex": "flex_attention"}  # spec -> HF
+HALF_ONLY = ("flash_attention_2",)  # kernels that compute in bf16/fp16 only: float32 weights need autocast
 
 
 def pick_attention(spec: JobSpec, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -98,11 +99,12 @@ def attention_of(model: nn.Module) -> str | None:
 @contextlib.contextmanager
 def for_generation(model: nn.Module) -> Iterator[nn.Module]:
     """``model`` set up for ``generate`` in the with-block: compiled layers run eagerly (a decode step's shapes
-    change at every token: each would be a recompilation) and FlexAttention gives way to SDPA (its decode path is
-    compiled per shape too, and its CPU kernel fails to build in torch 2.13). Training's forwards are untouched."""
+    change at every token: each would be a recompilation) and SDPA stands in for FlexAttention (its decode path is
+    compiled per shape too, and its CPU kernel fails to build in torch 2.13) and for flash-attention (which cannot
+    run the float32 weights self-sampling generates with, outside autocast). Training's forwards are untouched."""
     config = causal_lm(model).config
     chosen = config._attn_implementation
-    if chosen == "flex_attention":
+    if chosen in ("flex_attention", *HALF_ONLY):
         config._attn_implementation = "sdpa"
     try:
         with torch.compiler.set_stance("force_eager"):
@@ -162,13 +164,13 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
         raise ModelError(f"{field}: cannot load a causal LM from {path}"
                          f"{f' with attention {attention}' if attention else ''}: {err}") from None
     model.config.use_cache = False
-    if matmul_dtype is None:
-        model = model.to(device)
-        verify_split(model, path)
-        return model
-    store_matmul_weights(model, matmul_dtype)  # before the move: the device never holds the wider copy
+    if matmul_dtype is not None:
+        store_matmul_weights(model, matmul_dtype)  # before the move: the device never holds the wider copy
     model = model.to(device)
-    with torch.autocast(device.type, dtype=matmul_dtype):  # as it computes from here on
+    # checked as it computes from here on: under autocast with bf16 matmul weights, or float32 weights under a
+    # flash kernel (which computes in bf16/fp16 only: the run trains such a model under bf16 autocast)
+    checked_in = matmul_dtype or (torch.bfloat16 if attention in HALF_ONLY and dtype == torch.float32 else None)
+    with torch.autocast(device.type, dtype=checked_in) if checked_in else contextlib.nullcontext():
         verify_split(model, path)
     return model
 

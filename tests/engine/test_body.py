@@ -108,3 +108,25 @@ def test_a_kernel_the_architecture_lacks_fails_naming_attention_unless_auto_pick
         _load_trained(make_spec(attention="sdpa"), CPU, torch.float32, "no_such_kernel")
     model = _load_trained(make_spec(), CPU, torch.float32, "no_such_kernel")  # auto: transformers' default
     assert model.config._attn_implementation == "sdpa"
+
+
+def test_float32_weights_under_a_half_only_kernel_are_checked_under_bf16_autocast(tiny_model_dir, monkeypatch):
+    """flash-attention computes in bf16/fp16 only: the load check of a full fine-tuning model (float32 masters) runs
+    under autocast as training does (flash-attn itself cannot run here: SDPA stands in for a half-only kernel)."""
+    from mol_engine import modeling
+
+    seen = []
+
+    def record(*_):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+
+    monkeypatch.setattr(modeling, "verify_split", record)
+    load_model(str(tiny_model_dir), CPU, attention="sdpa")
+    monkeypatch.setattr(modeling, "HALF_ONLY", ("sdpa",))
+    model = load_model(str(tiny_model_dir), CPU, attention="sdpa")
+    assert seen == [None, torch.bfloat16] and model.dtype == torch.float32
+    monkeypatch.undo()
+    model.config._attn_implementation = "flash_attention_2"  # as a CUDA run would have it (no forward here)
+    with for_generation(model):  # nor can flash generate from float32 weights outside autocast (self-sampling)
+        assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == "flash_attention_2"
