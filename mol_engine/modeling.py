@@ -37,7 +37,7 @@ def pick_dtype(spec: JobSpec, device: torch.device) -> torch.dtype:
 
 
 ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "flex": "flex_attention"}  # spec -> HF
-HALF_ONLY = ("flash_attention_2",)  # kernels that compute in bf16/fp16 only: float32 weights need autocast
+FLASH = ("flash_attention_2",)  # compute in bf16/fp16 only; packed rows go as variable-length sequences
 
 
 def pick_attention(spec: JobSpec, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -104,7 +104,7 @@ def for_generation(model: nn.Module) -> Iterator[nn.Module]:
     run the float32 weights self-sampling generates with, outside autocast). Training's forwards are untouched."""
     config = causal_lm(model).config
     chosen = config._attn_implementation
-    if chosen in ("flex_attention", *HALF_ONLY):
+    if chosen in ("flex_attention", *FLASH):
         config._attn_implementation = "sdpa"
     try:
         with torch.compiler.set_stance("force_eager"):
@@ -169,7 +169,7 @@ def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float
     model = model.to(device)
     # checked as it computes from here on: under autocast with bf16 matmul weights, or float32 weights under a
     # flash kernel (which computes in bf16/fp16 only: the run trains such a model under bf16 autocast)
-    checked_in = matmul_dtype or (torch.bfloat16 if attention in HALF_ONLY and dtype == torch.float32 else None)
+    checked_in = matmul_dtype or (torch.bfloat16 if attention in FLASH and dtype == torch.float32 else None)
     with torch.autocast(device.type, dtype=checked_in) if checked_in else contextlib.nullcontext():
         verify_split(model, path)
     return model
@@ -237,13 +237,26 @@ def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     """Last-layer hidden states [B, T, H] of the transformer body (LoRA layers included, when present).
 
     With ``position_ids`` (document packing) the model gets no attention mask: transformers then reads the
-    document boundaries from where positions restart and keeps attention inside each document. Padding is
+    document boundaries from where positions restart and keeps attention inside each document (under
+    flash-attention the engine passes them as variable-length sequences: :func:`varlen_kwargs`). Padding is
     only ever at the right end of a row, so causal attention never lets a real token see it.
     """
     body = _body(causal_lm(model))
     if position_ids is not None:
-        return body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        varlen = varlen_kwargs(position_ids) if attention_of(model) in FLASH else {}
+        return body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **varlen).last_hidden_state
     return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def varlen_kwargs(position_ids: Tensor) -> dict:
+    """flash-attention's variable-length arguments for packed rows [B, T]: each row's start and each restart of
+    its positions begins a sequence of the flattened batch. transformers infers them from position ids only for a
+    batch of one row; with more it would run each row as one causal sequence, across its documents."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()  # document_positions starts every row at 0
+    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    longest = int(bounds.diff().max())  # one host read per forward (transformers reads it in every layer)
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
 
 
 def _body(lm: nn.Module) -> nn.Module:

@@ -1,6 +1,8 @@
 """The transformer body (issue 19, item 3): the attention kernel a run picks, compiled decoder layers, and packed
 documents attended through a block-sparse FlexAttention mask instead of a dense [T, T] one."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -122,7 +124,7 @@ def test_float32_weights_under_a_half_only_kernel_are_checked_under_bf16_autocas
 
     monkeypatch.setattr(modeling, "verify_split", record)
     load_model(str(tiny_model_dir), CPU, attention="sdpa")
-    monkeypatch.setattr(modeling, "HALF_ONLY", ("sdpa",))
+    monkeypatch.setattr(modeling, "FLASH", ("sdpa",))
     model = load_model(str(tiny_model_dir), CPU, attention="sdpa")
     assert seen == [None, torch.bfloat16] and model.dtype == torch.float32
     monkeypatch.undo()
@@ -130,3 +132,34 @@ def test_float32_weights_under_a_half_only_kernel_are_checked_under_bf16_autocas
     with for_generation(model):  # nor can flash generate from float32 weights outside autocast (self-sampling)
         assert model.config._attn_implementation == "sdpa"
     assert model.config._attn_implementation == "flash_attention_2"
+
+
+def reference_varlen(module, query, key, value, attention_mask, scaling=None, cu_seq_lens_q=None, **_):
+    """flash_attn_varlen_func's contract in plain torch (flash-attn needs CUDA): causal attention within each
+    sequence of the flattened batch that ``cu_seq_lens_q`` delimits; without it, each row is one sequence."""
+    batch, heads, length, dim = query.shape
+    flat = [x.transpose(1, 2).reshape(batch * length, heads, dim) for x in (query, key, value)]
+    bounds = cu_seq_lens_q.tolist() if cu_seq_lens_q is not None else list(range(0, batch * length + 1, length))
+    out = torch.cat([torch.nn.functional.scaled_dot_product_attention(
+        *(x[a:b].transpose(0, 1) for x in flat), is_causal=True, scale=scaling).transpose(0, 1)
+        for a, b in itertools.pairwise(bounds)])
+    return out.reshape(batch, length, heads, dim), None
+
+
+def test_packed_rows_reach_flash_attention_as_variable_length_sequences(tiny_model_dir, monkeypatch):
+    """transformers infers flash-attention's sequences from position ids for a batch of one row only: with more,
+    each row ran as one causal sequence across its documents. The engine passes the sequences itself."""
+    from transformers.modeling_utils import AttentionInterface
+
+    monkeypatch.setitem(AttentionInterface._global_mapping, "flash_attention_2", reference_varlen)
+    model = load_model(str(tiny_model_dir), CPU).eval()
+    docs = [torch.randint(3, 300, (n,), generator=torch.Generator().manual_seed(n)) for n in (6, 10, 7, 9)]
+    eos = model.config.eos_token_id
+    rows = torch.stack([torch.cat([docs[0], torch.tensor([eos]), docs[1]]), torch.cat([docs[2], torch.tensor([eos]),
+                                                                                         docs[3]])])
+    positions = document_positions(rows, eos)
+    with torch.no_grad():
+        dense = hidden_states(model, rows, torch.ones_like(rows), positions)  # SDPA's block-diagonal mask
+        model.config._attn_implementation = "flash_attention_2"
+        varlen = hidden_states(model, rows, torch.ones_like(rows), positions)
+    torch.testing.assert_close(varlen, dense, atol=1e-5, rtol=1e-5)
