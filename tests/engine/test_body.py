@@ -162,4 +162,8 @@ def test_packed_rows_reach_flash_attention_as_variable_length_sequences(tiny_mod
         dense = hidden_states(model, rows, torch.ones_like(rows), positions)  # SDPA's block-diagonal mask
         model.config._attn_implementation = "flash_attention_2"
         varlen = hidden_states(model, rows, torch.ones_like(rows), positions)
+        model.config._attn_implementation = "flex_attention"  # its BlockMask, per row of the batch
+        with torch.compiler.set_stance("force_eager"):
+            flex = hidden_states(model, rows, torch.ones_like(rows), positions)
     torch.testing.assert_close(varlen, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-5)
