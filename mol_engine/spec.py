@@ -130,9 +130,9 @@ class JobSpec(BaseModel):
         "document, sdpa builds a dense [T, T] mask per row (17 GiB at seq_len 131,072): on a GPU pick "
         "flash_attention_2 or flex for long sequences")
     compile: Literal["auto", "on", "off"] = Field(
-        "auto", description="torch.compile each decoder layer (the frozen reference's too): faster steps after a "
-        "compilation of a minute or so at the start; auto: on on CUDA, off on CPU (compiling there costs more than "
-        "it saves on small runs); off if compilation fails for a model")
+        "auto", description="torch.compile each decoder layer (the frozen reference's too): faster GPU steps after "
+        "compiling at the start (seconds to minutes); auto: on on CUDA, off on CPU (compiling there costs more than "
+        "it saves on small runs); set off if compilation fails for a model")
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="how several processes (torchrun) share the model: ddp keeps a full replica per "
         "process, fsdp shards parameters, gradients and optimizer state (FSDP2); auto picks fsdp for full "
