@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from mol_engine.callbacks import Callback  # noqa: E402
 from mol_engine.distributed import World, join_world  # noqa: E402
+from mol_engine.modeling import attention_of, use_compile  # noqa: E402
 from mol_engine.spec import JobSpec  # noqa: E402
 from mol_engine.spec_file import read_spec_file  # noqa: E402
 from mol_engine.train import _evaluate, setup_run, train_step  # noqa: E402
@@ -160,7 +161,8 @@ def measure(spec: JobSpec, out: Path, world: World, steps: int, dev: Device) -> 
     flops = flops_per_token(n_params, config.num_hidden_layers, config.hidden_size, spec.seq_len)
     result = {"tokens_per_s": round(tokens_per_s), "mfu": round(flops * tokens_per_s / (peak * world.size), 4)
               if peak else None, "peak_memory_gib": dev.peak_gib(), "loss": round(float(metrics["train/loss"]), 4),
-              "params": n_params, "chunk": run.chunk}
+              "params": n_params, "chunk": run.chunk, "attention": attention_of(run.model),
+              "compile": use_compile(spec, run.device)}
     del run
     dev.free()
     return result

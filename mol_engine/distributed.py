@@ -22,7 +22,7 @@ from torch import nn
 
 from .batches import Batch
 from .callbacks import Cancelled
-from .modeling import causal_lm, load_model
+from .modeling import compile_layers, decoder_layers, load_model
 from .objective import TokenSums, batch_losses
 from .reference import FrozenCopyReference
 from .sharded_load import load_sharded
@@ -214,15 +214,6 @@ def parallelize(root: nn.Module, model: nn.Module, device: torch.device) -> nn.M
     return root
 
 
-def decoder_layers(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of the causal LM inside ``model`` (the classes it names in ``_no_split_modules``)."""
-    names = set(getattr(causal_lm(model), "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise ValueError(f"cannot find the decoder layers of {type(causal_lm(model)).__name__} to shard with FSDP")
-    return layers
-
-
 def is_sharded(module: nn.Module) -> bool:
     """Whether ``fully_shard`` was applied to ``module``."""
     from torch.distributed.fsdp import FSDPModule
@@ -276,26 +267,33 @@ def keep_root_gathered(model: nn.Module) -> nn.Module:
     return model
 
 
-def load_for_fsdp(path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, StepLosses]:
-    """(model, its step module): the causal LM in ``path`` and the :class:`StepLosses` FSDP's root, sharded by
+def load_for_fsdp(path: str, device: torch.device, dtype: torch.dtype = torch.float32, attention: str | None = None,
+                  compiled: bool = False) -> tuple[nn.Module, StepLosses]:
+    """(model, its step module): the causal LM in ``path`` (``attn_implementation`` ``attention``, its decoder layers
+    compiled when ``compiled``, before they are sharded) and the :class:`StepLosses` FSDP's root, sharded by
     :func:`parallelize` on the meta device, each rank then reading only its shards (mol_engine.sharded_load); a
     checkpoint that cannot be read so is loaded whole on every rank, then sharded."""
-    loaded = load_sharded(path, device, dtype, lambda model: parallelize(StepLosses(model), model, device))
+    def shard(model: nn.Module) -> nn.Module:
+        return parallelize(StepLosses(compile_layers(model) if compiled else model), model, device)
+
+    loaded = load_sharded(path, device, dtype, shard, attention=attention)
     if loaded is not None:
         return loaded
-    model = load_model(path, device, dtype)
-    return model, parallelize(StepLosses(model), model, device)
+    model = load_model(path, device, dtype, attention=attention)
+    return model, shard(model)
 
 
-def load_frozen_for_fsdp(path: str, device: torch.device, dtype: torch.dtype,
-                         matmul_dtype: torch.dtype | None = None) -> nn.Module:
+def load_frozen_for_fsdp(path: str, device: torch.device, dtype: torch.dtype, matmul_dtype: torch.dtype | None,
+                         attention: str | None, compiled: bool) -> nn.Module:
     """The base in ``path`` as a sharded frozen copy (:func:`shard_frozen`), loaded as :func:`load_for_fsdp` loads
-    the trained model: each rank reads only its shards. ``modeling.load_model``'s signature (the reference's
-    loader under FSDP). Its body/head split is not checked again: :func:`load_for_fsdp` checked the same files."""
-    loaded = load_sharded(path, device, dtype, lambda model: parallelize_frozen(model, device), matmul_dtype,
-                          verify=False)
+    the trained model: each rank reads only its shards. A ``reference.Loader`` (the reference's loader under
+    FSDP). Its body/head split is not checked again: :func:`load_for_fsdp` checked the same files."""
+    def shard(model: nn.Module) -> nn.Module:
+        return parallelize_frozen(compile_layers(model) if compiled else model, device)
+
+    loaded = load_sharded(path, device, dtype, shard, matmul_dtype, verify=False, attention=attention)
     if loaded is None:
-        return shard_frozen(load_model(path, device, dtype, matmul_dtype), device)
+        return keep_root_gathered(shard(load_model(path, device, dtype, matmul_dtype, attention=attention)))
     return keep_root_gathered(loaded[0])
 
 

@@ -5,6 +5,7 @@ Splitting lets the losses form full-vocabulary logits a chunk of positions at a 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,83 @@ def pick_dtype(spec: JobSpec, device: torch.device) -> torch.dtype:
     if spec.precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[spec.precision]
+
+
+ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "flash_attention_2", "flex": "flex_attention"}  # spec -> HF
+FLASH = ("flash_attention_2",)  # compute in bf16/fp16 only; packed rows go as variable-length sequences
+
+
+def pick_attention(spec: JobSpec, device: torch.device, dtype: torch.dtype) -> str | None:
+    """The ``attn_implementation`` the model is loaded with: the spec's choice, or for ``auto`` flash-attention-2
+    on CUDA in bf16/fp16 when the flash-attn package is installed, else FlexAttention on CUDA with document
+    packing (a block-sparse mask, where SDPA would build a dense [T, T] one), else None: transformers' default
+    (SDPA where the architecture has it, else eager). Raises :class:`ModelError` naming ``attention`` when the
+    choice cannot run here (the spec refuses what it can tell without the machine)."""
+    if spec.attention == "auto":
+        if device.type == "cuda" and dtype != torch.float32 and flash_attention_available():
+            return "flash_attention_2"
+        return "flex_attention" if device.type == "cuda" and spec.packing == "document" else None
+    if spec.attention != "sdpa" and device.type != "cuda":
+        raise ModelError(f"attention: {spec.attention} needs a CUDA device (this run is on {device}): choose sdpa "
+                         f"or auto")
+    if spec.attention == "flash_attention_2" and not flash_attention_available():
+        raise ModelError("attention: flash_attention_2 needs the flash-attn package (>= 2.3.3, `pip install "
+                         "flash-attn --no-build-isolation`) on this machine: install it, or choose flex, sdpa or auto")
+    return ATTENTION[spec.attention]
+
+
+def flash_attention_available() -> bool:
+    """Whether transformers can run flash-attention-2 here (the flash-attn package and a CUDA device)."""
+    from transformers.utils import is_flash_attn_2_available
+
+    return is_flash_attn_2_available()
+
+
+def use_compile(spec: JobSpec, device: torch.device) -> bool:
+    """Whether decoder layers run under ``torch.compile``: ``on``, or ``auto`` on CUDA."""
+    return spec.compile == "on" or (spec.compile == "auto" and device.type == "cuda")
+
+
+def compile_layers(model: nn.Module) -> nn.Module:
+    """``model`` with each decoder layer compiled in place (``Module.compile``, as torchtitan compiles each
+    TransformerBlock): compilation happens at a layer's first call, one graph shared by the layers of one class.
+    Done before FSDP wraps the layers; LoRA adapters and gradient checkpointing may be added before or after."""
+    for layer in decoder_layers(model):
+        layer.compile()
+    return model
+
+
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of the causal LM inside ``model`` (the classes it names in ``_no_split_modules``)."""
+    names = set(getattr(causal_lm(model), "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find the decoder layers of {type(causal_lm(model)).__name__} to shard with FSDP "
+                         f"or compile")
+    return layers
+
+
+def attention_of(model: nn.Module) -> str | None:
+    """The attention implementation ``model`` runs (``sdpa``, ``eager``, ``flex_attention``...); None for a
+    module without a transformers config."""
+    return getattr(getattr(causal_lm(model), "config", None), "_attn_implementation", None)
+
+
+@contextlib.contextmanager
+def for_generation(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` set up for ``generate`` in the with-block: compiled layers run eagerly (a decode step's shapes
+    change at every token: each would be a recompilation) and SDPA stands in for FlexAttention (its decode path is
+    compiled per shape too, and its CPU kernel fails to build in torch 2.13) and for flash-attention (which cannot
+    run the float32 weights self-sampling generates with, outside autocast). Training's forwards are untouched."""
+    config = causal_lm(model).config
+    chosen = config._attn_implementation
+    if chosen in ("flex_attention", *FLASH):
+        config._attn_implementation = "sdpa"
+    try:
+        with torch.compiler.set_stance("force_eager"):
+            yield model
+    finally:
+        config._attn_implementation = chosen
 
 
 def load_tokenizer(path: str):
@@ -68,29 +146,39 @@ def _check_token_ids(tokenizer, path: str) -> None:
 
 
 def load_model(path: str, device: torch.device, dtype: torch.dtype = torch.float32,
-               matmul_dtype: torch.dtype | None = None) -> nn.Module:
+               matmul_dtype: torch.dtype | None = None, attention: str | None = None) -> nn.Module:
     """The causal LM in ``path`` on ``device`` (weights in ``dtype``; with ``matmul_dtype``, its matmul weights in
-    that, see :func:`store_matmul_weights`), local files only, no remote code."""
+    that, see :func:`store_matmul_weights`; its ``attn_implementation`` ``attention``, None: transformers'
+    default), local files only, no remote code."""
     from transformers import AutoModelForCausalLM
 
     _check_model_dir(path)
     _check_weights(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True
+            path, dtype=dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+            attn_implementation=attention,
         )
-    except (OSError, ValueError) as err:
-        raise ModelError(f"base_model: cannot load a causal LM from {path}: {err}") from None
+    except (OSError, ValueError, ImportError) as err:
+        field = "attention" if attention and attention in str(err) else "base_model"
+        raise ModelError(f"{field}: cannot load a causal LM from {path}"
+                         f"{f' with attention {attention}' if attention else ''}: {err}") from None
     model.config.use_cache = False
-    if matmul_dtype is None:
-        model = model.to(device)
-        verify_split(model, path)
-        return model
-    store_matmul_weights(model, matmul_dtype)  # before the move: the device never holds the wider copy
+    if matmul_dtype is not None:
+        store_matmul_weights(model, matmul_dtype)  # before the move: the device never holds the wider copy
     model = model.to(device)
-    with torch.autocast(device.type, dtype=matmul_dtype):  # as it computes from here on
+    with as_it_computes(device, dtype, matmul_dtype, attention):
         verify_split(model, path)
     return model
+
+
+def as_it_computes(device: torch.device, dtype: torch.dtype, matmul_dtype: torch.dtype | None,
+                   attention: str | None) -> contextlib.AbstractContextManager:
+    """The autocast a loaded model computes under from here on (its load check runs in it): ``matmul_dtype``'s with
+    bf16 matmul weights, bf16 for float32 weights under a flash kernel (which computes in bf16/fp16 only: the run
+    trains such a model under bf16 autocast), else none."""
+    checked_in = matmul_dtype or (torch.bfloat16 if attention in FLASH and dtype == torch.float32 else None)
+    return torch.autocast(device.type, dtype=checked_in) if checked_in else contextlib.nullcontext()
 
 
 def store_matmul_weights(model: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -155,13 +243,26 @@ def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     """Last-layer hidden states [B, T, H] of the transformer body (LoRA layers included, when present).
 
     With ``position_ids`` (document packing) the model gets no attention mask: transformers then reads the
-    document boundaries from where positions restart and keeps attention inside each document. Padding is
+    document boundaries from where positions restart and keeps attention inside each document (under
+    flash-attention the engine passes them as variable-length sequences: :func:`varlen_kwargs`). Padding is
     only ever at the right end of a row, so causal attention never lets a real token see it.
     """
     body = _body(causal_lm(model))
     if position_ids is not None:
-        return body(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
+        varlen = varlen_kwargs(position_ids) if attention_of(model) in FLASH else {}
+        return body(input_ids=input_ids, position_ids=position_ids, use_cache=False, **varlen).last_hidden_state
     return body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+
+def varlen_kwargs(position_ids: Tensor) -> dict:
+    """flash-attention's variable-length arguments for packed rows [B, T]: each row's start and each restart of
+    its positions begins a sequence of the flattened batch. transformers infers them from position ids only for a
+    batch of one row; with more it would run each row as one causal sequence, across its documents."""
+    flat = position_ids.reshape(-1)
+    starts = (flat == 0).nonzero().flatten()  # document_positions starts every row at 0
+    bounds = torch.cat([starts, starts.new_tensor([flat.numel()])]).to(torch.int32)
+    longest = int(bounds.diff().max())  # one host read per forward (transformers reads it in every layer)
+    return {"cu_seq_lens_q": bounds, "cu_seq_lens_k": bounds, "max_length_q": longest, "max_length_k": longest}
 
 
 def _body(lm: nn.Module) -> nn.Module:

@@ -2,8 +2,9 @@
 
 - :class:`FrozenCopyReference` (full fine-tuning, MoL with the exact reference): the base loaded a second time,
   in the dtype the trained weights compute in (``train.reference_dtype``: float32 masters under autocast, with the
-  matmul weights autocast would cast stored in bf16 already; bf16 where FSDP gathers in bf16), frozen, and run
-  under the same autocast: the model's own numerics, so the KL is exactly 0 at step 0.
+  matmul weights autocast would cast stored in bf16 already; bf16 where FSDP gathers in bf16), with the model's
+  attention implementation, its layers compiled when the model's are, frozen, and run under the same autocast:
+  the model's own numerics, so the KL is exactly 0 at step 0.
 - :class:`AdapterDisabledReference` (LoRA): the trained model itself with its adapters switched off,
   so no second copy of the weights exists.
 - :class:`OnDemandReference` (full fine-tuning runs that do not train against the base: ``cpt``,
@@ -23,9 +24,18 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from .modeling import ModelError, causal_lm, hidden_states, load_model, logits_head
+from .modeling import ModelError, attention_of, causal_lm, compile_layers, hidden_states, load_model, logits_head
 
-Loader = Callable[[str, torch.device, torch.dtype, "torch.dtype | None"], nn.Module]  # as modeling.load_model
+# (path, device, dtype, matmul_dtype, attention, compiled) -> the frozen base: load_whole, or a sharded loader
+Loader = Callable[[str, torch.device, torch.dtype, "torch.dtype | None", "str | None", bool], nn.Module]
+
+
+def load_whole(path: str, device: torch.device, dtype: torch.dtype, matmul_dtype: torch.dtype | None,
+               attention: str | None, compiled: bool) -> nn.Module:
+    """The base in ``path``, whole on ``device`` (``modeling.load_model``), its decoder layers compiled when
+    ``compiled``."""
+    model = load_model(path, device, dtype, matmul_dtype, attention=attention)
+    return compile_layers(model) if compiled else model
 
 
 class Reference(Protocol):
@@ -47,12 +57,13 @@ class FrozenCopyReference:
 
     @classmethod
     def load(cls, path: str, device: torch.device, dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
+             attention: str | None = None, compiled: bool = False,
              load: Loader | None = None) -> FrozenCopyReference:
         """The base model in ``path`` loaded by ``load`` on ``device`` directly in ``dtype`` (its matmul weights in
-        ``matmul_dtype``, when given: ``modeling.store_matmul_weights``), frozen. ``load`` is
-        ``modeling.load_model`` (None), or under FSDP ``distributed.load_frozen_for_fsdp`` (each rank reads only its
-        shards)."""
-        return cls((load or load_model)(path, device, dtype, matmul_dtype))
+        ``matmul_dtype``, when given: ``modeling.store_matmul_weights``), with ``attn_implementation``
+        ``attention``, its decoder layers compiled when ``compiled``, frozen. ``load`` is :func:`load_whole`
+        (None), or under FSDP ``distributed.load_frozen_for_fsdp`` (each rank reads only its shards)."""
+        return cls((load or load_whole)(path, device, dtype, matmul_dtype, attention, compiled))
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         with torch.inference_mode():
@@ -74,9 +85,10 @@ class OnDemandReference:
 
     kind = "on-demand"
 
-    def __init__(self, path: str, device: torch.device, dtype: torch.dtype,
-                 matmul_dtype: torch.dtype | None = None) -> None:
+    def __init__(self, path: str, device: torch.device, dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
+                 attention: str | None = None, compiled: bool = False) -> None:
         self.path, self.device, self.dtype, self.matmul_dtype = path, device, dtype, matmul_dtype
+        self.attention, self.compiled = attention, compiled
         self._stamp = _files_stamp(path)
         self._loaded: FrozenCopyReference | None = None
 
@@ -90,7 +102,8 @@ class OnDemandReference:
             if _files_stamp(self.path) != self._stamp:
                 raise ModelError(f"base_model: the files in {self.path} changed during the run; the KL to the base "
                                  f"would no longer measure against the model this run started from")
-            self._loaded = FrozenCopyReference.load(self.path, self.device, self.dtype, self.matmul_dtype)
+            self._loaded = FrozenCopyReference.load(self.path, self.device, self.dtype, self.matmul_dtype,
+                                                    self.attention, self.compiled)
         return self._loaded
 
     def hidden(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
@@ -162,14 +175,16 @@ class AdapterDisabledReference:
 
 
 def make_reference(model: nn.Module, *, lora: bool, resident: bool, path: str, device: torch.device,
-                   dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
+                   dtype: torch.dtype, matmul_dtype: torch.dtype | None = None, compiled: bool = False,
                    load: Loader | None = None) -> Reference:
     """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy loaded
-    by ``load`` (``modeling.load_model`` when None) from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``)
-    when the run trains against it every step (``resident``), or an on-demand one that holds no weights between
-    uses (loaded whole)."""
+    by ``load`` (:func:`load_whole` when None) from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``) when
+    the run trains against it every step (``resident``), or an on-demand one that holds no weights between uses
+    (loaded whole). A copy runs ``model``'s attention implementation, its layers compiled when ``compiled`` (as
+    ``model``'s are): the model's numerics."""
     if lora:
         return AdapterDisabledReference(model)
+    attention = attention_of(model)
     if resident:
-        return FrozenCopyReference.load(path, device, dtype, matmul_dtype, load)
-    return OnDemandReference(path, device, dtype, matmul_dtype)
+        return FrozenCopyReference.load(path, device, dtype, matmul_dtype, attention, compiled, load)
+    return OnDemandReference(path, device, dtype, matmul_dtype, attention, compiled)

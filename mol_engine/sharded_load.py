@@ -21,7 +21,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .modeling import ModelError, _check_model_dir, _check_weights, store_matmul_weights, verify_split
+from .modeling import (
+    ModelError,
+    _check_model_dir,
+    _check_weights,
+    as_it_computes,
+    store_matmul_weights,
+    verify_split,
+)
 
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
@@ -85,9 +92,11 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register
 
 
-def meta_model(path: str, dtype: torch.dtype, matmul_dtype: torch.dtype | None = None) -> nn.Module:
+def meta_model(path: str, dtype: torch.dtype, matmul_dtype: torch.dtype | None = None,
+               attention: str | None = None) -> nn.Module:
     """The causal LM of ``path``'s config, parameters on the meta device in ``dtype`` (matmul weights in
-    ``matmul_dtype``), tied weights tied, buffers real; with the directory's generation config."""
+    ``matmul_dtype``), tied weights tied, buffers real, ``attn_implementation`` ``attention`` (None: transformers'
+    default); with the directory's generation config."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     _check_model_dir(path)
@@ -95,7 +104,8 @@ def meta_model(path: str, dtype: torch.dtype, matmul_dtype: torch.dtype | None =
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         with parameters_on_meta():
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=False,
+                                                     attn_implementation=attention)
     except (OSError, ValueError) as err:
         raise ModelError(f"base_model: cannot load a causal LM from {path}: {err}") from None
     model.tie_weights()
@@ -144,14 +154,15 @@ def local_rows(param: Tensor) -> tuple[Tensor, tuple[int, int]]:
 
 
 def load_sharded(path: str, device: torch.device, dtype: torch.dtype, shard: Callable[[nn.Module], nn.Module],
-                 matmul_dtype: torch.dtype | None = None, verify: bool = True) -> tuple[nn.Module, nn.Module] | None:
+                 matmul_dtype: torch.dtype | None = None, verify: bool = True,
+                 attention: str | None = None) -> tuple[nn.Module, nn.Module] | None:
     """(model, what ``shard`` returned): the causal LM in ``path`` built on the meta device, sharded by ``shard``
     (which applies ``fully_shard``), each rank's shards read from the files, on ``device``; with ``verify``, checked
     as ``modeling.load_model`` checks a model (:func:`verify_split`, on every rank: its forward is a collective).
     None when the files' names do not match the model's parameters (:func:`sliceable`): load the whole model then."""
     from .distributed import gathered
 
-    model = meta_model(path, dtype, matmul_dtype)
+    model = meta_model(path, dtype, matmul_dtype, attention)
     stored = stored_tensors(path)
     if not sliceable(model, stored):
         return None
@@ -159,7 +170,6 @@ def load_sharded(path: str, device: torch.device, dtype: torch.dtype, shard: Cal
     materialize(model, device, stored)
     if not verify:
         return model, root
-    checking = torch.autocast(device.type, dtype=matmul_dtype) if matmul_dtype else contextlib.nullcontext()
-    with checking, gathered(root):
+    with as_it_computes(device, dtype, matmul_dtype, attention), gathered(root):
         verify_split(model, path)
     return model, root

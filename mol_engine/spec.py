@@ -122,6 +122,17 @@ class JobSpec(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass instead of keeping them: less memory, an "
         "extra forward pass of time per step")
+    attention: Literal["auto", "sdpa", "flash_attention_2", "flex"] = Field(
+        "auto", description="the attention kernel: sdpa (PyTorch's scaled_dot_product_attention), flash_attention_2 "
+        "(CUDA, bf16, needs the flash-attn package; packed documents run as variable-length sequences) or flex "
+        "(PyTorch FlexAttention, CUDA: packed documents get a block-sparse mask); auto: flash_attention_2 on CUDA "
+        "in bf16 when flash-attn is installed, else flex on CUDA with packing: document, else sdpa. With packing: "
+        "document, sdpa builds a dense [T, T] mask per row (17 GiB at seq_len 131,072): on a GPU pick "
+        "flash_attention_2 or flex for long sequences")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="torch.compile each decoder layer (the frozen reference's too): faster GPU steps after "
+        "compiling at the start (seconds to minutes); auto: on on CUDA, off on CPU (compiling there costs more than "
+        "it saves on small runs); set off if compilation fails for a model")
     distributed: Literal["auto", "ddp", "fsdp"] = Field(
         "auto", description="how several processes (torchrun) share the model: ddp keeps a full replica per "
         "process, fsdp shards parameters, gradients and optimizer state (FSDP2); auto picks fsdp for full "
@@ -153,6 +164,20 @@ class JobSpec(BaseModel):
         if value > 1 and re.fullmatch(r"\s*cuda\s*:\s*\d+\s*", device):
             raise ValueError(f"{value} processes cannot all run on device '{device}': with nproc above 1 each "
                              f"process takes its own GPU, so set device to cuda or auto (or nproc to 1)")
+        return value
+
+    @field_validator("attention")
+    @classmethod
+    def _check_attention(cls, value: str, info: ValidationInfo) -> str:
+        device, precision = info.data.get("device", "auto").strip(), info.data.get("precision", "auto")
+        if value == "flash_attention_2" and device == "cpu":
+            raise ValueError("flash_attention_2 runs on CUDA only: with device cpu choose sdpa (or auto)")
+        if value == "flash_attention_2" and precision == "fp32":
+            raise ValueError("flash_attention_2 computes in bf16 or fp16 only: with precision fp32 choose sdpa or "
+                             "flex (or set precision to bf16 or auto)")
+        if value == "flex" and device == "cpu":
+            raise ValueError("flex has no backward pass on CPU (PyTorch's FlexAttention trains on CUDA only): with "
+                             "device cpu choose sdpa (or auto)")
         return value
 
     @field_validator("name")

@@ -43,7 +43,20 @@ from .drift import PassageKL, drift_event, passage_kls
 from .evaluate import heldout_metrics, qa_exact_match
 from .losses import chunk_size
 from .model_card import build_card
-from .modeling import add_lora, count_parameters, load_model, load_tokenizer, pick_device, pick_dtype
+from .modeling import (
+    ModelError,
+    add_lora,
+    attention_of,
+    compile_layers,
+    count_parameters,
+    for_generation,
+    load_model,
+    load_tokenizer,
+    pick_attention,
+    pick_device,
+    pick_dtype,
+    use_compile,
+)
 from .objective import ROUTES, objective
 from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
@@ -203,22 +216,26 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     # Full fine-tuning keeps fp32 master weights (autocast computes in bf16); frozen LoRA bases stay in dtype.
     # Under FSDP full fine-tuning each rank loads only its shards, after the corpora (rank 0 may self-sample).
     sharded = uses_fsdp(spec.distributed, world, lora) and not lora
-    model = None if sharded else load_model(spec.base_model, device, dtype if lora else torch.float32)
+    attention, compiled = pick_attention(spec, device, dtype), use_compile(spec, device)
+    model = None if sharded else _load_trained(spec, device, dtype if lora else torch.float32, attention)
     domain, general, general_files = _corpora(spec, out, model, tokenizer, device, world, cb)
     root = None
-    if sharded:
-        model, root = load_for_fsdp(spec.base_model, device)
+    if sharded:  # its layers compiled before they are sharded
+        model, root = load_for_fsdp(spec.base_model, device, attention=attention, compiled=compiled)
     if lora:
         model = add_lora(model, spec)
     if spec.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if compiled and not sharded:  # after self-sampling's generation, before DDP wraps the model
+        compile_layers(model)
     needs_reference = ROUTES[spec.method][1] or general is not None
     # resident only when every step trains against it; else loaded for evaluation (or the cache build) alone
     resident = ROUTES[spec.method][1] and spec.reference != "cached"
     reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
                                dtype=reference_dtype(spec, device, world),
                                matmul_dtype=None if dtype == torch.float32 else dtype,
-                               load=load_frozen_for_fsdp if sharded else None) if needs_reference else None
+                               compiled=compiled, load=load_frozen_for_fsdp if sharded else None) \
+        if needs_reference else None
     model.train()
     n_domain, n_general = spec.rows_per_batch()
     batches = MixedBatches(domain.train, general.train if general and n_general else None, n_domain, n_general,
@@ -238,12 +255,24 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     held = getattr(cached or (reference if resident else None), "kind", "none")
     cb.on_event({"step": 0, "kind": "config", "message": config_message(
         spec, (n_domain, n_general), held, getattr(reference, "kind", "none"), device, dtype, (trainable, total),
-        world.size), "kl_direction": spec.kl_direction, "rows": [n_domain, n_general]})
+        world.size, (attention_of(model), compiled)), "kl_direction": spec.kl_direction,
+        "rows": [n_domain, n_general], "attention": attention_of(model), "compile": compiled})
     qa = read_qa(spec.eval_data) if spec.eval_data else []
     heldout = (general if general is not None else domain).heldout
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
                optimizer, scheduler, chunk, eos_id, world, step_losses, prompts=prompts)
+
+
+def _load_trained(spec: JobSpec, device: torch.device, dtype: torch.dtype, attention: str | None) -> nn.Module:
+    """The model to train, with ``attention``; an architecture without the kernel ``auto`` picked gets
+    transformers' default instead (an explicit choice fails, naming ``attention``)."""
+    try:
+        return load_model(spec.base_model, device, dtype, attention=attention)
+    except ModelError:
+        if spec.attention != "auto" or attention is None:
+            raise
+        return load_model(spec.base_model, device, dtype)
 
 
 def reference_dtype(spec: JobSpec, device: torch.device, world: World) -> torch.dtype:
@@ -256,16 +285,19 @@ def reference_dtype(spec: JobSpec, device: torch.device, world: World) -> torch.
 
 
 def config_message(spec: JobSpec, rows: tuple[int, int], held: str, eval_reference: str, device, dtype,
-                   params: tuple[int, int], processes: int) -> str:
+                   params: tuple[int, int], processes: int, body: tuple[str, bool] = ("sdpa", False)) -> str:
     """The run's ``config`` event line. The KL settings and the reference are named as the spec names them, and
     only for MoL (CPT and domain-only train against no reference); ``holds`` says what is resident while training
-    (``frozen-copy``, ``cached-top-k``, ``adapter-disabled``, ``none``), ``eval_reference`` what the KL gauge uses."""
+    (``frozen-copy``, ``cached-top-k``, ``adapter-disabled``, ``none``), ``eval_reference`` what the KL gauge uses;
+    ``body`` is (the attention implementation the model runs, whether its layers are compiled), as chosen from
+    the spec's ``attention`` and ``compile``."""
     words = [f"method={spec.method}"]
     if spec.method == "mol":
         words += [f"kl_direction={spec.kl_direction}", f"kl_weight={spec.kl_weight}", f"reference={spec.reference}"]
     words += [f"rows/micro-batch domain:general={rows[0]}:{rows[1]}", f"finetune={spec.finetune}", f"holds={held}",
               f"eval_reference={eval_reference}", f"device={device}", f"dtype={str(dtype).removeprefix('torch.')}",
-              f"trainable={params[0]:,}/{params[1]:,} params", f"processes={processes}"]
+              f"trainable={params[0]:,}/{params[1]:,} params", f"processes={processes}",
+              f"attention={body[0]}", f"compile={'on' if body[1] else 'off'}"]
     return " ".join(words)
 
 
@@ -275,7 +307,7 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module | None, tokenizer, devic
     general_files = spec.general_data
     if spec.general_source == "self":  # rank 0 samples, the others read what it wrote
         with main_rank_first(world, out / ".self-sample.done"), \
-                _whole_model(model, spec, device, needed=not self_corpus_path(out).exists()) as sampler:
+                _sampler(model, spec, device, needed=not self_corpus_path(out).exists()) as sampler:
             general_files = [str(self_general_corpus(
                 out, sampler, tokenizer, spec.self_sample_tokens, max_len=spec.seq_len, seed=spec.seed, device=device,
                 progress=lambda point: cb.on_event({"step": 0, "kind": "self-sample", **point}),
@@ -290,19 +322,22 @@ def _corpora(spec: JobSpec, out: Path, model: nn.Module | None, tokenizer, devic
 
 
 @contextlib.contextmanager
-def _whole_model(model: nn.Module | None, spec: JobSpec, device: torch.device,
-                 needed: bool) -> Iterator[nn.Module | None]:
-    """``model``; or, where the trained model is not loaded yet (FSDP loads it sharded after the corpora, and a
-    sharded model cannot generate on rank 0 alone) and one is ``needed``, the base loaded whole for the with-block
-    (in float32, as the full fine-tuning model), then freed."""
-    if model is not None or not needed:
-        yield model
+def _sampler(model: nn.Module | None, spec: JobSpec, device: torch.device,
+             needed: bool) -> Iterator[nn.Module | None]:
+    """The model self-sampling generates with, set up for generation (``modeling.for_generation``): ``model``; or,
+    where the trained model is not loaded yet (FSDP loads it sharded after the corpora, and a sharded model cannot
+    generate on rank 0 alone) and one is ``needed``, the base loaded whole for the with-block (in float32, as the
+    full fine-tuning model), then freed; None when neither is there nor needed."""
+    if model is None and not needed:
+        yield None
         return
-    whole = load_model(spec.base_model, device, torch.float32)
+    sampler = model if model is not None else load_model(spec.base_model, device, torch.float32)
     try:
-        yield whole
+        with for_generation(sampler):
+            yield sampler
     finally:
-        whole.to("meta")  # frees every weight at once (see reference.OnDemandReference.release)
+        if model is None:
+            sampler.to("meta")  # frees every weight at once (see reference.OnDemandReference.release)
 
 
 def _token_stores(files: dict[str, list[str]], tokenizer, out: Path, world: World,
@@ -457,9 +492,10 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
             general=general, reference=reference, batch_size=spec.batch_size, eos_id=run.eos_id, chunk=run.chunk,
             kl_direction=spec.kl_direction, device=run.device)
         if run.qa:
-            metrics["eval/qa_exact_match"] = qa_exact_match(
-                run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
-                device=run.device)
+            with for_generation(run.model):
+                metrics["eval/qa_exact_match"] = qa_exact_match(
+                    run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
+                    device=run.device)
         drift = _drift(run, step, general, reference)
     samples = _complete_samples(run)
     run.model.train()
@@ -491,7 +527,7 @@ def _complete_samples(run: Run) -> list[Sample] | None:
     sharded = is_sharded(run.step_losses)
     if not run.prompts or not (run.world.is_main or sharded):
         return None
-    with run.autocast(), gathered(run.step_losses):
+    with run.autocast(), gathered(run.step_losses), for_generation(run.model):
         samples = complete(run.model, run.tokenizer, run.prompts, run.spec.sample_max_tokens)
     return samples if run.world.is_main else None
 

@@ -70,9 +70,9 @@ def test_frozen_copy_is_loaded_in_the_compute_dtype_without_a_float32_copy(tiny_
 
     loads = []
 
-    def recording_load(path, device, dtype=torch.float32, matmul_dtype=None):
+    def recording_load(path, device, dtype=torch.float32, matmul_dtype=None, **options):
         loads.append(dtype)
-        return load_model(path, device, dtype, matmul_dtype)
+        return load_model(path, device, dtype, matmul_dtype, **options)
 
     monkeypatch.setattr(module, "load_model", recording_load)
     reference = make_reference(torch.nn.Linear(1, 1), lora=False, resident=True, path=str(tiny_model_dir),

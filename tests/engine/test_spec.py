@@ -57,3 +57,15 @@ def test_resolve_paths_maps_every_reference():
     spec = JobSpec(**(BASE | {"eval_data": "qa.jsonl"})).resolve_paths(lambda ref: f"/data/{ref}")
     assert (spec.base_model, spec.domain_data, spec.general_data, spec.eval_data) == (
         "/data/m", ["/data/d.jsonl"], ["/data/g.jsonl"], "/data/qa.jsonl")
+
+
+def test_attention_and_compile_refuse_what_cannot_run_naming_the_field():
+    """issue 19, item 3: kernels that cannot run on the spec's device or precision are refused at submit."""
+    spec = JobSpec(**BASE)
+    assert (spec.attention, spec.compile) == ("auto", "auto")
+    assert errors(device="cpu", attention="flash_attention_2").startswith("attention: flash_attention_2 runs on CUDA")
+    assert errors(precision="fp32", attention="flash_attention_2").startswith("attention: flash_attention_2 computes")
+    assert errors(device="cpu", attention="flex").startswith("attention: flex has no backward pass on CPU")
+    assert errors(attention="flash").startswith("attention:") and errors(compile="yes").startswith("compile:")
+    fine = JobSpec(**(BASE | {"device": "cuda", "attention": "flex", "compile": "on", "packing": "document"}))
+    assert (fine.attention, fine.compile) == ("flex", "on")
