@@ -41,13 +41,16 @@ class World:
         if self.size > 1:
             dist.barrier()
 
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        """Element-wise sum of ``values`` over all ranks."""
+    def sum(self, values: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Element-wise sum of ``values`` over all ranks, float64 on ``device``; with one process ``values`` as they
+        are. Nothing is read back: the caller reads the result with whatever else it reads."""
         if self.size == 1:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if values.device.type == "cpu" and device.type == "cuda":
+            values = values.pin_memory()  # an asynchronous copy: from pageable memory it would wait for the device
+        tensor = values.to(device, torch.float64, non_blocking=True)
         dist.all_reduce(tensor)
-        return tensor.tolist()
+        return tensor
 
     def agree(self, flag: bool, device: torch.device) -> bool:
         """Rank 0's ``flag``, on every rank."""
@@ -129,10 +132,8 @@ class StepLosses(nn.Module):
         self.model = model
         self.loss_kwargs = loss_kwargs
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_general: torch.Tensor,
-                general_rows: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> TokenSums:
-        return batch_losses(self.model, Batch(input_ids, attention_mask, is_general, general_rows, position_ids),
-                            **self.loss_kwargs)
+    def forward(self, batch: Batch) -> TokenSums:
+        return batch_losses(self.model, batch, **self.loss_kwargs)
 
     @contextlib.contextmanager
     def no_sync(self) -> Iterator[None]:
