@@ -7,6 +7,7 @@ With one process every helper is a no-op, so the training loop reads the same ei
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import Iterator
@@ -189,7 +190,8 @@ def parallelize(root: nn.Module, model: nn.Module, device: torch.device) -> nn.M
         if device.type == "cuda" else MixedPrecisionPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, mp_policy=policy)
-    fully_shard(root, mp_policy=policy)
+    # the root's inputs are token ids, masks and a batch's cached top-k targets, which stay float32
+    fully_shard(root, mp_policy=dataclasses.replace(policy, cast_forward_inputs=False))
     return root
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import threading
 from collections.abc import Callable
 
+import torch
+
 from .batches import Batch, MixedBatches, TargetIndex
 from .reference_cache import TopKTargets
 
@@ -48,17 +50,23 @@ class _Ahead(threading.Thread):
 
 class StepFeed:
     """Each optimizer step's ``micro`` host batches, the next step's drawn and prepared in a background thread while
-    the current step runs. The thread builds one step and ends; ``next_step`` starts the next one, so no thread
-    outlives the step after the last one handed out, and ``close`` waits for that one."""
+    the current step runs (pinned when ``pin_for`` names a GPU). The thread builds one step and ends;
+    ``next_step`` starts the next one, so no thread outlives the step after the last one handed out, and ``close``
+    waits for that one."""
 
-    def __init__(self, batches: MixedBatches, micro: int, prepare: Callable[[Batch], Batch], pin: bool) -> None:
-        self.batches, self.micro, self.prepare, self.pin = batches, micro, prepare, pin
+    def __init__(self, batches: MixedBatches, micro: int, prepare: Callable[[Batch], Batch],
+                 pin_for: torch.device | None = None) -> None:
+        self.batches, self.micro, self.prepare, self.pin_for = batches, micro, prepare, pin_for
         self._handed = batches.state()
         self._ahead: _Ahead | None = None
 
     def _build(self) -> tuple[list[Batch], dict]:
         step = [self.prepare(self.batches.next_batch()) for _ in range(self.micro)]
-        return [b.pin() for b in step] if self.pin else step, self.batches.state()
+        if self.pin_for is not None:  # for the GPU of this rank, as DataLoader's pinning thread does
+            if self.pin_for.index is not None:
+                torch.cuda.set_device(self.pin_for)
+            step = [b.pin() for b in step]
+        return step, self.batches.state()
 
     def next_step(self, ahead: bool = True) -> list[Batch]:
         """The next step's micro-batches (host tensors, pinned on a GPU); with ``ahead`` the one after starts

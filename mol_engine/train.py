@@ -245,7 +245,7 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     heldout = (general if general is not None else domain).heldout
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
     feed = StepFeed(batches, spec.grad_accum, functools.partial(prepare, eos_id=eos_id, cached=cached),
-                    pin=device.type == "cuda")
+                    pin_for=device if device.type == "cuda" else None)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
                optimizer, scheduler, chunk, eos_id, world, step_losses, feed, prompts=prompts)
 

@@ -74,14 +74,14 @@ def test_the_feed_builds_ahead_but_resumes_from_the_steps_handed_out():
     domain, general = _blocks(6, 100), _blocks(6, 200)
     direct = MixedBatches(domain, general, 2, 2, seed=5)
     expected = [[direct.next_batch().input_ids for _ in range(2)] for _ in range(3)]
-    feed = StepFeed(MixedBatches(domain, general, 2, 2, seed=5), 2, lambda b: prepare(b, EOS), pin=False)
+    feed = StepFeed(MixedBatches(domain, general, 2, 2, seed=5), 2, lambda b: prepare(b, EOS))
     assert all(torch.equal(b.input_ids, e) for b, e in zip(feed.next_step(), expected[0], strict=True))
     feed.next_step()
     after_two = feed.state()
     assert feed._ahead is not None and feed._ahead.name == "mol-next-batch"  # the third step is being built
     feed.close()
     assert feed.batches.state() == after_two and not feed._ahead  # rewound to the steps handed out, thread ended
-    resumed = StepFeed(MixedBatches(domain, general, 2, 2, seed=5), 2, lambda b: prepare(b, EOS), pin=False)
+    resumed = StepFeed(MixedBatches(domain, general, 2, 2, seed=5), 2, lambda b: prepare(b, EOS))
     resumed.load_state(after_two)
     step = resumed.next_step(ahead=False)
     assert all(torch.equal(b.input_ids, e) for b, e in zip(step, expected[2], strict=True))
