@@ -2,7 +2,8 @@
 
 Reading corpus files lives in :mod:`mol_engine.data` (files -> documents), tokenizing and packing in
 :mod:`mol_engine.token_store` and :mod:`mol_engine.corpus` (documents -> blocks, read lazily); this module
-mixes blocks into batches.
+mixes blocks into batches and says where a batch's targets are (:class:`TargetIndex`, found on the host), and
+:mod:`mol_engine.prefetch` builds the next step's batches while a step runs.
 
 Every row of a batch carries its flag (``is_general``, the paper's "add-info"), which routes it to the
 cross-entropy or the KL term. Positions are resumable: the batch stream is a pure function of the seed and
