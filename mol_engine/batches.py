@@ -2,7 +2,8 @@
 
 Reading corpus files lives in :mod:`mol_engine.data` (files -> documents), tokenizing and packing in
 :mod:`mol_engine.token_store` and :mod:`mol_engine.corpus` (documents -> blocks, read lazily); this module
-mixes blocks into batches.
+mixes blocks into batches and says where a batch's targets are (:class:`TargetIndex`, found on the host), and
+:mod:`mol_engine.prefetch` builds the next step's batches while a step runs.
 
 Every row of a batch carries its flag (``is_general``, the paper's "add-info"), which routes it to the
 cross-entropy or the KL term. Positions are resumable: the batch stream is a pure function of the seed and
@@ -11,7 +12,7 @@ two counters, so a checkpoint stores the counters and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,29 +62,85 @@ class BlockSource(Protocol):
 
 
 @dataclass
+class TargetIndex:
+    """Where a batch's valid targets are (:meth:`Batch.target_mask`), found on the host before the batch moves, so
+    that the device gathers them with index tensors of known sizes and no count is read back from the device.
+
+    Positions are flat indices into the batch's [B*T] positions, ``b*T + t`` for the hidden state at t that predicts
+    token t+1, in row-major order; ``general_local`` indexes the same positions as ``general`` within the general
+    rows alone [G*T] (where the reference's hidden states are).
+    """
+
+    domain: Tensor  # [n_domain] int32
+    general: Tensor  # [n_general] int32
+    general_rows: Tensor  # [G] int32: which rows of the batch are general
+    general_local: Tensor  # [n_general] int32
+    tokens: int  # the batch's real (unpadded) tokens
+
+    @classmethod
+    def of(cls, batch: Batch, eos_id: int) -> TargetIndex:
+        """The index of ``batch`` (``nonzero`` and the token count read its tensors: build it on the host)."""
+        valid, is_general = batch.target_mask(eos_id), batch.is_general
+        length = valid.shape[1] + 1
+        rows = is_general.nonzero()[:, 0]
+
+        def flat(mask: Tensor) -> Tensor:
+            found = mask.nonzero()
+            return (found[:, 0] * length + found[:, 1]).int()
+
+        return cls(flat(valid & ~is_general[:, None]), flat(valid & is_general[:, None]), rows.int(),
+                   flat(valid[rows]), int(batch.attention_mask.sum()))
+
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> TargetIndex:
+        return TargetIndex(fn(self.domain), fn(self.general), fn(self.general_rows), fn(self.general_local),
+                           self.tokens)
+
+
+TopK = tuple[Tensor, Tensor, Tensor]  # cached reference targets: token index [n, k], log q [n, k], log q_tail [n]
+
+
+@dataclass
 class Batch:
-    """One micro-batch. ``is_general[i]`` says which loss row i feeds; targets are ``input_ids[:, 1:]``."""
+    """One micro-batch. ``is_general[i]`` says which loss row i feeds; targets are ``input_ids[:, 1:]``.
+
+    ``index`` (where the targets are) and ``topk`` (the base's cached targets at the general ones) are built on the
+    host with the batch (:func:`mol_engine.prefetch.prepare`) and move with it; without them the losses find them.
+    """
 
     input_ids: Tensor  # [B, T]
     attention_mask: Tensor  # [B, T]
     is_general: Tensor  # [B] bool
     general_rows: Tensor | None = None  # [G] the general corpus block of each general row (for cached targets)
     position_ids: Tensor | None = None  # [B, T] with document packing (the model then takes no attention_mask)
+    index: TargetIndex | None = None
+    topk: TopK | None = None
+
+    def apply(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        """This batch with ``fn`` applied to its tensors, but ``general_rows`` (corpus block ids, read on the host)."""
+        def maybe(t: Tensor | None) -> Tensor | None:
+            return fn(t) if t is not None else None
+
+        return Batch(fn(self.input_ids), fn(self.attention_mask), fn(self.is_general), self.general_rows,
+                     maybe(self.position_ids), self.index.apply(fn) if self.index is not None else None,
+                     tuple(fn(t) for t in self.topk) if self.topk is not None else None)
 
     def to(self, device: torch.device) -> Batch:
-        def move(t: Tensor | None) -> Tensor | None:
-            return t.to(device, non_blocking=True) if t is not None else None
+        """On ``device``, copied without waiting (from pinned memory, the copies overlap the device's work)."""
+        return self.apply(lambda t: t.to(device, non_blocking=True))
 
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.is_general), self.general_rows,
-                     move(self.position_ids))
+    def pin(self) -> Batch:
+        """In page-locked host memory, so that :meth:`to` a GPU is an asynchronous copy."""
+        return self.apply(Tensor.pin_memory)
 
     def target_mask(self, eos_id: int) -> Tensor:
         """[B, T-1] bool: the target at t+1 is a real token and not the first token of a new document."""
         return self.attention_mask[:, 1:] & (self.input_ids[:, :-1] != eos_id)
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self.attention_mask.sum())
+    def target_index(self, eos_id: int) -> TargetIndex:
+        """``index``, or found now (from device tensors that is a read of the device: build it on the host)."""
+        if self.index is not None:
+            return self.index
+        return TargetIndex.of(self, eos_id)
 
 
 class RowStream:

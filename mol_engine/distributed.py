@@ -7,6 +7,7 @@ With one process every helper is a no-op, so the training loop reads the same ei
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import os
 import time
@@ -44,13 +45,16 @@ class World:
         if self.size > 1:
             dist.barrier()
 
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
-        """Element-wise sum of ``values`` over all ranks."""
+    def sum(self, values: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Element-wise sum of ``values`` over all ranks, float64 on ``device``; with one process ``values`` as they
+        are. Nothing is read back: the caller reads the result with whatever else it reads."""
         if self.size == 1:
             return values
-        tensor = torch.tensor(values, dtype=torch.float64, device=device)
+        if values.device.type == "cpu" and device.type == "cuda":
+            values = values.pin_memory()  # an asynchronous copy: from pageable memory it would wait for the device
+        tensor = values.to(device, torch.float64, non_blocking=True)
         dist.all_reduce(tensor)
-        return tensor.tolist()
+        return tensor
 
     def agree(self, flag: bool, device: torch.device) -> bool:
         """Rank 0's ``flag``, on every rank."""
@@ -160,10 +164,8 @@ class StepLosses(nn.Module):
         self.model = model
         self.loss_kwargs = loss_kwargs
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, is_general: torch.Tensor,
-                general_rows: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> TokenSums:
-        return batch_losses(self.model, Batch(input_ids, attention_mask, is_general, general_rows, position_ids),
-                            **self.loss_kwargs)
+    def forward(self, batch: Batch) -> TokenSums:
+        return batch_losses(self.model, batch, **self.loss_kwargs)
 
 
 def uses_fsdp(mode: Mode, world: World, lora: bool) -> bool:
@@ -210,7 +212,8 @@ def parallelize(root: nn.Module, model: nn.Module, device: torch.device) -> nn.M
         if device.type == "cuda" else MixedPrecisionPolicy()
     for layer in decoder_layers(model):
         fully_shard(layer, mp_policy=policy)
-    fully_shard(root, mp_policy=policy)
+    # the root's inputs are token ids, masks and a batch's cached top-k targets, which stay float32
+    fully_shard(root, mp_policy=dataclasses.replace(policy, cast_forward_inputs=False))
     return root
 
 

@@ -83,7 +83,8 @@ def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_ta
                   direction: KLDirection = "reverse") -> Tensor:
     """Per-token KL over k+1 buckets against a cached reference, float32, shape [N].
 
-    The buckets are the reference's top-k tokens ``ref_index`` [N, k] and the tail (every other token):
+    The buckets are the reference's top-k tokens ``ref_index`` [N, k] (int32 or int64) and the tail (every other
+    token):
 
         P_i = softmax(z)_{v_i},   P_tail = Σ_{v ∉ top-k} softmax(z)_v
         Q_i = exp(ref_logprob_i), Q_tail = exp(ref_tail),   Σ_i Q_i + Q_tail = 1
@@ -102,7 +103,7 @@ def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_ta
     if ref_index.shape[-1] >= logits.shape[-1]:
         raise ValueError(f"top-k of {ref_index.shape[-1]} leaves no tail in a vocabulary of {logits.shape[-1]}")
     log_q = torch.cat([ref_logprob, ref_tail[:, None]], dim=-1).to(torch.promote_types(logits.dtype, torch.float32))
-    return _BucketKL.apply(logits, ref_index, log_q, direction == "reverse")
+    return _BucketKL.apply(logits, ref_index.long(), log_q, direction == "reverse")  # gather takes int64 only
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
@@ -198,11 +199,16 @@ class _BucketKL(torch.autograd.Function):
         return (unit_grad * grad_kl[:, None]).to(ctx.dtype), None, None, None
 
 
-def mol_loss(ce_sum: Tensor, n_ce: int, kl_sum: Tensor, n_kl: int, kl_weight: float) -> Tensor:
-    """``CE + λ·KL`` from token sums and counts (counts over the whole optimizer step); empty terms count 0."""
-    ce = ce_sum / n_ce if n_ce else ce_sum * 0.0
-    kl = kl_sum / n_kl if n_kl else kl_sum * 0.0
-    return ce + kl_weight * kl
+def mol_loss(ce_sum: Tensor, n_ce: float | Tensor, kl_sum: Tensor, n_kl: float | Tensor, kl_weight: float) -> Tensor:
+    """``CE + λ·KL`` from token sums and counts (counts over the whole optimizer step: host numbers, or device
+    tensors summed over ranks, which are never read); empty terms count 0."""
+    return _per_token(ce_sum, n_ce) + kl_weight * _per_token(kl_sum, n_kl)
+
+
+def _per_token(total: Tensor, count: float | Tensor) -> Tensor:
+    if isinstance(count, Tensor):  # an empty term's sum is 0: dividing it by 1 keeps it 0
+        return total / count.clamp_min(1).to(total.dtype)
+    return total / count if count else total * 0.0
 
 
 def chunk_size(vocab_size: int, chunk_tokens: int | None = None, device: torch.device | None = None) -> int:
@@ -224,6 +230,20 @@ def chunked_ce_sum(hidden: Tensor, head: Head, targets: Tensor, chunk: int) -> T
         return token_cross_entropy(head(h), y).sum()
 
     return _sum_over_chunks(piece, chunk, hidden, targets, head=head)
+
+
+def chunked_ce_split(hidden: Tensor, head: Head, targets: Tensor, second: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """(Σ over positions of −log p(target), the part of it where ``second`` [N] bool holds), in one pass over the
+    head (chunk by chunk, as :func:`chunked_ce_sum`). The part is detached: it splits the total for reporting, and
+    the total carries the gradient of both."""
+    part = hidden.new_zeros((), dtype=torch.float32)
+
+    def piece(h: Tensor, y: Tensor, in_part: Tensor) -> Tensor:
+        losses = token_cross_entropy(head(h), y)
+        part.add_(torch.where(in_part, losses.detach(), 0.0).sum())
+        return losses.sum()
+
+    return _sum_over_chunks(piece, chunk, hidden, targets, second, head=head), part
 
 
 def chunked_kl_sum(hidden: Tensor, head: Head, ref_hidden: Tensor, ref_head: Head, direction: KLDirection,

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .batches import Batch
-from .losses import KLDirection, chunked_ce_sum, chunked_kl_sum, chunked_topk_kl_sum, mol_loss
+from .batches import Batch, TargetIndex, TopK
+from .losses import KLDirection, chunked_ce_split, chunked_kl_sum, chunked_topk_kl_sum, mol_loss
 from .modeling import hidden_states, logits_head
 from .reference import Reference
 from .reference_cache import TopKTargets
@@ -21,7 +21,8 @@ from .reference_cache import TopKTargets
 
 @dataclass
 class TokenSums:
-    """Loss sums over one micro-batch, and how many target tokens each covers."""
+    """Loss sums over one micro-batch, and how many target tokens each covers (host ints: sizes of the host-built
+    index). The CE sums are added before they are used, so ``domain_ce`` may carry ``general_ce``'s gradient too."""
 
     domain_ce: Tensor
     n_domain: int
@@ -48,41 +49,55 @@ def batch_losses(
 ) -> TokenSums:
     """Token sums of each loss term for ``batch`` (on the model's device) under ``method``.
 
-    The KL term compares with ``cached`` top-k targets when given (the batch must carry ``general_rows``),
-    else with the ``reference`` model run on the general rows.
+    The KL term compares with ``cached`` top-k targets when given (``batch.topk``, else looked up by the batch's
+    ``general_rows``), else with the ``reference`` model run on the general rows. Targets are gathered by the
+    batch's :class:`TargetIndex` (built on the host, the counts are its sizes: nothing here reads the device when
+    the batch carries it). Where CE covers every row (``cpt``, ``eval``) one pass over the head forms it: the
+    general rows' share is split off detached, and ``domain_ce`` carries the gradient of both.
     """
     ce_on_general, kl_on_general = ROUTES[method]
-    valid = batch.target_mask(eos_id)
-    rows = batch.is_general
-    general_pos = valid & rows[:, None]
-    n_general = int(general_pos.sum())
-    kl_targets = None  # what the KL compares with, prepared before the model's activations exist
-    if kl_on_general and n_general and cached is not None:
-        kl_targets = cached.lookup(batch.general_rows, valid[rows], batch.input_ids.device)
-    elif kl_on_general and n_general:
-        if reference is None:
-            raise ValueError(f"method '{method}' needs a reference model")
-        positions = batch.position_ids[rows] if batch.position_ids is not None else None
-        kl_targets = reference.hidden(batch.input_ids[rows], batch.attention_mask[rows], positions)[:, :-1][valid[rows]]
-
-    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids)[:, :-1]
+    index = batch.target_index(eos_id)
+    n_domain, n_general = len(index.domain), len(index.general)
+    # what the KL compares with, prepared before the model's activations exist
+    kl_targets = _kl_targets(batch, index, eos_id, reference, cached) if kl_on_general and n_general else None
+    hidden = hidden_states(model, batch.input_ids, batch.attention_mask, batch.position_ids).flatten(0, 1)  # [B*T, H]
     head = logits_head(model)
-    targets = batch.input_ids[:, 1:]
-    domain_pos = valid & ~rows[:, None]
+    targets = batch.input_ids.flatten()  # the target of flat position p is token p + 1
     zero = hidden.new_zeros((), dtype=torch.float32)
     # KL first: its chunk holds one more [positions, V] tensor than CE's, so it runs while fewer CE tensors are kept
     general_kl = zero
     if kl_targets is not None and cached is not None:
-        general_kl = chunked_topk_kl_sum(hidden[general_pos], head, *kl_targets, kl_direction, chunk)
+        general_kl = chunked_topk_kl_sum(hidden.index_select(0, index.general), head, *kl_targets, kl_direction, chunk)
     elif kl_targets is not None:
-        general_kl = chunked_kl_sum(hidden[general_pos], head, kl_targets, reference.head, kl_direction, chunk)
-    domain_ce = chunked_ce_sum(hidden[domain_pos], head, targets[domain_pos], chunk)
-    general_ce = chunked_ce_sum(hidden[general_pos], head, targets[general_pos], chunk) if ce_on_general else zero
+        general_kl = chunked_kl_sum(hidden.index_select(0, index.general), head, kl_targets, reference.head,
+                                    kl_direction, chunk)
+    ce_at = torch.cat([index.domain, index.general]) if ce_on_general else index.domain
+    is_general = torch.arange(len(ce_at), device=ce_at.device) >= n_domain
+    domain_ce, general_ce = chunked_ce_split(hidden.index_select(0, ce_at), head, targets.index_select(0, ce_at + 1),
+                                             is_general, chunk)
     return TokenSums(
-        domain_ce=domain_ce, n_domain=int(domain_pos.sum()),
+        domain_ce=domain_ce - general_ce, n_domain=n_domain,
         general_ce=general_ce, n_general_ce=n_general if ce_on_general else 0,
         general_kl=general_kl, n_general_kl=n_general if kl_on_general else 0,
     )
+
+
+def _kl_targets(batch: Batch, index: TargetIndex, eos_id: int, reference: Reference | None,
+                cached: TopKTargets | None) -> Tensor | TopK:
+    """What the general rows' KL compares with at their targets: cached top-k targets, or the reference's hidden
+    states. A batch without ``topk`` looks them up now (reading its target mask back to the host)."""
+    if cached is not None:
+        if batch.topk is not None:
+            return batch.topk
+        valid = batch.target_mask(eos_id).index_select(0, index.general_rows).cpu()
+        return tuple(t.to(batch.input_ids.device) for t in cached.lookup(batch.general_rows, valid))
+    if reference is None:
+        raise ValueError("the KL term needs a reference model")
+    rows = index.general_rows
+    positions = batch.position_ids.index_select(0, rows) if batch.position_ids is not None else None
+    ref_hidden = reference.hidden(batch.input_ids.index_select(0, rows), batch.attention_mask.index_select(0, rows),
+                                  positions)
+    return ref_hidden.flatten(0, 1).index_select(0, index.general_local)
 
 
 def objective(sums: TokenSums, n_ce_step: int, n_kl_step: int, kl_weight: float) -> Tensor:

@@ -65,21 +65,21 @@ class TopKTargets:
         self.logprobs = np.load(path / "logprobs.npy", mmap_mode="r")
         self.tail = np.load(path / "tail.npy", mmap_mode="r")
 
-    def lookup(self, rows: Tensor, positions: Tensor, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-        """Targets at ``positions`` [G, T-1] (bool) of blocks ``rows`` [G], flattened in row-major order.
+    def lookup(self, rows: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Targets at ``positions`` [G, T-1] (bool) of blocks ``rows`` [G], flattened in row-major order: host
+        tensors in, host tensors out (the training loop looks them up with the next step's batch, in the background).
 
-        Returns (token index [n, k] int64, log q [n, k] float32, log q_tail [n] float32), renormalised so
+        Returns (token index [n, k] int32, log q [n, k] float32, log q_tail [n] float32), renormalised so
         each position's k+1 buckets sum to one exactly (the stored values are rounded to float16).
         """
-        picked = np.sort(rows.cpu().numpy())  # sorted reads are sequential on disk; restore the order below
-        order = torch.from_numpy(np.searchsorted(picked, rows.cpu().numpy()))
-        where = positions.cpu()
-        index = torch.from_numpy(self.indices[picked].astype(np.int64))[order][where]
-        logprob = torch.from_numpy(self.logprobs[picked].astype(np.float32))[order][where]
-        tail = torch.from_numpy(np.asarray(self.tail[picked]))[order][where]
+        wanted = rows.numpy()
+        picked = np.sort(wanted)  # sorted reads are sequential on disk; restore the order below
+        order = torch.from_numpy(np.searchsorted(picked, wanted))
+        index = torch.from_numpy(self.indices[picked].astype(np.int32))[order][positions]
+        logprob = torch.from_numpy(self.logprobs[picked].astype(np.float32))[order][positions]
+        tail = torch.from_numpy(np.asarray(self.tail[picked]))[order][positions]
         total = torch.logsumexp(torch.cat([logprob, tail[:, None]], dim=-1), dim=-1)
-        return (index.to(device, non_blocking=True), (logprob - total[:, None]).to(device, non_blocking=True),
-                (tail - total).to(device, non_blocking=True))
+        return index, logprob - total[:, None], tail - total
 
 
 def load_or_build(reference: Reference, blocks: TokenBlocks, *, root: Path, key: str, k: int, vocab_size: int,

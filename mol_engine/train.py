@@ -7,6 +7,7 @@ optimizer -> metrics -> eval -> checkpoint -> stop?] -> final checkpoint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -58,6 +59,7 @@ from .modeling import (
     use_compile,
 )
 from .objective import ROUTES, objective
+from .prefetch import StepFeed, prepare
 from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
 from .samples import Sample, complete, job_prompts, samples_event
@@ -117,6 +119,7 @@ class Run:
     eos_id: int
     world: World
     step_losses: nn.Module  # model + losses; DistributedDataParallel under torchrun
+    feed: StepFeed  # each step's micro-batches from ``batches``, the next one built while a step runs
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> held-out figures (model card)
     prompts: list[str] = field(default_factory=list)  # completed at every evaluation (mol_engine/samples.py)
 
@@ -161,6 +164,14 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
 
 def _loop(spec: JobSpec, out: Path, cb: Callback, world: World, resume: bool) -> TrainResult:
     run = setup_run(spec, out, cb, world)
+    try:
+        return _steps(run, cb, resume)
+    finally:
+        run.feed.close()  # the batch built ahead: no thread outlives the run
+
+
+def _steps(run: Run, cb: Callback, resume: bool) -> TrainResult:
+    spec, out, world = run.spec, run.out, run.world
     start = _restore(run, cb) if resume else _check_fresh(out)
     last: dict[str, float] = {}
     if start == 0:
@@ -260,8 +271,10 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     qa = read_qa(spec.eval_data) if spec.eval_data else []
     heldout = (general if general is not None else domain).heldout
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
+    feed = StepFeed(batches, spec.grad_accum, functools.partial(prepare, eos_id=eos_id, cached=cached),
+                    pin_for=device if device.type == "cuda" else None)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
-               optimizer, scheduler, chunk, eos_id, world, step_losses, prompts=prompts)
+               optimizer, scheduler, chunk, eos_id, world, step_losses, feed, prompts=prompts)
 
 
 def _load_trained(spec: JobSpec, device: torch.device, dtype: torch.dtype, attention: str | None) -> nn.Module:
@@ -401,57 +414,55 @@ def _restore(run: Run, cb: Callback) -> int:
         cb.on_rewind(-1)
         return 0
     state = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, lora=run.spec.finetune == "lora")
-    run.batches.load_state(state["data"])
+    run.feed.load_state(state["data"])
     run.evaluations = {int(s): v for s, v in state.get("evaluations", {}).items()}
     cb.on_rewind(state["step"])
     cb.on_event({"step": state["step"], "kind": "resumed", "message": f"resumed from {ckpt.name}"})
     return int(state["step"])
 
 
-def _step_token_counts(batches: Sequence[Batch], method: str, eos_id: int) -> tuple[int, int]:
-    """(CE target tokens, KL target tokens) over the whole optimizer step."""
+def _step_token_counts(batches: Sequence[Batch], method: str) -> list[int]:
+    """This rank's target tokens of domain CE, general CE and general KL over the whole optimizer step, and its real
+    tokens: sizes of the host-built target index, so nothing is read from the device."""
     ce_on_general, kl_on_general = ROUTES[method]
-    n_ce = n_kl = 0
-    for batch in batches:
-        valid = batch.target_mask(eos_id)
-        n_domain = int(valid[~batch.is_general].sum())
-        n_general = int(valid[batch.is_general].sum())
-        n_ce += n_domain + (n_general if ce_on_general else 0)
-        n_kl += n_general if kl_on_general else 0
-    return n_ce, n_kl
+    n_domain = sum(len(b.index.domain) for b in batches)
+    n_general = sum(len(b.index.general) for b in batches)
+    return [n_domain, n_general * ce_on_general, n_general * kl_on_general, sum(b.index.tokens for b in batches)]
 
 
 def train_step(run: Run, step: int) -> dict[str, float]:
-    """One optimizer step (``step`` counts from 1): micro-batches, losses, backward, clip, update; its metrics."""
+    """One optimizer step (``step`` counts from 1): micro-batches, losses, backward, clip, update; its metrics.
+
+    Its batches were built on the host during the previous step (``run.feed``), with every count the step needs;
+    the host reads the device once, before the update: the loss sums and gradient norm it logs and checks.
+    """
     spec = run.spec
     started = time.perf_counter()
-    micro = [run.batches.next_batch().to(run.device) for _ in range(spec.grad_accum)]
+    host = run.feed.next_step(ahead=step < spec.max_steps)
+    counts = _step_token_counts(host, spec.method)
+    if run.world.size > 1:  # summed over ranks on the device; read below with the step's figures
+        counts = run.world.sum(torch.tensor(counts, dtype=torch.float64), run.device)
     # Normalise by the step's token counts over all ranks (per rank: DDP averages the gradients).
-    n_ce, n_kl = (n / run.world.size for n in run.world.sum(list(_step_token_counts(micro, spec.method, run.eos_id)),
-                                                             run.device))
+    n_ce, n_kl = (counts[0] + counts[1]) / run.world.size, counts[2] / run.world.size
     sums = torch.zeros(3, device=run.device)  # domain CE, general CE, general KL (token sums)
-    counts = [0, 0, 0]
-    for i, batch in enumerate(micro):
+    for i, batch in enumerate(host):
         # DDP all-reduces once per step (no_sync before the last micro-batch); FSDP reduce-scatters every
         # micro-batch, so each rank only ever holds its shard of the gradients (StepLosses has no no_sync)
-        sync = i == len(micro) - 1 or not hasattr(run.step_losses, "no_sync")
+        sync = i == len(host) - 1 or not hasattr(run.step_losses, "no_sync")
         with run.autocast(), contextlib.nullcontext() if sync else run.step_losses.no_sync():
-            parts = run.step_losses(batch.input_ids, batch.attention_mask, batch.is_general, batch.general_rows,
-                                    batch.position_ids)
+            parts = run.step_losses(batch.to(run.device))
             loss = objective(parts, n_ce, n_kl, spec.kl_weight)
             loss.backward()
         sums += torch.stack([parts.domain_ce, parts.general_ce, parts.general_kl]).detach()
-        counts = [counts[0] + parts.n_domain, counts[1] + parts.n_general_ce, counts[2] + parts.n_general_kl]
-    totals = run.world.sum([*sums.tolist(), *counts, sum(b.n_tokens for b in micro)], run.device)
-    sums, counts, tokens = totals[:3], totals[3:6], totals[6]
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm or float("inf"))
-    _check_finite(run, step, [*sums, float(grad_norm)])  # every rank sees the same sums: all stop together
+    sums, grad_norm, counts = _read(run, sums, grad_norm, counts)
+    _check_finite(run, step, [*sums, grad_norm])  # every rank sees the same sums: all stop together
     lr = run.optimizer.param_groups[0]["lr"]
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    domain_ce, general_ce, general_kl = (s / max(c, 1) for s, c in zip(sums, counts, strict=True))
+    domain_ce, general_ce, general_kl = (s / max(c, 1) for s, c in zip(sums, counts[:3], strict=True))
     metrics = {"train/domain_ce": domain_ce}
     if counts[2]:
         metrics["train/general_kl"] = general_kl
@@ -461,9 +472,21 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     return metrics | {
         "train/loss": ce_part + spec.kl_weight * general_kl * (counts[2] > 0),
         "train/lr": lr,
-        "train/grad_norm": float(grad_norm),
-        "train/tokens_per_s": tokens / (time.perf_counter() - started),
+        "train/grad_norm": grad_norm,
+        "train/tokens_per_s": counts[3] / (time.perf_counter() - started),
     }
+
+
+def _read(run: Run, sums: torch.Tensor, grad_norm: torch.Tensor,
+          counts: list[int] | torch.Tensor) -> tuple[list[float], float, list[float]]:
+    """The step's one read of the device: the loss sums over all ranks, the gradient norm and, when several ranks
+    summed them there, the token counts (else they are the host's already)."""
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor, already reduced over the ranks' shards
+        grad_norm = grad_norm.full_tensor()
+    on_device = [run.world.sum(sums, run.device).double(), grad_norm.detach().double().reshape(1)]
+    summed = isinstance(counts, torch.Tensor)
+    values = torch.cat([*on_device, counts] if summed else on_device).tolist()
+    return values[:3], values[3], values[4:] if summed else counts
 
 
 def _check_finite(run: Run, step: int, values: list[float]) -> None:
@@ -541,7 +564,7 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
     """
     started = time.perf_counter()  # the event's seconds: what the service's time estimates count per save
     spec = run.spec.model_dump(mode="json")
-    state = {"data": run.batches.state(), "spec": spec, "finetune": run.spec.finetune,
+    state = {"data": run.feed.state(), "spec": spec, "finetune": run.spec.finetune,
              "base_model": run.spec.base_model, "evaluations": {str(s): v for s, v in run.evaluations.items()},
              "model_card": build_card(spec, step, run.evaluations)}
     keep, protect = run.spec.keep_checkpoints, {run.spec.max_steps}

@@ -1,7 +1,10 @@
+import threading
+
 import pytest
 import torch
 
 from mol_engine.batches import Batch, Blocks, MixedBatches, document_positions
+from mol_engine.prefetch import StepFeed, prepare
 
 EOS, PAD = 1, 0
 
@@ -55,3 +58,31 @@ def test_ranks_take_disjoint_rows_of_the_global_batch():
     a, b, whole = ranks[0].next_batch(), ranks[1].next_batch(), single.next_batch()
     assert torch.equal(torch.cat([a.input_ids[:2], b.input_ids[:2]]), whole.input_ids[:4])
     assert torch.equal(torch.cat([a.input_ids[2:], b.input_ids[2:]]), whole.input_ids[4:])
+
+
+def test_target_index_finds_the_targets_of_each_kind_of_row():
+    ids = torch.tensor([[5, 6, EOS, 7], [8, 9, 9, PAD], [4, 4, 4, 4]])
+    mask = torch.tensor([[True] * 4, [True] * 3 + [False], [True] * 4])
+    batch = Batch(ids, mask, torch.tensor([False, True, True]))
+    index = batch.target_index(EOS)
+    assert index.domain.tolist() == [0, 1] and index.general.tolist() == [4, 5, 8, 9, 10]  # flat b*T + t
+    assert index.general_rows.tolist() == [1, 2] and index.general_local.tolist() == [0, 1, 4, 5, 6]
+    assert index.tokens == 11 and index.domain.dtype == torch.int32
+
+
+def test_the_feed_builds_ahead_but_resumes_from_the_steps_handed_out():
+    domain, general = _blocks(6, 100), _blocks(6, 200)
+    direct = MixedBatches(domain, general, 2, 2, seed=5)
+    expected = [[direct.next_batch().input_ids for _ in range(2)] for _ in range(3)]
+    feed = StepFeed(MixedBatches(domain, general, 2, 2, seed=5), 2, lambda b: prepare(b, EOS))
+    assert all(torch.equal(b.input_ids, e) for b, e in zip(feed.next_step(), expected[0], strict=True))
+    feed.next_step()
+    after_two = feed.state()
+    assert feed._ahead is not None and feed._ahead.name == "mol-next-batch"  # the third step is being built
+    feed.close()
+    assert feed.batches.state() == after_two and not feed._ahead  # rewound to the steps handed out, thread ended
+    resumed = StepFeed(MixedBatches(domain, general, 2, 2, seed=5), 2, lambda b: prepare(b, EOS))
+    resumed.load_state(after_two)
+    step = resumed.next_step(ahead=False)
+    assert all(torch.equal(b.input_ids, e) for b, e in zip(step, expected[2], strict=True))
+    assert step[0].index is not None and not any(t.name == "mol-next-batch" for t in threading.enumerate())

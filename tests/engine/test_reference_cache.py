@@ -147,12 +147,12 @@ def test_cache_holds_the_base_top_k_and_is_reused(tiny_model_dir, general_blocks
     picked = blocks.select(rows)
     positions = picked.attention_mask[:, 1:].clone()
     positions[1, 5:] = False
-    index, logprob, tail = cached.lookup(rows, positions, torch.device("cpu"))
+    index, logprob, tail = cached.lookup(rows, positions)
     with torch.no_grad():
         log_q = model(picked.input_ids, attention_mask=picked.attention_mask).logits[:, :-1]
     log_q = log_q.log_softmax(-1)[positions]
     expected_index, expected_values, expected_tail = targets_of(log_q, 8)
-    assert torch.equal(index, expected_index)
+    assert index.dtype == torch.int32 and torch.equal(index.long(), expected_index)
     torch.testing.assert_close(logprob, expected_values, atol=2e-2, rtol=0)  # stored as float16
     torch.testing.assert_close(tail, expected_tail, atol=2e-2, rtol=0)
     torch.testing.assert_close(torch.cat([logprob, tail[:, None]], -1).logsumexp(-1), torch.zeros(len(tail)))

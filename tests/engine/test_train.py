@@ -1,4 +1,5 @@
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,7 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(make_spec, tmp_path):
 def test_cancel_stops_after_the_current_step_and_keeps_checkpoints(make_spec, tmp_path):
     result = train(make_spec(max_steps=50, save_every=1), tmp_path, [StopAfter(2)])
     assert result.status == "cancelled" and result.step == 2
+    assert not any(t.name == "mol-next-batch" for t in threading.enumerate())  # step 3's batch, built ahead: ended
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1", "step-2"]
 
 
