@@ -142,7 +142,8 @@ class JobSpec(BaseModel):
         "one node; `mol train` ignores it (the launcher sets the process count). batch_size is per process")
     loss_chunk_tokens: int | None = Field(
         None, ge=1, description="positions per loss chunk (the head's logits are formed a chunk at a time); None "
-        "sizes chunks to the device: ~64 MiB of fp32 logits on a CPU, up to 1 GiB on a GPU (1/64 of its memory)"
+        "sizes chunks to the device: up to 64 MiB of fp32 logits and 512 positions on a CPU, up to 1 GiB (and 1/64 "
+        "of its memory) on a GPU"
     )
     report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, max_length=3, description="experiment trackers that also receive the metrics (as "

@@ -76,6 +76,7 @@ def test_chunks_are_sized_by_device():
     from mol_engine.losses import CPU_CHUNK_BYTES, chunk_size
 
     assert chunk_size(151_936, device=torch.device("cpu")) == CPU_CHUNK_BYTES // (4 * 151_936) == 110
+    assert chunk_size(8192, device=torch.device("cpu")) == 512  # 64 MiB would be 2,048: slower on a CPU
     assert chunk_size(151_936, 4096, torch.device("cpu")) == 4096  # loss_chunk_tokens wins
 
 
