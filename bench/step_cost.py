@@ -469,7 +469,7 @@ def scale_study(root: Path, data: dict[str, str], demo: Path, quick: bool, say, 
                    last["general_logits_fp32_mib"], "MiB", {})
         + f"  (over all points the gap stays within {min(gaps):,.0f}..{max(gaps):,.0f} MiB while tokens x vocabulary "
           f"grows {last['seq_len'] * last['vocab'] / (rows[0]['seq_len'] * rows[0]['vocab']):.0f}x: it is bounded by "
-          "the few [chunk, vocab] tensors alive while one chunk's KL is formed, 64 MiB of fp32 logits each by default)")
+          "the few [chunk, vocab] tensors alive while one chunk's KL is formed)")
     for axis, chosen in (("sequence", [r for r in rows if r["vocab"] == small.vocab]),
                          ("vocabulary", [r for r in rows if r["seq_len"] == seqs[0]])):
         a, b = chosen[0], chosen[-1]
@@ -550,10 +550,10 @@ def write_report(docs: Path, head: Shape, results: dict, lines: list[str]) -> No
         *table, "", "Every ratio with its inputs:", "", "```", *lines, "```", "",
         "## Scaling (full fine-tuning, 1 domain + 1 general row per step)", "", *scale, "",
         "The MoL−CPT gap minus the frozen copy's weights is the reference's hidden states and the few "
-        "[chunk, vocab] tensors alive while one chunk's KL is formed (`loss_chunk_tokens`; by default a chunk is "
-        "64 MiB of fp32 logits). It grows until one chunk is full (seq 2048 at vocab 8k here), then stays "
-        "bounded, while a kept full-vocabulary fp32 logits tensor would grow with tokens × vocabulary: at seq "
-        "2048 × vocab 128k the gap is a few MiB against 1 GiB of logits for the general row.", "",
+        "[chunk, vocab] tensors alive while one chunk's KL is formed, a tensor or two more than a CE chunk holds "
+        "(`loss_chunk_tokens`; by default on a CPU a chunk is at most 64 MiB of fp32 logits and 512 positions). It "
+        "stays bounded by those chunks as tokens × vocabulary grow, while a kept full-vocabulary fp32 logits "
+        "tensor would grow with them: 1 GiB for the general row at seq 2048 × vocab 128k.", "",
         "## Cached reference against the exact one (the demo MoL job)", "", *fidelity, "",
     ]
     replace_section(docs / "performance.md", "step_cost", "\n".join(text))
