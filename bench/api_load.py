@@ -371,9 +371,10 @@ def abuse_mix(tmp: Path, models: Path, args: argparse.Namespace) -> dict:
             before = peak_rss_mb(proc.pid)
             result = asyncio.run(abuse_window(base, specs, trained, args))
             result["abuse_api_peak_rss_growth_mb"] = round(peak_rss_mb(proc.pid) - before, 1)
-        finally:
-            for process in (worker, proc):
-                os.killpg(process.pid, signal.SIGTERM)
+        finally:  # the worker is killed: its warm shutdown would wait for the training job it runs, which no
+            # figure reads (the scratch database and home go with it)
+            os.killpg(worker.pid, signal.SIGKILL)
+            os.killpg(proc.pid, signal.SIGTERM)
             for process in (worker, proc):
                 process.wait(30)
     return result

@@ -84,15 +84,15 @@ def flops_per_token(n_params: int, layers: int, hidden: int, seq_len: int) -> in
     return 6 * n_params + 12 * layers * hidden * seq_len
 
 
-def build(root: Path, general_blocks: int, shape: dict) -> dict[str, str]:
+def build(root: Path, general_blocks: int, shape: dict, words: tuple[int, int] = (200, 600)) -> dict[str, str]:
     """A random-init Qwen2 of ``shape`` (a small BPE tokenizer: ids stay under its vocabulary) and domain / general
-    JSONL corpora under ``root``; returns their paths."""
+    JSONL corpora of documents of ``words`` words under ``root``; returns their paths."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from mol_engine.demo import build_tokenizer
 
     rng = random.Random(0)
-    docs = {name: [" ".join(rng.choice(WORDS) for _ in range(rng.randint(200, 600))) + "." for _ in range(n)]
+    docs = {name: [" ".join(rng.choice(WORDS) for _ in range(rng.randint(*words))) + "." for _ in range(n)]
             for name, n in (("domain", 2 * general_blocks), ("general", general_blocks))}
     tokenizer = build_tokenizer(docs["general"][:200], vocab_size=min(512, shape["vocab_size"]))
     config = Qwen2Config(**shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -276,7 +276,8 @@ def run_all(root: Path, args: argparse.Namespace, dev: Device) -> dict:
     """Every measurement of the check, as one dict (the JSON line, less its header)."""
     shape, seq_len = (TINY, SMOKE_SEQ_LEN) if args.smoke else (QWEN25_05B, SEQ_LEN)
     device = "cuda" if dev.cuda else "cpu"
-    paths = build(root, general_blocks=4 * args.batch_size * (args.steps + 4), shape=shape)
+    paths = build(root, general_blocks=4 * args.batch_size * (args.steps + 4), shape=shape,
+                  words=(40, 80) if args.smoke else (200, 600))
 
     def spec(**fields) -> JobSpec:
         return job(paths, args.batch_size, args.steps, device, seq_len, **fields)
