@@ -515,8 +515,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--huge-prompt-chars", type=int, default=9_600_000, help="the huge prompts' length")
     parser.add_argument("--side-tasks", type=int, default=30, help="interpolation requests in one owner's burst")
     if parser.parse_args(argv).quick:  # smaller defaults; options given still win
-        parser.set_defaults(slow=4, clients=3, window=3.0, streams=20, stream_window=1.0, checkpoint_mb=8,
-                            upload_kb=16, large_upload_mb=8, completion_tokens=8, abuse_window=3.0,
+        parser.set_defaults(slow=4, clients=3, window=2.0, streams=20, stream_window=1.0, checkpoint_mb=8,
+                            upload_kb=16, large_upload_mb=8, completion_tokens=8, abuse_window=2.0,
                             oversized_mb=16, huge_prompt_chars=2_000_000, side_tasks=8)
     return parser.parse_args(argv)
 

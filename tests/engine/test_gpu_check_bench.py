@@ -35,7 +35,7 @@ def test_smoke_runs_every_measurement_on_the_cpu(monkeypatch, capsys):
     """The GPU check's whole code path (variants, chunk sweep, profile, step-0 KL, goals) runs on the CPU with a tiny
     model, so a lent GPU's few minutes are not lost to a bug in the script."""
     bench = load_bench()
-    monkeypatch.setattr(bench, "CHUNK_SWEEP", (16,))
+    monkeypatch.setattr(bench, "CHUNK_SWEEP", (16,))  # one point: the sweep is measure() again
     assert bench.main(["--smoke"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["smoke"] is True and line["device"] == "cpu"
