@@ -220,7 +220,10 @@ async def _messages(request: Request, svc: Services, job_id: str, kinds: tuple[s
                     yield error_message("the token of this stream was revoked")
                     return
                 recheck_at = time.monotonic() + settings.token_recheck_s
-            if batch is not None and (len(batch.metrics) >= PAGE or len(batch.events) >= PAGE):  # keep paging
+            if batch is not None and (len(batch.metrics) >= PAGE or len(batch.events) >= PAGE
+                                      or batch.status in FINAL):
+                # keep paging; or the job has ended: read on to the end here, as the tail may have ended already
+                # (it ends after its own last rows, which may come before this stream's re-read position)
                 batch = await read_retrying(settings, read_since, svc, job_id, metric, event)
             else:  # the tail's next batch; when it was read from past our position, the rows between are read
                 batch = await _next(queue, recheck_at - time.monotonic())

@@ -164,6 +164,38 @@ def test_a_database_blip_delays_a_stream_and_loses_nothing(settings, monkeypatch
 
 
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_tail_that_starts_past_the_backlog_still_ends_the_stream(settings, monkeypatch):
+    """The tail reads its starting position after the job wrote its last rows and ended (a busy machine: its first
+    read ran late): it sends nothing but the job's end, the stream reads the rows between itself, then ends (it
+    waited for a tail that had already ended: a CI run's database-blip test hung so)."""
+    from api import stream
+
+    svc, add_points = _running_job(settings, "job_late")
+    add_points(1, 2)
+    gate, real = threading.Event(), stream._positions
+
+    def late_positions(*args):
+        gate.wait(5)
+        return real(*args)
+
+    monkeypatch.setattr(stream, "_positions", late_positions)
+    request, hub = _subscriber(svc)
+
+    async def read() -> list[dict]:
+        messages = _messages(request, svc, "job_late", ("metric",))
+        got = [await anext(messages) for _ in range(2)]
+        add_points(3, 4, 5, status="succeeded")
+        gate.set()
+        async for message in messages:
+            got.append(message)
+        return got
+
+    got = asyncio.run(asyncio.wait_for(read(), 10))
+    assert [m["event"] for m in got] == ["metric"] * 5 + ["end"]
+    assert [json.loads(m["data"])["step"] for m in got[:5]] == [1, 2, 3, 4, 5] and hub == {}
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
 def test_a_long_database_outage_ends_the_stream_with_an_error_event(settings, monkeypatch):
     settings = settings.model_copy(update={"stream_db_outage_s": 0.5})
     svc, add_points = _running_job(settings, "job_outage")
