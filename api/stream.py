@@ -212,7 +212,9 @@ async def _messages(request: Request, svc: Services, job_id: str, kinds: tuple[s
                 messages, metric, event = _rows(batch, kinds, metric, event)
                 for message in messages:
                     yield message
-                if batch.status in FINAL and not batch.metrics and not batch.events:
+                if batch.status in FINAL and len(batch.metrics) < PAGE and len(batch.events) < PAGE:
+                    # the job's status is read before its rows and written after its last one: this batch holds
+                    # every row left (waiting for the tail instead could wait for one that has ended already)
                     yield {"event": "end", "id": f"{metric}:{event}", "data": json.dumps({"status": batch.status})}
                     return
             if time.monotonic() >= recheck_at:
@@ -220,10 +222,7 @@ async def _messages(request: Request, svc: Services, job_id: str, kinds: tuple[s
                     yield error_message("the token of this stream was revoked")
                     return
                 recheck_at = time.monotonic() + settings.token_recheck_s
-            if batch is not None and (len(batch.metrics) >= PAGE or len(batch.events) >= PAGE
-                                      or batch.status in FINAL):
-                # keep paging; or the job has ended: read on to the end here, as the tail may have ended already
-                # (it ends after its own last rows, which may come before this stream's re-read position)
+            if batch is not None and (len(batch.metrics) >= PAGE or len(batch.events) >= PAGE):  # keep paging
                 batch = await read_retrying(settings, read_since, svc, job_id, metric, event)
             else:  # the tail's next batch; when it was read from past our position, the rows between are read
                 batch = await _next(queue, recheck_at - time.monotonic())
