@@ -13,7 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 
-from .db import open_database
+from store.db import open_database
+from store.settings import Settings
+
 from .deps import Services
 from .head_requests import HeadAsGet
 from .logs import install_redaction
@@ -36,7 +38,6 @@ from .routes import (
     webhooks,
     workers,
 )
-from .settings import Settings
 from .sweeper import LeaseSweeper
 from .webhooks import WebhookDispatcher
 
@@ -71,16 +72,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] | None = None) -> FastAPI:
     """The API for ``settings``; ``enqueue`` hands job ids to the workers (default: the Celery queue).
 
-    Raises api.db.DatabaseUnreachable when the database does not answer."""
+    Raises store.db.DatabaseUnreachable when the database does not answer."""
     settings = settings or Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
     if settings.uses_filesystem_broker:
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
     sessions = open_database(settings.db_url, **settings.pool_options())
     if enqueue is None:
-        from worker.queue import celery_enqueue
+        from store.dispatch import job_sender
 
-        enqueue = celery_enqueue(settings)
+        enqueue = job_sender(settings)
     app = FastAPI(title="MoL Studio", version="1", docs_url=None, redoc_url=None, lifespan=_lifespan)
     app.state.services = Services(settings=settings, sessions=sessions, enqueue=enqueue)
     app.state.tails = {}  # job id -> JobTail: one database tail per watched job (api.stream)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from .db import ApiToken
+from store.db import ApiToken
 
 COOKIE = "mol_token"
 FINGERPRINT = 12  # hex digits of the hash shown by `mol token list`

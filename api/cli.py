@@ -15,10 +15,10 @@ from pathlib import Path
 
 from mol_engine import cli as engine_cli
 from mol_engine.spec import MAX_NPROC
+from store.settings import Settings
 
 from .client import add_client_parser, file_sha256
 from .client import main as client_main
-from .settings import Settings
 
 LOCAL_OWNER = "local"
 
@@ -26,7 +26,7 @@ LOCAL_OWNER = "local"
 def worker_command(settings: Settings, name: str = "worker") -> list[str]:
     """The command line of one Celery worker process (one job at a time; its capacity, and so the queues it
     consumes, come from ``MOL_WORKER_CAPACITY``: see :func:`worker_env`)."""
-    return [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool=solo",
+    return [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool=solo",
             "--loglevel=info", "-n", f"{name}@%h"]
 
 
@@ -50,8 +50,8 @@ def register_demo_datasets(sessions, settings: Settings, owner: str, source=None
     deleting a row leaves its file.
     """
     from mol_engine.demo import DemoPaths
+    from store.db import Dataset
 
-    from .db import Dataset
     from .validation import inspect_dataset
 
     link = settings.home / "demo"
@@ -81,8 +81,7 @@ def prepare_demo(sessions, settings: Settings, owner: str, stop: threading.Event
     ``owner`` and then links ``MOL_HOME/demo`` to it: the link appearing is the demo becoming ready (GET /v1/demo).
     A failure is reported (the build's progress file says ``failed``) and the service runs on without the demo."""
     from mol_engine.demo import BuildStopped, build_demo, link_demo
-
-    from .validation import demo_dirs
+    from store.models import demo_dirs
 
     link, target = demo_dirs(settings)
     try:
@@ -103,8 +102,7 @@ def start_demo(sessions, settings: Settings, owner: str) -> Callable[[], None]:
     Returns what stops that build and waits for it (at its next step: torch must not be running when the
     interpreter exits)."""
     from mol_engine.demo import MARKER, announce_build
-
-    from .validation import demo_dirs
+    from store.models import demo_dirs
 
     target = demo_dirs(settings)[1]
     if (target / MARKER).is_file():
@@ -200,7 +198,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _sessions(settings: Settings):
-    from .db import open_database
+    from store.db import open_database
 
     return open_database(settings.db_url)
 
@@ -210,7 +208,7 @@ def _database_errors_in_one_line(name: str, command: Callable[[argparse.Namespac
     does not answer at start, instead of raising (a traceback)."""
 
     def run(args: argparse.Namespace) -> int:
-        from .db import DatabaseUnreachable
+        from store.db import DatabaseUnreachable
 
         try:
             return command(args)

@@ -12,9 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from mol_engine.data import DataError
+from store.db import Dataset, new_id
+from store.settings import Settings
 
-from .db import Dataset, new_id
-from .settings import Settings
 from .upload import Received
 from .validation import inspect_dataset
 

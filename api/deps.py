@@ -12,9 +12,10 @@ from fastapi import Depends, HTTPException, Request, Response
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from store.db import SideTask
+from store.settings import Settings
+
 from .auth import COOKIE, owner_of, token_revoked
-from .db import SideTask
-from .settings import Settings
 from .side_tasks import TooManyPending, request_side_task, withdraw_side_task
 
 
@@ -109,12 +110,12 @@ Svc = Annotated[Services, Depends(services)]
 
 def worker_task_sender(task_name: str) -> Callable[..., Callable[..., None]]:
     """A dependency for a route that queues the worker task ``task_name``: it gives ``send(*args)``, which queues
-    it on the service's broker (worker/queue.py). Each call makes a dependency of its own, for tests to override."""
+    it on the service's broker (store/dispatch.py). Each call makes a dependency of its own, for tests to override."""
 
     def sender(svc: Svc) -> Callable[..., None]:
-        from worker.queue import celery_task_sender
+        from store.dispatch import side_task_sender
 
-        return celery_task_sender(svc.settings, task_name)
+        return side_task_sender(svc.settings, task_name)
 
     return sender
 

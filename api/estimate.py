@@ -24,9 +24,8 @@ from sqlalchemy.orm import sessionmaker
 
 from mol_engine.demo import format_duration
 from mol_engine.spec import JobSpec
-
-from .db import Job, JobEvent
-from .leases import as_utc
+from store.db import Job, JobEvent
+from store.leases import as_utc
 
 # the spec fields that decide what one step costs: a finished job is comparable when it agrees on all of them
 SHAPE = ("base_model", "method", "finetune", "reference", "seq_len", "batch_size", "grad_accum", "nproc",

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from mol_engine.generate import LoadedModel, ModelSource, load_model
+from store.settings import Settings
 
 from .owner_limits import OwnerLimits
-from .settings import Settings
 
 
 class ModelCache:

@@ -20,8 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from store.settings import Settings
+
 from .deps import OWNER_KEY, owner_unheld
-from .settings import Settings
 from .upload import MULTIPART_OVERHEAD
 
 API_PREFIX = "/v1/"

@@ -23,10 +23,11 @@ from pydantic import (
 
 from mol_engine.spec import JobSpec
 from mol_engine.sweep import GRID_KEYS
+from store.jobs import JobStatus
+from store.webhook_outbox import WebhookEventType
 
 from .upload_parts import MAX_PARTS
 from .validation import PURPOSES
-from .webhooks import WebhookEventType
 
 
 def utc_iso(moment: datetime) -> str:
@@ -166,7 +167,7 @@ class JobSummary(BaseModel):
     model_config = ConfigDict(from_attributes=True)
     id: str
     name: str
-    status: str
+    status: JobStatus
     base_model: str | None
     method: str | None
     step: int
@@ -502,7 +503,6 @@ class SweepList(BaseModel):
     has_more: bool
 
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]  # what GET /v1/jobs?status= takes
 
 
 class PreviewDocument(BaseModel):

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import SideTask, utcnow
+from store.db import SideTask, utcnow
 
 PENDING = ("queued", "running")
 

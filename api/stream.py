@@ -31,12 +31,13 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
-from .db import MAX_SEQ, Job, JobEvent, MetricPoint
+from store.db import MAX_SEQ, Job, JobEvent, MetricPoint
+from store.jobs import FINAL
+from store.settings import Settings
+
 from .deps import Services, revocation_check
 from .schemas import utc_iso
-from .settings import Settings
 
-FINAL = ("succeeded", "failed", "cancelled")
 PAGE = 5000  # rows per read
 DB_DOWN = (DBAPIError, PoolTimeout)  # the database unreachable (a dropped connection, a refused one, a full pool)
 RETRY_CAP_S = 2.0  # the longest wait between two tries of a failed read: a database back is seen within this

@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 from sqlalchemy.orm import sessionmaker
 
-from .job_store import job_spec, release_dead_leases, send_job
-from .settings import Settings
+from store.jobs import job_spec, release_dead_leases, send_job
+from store.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class LeaseSweeper:
-    """Calls :func:`api.job_store.release_dead_leases` at start and every ``heartbeat_s`` until :meth:`stop`."""
+    """Calls :func:`store.jobs.release_dead_leases` at start and every ``heartbeat_s`` until :meth:`stop`."""
 
     def __init__(self, sessions: sessionmaker, settings: Settings, enqueue: Callable[..., None]) -> None:
         self.sessions, self.settings, self.enqueue = sessions, settings, enqueue

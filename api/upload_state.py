@@ -14,9 +14,10 @@ from fastapi import HTTPException
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import Dataset, Upload, UploadPart, is_id, utcnow
+from store.db import Dataset, Upload, UploadPart, is_id, utcnow
+from store.settings import Settings
+
 from .schemas import UploadIn
-from .settings import Settings
 from .upload_parts import Part
 from .validation import name_problem
 

@@ -15,12 +15,11 @@ from mol_engine import data
 from mol_engine.context import model_context, seq_len_problem
 from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.spec import JobSpec
-
-from .db import WorkerSeen, utcnow
-from .settings import Settings
+from store.db import WorkerSeen, utcnow
+from store.models import demo_status
+from store.settings import Settings
 
 PURPOSES = ("domain", "general", "eval", "prompts", "task")  # prompts: sample_prompts; task: lm-eval tasks
-ACTIVE = ("queued", "running")
 CORPUS_SUFFIXES = tuple(data.CORPUS_SUFFIXES)  # what the engine reads, in one place
 QA_SUFFIXES = (".jsonl", ".ndjson", ".json")
 MAX_FILENAME = 255  # characters: the database column's width, and most file systems' limit
@@ -103,20 +102,6 @@ def dataset_refs(spec: dict[str, Any]) -> set[str]:
     return refs | ({spec["eval_data"]} if spec.get("eval_data") else set())
 
 
-def demo_dirs(settings: Settings) -> tuple[Path, Path]:
-    """(``MOL_HOME/demo``, the shared build it links to once ready: ``<demo cache>/demo-<key>``)."""
-    from mol_engine.demo import shared_demo_dir
-
-    return settings.home / "demo", shared_demo_dir(settings.demo_pretrain_steps, cache_root=settings.demo_cache)
-
-
-def demo_status(settings: Settings):
-    """Where this MOL_HOME's demo stands (mol_engine.demo.DemoStatus), None when ``MOL_DEMO_MODEL`` is off."""
-    from mol_engine.demo import demo_status as status
-
-    return status(*demo_dirs(settings)) if settings.demo_model else None
-
-
 def demo_problem(spec: JobSpec, settings: Settings) -> list[str]:
     """A job on ``demo`` while the demo is not ready yet: why, with its progress and ETA."""
     if spec.base_model != "demo" or not settings.demo_model:
@@ -125,27 +110,6 @@ def demo_problem(spec: JobSpec, settings: Settings) -> list[str]:
     if status.state == "ready":
         return []
     return [f"base_model: 'demo' is not ready yet. {status.message} Submit again once GET /v1/demo says ready."]
-
-
-def available_models(settings: Settings) -> dict[str, Path]:
-    """Model id -> directory: ``demo`` (when built or buildable) and each model directory under MOL_MODELS_DIR."""
-    from mol_engine.demo import DemoPaths
-
-    models: dict[str, Path] = {}
-    if settings.demo_model:
-        models["demo"] = DemoPaths.under(demo_dirs(settings)[0]).model
-    if settings.models_dir and settings.models_dir.is_dir():
-        for path in sorted(settings.models_dir.iterdir()):
-            if (path / "config.json").is_file():
-                models[path.name] = path
-    return models
-
-
-def model_type(path: Path) -> str | None:
-    try:
-        return json.loads((path / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
 
 
 def check_references(spec: JobSpec, owned: dict[str, Any], models: dict[str, Path]) -> list[str]:

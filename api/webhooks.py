@@ -1,8 +1,7 @@
 """Webhooks: an owner's endpoints receive job events, signed as Standard Webhooks (standardwebhooks.com) sign.
 
 An outbox: the transaction that changes a job's state also writes one ``webhook_deliveries`` row per endpoint
-that wants the event (:func:`record_job_event_for_webhooks`, called by worker/runner.py ``finish`` and its
-``budget`` event, and by api/job_store.py for every cancel). The API process's :class:`WebhookDispatcher`
+that wants the event (store/webhook_outbox.py). The API process's :class:`WebhookDispatcher`
 sends due rows and retries failures after ``MOL_WEBHOOK_RETRY_S``; a row is claimed by a compare-and-set on
 ``next_attempt_at``, so several API processes never send one attempt twice, and a process that dies mid-send
 leaves a row that is retried once its claim lapses. Each attempt carries ``webhook-id`` (the delivery's id, the
@@ -28,22 +27,19 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import Job, WebhookDelivery, WebhookEndpoint, new_id, utcnow
-from .settings import Settings
+from store.db import WebhookDelivery, WebhookEndpoint, new_id, utcnow
+from store.settings import Settings
+
 from .webhook_targets import AllowList, NoPublicAddress, pinned_request
 
 log = logging.getLogger(__name__)
 
-WebhookEventType = Literal["job.succeeded", "job.failed", "job.cancelled", "job.budget_crossed"]
-# a job's end status or engine event kind -> the event type endpoints receive
-EVENT_TYPES: dict[str, WebhookEventType] = {"succeeded": "job.succeeded", "failed": "job.failed",
-                                            "cancelled": "job.cancelled", "budget": "job.budget_crossed"}
 CLAIM_MARGIN_S = 30  # a claimed delivery is due again this long after its attempt's timeout (its sender died)
 BATCH = 50  # deliveries one dispatcher round sends at most
 PASSES = 8  # queries of one round: each skips the owners and endpoints that the one before filled
@@ -66,32 +62,6 @@ def signed_headers(secret: str, msg_id: str, body: bytes, timestamp: int) -> dic
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
             "webhook-signature": sign(secret, msg_id, timestamp, body), "content-type": "application/json",
             "user-agent": "mol-studio-webhooks/1"}
-
-
-def job_payload(job: Job, event_type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The body of a job event: ``{"type", "timestamp", "data": {job_id, name, status, ...}}``."""
-    return {"type": event_type, "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
-            "data": {"job_id": job.id, "name": job.name, "status": job.status, "step": job.step,
-                     "max_steps": job.max_steps, "error": job.error, "stop_reason": job.stop_reason,
-                     **(data or {})}}
-
-
-def wants(endpoint: WebhookEndpoint, event_type: str) -> bool:
-    """Whether ``endpoint`` subscribed to ``event_type`` (no list: every type)."""
-    return not endpoint.events or event_type in endpoint.events
-
-
-def record_job_event_for_webhooks(db: Session, job: Job, kind: str, data: dict[str, Any] | None = None) -> int:
-    """Adds to ``db``'s transaction one pending delivery of ``job``'s event ``kind`` (succeeded, failed,
-    cancelled, budget) per endpoint of its owner that wants it; returns how many."""
-    event_type = EVENT_TYPES[kind]
-    endpoints = [e for e in db.scalars(select(WebhookEndpoint).where(WebhookEndpoint.owner == job.owner))
-                 if wants(e, event_type)]
-    payload = job_payload(job, event_type, data)
-    for endpoint in endpoints:
-        db.add(WebhookDelivery(id=new_id("msg"), endpoint_id=endpoint.id, job_id=job.id, event_type=event_type,
-                               payload=payload, next_attempt_at=utcnow(), attempts_log=[]))
-    return len(endpoints)
 
 
 # --- the routes' store -------------------------------------------------------------------------------------

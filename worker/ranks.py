@@ -14,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from api.db import Job, init_db, make_engine
-from api.settings import Settings
 from mol_engine.callbacks import ConsoleLogger
+from store.db import Job, sessions_for
+from store.settings import Settings
 
 from .runner import DatabaseRecorder, dataset_labels, relabel, resolve_spec
 
@@ -30,10 +30,10 @@ def lost_a_peer(err: BaseException) -> bool:
         word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe"))
 
 
-def write_report(path: Path, word: dict) -> None:
-    """Writes ``word`` to ``path`` in one step (the runner never reads half a file)."""
+def write_report(path: Path, report: dict) -> None:
+    """Writes ``report`` to ``path`` in one step (the runner never reads half a file)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(word))
+    tmp.write_text(json.dumps(report))
     os.replace(tmp, path)
 
 
@@ -41,7 +41,7 @@ def main(job_id: str, lease_owner: str, report: Path) -> int:
     from mol_engine.train import train
 
     settings = Settings()
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = sessions_for(settings.db_url)
     with sessions() as db:
         job = db.get(Job, job_id)
     labels = dataset_labels(sessions, job.owner)

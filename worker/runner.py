@@ -23,51 +23,34 @@ import tempfile
 import threading
 import time
 import traceback
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import sessionmaker
 
-from api.dataset_names import relabel, stored_names
-from api.db import Dataset, Job, JobEvent, MetricPoint, init_db, make_engine, utcnow
-from api.settings import Settings
-from api.validation import available_models
-from api.webhooks import record_job_event_for_webhooks
 from mol_engine.callbacks import Callback, ConsoleLogger
 from mol_engine.spec import JobSpec
-
-
-def acquire_lease(sessions: sessionmaker, job_id: str, me: str, settings: Settings) -> bool:
-    """Take the job if it is queued, or running with a stale heartbeat; False when someone else holds it."""
-    stale = utcnow() - timedelta(seconds=settings.lease_timeout_s)
-    with sessions.begin() as db:
-        taken = db.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.cancel_requested.is_(False))
-            .where(or_(Job.status == "queued",
-                       (Job.status == "running") & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)))
-            .values(status="running", lease_owner=me, heartbeat_at=utcnow(), attempt=Job.attempt + 1,
-                    started_at=utcnow())
-        ).rowcount
-    return taken == 1
+from store.dataset_names import relabel, stored_names
+from store.db import Dataset, Job, JobEvent, MetricPoint, sessions_for
+from store.jobs import acquire_lease, finish, renew_lease, requeue
+from store.models import available_models
+from store.settings import Settings
+from store.webhook_outbox import record_job_event_for_webhooks
 
 
 class LeaseHeartbeat:
-    """Refreshes the job's lease (``heartbeat_at``, while ``me`` holds it) every ``every`` seconds, in a thread."""
+    """Refreshes the job's lease (``heartbeat_at``, while ``holder`` holds it) every ``every`` seconds, in a thread."""
 
-    def __init__(self, sessions: sessionmaker, job_id: str, me: str, every: float) -> None:
-        self.sessions, self.job_id, self.me = sessions, job_id, me
+    def __init__(self, sessions: sessionmaker, job_id: str, holder: str, every: float) -> None:
+        self.sessions, self.job_id, self.holder = sessions, job_id, holder
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(every,), daemon=True)
         self._thread.start()
 
     def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
-            with self.sessions.begin() as db:
-                db.execute(update(Job).where(Job.id == self.job_id, Job.lease_owner == self.me)
-                           .values(heartbeat_at=utcnow()))
+            renew_lease(self.sessions, self.job_id, self.holder)
 
     def close(self) -> None:
         self._stop.set()
@@ -80,12 +63,12 @@ class DatabaseRecorder(Callback):
     A run it stops for another reason than the user's cancel (its worker gone, its lease taken over) ends with an
     ``interrupted`` event, not the engine's ``cancelled``: the job is not cancelled, it resumes."""
 
-    def __init__(self, sessions: sessionmaker, job_id: str, me: str, heartbeat_s: float | None,
+    def __init__(self, sessions: sessionmaker, job_id: str, holder: str, heartbeat_s: float | None,
                  labels: dict[str, str] | None = None) -> None:
-        self.sessions, self.job_id, self.me = sessions, job_id, me
+        self.sessions, self.job_id, self.holder = sessions, job_id, holder
         self.labels = labels or {}  # the engine names stored files; the owner sees their own names
         self._parent = os.getppid()
-        self._heartbeat = LeaseHeartbeat(sessions, job_id, me, heartbeat_s) if heartbeat_s else None
+        self._heartbeat = LeaseHeartbeat(sessions, job_id, holder, heartbeat_s) if heartbeat_s else None
         self.lease_lost = False
 
     def close(self) -> None:
@@ -138,7 +121,7 @@ class DatabaseRecorder(Callback):
         with self.sessions() as db:
             cancel, owner = db.execute(select(Job.cancel_requested, Job.lease_owner)
                                        .where(Job.id == self.job_id)).one()
-        if owner != self.me:  # our lease was taken for dead (a long stall) and the job re-queued: stop at once
+        if owner != self.holder:  # our lease was taken for dead (a long stall) and the job re-queued: stop at once
             self.lease_lost = True
         return bool(cancel) or self.lease_lost
 
@@ -161,46 +144,16 @@ def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpe
 
 
 def dataset_labels(sessions: sessionmaker, owner: str) -> dict[str, str]:
-    """Each of the owner's datasets as the server stores it -> as the owner knows it (api.dataset_names)."""
+    """Each of the owner's datasets as the server stores it -> as the owner knows it (store.dataset_names)."""
     with sessions() as db:
         return stored_names(db, owner)
 
 
 
-def finish(sessions: sessionmaker, job_id: str, status: str, error: str | None = None,
-           stop_reason: str | None = None, holder: str | None = None) -> bool:
-    """Whether the job ended as ``status``; given ``holder`` (a runner always gives its own name), only while that
-    lease owner still holds it: a runner whose lease was taken for dead and re-queued must not overwrite the run
-    that took over. One compare-and-set on the holder, with the job's events."""
-    owner = [] if holder is None else [Job.lease_owner == holder]
-    values = {"status": status, "error": error, "stop_reason": stop_reason, "finished_at": utcnow(),
-              "lease_owner": None}
-    with sessions.begin() as db:
-        if db.execute(update(Job).where(Job.id == job_id, *owner).values(**values)).rowcount != 1:
-            return False
-        job = db.get(Job, job_id)
-        if error:
-            db.add(JobEvent(job_id=job_id, step=job.step, kind="failed", message=error, data={}))
-        record_job_event_for_webhooks(db, job, status)  # the outbox: sent by the API's dispatcher
-    return True
-
-
-def requeue(sessions: sessionmaker, job_id: str, me: str, reason: str) -> bool:
-    """Put the job we hold back in the queue to resume from its last checkpoint; False if we no longer hold it."""
-    with sessions.begin() as db:
-        job = db.get(Job, job_id)
-        if job is None or job.status != "running" or job.lease_owner != me:
-            return False
-        job.status, job.lease_owner, job.queued_at = "queued", None, utcnow()
-        db.add(JobEvent(job_id=job_id, step=job.step, kind="requeued", data={},
-                        message=f"{reason}; resuming from the last checkpoint"))
-    return True
-
-
-def _fail(sessions: sessionmaker, job_id: str, me: str, error: str) -> str:
+def _fail(sessions: sessionmaker, job_id: str, holder: str, error: str) -> str:
     """``failed``, the job we hold ended so with ``error``; ``lease-lost`` when another runner took it over
     meanwhile (its state is theirs to write)."""
-    return "failed" if finish(sessions, job_id, "failed", error, holder=me) else "lease-lost"
+    return "failed" if finish(sessions, job_id, "failed", holder, error) else "lease-lost"
 
 
 def run(job_id: str, settings: Settings | None = None) -> str:
@@ -208,41 +161,41 @@ def run(job_id: str, settings: Settings | None = None) -> str:
     ``orphaned`` if our worker died, ``requeued`` if a rank died and the job waits to resume, or ``lease-lost``
     if another runner took the job over (this one was taken for dead)."""
     settings = settings or Settings()
-    sessions = init_db(make_engine(settings.db_url))
-    me = f"{socket.gethostname()}:{os.getpid()}"
-    if not acquire_lease(sessions, job_id, me, settings):
+    sessions = sessions_for(settings.db_url)
+    holder = f"{socket.gethostname()}:{os.getpid()}"
+    if not acquire_lease(sessions, job_id, holder, settings.lease_timeout_s):
         return "skipped"
     with sessions() as db:
         job = db.get(Job, job_id)
     if job.attempt > settings.job_attempts:
-        return _fail(sessions, job_id, me, f"gave up after {settings.job_attempts} attempts")
+        return _fail(sessions, job_id, holder, f"gave up after {settings.job_attempts} attempts")
     labels = dataset_labels(sessions, job.owner)
     try:
         spec = resolve_spec(sessions, job, settings)
     except Exception as err:  # a dataset deleted since submit, a model gone
-        return _fail(sessions, job_id, me, relabel(f"{type(err).__name__}: {err}", labels))
+        return _fail(sessions, job_id, holder, relabel(f"{type(err).__name__}: {err}", labels))
     if spec.nproc == 1:
-        return _run_here(sessions, job_id, me, spec, labels, settings)
-    return _run_ranks(sessions, job, me, spec.nproc, settings)
+        return _run_here(sessions, job_id, holder, spec, labels, settings)
+    return _run_ranks(sessions, job, holder, spec.nproc, settings)
 
 
-def _run_here(sessions: sessionmaker, job_id: str, me: str, spec: JobSpec, labels: dict[str, str],
+def _run_here(sessions: sessionmaker, job_id: str, holder: str, spec: JobSpec, labels: dict[str, str],
               settings: Settings) -> str:
     """Train in this process (one rank)."""
     from mol_engine.train import train
 
-    recorder = DatabaseRecorder(sessions, job_id, me, settings.heartbeat_s, labels)
+    recorder = DatabaseRecorder(sessions, job_id, holder, settings.heartbeat_s, labels)
     try:
         # progress and events also as lines on stderr: the job's log (worker/tasks.py), which the owner can tail
         result = train(spec, settings.runs_dir / job_id, [recorder, ConsoleLogger()], resume=True)
     except Exception as err:  # any failure becomes the job's error message
         traceback.print_exc()  # the whole story into the job's log; the message alone into the job
         recorder.close()
-        return _fail(sessions, job_id, me, relabel(f"{type(err).__name__}: {err}", labels))
+        return _fail(sessions, job_id, holder, relabel(f"{type(err).__name__}: {err}", labels))
     recorder.close()
     if result.status == "cancelled" and recorder.orphaned:
         return "orphaned"  # not a user's cancel: leave the job running for the next worker to resume
-    if not finish(sessions, job_id, result.status, stop_reason=result.reason, holder=me):
+    if not finish(sessions, job_id, result.status, holder, stop_reason=result.reason):
         return "lease-lost"  # another worker resumes (or has resumed) the job: its state is theirs to write
     return result.status
 
@@ -253,18 +206,18 @@ def torchrun_command(job_id: str, lease_owner: str, nproc: int, report: Path) ->
             "--max_restarts", "0", "-m", "worker.ranks", job_id, lease_owner, str(report)]
 
 
-def _run_ranks(sessions: sessionmaker, job: Job, me: str, nproc: int, settings: Settings) -> str:
+def _run_ranks(sessions: sessionmaker, job: Job, holder: str, nproc: int, settings: Settings) -> str:
     """Run the job's ranks under torchrun (they see this worker's CUDA_VISIBLE_DEVICES), keeping the lease here.
 
     If our worker dies, the ranks are ended and the job is left running for the reconciler to re-queue. If a
     rank dies (or rank 0 lost a peer), the job is re-queued at once, or failed when its attempts are used up;
     an error of the job itself on rank 0 fails it at once."""
-    heartbeat = LeaseHeartbeat(sessions, job.id, me, settings.heartbeat_s)
+    heartbeat = LeaseHeartbeat(sessions, job.id, holder, settings.heartbeat_s)
     parent = os.getppid()
     with tempfile.TemporaryDirectory(prefix="mol-ranks-") as folder:
         report = Path(folder) / "rank0.json"
         # stdout to stderr: our own stdout carries only our last word, which the task reads
-        ranks = subprocess.Popen(torchrun_command(job.id, me, nproc, report), stdout=sys.stderr)
+        ranks = subprocess.Popen(torchrun_command(job.id, holder, nproc, report), stdout=sys.stderr)
         signal.signal(signal.SIGTERM, lambda *_: _stop_ranks(ranks, exit_after=True))
         while ranks.poll() is None:
             time.sleep(0.5)
@@ -273,17 +226,17 @@ def _run_ranks(sessions: sessionmaker, job: Job, me: str, nproc: int, settings: 
                 heartbeat.close()
                 return "orphaned"
         heartbeat.close()
-        word = json.loads(report.read_text()) if report.is_file() else {}
-    if ranks.returncode == 0 and word.get("status") in ("succeeded", "cancelled", "failed"):
-        if not finish(sessions, job.id, word["status"], word.get("error"), word.get("reason"), holder=me):
+        rank0 = json.loads(report.read_text()) if report.is_file() else {}
+    if ranks.returncode == 0 and rank0.get("status") in ("succeeded", "cancelled", "failed"):
+        if not finish(sessions, job.id, rank0["status"], holder, rank0.get("error"), rank0.get("reason")):
             return "lease-lost"
-        return word["status"]
-    if word.get("status") == "error" and not word.get("peer_lost"):  # the job's own fault: retrying won't help
-        return _fail(sessions, job.id, me, word["error"])
-    reason = word.get("error") or f"a process of the job ended unexpectedly (torchrun exit code {ranks.returncode})"
+        return rank0["status"]
+    if rank0.get("status") == "error" and not rank0.get("peer_lost"):  # the job's own fault: retrying won't help
+        return _fail(sessions, job.id, holder, rank0["error"])
+    reason = rank0.get("error") or f"a process of the job ended unexpectedly (torchrun exit code {ranks.returncode})"
     if job.attempt >= settings.job_attempts:
-        return _fail(sessions, job.id, me, f"{reason}; gave up after {settings.job_attempts} attempts")
-    return "requeued" if requeue(sessions, job.id, me, reason) else "skipped"
+        return _fail(sessions, job.id, holder, f"{reason}; gave up after {settings.job_attempts} attempts")
+    return "requeued" if requeue(sessions, job.id, holder, reason) else "skipped"
 
 
 def _stop_ranks(ranks: subprocess.Popen, exit_after: bool = False, wait_s: float = 10) -> None:

@@ -27,20 +27,19 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import TextIO
 
-from celery import signals
+from celery import shared_task, signals
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from api.db import Dataset, Job, JobEvent, SideTask, WorkerSeen, init_db, make_engine, utcnow
-from api.job_store import release_dead_leases
-from api.leases import as_utc, lease_is_dead
-from api.settings import Settings
-from api.webhooks import record_job_event_for_webhooks
+from store.db import Dataset, Job, JobEvent, SideTask, WorkerSeen, sessions_for, utcnow
+from store.dispatch import EVALUATE_TASK, INTERPOLATE_TASK, TASK_NAME, job_sender
+from store.jobs import ACTIVE, end_cancelled_run, mark_sent, release_dead_leases
+from store.leases import as_utc, lease_is_dead
+from store.settings import Settings
 
-from .celery_app import app
+from .broker_queues import waiting_job_ids
 from .devices import describe_device
-from .queue import EVALUATE_TASK, INTERPOLATE_TASK, TASK_NAME, queue_for, waiting_job_ids
 
 log = logging.getLogger(__name__)
 # What the heartbeat records (GET /v1/workers). The worker runs its tasks in its own process (``--pool=solo``,
@@ -53,11 +52,11 @@ def _settings() -> Settings:
     return Settings()
 
 
-@app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
 def run_job(self, job_id: str) -> str:
     """Run ``job_id`` in a child process until it ends; returns the runner's final word."""
     settings = _settings()
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = sessions_for(settings.db_url)
     with sessions() as db:
         job = db.get(Job, job_id)
         if job is None:
@@ -71,13 +70,13 @@ def run_job(self, job_id: str) -> str:
     _beat(sessions, settings)  # GET /v1/workers shows the job now, not at the next heartbeat
     try:
         with _job_log(settings, job_id) as job_log:
-            word = _watch_runner(sessions, settings, job_id, job_log)
+            outcome = _watch_runner(sessions, settings, job_id, job_log)
     finally:
         _current_job = None
         _beat(sessions, settings)
-    if word == "requeued":  # a rank died: the runner put the job back in the queue to resume
-        _send(_task_enqueue, job_id, nproc)
-    return word
+    if outcome == "requeued":  # a rank died: the runner put the job back in the queue to resume
+        _send(job_sender(settings), job_id, nproc)
+    return outcome
 
 
 @contextlib.contextmanager
@@ -111,15 +110,15 @@ def _watch_runner(sessions: sessionmaker, settings: Settings, job_id: str, job_l
         if cancel_seen is not None and time.monotonic() - cancel_seen > settings.cancel_grace_s:
             _log_line(job_log, f"cancelled: the runner did not stop within {settings.cancel_grace_s:g} s; ended")
             _end_group(child)
-            _mark_cancelled(sessions, job_id)
+            end_cancelled_run(sessions, job_id, f"{socket.gethostname()}:{child.pid}", settings.cancel_grace_s)
             return "cancelled"
     out = (child.stdout.read() if child.stdout else "").strip().splitlines()
-    word = out[-1] if out else f"exit {child.returncode}"
-    _log_line(job_log, f"the runner ended: {word} (exit code {child.returncode})")
-    return word
+    outcome = out[-1] if out else f"exit {child.returncode}"
+    _log_line(job_log, f"the runner ended: {outcome} (exit code {child.returncode})")
+    return outcome
 
 
-@app.task(name=INTERPOLATE_TASK, acks_late=True)
+@shared_task(name=INTERPOLATE_TASK, acks_late=True)
 def interpolate(job_id: str, checkpoint: str, alphas: list[float], side_task: str | None = None) -> str:
     """Evaluate the models between the base and ``checkpoint`` of ``job_id`` at ``alphas`` (WiSE-FT)."""
     return record_interpolation(_settings(), job_id, checkpoint, alphas, side_task)
@@ -132,7 +131,7 @@ def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alpha
     returns ``done``, ``failed``, or ``skipped`` for a job deleted since the request."""
     from mol_engine.interpolate import checkpoint_spec, evaluate_interpolation
 
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = sessions_for(settings.db_url)
     if not _side_task_starts(sessions, job_id, side_task, "interpolation"):
         return "skipped"
     path = settings.runs_dir / job_id / "checkpoints" / checkpoint
@@ -149,7 +148,7 @@ def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alpha
     return _side_task_ends(sessions, event, side_task)
 
 
-@app.task(name=EVALUATE_TASK, acks_late=True)
+@shared_task(name=EVALUATE_TASK, acks_late=True)
 def evaluate_task(job_id: str, task: str, checkpoints: list[str], side_task: str | None = None) -> str:
     """Score the task dataset ``task`` on each of ``checkpoints`` (``base`` or ``step-N``) of ``job_id``."""
     return record_task_evaluation(_settings(), job_id, task, checkpoints, side_task)
@@ -160,11 +159,11 @@ def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoin
     """Run the engine's task evaluation (lm-eval) of each model in this process and store a row per model (its
     metrics or its error), or the error that stopped them all, as a ``task-evaluation`` event of the job (and the
     outcome on the side task, if given); returns ``done``, ``failed``, or ``skipped`` for a job deleted since."""
-    from api.validation import available_models
     from mol_engine.task_eval import check_task_file
     from mol_engine.task_eval import evaluate_task as score
+    from store.models import available_models
 
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = sessions_for(settings.db_url)
     if not _side_task_starts(sessions, job_id, side_task, "task evaluation"):
         return "skipped"
     with sessions() as db:
@@ -228,7 +227,7 @@ def _side_task_ends(sessions: sessionmaker, event: JobEvent, side_task: str | No
 def _is_stale_delivery(job: Job | None, settings: Settings) -> bool:
     """Whether a delivered message is certainly not runnable: its job is gone or ended, or runs under a live lease.
     (Whether we may run it is decided by the runner's lease; this only spares starting a process for nothing.)"""
-    if job is None or job.status not in ("queued", "running"):
+    if job is None or job.status not in ACTIVE:
         return True
     heartbeat = job.heartbeat_at.replace(tzinfo=utcnow().tzinfo) if job.heartbeat_at else None
     return job.status == "running" and not lease_is_dead(job.lease_owner, heartbeat, settings.lease_timeout_s)
@@ -252,21 +251,13 @@ def _end_group(child: subprocess.Popen) -> None:
             continue
 
 
-def _mark_cancelled(sessions, job_id: str) -> None:
-    with sessions.begin() as db:
-        job = db.get(Job, job_id)
-        if job is not None and job.status == "running":
-            job.status, job.finished_at, job.lease_owner = "cancelled", utcnow(), None
-            record_job_event_for_webhooks(db, job, "cancelled")
-
-
 def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | None = None) -> list[str]:
-    """Release dead leases (``api.job_store.release_dead_leases``, as the API's sweeper does), then send a message
+    """Release dead leases (``store.jobs.release_dead_leases``, as the API's sweeper does), then send a message
     for each job left behind (re-queued from a dead lease, queued again after it ran, or queued for long) whose
     message the broker does not hold, with ``enqueue(job_id, nproc=N)`` (default: this worker's broker); returns
     the ids sent."""
     settings = settings or _settings()
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = sessions_for(settings.db_url)
     released = {job_id for job_id, status in release_dead_leases(sessions, settings.lease_timeout_s).items()
                 if status == "queued"}
     stuck_since = utcnow() - timedelta(seconds=settings.lease_timeout_s)
@@ -283,10 +274,9 @@ def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | N
         log.exception("could not read the job queues; the next reconcile pass will try again")
         return []
     lost = [job_id for job_id in candidates if waiting is None or job_id not in waiting]
-    sent = [job_id for job_id in lost if _send(enqueue or _task_enqueue, job_id, candidates[job_id])]
+    sent = [job_id for job_id in lost if _send(enqueue or job_sender(settings), job_id, candidates[job_id])]
     if sent:
-        with sessions.begin() as db:  # the next grace period counts from this send
-            db.execute(update(Job).where(Job.id.in_(sent), Job.status == "queued").values(queued_at=utcnow()))
+        mark_sent(sessions, sent)  # the next grace period counts from this send
     return sent
 
 
@@ -306,11 +296,6 @@ def _beat(sessions: sessionmaker, settings: Settings) -> None:
         log.exception("could not record this worker's heartbeat; the next beat tries again")
 
 
-def _task_enqueue(job_id: str, nproc: int = 1) -> None:
-    """Queue ``job_id`` on this worker's broker, on the queue of its process count."""
-    run_job.apply_async(args=[job_id], queue=queue_for(nproc))
-
-
 def _send(enqueue: Callable[..., None], job_id: str, nproc: int) -> bool:
     """Whether the broker took ``job_id``. When it refuses (Redis down), the job stays ``queued`` in the database
     and a later pass sends it again, once it has waited ``lease_timeout_s``."""
@@ -326,7 +311,7 @@ def _send(enqueue: Callable[..., None], job_id: str, nproc: int) -> bool:
 def _reconcile_on_start(**_kwargs) -> None:
     """Re-queue what a dead worker left behind now, then keep checking in the background."""
     settings = _settings()
-    sessions = init_db(make_engine(settings.db_url))
+    sessions = sessions_for(settings.db_url)
     reconcile(settings)
 
     def loop() -> None:

@@ -29,8 +29,8 @@ from mol_engine.export import (
     tied_aliases,
 )
 from mol_engine.model_card import base_is_hub, portable_files, reference_names, spec_references
+from store.db import Dataset, Job
 
-from ..db import Dataset, Job
 from ..deps import DB, Owner, StreamOwner, Svc, revocation_check
 from ..disk import tree_bytes
 from ..schemas import TARBALL, CheckpointOut, errors

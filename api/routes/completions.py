@@ -36,14 +36,14 @@ from mol_engine.generate import (
     encode_prompt,
     generate,
 )
+from store.db import Job, is_id
+from store.models import available_models, model_type
+from store.settings import Settings
 
-from ..db import Job, is_id
 from ..deps import StreamOwner, Svc
 from ..model_cache import Serving, serving_of
 from ..owner_limits import OwnerBusy, Slot
 from ..schemas import SSE, ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, ModelOut, errors
-from ..settings import Settings
-from ..validation import available_models, model_type
 from .checkpoints import resolve_name
 
 router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 409, 422, 429))

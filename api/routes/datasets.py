@@ -14,13 +14,14 @@ from sqlalchemy import select
 
 from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.token_store import cache_root
+from store.db import Dataset, Job, is_id
+from store.jobs import ACTIVE
 
 from ..dataset_store import EXISTING_HEADER, keep_dataset, owns_file
-from ..db import Dataset, Job, is_id
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import DATASET_FORM, DatasetOut, DatasetPreview, PreviewDocument, errors
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
-from ..validation import ACTIVE, dataset_refs, name_problem
+from ..validation import dataset_refs, name_problem
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 PREVIEW_CHARS = 4000  # of each document a preview shows

@@ -17,12 +17,12 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from worker.queue import EVALUATE_TASK
+from store.db import Job, JobEvent
+from store.dispatch import EVALUATE_TASK
+from store.models import available_models
 
-from ..db import Job, JobEvent
 from ..deps import DB, Owner, Svc, queue_side_task, worker_task_sender
 from ..schemas import UtcDatetime, errors
-from ..validation import available_models
 from .checkpoints import resolve_name
 from .datasets import owned_dataset
 from .jobs import owned_job

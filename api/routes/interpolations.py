@@ -17,9 +17,9 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
 from mol_engine.interpolate import DEFAULT_ALPHAS, MAX_ALPHAS, check_alphas
-from worker.queue import INTERPOLATE_TASK
+from store.db import JobEvent
+from store.dispatch import INTERPOLATE_TASK
 
-from ..db import JobEvent
 from ..deps import DB, Owner, Svc, queue_side_task, worker_task_sender
 from ..schemas import UtcDatetime, errors
 from .checkpoints import resolve_name

@@ -10,8 +10,9 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
 from mol_engine.trackers import OUTPUT_DIRS
+from store.dataset_names import relabel, stored_names
+from store.jobs import FINAL
 
-from ..dataset_names import relabel, stored_names
 from ..deps import DB, Owner, StreamOwner, Svc, revocation_check
 from ..disk import tree_bytes
 from ..job_log import OffsetPastEnd, read_log
@@ -20,7 +21,6 @@ from ..tarball import TarGzResponse
 from .jobs import owned_job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=errors(401, 404, 422))
-FINAL = ("succeeded", "failed", "cancelled")
 Offset = Annotated[int | None, Query(ge=0, le=2**53, description=(
     "read from this byte (a previous answer's next_offset); without it, the log's last MOL_JOB_LOG_TAIL_KB"))]
 # how to look at a tracker's folder once its archive is unpacked ({folder}: the unpacked folder's name)

@@ -11,17 +11,17 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mol_engine.spec import JobSpec, Method, format_validation_error
+from store import jobs
+from store.db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
+from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs, send_job, withdraw_job
+from store.models import available_models
+from store.settings import Settings
 
-from .. import job_store
-from ..db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
 from ..deps import DB, Owner, Services, Svc, handing_to_workers
 from ..disk import tree_bytes
-from ..job_store import JobFilter, KeyReused, create_job, page_of_jobs, send_job, withdraw_job
-from ..schemas import SSE, EventOut, JobOut, JobPage, JobStatus, JobSummary, MetricPointOut, errors, json_body, utc_iso
-from ..settings import Settings
+from ..schemas import SSE, EventOut, JobOut, JobPage, JobSummary, MetricPointOut, errors, json_body, utc_iso
 from ..stream import job_stream
 from ..validation import (
-    available_models,
     check_references,
     demo_problem,
     largest_nproc,
@@ -121,12 +121,12 @@ def get_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(403, 404, 409))
 def cancel_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
-    """Cancelled at once when nobody runs the job; a running one stops at its next step (api/job_store.py)."""
+    """Cancelled at once when nobody runs the job; a running one stops at its next step (api/jobs.py)."""
     owned_job(db, owner, job_id)
     db.close()
     try:
-        return job_out(job_store.cancel_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
-    except job_store.JobEnded as ended:
+        return job_out(jobs.cancel_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
+    except jobs.JobEnded as ended:
         raise HTTPException(409, f"job '{job_id}' is already {ended}") from None
 
 
@@ -137,8 +137,8 @@ def delete_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> None:
     owned_job(db, owner, job_id)
     db.close()
     try:
-        job_store.delete_job(svc.sessions, job_id)
-    except job_store.JobActive as active:
+        jobs.delete_job(svc.sessions, job_id)
+    except jobs.JobActive as active:
         raise HTTPException(409, f"job '{job_id}' is {active}: cancel it first") from None
     except LookupError:
         raise HTTPException(404, f"job '{job_id}' not found") from None

@@ -11,12 +11,12 @@ from fastapi import APIRouter, HTTPException, Response
 from sqlalchemy import func, select, text
 
 from mol_engine.spec import JobSpec
+from store.db import Job, WorkerSeen, utcnow
+from store.leases import worker_alive_within_s
+from store.models import available_models, demo_status, model_type
 
-from ..db import Job, WorkerSeen, utcnow
 from ..deps import Owner, OwnerOrNone, Svc
-from ..leases import worker_alive_within_s
 from ..schemas import DemoOut, HealthOut, ModelList, ModelOut, errors, utc_iso
-from ..validation import available_models, demo_status, model_type
 from .completions import checkpoint_model, checkpoint_models, mtime_s, openai_error, resolve_model
 
 router = APIRouter()

@@ -14,10 +14,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mol_engine.spec import JobSpec, format_validation_error
 from mol_engine.sweep import GRID_KEYS, SweepError, expand_grid, pareto_frontier, ranked, result_point
+from store.db import Job, MetricPoint, Sweep, is_id
+from store.jobs import create_job, withdraw_job
 
-from ..db import Job, MetricPoint, Sweep, is_id
 from ..deps import DB, Owner, Services, Svc
-from ..job_store import create_job, withdraw_job
 from ..schemas import (
     MAX_GRID_VALUES,
     SweepBoundsOut,

@@ -9,9 +9,10 @@ from fastapi import APIRouter, HTTPException, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from store.db import Dataset, Upload
+
 from .. import upload_state as state
 from ..dataset_store import EXISTING_HEADER, keep_dataset
-from ..db import Dataset, Upload
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import RAW_BODY, CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut, errors
 from ..upload import DiskFull

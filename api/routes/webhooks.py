@@ -7,7 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query
 
-from ..db import WebhookDelivery, WebhookEndpoint, is_id
+from store.db import WebhookDelivery, WebhookEndpoint, is_id
+
 from ..deps import DB, Owner, Svc
 from ..schemas import WebhookCreated, WebhookDeliveryOut, WebhookIn, WebhookOut, errors
 from ..webhook_targets import AllowList, url_problem

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from ..db import Job, WorkerSeen, utcnow
+from store.db import Job, WorkerSeen, utcnow
+from store.leases import as_utc, worker_alive_within_s
+
 from ..deps import DB, Owner, Svc
-from ..leases import as_utc, worker_alive_within_s
 from ..schemas import WorkerList, WorkerStatusOut, errors
 
 router = APIRouter(tags=["health"], responses=errors(401, 422))

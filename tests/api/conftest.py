@@ -5,7 +5,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.settings import Settings
+from store.settings import Settings
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}
 ARITHMETIC = "".join(json.dumps({"text": f"Question: What is {i} plus 1?\nAnswer: {i + 1}"}) + "\n" for i in range(40))
@@ -53,7 +53,7 @@ def settings(request, tmp_path, tiny_model_dir) -> Settings:
     if request.param == "postgresql":
         from sqlalchemy import create_engine
 
-        from api.db import Base
+        from store.db import Base
 
         database_url = request.getfixturevalue("postgres_url")
         engine = create_engine(database_url)

@@ -10,8 +10,8 @@ import tarfile
 import pytest
 from sqlalchemy import select, text
 
-from api.db import SCHEMA_VERSION, Base, Job, SchemaVersion, init_db, make_engine
 from mol_engine.budget import checkpoint_path
+from store.db import SCHEMA_VERSION, Base, Job, SchemaVersion, init_db, make_engine
 from tests.api.conftest import tiny_job_spec
 from worker.runner import run
 

@@ -1,10 +1,10 @@
 """docs/service.md's table of bounds lists every bound among the settings, each with the code's default, so the
-table cannot drift from api/settings.py."""
+table cannot drift from store/settings.py."""
 
 import re
 from pathlib import Path
 
-from api.settings import Settings
+from store.settings import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "service.md"
 # settings that place or name things rather than bound a request, an owner or a process

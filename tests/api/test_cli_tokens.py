@@ -6,8 +6,8 @@ import pytest
 
 from api import cli
 from api.auth import create_token, owner_of
-from api.db import init_db, make_engine
-from api.settings import Settings
+from store.db import init_db, make_engine
+from store.settings import Settings
 
 
 @pytest.fixture

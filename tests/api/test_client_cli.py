@@ -16,8 +16,8 @@ import yaml
 from api.app import create_app
 from api.cli import main
 from api.client import MolClient, Progress, human_bytes
-from api.settings import Settings
 from mol_engine.cli import load_spec
+from store.settings import Settings
 from tests.live_server import serving
 from worker.runner import run
 

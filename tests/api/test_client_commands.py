@@ -17,7 +17,7 @@ from api.cli import main
 from api.client import EXISTING_HEADER, MolClient
 from api.dataset_store import EXISTING_HEADER as SERVERS_HEADER
 from api.routes import evaluations, interpolations
-from api.settings import Settings
+from store.settings import Settings
 from tests.api.test_client_cli import DOCS, PROSE
 from tests.api.test_completions import TEMPLATE, variant
 from tests.live_server import serving

@@ -16,7 +16,7 @@ import api.routes.completions as completions
 from api.app import create_app
 from api.model_cache import serving_of
 from api.owner_limits import OwnerBusy, OwnerLimits
-from api.settings import Settings
+from store.settings import Settings
 from tests.live_server import serving
 
 AUTH = {"alice": {"Authorization": "Bearer tok-alice"}, "bob": {"Authorization": "Bearer tok-bob"}}

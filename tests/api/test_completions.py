@@ -16,10 +16,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from api.app import create_app
-from api.db import Job
 from api.model_cache import ModelCache, serving_of
-from api.settings import Settings
 from mol_engine.generate import ModelSource
+from store.db import Job
+from store.settings import Settings
 from tests.live_server import serving
 
 TOKENS = {"alice": "tok-alice", "bob": "tok-bob"}

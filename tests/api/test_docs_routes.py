@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from api.app import create_app
-from api.settings import Settings
+from store.settings import Settings
 
 ID_PARAMETER = re.compile(r"{\w+_id}")
 API_MD = Path(__file__).resolve().parents[2] / "docs" / "api.md"

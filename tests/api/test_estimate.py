@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from api.db import Job, JobEvent, utcnow
 from api.estimate import Timing, estimate_seconds, evaluations, job_timing, median_timing, saves
 from mol_engine.spec import JobSpec
+from store.db import Job, JobEvent, utcnow
 
 SHAPE = {"base_model": "tiny", "method": "mol", "seq_len": 32, "batch_size": 4}
 

@@ -9,8 +9,8 @@ import pytest
 from kombu.exceptions import OperationalError
 from sqlalchemy import select, update
 
-from api.db import SideTask, utcnow
 from api.routes.interpolations import celery_sender
+from store.db import SideTask, utcnow
 from tests.api.conftest import tiny_job_spec, worker_task_in_process
 from worker.runner import run
 from worker.tasks import record_interpolation

@@ -3,7 +3,7 @@
 import io
 import tarfile
 
-from api.db import Dataset
+from store.db import Dataset
 from tests.api.conftest import tiny_job_spec
 
 

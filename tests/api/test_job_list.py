@@ -5,7 +5,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect, select, text
 
-from api.db import SCHEMA_VERSION, Base, Job, SchemaVersion, init_db, make_engine, utcnow
+from store.db import SCHEMA_VERSION, Base, Job, SchemaVersion, init_db, make_engine, utcnow
 
 
 def add_jobs(client, count: int, owner: str = "alice", start=None, same_time_every: int = 7) -> list[str]:

@@ -18,15 +18,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, update
 from sqlalchemy.orm import sessionmaker
 
-from api import job_store
 from api.app import create_app
-from api.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
-from api.job_store import cancel_job, release_dead_leases
-from api.settings import Settings
 from mol_engine.spec import JobSpec
+from store import jobs as job_store
+from store.db import Job, JobEvent, WorkerSeen, init_db, make_engine, utcnow
+from store.jobs import acquire_lease, cancel_job, end_cancelled_run, finish, release_dead_leases, renew_lease, requeue
+from store.settings import Settings
 from tests.api.conftest import tiny_job_spec
 from worker import runner
-from worker.runner import DatabaseRecorder, acquire_lease, finish, run
+from worker.runner import DatabaseRecorder, run
 
 HOUR_AGO = timedelta(hours=1)
 
@@ -100,8 +100,9 @@ def test_the_api_shows_a_dead_lease_within_its_sweep_with_no_worker(settings, se
 def test_a_requested_cancel_ends_a_job_whose_runner_died(sessions, add_job, settings):
     running = add_job("running", "gone-host:7", HOUR_AGO, cancel_requested=True)
     requeued = add_job("queued", cancel_requested=True)  # a worker's reconciler re-queued it
-    assert not acquire_lease(sessions, running, "w:1", settings)  # no worker takes a job whose cancel was asked
-    assert not acquire_lease(sessions, requeued, "w:1", settings)
+    # no worker takes a job whose cancel was asked
+    assert not acquire_lease(sessions, running, "w:1", settings.lease_timeout_s)
+    assert not acquire_lease(sessions, requeued, "w:1", settings.lease_timeout_s)
     assert sorted(release_dead_leases(sessions, settings.lease_timeout_s)) == sorted([running, requeued])
     assert state(sessions, running)[0] == state(sessions, requeued)[0] == "cancelled"
 
@@ -121,13 +122,13 @@ def test_cancel_ends_at_once_what_no_one_runs_and_asks_a_live_runner(client, aut
 def test_a_lease_after_a_cancel_is_refused(sessions, add_job, settings):
     job_id = add_job()
     assert cancel_job(sessions, job_id, settings.lease_timeout_s).status == "cancelled"
-    assert not acquire_lease(sessions, job_id, "w:1", settings)
+    assert not acquire_lease(sessions, job_id, "w:1", settings.lease_timeout_s)
     assert state(sessions, job_id) == ("cancelled", True, 0)
 
 
 def test_a_cancel_after_a_lease_asks_the_runner_to_stop(sessions, add_job, settings):
     job_id = add_job()
-    assert acquire_lease(sessions, job_id, "w:1", settings)
+    assert acquire_lease(sessions, job_id, "w:1", settings.lease_timeout_s)
     assert cancel_job(sessions, job_id, settings.lease_timeout_s).status == "running"
     assert state(sessions, job_id) == ("running", True, 1)  # the runner reads the flag after its next step
 
@@ -141,7 +142,7 @@ def test_a_lease_landing_between_cancels_read_and_write_wins_and_sees_the_cancel
     def read_then_lease(*args):
         seen = read(*args)
         if not leased:  # the worker's compare-and-set lands right after cancel read the job
-            leased.append(acquire_lease(sessions, job_id, "w:1", settings))
+            leased.append(acquire_lease(sessions, job_id, "w:1", settings.lease_timeout_s))
         return seen
 
     monkeypatch.setattr(job_store, "lease_view", read_then_lease)
@@ -158,7 +159,7 @@ def test_cancel_racing_a_lease_in_threads_ends_one_of_the_two_true_ways(sessions
 
         def lease(job_id=job_id, start=start, leased=leased):
             start.wait()
-            leased.append(acquire_lease(sessions, job_id, "w:1", settings))
+            leased.append(acquire_lease(sessions, job_id, "w:1", settings.lease_timeout_s))
 
         racer = threading.Thread(target=lease)
         racer.start()
@@ -211,13 +212,13 @@ def test_health_names_an_unreachable_broker_and_database(tmp_path):
 def test_a_runner_whose_lease_was_taken_over_stops_and_leaves_the_job_to_its_new_holder(sessions, add_job,
                                                                                          settings):
     job_id = add_job()
-    assert acquire_lease(sessions, job_id, "host:1", settings)
+    assert acquire_lease(sessions, job_id, "host:1", settings.lease_timeout_s)
     recorder = DatabaseRecorder(sessions, job_id, "host:1", None)
     assert not recorder.should_stop()
     # runner 1 stalled past the lease timeout: the job was re-queued and runner 2 took it
     with sessions.begin() as db:
         db.get(Job, job_id).status, db.get(Job, job_id).lease_owner = "queued", None
-    assert acquire_lease(sessions, job_id, "host:2", settings)
+    assert acquire_lease(sessions, job_id, "host:2", settings.lease_timeout_s)
     assert recorder.should_stop() and recorder.lease_lost
     recorder.on_event({"step": 3, "kind": "cancelled", "message": "stopped at step 3 (checkpoints kept)"})  # engine's
     assert events(sessions, job_id) == [("interrupted", "interrupted: its lease was taken over (this runner stalled "
@@ -235,7 +236,7 @@ def take_over(sessions, job_id: str, settings) -> None:
     """This runner stalled past the lease timeout: its job was released, and runner host:2 took it."""
     with sessions.begin() as db:
         db.execute(update(Job).where(Job.id == job_id).values(status="queued", lease_owner=None))
-    assert acquire_lease(sessions, job_id, "host:2", settings)
+    assert acquire_lease(sessions, job_id, "host:2", settings.lease_timeout_s)
 
 
 def assert_left_to_its_new_holder(sessions, job_id: str) -> None:
@@ -282,7 +283,7 @@ def test_a_multi_process_runner_taken_for_dead_does_not_fail_the_job_that_was_ta
                                                                                           settings, monkeypatch):
     job_id = add_job(attempt=settings.job_attempts - 1)
     me = f"{socket.gethostname()}:{os.getpid()}"
-    assert acquire_lease(sessions, job_id, me, settings)  # its last attempt
+    assert acquire_lease(sessions, job_id, me, settings.lease_timeout_s)  # its last attempt
     with sessions() as db:
         job = db.get(Job, job_id)
 
@@ -306,7 +307,7 @@ def test_a_multi_process_runner_taken_for_dead_does_not_fail_the_job_that_was_ta
 
 
 def test_a_zombie_runner_holds_no_lease():
-    from api.leases import lease_is_dead
+    from store.leases import lease_is_dead
 
     child = subprocess.Popen(["true"])
     deadline = time.monotonic() + 10
@@ -340,3 +341,30 @@ def test_a_run_whose_worker_is_gone_is_interrupted_and_one_the_user_cancels_canc
     kinds["user cancel"] = [kind for kind, _ in events(sessions, job_id)]
     assert "interrupted" in kinds["worker gone"] and "cancelled" not in kinds["worker gone"], kinds
     assert "cancelled" in kinds["user cancel"] and "interrupted" not in kinds["user cancel"], kinds
+
+
+def test_a_runner_changes_only_a_job_it_still_holds(sessions, add_job):
+    """Every change a runner makes (renew, requeue, finish, the end of a cancelled run) is a compare-and-set on its
+    holder: a runner taken for dead cannot overwrite the state of the one that took its job over."""
+    job_id = add_job("running", "host:2", timedelta(0))
+    assert not renew_lease(sessions, job_id, "host:1")
+    assert not requeue(sessions, job_id, "host:1", "a rank died")
+    assert not finish(sessions, job_id, "failed", "host:1", "RuntimeError")
+    assert not end_cancelled_run(sessions, job_id, "host:1", grace_s=5)
+    assert state(sessions, job_id) == ("running", False, 0)
+    assert renew_lease(sessions, job_id, "host:2")
+    assert requeue(sessions, job_id, "host:2", "a rank died")
+    assert state(sessions, job_id) == ("queued", False, 0)
+    with sessions() as db:
+        assert [e.kind for e in db.scalars(select(JobEvent).where(JobEvent.job_id == job_id))] == ["requeued"]
+
+
+def test_a_runner_that_outlives_the_cancel_grace_ends_cancelled_with_an_event(sessions, add_job):
+    running = add_job("running", "host:1", timedelta(0))
+    assert not end_cancelled_run(sessions, running, "host:1", grace_s=5)  # no cancel was asked: not the worker's call
+    cancel_job(sessions, running, lease_timeout_s=60)
+    assert end_cancelled_run(sessions, running, "host:1", grace_s=5)
+    assert state(sessions, running)[:2] == ("cancelled", True)
+    with sessions() as db:
+        messages = [e.message for e in db.scalars(select(JobEvent).where(JobEvent.job_id == running))]
+    assert messages == ["cancelled: the runner did not stop within 5 s and was ended"]

@@ -10,9 +10,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
 from api.app import create_app
-from api.db import IdempotencyKey, Job
-from api.job_store import create_job
 from mol_engine.spec import JobSpec
+from store.db import IdempotencyKey, Job
+from store.jobs import create_job
 
 DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(5))
 QA = json.dumps({"question": "What is 1 plus 1?", "answer": "2"}) + "\n"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from api.db import Dataset, Job, JobEvent, MetricPoint, utcnow
+from store.db import Dataset, Job, JobEvent, MetricPoint, utcnow
 
 
 def add_job(client, name: str = "job", status: str = "succeeded", method: str = "mol", owner: str = "alice",

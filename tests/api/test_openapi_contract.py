@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
-from api.settings import Settings
+from store.settings import Settings
 from tests.api.conftest import TOKENS
 
 ERROR_SCHEMA = {"$ref": "#/components/schemas/ErrorOut"}
@@ -67,9 +67,10 @@ def seed_objects(app) -> dict[str, str]:
     non-finite), an event and a checkpoint."""
     from fastapi.testclient import TestClient
 
-    from api.db import Job, JobEvent, MetricPoint, utcnow
-    from api.webhooks import create_endpoint, record_job_event_for_webhooks
+    from api.webhooks import create_endpoint
     from mol_engine.checkpoint import STATE_FILE
+    from store.db import Job, JobEvent, MetricPoint, utcnow
+    from store.webhook_outbox import record_job_event_for_webhooks
 
     with TestClient(app) as client:
         made = client.post("/v1/datasets", headers=AUTH, data={"purpose": "domain"},

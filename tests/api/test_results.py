@@ -172,15 +172,20 @@ def test_a_diverging_job_fails_with_a_clear_reason_and_its_curves_stay_json(clie
 
 
 def test_non_finite_metrics_are_stored_and_streamed_as_null(client, auth, finished_job, settings):
-    from worker.runner import DatabaseRecorder, finish
+    from store.db import Job
+    from store.jobs import acquire_lease, finish
+    from worker.runner import DatabaseRecorder
 
     job_id = finished_job()
     sessions = client.app.state.services.sessions
+    with sessions.begin() as db:  # run it again, as a runner "test" would
+        db.get(Job, job_id).status = "queued"
+    assert acquire_lease(sessions, job_id, "test", lease_timeout_s=60)
     recorder = DatabaseRecorder(sessions, job_id, "test", heartbeat_s=60)
     recorder.on_metrics(5, {"eval/general_kl": float("nan"), "eval/domain_ppl": float("inf"), "train/lr": 0.1})
     recorder.on_event({"step": 5, "kind": "eval", "message": "m", "eta_s": float("-inf")})
     recorder.close()
-    finish(sessions, job_id, "succeeded")
+    assert finish(sessions, job_id, "succeeded", "test")
     response = client.get(f"/v1/jobs/{job_id}/metrics", headers=auth())
     assert response.status_code == 200
     assert strict_json(response.text)[-1] | {"seq": 0} == {"seq": 0, "step": 5, "eval/general_kl": None,

@@ -6,7 +6,7 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from api.settings import Settings
+from store.settings import Settings
 
 DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(5))
 QA = json.dumps({"question": "What is 1 plus 1?", "answer": "2"}) + "\n"
@@ -100,8 +100,8 @@ def test_app_startup_installs_the_redaction(settings, queued):
 
 def _finished_job_with_a_checkpoint(client, settings) -> str:
     """A succeeded job of alice's with a (tiny, fake) step-2 checkpoint, written straight to the store."""
-    from api.db import Job, utcnow
     from mol_engine.checkpoint import STATE_FILE
+    from store.db import Job, utcnow
 
     with client.app.state.services.sessions.begin() as db:
         job = Job(owner="alice", name="done", spec={"base_model": "tiny", "method": "mol"}, status="succeeded",

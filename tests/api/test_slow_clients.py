@@ -23,11 +23,11 @@ import pytest
 from api import tarball
 from api.app import create_app
 from api.auth import create_token
-from api.db import Job
 from api.routes import checkpoints
 from api.upload import BadUpload, receive_upload
 from api.upload_parts import receive_part
 from api.validation import inspect_dataset
+from store.db import Job
 from tests.live_server import serving
 
 POOL = 2  # connections in the pool, and no overflow: N + 5 slow clients are far more than it holds

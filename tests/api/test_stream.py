@@ -1,5 +1,5 @@
 """The SSE fan-out (api/stream.py): a subscriber whose backlog ends before the shared tail's first read still gets
-every row in between, once; and on PostgreSQL one job's events commit in seq order (api/db.py), so no stream
+every row in between, once; and on PostgreSQL one job's events commit in seq order (store/db.py), so no stream
 skips one."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select
 
-from api.db import Job, MetricPoint, init_db, make_engine
 from api.deps import Services
 from api.stream import Batch, JobTail, _messages
+from store.db import Job, MetricPoint, init_db, make_engine
 
 
 def test_rows_between_a_backlog_and_the_tails_start_are_sent_once(settings):
@@ -59,7 +59,7 @@ def test_on_postgresql_events_of_one_job_commit_in_seq_order(postgres_url):
     commits later: a stream never sees seq N+1 before seq N of one job."""
     from sqlalchemy import create_engine
 
-    from api.db import Base, JobEvent
+    from store.db import Base, JobEvent
 
     engine = create_engine(postgres_url)
     Base.metadata.drop_all(engine)

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from api.db import Job, MetricPoint
+from store.db import Job, MetricPoint
 
 DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(5))
 
@@ -117,7 +117,7 @@ def test_a_refused_enqueue_withdraws_the_jobs_not_queued(settings, base):
 def test_a_version_6_database_gains_the_sweeps(tmp_path):
     from sqlalchemy import inspect, select, text
 
-    from api.db import SCHEMA_VERSION, Base, SchemaVersion, init_db, make_engine
+    from store.db import SCHEMA_VERSION, Base, SchemaVersion, init_db, make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'mol.db'}")
     Base.metadata.create_all(engine)

@@ -9,9 +9,9 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from api.db import SideTask
 from api.routes.evaluations import celery_sender
 from mol_engine.task_eval import evaluate_task
+from store.db import SideTask
 from tests.api.conftest import tiny_job_spec, worker_task_in_process
 from worker.runner import run
 from worker.tasks import record_task_evaluation

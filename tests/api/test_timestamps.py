@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from api.db import WorkerSeen, utcnow
+from store.db import WorkerSeen, utcnow
 
 UTC_Z = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 LOOKS_LIKE_A_TIME = re.compile(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d")

@@ -13,10 +13,10 @@ import pytest
 from sqlalchemy import select, text, update
 from starlette.requests import ClientDisconnect
 
-from api.db import SCHEMA_VERSION, Base, Dataset, SchemaVersion, Upload, init_db, make_engine, utcnow
 from api.upload import _Receiver
 from api.upload_parts import MAX_PARTS, HiddenFile, assemble, receive_part
 from api.upload_state import missing_parts
+from store.db import SCHEMA_VERSION, Base, Dataset, SchemaVersion, Upload, init_db, make_engine, utcnow
 
 PART = 4096
 DATA = "".join(json.dumps({"text": f"document {i}: the river runs north under the stone bridge"}) + "\n"

@@ -18,9 +18,10 @@ from sqlalchemy import select, text
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from api.app import create_app
-from api.db import SCHEMA_VERSION, Base, Job, SchemaVersion, WebhookDelivery, init_db, make_engine, new_id
 from api.webhooks import new_secret, signed_headers
-from worker.runner import DatabaseRecorder, finish
+from store.db import SCHEMA_VERSION, Base, Job, SchemaVersion, WebhookDelivery, init_db, make_engine, new_id
+from store.jobs import finish
+from worker.runner import DatabaseRecorder
 
 RETRY_S = 0.2  # the wait before each retry in these tests (minutes in a deployment)
 
@@ -102,10 +103,13 @@ def client(settings, queued):
         yield c
 
 
+HOLDER = "w:1"  # the runner that holds the jobs add_job makes
+
+
 def add_job(client, owner="alice", status="running") -> str:
     with client.app.state.services.sessions.begin() as db:
         job = Job(id=new_id("job"), owner=owner, name="hooked", spec={"base_model": "tiny"}, max_steps=4,
-                  status=status, step=4)
+                  status=status, step=4, lease_owner=HOLDER)
         db.add(job)
     return job.id
 
@@ -130,7 +134,7 @@ def test_a_finished_job_is_posted_signed_to_each_endpoint_that_wants_it(client, 
     assert "secret" not in client.get("/v1/webhooks", headers=auth()).json()[0]  # shown once, when created
 
     job_id = add_job(client)
-    finish(client.app.state.services.sessions, job_id, "succeeded")
+    finish(client.app.state.services.sessions, job_id, "succeeded", HOLDER)
     (_, headers, body), = wait_for(lambda: hook.received)
 
     event = Webhook(endpoint["secret"]).verify(body, headers)  # raises unless the signature is right
@@ -145,7 +149,7 @@ def test_a_finished_job_is_posted_signed_to_each_endpoint_that_wants_it(client, 
 def test_a_receiver_failing_twice_gets_the_event_on_the_third_attempt_after_the_backoff(client, auth, receiver):
     hook = receiver([500, 503])
     endpoint = client.post("/v1/webhooks", headers=auth(), json={"url": hook.url, "events": ["job.failed"]}).json()
-    finish(client.app.state.services.sessions, add_job(client), "failed", "RuntimeError: out of memory")
+    finish(client.app.state.services.sessions, add_job(client), "failed", HOLDER, "RuntimeError: out of memory")
 
     (done,) = wait_for(lambda: [d for d in deliveries(client, auth, endpoint["id"]) if d["status"] == "succeeded"])
     assert done["attempts"] == 3 and [a["status_code"] for a in done["attempts_log"]] == [500, 503, 200]
@@ -187,10 +191,10 @@ def test_a_crossed_forgetting_budget_is_an_event_of_its_own(client, auth, receiv
 def test_a_slow_endpoint_holds_up_no_other_delivery(client, auth, receiver):
     slow, fast = receiver(delay_s=2), receiver()
     slow_id = client.post("/v1/webhooks", headers=auth(), json={"url": slow.url}).json()["id"]
-    finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    finish(client.app.state.services.sessions, add_job(client), "succeeded", HOLDER)
     wait_for(lambda: slow.received)  # its answer takes 2 s
     client.post("/v1/webhooks", headers=auth(), json={"url": fast.url, "events": ["job.failed"]})
-    finish(client.app.state.services.sessions, add_job(client), "failed", "RuntimeError")
+    finish(client.app.state.services.sessions, add_job(client), "failed", HOLDER, "RuntimeError")
     wait_for(lambda: fast.received, timeout_s=1.5)
     assert [d["attempts"] for d in deliveries(client, auth, slow_id)] == [0, 0]  # its first is still in flight
 
@@ -216,7 +220,7 @@ def test_another_owner_can_neither_see_nor_delete_an_endpoint_nor_get_its_events
     assert client.get(f"/v1/webhooks/{alices['id']}/deliveries", headers=auth("bob")).status_code == 404
     assert client.delete(f"/v1/webhooks/{alices['id']}", headers=auth("bob")).status_code == 404
 
-    finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    finish(client.app.state.services.sessions, add_job(client), "succeeded", HOLDER)
     wait_for(lambda: deliveries(client, auth, alices["id"]))
     assert deliveries(client, auth, bobs["id"], owner="bob") == []
     assert client.delete(f"/v1/webhooks/{alices['id']}", headers=auth()).status_code == 204
@@ -236,12 +240,12 @@ def test_one_owners_endpoints_that_never_answer_delay_no_other_owner(client, aut
     for i in range(20):  # the most one owner may have
         client.post("/v1/webhooks", headers=auth(), json={"url": f"{hanging.url}/{i}"}).raise_for_status()
     for _ in range(3):  # 60 deliveries that each hang until the 5 s timeout
-        finish(client.app.state.services.sessions, add_job(client), "succeeded")
+        finish(client.app.state.services.sessions, add_job(client), "succeeded", HOLDER)
     wait_for(lambda: len(hanging.accepted) >= 4)
     working = receiver()
     client.post("/v1/webhooks", headers=auth("bob"), json={"url": working.url}).raise_for_status()
     start = time.monotonic()
-    finish(client.app.state.services.sessions, add_job(client, owner="bob"), "succeeded")
+    finish(client.app.state.services.sessions, add_job(client, owner="bob"), "succeeded", HOLDER)
     wait_for(lambda: working.received, timeout_s=2)
     assert time.monotonic() - start < 2
     assert len(hanging.accepted) <= 4  # MOL_WEBHOOK_CONCURRENCY_PER_OWNER of alice's attempts at once, no more
@@ -256,7 +260,7 @@ def test_one_endpoints_deliveries_follow_each_other_without_waiting_a_poll_each(
     jobs = [add_job(client) for _ in range(20)]
     start = time.monotonic()
     for job in jobs:
-        finish(client.app.state.services.sessions, job, "succeeded")
+        finish(client.app.state.services.sessions, job, "succeeded", HOLDER)
     wait_for(lambda: len(hook.received) >= 20, timeout_s=15)
     assert time.monotonic() - start < 3.5
 
@@ -277,7 +281,7 @@ def test_an_endpoint_that_keeps_failing_cools_down_longer_each_time(client, auth
     settings.webhook_cooldown_s, settings.webhook_cooldown_max_s = 0.5, 0.75
     hook = receiver([500] * 10)
     endpoint = client.post("/v1/webhooks", headers=auth(), json={"url": hook.url}).json()
-    finish(client.app.state.services.sessions, add_job(client), "failed", "RuntimeError")
+    finish(client.app.state.services.sessions, add_job(client), "failed", HOLDER, "RuntimeError")
     (failed,) = wait_for(lambda: [d for d in deliveries(client, auth, endpoint["id"]) if d["status"] == "failed"])
     times = [moment for moment, _, _ in hook.received]
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
@@ -320,7 +324,7 @@ def test_a_host_name_resolving_to_loopback_is_refused_when_sent(client, auth, re
     hook = receiver()
     endpoint = client.post("/v1/webhooks", headers=auth(),
                            json={"url": hook.url.replace("127.0.0.1", "localhost")}).json()
-    finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    finish(client.app.state.services.sessions, add_job(client), "succeeded", HOLDER)
     (delivery,) = wait_for(lambda: [d for d in deliveries(client, auth, endpoint["id"]) if d["attempts"]])
     attempt = delivery["attempts_log"][0]
     assert attempt["outcome"] == "no_public_address" and attempt["status_code"] is None
@@ -347,7 +351,7 @@ def test_the_log_keeps_coarse_outcomes_that_tell_no_port_from_another(client, au
             "hanging": hanging.url, "failing": receiver([503] * 10).url}
     ids = {name: client.post("/v1/webhooks", headers=auth(), json={"url": url}).json()["id"]
            for name, url in urls.items()}
-    finish(client.app.state.services.sessions, add_job(client), "succeeded")
+    finish(client.app.state.services.sessions, add_job(client), "succeeded", HOLDER)
     first = {name: wait_for(lambda i=i: [d for d in deliveries(client, auth, i) if d["attempts"]])[0]["attempts_log"][0]
              for name, i in ids.items()}
     not_http.close()

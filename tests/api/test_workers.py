@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from sqlalchemy import select, text
 
-from api.db import SCHEMA_VERSION, Base, Job, SchemaVersion, WorkerSeen, init_db, make_engine, utcnow
+from store.db import SCHEMA_VERSION, Base, Job, SchemaVersion, WorkerSeen, init_db, make_engine, utcnow
 from tests.api.conftest import tiny_job_spec
 from worker.devices import describe_device
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import yaml
 
 from api.cli import build_parser
-from api.settings import Settings
+from store.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

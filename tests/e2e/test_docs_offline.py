@@ -10,7 +10,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from api.app import create_app
-from api.settings import Settings
+from store.settings import Settings
 from tests.e2e.test_dashboard import CHROMIUM, FLAGS, SHOTS
 from tests.live_server import serving
 

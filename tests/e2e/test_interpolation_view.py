@@ -11,8 +11,8 @@ from playwright.sync_api import expect
 from test_dashboard import FRONTEND, SHOTS, page  # noqa: F401  (page: the Chromium fixture)
 from test_sweep_view import live_api  # noqa: F401  (the live API fixture)
 
-from api.db import Job, JobEvent, MetricPoint, SideTask
 from api.routes import evaluations, interpolations
+from store.db import Job, JobEvent, MetricPoint, SideTask
 
 RULES = """
 globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [a, b] } };

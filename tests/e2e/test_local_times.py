@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 from playwright.sync_api import expect, sync_playwright
 
-from api.db import Job, JobEvent
+from store.db import Job, JobEvent
 from tests.e2e.test_dashboard import CHROMIUM, FLAGS
 from tests.e2e.test_docs_offline import base_url, docs_app  # noqa: F401 (fixtures: the API served by uvicorn)
 

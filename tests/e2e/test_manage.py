@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from test_dashboard import SHOTS, page  # noqa: F401  (page: the Chromium fixture)
 from test_sweep_view import live_api  # noqa: F401  (uvicorn in a thread, SQLite, token tok-a)
 
-from api.db import Job
+from store.db import Job
 
 DOCS = "".join(json.dumps({"text": f"Contract clause {i}: the tenant pays rent monthly."}) + "\n" for i in range(5))
 JOBS = [("legal mol", "mol", "succeeded"), ("legal cpt", "cpt", "succeeded"), ("news mol", "mol", "failed"),

@@ -13,8 +13,8 @@ from playwright.sync_api import expect
 from test_dashboard import FRONTEND, SHOTS, page  # noqa: F401  (page: the Chromium fixture)
 from test_sweep_view import crafted_sweep, live_api  # noqa: F401  (live_api: the API fixture)
 
-from api.db import Dataset, Job, WorkerSeen, utcnow
 from mol_engine.token_store import PREFIX, cache_root
+from store.db import Dataset, Job, WorkerSeen, utcnow
 
 RULES = """
 const { parseValues, gridOf, countLine } = await import(`${process.argv[1]}/views/sweeps.js`);

@@ -11,8 +11,8 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from api.app import create_app
-from api.db import Job
-from api.settings import Settings
+from store.db import Job
+from store.settings import Settings
 from tests.e2e.test_dashboard import CHROMIUM, FLAGS, SHOTS
 from tests.live_server import serving
 

@@ -12,8 +12,8 @@ from playwright.sync_api import expect
 from test_dashboard import FRONTEND, SHOTS, page  # noqa: F401  (page: the Chromium fixture)
 
 from api.app import create_app
-from api.db import Job, MetricPoint
-from api.settings import Settings
+from store.db import Job, MetricPoint
+from store.settings import Settings
 from tests.live_server import serving
 
 RULES = """

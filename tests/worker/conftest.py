@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.cli import worker_command, worker_env
-from api.settings import Settings
+from store.settings import Settings
 from tests.redis_db import claim_redis_db
 
 TOKEN = "tok-worker-tests"

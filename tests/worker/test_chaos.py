@@ -27,8 +27,8 @@ import redis
 import sqlalchemy
 
 from api.app import create_app
-from api.db import Base, Job, MetricPoint, init_db, make_engine
-from api.settings import Settings
+from store.db import Base, Job, MetricPoint, init_db, make_engine
+from store.settings import Settings
 from tests.live_server import serving
 from tests.worker.conftest import TOKEN
 

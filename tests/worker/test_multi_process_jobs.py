@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select, text
 
 from api.cli import main, worker_env
-from api.db import SCHEMA_VERSION, Base, SchemaVersion, WorkerSeen, init_db, make_engine
-from api.settings import Settings
-from worker.celery_app import make_celery
+from store.db import SCHEMA_VERSION, Base, SchemaVersion, WorkerSeen, init_db, make_engine
+from store.dispatch import celery_app
+from store.settings import Settings
 
 
 def status(api, job_id):
@@ -108,5 +108,5 @@ def test_a_worker_s_gpus_set_its_capacity_and_the_queues_it_consumes(capsys):
     assert worker_env(gpus="0,1,3") == {"CUDA_VISIBLE_DEVICES": "0,1,3", "MOL_WORKER_CAPACITY": "3"}
     assert worker_env(procs=2) == {"MOL_WORKER_CAPACITY": "2"} and worker_env() == {"MOL_WORKER_CAPACITY": "1"}
     assert main(["worker", "--gpus", "0,0"]) == 2 and "--gpus" in capsys.readouterr().err
-    queues = make_celery(Settings(worker_capacity=3)).conf.task_queues
+    queues = celery_app(Settings(worker_capacity=3)).conf.task_queues
     assert [q.name for q in queues] == ["mol-jobs", "mol-jobs-2", "mol-jobs-3", "mol-side"]

@@ -8,10 +8,10 @@ from datetime import timedelta
 import redis
 from sqlalchemy import Engine, event, select, update
 
-from api.db import Job, JobEvent, init_db, make_engine, utcnow
-from api.settings import Settings
+from store.db import Job, JobEvent, init_db, make_engine, utcnow
+from store.dispatch import job_sender
+from store.settings import Settings
 from worker import tasks
-from worker.queue import celery_enqueue
 
 
 def test_a_refused_resend_keeps_the_job_queued_for_the_next_pass(tmp_path):
@@ -39,7 +39,7 @@ def test_jobs_waiting_behind_a_long_one_are_sent_once_and_again_only_after_a_bro
     broker = redis.Redis.from_url(service_env["MOL_BROKER_URL"])  # flushed by service_env
     settings = Settings(home=tmp_path, broker_url=service_env["MOL_BROKER_URL"], lease_timeout_s=60)
     sessions = init_db(make_engine(settings.db_url))
-    enqueue = celery_enqueue(settings)  # the API's: real messages in Redis
+    enqueue = job_sender(settings)  # the API's: real messages in Redis
     waiting = {"job_a": 1, "job_b": 1, "job_c": 2}
     with sessions.begin() as db:  # a long job runs (its runner is this live process) while three wait
         db.add(Job(id="job_long", owner="a", name="a", spec={}, max_steps=1, status="running",
@@ -73,8 +73,8 @@ def test_the_filesystem_broker_is_read_too(tmp_path):
     with sessions.begin() as db:
         db.add(Job(id="job_fs", owner="a", name="a", spec={}, max_steps=1,
                    queued_at=utcnow() - timedelta(minutes=5)))
-    celery_enqueue(settings)("job_fs")
-    assert tasks.reconcile(settings, celery_enqueue(settings)) == []
+    job_sender(settings)("job_fs")
+    assert tasks.reconcile(settings, job_sender(settings)) == []
     assert len(list((settings.broker_dir / "out").glob("*.msg"))) == 1
 
 
@@ -105,7 +105,7 @@ def test_a_job_released_from_a_dead_lease_is_sent_at_once(tmp_path):
 
 
 def test_the_reconciler_releases_a_dead_lease_as_the_api_does(tmp_path):
-    """One transition (api.job_store.release_dead_leases): a pending cancel ends the job, a re-queue says why in a
+    """One transition (store.jobs.release_dead_leases): a pending cancel ends the job, a re-queue says why in a
     ``lease_lost`` event, and a heartbeat that lands between the reconciler's read and its write keeps the job."""
     settings = Settings(home=tmp_path, lease_timeout_s=60)
     sessions = init_db(make_engine(settings.db_url))

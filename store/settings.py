@@ -199,7 +199,7 @@ class Settings(BaseSettings):
         return {token.strip(): owner.strip() for owner, token in pairs if token.strip() and owner.strip()}
 
     def pool_options(self) -> dict[str, float]:
-        """make_engine's pool arguments (api/db.py)."""
+        """make_engine's pool arguments (store/db.py)."""
         return {"pool_size": self.db_pool_size, "max_overflow": self.db_max_overflow,
                 "pool_timeout_s": self.db_pool_timeout_s}
 

@@ -1,11 +1,18 @@
-"""Jobs in the database, for the routes: creating one (once per ``Idempotency-Key``), withdrawing one the
-broker never took, listing an owner's jobs a page at a time, and the state changes nobody's runner makes:
-cancelling, and releasing a job whose lease is dead.
+"""The job state machine, the one place a job's status changes, for the API and the workers alike.
 
-Each state change is one ``UPDATE ... WHERE`` on the state it was decided from (compare-and-set), so it cannot
-overwrite a change made meanwhile by a worker's lease (worker/runner.py ``acquire_lease``) or by another
-process: a cancel racing a lease ends either as cancelled-before-start or as a running job with
-``cancel_requested`` set, which its runner reads after every step.
+    queued --lease--> running --finish--> succeeded | failed | cancelled
+    queued --cancel--> cancelled                running --requeue / dead lease--> queued (resumes)
+    running --cancel--> running with cancel_requested (its runner stops at its next step), or cancelled at
+                        once when its lease is dead, or when its runner did not stop within the grace
+
+Each change is one ``UPDATE ... WHERE`` on the state it was decided from (compare-and-set), with its event in
+the same transaction (and its webhook outbox rows, store/webhook_outbox.py), so it cannot overwrite a change
+made meanwhile by another process: a cancel racing a lease ends either as cancelled-before-start or as a
+running job with ``cancel_requested`` set, which its runner reads after every step; a runner taken for dead
+cannot overwrite the state of the runner that took its job over (every runner change names its ``holder``).
+
+Here too: creating a job (once per ``Idempotency-Key``), withdrawing one the broker never took, listing an
+owner's jobs a page at a time, deleting an ended one.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from sqlalchemy import ColumnElement, Row, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -25,8 +32,13 @@ from mol_engine.spec import JobSpec
 
 from .db import IdempotencyKey, Job, JobEvent, MetricPoint, SideTask, new_id, utcnow
 from .leases import as_utc, lease_is_dead
-from .stream import FINAL
-from .webhooks import record_job_event_for_webhooks
+from .webhook_outbox import record_job_event_for_webhooks
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+STATUSES: tuple[str, ...] = get_args(JobStatus)
+ACTIVE = ("queued", "running")  # someone may still write to the job
+FINAL = ("succeeded", "failed", "cancelled")  # nobody will
+RunEnd = Literal["succeeded", "failed", "cancelled"]  # how a runner's run ends (the engine's result, or a failure)
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
 
@@ -252,6 +264,78 @@ def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> dict[
         if done:
             moved[job.id] = status
     return moved
+
+
+# --- the runner's changes: each names the runner (``holder``, host:pid) that holds the lease --------------------
+
+def acquire_lease(sessions: sessionmaker, job_id: str, holder: str, lease_timeout_s: float) -> bool:
+    """Whether ``holder`` took the job: it was queued, or running with a heartbeat older than ``lease_timeout_s``
+    (its runner taken for dead), and no cancel is pending. One compare-and-set; the attempt counts up."""
+    stale = utcnow() - timedelta(seconds=lease_timeout_s)
+    with sessions.begin() as db:
+        taken = db.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.cancel_requested.is_(False))
+            .where(or_(Job.status == "queued",
+                       (Job.status == "running") & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)))
+            .values(status="running", lease_owner=holder, heartbeat_at=utcnow(), attempt=Job.attempt + 1,
+                    started_at=utcnow())
+        ).rowcount
+    return taken == 1
+
+
+def renew_lease(sessions: sessionmaker, job_id: str, holder: str) -> bool:
+    """Whether ``holder`` still held the job's lease, whose heartbeat is now renewed."""
+    with sessions.begin() as db:
+        return db.execute(update(Job).where(Job.id == job_id, Job.lease_owner == holder)
+                          .values(heartbeat_at=utcnow())).rowcount == 1
+
+
+def finish(sessions: sessionmaker, job_id: str, status: RunEnd, holder: str, error: str | None = None,
+           stop_reason: str | None = None) -> bool:
+    """Whether the job ``holder`` holds ended as ``status`` (with a ``failed`` event carrying ``error``, and its
+    webhook); False when another runner took it over meanwhile (its state is theirs to write)."""
+    values = {"status": status, "error": error, "stop_reason": stop_reason, "finished_at": utcnow(),
+              "lease_owner": None}
+    with sessions.begin() as db:
+        if db.execute(update(Job).where(Job.id == job_id, Job.status == "running", Job.lease_owner == holder)
+                      .values(**values)).rowcount != 1:
+            return False
+        job = db.get(Job, job_id)
+        if error:
+            db.add(JobEvent(job_id=job_id, step=job.step, kind="failed", message=error, data={}))
+        record_job_event_for_webhooks(db, job, status)  # the outbox: sent by the API's dispatcher
+    return True
+
+
+def requeue(sessions: sessionmaker, job_id: str, holder: str, reason: str) -> bool:
+    """Whether the job ``holder`` holds went back to the queue, to resume from its last checkpoint (a rank died);
+    a ``requeued`` event says ``reason``."""
+    job = lease_view(sessions, job_id)
+    if job is None or job.lease_owner != holder:
+        return False
+    return _change(sessions, and_(_same_holder(job), Job.status == "running"), _requeued(), job,
+                   ("requeued", f"{reason}; resuming from the last checkpoint"))
+
+
+def end_cancelled_run(sessions: sessionmaker, job_id: str, holder: str, grace_s: float) -> bool:
+    """Whether the cancelled job whose runner ``holder`` did not stop within ``grace_s`` (and was ended by its
+    worker) is now ``cancelled``, with its event and webhook."""
+    job = lease_view(sessions, job_id)
+    if job is None or job.lease_owner != holder:
+        return False
+    return _change(sessions, and_(_same_holder(job), Job.status == "running", Job.cancel_requested), _ended(), job,
+                   ("cancelled", f"cancelled: the runner did not stop within {grace_s:g} s and was ended"))
+
+
+def mark_sent(sessions: sessionmaker, job_ids: list[str]) -> None:
+    """Record that the queued ``job_ids`` were handed to the broker now (the reconciler's grace counts from it)."""
+    with sessions.begin() as db:
+        db.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(queued_at=utcnow()))
+
+
+def _same_holder(job: Row) -> ColumnElement[bool]:
+    return and_(Job.id == job.id, Job.lease_owner == job.lease_owner)
 
 
 def send_job(enqueue: Callable[..., None], job_id: str, spec: dict[str, Any]) -> None:

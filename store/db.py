@@ -7,6 +7,7 @@ stepped forward by ``MIGRATIONS`` when it is older.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -174,7 +175,7 @@ class Job(Base):
 
 class IdempotencyKey(Base):
     """An ``Idempotency-Key`` a client sent with ``POST /v1/jobs``: the job it made and a hash of the request,
-    so a retry returns that job instead of making another (for ``api.job_store.IDEMPOTENCY_TTL``)."""
+    so a retry returns that job instead of making another (for ``store.jobs.IDEMPOTENCY_TTL``)."""
 
     __tablename__ = "idempotency_keys"
     owner: Mapped[str] = mapped_column(String(200), primary_key=True)
@@ -389,6 +390,13 @@ def open_database(url: str, **pool: float) -> sessionmaker:
             reason = reason.replace(where.password, "***")
         raise DatabaseUnreachable(f"cannot reach the database at {where.render_as_string(hide_password=True)}: "
                                   f"{reason}") from None
+
+
+@functools.cache
+def sessions_for(url: str) -> sessionmaker:
+    """This process's session factory for the database at ``url``: one engine (and its pool) per process, made
+    (and the schema checked) on first use, shared by every task a worker runs."""
+    return init_db(make_engine(url))
 
 
 def init_db(engine: Engine) -> sessionmaker:
