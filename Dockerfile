@@ -7,6 +7,7 @@ WORKDIR /app
 RUN pip install --no-cache-dir torch --index-url "$TORCH_INDEX"
 COPY pyproject.toml README.md ./
 COPY mol_engine ./mol_engine
+COPY store ./store
 COPY api ./api
 COPY worker ./worker
 COPY frontend ./frontend
