@@ -27,10 +27,12 @@ from .routes import (
     datasets,
     estimates,
     evaluations,
+    health,
     interpolations,
     job_files,
+    job_spec,
     jobs,
-    misc,
+    models,
     session,
     side_tasks,
     sweeps,
@@ -92,8 +94,8 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
     if settings.cors_origins:  # added last, so outermost: its headers go on the answers of the two above too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, evaluations,
-                   side_tasks, completions, webhooks, workers, job_files, estimates):
+    for module in (health, models, job_spec, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations,
+                   evaluations, side_tasks, completions, webhooks, workers, job_files, estimates):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

@@ -52,7 +52,7 @@ def register_demo_datasets(sessions, settings: Settings, owner: str, source=None
     from mol_engine.demo import DemoPaths
     from store.db import Dataset
 
-    from .validation import inspect_dataset
+    from .checks.dataset_contents import inspect_dataset
 
     link = settings.home / "demo"
     paths = source or DemoPaths.under(link)

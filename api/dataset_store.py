@@ -15,8 +15,8 @@ from mol_engine.data import DataError
 from store.db import Dataset, new_id
 from store.settings import Settings
 
+from .checks.dataset_contents import inspect_dataset
 from .upload import Received
-from .validation import inspect_dataset
 
 EXISTING_HEADER = "Mol-Existing-Dataset"  # on a 200 answering an upload of a file already stored: its dataset id
 

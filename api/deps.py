@@ -1,22 +1,20 @@
-"""Request dependencies: the services object, a database session, the calling owner."""
+"""Request dependencies: the services object, a database session, the calling owner, and the owner's job or
+dataset a route's path names (``OwnedJob``, ``OwnedDataset``: 404 for a missing row or another owner's)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Response
+from fastapi import Depends, HTTPException, Request
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from store.db import SideTask
+from store.db import Dataset, Job, is_id
 from store.settings import Settings
 
 from .auth import COOKIE, owner_of, token_revoked
-from .side_tasks import TooManyPending, request_side_task, withdraw_side_task
 
 
 @dataclass
@@ -120,35 +118,32 @@ def worker_task_sender(task_name: str) -> Callable[..., Callable[..., None]]:
     return sender
 
 
-@contextmanager
-def handing_to_workers(what: str, withdraw: Callable[[], bool]) -> Iterator[None]:
-    """Runs the block that gives the broker a request's work. When the broker refuses it (any client error:
-    connection refused, timeout, auth), ``withdraw()`` takes the request back and the answer is a 503 saying no
-    ``what`` was created; when ``withdraw()`` is False (a worker has started it already) the request stands."""
-    try:
-        yield
-    except Exception as err:  # any broker client error: kombu's OperationalError, redis' ConnectionError, OSError
-        if withdraw():
-            raise HTTPException(503, f"the job queue is unavailable ({type(err).__name__}); no {what} was created: "
-                                     "send the same request again later") from None
+def owned_job(db: Session, owner: str, job_id: str) -> Job:
+    """The owner's job ``job_id``; 404 when there is none or it is another owner's (the same answer: an id of
+    someone else's job says nothing). For routes that open sessions of their own; others take ``OwnedJob``."""
+    job = db.get(Job, job_id) if is_id(job_id) else None
+    if job is None or job.owner != owner:
+        raise HTTPException(404, f"job '{job_id}' not found")
+    return job
 
 
-def queue_side_task(svc: Services, owner: str, job_id: str, kind: str, params: dict[str, Any],
-                    send: Callable[..., None], response: Response) -> SideTask:
-    """The owner's side task ``kind`` of ``job_id`` with ``params``: the same request made earlier, still pending
-    or done (the answer becomes a 200), else a new one given to the workers as ``send(job_id, *params.values(),
-    side_task_id)``. 429 naming the limit past the owner's cap; 503 when the broker refuses (nothing recorded)."""
-    limit = svc.settings.side_tasks_per_owner
-    try:
-        task, new = request_side_task(svc.sessions, owner, job_id, kind, params, limit,
-                                      timedelta(hours=svc.settings.side_task_expiry_h))
-    except TooManyPending:
-        raise HTTPException(429, f"too many side tasks: you have {limit} interpolations and task evaluations "
-                                 f"queued or running, the most one owner may (MOL_SIDE_TASKS_PER_OWNER = {limit}); "
-                                 "send it again once one has ended") from None
-    if not new:
-        response.status_code = 200
-        return task
-    with handing_to_workers(kind.replace("-", " "), lambda: withdraw_side_task(svc.sessions, task.id)):
-        send(job_id, *params.values(), task.id)
-    return task
+def owned_dataset(db: Session, owner: str, dataset_id: str) -> Dataset:
+    """The owner's dataset ``dataset_id``; 404 when there is none or it is another owner's."""
+    dataset = db.get(Dataset, dataset_id) if is_id(dataset_id) else None
+    if dataset is None or dataset.owner != owner:
+        raise HTTPException(404, f"dataset '{dataset_id}' not found")
+    return dataset
+
+
+def path_job(job_id: str, owner: Owner, db: DB) -> Job:
+    """The job the path's ``{job_id}`` names, the caller's own."""
+    return owned_job(db, owner, job_id)
+
+
+def path_dataset(dataset_id: str, owner: Owner, db: DB) -> Dataset:
+    """The dataset the path's ``{dataset_id}`` names, the caller's own."""
+    return owned_dataset(db, owner, dataset_id)
+
+
+OwnedJob = Annotated[Job, Depends(path_job)]
+OwnedDataset = Annotated[Dataset, Depends(path_dataset)]

@@ -14,7 +14,7 @@ from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 from starlette.requests import Request
 
-from .validation import filename_problem, text_problem
+from .checks.names import filename_problem, text_problem
 
 MAX_FORM_BYTES = 64 * 1024  # part headers and text fields, which are held in memory, of one request
 # What a multipart request may hold besides its file: MAX_FORM_BYTES, and as much again for the boundary lines

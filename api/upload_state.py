@@ -17,9 +17,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from store.db import Dataset, Upload, UploadPart, is_id, utcnow
 from store.settings import Settings
 
+from .checks.names import name_problem
 from .schemas import UploadIn
 from .upload_parts import Part
-from .validation import name_problem
 
 
 class Room(NamedTuple):

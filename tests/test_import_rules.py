@@ -52,3 +52,41 @@ def test_the_rule_reader_sees_relative_and_function_level_imports(tmp_path, monk
     monkeypatch.setattr(__import__(__name__, fromlist=["ROOT"]), "ROOT", tmp_path)
     assert breaches("worker") == ["worker/bad.py:2 imports api"]
     assert imported_packages(tmp_path / "mol_engine" / "demo" / "bad.py") == {("store", 1), ("mol_engine", 2)}
+
+
+def route_module_imports(path: Path) -> list[str]:
+    """``MODULE:LINE imports TARGET`` for each import in the route module at ``path`` of another route module: a
+    sibling (``from .jobs``, ``from . import jobs``), ``from ..routes`` or ``api.routes`` (at any level)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names if alias.name.startswith("api.routes")]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            sibling = node.level == 1
+            parent = node.level == 2 and (module == "routes" or module.startswith("routes."))
+            absolute = node.level == 0 and (module == "api.routes" or module.startswith("api.routes."))
+            targets = [("." * node.level) + module] if sibling or parent or absolute else []
+        else:
+            continue
+        found += [f"{path.relative_to(ROOT)}:{node.lineno} imports {target}" for target in targets]
+    return found
+
+
+def test_no_route_module_imports_another():
+    """Routes stay HTTP only: what two routes share lives in api/services/ or api/deps.py, never in a route module
+    that another imports."""
+    assert [line for path in sorted((ROOT / "api" / "routes").glob("*.py")) for line in route_module_imports(path)] \
+        == []
+
+
+def test_the_route_rule_reader_sees_siblings_and_absolute_imports(tmp_path):
+    bad = tmp_path / "api" / "routes" / "bad.py"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("from .jobs import owned_job\nfrom . import datasets\nfrom ..routes.checkpoints import x\n"
+                   "def f():\n    import api.routes.misc\nfrom ..deps import Owner\nfrom ..services.models import y\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(__import__(__name__, fromlist=["ROOT"]), "ROOT", tmp_path)
+        assert route_module_imports(bad) == [
+            "api/routes/bad.py:1 imports .jobs", "api/routes/bad.py:2 imports .",
+            "api/routes/bad.py:3 imports ..routes.checkpoints", "api/routes/bad.py:5 imports api.routes.misc"]

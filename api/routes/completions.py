@@ -18,96 +18,33 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from mol_engine.budget import BEST_NAME, best_checkpoint_dir
-from mol_engine.checkpoint_layout import checkpoint_dirs
 from mol_engine.generate import (
     Completion,
     GenerationError,
     LoadedModel,
-    ModelSource,
     Sampling,
     chat_prompt,
     encode_prompt,
     generate,
 )
-from store.db import Job, is_id
-from store.models import available_models, model_type
 from store.settings import Settings
 
 from ..deps import StreamOwner, Svc
 from ..model_cache import Serving, serving_of
+from ..openai_errors import openai_error, openai_errors
 from ..owner_limits import OwnerBusy, Slot
-from ..schemas import SSE, ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, ModelOut, errors
-from .checkpoints import resolve_name
+from ..schemas import SSE, ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, errors
+from ..services.models import resolve_model
 
 router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 409, 422, 429))
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 1  # an owner's generations end within seconds (MOL_MAX_COMPLETION_TOKENS): soon worth a retry
 GENERATION_FAILED = "the generation failed on the server (its log has the error)"  # the error itself is not shown
-
-
-def checkpoint_path(settings: Settings, job_id: str, name: str) -> Path | None:
-    """The directory of the job's checkpoint called ``name`` (``step-N``, or ``best`` as the download route takes
-    it: 409 while the job has none), or None when there is none."""
-    run_dir = settings.runs_dir / job_id
-    name = resolve_name(run_dir, name)
-    return next((p for p in checkpoint_dirs(run_dir) if p.name == name), None)
-
-
-def resolve_model(svc, owner: str, model_id: str) -> ModelSource:
-    """What ``model_id`` names for ``owner``: a base model, or a checkpoint of one of the owner's jobs (with the
-    job's base model, which a LoRA adapter loads on); 404 for anything else, another owner's checkpoint included."""
-    models = available_models(svc.settings)
-    if model_id in models:
-        return ModelSource(models[model_id])
-    job_id, _, name = model_id.partition(":")
-    with svc.sessions() as db:
-        job = db.get(Job, job_id) if is_id(job_id) else None
-        owned = job is not None and job.owner == owner
-        base_id = job.spec.get("base_model") if owned else None
-    path = checkpoint_path(svc.settings, job_id, name) if owned else None
-    if path is None:
-        raise HTTPException(404, f"model: '{model_id}' not found: a base model id (GET /v1/models) or a checkpoint "
-                                 f"id '<job_id>:step-N' of one of your jobs")
-    return ModelSource(path, models.get(base_id))
-
-
-def checkpoint_models(svc, owner: str) -> list[ModelOut]:
-    """The owner's checkpoints as completion models, ``<job_id>:<name>``, newest first (by job, then by step), each
-    job's ``best`` (when it has one) before its steps; each names its job (``job_name``) for people to pick by."""
-    with svc.sessions() as db:
-        jobs = db.query(Job.id, Job.name, Job.spec).filter(Job.owner == owner).order_by(Job.created_at.desc()).all()
-    models = available_models(svc.settings)
-    listed = []
-    for job_id, job_name, spec in jobs:
-        base, run_dir = models.get(spec.get("base_model")), svc.settings.runs_dir / job_id
-        best = best_checkpoint_dir(run_dir)
-        named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(checkpoint_dirs(run_dir))]
-        listed += [checkpoint_model(f"{job_id}:{name}", path, base, owner, job_name) for name, path in named]
-    return listed
-
-
-def checkpoint_model(model_id: str, path: Path, base: Path | None, owner: str,
-                     job_name: str | None = None) -> ModelOut:
-    """The model object of checkpoint ``path`` (of the job ``job_name`` on ``base``, None when that is gone) listed
-    as ``model_id`` (``<job_id>:best`` or ``<job_id>:step-N``)."""
-    return ModelOut(id=model_id, created=mtime_s(path), owned_by=owner,
-                    model_type=model_type(base) if base is not None else None, kind="checkpoint", job_name=job_name,
-                    checkpoint=model_id.rsplit(":", 1)[-1], step=int(path.name.removeprefix("step-")))
-
-
-def mtime_s(path: Path) -> int:
-    """When ``path`` was last written, in Unix seconds (0 when it cannot be read)."""
-    try:
-        return int(path.stat().st_mtime)
-    except OSError:
-        return 0
 
 
 class Running:
@@ -310,23 +247,6 @@ async def sse(running: Running, shape: Shape, head: dict) -> AsyncIterator[str]:
 
 def _data(chunk: dict) -> str:
     return f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n"
-
-
-async def openai_errors(answering):
-    """What ``answering`` answers, or its HTTPException as :func:`openai_error`."""
-    try:
-        return await answering
-    except HTTPException as err:
-        return openai_error(err)
-
-
-def openai_error(err: HTTPException) -> JSONResponse:
-    """The error in the API's shape (``detail``) and in OpenAI's (``error.message``, which its clients show)."""
-    kind = {404: "not_found_error", 429: "rate_limit_error", 500: "server_error"}.get(err.status_code,
-                                                                                    "invalid_request_error")
-    return JSONResponse({"detail": err.detail, "error": {"message": err.detail, "type": kind, "param": None,
-                                                          "code": err.status_code}}, status_code=err.status_code,
-                        headers=err.headers)
 
 
 STREAMED = {200: {"content": SSE, "description": "JSON, or with `stream: true` SSE chunks ending `data: [DONE]`"}}

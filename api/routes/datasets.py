@@ -14,14 +14,16 @@ from sqlalchemy import select
 
 from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.token_store import cache_root
-from store.db import Dataset, Job, is_id
+from store.db import Dataset, Job
 from store.jobs import ACTIVE
 
+from ..checks.job_references import dataset_refs
+from ..checks.names import name_problem
 from ..dataset_store import EXISTING_HEADER, keep_dataset, owns_file
-from ..deps import DB, Owner, StreamOwner, Svc
+from ..deps import DB, OwnedDataset, Owner, StreamOwner, Svc
 from ..schemas import DATASET_FORM, DatasetOut, DatasetPreview, PreviewDocument, errors
+from ..services.datasets import mark_existing
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
-from ..validation import dataset_refs, name_problem
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
 PREVIEW_CHARS = 4000  # of each document a preview shows
@@ -60,34 +62,20 @@ async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc, respons
     return dataset
 
 
-def mark_existing(response: Response, dataset: Dataset) -> None:
-    """Answer 200 with the header naming it: the upload's file was stored before as ``dataset``."""
-    response.status_code = 200
-    response.headers[EXISTING_HEADER] = dataset.id
-
-
 @router.get("", response_model=list[DatasetOut])
 def list_datasets(owner: Owner, db: DB) -> list[Dataset]:
     return list(db.scalars(select(Dataset).where(Dataset.owner == owner).order_by(Dataset.created_at.desc())))
 
 
-def owned_dataset(db, owner: str, dataset_id: str) -> Dataset:
-    dataset = db.get(Dataset, dataset_id) if is_id(dataset_id) else None
-    if dataset is None or dataset.owner != owner:
-        raise HTTPException(404, f"dataset '{dataset_id}' not found")
+@router.get("/{dataset_id}", response_model=DatasetOut, responses=errors(404))
+def get_dataset(dataset_id: str, dataset: OwnedDataset) -> Dataset:
     return dataset
 
 
-@router.get("/{dataset_id}", response_model=DatasetOut, responses=errors(404))
-def get_dataset(dataset_id: str, owner: Owner, db: DB) -> Dataset:
-    return owned_dataset(db, owner, dataset_id)
-
-
 @router.get("/{dataset_id}/preview", response_model=DatasetPreview, responses=errors(404, 409))
-def preview_dataset(dataset_id: str, owner: Owner, db: DB, n: PreviewCount = 5) -> DatasetPreview:
+def preview_dataset(dataset_id: str, dataset: OwnedDataset, db: DB, n: PreviewCount = 5) -> DatasetPreview:
     """The dataset's stats and its first ``n`` documents, each cut to PREVIEW_CHARS; read as a stream, so memory
     stays bounded by one document whatever the file's size."""
-    dataset = owned_dataset(db, owner, dataset_id)
     db.close()
     try:
         texts = list(islice(documents_of(Path(dataset.path), dataset.purpose), n))
@@ -114,9 +102,8 @@ def documents_of(path: Path, purpose: str) -> Iterator[str]:
 
 
 @router.delete("/{dataset_id}", status_code=204, responses=errors(403, 404, 409))
-def delete_dataset(dataset_id: str, owner: Owner, db: DB, svc: Svc) -> None:
+def delete_dataset(dataset_id: str, dataset: OwnedDataset, owner: Owner, db: DB, svc: Svc) -> None:
     """Deletes the dataset, and its file and token stores when the store made them (not the demo's own)."""
-    dataset = owned_dataset(db, owner, dataset_id)
     active = db.scalars(select(Job).where(Job.owner == owner, Job.status.in_(ACTIVE))).all()
     users = [job.id for job in active if dataset_id in dataset_refs(job.spec)]
     if users:

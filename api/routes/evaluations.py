@@ -11,58 +11,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response
-from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from store.db import Job, JobEvent
 from store.dispatch import EVALUATE_TASK
 from store.models import available_models
 
-from ..deps import DB, Owner, Svc, queue_side_task, worker_task_sender
-from ..schemas import UtcDatetime, errors
-from .checkpoints import resolve_name
-from .datasets import owned_dataset
-from .jobs import owned_job
+from ..deps import DB, OwnedJob, Owner, Svc, owned_dataset, worker_task_sender
+from ..schemas import TaskEvaluationIn, TaskEvaluationOut, TaskEvaluationQueued, errors
+from ..services.checkpoints import resolve_checkpoint_name
+from ..services.handover import queue_side_task
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/evaluations", tags=["evaluations"], responses=errors(401, 404, 422))
 EVENT_KIND = "task-evaluation"
 BASE = "base"
-MAX_MODELS = 50
 
 Send = Callable[[str, str, list[str], str], None]  # (job id, task dataset id, model names, side task id) -> queued
-
-
-class TaskEvaluationIn(BaseModel):
-    """Which task to score, on which of the job's models."""
-
-    task: str = Field(description="id of a dataset uploaded with purpose 'task'")
-    checkpoints: list[Annotated[str, Field(pattern=r"^(base|best|step-\d{1,9})$")]] | None = Field(
-        None, min_length=1, max_length=MAX_MODELS,
-        description="'base', 'best' or 'step-N' each; default every checkpoint the job keeps, and the base")
-
-
-class TaskEvaluationQueued(BaseModel):
-    id: str = Field(description="the side task: the same request while it is pending or done answers it again")
-    job_id: str
-    task: str
-    checkpoints: list[str]
-    status: Literal["queued", "running", "done"] = "queued"
-
-
-class TaskEvaluationOut(BaseModel):
-    """One task evaluation of a job: a row per model (``checkpoint``, ``acc``, ``acc_norm`` or ``exact_match``,
-    ``n``, or its ``error``), or why it failed as a whole."""
-
-    task: str
-    filename: str | None
-    kind: str | None
-    checkpoints: list[str]
-    rows: list[dict[str, Any]] | None
-    error: str | None
-    created_at: UtcDatetime
 
 
 celery_sender = worker_task_sender(EVALUATE_TASK)  # queues ``mol.evaluate_task`` on the side tasks' queue
@@ -72,9 +39,8 @@ Sender = Annotated[Send, Depends(celery_sender)]
 @router.post("", status_code=202, response_model=TaskEvaluationQueued,
              responses={200: {"model": TaskEvaluationQueued, "description": "the same request, pending or done"}}
              | errors(400, 409, 429, 503))
-def request_task_evaluation(job_id: str, body: TaskEvaluationIn, owner: Owner, db: DB, svc: Svc, send: Sender,
-                            response: Response) -> TaskEvaluationQueued:
-    job = owned_job(db, owner, job_id)
+def request_task_evaluation(job_id: str, body: TaskEvaluationIn, job: OwnedJob, owner: Owner, db: DB, svc: Svc,
+                            send: Sender, response: Response) -> TaskEvaluationQueued:
     dataset = owned_dataset(db, owner, body.task)
     if dataset.purpose != "task":
         raise HTTPException(422, f"task: dataset '{body.task}' was uploaded for '{dataset.purpose}', not 'task'")
@@ -94,7 +60,7 @@ def model_names(job: Job, run_dir: Path, asked: list[str] | None) -> list[str]:
         from mol_engine.checkpoint import checkpoint_dirs  # imports torch: not at the API's start
 
         return [BASE] + [path.name for path in checkpoint_dirs(run_dir)]
-    names = list(dict.fromkeys(name if name == BASE else resolve_name(run_dir, name) for name in asked))
+    names = list(dict.fromkeys(name if name == BASE else resolve_checkpoint_name(run_dir, name) for name in asked))
     for name in names:
         path = run_dir / "checkpoints" / name
         if name != BASE and not path.is_dir():
@@ -105,8 +71,7 @@ def model_names(job: Job, run_dir: Path, asked: list[str] | None) -> list[str]:
 
 
 @router.get("", response_model=list[TaskEvaluationOut])
-def list_task_evaluations(job_id: str, owner: Owner, db: DB) -> list[TaskEvaluationOut]:
-    owned_job(db, owner, job_id)
+def list_task_evaluations(job_id: str, _job: OwnedJob, db: DB) -> list[TaskEvaluationOut]:
     events = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == EVENT_KIND)
                         .order_by(JobEvent.seq))
     return [task_evaluation_out(e.data or {}, e.created_at) for e in events]

@@ -10,59 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response
-from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
-from mol_engine.interpolate import DEFAULT_ALPHAS, MAX_ALPHAS, check_alphas
 from store.db import JobEvent
 from store.dispatch import INTERPOLATE_TASK
 
-from ..deps import DB, Owner, Svc, queue_side_task, worker_task_sender
-from ..schemas import UtcDatetime, errors
-from .checkpoints import resolve_name
-from .jobs import owned_job
+from ..deps import DB, OwnedJob, Owner, Svc, worker_task_sender
+from ..schemas import InterpolationIn, InterpolationOut, InterpolationQueued, errors
+from ..services.checkpoints import resolve_checkpoint_name
+from ..services.handover import queue_side_task
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/interpolations", tags=["interpolations"],
                    responses=errors(401, 404, 422))
 EVENT_KIND = "interpolation"
 
 Send = Callable[[str, str, list[float], str], None]  # (job id, checkpoint name, alphas, side task id) -> queued
-
-
-class InterpolationIn(BaseModel):
-    """Which checkpoint to interpolate with the base, and at which α."""
-
-    checkpoint: str = Field("best", pattern=r"^(best|step-\d{1,9})$", description="'step-N' or 'best'")
-    alphas: list[float] = Field(list(DEFAULT_ALPHAS), min_length=1, max_length=MAX_ALPHAS,
-                                description=f"θ(α) = (1−α)·base + α·checkpoint, each α in [0, 1], at most "
-                                            f"{MAX_ALPHAS}")
-
-    @field_validator("alphas")
-    @classmethod
-    def _within_0_1(cls, alphas: list[float]) -> list[float]:
-        return check_alphas(alphas)  # the engine's rule: InterpolationError is a ValueError, so a 422
-
-
-class InterpolationQueued(BaseModel):
-    id: str = Field(description="the side task: the same request while it is pending or done answers it again")
-    job_id: str
-    checkpoint: str
-    alphas: list[float]
-    status: Literal["queued", "running", "done"] = "queued"
-
-
-class InterpolationOut(BaseModel):
-    """One interpolation of a job: its rows (``alpha``, ``domain_ppl``, ``general_kl``...) or why it failed."""
-
-    checkpoint: str
-    step: int
-    alphas: list[float]
-    rows: list[dict[str, float]] | None
-    error: str | None
-    created_at: UtcDatetime
 
 
 celery_sender = worker_task_sender(INTERPOLATE_TASK)  # queues ``mol.interpolate`` on the side tasks' queue
@@ -72,12 +37,11 @@ Sender = Annotated[Send, Depends(celery_sender)]
 @router.post("", status_code=202, response_model=InterpolationQueued,
              responses={200: {"model": InterpolationQueued, "description": "the same request, pending or done"}}
              | errors(400, 409, 429, 503))
-def request_interpolation(job_id: str, body: InterpolationIn, owner: Owner, db: DB, svc: Svc, send: Sender,
-                          response: Response) -> InterpolationQueued:
-    owned_job(db, owner, job_id)
+def request_interpolation(job_id: str, body: InterpolationIn, _job: OwnedJob, owner: Owner, db: DB, svc: Svc,
+                          send: Sender, response: Response) -> InterpolationQueued:
     db.close()  # the rest runs in short sessions of its own
     run_dir = svc.settings.runs_dir / job_id
-    name = resolve_name(run_dir, body.checkpoint)  # 'best' before any evaluation: 409
+    name = resolve_checkpoint_name(run_dir, body.checkpoint)  # 'best' before any evaluation: 409
     if not (run_dir / "checkpoints" / name).is_dir():
         raise HTTPException(404, f"checkpoint '{body.checkpoint}' not found")
     task = queue_side_task(svc, owner, job_id, EVENT_KIND, {"checkpoint": name, "alphas": body.alphas}, send,
@@ -86,8 +50,7 @@ def request_interpolation(job_id: str, body: InterpolationIn, owner: Owner, db: 
 
 
 @router.get("", response_model=list[InterpolationOut])
-def list_interpolations(job_id: str, owner: Owner, db: DB) -> list[InterpolationOut]:
-    owned_job(db, owner, job_id)
+def list_interpolations(job_id: str, _job: OwnedJob, db: DB) -> list[InterpolationOut]:
     events = db.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.kind == EVENT_KIND)
                         .order_by(JobEvent.seq))
     return [interpolation_out(e.step, e.data or {}, e.created_at) for e in events]

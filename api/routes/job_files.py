@@ -13,12 +13,11 @@ from mol_engine.trackers import OUTPUT_DIRS
 from store.dataset_names import relabel, stored_names
 from store.jobs import FINAL
 
-from ..deps import DB, Owner, StreamOwner, Svc, revocation_check
+from ..deps import DB, OwnedJob, Owner, StreamOwner, Svc, owned_job, revocation_check
 from ..disk import tree_bytes
 from ..job_log import OffsetPastEnd, read_log
 from ..schemas import TARBALL, JobLogOut, TrackerOut, errors
 from ..tarball import TarGzResponse
-from .jobs import owned_job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=errors(401, 404, 422))
 Offset = Annotated[int | None, Query(ge=0, le=2**53, description=(
@@ -30,11 +29,10 @@ VIEW = {"tensorboard": "tensorboard --logdir {folder}", "mlflow": "mlflow ui --b
 
 
 @router.get("/log", response_model=JobLogOut)
-def job_log(job_id: str, owner: Owner, db: DB, svc: Svc, offset: Offset = None) -> JobLogOut:
+def job_log(job_id: str, job: OwnedJob, owner: Owner, db: DB, svc: Svc, offset: Offset = None) -> JobLogOut:
     """The job's log from ``offset`` (its runner's progress lines, events, warnings and tracebacks, and its
     worker's lines about each attempt), at most ``MOL_JOB_LOG_CHUNK_KB``; dataset paths show as the owner's file
     names. Follow it by asking again from ``next_offset``. 422 for an offset past the log's end."""
-    job = owned_job(db, owner, job_id)
     ended, labels = job.status in FINAL, stored_names(db, owner)
     db.close()
     settings = svc.settings
@@ -53,10 +51,9 @@ def tracker_folders(run_dir: Path) -> dict[str, Path]:
 
 
 @router.get("/trackers", response_model=list[TrackerOut])
-def list_trackers(job_id: str, owner: Owner, db: DB, svc: Svc) -> list[TrackerOut]:
+def list_trackers(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> list[TrackerOut]:
     """The folders the job's trackers (its spec's ``report_to``) wrote in its run directory; none for a tracker
     that logs elsewhere (``MLFLOW_TRACKING_URI`` or ``WANDB_MODE=online`` set on the worker)."""
-    owned_job(db, owner, job_id)
     db.close()
     found = tracker_folders(svc.settings.runs_dir / job_id)
     return [TrackerOut(name=name, folder=path.name, bytes=tree_bytes(path),

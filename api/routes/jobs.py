@@ -8,26 +8,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from mol_engine.spec import JobSpec, Method, format_validation_error
 from store import jobs
-from store.db import MAX_SEQ, Dataset, Job, JobEvent, MetricPoint, is_id
-from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs, send_job, withdraw_job
-from store.models import available_models
-from store.settings import Settings
+from store.db import MAX_SEQ, Job, JobEvent, MetricPoint, is_id
+from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs
 
-from ..deps import DB, Owner, Services, Svc, handing_to_workers
+from ..deps import DB, OwnedJob, Owner, Svc
 from ..disk import tree_bytes
 from ..schemas import SSE, EventOut, JobOut, JobPage, JobSummary, MetricPointOut, errors, json_body, utc_iso
+from ..services.handover import hand_to_workers
+from ..services.submission import submit_problems
 from ..stream import job_stream
-from ..validation import (
-    check_references,
-    demo_problem,
-    largest_nproc,
-    nproc_problem,
-    shape_problems,
-)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 # The database compares it with a 32-bit column: a larger one is a 422 naming it, not a 500
@@ -45,13 +37,6 @@ IdemKey = Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^
 
 def job_out(job: Job) -> JobOut:
     return JobOut.model_validate(job)
-
-
-def owned_job(db, owner: str, job_id: str) -> Job:
-    job = db.get(Job, job_id) if is_id(job_id) else None
-    if job is None or job.owner != owner:
-        raise HTTPException(404, f"job '{job_id}' not found")
-    return job
 
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=json_body(JobSpec),
@@ -79,24 +64,6 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
     return job_out(job)
 
 
-def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings) -> list[str]:
-    """Why ``spec`` cannot run for ``owner`` (a dataset not theirs or of the wrong purpose, an unknown model, a
-    seq_len beyond the model's context or a micro-batch too large, more processes than any worker has), one line
-    each: what POST /v1/jobs and POST /v1/sweeps check."""
-    owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
-    models = available_models(settings)
-    problems = check_references(spec, owned, models) + demo_problem(spec, settings)
-    problems += shape_problems(spec, models, settings.max_microbatch_tokens)
-    return problems + nproc_problem(spec.nproc, largest_nproc(db, settings))
-
-
-def hand_to_workers(svc: Services, job: Job) -> None:
-    """Enqueue ``job`` on the queue of its process count; when the broker refuses, withdraw the job (503) unless a
-    worker already started it. One-process jobs go to the default queue: an ``enqueue(job_id)`` serves them."""
-    with handing_to_workers("job", lambda: withdraw_job(svc.sessions, job.id)):
-        send_job(svc.enqueue, job.id, job.spec)
-
-
 @router.get("", response_model=JobPage)
 def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None, status: StatusIs = None,
               method: MethodIs = None, q: NameHas = None) -> JobPage:
@@ -113,16 +80,15 @@ def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None, s
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
-    out = job_out(owned_job(db, owner, job_id))
+def get_job(job_id: str, job: OwnedJob, svc: Svc) -> JobOut:
+    out = job_out(job)
     out.disk_bytes = tree_bytes(svc.settings.runs_dir / job_id)  # one job's directory: a walk of a few files
     return out
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(403, 404, 409))
-def cancel_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
+def cancel_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
     """Cancelled at once when nobody runs the job; a running one stops at its next step (api/jobs.py)."""
-    owned_job(db, owner, job_id)
     db.close()
     try:
         return job_out(jobs.cancel_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
@@ -131,10 +97,9 @@ def cancel_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> JobOut:
 
 
 @router.delete("/{job_id}", status_code=204, responses=errors(403, 404, 409))
-def delete_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> None:
+def delete_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> None:
     """Deletes an ended job: its row, metric points, events and run directory (checkpoints, logs). A queued or
     running job is a 409: cancel it first (POST .../cancel), so no worker writes to what is being removed."""
-    owned_job(db, owner, job_id)
     db.close()
     try:
         jobs.delete_job(svc.sessions, job_id)
@@ -146,8 +111,7 @@ def delete_job(job_id: str, owner: Owner, db: DB, svc: Svc) -> None:
 
 
 @router.get("/{job_id}/metrics", responses={200: {"model": list[MetricPointOut], "content": SSE}} | errors(404))
-def job_metrics(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: After = 0):
-    owned_job(db, owner, job_id)
+def job_metrics(job_id: str, _job: OwnedJob, db: DB, request: Request, svc: Svc, after: After = 0):
     if "text/event-stream" in request.headers.get("accept", ""):
         db.close()  # a stream may stay open for hours: give its connection back to the pool now
         return job_stream(request, svc, job_id, kinds=("metric",))
@@ -157,8 +121,7 @@ def job_metrics(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, a
 
 
 @router.get("/{job_id}/events", responses={200: {"model": list[EventOut], "content": SSE}} | errors(404))
-def job_events(job_id: str, owner: Owner, db: DB, request: Request, svc: Svc, after: After = 0):
-    owned_job(db, owner, job_id)
+def job_events(job_id: str, _job: OwnedJob, db: DB, request: Request, svc: Svc, after: After = 0):
     if "text/event-stream" in request.headers.get("accept", ""):
         db.close()
         return job_stream(request, svc, job_id, kinds=("metric", "event"))

@@ -7,33 +7,20 @@ A page (or script) that asked for one reads this until it is gone, then the resu
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
-from ..deps import DB, Owner, Svc
-from ..schemas import UtcDatetime, errors
+from ..deps import DB, OwnedJob, Svc
+from ..schemas import SideTaskOut, errors
 from ..side_tasks import pending_side_tasks
-from .jobs import owned_job
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/side-tasks", tags=["side tasks"], responses=errors(401, 404, 422))
 
 
-class SideTaskOut(BaseModel):
-    """A side task of a job, as the POST that queued it answered (its ``id``), with where it stands now."""
-
-    id: str
-    kind: Literal["interpolation", "task-evaluation"] = Field(description="what the worker computes")
-    status: Literal["queued", "running"]
-    created_at: UtcDatetime
-
-
 @router.get("", response_model=list[SideTaskOut])
-def list_pending_side_tasks(job_id: str, owner: Owner, db: DB, svc: Svc) -> list[SideTaskOut]:
+def list_pending_side_tasks(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> list[SideTaskOut]:
     """The job's side tasks queued or running, oldest first (one pending past ``MOL_SIDE_TASK_EXPIRY_H`` is taken
     for lost and not listed); an empty list once every result has landed."""
-    owned_job(db, owner, job_id)
     expiry = timedelta(hours=svc.settings.side_task_expiry_h)
     return [SideTaskOut(id=t.id, kind=t.kind, status=t.status, created_at=t.created_at)
             for t in pending_side_tasks(db, job_id, expiry)]

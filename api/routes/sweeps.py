@@ -28,7 +28,8 @@ from ..schemas import (
     SweepSummary,
     errors,
 )
-from .jobs import hand_to_workers, submit_problems
+from ..services.handover import hand_to_workers
+from ..services.submission import submit_problems
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=errors(401, 422))
 Limit = Annotated[int, Query(ge=1, le=200, description="sweeps listed, newest first")]

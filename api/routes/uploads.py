@@ -15,9 +15,9 @@ from .. import upload_state as state
 from ..dataset_store import EXISTING_HEADER, keep_dataset
 from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas import RAW_BODY, CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut, errors
+from ..services.datasets import mark_existing
 from ..upload import DiskFull
 from ..upload_parts import MAX_PARTS, TooLarge, assemble, receive_part
-from .datasets import mark_existing
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=errors(401, 422))
 Index = Annotated[int, Path(ge=0, lt=MAX_PARTS)]

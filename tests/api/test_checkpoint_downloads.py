@@ -16,7 +16,7 @@ import pytest
 from api.app import create_app
 from api.auth import create_token, revoke_tokens
 from api.disk import tree_bytes
-from api.routes import checkpoints
+from api.services import checkpoint_downloads
 from mol_engine.model_card import front_matter
 from tests.api.test_results import DOCS, finished_job  # noqa: F401  (the fixture that runs a job)
 from tests.api.test_slow_clients import WEIGHTS, add_checkpoint
@@ -84,7 +84,7 @@ def test_a_full_disk_while_merging_a_download_answers_507_and_leaves_no_export(c
         (out / "model-00001-of-00002.safetensors").write_bytes(b"\0" * 4096)
         raise next(failures)
 
-    monkeypatch.setattr(checkpoints, "export_checkpoint", export_checkpoint)
+    monkeypatch.setattr(checkpoint_downloads, "export_checkpoint", export_checkpoint)
     for _ in range(2):
         response = client.get(f"/v1/jobs/{job_id}/checkpoints/step-1/download", headers=auth())
         assert response.status_code == 507, response.text  # before the fix: the OSError, a 500

@@ -23,10 +23,10 @@ import pytest
 from api import tarball
 from api.app import create_app
 from api.auth import create_token
-from api.routes import checkpoints
+from api.checks.dataset_contents import inspect_dataset
+from api.services import checkpoint_downloads
 from api.upload import BadUpload, receive_upload
 from api.upload_parts import receive_part
-from api.validation import inspect_dataset
 from store.db import Job
 from tests.live_server import serving
 
@@ -164,7 +164,7 @@ def test_an_aborted_merged_download_leaves_no_thread_open_file_or_export(server,
         exported.append(out)
         return out
 
-    monkeypatch.setattr(checkpoints, "export_checkpoint", export_checkpoint)
+    monkeypatch.setattr(checkpoint_downloads, "export_checkpoint", export_checkpoint)
     exports = app.state.services.settings.exports_dir
     (stale := exports / "left-by-a-dead-process").mkdir(parents=True)
     os.utime(stale, (time.time() - 2 * 86400,) * 2)
@@ -173,7 +173,7 @@ def test_an_aborted_merged_download_leaves_no_thread_open_file_or_export(server,
     assert exported and exported[0].is_relative_to(exports)
     assert wait_for(lambda: list(exports.iterdir())) == []  # the merged model is gone, and the stale scratch
     assert wait_for(lambda: open_files_under(exports) + open_files_under(model)) == []
-    assert wait_for(lambda: threads_in(checkpoints.__file__) + threads_in(tarball.__file__)) == []
+    assert wait_for(lambda: threads_in(checkpoint_downloads.__file__) + threads_in(tarball.__file__)) == []
     assert tarball.PRODUCERS.borrowed_tokens == 0  # the download gave its producer thread back
 
     # read to the end: the whole tree comes back, and its scratch is removed too

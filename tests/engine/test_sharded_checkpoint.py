@@ -189,7 +189,8 @@ def test_the_api_download_gathers_the_shards(runs, tmp_path):
     """The checkpoint download tars an exported directory for a sharded checkpoint, never the weightless model/.
     (Here rather than in tests/api: the API test would need a torchrun of its own to make a sharded checkpoint.)"""
     from api.disk import tree_bytes
-    from api.routes.checkpoints import download_bytes, download_source
+    from api.services.checkpoint_downloads import download_source
+    from api.services.checkpoints import download_bytes
     from mol_engine.model_card import front_matter
 
     step = runs["two"] / "checkpoints" / "step-2"
