@@ -104,7 +104,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         _set_rng(load_file(_rng_file(path)))
         return state
     optimizer_state = _optimizer_state(load_file(path / "optimizer.safetensors"), state["optimizer_groups"])
-    if _is_sharded(model):
+    if _has_sharded_parameters(model):
         from .distributed import load_full_state
 
         weights = _adapter_weights(path / "model", model) if lora else _read_weights(path / "model")
@@ -403,7 +403,7 @@ def _adapter_weights(model_dir: Path, model: nn.Module) -> dict[str, torch.Tenso
     return {names[key]: tensor for key, tensor in saved.items()}
 
 
-def _is_sharded(model: nn.Module) -> bool:
+def _has_sharded_parameters(model: nn.Module) -> bool:
     """Whether FSDP sharded ``model``'s parameters (they are DTensors)."""
     from torch.distributed.tensor import DTensor
 

@@ -139,11 +139,6 @@ class DocumentReader:
             self.bytes_read = self.size * row // rows
 
 
-def read_documents(path: str | Path) -> list[str]:
-    """Every document of a (small) corpus file in memory; large corpora go through a token store instead."""
-    return list(DocumentReader(path))
-
-
 def iter_qa(path: str | Path, bad: BadLines | None = None) -> Iterator[QAPair]:
     """Question/answer pairs from a JSONL file with `question` and `answer` on every line, read incrementally
     (with ``bad``, bad lines are noted there and skipped)."""

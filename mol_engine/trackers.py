@@ -16,12 +16,11 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .callbacks import Callback
 
 log = logging.getLogger(__name__)
-Tracker = Literal["tensorboard", "mlflow", "wandb"]
 EXTRA = "pip install 'mol-studio[trackers]'"
 PACKAGE = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # the module each one imports
 # the folder each one writes in the run directory (wandb makes its own ``wandb`` folder in the directory it is given)

@@ -18,7 +18,7 @@ from mol_engine.callbacks import ConsoleLogger
 from store.db import Job, sessions_for
 from store.settings import Settings
 
-from .runner import DatabaseRecorder, dataset_labels, relabel, resolve_spec
+from .runner import DatabaseRecorder, owner_dataset_names, relabel, resolve_spec
 
 
 def lost_a_peer(err: BaseException) -> bool:
@@ -30,10 +30,11 @@ def lost_a_peer(err: BaseException) -> bool:
         word in text for word in ("gloo", "nccl", "connection closed", "connection reset", "broken pipe"))
 
 
-def write_report(path: Path, report: dict) -> None:
-    """Writes ``report`` to ``path`` in one step (the runner never reads half a file)."""
+def write_rank_result(path: Path, result: dict) -> None:
+    """Writes the main rank's ``result`` (its status, or its error) to ``path`` in one step, for the runner that
+    started the ranks (it never reads half a file)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report))
+    tmp.write_text(json.dumps(result))
     os.replace(tmp, path)
 
 
@@ -44,7 +45,7 @@ def main(job_id: str, lease_owner: str, report: Path) -> int:
     sessions = sessions_for(settings.db_url)
     with sessions() as db:
         job = db.get(Job, job_id)
-    labels = dataset_labels(sessions, job.owner)
+    labels = owner_dataset_names(sessions, job.owner)
     is_main = os.environ.get("RANK", "0") == "0"
     recorder = DatabaseRecorder(sessions, job_id, lease_owner, None, labels) if is_main else None
     try:
@@ -52,11 +53,11 @@ def main(job_id: str, lease_owner: str, report: Path) -> int:
         result = train(spec, settings.runs_dir / job_id, [recorder, ConsoleLogger()] if recorder else [], resume=True)
     except Exception as err:  # the runner decides: fail the job, or resume it when a peer was lost
         if is_main:
-            write_report(report, {"status": "error", "peer_lost": lost_a_peer(err),
+            write_rank_result(report, {"status": "error", "peer_lost": lost_a_peer(err),
                                   "error": relabel(f"{type(err).__name__}: {err}", labels)})
         raise
     if is_main:
-        write_report(report, {"status": result.status, "reason": result.reason})
+        write_rank_result(report, {"status": result.status, "reason": result.reason})
     return 0
 
 

@@ -143,7 +143,7 @@ def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpe
     return spec.resolve_paths(resolve)
 
 
-def dataset_labels(sessions: sessionmaker, owner: str) -> dict[str, str]:
+def owner_dataset_names(sessions: sessionmaker, owner: str) -> dict[str, str]:
     """Each of the owner's datasets as the server stores it -> as the owner knows it (store.dataset_names)."""
     with sessions() as db:
         return stored_names(db, owner)
@@ -169,7 +169,7 @@ def run(job_id: str, settings: Settings | None = None) -> str:
         job = db.get(Job, job_id)
     if job.attempt > settings.job_attempts:
         return _fail(sessions, job_id, holder, f"gave up after {settings.job_attempts} attempts")
-    labels = dataset_labels(sessions, job.owner)
+    labels = owner_dataset_names(sessions, job.owner)
     try:
         spec = resolve_spec(sessions, job, settings)
     except Exception as err:  # a dataset deleted since submit, a model gone

@@ -5,7 +5,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mol_engine.data import DataError, DocumentReader, read_documents, read_qa
+from mol_engine.data import DataError, DocumentReader, read_qa
+
+
+def read_documents(path) -> list[str]:
+    """Every document of a small corpus file, as the engine's streaming reader yields them."""
+    return list(DocumentReader(path))
 
 
 def test_reads_jsonl_txt_and_parquet(tmp_path):
