@@ -1,7 +1,7 @@
 """The OpenAPI document and its two readers, Swagger UI (/docs) and ReDoc (/redoc), served with no CDN.
 
 The document is FastAPI's, completed with what it cannot infer from signatures: the schemas of the bodies that
-routes validate themselves (api.schemas.SELF_VALIDATED_BODIES) and the bearer scheme of every route that can
+routes validate themselves (api.schemas.common.SELF_VALIDATED_BODIES) and the bearer scheme of every route that can
 answer 401. The UIs' scripts and styles come from the ``fastapi-offline`` package, served under ASSETS, so the
 pages work on a machine with no internet.
 """
@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
-from .schemas import ERROR_MEANINGS, component_schemas
+from .schemas.common import ERROR_MEANINGS, component_schemas
 
 ASSETS = "/docs-assets"
 # The docs pages may load from this server only, so the browser refuses any other host before a request is made

@@ -36,7 +36,7 @@ from store.jobs import FINAL
 from store.settings import Settings
 
 from .deps import Services, revocation_check
-from .schemas import utc_iso
+from .schemas.common import utc_iso
 
 PAGE = 5000  # rows per read
 DB_DOWN = (DBAPIError, PoolTimeout)  # the database unreachable (a dropped connection, a refused one, a full pool)

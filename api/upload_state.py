@@ -18,7 +18,7 @@ from store.db import Dataset, Upload, UploadPart, is_id, utcnow
 from store.settings import Settings
 
 from .checks.names import name_problem
-from .schemas import UploadIn
+from .schemas.datasets import UploadIn
 from .upload_parts import Part
 
 

@@ -12,7 +12,8 @@ from fastapi.responses import StreamingResponse
 from mol_engine.export import ExportError, export_kind
 
 from ..deps import OwnedJob, StreamOwner, Svc, owned_job, revocation_check
-from ..schemas import TARBALL, CheckpointOut, errors
+from ..schemas.common import TARBALL, errors
+from ..schemas.jobs import CheckpointOut
 from ..services.checkpoint_downloads import (
     archive_name,
     disk_full,

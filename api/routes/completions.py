@@ -38,7 +38,8 @@ from ..deps import StreamOwner, Svc
 from ..model_cache import Serving, serving_of
 from ..openai_errors import openai_error, openai_errors
 from ..owner_limits import OwnerBusy, Slot
-from ..schemas import SSE, ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut, errors
+from ..schemas.common import SSE, errors
+from ..schemas.completions import ChatCompletionIn, ChatCompletionOut, CompletionIn, CompletionOut
 from ..services.models import resolve_model
 
 router = APIRouter(tags=["completions"], responses=errors(400, 401, 404, 409, 422, 429))

@@ -21,7 +21,8 @@ from ..checks.job_references import dataset_refs
 from ..checks.names import name_problem
 from ..dataset_store import EXISTING_HEADER, keep_dataset, owns_file
 from ..deps import DB, OwnedDataset, Owner, StreamOwner, Svc
-from ..schemas import DATASET_FORM, DatasetOut, DatasetPreview, PreviewDocument, errors
+from ..schemas.common import DATASET_FORM, errors
+from ..schemas.datasets import DatasetOut, DatasetPreview, PreviewDocument
 from ..services.datasets import mark_existing
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
 

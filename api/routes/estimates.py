@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query
 
 from ..deps import Owner, Svc
 from ..estimate import EstimateQuery, estimate
-from ..schemas import EstimateOut, errors
+from ..schemas.common import errors
+from ..schemas.jobs import EstimateOut
 
 router = APIRouter()
 

@@ -21,7 +21,8 @@ from store.dispatch import EVALUATE_TASK
 from store.models import available_models
 
 from ..deps import DB, OwnedJob, Owner, Svc, owned_dataset, worker_task_sender
-from ..schemas import TaskEvaluationIn, TaskEvaluationOut, TaskEvaluationQueued, errors
+from ..schemas.common import errors
+from ..schemas.side_tasks import TaskEvaluationIn, TaskEvaluationOut, TaskEvaluationQueued
 from ..services.checkpoints import resolve_checkpoint_name
 from ..services.handover import queue_side_task
 

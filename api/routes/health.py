@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response
 from store.leases import worker_alive_within_s
 
 from ..deps import OwnerOrNone, Svc
-from ..schemas import HealthOut
+from ..schemas.service import HealthOut
 from ..services.health import broker_status, database_status, jobs_waiting, workers_seen
 
 router = APIRouter()

@@ -19,7 +19,8 @@ from store.db import JobEvent
 from store.dispatch import INTERPOLATE_TASK
 
 from ..deps import DB, OwnedJob, Owner, Svc, worker_task_sender
-from ..schemas import InterpolationIn, InterpolationOut, InterpolationQueued, errors
+from ..schemas.common import errors
+from ..schemas.side_tasks import InterpolationIn, InterpolationOut, InterpolationQueued
 from ..services.checkpoints import resolve_checkpoint_name
 from ..services.handover import queue_side_task
 

@@ -16,7 +16,8 @@ from store.jobs import FINAL
 from ..deps import DB, OwnedJob, Owner, StreamOwner, Svc, owned_job, revocation_check
 from ..disk import tree_bytes
 from ..job_log import OffsetPastEnd, read_log
-from ..schemas import TARBALL, JobLogOut, TrackerOut, errors
+from ..schemas.common import TARBALL, errors
+from ..schemas.jobs import JobLogOut, TrackerOut
 from ..tarball import TarGzResponse
 
 router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=errors(401, 404, 422))

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from mol_engine.spec import JobSpec
 
 from ..deps import Owner
-from ..schemas import errors
+from ..schemas.common import errors
 
 router = APIRouter()
 

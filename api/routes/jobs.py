@@ -16,7 +16,8 @@ from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs
 
 from ..deps import DB, OwnedJob, Owner, Svc
 from ..disk import tree_bytes
-from ..schemas import SSE, EventOut, JobOut, JobPage, JobSummary, MetricPointOut, errors, json_body, utc_iso
+from ..schemas.common import SSE, errors, json_body, utc_iso
+from ..schemas.jobs import EventOut, JobOut, JobPage, JobSummary, MetricPointOut
 from ..services.handover import hand_to_workers
 from ..services.submission import submit_problems
 from ..stream import job_stream

@@ -11,7 +11,8 @@ from store.models import available_models, demo_status
 
 from ..deps import Owner, Svc
 from ..openai_errors import openai_error
-from ..schemas import DemoOut, ModelList, ModelOut, errors
+from ..schemas.common import errors
+from ..schemas.models import DemoOut, ModelList, ModelOut
 from ..services.models import base_model, checkpoint_model, checkpoint_models, resolve_model
 
 router = APIRouter()

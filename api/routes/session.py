@@ -6,7 +6,8 @@ from fastapi import APIRouter, Request, Response
 
 from ..auth import COOKIE
 from ..deps import Owner
-from ..schemas import SessionOut, errors
+from ..schemas.common import errors
+from ..schemas.service import SessionOut
 
 router = APIRouter(tags=["session"])
 

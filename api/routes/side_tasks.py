@@ -11,7 +11,8 @@ from datetime import timedelta
 from fastapi import APIRouter
 
 from ..deps import DB, OwnedJob, Svc
-from ..schemas import SideTaskOut, errors
+from ..schemas.common import errors
+from ..schemas.side_tasks import SideTaskOut
 from ..side_tasks import pending_side_tasks
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/side-tasks", tags=["side tasks"], responses=errors(401, 404, 422))

@@ -18,16 +18,8 @@ from store.db import Job, MetricPoint, Sweep, is_id
 from store.jobs import create_job, withdraw_job
 
 from ..deps import DB, Owner, Services, Svc
-from ..schemas import (
-    MAX_GRID_VALUES,
-    SweepBoundsOut,
-    SweepIn,
-    SweepJobOut,
-    SweepList,
-    SweepOut,
-    SweepSummary,
-    errors,
-)
+from ..schemas.common import errors
+from ..schemas.sweeps import MAX_GRID_VALUES, SweepBoundsOut, SweepIn, SweepJobOut, SweepList, SweepOut, SweepSummary
 from ..services.handover import hand_to_workers
 from ..services.submission import submit_problems
 

@@ -14,7 +14,8 @@ from store.db import Dataset, Upload
 from .. import upload_state as state
 from ..dataset_store import EXISTING_HEADER, keep_dataset
 from ..deps import DB, Owner, StreamOwner, Svc
-from ..schemas import RAW_BODY, CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut, errors
+from ..schemas.common import RAW_BODY, errors
+from ..schemas.datasets import CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut
 from ..services.datasets import mark_existing
 from ..upload import DiskFull
 from ..upload_parts import MAX_PARTS, TooLarge, assemble, receive_part

@@ -10,7 +10,8 @@ from fastapi import APIRouter, HTTPException, Query
 from store.db import WebhookDelivery, WebhookEndpoint, is_id
 
 from ..deps import DB, Owner, Svc
-from ..schemas import WebhookCreated, WebhookDeliveryOut, WebhookIn, WebhookOut, errors
+from ..schemas.common import errors
+from ..schemas.webhooks import WebhookCreated, WebhookDeliveryOut, WebhookIn, WebhookOut
 from ..webhook_targets import AllowList, url_problem
 from ..webhooks import TooManyEndpoints, create_endpoint, deliveries_of, endpoints_of, owned_endpoint
 

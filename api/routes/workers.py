@@ -12,7 +12,8 @@ from store.db import Job, WorkerSeen, utcnow
 from store.leases import as_utc, worker_alive_within_s
 
 from ..deps import DB, Owner, Svc
-from ..schemas import WorkerList, WorkerStatusOut, errors
+from ..schemas.common import errors
+from ..schemas.service import WorkerList, WorkerStatusOut
 
 router = APIRouter(tags=["health"], responses=errors(401, 422))
 Limit = Annotated[int, Query(ge=1, le=200, description="workers listed, latest heartbeat first")]

@@ -13,7 +13,7 @@ from mol_engine.export import is_adapter, tied_aliases
 from store.settings import Settings
 
 from ..disk import tree_bytes
-from ..schemas import CheckpointOut
+from ..schemas.jobs import CheckpointOut
 
 
 def resolve_checkpoint_name(run_dir: Path, name: str) -> str:

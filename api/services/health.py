@@ -9,7 +9,7 @@ from sqlalchemy import func, select, text
 
 from store.db import Job, WorkerSeen, utcnow
 
-from ..schemas import utc_iso
+from ..schemas.common import utc_iso
 
 
 def database_status(sessions) -> str:

@@ -13,7 +13,7 @@ from mol_engine.generate import ModelSource
 from store.db import Job, is_id
 from store.models import available_models, model_type
 
-from ..schemas import ModelOut
+from ..schemas.models import ModelOut
 from .checkpoints import find_job_checkpoint
 
 

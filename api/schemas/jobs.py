@@ -1,0 +1,115 @@
+"""Jobs: a job and its page, its checkpoints, events, metric points, log, trackers, and the estimate of one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from store.jobs import JobStatus
+
+from .common import UtcDatetime
+
+
+class JobSummary(BaseModel):
+    """A job as lists show it: its state, without the spec (``base_model`` and ``method`` only)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    id: str
+    name: str
+    status: JobStatus
+    base_model: str | None
+    method: str | None
+    step: int
+    max_steps: int
+    progress: float
+    last_metrics: dict[str, Any]
+    error: str | None
+    cancel_requested: bool
+    attempt: int
+    created_at: UtcDatetime
+    started_at: UtcDatetime | None
+    finished_at: UtcDatetime | None
+    stop_reason: str | None = None  # why a succeeded job ended before max_steps: "budget" (its forgetting budget)
+
+
+class JobOut(JobSummary):
+    spec: dict[str, Any]
+    disk_bytes: int | None = None  # the run directory's size, measured by GET /v1/jobs/{id}
+    sweep_id: str | None = None  # the sweep (POST /v1/sweeps) that made it
+
+
+class JobPage(BaseModel):
+    """One page of ``GET /v1/jobs``, in the OpenAI list shape: pass ``last_id`` as ``after`` for the next."""
+
+    object: str = "list"
+    data: list[JobSummary]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class CheckpointOut(BaseModel):
+    name: str
+    step: int
+    kind: str  # "full" or "adapter"
+    bytes: int
+    best: bool = False  # the best checkpoint within the job's forgetting budget (also named `best`)
+
+
+class EventOut(BaseModel):
+    """One line of a job's log: config, progress, eval, checkpoint, end (``GET /v1/jobs/{id}/events``)."""
+
+    model_config = ConfigDict(from_attributes=True)
+    seq: int
+    step: int
+    kind: str
+    message: str
+    data: dict[str, Any] | None
+    created_at: UtcDatetime
+
+
+class MetricPointOut(BaseModel):
+    """One metric point: ``seq``, ``step`` and its values by name (``train/…``, ``eval/…``; null if non-finite)."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {"type": ["number", "null"]}})
+    seq: int
+    step: int
+
+
+class JobLogOut(BaseModel):
+    """A piece of a job's log: ``text`` is its bytes ``offset`` to ``next_offset`` (of ``size``); ask again with
+    ``offset=next_offset`` for what follows. ``ended``: the job has ended, so once ``next_offset == size`` no more
+    lines come but its worker's last one (it follows the job's end within a second)."""
+
+    offset: int
+    next_offset: int
+    size: int
+    text: str
+    ended: bool
+
+
+class TrackerOut(BaseModel):
+    """A tracker's output folder in a job's run directory, downloadable as .tar.gz, and how to look at it."""
+
+    name: str  # tensorboard | mlflow | wandb
+    folder: str  # its name in the run directory (and in the archive)
+    bytes: int
+    download: str  # the URL of its .tar.gz
+    view: str  # a command that shows it once unpacked
+
+
+class EstimateOut(BaseModel):
+    """``GET /v1/estimate``: how long a job of that shape would run here, measured on the owner's finished jobs of
+    the same base model and shape (``based_on`` of them); ``seconds`` null: no estimate yet, nothing comparable ran.
+    The parts: seconds to load, per step, per evaluation and per save (medians over those jobs)."""
+
+    seconds: float | None
+    based_on: int
+    evaluations: int  # the spec's: step 0, every eval_every, the last step
+    saves: int
+    setup_s: float | None = None
+    step_s: float | None = None
+    eval_s: float | None = None
+    save_s: float | None = None
+    message: str
