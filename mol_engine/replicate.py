@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import JsonlLogger
-from .cli import load_spec, resolve_local, run_dir_name
+from .local_runs import resolve_local, run_dir_name
 from .spec import JobSpec
-from .sweep import Point, SweepError, expand_grid, pareto_frontier, point_label, result_point
+from .spec_file import load_spec
+from .sweep import Point, SweepError, check_grid, expand_grid, pareto_frontier, point_label, result_point
 from .train import train
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo-mol.yaml"
@@ -259,7 +260,10 @@ def machine_note(loads: list[float]) -> str:
 
 def main(out: str = "runs/replicate", docs: str = "docs", steps: int | None = None,
          grid: Mapping[str, list] | None = None) -> int:
-    """Run every sweep point and write the report; returns 0."""
+    """Run every sweep point and write the report; returns 0. A bad ``grid`` is refused (SweepError) before the
+    demo is built."""
+    for each in grids(grid):
+        check_grid(each)
     spec = demo_spec("mol", "1:1", steps)
     base = spec.model_dump(mode="json") | {"name": "demo"}
     results = run_all(Path(out), base, grid, log=lambda m: print(m, file=sys.stderr))

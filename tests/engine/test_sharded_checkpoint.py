@@ -12,10 +12,10 @@ import yaml
 from safetensors.torch import load_file
 from test_distributed import KEYS, ROOT, launch, points, torchrun
 
+from mol_cli.main import main
 from mol_engine.callbacks import JsonlLogger
 from mol_engine.checkpoint import MetadataReader, load_checkpoint, read_sharded_weights
 from mol_engine.checkpoint_layout import is_sharded_checkpoint, latest_checkpoint
-from mol_engine.cli import main
 from mol_engine.spec import JobSpec
 from mol_engine.train import train
 

@@ -1,0 +1,33 @@
+"""``mol train SPEC.yaml --out DIR``: train a job spec on this machine (under torchrun: ``-m mol_cli train``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..subcommand import Subparsers
+
+DEMO_DIR_HELP = "demo directory (default: $MOL_HOME/demo)"
+LOG_EVERY_HELP = "print a progress line every N steps"
+
+
+def run(args: argparse.Namespace) -> int:
+    from mol_engine.local_runs import is_rank_zero, resolve_local, summary, train_into
+    from mol_engine.spec_file import load_spec
+
+    result = train_into(resolve_local(load_spec(args.spec, args.set), args.demo_dir), args.out, args.log_every,
+                        resume=args.resume)
+    if is_rank_zero():  # under torchrun, rank 0 speaks for all
+        print(summary(Path(args.out), result.status, result.checkpoint))
+    return 0 if result.status == "succeeded" else 1
+
+
+def register(subparsers: Subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a job spec (YAML)")
+    p.add_argument("spec", help="job spec YAML; 'demo:NAME' references point into the demo directory")
+    p.add_argument("--out", required=True, help="run directory: metrics.jsonl, events.jsonl, checkpoints/")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a spec field")
+    p.add_argument("--demo-dir", default=None, help=DEMO_DIR_HELP)
+    p.add_argument("--log-every", type=int, default=10, help=LOG_EVERY_HELP)
+    p.set_defaults(func=run)
