@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ..subcommand import Subparsers
-from .train import DEMO_DIR_HELP, LOG_EVERY_HELP
+from .train import add_run_options
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,8 +28,5 @@ def register(subparsers: Subparsers) -> None:
     p.add_argument("--grid", action="append", required=True, metavar="FIELD=V1,V2,...",
                    help="values of ratio, kl_weight, lr or method to sweep (repeat for several fields)")
     p.add_argument("--out", required=True, help="one run directory per grid point under it, and sweep.json")
-    p.add_argument("--resume", action="store_true", help="continue each run from its newest checkpoint")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a base spec field")
-    p.add_argument("--demo-dir", default=None, help=DEMO_DIR_HELP)
-    p.add_argument("--log-every", type=int, default=10, help=LOG_EVERY_HELP)
+    add_run_options(p, "continue each run from its newest checkpoint", "override a base spec field")
     p.set_defaults(func=run)
