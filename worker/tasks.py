@@ -43,7 +43,7 @@ from .devices import describe_device
 
 log = logging.getLogger(__name__)
 # What the heartbeat records (GET /v1/workers). The worker runs its tasks in its own process (``--pool=solo``,
-# api/cli.py), so the heartbeat thread and the task see the same values.
+# api/service.py), so the heartbeat thread and the task see the same values.
 _current_job: str | None = None
 _device: str | None = None
 
