@@ -7,7 +7,14 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
+
+
+# The kinds of event a run emits (``on_event``), in about the order a run emits them: its setup (config, the
+# token stores, the general text it sampled, the reference cache, a resume), each evaluation (eval, samples,
+# drift), each save (checkpoint), a crossed forgetting budget, and its end (succeeded or cancelled)
+EngineEventKind = Literal["config", "token-store", "self-sample", "reference-cache", "resumed", "eval", "samples",
+                          "drift", "checkpoint", "budget", "succeeded", "cancelled"]
 
 
 class Cancelled(Exception):
@@ -22,7 +29,7 @@ class Callback:
         """A metric point: train metrics after optimizer step ``step``, eval metrics at step 0 and after."""
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """An event: ``{"step", "kind", "message", ...}`` (kinds: start, config, resumed, eval, checkpoint, ...)."""
+        """An event: ``{"step", "kind", "message", ...}``, ``kind`` one of :data:`EngineEventKind`."""
 
     def on_rewind(self, step: int) -> None:
         """The run restarts after ``step`` (its newest checkpoint; -1 for none): forget points past it."""

@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, Row, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mol_engine.callbacks import EngineEventKind
 from mol_engine.spec import JobSpec
 
 from .db import IdempotencyKey, Job, JobEvent, MetricPoint, SideTask, new_id, utcnow
@@ -38,7 +39,12 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 ACTIVE = ("queued", "running")  # someone may still write to the job
 FINAL = ("succeeded", "failed", "cancelled")  # nobody will
-RunEnd = Literal["succeeded", "failed", "cancelled"]  # how a runner's run ends (the engine's result, or a failure)
+RunEnd = Literal["succeeded", "failed", "cancelled"]
+# The kinds of a job's events: the engine's, and the service's own: a failure, a run interrupted (its worker gone,
+# its lease taken over) or put back in the queue (a rank died, a dead lease), and the side tasks' results
+ServiceEventKind = Literal["failed", "interrupted", "requeued", "lease_lost", "interpolation", "task-evaluation"]
+EventKind = Literal[EngineEventKind, ServiceEventKind]
+EVENT_KINDS: tuple[str, ...] = get_args(EngineEventKind) + get_args(ServiceEventKind)  # how a runner's run ends (the engine's result, or a failure)
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
 
