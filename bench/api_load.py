@@ -260,7 +260,7 @@ async def hold_streams(base: str, job_id: str, count: int, window: float, pid: i
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     """One Celery worker (as `mol worker` runs it) on the API's broker and database."""
     from api.cli import worker_command
-    from api.settings import Settings
+    from store.settings import Settings
 
     return subprocess.Popen(worker_command(Settings(), "bench"), env=env, cwd=ROOT, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -39,12 +39,12 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 ACTIVE = ("queued", "running")  # someone may still write to the job
 FINAL = ("succeeded", "failed", "cancelled")  # nobody will
-RunEnd = Literal["succeeded", "failed", "cancelled"]
+RunEnd = Literal["succeeded", "failed", "cancelled"]  # how a runner's run ends (the engine's result, or a failure)
 # The kinds of a job's events: the engine's, and the service's own: a failure, a run interrupted (its worker gone,
 # its lease taken over) or put back in the queue (a rank died, a dead lease), and the side tasks' results
 ServiceEventKind = Literal["failed", "interrupted", "requeued", "lease_lost", "interpolation", "task-evaluation"]
 EventKind = Literal[EngineEventKind, ServiceEventKind]
-EVENT_KINDS: tuple[str, ...] = get_args(EngineEventKind) + get_args(ServiceEventKind)  # how a runner's run ends (the engine's result, or a failure)
+EVENT_KINDS: tuple[str, ...] = get_args(EngineEventKind) + get_args(ServiceEventKind)
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
 
