@@ -18,13 +18,14 @@ grow with positions × vocabulary and nothing is recomputed in backward.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KLDirection = Literal["reverse", "forward"]
+from .spec import KLDirection
+
 # hidden states [N, H] -> logits [N, V]; its trainable tensors are those its ``parameters()`` yields (an nn.Module,
 # or modeling.LogitsHead): a plain function is taken to have none
 Head = Callable[[Tensor], Tensor]
@@ -62,9 +63,14 @@ def token_kl(logits: Tensor, ref_logits: Tensor, direction: KLDirection = "rever
 
 def _kl_to(logits: Tensor, log_q: Tensor, direction: KLDirection) -> Tensor:
     """:func:`token_kl` against reference log-probabilities ``log_q``, which it overwrites (a fresh tensor)."""
-    if direction not in ("reverse", "forward"):
-        raise ValueError(f"unknown KL direction {direction!r}")
+    _check_direction(direction)
     return _VocabKL.apply(logits, log_q, direction == "reverse")
+
+
+def _check_direction(direction: str) -> None:
+    """Refuse a KL direction that is not one of :data:`~mol_engine.spec.KLDirection`'s."""
+    if direction not in get_args(KLDirection):
+        raise ValueError(f"unknown KL direction {direction!r}")
 
 
 def _log_softmax_(logits: Tensor) -> Tensor:
@@ -100,8 +106,7 @@ def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_ta
     token and ≤ 1 for a tail token, so extreme logits (a bucket the model gives e^-300) give finite gradients; the
     tail's log-mass is a log-sum-exp, exact however small. Needs k < V (a tail of at least one token).
     """
-    if direction not in ("reverse", "forward"):
-        raise ValueError(f"unknown KL direction {direction!r}")
+    _check_direction(direction)
     if ref_index.shape[-1] >= logits.shape[-1]:
         raise ValueError(f"top-k of {ref_index.shape[-1]} leaves no tail in a vocabulary of {logits.shape[-1]}")
     log_q = torch.cat([ref_logprob, ref_tail[:, None]], dim=-1).to(torch.promote_types(logits.dtype, torch.float32))
