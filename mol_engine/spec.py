@@ -82,11 +82,11 @@ class JobSpec(BaseModel):
         "not weigh CE against KL (kl_weight does): it splits each step's rows, and with them its compute and how "
         "many tokens each term's estimate rests on. The paper found 1:1 the best balance")
     kl_weight: float = Field(
-        1.0, ge=0, le=1000, description="λ in loss = CE(domain rows) + λ·KL(general rows, to the base): what the "
-        "model may give up of the base's general behaviour for domain gain. Higher keeps the model closer to the "
-        "base (lower eval/general_kl, less forgetting) and learns the domain more slowly; lower learns faster and "
-        "drifts further; 0 drops the anchor (the general rows then train nothing); 1 adds the two unweighted. "
-        "Only mol has a KL term")
+        1.0, ge=0, le=1000, description="λ in loss = CE(domain rows) + λ·KL(general rows, to the base): how much "
+        "domain cross-entropy one nat of KL to the base is worth, i.e. the trade between learning the domain and "
+        "keeping the base's general behaviour. Higher keeps the model closer to the base (lower eval/general_kl, "
+        "less forgetting) and learns the domain more slowly; lower learns faster and drifts further; 0 drops the "
+        "anchor (the general rows then train nothing); 1 adds the two unweighted. Only mol has a KL term")
     kl_direction: KLDirection = Field(
         "reverse", description="which KL the general rows minimise. reverse, the default, KL(p_model ‖ p_base): "
         "mode-seeking, it penalises the model for putting probability where the base puts little, and lets it "
@@ -95,15 +95,16 @@ class JobSpec(BaseModel):
         "targets). eval/general_kl is measured in the same direction, so compare runs of one direction")
     reference: ReferenceMode = Field(
         "exact", description="the base distribution the KL compares with. exact: the base model runs on the general "
-        "rows every step (one more forward pass, and the base's weights in memory); cached: its top-k next-token "
-        "distribution (reference_top_k tokens plus one tail bucket), computed once per corpus and model and reused "
-        "(a KL of coarsened distributions, never above the exact one). mol only")
+        "rows every step (one more forward pass per step; under full fine-tuning a frozen copy of the base is kept "
+        "for it); cached: its top-k next-token distribution (reference_top_k tokens plus one tail bucket), "
+        "computed once per corpus and model and reused (a KL of coarsened distributions, never above the exact "
+        "one). mol only")
     reference_top_k: int = Field(64, ge=1, le=4096, description="tokens per position the cached reference keeps")
 
     finetune: Finetune = Field(
-        "full", description="full: train every weight (a frozen copy of the base serves as the KL reference); "
-        "lora: train low-rank adapters only (settings in lora), the base being the same model with its adapters "
-        "disabled: far less memory, no second copy of the weights")
+        "full", description="full: train every weight; lora: train low-rank adapters only (settings in lora), "
+        "far fewer trainable parameters and optimizer state, and the base the KL compares with is the same model "
+        "with its adapters disabled (no second copy of the weights)")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings, used when finetune is lora")
 
     seq_len: int = Field(512, ge=8, le=131_072, description="tokens per row: documents are packed into blocks of "
