@@ -29,7 +29,7 @@ const GROUPS = [
   { legend: "Training", fields: [["name", "Name"], ["max_steps", "Steps"], ["lr", "Learning rate"],
     ["warmup_steps", "Warm-up steps"], ["batch_size", "Rows per micro-batch"], ["grad_accum", "Gradient accumulation"],
     ["seq_len", "Sequence length"]] },
-  { legend: "Mixture and KL", fields: [["ratio", "Ratio domain:general"], ["kl_weight", "KL weight λ"],
+  { legend: "Mixture and KL", describe: true, fields: [["ratio", "Ratio domain:general"], ["kl_weight", "KL weight λ"],
     ["kl_direction", "KL direction"]] },
   { legend: "LoRA", when: ["finetune", "lora"], fields: [["lora.rank", "LoRA rank"], ["lora.alpha", "LoRA alpha"]] },
   { legend: "Forgetting budget", describe: true, fields: [["max_general_kl", "Max KL to the base"],
