@@ -20,13 +20,12 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from .export import ExportError
+from .spec import BestMetric
 
 KL_METRIC = "eval/general_kl"
-BestMetric = Literal["domain_ppl", "qa_exact_match"]
-METRICS: dict[str, tuple[str, int]] = {  # spec name -> (metric name, +1 higher is better / -1 lower is better)
+METRICS: dict[BestMetric, tuple[str, int]] = {  # spec name -> (metric name, +1 higher is better / -1 lower is better)
     "domain_ppl": ("eval/domain_ppl", -1),
     "qa_exact_match": ("eval/qa_exact_match", +1),
 }

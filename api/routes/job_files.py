@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from mol_engine.spec import Tracker
 from mol_engine.trackers import OUTPUT_DIRS
 from store.dataset_names import relabel, stored_names
 from store.jobs import FINAL
@@ -24,8 +25,9 @@ router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=errors(4
 Offset = Annotated[int | None, Query(ge=0, le=2**53, description=(
     "read from this byte (a previous answer's next_offset); without it, the log's last MOL_JOB_LOG_TAIL_KB"))]
 # how to look at a tracker's folder once its archive is unpacked ({folder}: the unpacked folder's name)
-VIEW = {"tensorboard": "tensorboard --logdir {folder}", "mlflow": "mlflow ui --backend-store-uri ./{folder}",
-        "wandb": "wandb sync {folder}/offline-run-*"}
+VIEW: dict[Tracker, str] = {"tensorboard": "tensorboard --logdir {folder}",
+                            "mlflow": "mlflow ui --backend-store-uri ./{folder}",
+                            "wandb": "wandb sync {folder}/offline-run-*"}
 
 
 
