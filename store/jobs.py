@@ -29,7 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mol_engine.callbacks import EngineEventKind
-from mol_engine.spec import JobSpec
+from mol_engine.spec import JobSpec, Method
 
 from .db import IdempotencyKey, Job, JobEvent, MetricPoint, SideTask, new_id, utcnow
 from .leases import as_utc, lease_is_dead
@@ -112,8 +112,8 @@ def withdraw_job(sessions: sessionmaker, job_id: str) -> bool:
 class JobFilter:
     """Which of an owner's jobs a list shows: all of them by default."""
 
-    status: str | None = None  # queued, running, succeeded, failed, cancelled
-    method: str | None = None  # the spec's method: mol, cpt, domain_only
+    status: JobStatus | None = None
+    method: Method | None = None
     name_contains: str | None = None  # case-insensitive
 
     def where(self) -> list[ColumnElement[bool]]:
