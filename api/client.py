@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from mol_engine.run_dir import step_name
 from mol_engine.spec_file import read_spec_file
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -291,7 +292,7 @@ class MolClient:
         file name in the current directory; a directory: that name inside it). Written under a temporary name and
         renamed once whole. ``progress_for(total)`` gives the callback each chunk's size goes to; the total is
         the model's size as listed (the tarball is streamed without a length)."""
-        name = f"step-{name}" if name.isdigit() else name
+        name = step_name(int(name)) if name.isdigit() else name
         params = {"format": FORMATS[format]}
         with self.http.stream("GET", f"/v1/jobs/{job_id}/checkpoints/{name}/download", params=params) as response:
             checked(response)

@@ -15,6 +15,8 @@ from typing import Any, Literal, TextIO
 EngineEventKind = Literal["config", "token-store", "self-sample", "reference-cache", "resumed", "eval", "samples",
                           "drift", "checkpoint", "budget", "succeeded", "cancelled"]
 
+from .run_dir import RunDir
+
 
 class Cancelled(Exception):
     """The caller asked the run to stop (``should_stop``) during a long phase before step 1; nothing half-made is
@@ -65,8 +67,8 @@ class JsonlLogger(Callback):
     """Appends metric points to ``metrics.jsonl`` and events to ``events.jsonl`` in ``out_dir``."""
 
     def __init__(self, out_dir: str | Path) -> None:
-        self.metrics_path = Path(out_dir) / "metrics.jsonl"
-        self.events_path = Path(out_dir) / "events.jsonl"
+        self.metrics_path = RunDir(out_dir).metrics_file
+        self.events_path = RunDir(out_dir).events_file
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .run_dir import RunDir
 from .spec import JobSpec, format_validation_error
 from .spec_file import SpecFileError, load_yaml, read_spec_file
 
@@ -121,7 +122,7 @@ def summary(out: Path, status: str, checkpoint: Path | None) -> str:
     """First and last value of each metric in ``out/metrics.jsonl``, and where the checkpoint is."""
     first: dict[str, tuple[int, float]] = {}
     last: dict[str, tuple[int, float]] = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
+    for line in RunDir(out).metrics_file.read_text().splitlines():
         point = json.loads(line)
         for name, value in point.items():
             if name != "step" and name != "train/tokens_per_s":
@@ -184,7 +185,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"sweep: {name} -> {run}", file=sys.stderr)
         result = run_local(resolve_local(JobSpec.model_validate(spec), args.demo_dir), run, args.log_every,
                            resume=args.resume)
-        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        evals = [json.loads(line) for line in RunDir(run).metrics_file.read_text().splitlines()]
         jobs.append({**result_point(run.name, evals), "name": name, "dir": str(run), "status": result.status,
                      "values": combination})
     rows = ranked(jobs)

@@ -22,6 +22,7 @@ from typing import Any
 
 from .callbacks import JsonlLogger
 from .cli import load_spec, resolve_local, run_dir_name
+from .run_dir import RunDir
 from .spec import JobSpec
 from .sweep import Point, SweepError, expand_grid, pareto_frontier, point_label, result_point
 from .train import train
@@ -88,7 +89,7 @@ def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None
 
 def _evaluations(run_dir: Path) -> list[dict]:
     """The evaluation points in ``run_dir/metrics.jsonl`` (none before the run started)."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_file
     lines = path.read_text().splitlines() if path.exists() else []
     return [m for m in map(json.loads, lines) if "eval/domain_ppl" in m]
 
