@@ -22,6 +22,8 @@ from typing import Any, TextIO
 
 import httpx
 
+from mol_engine.run_dir import step_name
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 PART_BYTES = 8 * 2**20  # the dashboard's part size (docs/api.md: 8 to 64 MiB work well)
 CHUNK_BYTES = 1 << 16
@@ -279,7 +281,7 @@ class MolClient:
         file name in the current directory; a directory: that name inside it). Written under a temporary name and
         renamed once whole. ``progress_for(total)`` gives the callback each chunk's size goes to; the total is
         the model's size as listed (the tarball is streamed without a length)."""
-        name = f"step-{name}" if name.isdigit() else name
+        name = step_name(int(name)) if name.isdigit() else name
         params = {"format": FORMATS[format]}
         with self.http.stream("GET", f"/v1/jobs/{job_id}/checkpoints/{name}/download", params=params) as response:
             checked(response)

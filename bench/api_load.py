@@ -147,14 +147,17 @@ def upload_peak_growth_mb(base: str, directory: Path, size_mb: int, pid: int) ->
 
 
 def add_checkpoint(home: Path, job_id: str, size: int) -> str:
-    """A checkpoint step-1 of ``job_id`` holding ``size`` random bytes; its download path."""
-    model = home / "runs" / job_id / "checkpoints" / "step-1" / "model"
+    """A checkpoint of step 1 of ``job_id`` holding ``size`` random bytes; its download path."""
+    from store.settings import Settings
+
+    checkpoint = Settings(home=home).run_dir(job_id).checkpoint(1)
+    model = checkpoint / "model"
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
     with (model / "weights.bin").open("wb") as out:
         for _ in range(size // 2**20):
             out.write(os.urandom(2**20))
-    return f"/v1/jobs/{job_id}/checkpoints/step-1/download"
+    return f"/v1/jobs/{job_id}/checkpoints/{checkpoint.name}/download"
 
 
 # ---------------------------------------------------------------- clients that submit and poll

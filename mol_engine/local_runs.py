@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .run_dir import RunDir
 from .spec import JobSpec
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def summary(out: Path, status: str, checkpoint: Path | None) -> str:
     """First and last value of each metric in ``out/metrics.jsonl``, and where the checkpoint is."""
     first: dict[str, tuple[int, float]] = {}
     last: dict[str, tuple[int, float]] = {}
-    for line in (out / "metrics.jsonl").read_text().splitlines():
+    for line in RunDir(out).metrics_file.read_text().splitlines():
         point = json.loads(line)
         for name, value in point.items():
             if name != "step" and name != "train/tokens_per_s":
@@ -110,7 +111,7 @@ def run_sweep(base: Mapping[str, Any], grid: Mapping[str, list], out: str | Path
         run = out / run_dir_name(point_label(combination))
         print(f"sweep: {name} -> {run}", file=sys.stderr)
         result = run_local(resolve_local(JobSpec.model_validate(spec), demo_dir), run, log_every, resume=resume)
-        evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        evals = [json.loads(line) for line in RunDir(run).metrics_file.read_text().splitlines()]
         jobs.append({**result_point(run.name, evals), "name": name, "dir": str(run), "status": result.status,
                      "values": combination})
     rows = ranked(jobs)

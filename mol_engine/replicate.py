@@ -22,6 +22,7 @@ from typing import Any
 
 from .callbacks import JsonlLogger
 from .local_runs import resolve_local, run_dir_name
+from .run_dir import RunDir
 from .spec import JobSpec
 from .spec_file import load_spec
 from .sweep import Point, SweepError, check_grid, expand_grid, pareto_frontier, point_label, result_point
@@ -89,7 +90,7 @@ def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None
 
 def _evaluations(run_dir: Path) -> list[dict]:
     """The evaluation points in ``run_dir/metrics.jsonl`` (none before the run started)."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_file
     lines = path.read_text().splitlines() if path.exists() else []
     return [m for m in map(json.loads, lines) if "eval/domain_ppl" in m]
 
