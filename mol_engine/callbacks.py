@@ -9,13 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from .run_dir import RunDir
+
 # The kinds of event a run emits (``on_event``), in about the order a run emits them: its setup (config, the
 # token stores, the general text it sampled, the reference cache, a resume), each evaluation (eval, samples,
 # drift), each save (checkpoint), a crossed forgetting budget, and its end (succeeded or cancelled)
 EngineEventKind = Literal["config", "token-store", "self-sample", "reference-cache", "resumed", "eval", "samples",
                           "drift", "checkpoint", "budget", "succeeded", "cancelled"]
-
-from .run_dir import RunDir
 
 
 class Cancelled(Exception):
