@@ -33,7 +33,6 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 from mol_engine.callbacks import strict_dumps
-from store.migrate import upgrade
 
 # what ``schema_version`` holds since Alembic took over (store/migrations/versions/0002): releases from before
 # (versions 1 to 8) read it as newer than theirs and refuse the database; ``alembic_version`` says the rest
@@ -352,6 +351,8 @@ def sessions_for(url: str) -> sessionmaker:
 def init_db(engine: Engine) -> sessionmaker:
     """Bring the schema to this version (creating it in an empty database, migrating an older one, refusing one
     from a newer MoL Studio with store.migrate.SchemaFromAnotherVersion), and return a session factory."""
+    from store.migrate import upgrade  # Alembic takes a quarter second to import: only where a database opens
+
     with engine.begin() as connection:
         upgrade(connection)
     return sessionmaker(engine, expire_on_commit=False)
