@@ -35,6 +35,7 @@ from .routes import (
     side_tasks,
     sweeps,
     uploads,
+    vocabularies,
     webhooks,
     workers,
 )
@@ -93,7 +94,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     for module in (misc, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations, evaluations,
-                   side_tasks, completions, webhooks, workers, job_files, estimates):
+                   side_tasks, completions, webhooks, workers, job_files, estimates, vocabularies):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

@@ -21,7 +21,7 @@ from pydantic import (
     field_validator,
 )
 
-from mol_engine.spec import JobSpec
+from mol_engine.spec import JobSpec, Tracker
 from mol_engine.sweep import GRID_KEYS
 from store.jobs import JobStatus
 from store.webhook_outbox import WebhookEventType
@@ -552,7 +552,7 @@ class JobLogOut(BaseModel):
 class TrackerOut(BaseModel):
     """A tracker's output folder in a job's run directory, downloadable as .tar.gz, and how to look at it."""
 
-    name: str  # tensorboard | mlflow | wandb
+    name: Tracker
     folder: str  # its name in the run directory (and in the archive)
     bytes: int
     download: str  # the URL of its .tar.gz

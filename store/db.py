@@ -168,7 +168,7 @@ class Job(Base):
 
     @property
     def method(self) -> str | None:
-        """The spec's method (mol, cpt, domain_only)."""
+        """The spec's method (a ``mol_engine.spec.Method``)."""
         return self.spec.get("method")
 
 

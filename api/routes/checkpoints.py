@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import re
 import shutil
 import tempfile
 import time
@@ -18,8 +17,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
-from mol_engine.budget import BEST_NAME, read_best
-from mol_engine.checkpoint_layout import checkpoint_dirs, is_sharded_checkpoint
+from mol_engine.budget import read_best
 from mol_engine.export import (
     ExportError,
     checkpoint_card,
@@ -29,6 +27,7 @@ from mol_engine.export import (
     tied_aliases,
 )
 from mol_engine.model_card import base_is_hub, portable_files, reference_names, spec_references
+from mol_engine.run_dir import BEST_NAME, is_sharded_checkpoint, is_step_name, step_name, step_of
 from store.db import Dataset, Job
 
 from ..deps import DB, Owner, StreamOwner, Svc, revocation_check
@@ -43,11 +42,11 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"],
 @router.get("", response_model=list[CheckpointOut])
 def list_checkpoints(job_id: str, owner: Owner, db: DB, svc: Svc) -> list[CheckpointOut]:
     owned_job(db, owner, job_id)
-    run_dir = svc.settings.runs_dir / job_id
-    best = read_best(run_dir)
-    return [CheckpointOut(name=p.name, step=(step := int(p.name.split("-")[1])), best=step == best,
+    run = svc.settings.run_dir(job_id)
+    best = read_best(run.path)
+    return [CheckpointOut(name=p.name, step=(step := step_of(p)), best=step == best,
                           kind="adapter" if is_adapter(p) else "full", bytes=download_bytes(p))
-            for p in checkpoint_dirs(run_dir)]
+            for p in run.checkpoint_dirs()]
 
 
 def resolve_name(run_dir: Path, name: str) -> str:
@@ -58,7 +57,7 @@ def resolve_name(run_dir: Path, name: str) -> str:
     if step is None:
         raise HTTPException(409, "checkpoint 'best': this job has no best checkpoint yet (the best is chosen among "
                                  "checkpoints evaluated at their step within max_general_kl; none is so far)")
-    return f"step-{step}"
+    return step_name(step)
 
 
 def download_bytes(checkpoint: Path) -> int:
@@ -145,10 +144,11 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, re
     with svc.sessions() as db:
         job = owned_job(db, owner, job_id)
         submitted, labels = job.spec, dataset_labels(db, job)
-    name = resolve_name(svc.settings.runs_dir / job_id, name)
-    if not re.fullmatch(r"step-\d+", name):
+    run = svc.settings.run_dir(job_id)
+    name = resolve_name(run.path, name)
+    if not is_step_name(name):
         raise HTTPException(404, f"checkpoint '{name}' not found")
-    path = svc.settings.runs_dir / job_id / "checkpoints" / name
+    path = run.checkpoint(name)
     if not path.is_dir():
         raise HTTPException(404, f"checkpoint '{name}' not found")
     if format not in ("merged", "adapter"):

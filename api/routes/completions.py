@@ -24,8 +24,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from mol_engine.budget import BEST_NAME, best_checkpoint_dir
-from mol_engine.checkpoint_layout import checkpoint_dirs
+from mol_engine.budget import best_checkpoint_dir
 from mol_engine.generate import (
     Completion,
     GenerationError,
@@ -36,6 +35,7 @@ from mol_engine.generate import (
     encode_prompt,
     generate,
 )
+from mol_engine.run_dir import BEST_NAME, step_of
 from store.db import Job, is_id
 from store.models import available_models, model_type
 from store.settings import Settings
@@ -55,9 +55,9 @@ GENERATION_FAILED = "the generation failed on the server (its log has the error)
 def checkpoint_path(settings: Settings, job_id: str, name: str) -> Path | None:
     """The directory of the job's checkpoint called ``name`` (``step-N``, or ``best`` as the download route takes
     it: 409 while the job has none), or None when there is none."""
-    run_dir = settings.runs_dir / job_id
-    name = resolve_name(run_dir, name)
-    return next((p for p in checkpoint_dirs(run_dir) if p.name == name), None)
+    run = settings.run_dir(job_id)
+    name = resolve_name(run.path, name)
+    return next((p for p in run.checkpoint_dirs() if p.name == name), None)
 
 
 def resolve_model(svc, owner: str, model_id: str) -> ModelSource:
@@ -86,9 +86,9 @@ def checkpoint_models(svc, owner: str) -> list[ModelOut]:
     models = available_models(svc.settings)
     listed = []
     for job_id, job_name, spec in jobs:
-        base, run_dir = models.get(spec.get("base_model")), svc.settings.runs_dir / job_id
-        best = best_checkpoint_dir(run_dir)
-        named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(checkpoint_dirs(run_dir))]
+        base, run = models.get(spec.get("base_model")), svc.settings.run_dir(job_id)
+        best = best_checkpoint_dir(run.path)
+        named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(run.checkpoint_dirs())]
         listed += [checkpoint_model(f"{job_id}:{name}", path, base, owner, job_name) for name, path in named]
     return listed
 
@@ -99,7 +99,7 @@ def checkpoint_model(model_id: str, path: Path, base: Path | None, owner: str,
     as ``model_id`` (``<job_id>:best`` or ``<job_id>:step-N``)."""
     return ModelOut(id=model_id, created=mtime_s(path), owned_by=owner,
                     model_type=model_type(base) if base is not None else None, kind="checkpoint", job_name=job_name,
-                    checkpoint=model_id.rsplit(":", 1)[-1], step=int(path.name.removeprefix("step-")))
+                    checkpoint=model_id.rsplit(":", 1)[-1], step=step_of(path))
 
 
 def mtime_s(path: Path) -> int:

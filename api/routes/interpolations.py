@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
 from mol_engine.interpolate import DEFAULT_ALPHAS, MAX_ALPHAS, check_alphas
+from mol_engine.run_dir import BEST_NAME, STEP_NAME_PATTERN, step_name
 from store.db import JobEvent
 from store.dispatch import INTERPOLATE_TASK
 
@@ -35,7 +36,7 @@ Send = Callable[[str, str, list[float], str], None]  # (job id, checkpoint name,
 class InterpolationIn(BaseModel):
     """Which checkpoint to interpolate with the base, and at which α."""
 
-    checkpoint: str = Field("best", pattern=r"^(best|step-\d{1,9})$", description="'step-N' or 'best'")
+    checkpoint: str = Field("best", pattern=rf"^({BEST_NAME}|{STEP_NAME_PATTERN})$", description="'step-N' or 'best'")
     alphas: list[float] = Field(list(DEFAULT_ALPHAS), min_length=1, max_length=MAX_ALPHAS,
                                 description=f"θ(α) = (1−α)·base + α·checkpoint, each α in [0, 1], at most "
                                             f"{MAX_ALPHAS}")
@@ -76,9 +77,9 @@ def request_interpolation(job_id: str, body: InterpolationIn, owner: Owner, db: 
                           response: Response) -> InterpolationQueued:
     owned_job(db, owner, job_id)
     db.close()  # the rest runs in short sessions of its own
-    run_dir = svc.settings.runs_dir / job_id
-    name = resolve_name(run_dir, body.checkpoint)  # 'best' before any evaluation: 409
-    if not (run_dir / "checkpoints" / name).is_dir():
+    run = svc.settings.run_dir(job_id)
+    name = resolve_name(run.path, body.checkpoint)  # 'best' before any evaluation: 409
+    if not run.checkpoint(name).is_dir():
         raise HTTPException(404, f"checkpoint '{body.checkpoint}' not found")
     task = queue_side_task(svc, owner, job_id, EVENT_KIND, {"checkpoint": name, "alphas": body.alphas}, send,
                            response)
@@ -94,6 +95,6 @@ def list_interpolations(job_id: str, owner: Owner, db: DB) -> list[Interpolation
 
 
 def interpolation_out(step: int, data: dict[str, Any], created_at: datetime) -> InterpolationOut:
-    return InterpolationOut(checkpoint=data.get("checkpoint", f"step-{step}"), step=step,
+    return InterpolationOut(checkpoint=data.get("checkpoint", step_name(step)), step=step,
                             alphas=data.get("alphas", []), rows=data.get("rows"), error=data.get("error"),
                             created_at=created_at)

@@ -166,7 +166,7 @@ def test_redis_killed_and_restarted_empty_loses_no_job(api, workers, submit, wai
 
 
 def _start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env=os.environ | env,
+    proc = subprocess.Popen([sys.executable, "-m", "mol_cli", "api", "--port", str(port)], env=os.environ | env,
                             cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from api.cli import main, worker_env
+from api.service import worker_env
+from mol_cli.main import main
 from store.db import SCHEMA_VERSION, Base, SchemaVersion, WorkerSeen, init_db, make_engine
 from store.dispatch import celery_app
 from store.settings import Settings
