@@ -1,5 +1,5 @@
 """Alembic's migrations (store/migrate.py, store/migrations/): a database of the last schema before Alembic
-(version 8, from v8_schema.<dialect>.sql) upgrades in place with its rows, a fresh one ends at head, the
+(version 8: v8_schema.<dialect>.sql and v8_rows.sql) upgrades in place with its rows, a fresh one ends at head, the
 revisions arrive at exactly the models' tables, a newer MoL Studio's database is refused, and concurrent starts
 on PostgreSQL do not trip over each other."""
 
@@ -51,7 +51,7 @@ def differences_from_the_models(engine: Engine) -> list:
 
 def load_version_8(engine: Engine) -> None:
     """The tables and rows a release before Alembic (schema version 8) left behind."""
-    script = (HERE / f"v8_schema.{engine.dialect.name}.sql").read_text()
+    script = (HERE / f"v8_schema.{engine.dialect.name}.sql").read_text() + (HERE / "v8_rows.sql").read_text()
     statements = [s.strip() for s in script.split(";\n") if s.strip()]
     with engine.begin() as connection:
         for statement in statements:

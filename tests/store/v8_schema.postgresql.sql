@@ -1,5 +1,5 @@
 -- MoL Studio's schema version 8 on postgresql, as store/db.py at 8fa4a8c created it (create_all's DDL),
--- with a few rows: the last database shape before Alembic (tests/store/test_migrations.py).
+-- the last database shape before Alembic (tests/store/test_migrations.py; its rows: v8_rows.sql).
 CREATE TABLE api_tokens (
 	token_hash VARCHAR(64) NOT NULL,
 	owner VARCHAR(200) NOT NULL,
@@ -164,7 +164,3 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX ix_webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
 CREATE INDEX ix_webhook_deliveries_endpoint_created ON webhook_deliveries (endpoint_id, created_at);
-INSERT INTO schema_version (version) VALUES (8);
-INSERT INTO datasets (id, owner, purpose, filename, path, bytes, documents, approx_tokens, sha256, created_at) VALUES ('ds_v8', 'alice', 'domain', 'corpus.jsonl', '/data/ds_v8.jsonl', 6000000000, 12, 4000000000, '0000000000000000000000000000000000000000000000000000000000000000', '2026-01-01 00:00:00');
-INSERT INTO jobs (id, owner, name, spec, status, step, max_steps, last_metrics, cancel_requested, attempt, created_at, queued_at) VALUES ('job_v8', 'alice', 'before alembic', '{"base_model": "tiny", "method": "mol"}', 'succeeded', 3, 3, '{"loss": 1.5}', false, 1, '2026-01-01 00:00:00', '2026-01-01 00:00:00');
-INSERT INTO metric_points (job_id, step, "values") VALUES ('job_v8', 3, '{"loss": 1.5}');
