@@ -10,6 +10,7 @@ COPY mol_engine ./mol_engine
 COPY store ./store
 COPY api ./api
 COPY worker ./worker
+COPY mol_cli ./mol_cli
 COPY frontend ./frontend
 RUN pip install --no-cache-dir .
 VOLUME ["/data", "/models"]

@@ -37,6 +37,7 @@ from .routes import (
     side_tasks,
     sweeps,
     uploads,
+    vocabularies,
     webhooks,
     workers,
 )
@@ -95,7 +96,8 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     for module in (health, models, job_spec, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations,
-                   evaluations, side_tasks, completions, webhooks, workers, job_files, estimates):
+                   evaluations, side_tasks, completions, webhooks, workers, job_files, estimates,
+                   vocabularies):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

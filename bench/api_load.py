@@ -98,7 +98,7 @@ def service_env(home: Path, model_dir: Path, database_url: str, **extra: str) ->
 
 def start_api(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "mol_cli", "api", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     for _ in range(300):
@@ -147,14 +147,17 @@ def upload_peak_growth_mb(base: str, directory: Path, size_mb: int, pid: int) ->
 
 
 def add_checkpoint(home: Path, job_id: str, size: int) -> str:
-    """A checkpoint step-1 of ``job_id`` holding ``size`` random bytes; its download path."""
-    model = home / "runs" / job_id / "checkpoints" / "step-1" / "model"
+    """A checkpoint of step 1 of ``job_id`` holding ``size`` random bytes; its download path."""
+    from store.settings import Settings
+
+    checkpoint = Settings(home=home).run_dir(job_id).checkpoint(1)
+    model = checkpoint / "model"
     model.mkdir(parents=True)
     (model / "config.json").write_text("{}")
     with (model / "weights.bin").open("wb") as out:
         for _ in range(size // 2**20):
             out.write(os.urandom(2**20))
-    return f"/v1/jobs/{job_id}/checkpoints/step-1/download"
+    return f"/v1/jobs/{job_id}/checkpoints/{checkpoint.name}/download"
 
 
 # ---------------------------------------------------------------- clients that submit and poll
@@ -259,8 +262,8 @@ async def hold_streams(base: str, job_id: str, count: int, window: float, pid: i
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     """One Celery worker (as `mol worker` runs it) on the API's broker and database."""
-    from api.cli import worker_command
-    from api.settings import Settings
+    from api.service import worker_command
+    from store.settings import Settings
 
     return subprocess.Popen(worker_command(Settings(), "bench"), env=env, cwd=ROOT, stdout=log.open("w"),
                             stderr=subprocess.STDOUT, start_new_session=True)

@@ -2,7 +2,7 @@
 
 import sys
 
-from mol_engine.cli import main
+from mol_cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["replicate", *sys.argv[1:]]))

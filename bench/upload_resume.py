@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from api.app import create_app  # noqa: E402
-from api.settings import Settings  # noqa: E402
+from store.settings import Settings  # noqa: E402
 
 PART = 8 * 2**20  # the dashboard's part size
 TOKEN = "bench-token"

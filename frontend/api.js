@@ -156,3 +156,11 @@ function send(method, path, body, onProgress) {
     xhr.send(body);
   });
 }
+
+// The service's words (GET /v1/vocabularies: job statuses, event kinds), read once after sign-in so that no view
+// spells them again; views read them from here.
+export const words = { job_statuses: [], active_statuses: [], final_statuses: [], event_kinds: [] };
+
+export async function loadWords() {
+  Object.assign(words, await api("/v1/vocabularies"));
+}

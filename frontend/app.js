@@ -1,5 +1,5 @@
 // The dashboard: sign-in, a hash router, and the four views (jobs, new job, job page, compare).
-import { api, signIn, signOut, token } from "./api.js";
+import { api, loadWords, signIn, signOut, token } from "./api.js";
 import { el } from "./dom.js";
 import { comparePage } from "./views/compare.js";
 import { datasetsPage } from "./views/datasets.js";
@@ -29,6 +29,7 @@ async function start() {
   try {
     const me = await api("/v1/session", { method: "POST" });
     showOwner(me.owner);
+    await loadWords();
   } catch {
     return showSignIn("Your session has expired: sign in again.");
   }

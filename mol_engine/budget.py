@@ -20,18 +20,16 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
 
 from .export import ExportError
+from .run_dir import BEST_FILE, BEST_NAME, RunDir, step_name
+from .spec import BestMetric
 
 KL_METRIC = "eval/general_kl"
-BestMetric = Literal["domain_ppl", "qa_exact_match"]
-METRICS: dict[str, tuple[str, int]] = {  # spec name -> (metric name, +1 higher is better / -1 lower is better)
+METRICS: dict[BestMetric, tuple[str, int]] = {  # spec name -> (metric name, +1 higher is better / -1 lower is better)
     "domain_ppl": ("eval/domain_ppl", -1),
     "qa_exact_match": ("eval/qa_exact_match", +1),
 }
-BEST_FILE = "best.json"
-BEST_NAME = "best"  # the alias of the best checkpoint wherever a checkpoint name is accepted
 
 
 def crosses_budget(metrics: Mapping[str, float], budget: float | None) -> bool:
@@ -98,11 +96,11 @@ def budget_message(step: int, metrics: Mapping[str, float], budget: float, stop:
 def write_best(out_dir: str | Path, step: int | None, metric: BestMetric, budget: float | None,
                evaluation: Mapping[str, float] | None) -> None:
     """Record the best checkpoint in ``out_dir/best.json`` in one step (none yet: the file is removed)."""
-    path = Path(out_dir) / BEST_FILE
+    path = RunDir(out_dir).best_file
     if step is None:
         path.unlink(missing_ok=True)
         return
-    record = {"step": step, "name": f"step-{step}", "metric": metric, "max_general_kl": budget,
+    record = {"step": step, "name": step_name(step), "metric": metric, "max_general_kl": budget,
               "evaluation": dict(evaluation or {})}
     tmp = path.with_name(f".{BEST_FILE}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(record))
@@ -112,7 +110,7 @@ def write_best(out_dir: str | Path, step: int | None, metric: BestMetric, budget
 def read_best(out_dir: str | Path) -> int | None:
     """The step ``best.json`` names, or None before any evaluated checkpoint (or when it does not read back)."""
     try:
-        step = json.loads((Path(out_dir) / BEST_FILE).read_text())["step"]
+        step = json.loads(RunDir(out_dir).best_file.read_text())["step"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return step if isinstance(step, int) else None
@@ -121,9 +119,10 @@ def read_best(out_dir: str | Path) -> int | None:
 def checkpoint_path(given: str | Path) -> Path:
     """A checkpoint path as given, or for ``RUN/checkpoints/best`` the best checkpoint of RUN (ExportError if none)."""
     path = Path(given)
-    if path.name != BEST_NAME or path.exists() or path.parent.name != "checkpoints":
+    run = RunDir.holding(path)
+    if path.name != BEST_NAME or path.exists() or run is None:
         return path
-    found = best_checkpoint_dir(path.parent.parent)
+    found = best_checkpoint_dir(run.path)
     if found is None:
         raise ExportError(f"{path}: the run has no best checkpoint yet (none evaluated at its step within its budget)")
     return found
@@ -132,5 +131,7 @@ def checkpoint_path(given: str | Path) -> Path:
 def best_checkpoint_dir(out_dir: str | Path) -> Path | None:
     """The directory of the best checkpoint of the run in ``out_dir``, if it was recorded and still exists."""
     step = read_best(out_dir)
-    path = Path(out_dir) / "checkpoints" / f"step-{step}"
-    return path if step is not None and path.is_dir() else None
+    if step is None:
+        return None
+    path = RunDir(out_dir).checkpoint(step)
+    return path if path.is_dir() else None

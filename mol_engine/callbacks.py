@@ -7,7 +7,15 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
+
+from .run_dir import RunDir
+
+# The kinds of event a run emits (``on_event``), in about the order a run emits them: its setup (config, the
+# token stores, the general text it sampled, the reference cache, a resume), each evaluation (eval, samples,
+# drift), each save (checkpoint), a crossed forgetting budget, and its end (succeeded or cancelled)
+EngineEventKind = Literal["config", "token-store", "self-sample", "reference-cache", "resumed", "eval", "samples",
+                          "drift", "checkpoint", "budget", "succeeded", "cancelled"]
 
 
 class Cancelled(Exception):
@@ -22,7 +30,7 @@ class Callback:
         """A metric point: train metrics after optimizer step ``step``, eval metrics at step 0 and after."""
 
     def on_event(self, event: dict[str, Any]) -> None:
-        """An event: ``{"step", "kind", "message", ...}`` (kinds: start, config, resumed, eval, checkpoint, ...)."""
+        """An event: ``{"step", "kind", "message", ...}``, ``kind`` one of :data:`EngineEventKind`."""
 
     def on_rewind(self, step: int) -> None:
         """The run restarts after ``step`` (its newest checkpoint; -1 for none): forget points past it."""
@@ -59,8 +67,8 @@ class JsonlLogger(Callback):
     """Appends metric points to ``metrics.jsonl`` and events to ``events.jsonl`` in ``out_dir``."""
 
     def __init__(self, out_dir: str | Path) -> None:
-        self.metrics_path = Path(out_dir) / "metrics.jsonl"
-        self.events_path = Path(out_dir) / "events.jsonl"
+        self.metrics_path = RunDir(out_dir).metrics_file
+        self.events_path = RunDir(out_dir).events_file
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_metrics(self, step: int, metrics: dict[str, float]) -> None:

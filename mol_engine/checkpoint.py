@@ -15,7 +15,7 @@ rank has written its part), so ``step-N`` exists only complete; only then are ol
 (a full disk) removes its temporary directory and raises :class:`CheckpointError` (on every rank), leaving the
 earlier checkpoints as they were. Nothing is unpickled on resume but DCP's ``.metadata`` index (torch's own
 format), read with an unpickler that admits DCP's metadata classes alone (:class:`MetadataReader`). Which
-directories are checkpoints, and of which layout, :mod:`mol_engine.checkpoint_layout` says (without torch).
+directories are checkpoints, and of which layout, :mod:`mol_engine.run_dir` says (without torch).
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
-from .checkpoint_layout import RNG_DIR, SHARDS, STATE_FILE, checkpoint_dirs, is_sharded_checkpoint, step_of
 from .model_card import write_model_card
+from .run_dir import RNG_DIR, SHARDS, STATE_FILE, RunDir, is_sharded_checkpoint, step_of
 
 _OS_ERROR = re.compile(r"os error (\d+)")  # how safetensors' Rust writer reports an OSError
 
@@ -56,15 +56,16 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 def save_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer, optimizer: torch.optim.Optimizer,
                     scheduler, trainer_state: dict[str, Any], keep: int | None = None,
                     protect: Collection[int] = ()) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically and return its path; then prune (see :func:`prune_checkpoints`).
+    """Write ``checkpoints/step-N`` (N = ``step``) atomically and return its path; then prune (see
+    :func:`prune_checkpoints`).
 
     Raises :class:`CheckpointError` when the write fails (e.g. a full disk), with nothing half-written left.
     """
-    root = Path(out_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    _remove_temporaries(root)  # left by a killed writer; one writer per run directory, so none is live
-    final = root / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}-", dir=root))
+    run = RunDir(out_dir)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
+    _remove_temporaries(run)  # left by a killed writer; one writer per run directory, so none is live
+    final = run.checkpoint(step)
+    tmp = Path(tempfile.mkdtemp(prefix=run.scratch_prefix(step), dir=run.checkpoints))
     try:
         _write(tmp, step, model, tokenizer, optimizer.state_dict(), scheduler, trainer_state)
         _move_into_place(tmp, final)
@@ -85,7 +86,7 @@ def prune_checkpoints(out_dir: str | Path, keep: int | None, protect: Collection
     """
     if keep is None:
         return []
-    older = checkpoint_dirs(out_dir)[:-max(keep, 1)]
+    older = RunDir(out_dir).checkpoint_dirs()[:-max(keep, 1)]
     doomed = [p for p in older if step_of(p) not in set(protect)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
@@ -126,7 +127,7 @@ def _set_rng(rng: dict[str, torch.Tensor]) -> None:
 def save_sharded_checkpoint(out_dir: str | Path, step: int, model: nn.Module, tokenizer,
                             optimizer: torch.optim.Optimizer, scheduler, trainer_state: dict[str, Any],
                             keep: int | None = None, protect: Collection[int] = ()) -> Path:
-    """Write ``checkpoints/step-{step}`` of an FSDP run without gathering: every rank calls this at once.
+    """Write ``checkpoints/step-N`` (N = ``step``) of an FSDP run without gathering: every rank calls this at once.
 
     Each rank writes its shards of the trainable weights and the optimizer state (``torch.distributed.checkpoint``,
     in parallel) and its RNG states into a temporary sibling; once all are done, rank 0 adds the model's config
@@ -137,16 +138,16 @@ def save_sharded_checkpoint(out_dir: str | Path, step: int, model: nn.Module, to
     from .distributed import sharded_state
 
     rank = dist.get_rank()
-    root = Path(out_dir) / "checkpoints"
-    final, tmp = root / f"step-{step}", root / f".step-{step}-shards"
+    run = RunDir(out_dir)
+    final, tmp = run.checkpoint(step), run.checkpoints / f"{run.scratch_prefix(step)}shards"
     state = sharded_state(model, optimizer)
     groups = state["optimizer"].pop("param_groups")  # JSON, in the trainer state: DCP would pickle them
     if hasattr(model, "peft_config"):  # the adapter's name is in its parameters' names, not in the files PEFT writes
         trainer_state = trainer_state | {"adapter_name": model.active_adapter}
 
     def prepare() -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        _remove_temporaries(root)  # left by a killed writer; one writer per run directory, so none is live
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+        _remove_temporaries(run)  # left by a killed writer; one writer per run directory, so none is live
         (tmp / RNG_DIR).mkdir(parents=True)
 
     def write_shards() -> None:
@@ -335,7 +336,7 @@ def _move_into_place(tmp: Path, final: Path) -> None:
 
 def _write_failure(err: OSError | SafetensorError, final: Path) -> str:
     """The message of a failed checkpoint write: why, where, the free space left and what is kept."""
-    kept = ", ".join(p.name for p in checkpoint_dirs(final.parent.parent)) or "none"
+    kept = ", ".join(p.name for p in RunDir.holding(final).checkpoint_dirs()) or "none"
     try:
         free = _human_bytes(shutil.disk_usage(final.parent).free)
     except OSError:
@@ -353,8 +354,8 @@ def is_disk_full(err: BaseException) -> bool:
     return bool(match) and int(match[1]) in DISK_FULL
 
 
-def _remove_temporaries(root: Path) -> None:
-    for path in root.glob(".step-*"):
+def _remove_temporaries(run: RunDir) -> None:
+    for path in run.scratch_dirs():
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -16,7 +16,6 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -24,9 +23,8 @@ from torch import Tensor
 
 from .batches import Blocks, document_positions
 from .data import DataError
+from .spec import Packing
 from .token_store import TokenStore
-
-Packing = Literal["concat", "document"]
 
 
 @dataclass(frozen=True)

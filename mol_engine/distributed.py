@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -27,8 +26,7 @@ from .modeling import compile_layers, decoder_layers, load_model
 from .objective import TokenSums, batch_losses
 from .reference import FrozenCopyReference
 from .sharded_load import load_sharded
-
-Mode = Literal["auto", "ddp", "fsdp"]
+from .spec import DistributedMode
 
 
 @dataclass(frozen=True)
@@ -168,13 +166,13 @@ class StepLosses(nn.Module):
         return batch_losses(self.model, batch, **self.loss_kwargs)
 
 
-def uses_fsdp(mode: Mode, world: World, lora: bool) -> bool:
+def uses_fsdp(mode: DistributedMode, world: World, lora: bool) -> bool:
     """Whether the model is sharded with FSDP2: several processes, and ``fsdp`` asked or ``auto`` with full
     fine-tuning (LoRA's trainable part is small, so DDP's full replica costs little more than the base)."""
     return world.size > 1 and (mode == "fsdp" or (mode == "auto" and not lora))
 
 
-def wrap(model: nn.Module, world: World, device: torch.device, mode: Mode = "auto", lora: bool = False,
+def wrap(model: nn.Module, world: World, device: torch.device, mode: DistributedMode = "auto", lora: bool = False,
          root: StepLosses | None = None, **loss_kwargs) -> nn.Module:
     """The step module: plain with one process, FSDP2-sharded or DistributedDataParallel with several. ``root``:
     the step module :func:`load_for_fsdp` already sharded ``model`` under (it gets the losses' arguments)."""

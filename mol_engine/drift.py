@@ -17,9 +17,10 @@ from torch import Tensor, nn
 
 from .batches import BlockSource
 from .evaluate import _batches
-from .losses import KLDirection, _kl_to, _log_softmax_
+from .losses import _kl_to, _log_softmax_
 from .modeling import hidden_states, logits_head
 from .reference import Reference
+from .spec import KLDirection
 
 TOP_N = 5
 PASSAGE_CHARS = 300  # text of a listed passage in the event

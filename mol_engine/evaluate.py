@@ -11,9 +11,9 @@ from torch import nn
 
 from .batches import Batch, BlockSource
 from .data import QAPair
-from .losses import KLDirection
 from .objective import batch_losses
 from .reference import Reference
+from .spec import KLDirection
 
 
 def _batches(blocks: BlockSource, batch_size: int, general: bool, device: torch.device) -> Iterator[Batch]:

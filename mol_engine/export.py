@@ -2,7 +2,7 @@
 
 Full fine-tuning checkpoints already hold a complete model directory. LoRA checkpoints hold a PEFT
 adapter: exported as is (small; loading it needs the base model) or merged into the base weights.
-A checkpoint written under FSDP holds its weights as DCP shards (``checkpoint_layout.is_sharded_checkpoint``):
+A checkpoint written under FSDP holds its weights as DCP shards (``run_dir.is_sharded_checkpoint``):
 exporting it gathers them in this one process into the same directory (full weights, adapter, or merged).
 Every export carries the checkpoint's model card (README.md) rendered for what it holds (mol_engine/model_card.py).
 """
@@ -18,8 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint
 from .model_card import card_from_state, write_model_card
+from .run_dir import STATE_FILE, is_sharded_checkpoint
 
 
 class ExportError(ValueError):

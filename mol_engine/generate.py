@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_layout import is_sharded_checkpoint
 from .context import CONTEXT_FIELDS
 from .export import ExportError, export_checkpoint, is_adapter, model_dir
+from .run_dir import is_sharded_checkpoint
 from .threads import use_threads
 
 

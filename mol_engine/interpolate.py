@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint, latest_checkpoint
 from .export import ExportError, checkpoint_card, is_adapter, model_dir, written_whole
 from .model_card import CARD_FILE, write_model_card
+from .run_dir import STATE_FILE, RunDir, is_sharded_checkpoint
 from .spec import JobSpec
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def resolve_checkpoint(given: str | Path) -> Path:
     path = checkpoint_path(given)
     if (path / STATE_FILE).is_file():
         return path
-    found = best_checkpoint_dir(path) or latest_checkpoint(path)
+    found = best_checkpoint_dir(path) or RunDir(path).latest_checkpoint()
     if found is None:
         raise InterpolationError(f"{given}: neither a checkpoint nor a run directory holding one")
     return found
@@ -147,6 +147,14 @@ def full_checkpoint_state(model: nn.Module, weights: Mapping[str, Tensor]) -> di
     return state
 
 
+def _run_of(checkpoint: str | Path) -> RunDir:
+    """The run directory holding ``checkpoint`` (InterpolationError when it is in none)."""
+    run = RunDir.holding(Path(checkpoint).resolve())
+    if run is None:
+        raise InterpolationError(f"{checkpoint}: not in a run directory's checkpoints folder (RUN/checkpoints/step-N)")
+    return run
+
+
 def _tied_aliases(model: nn.Module) -> set[str]:
     every = dict(model.named_parameters(remove_duplicate=False))
     return set(every) - set(dict(model.named_parameters()))
@@ -170,7 +178,7 @@ def evaluate_interpolation(spec: JobSpec, checkpoint: str | Path,
         raise InterpolationError(f"{checkpoint}: holds {'an adapter' if lora else 'full weights'}, but the spec "
                                  f"says finetune: {spec.finetune}")
     # the exact reference scores the general text either way; a cached top-k is for training alone
-    run = setup_run(spec.model_copy(update={"reference": "exact"}), Path(checkpoint).resolve().parent.parent)
+    run = setup_run(spec.model_copy(update={"reference": "exact"}), _run_of(checkpoint).path)
     run.prompts = []  # no sample completions: only the figures
     set_weights = _adapter_setter(run.model, weights) if lora else _full_setter(run.model, weights)
     rows = []

@@ -1,6 +1,16 @@
 """The Mixture-of-Losses objective as pure tensor functions.
 
-For a step whose rows are split into domain rows D and general rows G (a flag per row):
+Mixture of Losses (MoL) is the method of J. Chen, Q. Tang, Q. Lu and S. Fang, "MoL for LLMs: Dual-Loss
+Optimization to Enhance Domain Expertise While Preserving General Capabilities", arXiv:2505.12043 (2025): each row
+of a step is a domain row or a general row (a flag, the paper's "add-info"); domain rows are trained with
+next-token cross-entropy, so the model learns the domain, and general rows with the KL divergence to the frozen
+base model, so its general behaviour stays anchored to the base:
+
+    L = L_CE(domain rows) + λ · KL(p_θ ‖ p_base)(general rows)
+
+with λ the spec's ``kl_weight`` (1 by default) and the reverse KL by default (``kl_direction: forward`` takes
+KL(p_base ‖ p_θ) instead). Written out, for one optimizer step whose rows are split into domain rows D and
+general rows G:
 
     CE  = (1 / |T_D|) Σ_{t ∈ T_D} −log p_θ(x_t | x_<t)
     KL  = (1 / |T_G|) Σ_{t ∈ T_G} KL_t,   KL_t = Σ_v p_θ(v|x_<t) (log p_θ(v|x_<t) − log p_ref(v|x_<t))   (reverse)
@@ -8,7 +18,11 @@ For a step whose rows are split into domain rows D and general rows G (a flag pe
     loss = CE + λ · KL
 
 where T_D and T_G are the valid target positions (no padding, no first token of a new document) of the
-domain and general rows. With a cached reference (:mod:`mol_engine.reference_cache`) KL_t is taken over k+1
+domain and general rows of the whole step: all its micro-batches (gradient accumulation) and all its processes.
+Each term is a mean over its own tokens, so the domain:general row ratio sets how many tokens each mean rests on,
+not how much each term weighs; only λ weighs them. The functions here return token sums; :func:`mol_loss` divides
+them by the step's counts (:mod:`mol_engine.objective` routes the rows; the ``cpt`` baseline puts every row in
+the CE mean and has no KL term). With a cached reference (:mod:`mol_engine.reference_cache`) KL_t is taken over k+1
 buckets instead of the vocabulary: the base's top-k tokens at t and one tail bucket for all the others
 (:func:`token_topk_kl`). Full-vocabulary logits are only ever formed for a chunk of positions at a time, and each
 chunk's gradients (hidden states and head weights) are formed right away (:class:`_HeadChunks`), so memory does not
@@ -18,13 +32,14 @@ grow with positions × vocabulary and nothing is recomputed in backward.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-KLDirection = Literal["reverse", "forward"]
+from .spec import KLDirection
+
 # hidden states [N, H] -> logits [N, V]; its trainable tensors are those its ``parameters()`` yields (an nn.Module,
 # or modeling.LogitsHead): a plain function is taken to have none
 Head = Callable[[Tensor], Tensor]
@@ -62,9 +77,14 @@ def token_kl(logits: Tensor, ref_logits: Tensor, direction: KLDirection = "rever
 
 def _kl_to(logits: Tensor, log_q: Tensor, direction: KLDirection) -> Tensor:
     """:func:`token_kl` against reference log-probabilities ``log_q``, which it overwrites (a fresh tensor)."""
-    if direction not in ("reverse", "forward"):
-        raise ValueError(f"unknown KL direction {direction!r}")
+    _check_direction(direction)
     return _VocabKL.apply(logits, log_q, direction == "reverse")
+
+
+def _check_direction(direction: str) -> None:
+    """Refuse a KL direction that is not one of :data:`~mol_engine.spec.KLDirection`'s."""
+    if direction not in get_args(KLDirection):
+        raise ValueError(f"unknown KL direction {direction!r}")
 
 
 def _log_softmax_(logits: Tensor) -> Tensor:
@@ -100,8 +120,7 @@ def token_topk_kl(logits: Tensor, ref_index: Tensor, ref_logprob: Tensor, ref_ta
     token and ≤ 1 for a tail token, so extreme logits (a bucket the model gives e^-300) give finite gradients; the
     tail's log-mass is a log-sum-exp, exact however small. Needs k < V (a tail of at least one token).
     """
-    if direction not in ("reverse", "forward"):
-        raise ValueError(f"unknown KL direction {direction!r}")
+    _check_direction(direction)
     if ref_index.shape[-1] >= logits.shape[-1]:
         raise ValueError(f"top-k of {ref_index.shape[-1]} leaves no tail in a vocabulary of {logits.shape[-1]}")
     log_q = torch.cat([ref_logprob, ref_tail[:, None]], dim=-1).to(torch.promote_types(logits.dtype, torch.float32))

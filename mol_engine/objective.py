@@ -8,15 +8,17 @@ Sums (not means) are returned so that gradient accumulation can normalise by the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from .batches import Batch, TargetIndex, TopK
-from .losses import KLDirection, chunked_ce_split, chunked_kl_sum, chunked_topk_kl_sum, mol_loss
+from .losses import chunked_ce_split, chunked_kl_sum, chunked_topk_kl_sum, mol_loss
 from .modeling import hidden_states, logits_head
 from .reference import Reference
 from .reference_cache import TopKTargets
+from .spec import KLDirection, Method
 
 
 @dataclass
@@ -33,7 +35,8 @@ class TokenSums:
 
 
 # method -> (CE on general rows, KL on general rows); "eval" measures both on held-out text
-ROUTES = {"mol": (False, True), "cpt": (True, False), "domain_only": (False, False), "eval": (True, True)}
+ROUTES: dict[Method | Literal["eval"], tuple[bool, bool]] = {
+    "mol": (False, True), "cpt": (True, False), "domain_only": (False, False), "eval": (True, True)}
 
 
 def batch_losses(

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import JsonlLogger
-from .cli import load_spec, resolve_local, run_dir_name
+from .local_runs import resolve_local, run_dir_name
+from .run_dir import RunDir
 from .spec import JobSpec
-from .sweep import Point, SweepError, expand_grid, pareto_frontier, point_label, result_point
+from .spec_file import load_spec
+from .sweep import Point, SweepError, check_grid, expand_grid, pareto_frontier, point_label, result_point
 from .train import train
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "demo-mol.yaml"
@@ -88,7 +90,7 @@ def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None
 
 def _evaluations(run_dir: Path) -> list[dict]:
     """The evaluation points in ``run_dir/metrics.jsonl`` (none before the run started)."""
-    path = run_dir / "metrics.jsonl"
+    path = RunDir(run_dir).metrics_file
     lines = path.read_text().splitlines() if path.exists() else []
     return [m for m in map(json.loads, lines) if "eval/domain_ppl" in m]
 
@@ -259,7 +261,10 @@ def machine_note(loads: list[float]) -> str:
 
 def main(out: str = "runs/replicate", docs: str = "docs", steps: int | None = None,
          grid: Mapping[str, list] | None = None) -> int:
-    """Run every sweep point and write the report; returns 0."""
+    """Run every sweep point and write the report; returns 0. A bad ``grid`` is refused (SweepError) before the
+    demo is built."""
+    for each in grids(grid):
+        check_grid(each)
     spec = demo_spec("mol", "1:1", steps)
     base = spec.model_dump(mode="json") | {"name": "demo"}
     results = run_all(Path(out), base, grid, log=lambda m: print(m, file=sys.stderr))

@@ -2,6 +2,10 @@
 
 Data and model fields hold *references* (paths for the CLI, ids for the API); whoever runs the job resolves
 them to local paths with :meth:`JobSpec.resolve_paths` before calling :func:`mol_engine.train.train`.
+
+Every closed set of choices a spec field takes is a ``Literal`` alias here (``Method``, ``KLDirection``,
+``Packing``, ...): the engine, the API and the CLI import it from this module, and the dashboard reads it from the
+JSON schema (``GET /v1/jobspec``, where each becomes an ``enum``), so a choice is spelled in one place.
 """
 
 from __future__ import annotations
@@ -12,7 +16,21 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+# the spec's vocabularies: each closed set of choices, spelled once
 Method = Literal["mol", "cpt", "domain_only"]
+GeneralSource = Literal["corpus", "self"]
+KLDirection = Literal["reverse", "forward"]
+ReferenceMode = Literal["exact", "cached"]
+Finetune = Literal["full", "lora"]
+Packing = Literal["concat", "document"]
+Schedule = Literal["cosine", "linear", "constant"]
+OnBudget = Literal["warn", "stop"]
+BestMetric = Literal["domain_ppl", "qa_exact_match"]
+Precision = Literal["auto", "fp32", "bf16"]
+Attention = Literal["auto", "sdpa", "flash_attention_2", "flex"]
+Compile = Literal["auto", "on", "off"]
+DistributedMode = Literal["auto", "ddp", "fsdp"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
 MAX_SELF_SAMPLE_TOKENS = 50_000_000  # sampling runs before step 1: beyond this it takes hours on any GPU
 MAX_NPROC = 64  # processes of one job: the service schedules single-node jobs, and no node has more GPUs
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -26,8 +44,9 @@ class LoraSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    rank: int = Field(16, ge=1, le=1024)
-    alpha: float = Field(32.0, gt=0)
+    rank: int = Field(16, ge=1, le=1024, description="r, the rank of each adapter's update B·A: more rank, more "
+                      "trainable parameters and capacity")
+    alpha: float = Field(32.0, gt=0, description="the adapter's update is scaled by alpha / rank (PEFT's lora_alpha)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch's input while training")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="the modules that get adapters: all-linear (every linear layer but the output "
@@ -40,46 +59,87 @@ class JobSpec(BaseModel):
     # allow_inf_nan: JSON has no Infinity or NaN; a spec holding one could be neither stored nor trained on
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
-    name: str = Field("mol-job", min_length=1, max_length=200)
+    name: str = Field("mol-job", min_length=1, max_length=200, description="the job's label in lists, reports "
+                      "and the model card (no control characters)")
     base_model: str = Field(min_length=1, description="Hugging Face model directory (or, via the API, a model id)")
     domain_data: list[str] = Field(min_length=1, description="domain corpus files (JSONL `text`, .txt, Parquet)")
     general_data: list[str] = Field(default_factory=list, description="general corpus files")
-    general_source: Literal["corpus", "self"] = "corpus"
+    general_source: GeneralSource = Field(
+        "corpus", description="where the general rows come from: corpus (general_data) or self (text sampled from "
+        "the base model before training, self_sample_tokens of it; general_data must then be empty)")
     self_sample_tokens: int = Field(200_000, ge=1_000, le=MAX_SELF_SAMPLE_TOKENS, description=(
         "tokens sampled from the base when source=self (at most 50M: more takes hours; upload a general corpus)"))
     eval_data: str | None = Field(None, description="optional QA set (JSONL with `question`, `answer`)")
 
-    method: Method = "mol"
-    ratio: str = Field("1:1", description="domain:general rows per step, e.g. '1:1' or '4:1'")
-    kl_weight: float = Field(1.0, ge=0, le=1000)
-    kl_direction: Literal["reverse", "forward"] = "reverse"
-    reference: Literal["exact", "cached"] = Field(
-        "exact", description="exact: run the base model on the general rows every step; cached: compare with its "
-        "top-k next-token distribution (plus a tail bucket), computed once per corpus and model and reused")
+    method: Method = Field(
+        "mol", description="mol (Mixture of Losses, arXiv 2505.12043): cross-entropy on the domain rows plus "
+        "kl_weight x the KL to the frozen base model on the general rows, which learns the domain while anchoring "
+        "the model's general behaviour to the base; cpt: the plain continual pre-training baseline, cross-entropy "
+        "on every row (domain and general alike); domain_only: cross-entropy on domain rows only, no general rows")
+    ratio: str = Field(
+        "1:1", description="domain:general rows in each micro-batch, e.g. '1:1' or '4:1' (rounded to the batch, at "
+        "least one of each; domain_only ignores it). Each term is averaged over its own tokens, so the ratio does "
+        "not weigh CE against KL (kl_weight does): it splits each step's rows, and with them its compute and how "
+        "many tokens each term's estimate rests on. The paper found 1:1 the best balance")
+    kl_weight: float = Field(
+        1.0, ge=0, le=1000, description="λ in loss = CE(domain rows) + λ·KL(general rows, to the base): how much "
+        "domain cross-entropy one nat of KL to the base is worth, i.e. the trade between learning the domain and "
+        "keeping the base's general behaviour. Higher keeps the model closer to the base (lower eval/general_kl, "
+        "less forgetting) and learns the domain more slowly; lower learns faster and drifts further; 0 drops the "
+        "anchor (the general rows then train nothing); 1 adds the two unweighted. Only mol has a KL term")
+    kl_direction: KLDirection = Field(
+        "reverse", description="which KL the general rows minimise. reverse, the default, KL(p_model ‖ p_base): "
+        "mode-seeking, it penalises the model for putting probability where the base puts little, and lets it "
+        "drop some of the base's alternatives. forward, KL(p_base ‖ p_model): mass-covering, it penalises the "
+        "model for giving little probability to any token the base finds likely (distillation on the base's soft "
+        "targets). eval/general_kl is measured in the same direction, so compare runs of one direction")
+    reference: ReferenceMode = Field(
+        "exact", description="the base distribution the KL compares with. exact: the base model runs on the general "
+        "rows every step (one more forward pass per step; under full fine-tuning a frozen copy of the base is kept "
+        "for it); cached: its top-k next-token distribution (reference_top_k tokens plus one tail bucket), "
+        "computed once per corpus and model and reused (a KL of coarsened distributions, never above the exact "
+        "one). mol only")
     reference_top_k: int = Field(64, ge=1, le=4096, description="tokens per position the cached reference keeps")
 
-    finetune: Literal["full", "lora"] = "full"
-    lora: LoraSpec = Field(default_factory=LoraSpec)
+    finetune: Finetune = Field(
+        "full", description="full: train every weight; lora: train low-rank adapters only (settings in lora), "
+        "far fewer trainable parameters and optimizer state, and the base the KL compares with is the same model "
+        "with its adapters disabled (no second copy of the weights)")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings, used when finetune is lora")
 
-    seq_len: int = Field(512, ge=8, le=131_072)
-    packing: Literal["concat", "document"] = Field(
+    seq_len: int = Field(512, ge=8, le=131_072, description="tokens per row: documents are packed into blocks of "
+                         "seq_len tokens (see packing)")
+    packing: Packing = Field(
         "concat", description="concat: documents run on within a block; document: position ids restart at each "
         "document and attention stays inside it")
     batch_size: int = Field(8, ge=1, le=4096, description="rows per micro-batch")
-    grad_accum: int = Field(1, ge=1, le=1024)
-    lr: float = Field(2e-5, gt=0, le=1.0)
+    grad_accum: int = Field(1, ge=1, le=1024, description="micro-batches per optimizer step: each term is "
+                            "averaged over the whole step's tokens, so a step equals one batch of batch_size x "
+                            "grad_accum rows while holding one micro-batch's activations at a time")
+    lr: float = Field(
+        2e-5, gt=0, le=1.0, description="AdamW's peak learning rate, reached after warmup_steps and then following "
+        "schedule. The default suits full fine-tuning of a pre-trained model (1e-5 to 5e-5 is usual); LoRA "
+        "usually wants about ten times more (1e-4 to 2e-4). Too high and the domain CE falls fast while the KL to "
+        "the base climbs (forgetting that kl_weight then has to pull back); too low and little is learnt in "
+        "max_steps")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="the learning rate the schedule ends at, as a "
                                 "fraction of lr")
-    warmup_steps: int = Field(20, ge=0)
-    schedule: Literal["cosine", "linear", "constant"] = Field(
+    warmup_steps: int = Field(20, ge=0, description="steps over which the learning rate climbs linearly to lr")
+    schedule: Schedule = Field(
         "cosine", description="the learning rate after warm-up: cosine or linear decay to lr x min_lr_ratio at "
         "max_steps, or constant")
     weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW's decoupled weight decay (not on biases and "
                                 "norms)")
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradients are clipped to this norm; null: no clipping")
-    max_steps: int = Field(1000, ge=1, le=10_000_000)
+    max_steps: int = Field(
+        1000, ge=1, le=10_000_000, description="optimizer steps the job trains for. Each step reads batch_size x "
+        "grad_accum rows of seq_len tokens per process (split by ratio), so the domain tokens seen are max_steps "
+        "times the domain rows of a step times seq_len; the schedule decays over max_steps, and the last step is "
+        "always evaluated and saved. Too few and the domain is not learnt; many passes over a small domain corpus "
+        "overfit it (watch the held-out eval/domain_ppl)")
 
-    eval_every: int = Field(100, ge=1)
+    eval_every: int = Field(100, ge=1, description="steps between evaluations (held-out perplexity, KL to the base, "
+                            "QA, samples); step 0, the base, is evaluated too")
     eval_batches: int = Field(8, ge=1, description="held-out blocks per corpus at each evaluation, in batches")
     heldout_fraction: float = Field(0.05, gt=0, lt=0.5, description="the share of each corpus's documents held out "
                                     "for evaluation (a seeded sample, never trained on)")
@@ -91,7 +151,7 @@ class JobSpec(BaseModel):
         "or a JSONL file (a dataset, via the API) of {\"prompt\": ...} rows; null: 2 QA questions and 2 held-out "
         "general-text prefixes; []: none")
     sample_max_tokens: int = Field(48, ge=1, le=256, description="tokens per sample completion")
-    save_every: int = Field(200, ge=1)
+    save_every: int = Field(200, ge=1, description="steps between checkpoints (and at the last step)")
     keep_checkpoints: int | None = Field(
         3, ge=1, description="keep the newest N checkpoints and the final one, deleting older ones once a newer "
         "one is complete; null keeps all")
@@ -102,7 +162,7 @@ class JobSpec(BaseModel):
         "in the first steps, then falls as the KL term pulls the model back (the demo: 0.36 at step 10, 0.07 at "
         "step 200, 0.04 at 400), so the budget is crossed only once the KL stays over it without falling "
         "(budget_patience)")
-    on_budget: Literal["warn", "stop"] = Field(
+    on_budget: OnBudget = Field(
         "warn", description="when the budget is crossed (budget_patience evaluations in a row over max_general_kl, "
         "the KL not falling over them): warn (an event, training goes on) or stop (the job ends, stop reason "
         "budget, with a checkpoint at that step; the best checkpoint within the budget, if any, is kept)")
@@ -111,29 +171,30 @@ class JobSpec(BaseModel):
         "that cross the budget: the early rise of the KL, which then falls, crosses none (4: the least that "
         "stopped no demo run that ends within its budget, evaluated every 10 to 100 steps); 1 judges each "
         "evaluation alone")
-    best_metric: Literal["domain_ppl", "qa_exact_match"] = Field(
+    best_metric: BestMetric = Field(
         "domain_ppl", description="the figure that picks the best checkpoint within the budget: domain_ppl "
         "(lowest) or qa_exact_match (highest; needs eval_data)")
 
-    seed: int = 0
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    seed: int = Field(0, description="seeds the held-out split, the order of the training blocks, the sampled "
+                      "general text and torch's generator (adapter initialisation, dropout): a rerun repeats the job")
+    precision: Precision = Field(
         "auto", description="auto: bf16 autocast on CUDA, fp32 on CPU; fp32 or bf16 to choose")
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in the backward pass instead of keeping them: less memory, an "
         "extra forward pass of time per step")
-    attention: Literal["auto", "sdpa", "flash_attention_2", "flex"] = Field(
+    attention: Attention = Field(
         "auto", description="the attention kernel: sdpa (PyTorch's scaled_dot_product_attention), flash_attention_2 "
         "(CUDA, bf16, needs the flash-attn package; packed documents run as variable-length sequences) or flex "
         "(PyTorch FlexAttention, CUDA: packed documents get a block-sparse mask); auto: flash_attention_2 on CUDA "
         "in bf16 when flash-attn is installed, else flex on CUDA with packing: document, else sdpa. With packing: "
         "document, sdpa builds a dense [T, T] mask per row (17 GiB at seq_len 131,072): on a GPU pick "
         "flash_attention_2 or flex for long sequences")
-    compile: Literal["auto", "on", "off"] = Field(
+    compile: Compile = Field(
         "auto", description="torch.compile each decoder layer (the frozen reference's too): faster GPU steps after "
         "compiling at the start (seconds to minutes); auto: on on CUDA, off on CPU (compiling there costs more than "
         "it saves on small runs); set off if compilation fails for a model")
-    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+    distributed: DistributedMode = Field(
         "auto", description="how several processes (torchrun) share the model: ddp keeps a full replica per "
         "process, fsdp shards parameters, gradients and optimizer state (FSDP2); auto picks fsdp for full "
         "fine-tuning and ddp for LoRA")
@@ -145,7 +206,7 @@ class JobSpec(BaseModel):
         "sizes chunks to the device: up to 64 MiB of fp32 logits and 512 positions on a CPU, up to 1 GiB (and 1/64 "
         "of its memory) on a GPU"
     )
-    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+    report_to: list[Tracker] = Field(
         default_factory=list, max_length=3, description="experiment trackers that also receive the metrics (as "
         "Hugging Face's Trainer): tensorboard, mlflow, wandb; each writes under the run directory (wandb offline) "
         "unless its own environment variables say otherwise; needs `pip install 'mol-studio[trackers]'`")

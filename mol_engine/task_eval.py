@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_layout import STATE_FILE, is_sharded_checkpoint
 from .data import BadLines, DataError, _bad, _file_lines
+from .run_dir import STATE_FILE, is_sharded_checkpoint
 from .threads import use_threads
 
 KINDS = ("multiple_choice", "exact_match")

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from .callbacks import Callback
+from .spec import Tracker
 
 log = logging.getLogger(__name__)
 EXTRA = "pip install 'mol-studio[trackers]'"
-PACKAGE = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # the module each one imports
+# the module each one imports
+PACKAGE: dict[Tracker, str] = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
 # the folder each one writes in the run directory (wandb makes its own ``wandb`` folder in the directory it is given)
-OUTPUT_DIRS: dict[str, str] = {"tensorboard": "tensorboard", "mlflow": "mlruns", "wandb": "wandb"}
+OUTPUT_DIRS: dict[Tracker, str] = {"tensorboard": "tensorboard", "mlflow": "mlruns", "wandb": "wandb"}
 
 
 class TrackerMissing(RuntimeError):

@@ -23,7 +23,6 @@ from .batches import Batch, MixedBatches
 from .budget import best_checkpoint, budget_message, first_crossing, write_best
 from .callbacks import Callback, CallbackList, Cancelled
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_sharded_checkpoint
-from .checkpoint_layout import checkpoint_dirs, latest_checkpoint
 from .context import model_context, seq_len_problem
 from .corpus import Corpus, split_corpus
 from .data import DataError, read_qa
@@ -62,6 +61,7 @@ from .objective import ROUTES, objective
 from .prefetch import StepFeed, prepare
 from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
+from .run_dir import RunDir, step_of
 from .samples import Sample, complete, job_prompts, samples_event
 from .self_sample import self_corpus_path, self_general_corpus
 from .spec import JobSpec
@@ -156,7 +156,7 @@ def train(spec: JobSpec, out_dir: str | Path, callbacks: Sequence[Callback] = ()
         return result
     except Cancelled as stop:  # during sampling, tokenizing or caching, before step 1
         cb.on_event({"step": 0, "kind": "cancelled", "message": f"{stop}; checkpoints kept"})
-        return TrainResult("cancelled", 0, out, {}, latest_checkpoint(out))
+        return TrainResult("cancelled", 0, out, {}, RunDir(out).latest_checkpoint())
     finally:
         close_trackers(trackers)
         world.close()
@@ -198,7 +198,7 @@ def _steps(run: Run, cb: Callback, resume: bool) -> TrainResult:
                "budget": f"stopped by the forgetting budget at step {step} (checkpoints kept)"}.get(
         reason or status, f"finished at step {step}")
     cb.on_event({"step": step, "kind": status, "message": message} | ({"reason": reason} if reason else {}))
-    return TrainResult(status, step, out, last, saved or latest_checkpoint(out), reason)
+    return TrainResult(status, step, out, last, saved or RunDir(out).latest_checkpoint(), reason)
 
 
 def _crosses_budget_now(run: Run, step: int, cb: Callback) -> bool:
@@ -403,13 +403,13 @@ def _optimizer(model: nn.Module, spec: JobSpec, device: torch.device) -> torch.o
 
 
 def _check_fresh(out: Path) -> int:
-    if latest_checkpoint(out):
+    if RunDir(out).latest_checkpoint():
         raise TrainError(f"{out} already holds checkpoints: resume the run or choose another output directory")
     return 0
 
 
 def _restore(run: Run, cb: Callback) -> int:
-    ckpt = latest_checkpoint(run.out)
+    ckpt = RunDir(run.out).latest_checkpoint()
     if ckpt is None:
         cb.on_rewind(-1)
         return 0
@@ -495,7 +495,7 @@ def _check_finite(run: Run, step: int, values: list[float]) -> None:
     bad = [f"{name} = {value}" for name, value in zip(names, values, strict=True) if not math.isfinite(value)]
     if not bad:
         return
-    kept = latest_checkpoint(run.out)
+    kept = RunDir(run.out).latest_checkpoint()
     kept_text = f"the last good checkpoint {kept.name} is kept" if kept else "no checkpoint was written yet"
     what = "gradient norm" if bad[0].startswith("train/grad_norm") else "loss"
     raise TrainError(f"non-finite {what} at step {step}: {', '.join(bad)}; the step was not applied and {kept_text}; "
@@ -570,8 +570,8 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
     keep, protect = run.spec.keep_checkpoints, {run.spec.max_steps}
     best = _best_step(run, step)
     protect |= {best} if best is not None else set()
-    previous = latest_checkpoint(run.out) if keep_previous else None
-    protect |= {int(previous.name.removeprefix("step-"))} if previous else set()
+    previous = RunDir(run.out).latest_checkpoint() if keep_previous else None
+    protect |= {step_of(previous)} if previous else set()
     if is_sharded(run.step_losses):
         path = save_sharded_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
                                        keep=keep, protect=protect)
@@ -587,13 +587,13 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
 def _best_step(run: Run, step: int) -> int | None:
     """The best checkpoint once ``step-N`` is written: among the checkpoints kept so far and this one, those
     evaluated at their step. (One pruned earlier was worse than the best then, which only improves since.)"""
-    kept = {int(p.name.removeprefix("step-")) for p in checkpoint_dirs(run.out)} | {step}
+    kept = {step_of(p) for p in RunDir(run.out).checkpoint_dirs()} | {step}
     history = {s: run.evaluations[s] for s in kept if s in run.evaluations}
     return best_checkpoint(history, run.spec.max_general_kl, run.spec.best_metric)
 
 
 def _save_on_rank_0(run: Run, step: int, state: dict, keep: int | None, protect: set[int]) -> Path:
-    path, failed = run.out / "checkpoints" / f"step-{step}", None
+    path, failed = RunDir(run.out).checkpoint(step), None
     if run.world.is_main:
         try:
             path = save_checkpoint(run.out, step, run.model, run.tokenizer, run.optimizer, run.scheduler, state,
@@ -602,5 +602,5 @@ def _save_on_rank_0(run: Run, step: int, state: dict, keep: int | None, protect:
             failed = err
     # every rank resumes from the same, complete checkpoint, and stops together when there is none
     if run.world.agree(failed is not None, run.device):
-        raise failed or CheckpointError(f"rank 0 could not write checkpoint step-{step} (its log says why)")
+        raise failed or CheckpointError(f"rank 0 could not write checkpoint {path.name} (its log says why)")
     return path

@@ -1,8 +1,8 @@
 """Database: SQLAlchemy tables (tokens, datasets, uploads, sweeps, jobs, metric points, events, side tasks,
 webhooks) and a session factory.
 
-The database is the source of truth; the schema carries a version (``schema_version``) checked at start and
-stepped forward by ``MIGRATIONS`` when it is older.
+The database is the source of truth; ``init_db`` brings its schema to this version at start with Alembic's
+revisions (store/migrate.py, store/migrations/), and refuses one from a newer MoL Studio.
 """
 
 from __future__ import annotations
@@ -25,11 +25,8 @@ from sqlalchemy import (
     String,
     Text,
     create_engine,
-    delete,
     event,
-    inspect,
     select,
-    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -37,7 +34,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 
 from mol_engine.callbacks import strict_dumps
 
-SCHEMA_VERSION = 8
+# what ``schema_version`` holds since Alembic took over (store/migrations/versions/0002): releases from before
+# (versions 1 to 8) read it as newer than theirs and refuse the database; ``alembic_version`` says the rest
+SCHEMA_VERSION = 9
 MAX_SEQ = 2**31 - 1  # metric and event seq columns are INTEGER: 32 bits on PostgreSQL
 
 
@@ -169,7 +168,7 @@ class Job(Base):
 
     @property
     def method(self) -> str | None:
-        """The spec's method (mol, cpt, domain_only)."""
+        """The spec's method (a ``mol_engine.spec.Method``)."""
         return self.spec.get("method")
 
 
@@ -209,8 +208,7 @@ class JobEvent(Base):
 class SideTask(Base):
     """Work a worker does for an owner beside training: an ``interpolation`` or a ``task-evaluation`` of a job.
     ``queued`` or ``running`` it counts against the owner's cap, and an identical request (``request_sha256``)
-    finds it instead of queueing another (api/side_tasks.py); the worker task marks it ``done`` or ``failed``.
-    A new table (create_all makes it in an existing database; no older table changes, so no schema step)."""
+    finds it instead of queueing another (api/side_tasks.py); the worker task marks it ``done`` or ``failed``."""
 
     __tablename__ = "side_tasks"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("side"))
@@ -272,6 +270,8 @@ class WorkerSeen(Base):
 
 
 class SchemaVersion(Base):
+    """The hand-written migrations' version table, frozen at SCHEMA_VERSION since Alembic took over."""
+
     __tablename__ = "schema_version"
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
 
@@ -321,57 +321,6 @@ def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20, pool_time
     return create_engine(url, pool_pre_ping=True, **pool, **JSON_CODEC)
 
 
-def _widen_sizes(session: Session) -> None:
-    """1 -> 2: dataset sizes become 64-bit (SQLite's INTEGER already is); the uploads tables are new."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("ALTER TABLE datasets ALTER COLUMN bytes TYPE BIGINT, "
-                             "ALTER COLUMN approx_tokens TYPE BIGINT"))
-
-
-def _index_job_pages(session: Session) -> None:
-    """2 -> 3: the (owner, created_at, id) index GET /v1/jobs pages by; the idempotency_keys table is new."""
-    session.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_owner_created_id ON jobs (owner, created_at, id)"))
-
-
-def _add_worker_capacity(session: Session) -> None:
-    """3 -> 4: workers record their capacity (the largest nproc they run); rows from before held one process."""
-    if "capacity" not in {c["name"] for c in inspect(session.connection()).get_columns("workers_seen")}:
-        session.execute(text("ALTER TABLE workers_seen ADD COLUMN capacity INTEGER NOT NULL DEFAULT 1"))
-
-
-def _add_stop_reason(session: Session) -> None:
-    """4 -> 5: a job records why it succeeded before max_steps (``budget``); rows from before ran to the end."""
-    if "stop_reason" not in {c["name"] for c in inspect(session.connection()).get_columns("jobs")}:
-        session.execute(text("ALTER TABLE jobs ADD COLUMN stop_reason VARCHAR(40)"))
-
-
-def _add_webhooks(_session: Session) -> None:
-    """5 -> 6: the webhook_endpoints and webhook_deliveries tables are new (create_all, which runs first, made
-    them with their indexes); no existing table changes."""
-
-
-def _add_sweeps(session: Session) -> None:
-    """6 -> 7: jobs may belong to a sweep (``sweep_id``, indexed; no foreign key, which SQLite cannot add to a
-    table); the sweeps table is new (create_all made it). Rows from before belong to none."""
-    if "sweep_id" not in {c["name"] for c in inspect(session.connection()).get_columns("jobs")}:
-        session.execute(text("ALTER TABLE jobs ADD COLUMN sweep_id VARCHAR(40)"))
-    session.execute(text("CREATE INDEX IF NOT EXISTS ix_jobs_sweep_id ON jobs (sweep_id)"))
-
-
-def _add_worker_details(session: Session) -> None:
-    """7 -> 8: workers record their device and the job they run (GET /v1/workers); rows from before have neither."""
-    columns = {c["name"] for c in inspect(session.connection()).get_columns("workers_seen")}
-    if "device" not in columns:
-        session.execute(text("ALTER TABLE workers_seen ADD COLUMN device VARCHAR(200)"))
-    if "job_id" not in columns:
-        session.execute(text("ALTER TABLE workers_seen ADD COLUMN job_id VARCHAR(40)"))
-
-
-# from version N to N + 1
-MIGRATIONS = {1: _widen_sizes, 2: _index_job_pages, 3: _add_worker_capacity, 4: _add_stop_reason, 5: _add_webhooks,
-              6: _add_sweeps, 7: _add_worker_details}
-
-
 class DatabaseUnreachable(RuntimeError):
     """The database did not answer at start; the message says where (password hidden) and why, on one line."""
 
@@ -400,18 +349,10 @@ def sessions_for(url: str) -> sessionmaker:
 
 
 def init_db(engine: Engine) -> sessionmaker:
-    """Create missing tables, check the schema version (migrating an older one), and return a session factory."""
-    Base.metadata.create_all(engine)
-    factory = sessionmaker(engine, expire_on_commit=False)
-    with factory.begin() as session:
-        found = max(session.scalars(select(SchemaVersion.version)), default=None)
-        version = SCHEMA_VERSION if found is None else found
-        while version < SCHEMA_VERSION and version in MIGRATIONS:
-            MIGRATIONS[version](session)
-            version += 1
-        if version != SCHEMA_VERSION:
-            raise RuntimeError("database schema is from another version of MoL Studio; migrate it first")
-        if found != SCHEMA_VERSION:
-            session.execute(delete(SchemaVersion))
-            session.add(SchemaVersion(version=SCHEMA_VERSION))
-    return factory
+    """Bring the schema to this version (creating it in an empty database, migrating an older one, refusing one
+    from a newer MoL Studio with store.migrate.SchemaFromAnotherVersion), and return a session factory."""
+    from store.migrate import upgrade  # Alembic takes a quarter second to import: only where a database opens
+
+    with engine.begin() as connection:
+        upgrade(connection)
+    return sessionmaker(engine, expire_on_commit=False)

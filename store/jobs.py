@@ -28,7 +28,8 @@ from sqlalchemy import ColumnElement, Row, and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mol_engine.spec import JobSpec
+from mol_engine.callbacks import EngineEventKind
+from mol_engine.spec import JobSpec, Method
 
 from .db import IdempotencyKey, Job, JobEvent, MetricPoint, SideTask, new_id, utcnow
 from .leases import as_utc, lease_is_dead
@@ -39,6 +40,11 @@ STATUSES: tuple[str, ...] = get_args(JobStatus)
 ACTIVE = ("queued", "running")  # someone may still write to the job
 FINAL = ("succeeded", "failed", "cancelled")  # nobody will
 RunEnd = Literal["succeeded", "failed", "cancelled"]  # how a runner's run ends (the engine's result, or a failure)
+# The kinds of a job's events: the engine's, and the service's own: a failure, a run interrupted (its worker gone,
+# its lease taken over) or put back in the queue (a rank died, a dead lease), and the side tasks' results
+ServiceEventKind = Literal["failed", "interrupted", "requeued", "lease_lost", "interpolation", "task-evaluation"]
+EventKind = Literal[EngineEventKind, ServiceEventKind]
+EVENT_KINDS: tuple[str, ...] = get_args(EngineEventKind) + get_args(ServiceEventKind)
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
 
@@ -106,8 +112,8 @@ def withdraw_job(sessions: sessionmaker, job_id: str) -> bool:
 class JobFilter:
     """Which of an owner's jobs a list shows: all of them by default."""
 
-    status: str | None = None  # queued, running, succeeded, failed, cancelled
-    method: str | None = None  # the spec's method: mol, cpt, domain_only
+    status: JobStatus | None = None
+    method: Method | None = None
     name_contains: str | None = None  # case-insensitive
 
     def where(self) -> list[ColumnElement[bool]]:

@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mol_engine.run_dir import RunDir
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MOL_", extra="ignore")
@@ -181,9 +183,13 @@ class Settings(BaseSettings):
         """Where the worker that ``mol up`` runs writes its output (the one before: ``worker.log.1``)."""
         return self.home / "worker.log"
 
+    def run_dir(self, job_id: str) -> RunDir:
+        """The job's run directory (``runs/<job id>``): what its training writes, and its log."""
+        return RunDir(self.runs_dir / job_id)
+
     def job_log_file(self, job_id: str) -> Path:
         """The job's log: its runner's output and its worker's lines about it, every attempt appended."""
-        return self.runs_dir / job_id / "job.log"
+        return self.run_dir(job_id).path / "job.log"
 
     @property
     def max_upload_bytes(self) -> int:

@@ -50,7 +50,8 @@ def main(job_id: str, lease_owner: str, report: Path) -> int:
     recorder = DatabaseRecorder(sessions, job_id, lease_owner, None, labels) if is_main else None
     try:
         spec = resolve_spec(sessions, job, settings)
-        result = train(spec, settings.runs_dir / job_id, [recorder, ConsoleLogger()] if recorder else [], resume=True)
+        callbacks = [recorder, ConsoleLogger()] if recorder else []
+        result = train(spec, settings.run_dir(job_id).path, callbacks, resume=True)
     except Exception as err:  # the runner decides: fail the job, or resume it when a peer was lost
         if is_main:
             write_rank_result(report, {"status": "error", "peer_lost": lost_a_peer(err),

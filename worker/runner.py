@@ -187,7 +187,7 @@ def _run_here(sessions: sessionmaker, job_id: str, holder: str, spec: JobSpec, l
     recorder = DatabaseRecorder(sessions, job_id, holder, settings.heartbeat_s, labels)
     try:
         # progress and events also as lines on stderr: the job's log (worker/tasks.py), which the owner can tail
-        result = train(spec, settings.runs_dir / job_id, [recorder, ConsoleLogger()], resume=True)
+        result = train(spec, settings.run_dir(job_id).path, [recorder, ConsoleLogger()], resume=True)
     except Exception as err:  # any failure becomes the job's error message
         traceback.print_exc()  # the whole story into the job's log; the message alone into the job
         recorder.close()

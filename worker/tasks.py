@@ -32,6 +32,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
+from mol_engine.run_dir import checkpoint_names, step_of
 from store.db import Dataset, Job, JobEvent, SideTask, WorkerSeen, sessions_for, utcnow
 from store.dispatch import EVALUATE_TASK, INTERPOLATE_TASK, TASK_NAME, job_sender
 from store.jobs import ACTIVE, end_cancelled_run, mark_sent, release_dead_leases
@@ -43,7 +44,7 @@ from .devices import describe_device
 
 log = logging.getLogger(__name__)
 # What the heartbeat records (GET /v1/workers). The worker runs its tasks in its own process (``--pool=solo``,
-# api/cli.py), so the heartbeat thread and the task see the same values.
+# api/service.py), so the heartbeat thread and the task see the same values.
 _current_job: str | None = None
 _device: str | None = None
 
@@ -134,7 +135,7 @@ def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alpha
     sessions = sessions_for(settings.db_url)
     if not _side_task_starts(sessions, job_id, side_task, "interpolation"):
         return "skipped"
-    path = settings.runs_dir / job_id / "checkpoints" / checkpoint
+    path = settings.run_dir(job_id).checkpoint(checkpoint)
     data: dict = {"checkpoint": checkpoint, "alphas": alphas}
     try:
         data["rows"] = evaluate_interpolation(checkpoint_spec(path), path, alphas)
@@ -143,7 +144,7 @@ def record_interpolation(settings: Settings, job_id: str, checkpoint: str, alpha
         log.exception("interpolation of %s %s failed", job_id, checkpoint)
         data["error"] = f"{type(err).__name__}: {err}"
         message = f"interpolation of {checkpoint} failed: {data['error']}"
-    event = JobEvent(job_id=job_id, step=int(checkpoint.removeprefix("step-")), kind="interpolation",
+    event = JobEvent(job_id=job_id, step=step_of(checkpoint), kind="interpolation",
                      message=message, data=data)
     return _side_task_ends(sessions, event, side_task)
 
@@ -176,7 +177,7 @@ def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoin
         data["kind"], data["rows"] = task_file.kind, []
         for name in checkpoints:
             model = available_models(settings).get(base) if name == "base" else \
-                settings.runs_dir / job_id / "checkpoints" / name
+                settings.run_dir(job_id).checkpoint(name)
             try:
                 data["rows"].append({"checkpoint": name} | score(model or f"base model '{base}'", task_file))
             except Exception as err:  # this model's row says why; the others are scored all the same
@@ -187,7 +188,7 @@ def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoin
         log.exception("task evaluation of %s failed", job_id)
         data["error"] = f"{type(err).__name__}: {err}".replace(str(path), str(filename))
         message = f"task evaluation of {filename} failed: {data['error']}"
-    steps = [int(name.removeprefix("step-")) for name in checkpoints if name.startswith("step-")]
+    steps = [step_of(name) for name in checkpoint_names(checkpoints)]
     event = JobEvent(job_id=job_id, step=max(steps, default=0), kind="task-evaluation", message=message, data=data)
     return _side_task_ends(sessions, event, side_task)
 

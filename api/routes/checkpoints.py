@@ -3,13 +3,13 @@ made of: api/services/checkpoint_downloads.py)."""
 
 from __future__ import annotations
 
-import re
 import shutil
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from mol_engine.export import ExportError, export_kind
+from mol_engine.run_dir import is_step_name
 
 from ..deps import OwnedJob, StreamOwner, Svc, owned_job, revocation_check
 from ..schemas.common import TARBALL, errors
@@ -30,7 +30,7 @@ router = APIRouter(prefix="/v1/jobs/{job_id}/checkpoints", tags=["checkpoints"],
 
 @router.get("", response_model=list[CheckpointOut])
 def list_checkpoints(job_id: str, _job: OwnedJob, svc: Svc) -> list[CheckpointOut]:
-    return checkpoints_listed(svc.settings.runs_dir / job_id)
+    return checkpoints_listed(svc.settings.run_dir(job_id))
 
 
 @router.get("/{name}/download", response_class=StreamingResponse, responses={
@@ -43,10 +43,11 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, re
     with svc.sessions() as db:
         job = owned_job(db, owner, job_id)
         submitted, labels = job.spec, spec_dataset_labels(db, job)
-    name = resolve_checkpoint_name(svc.settings.runs_dir / job_id, name)
-    if not re.fullmatch(r"step-\d+", name):
+    run = svc.settings.run_dir(job_id)
+    name = resolve_checkpoint_name(run.path, name)
+    if not is_step_name(name):
         raise HTTPException(404, f"checkpoint '{name}' not found")
-    path = svc.settings.runs_dir / job_id / "checkpoints" / name
+    path = run.checkpoint(name)
     if not path.is_dir():
         raise HTTPException(404, f"checkpoint '{name}' not found")
     if format not in ("merged", "adapter"):

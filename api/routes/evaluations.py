@@ -10,25 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Response
 from sqlalchemy import select
 
+from mol_engine.run_dir import RunDir
 from store.db import Job, JobEvent
 from store.dispatch import EVALUATE_TASK
 from store.models import available_models
 
 from ..deps import DB, OwnedJob, Owner, Svc, owned_dataset, worker_task_sender
 from ..schemas.common import errors
-from ..schemas.side_tasks import TaskEvaluationIn, TaskEvaluationOut, TaskEvaluationQueued
+from ..schemas.side_tasks import BASE, TaskEvaluationIn, TaskEvaluationOut, TaskEvaluationQueued
 from ..services.checkpoints import resolve_checkpoint_name
 from ..services.handover import queue_side_task
 
 router = APIRouter(prefix="/v1/jobs/{job_id}/evaluations", tags=["evaluations"], responses=errors(401, 404, 422))
 EVENT_KIND = "task-evaluation"
-BASE = "base"
 
 Send = Callable[[str, str, list[str], str], None]  # (job id, task dataset id, model names, side task id) -> queued
 
@@ -45,7 +44,7 @@ def request_task_evaluation(job_id: str, body: TaskEvaluationIn, job: OwnedJob, 
     dataset = owned_dataset(db, owner, body.task)
     if dataset.purpose != "task":
         raise HTTPException(422, f"task: dataset '{body.task}' was uploaded for '{dataset.purpose}', not 'task'")
-    names = model_names(job, svc.settings.runs_dir / job_id, body.checkpoints)
+    names = model_names(job, svc.settings.run_dir(job_id), body.checkpoints)
     if BASE in names and job.spec.get("base_model") not in available_models(svc.settings):
         raise HTTPException(422, f"checkpoints: the base model '{job.spec.get('base_model')}' cannot be loaded "
                                  f"(not among GET /v1/models)")
@@ -54,19 +53,17 @@ def request_task_evaluation(job_id: str, body: TaskEvaluationIn, job: OwnedJob, 
     return TaskEvaluationQueued(id=task.id, job_id=job_id, task=body.task, checkpoints=names, status=task.status)
 
 
-def model_names(job: Job, run_dir: Path, asked: list[str] | None) -> list[str]:
+def model_names(job: Job, run: RunDir, asked: list[str] | None) -> list[str]:
     """The models to score, in order and once each: ``base`` and ``step-N`` names (``best`` resolved; 409 before
     there is one); 404 for a checkpoint not kept, 422 for one that holds no model."""
     if asked is None:
-        from mol_engine.checkpoint import checkpoint_dirs  # imports torch: not at the API's start
-
-        return [BASE] + [path.name for path in checkpoint_dirs(run_dir)]
-    names = list(dict.fromkeys(name if name == BASE else resolve_checkpoint_name(run_dir, name) for name in asked))
-    for name in names:
-        path = run_dir / "checkpoints" / name
-        if name != BASE and not path.is_dir():
+        return [BASE] + [path.name for path in run.checkpoint_dirs()]
+    names = list(dict.fromkeys(name if name == BASE else resolve_checkpoint_name(run.path, name) for name in asked))
+    for name in (name for name in names if name != BASE):
+        path = run.checkpoint(name)
+        if not path.is_dir():
             raise HTTPException(404, f"checkpoint '{name}' not found")
-        if name != BASE and not any((path / "model" / f).is_file() for f in ("config.json", "adapter_config.json")):
+        if not any((path / "model" / f).is_file() for f in ("config.json", "adapter_config.json")):
             raise HTTPException(422, f"checkpoints: '{name}' holds no loadable model (no model/config.json)")
     return names
 

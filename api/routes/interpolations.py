@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Response
 from sqlalchemy import select
 
+from mol_engine.run_dir import step_name
 from store.db import JobEvent
 from store.dispatch import INTERPOLATE_TASK
 
@@ -41,9 +42,9 @@ Sender = Annotated[Send, Depends(celery_sender)]
 def request_interpolation(job_id: str, body: InterpolationIn, _job: OwnedJob, owner: Owner, db: DB, svc: Svc,
                           send: Sender, response: Response) -> InterpolationQueued:
     db.close()  # the rest runs in short sessions of its own
-    run_dir = svc.settings.runs_dir / job_id
-    name = resolve_checkpoint_name(run_dir, body.checkpoint)  # 'best' before any evaluation: 409
-    if not (run_dir / "checkpoints" / name).is_dir():
+    run = svc.settings.run_dir(job_id)
+    name = resolve_checkpoint_name(run.path, body.checkpoint)  # 'best' before any evaluation: 409
+    if not run.checkpoint(name).is_dir():
         raise HTTPException(404, f"checkpoint '{body.checkpoint}' not found")
     task = queue_side_task(svc, owner, job_id, EVENT_KIND, {"checkpoint": name, "alphas": body.alphas}, send,
                            response)
@@ -58,6 +59,6 @@ def list_interpolations(job_id: str, _job: OwnedJob, db: DB) -> list[Interpolati
 
 
 def interpolation_out(step: int, data: dict[str, Any], created_at: datetime) -> InterpolationOut:
-    return InterpolationOut(checkpoint=data.get("checkpoint", f"step-{step}"), step=step,
+    return InterpolationOut(checkpoint=data.get("checkpoint", step_name(step)), step=step,
                             alphas=data.get("alphas", []), rows=data.get("rows"), error=data.get("error"),
                             created_at=created_at)

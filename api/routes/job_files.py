@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from mol_engine.spec import Tracker
 from mol_engine.trackers import OUTPUT_DIRS
 from store.dataset_names import relabel, stored_names
 from store.jobs import FINAL
@@ -24,8 +25,9 @@ router = APIRouter(prefix="/v1/jobs/{job_id}", tags=["jobs"], responses=errors(4
 Offset = Annotated[int | None, Query(ge=0, le=2**53, description=(
     "read from this byte (a previous answer's next_offset); without it, the log's last MOL_JOB_LOG_TAIL_KB"))]
 # how to look at a tracker's folder once its archive is unpacked ({folder}: the unpacked folder's name)
-VIEW = {"tensorboard": "tensorboard --logdir {folder}", "mlflow": "mlflow ui --backend-store-uri ./{folder}",
-        "wandb": "wandb sync {folder}/offline-run-*"}
+VIEW: dict[Tracker, str] = {"tensorboard": "tensorboard --logdir {folder}",
+                            "mlflow": "mlflow ui --backend-store-uri ./{folder}",
+                            "wandb": "wandb sync {folder}/offline-run-*"}
 
 
 
@@ -56,7 +58,7 @@ def list_trackers(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> list[Tracker
     """The folders the job's trackers (its spec's ``report_to``) wrote in its run directory; none for a tracker
     that logs elsewhere (``MLFLOW_TRACKING_URI`` or ``WANDB_MODE=online`` set on the worker)."""
     db.close()
-    found = tracker_folders(svc.settings.runs_dir / job_id)
+    found = tracker_folders(svc.settings.run_dir(job_id).path)
     return [TrackerOut(name=name, folder=path.name, bytes=tree_bytes(path),
                        download=f"/v1/jobs/{job_id}/trackers/{name}/download",
                        view=VIEW[name].format(folder=f"{job_id}-{path.name}")) for name, path in found.items()]
@@ -68,7 +70,7 @@ def download_tracker(job_id: str, name: str, owner: StreamOwner, svc: Svc, reque
     """Streams the tracker's folder as ``JOB-FOLDER.tar.gz``, unpacking into ``JOB-FOLDER/``."""
     with svc.sessions() as db:
         owned_job(db, owner, job_id)
-    path = tracker_folders(svc.settings.runs_dir / job_id).get(name)
+    path = tracker_folders(svc.settings.run_dir(job_id).path).get(name)
     if path is None:
         raise HTTPException(404, f"tracker '{name}': this job has no output of it")
     return TarGzResponse(path, f"{job_id}-{path.name}", f"{job_id}-{path.name}.tar.gz",

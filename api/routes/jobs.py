@@ -83,7 +83,7 @@ def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None, s
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(job_id: str, job: OwnedJob, svc: Svc) -> JobOut:
     out = job_out(job)
-    out.disk_bytes = tree_bytes(svc.settings.runs_dir / job_id)  # one job's directory: a walk of a few files
+    out.disk_bytes = tree_bytes(svc.settings.run_dir(job_id).path)  # one job's directory: a walk of a few files
     return out
 
 
@@ -108,7 +108,7 @@ def delete_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> None:
         raise HTTPException(409, f"job '{job_id}' is {active}: cancel it first") from None
     except LookupError:
         raise HTTPException(404, f"job '{job_id}' not found") from None
-    shutil.rmtree(svc.settings.runs_dir / job_id, ignore_errors=True)
+    shutil.rmtree(svc.settings.run_dir(job_id).path, ignore_errors=True)
 
 
 @router.get("/{job_id}/metrics", responses={200: {"model": list[MetricPointOut], "content": SSE}} | errors(404))

@@ -1,11 +1,13 @@
-"""Jobs: a job and its page, its checkpoints, events, metric points, log, trackers, and the estimate of one."""
+"""Jobs: a job and its page, its checkpoints, events, metric points, log, trackers, the estimate of one, and the
+words (statuses, event kinds) their answers use."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from mol_engine.spec import Tracker
 from store.jobs import JobStatus
 
 from .common import UtcDatetime
@@ -92,7 +94,7 @@ class JobLogOut(BaseModel):
 class TrackerOut(BaseModel):
     """A tracker's output folder in a job's run directory, downloadable as .tar.gz, and how to look at it."""
 
-    name: str  # tensorboard | mlflow | wandb
+    name: Tracker
     folder: str  # its name in the run directory (and in the archive)
     bytes: int
     download: str  # the URL of its .tar.gz
@@ -113,3 +115,12 @@ class EstimateOut(BaseModel):
     eval_s: float | None = None
     save_s: float | None = None
     message: str
+
+
+class VocabulariesOut(BaseModel):
+    """The words job answers use (GET /v1/vocabularies), each from the one place it is defined."""
+
+    job_statuses: list[str] = Field(description="every status of a job, in the order a job passes them")
+    active_statuses: list[str] = Field(description="statuses of a job someone may still write to")
+    final_statuses: list[str] = Field(description="statuses of a job that has ended")
+    event_kinds: list[str] = Field(description="every kind of a job's events (GET /v1/jobs/{id}/events)")

@@ -7,16 +7,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from mol_engine.interpolate import DEFAULT_ALPHAS, MAX_ALPHAS, check_alphas
+from mol_engine.run_dir import BEST_NAME, STEP_NAME_PATTERN
 
 from .common import UtcDatetime
 
 MAX_EVALUATED_MODELS = 50  # of one task evaluation
+BASE = "base"  # a task evaluation's name for the job's base model, beside its checkpoints' names
 
 
 class InterpolationIn(BaseModel):
     """Which checkpoint to interpolate with the base, and at which α."""
 
-    checkpoint: str = Field("best", pattern=r"^(best|step-\d{1,9})$", description="'step-N' or 'best'")
+    checkpoint: str = Field("best", pattern=rf"^({BEST_NAME}|{STEP_NAME_PATTERN})$", description="'step-N' or 'best'")
     alphas: list[float] = Field(list(DEFAULT_ALPHAS), min_length=1, max_length=MAX_ALPHAS,
                                 description=f"θ(α) = (1−α)·base + α·checkpoint, each α in [0, 1], at most "
                                             f"{MAX_ALPHAS}")
@@ -50,7 +52,7 @@ class TaskEvaluationIn(BaseModel):
     """Which task to score, on which of the job's models."""
 
     task: str = Field(description="id of a dataset uploaded with purpose 'task'")
-    checkpoints: list[Annotated[str, Field(pattern=r"^(base|best|step-\d{1,9})$")]] | None = Field(
+    checkpoints: list[Annotated[str, Field(pattern=rf"^({BASE}|{BEST_NAME}|{STEP_NAME_PATTERN})$")]] | None = Field(
         None, min_length=1, max_length=MAX_EVALUATED_MODELS,
         description="'base', 'best' or 'step-N' each; default every checkpoint the job keeps, and the base")
 

@@ -18,9 +18,9 @@ from fastapi import HTTPException
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from mol_engine.checkpoint_layout import is_sharded_checkpoint
 from mol_engine.export import checkpoint_card, export_checkpoint, export_kind, is_adapter
 from mol_engine.model_card import base_is_hub, portable_files, reference_names, spec_references
+from mol_engine.run_dir import is_sharded_checkpoint
 from store.db import Dataset, Job
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from mol_engine.budget import BEST_NAME, read_best
-from mol_engine.checkpoint_layout import checkpoint_dirs, is_sharded_checkpoint
+from mol_engine.budget import read_best
 from mol_engine.export import is_adapter, tied_aliases
+from mol_engine.run_dir import BEST_NAME, RunDir, is_sharded_checkpoint, step_name, step_of
 from store.settings import Settings
 
 from ..disk import tree_bytes
@@ -24,24 +24,24 @@ def resolve_checkpoint_name(run_dir: Path, name: str) -> str:
     if step is None:
         raise HTTPException(409, "checkpoint 'best': this job has no best checkpoint yet (the best is chosen among "
                                  "checkpoints evaluated at their step within max_general_kl; none is so far)")
-    return f"step-{step}"
+    return step_name(step)
 
 
 def find_job_checkpoint(settings: Settings, job_id: str, name: str) -> Path | None:
     """The directory of the job's checkpoint called ``name`` (``step-N``, or ``best`` as the download route takes
     it: 409 while the job has none), or None when there is none."""
-    run_dir = settings.runs_dir / job_id
-    name = resolve_checkpoint_name(run_dir, name)
-    return next((p for p in checkpoint_dirs(run_dir) if p.name == name), None)
+    run = settings.run_dir(job_id)
+    name = resolve_checkpoint_name(run.path, name)
+    return next((p for p in run.checkpoint_dirs() if p.name == name), None)
 
 
-def checkpoints_listed(run_dir: Path) -> list[CheckpointOut]:
+def checkpoints_listed(run: RunDir) -> list[CheckpointOut]:
     """The run's checkpoints, oldest first, each with its step, whether it is the best, its kind and the bytes a
     download of it carries."""
-    best = read_best(run_dir)
-    return [CheckpointOut(name=p.name, step=(step := int(p.name.split("-")[1])), best=step == best,
+    best = read_best(run.path)
+    return [CheckpointOut(name=p.name, step=(step := step_of(p)), best=step == best,
                           kind="adapter" if is_adapter(p) else "full", bytes=download_bytes(p))
-            for p in checkpoint_dirs(run_dir)]
+            for p in run.checkpoint_dirs()]
 
 
 def download_bytes(checkpoint: Path) -> int:

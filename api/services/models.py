@@ -7,9 +7,9 @@ from pathlib import Path
 
 from fastapi import HTTPException
 
-from mol_engine.budget import BEST_NAME, best_checkpoint_dir
-from mol_engine.checkpoint_layout import checkpoint_dirs
+from mol_engine.budget import best_checkpoint_dir
 from mol_engine.generate import ModelSource
+from mol_engine.run_dir import BEST_NAME, step_of
 from store.db import Job, is_id
 from store.models import available_models, model_type
 
@@ -43,9 +43,9 @@ def checkpoint_models(svc, owner: str) -> list[ModelOut]:
     models = available_models(svc.settings)
     listed = []
     for job_id, job_name, spec in jobs:
-        base, run_dir = models.get(spec.get("base_model")), svc.settings.runs_dir / job_id
-        best = best_checkpoint_dir(run_dir)
-        named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(checkpoint_dirs(run_dir))]
+        base, run = models.get(spec.get("base_model")), svc.settings.run_dir(job_id)
+        best = best_checkpoint_dir(run.path)
+        named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(run.checkpoint_dirs())]
         listed += [checkpoint_model(f"{job_id}:{name}", path, base, owner, job_name) for name, path in named]
     return listed
 
@@ -56,7 +56,7 @@ def checkpoint_model(model_id: str, path: Path, base: Path | None, owner: str,
     as ``model_id`` (``<job_id>:best`` or ``<job_id>:step-N``)."""
     return ModelOut(id=model_id, created=mtime_s(path), owned_by=owner,
                     model_type=model_type(base) if base is not None else None, kind="checkpoint", job_name=job_name,
-                    checkpoint=model_id.rsplit(":", 1)[-1], step=int(path.name.removeprefix("step-")))
+                    checkpoint=model_id.rsplit(":", 1)[-1], step=step_of(path))
 
 
 def mtime_s(path: Path) -> int:

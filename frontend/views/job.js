@@ -1,12 +1,11 @@
 // Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
-import { api } from "../api.js";
+import { api, words } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
 import { byteSize, duration, el, jobBadge, localTime } from "../dom.js";
 import { trackersSection } from "./job_files.js";
 import { watchSideTasks } from "./side_tasks.js";
 import { taskEvaluationSection } from "./task_evals.js";
 
-const FINAL = ["succeeded", "failed", "cancelled"];
 
 const AFTER_STEP = "No points yet: the curve appears after the first training step.";
 const AFTER_EVAL = "No points yet: the curve appears with the first evaluation.";
@@ -100,7 +99,7 @@ const PHASE_KINDS = ["token-store", "self-sample", "reference-cache", "config", 
 // (a token store being built with its share done), the training step once steps run; null once the job has
 // ended (its badge and step say it). `ev` is the latest event of PHASE_KINDS, if any.
 export function phaseLine(job, ev) {
-  if (FINAL.includes(job.status)) return null;
+  if (words.final_statuses.includes(job.status)) return null;
   if (job.status === "queued") return { phase: "queued", text: "Waiting for a worker to take the job." };
   if (job.step > 0) {
     return { phase: "training", text: `Training: step ${job.step} of ${job.max_steps} `
@@ -338,7 +337,7 @@ export async function jobPage(view, jobId) {
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
       el("span", { class: "muted", "data-eta": "" }, etaText(job, pace, Date.now())),
       el("span", { class: "spacer" }), el("a", { class: "button", href: `#/log/${jobId}`, "data-action": "log" }, "Log"),
-      clone, FINAL.includes(job.status) ? remove : cancel);
+      clone, words.final_statuses.includes(job.status) ? remove : cancel);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
     const reason = stopReason(job, checkpoints);
     if (reason) header.append(el("p", { class: "wide", "data-stop-reason": job.stop_reason }, reason));
@@ -374,7 +373,7 @@ export async function jobPage(view, jobId) {
     const stamp = el("time", { datetime: ev.created_at }, localTime(ev.created_at, { timeStyle: "medium" }));
     log.prepend(el("li", { "data-kind": ev.kind },
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
-    if (ev.kind === "checkpoint" || ev.kind === "interrupted" || FINAL.includes(ev.kind)) lastCheckpoints += 1;
+    if (ev.kind === "checkpoint" || ev.kind === "interrupted" || words.final_statuses.includes(ev.kind)) lastCheckpoints += 1;
     if (PHASE_KINDS.includes(ev.kind)) { phaseEvent = ev; drawPhase(); }
     pace = trackPace(pace, ev);
     if (ev.kind === "samples") samples.add(ev);
@@ -390,7 +389,7 @@ export async function jobPage(view, jobId) {
     set.forEach(([chart]) => chart.flush());
     if (lastCheckpoints !== seen) { seen = lastCheckpoints; refresh(); }
   }, 500);
-  const status = setInterval(() => { if (!FINAL.includes(job.status)) refresh(); }, 3000);
+  const status = setInterval(() => { if (!words.final_statuses.includes(job.status)) refresh(); }, 3000);
   return () => { source.close(); clearInterval(timer); clearInterval(status); sideTasks.stop(); };
 }
 

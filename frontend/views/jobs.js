@@ -1,5 +1,5 @@
 // Jobs list: live (refreshed every 2 s), with a selection to compare.
-import { api, listPages } from "../api.js";
+import { api, listPages, words } from "../api.js";
 import { duration, el, fmt, jobBadge, when } from "../dom.js";
 
 function eta(job) {
@@ -27,15 +27,17 @@ function row(job, selected, onToggle) {
 }
 
 const PAGE = 50;
-const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
-const METHODS = [["mol", "MoL"], ["cpt", "CPT"], ["domain_only", "Domain only"]];
+// how the filter names each method; the methods themselves are the JobSpec schema's (GET /v1/jobspec)
+const METHOD_NAMES = { mol: "MoL", cpt: "CPT", domain_only: "Domain only" };
 
 // The filter controls (status, method, name contains) and the list's query string they make; onChange on edits.
 function filterBar(onChange) {
   const choice = (name, label, options) => el("select", { name, "aria-label": label, onchange: onChange },
     el("option", { value: "" }, `Any ${label.toLowerCase()}`), options.map(([v, t]) => el("option", { value: v }, t)));
-  const status = choice("status", "Status", STATUSES.map((s) => [s, s]));
-  const method = choice("method", "Method", METHODS);
+  const status = choice("status", "Status", words.job_statuses.map((s) => [s, s]));
+  const method = choice("method", "Method", []);
+  api("/v1/jobspec").then((schema) => method.append(...(schema.properties.method?.enum ?? [])
+    .map((v) => el("option", { value: v }, METHOD_NAMES[v] ?? v)))).catch(() => {});  // no schema: any method
   let typing;
   const name = el("input", { type: "search", name: "q", placeholder: "Name contains…", "aria-label": "Name contains",
     oninput: () => { clearTimeout(typing); typing = setTimeout(onChange, 250); } });

@@ -29,7 +29,7 @@ const GROUPS = [
   { legend: "Training", fields: [["name", "Name"], ["max_steps", "Steps"], ["lr", "Learning rate"],
     ["warmup_steps", "Warm-up steps"], ["batch_size", "Rows per micro-batch"], ["grad_accum", "Gradient accumulation"],
     ["seq_len", "Sequence length"]] },
-  { legend: "Mixture and KL", fields: [["ratio", "Ratio domain:general"], ["kl_weight", "KL weight λ"],
+  { legend: "Mixture and KL", describe: true, fields: [["ratio", "Ratio domain:general"], ["kl_weight", "KL weight λ"],
     ["kl_direction", "KL direction"]] },
   { legend: "LoRA", when: ["finetune", "lora"], fields: [["lora.rank", "LoRA rank"], ["lora.alpha", "LoRA alpha"]] },
   { legend: "Forgetting budget", describe: true, fields: [["max_general_kl", "Max KL to the base"],
@@ -37,6 +37,15 @@ const GROUPS = [
   { legend: "Evaluation, checkpoints, processes", fields: [["eval_every", "Evaluate every (steps)"],
     ["save_every", "Checkpoint every (steps)"], ["nproc", "Processes (torchrun)"]] },
 ];
+// The words of the Model and method section's radios, by choice; the choices themselves are the schema's enums (a
+// choice without words here shows as its name).
+const CHOICE_TEXT = {
+  method: { mol: "MoL: CE on domain, KL to the base on general", cpt: "CPT baseline: CE on everything",
+    domain_only: "Domain only" },
+  reference: { exact: "Exact reference: the base model runs on the general rows every step",
+    cached: "Cached reference: the base's top-k, computed once per corpus and model; faster" },
+  finetune: { full: "Full fine-tuning", lora: "LoRA" },
+};
 // spec fields whose errors belong to another input's slot
 const ALIASES = { general_source: "general_data", lora: "lora.rank" };
 // the spec fields the form shows outside the Advanced section
@@ -251,9 +260,11 @@ function fillFrom(form, pickers, spec) {
   for (const picker of pickers) if (picks[picker.dataset.purpose]) picker.pick(picks[picker.dataset.purpose]);
 }
 
-function radios(name, options, checked) {
-  return el("div", { class: "choices" }, options.map(([value, text]) =>
-    el("label", {}, el("input", { type: "radio", name, value, checked: value === checked }), text)));
+// A radio per choice of the schema's enum for spec field ``name``, worded by CHOICE_TEXT, its default checked.
+function radios(schema, name) {
+  const { choices, fallback } = fieldRule(fieldSchema(schema, name));
+  return el("div", { class: "choices" }, (choices ?? []).map((value) => el("label", {},
+    el("input", { type: "radio", name, value, checked: value === fallback }), CHOICE_TEXT[name]?.[value] ?? value)));
 }
 
 // ``from``: a job id whose spec fills the form (the job page's Clone button: #/new?from=<job_id>)
@@ -280,17 +291,14 @@ export async function newJobPage(view, from = null) {
       el("label", { for: "base_model" }, "Base model"),
       modelSelect ?? noModelNote(),
       fieldError("base_model"),
-      radios("method", [["mol", "MoL: CE on domain, KL to the base on general"],
-        ["cpt", "CPT baseline: CE on everything"], ["domain_only", "Domain only"]], defaults.method),
+      radios(schema, "method"),
       fieldError("method"),
       el("div", { "data-when": "method=mol" },  // only MoL compares with the base while training
-        radios("reference", [["exact", "Exact reference: the base model runs on the general rows every step"],
-          ["cached", "Cached reference: the base's top-k, computed once per corpus and model; faster"]],
-        defaults.reference),
+        radios(schema, "reference"),
         fieldError("reference")),
       el("label", { class: "inline", "data-when": "method!=cpt" },
         el("input", { type: "checkbox", name: "with_cpt", checked: true }), "Also run a CPT baseline on the same data"),
-      radios("finetune", [["full", "Full fine-tuning"], ["lora", "LoRA"]], defaults.finetune),
+      radios(schema, "finetune"),
       fieldError("finetune")),
     el("fieldset", {}, el("legend", {}, "Data"), pickers),
     groups,

@@ -53,11 +53,11 @@ def settings(request, tmp_path, tiny_model_dir) -> Settings:
     if request.param == "postgresql":
         from sqlalchemy import create_engine
 
-        from store.db import Base
+        from tests.empty_database import empty_database
 
         database_url = request.getfixturevalue("postgres_url")
         engine = create_engine(database_url)
-        Base.metadata.drop_all(engine)  # every test starts from an empty schema
+        empty_database(engine)  # every test starts from an empty schema
         engine.dispose()
     return Settings(home=tmp_path / "home", models_dir=models, demo_model=False, max_upload_mb=0.05,
                     database_url=database_url, tokens=",".join(f"{o}:{t}" for o, t in TOKENS.items()),

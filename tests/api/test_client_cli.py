@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from api.app import create_app
-from api.cli import main
 from api.client import MolClient, Progress, human_bytes
-from mol_engine.cli import load_spec
+from mol_cli.main import main
+from mol_engine.spec_file import load_spec
 from store.settings import Settings
 from tests.live_server import serving
 from worker.runner import run
@@ -192,16 +192,17 @@ def test_progress_writes_one_final_line_when_not_on_a_terminal():
     assert out.getvalue().endswith("B/s\n") and out.getvalue().count("\n") == 1
 
 
-def test_the_client_imports_nothing_of_the_server_and_of_the_engine_only_its_spec_reader():
-    code = ("import argparse, sys, api.client, api.client_refs\n"  # with every command registered
-            "api.client.add_client_parser(argparse.ArgumentParser().add_subparsers())\nprint(' '.join(sys.modules))")
+def test_the_client_imports_nothing_of_the_server_and_of_the_engine_only_its_spec_reader_and_run_names():
+    code = ("import sys, mol_cli.main, mol_cli.commands.client_refs\n"  # with every client command registered
+            "mol_cli.main.build_parser([mol_cli.main.client]).parse_args(['client', 'list'])\n"
+            "print(' '.join(sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "httpx" in loaded and not [m for m in loaded if m.split(".")[0] in ("torch", "transformers", "fastapi",
-                                                                               "sqlalchemy")]
-    assert [m for m in loaded if m.split(".")[0] == "mol_engine"] == ["mol_engine", "mol_engine.spec_file"]
-    assert "api.client_commands" in loaded
-    assert not [m for m in loaded if m.startswith("api.") and m not in ("api.client", "api.client_commands",
-                                                                        "api.client_refs")]
+                                                                               "sqlalchemy", "pydantic", "store")]
+    assert {m for m in loaded if m.split(".")[0] == "mol_engine"} == {"mol_engine", "mol_engine.spec_file",
+                                                                      "mol_engine.run_dir"}  # step-N names
+    assert "mol_cli.commands.client_resources" in loaded
+    assert [m for m in loaded if m.split(".")[0] == "api"] == ["api", "api.client"]
 
 
 def test_a_spec_file_means_the_same_to_mol_train_and_to_the_client(server, capsys, tmp_path):

@@ -1,6 +1,7 @@
-"""`mol client`'s resource commands against one live uvicorn server (api/client_commands.py): a test per command
-group, each checked against what the API then holds, in text and with --json; a spec naming its datasets by local
-path, file name and `demo` (each file sent once: by sha256). Side tasks run in-process as the worker would run them.
+"""`mol client`'s resource commands (mol_cli/commands/client_resources.py) against one live uvicorn server: a test
+per command group, each checked against what the API then holds, in text and with --json; a spec naming its datasets
+by local path, file name and `demo` (each file sent once: by sha256). Side tasks run in-process as the worker would
+run them.
 """
 
 import hashlib
@@ -13,10 +14,10 @@ import pytest
 import yaml
 
 from api.app import create_app
-from api.cli import main
 from api.client import EXISTING_HEADER, MolClient
 from api.dataset_store import EXISTING_HEADER as SERVERS_HEADER
 from api.routes import evaluations, interpolations
+from mol_cli.main import main
 from store.settings import Settings
 from tests.api.test_client_cli import DOCS, PROSE
 from tests.api.test_completions import TEMPLATE, variant
@@ -220,7 +221,7 @@ def test_sweeps_create_list_and_get(served, api, corpora, capsys, tmp_path):
     assert code == 0 and rows == [[second["id"], "cli", "2"], [sweep_id, "grid", "4"]]
     assert as_json(capsys, "sweeps", "get", sweep_id)["data"] == stored["data"]
     code, _, err = mol(capsys, "sweeps", "create", str(tmp_path / "base.yaml"), "--grid", "ratio")
-    assert code == 2 and "--grid: expected KEY=V1,V2" in err
+    assert code == 2 and "--grid 'ratio': expected FIELD=V1,V2" in err
 
 
 def test_webhooks_create_list_deliveries_and_delete(served, api, capsys):

@@ -95,7 +95,7 @@ def test_undecodable_or_columnless_files_are_refused_at_upload(client, auth, upl
 
 
 def test_deleting_a_demo_dataset_leaves_the_demo_usable(client, settings, auth):
-    from api.cli import register_demo_datasets
+    from api.service import register_demo_datasets
     from mol_engine.demo import DemoPaths
 
     demo = DemoPaths.under(settings.home / "demo")

@@ -2,7 +2,10 @@
 
 import io
 import tarfile
+from typing import get_args
 
+from api.routes.job_files import VIEW
+from mol_engine.spec import Tracker
 from store.db import Dataset
 from tests.api.conftest import tiny_job_spec
 
@@ -65,3 +68,7 @@ def test_a_job_s_tracker_folders_are_listed_and_downloadable(client, auth, uploa
         assert f"{job_id}-mlruns/0/meta.yaml" in tar.getnames()
     assert client.get(f"/v1/jobs/{job_id}/trackers/wandb/download", headers=auth()).status_code == 404
     assert client.get(listed[0]["download"], headers=auth("bob")).status_code == 404
+
+
+def test_every_tracker_has_a_command_that_shows_it():
+    assert set(VIEW) == set(get_args(Tracker))

@@ -8,11 +8,11 @@ import sys
 HEAVY = ("torch", "transformers", "safetensors", "peft")
 STARTUP = """
 import contextlib, io, sys
-import api.app, api.cli, worker.tasks, mol_engine.demo
+import api.app, mol_cli.main, worker.tasks, mol_engine.demo
 mol_engine.demo.build_versions()
 out = io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
-    api.cli.main(["--version"])
+    mol_cli.main.main(["--version"])
 print(out.getvalue().strip())
 print(" ".join(sys.modules))
 """

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from api.deps import Services
 from api.stream import Batch, JobTail, _messages
 from store.db import Job, MetricPoint, init_db, make_engine
+from tests.empty_database import empty_database
 
 
 def test_rows_between_a_backlog_and_the_tails_start_are_sent_once(settings):
@@ -59,10 +60,10 @@ def test_on_postgresql_events_of_one_job_commit_in_seq_order(postgres_url):
     commits later: a stream never sees seq N+1 before seq N of one job."""
     from sqlalchemy import create_engine
 
-    from store.db import Base, JobEvent
+    from store.db import JobEvent
 
     engine = create_engine(postgres_url)
-    Base.metadata.drop_all(engine)
+    empty_database(engine)
     sessions = init_db(engine)
     with sessions.begin() as db:
         db.add(Job(id="job_order", owner="alice", name="o", spec={}, max_steps=9, status="running"))

@@ -57,7 +57,7 @@ def running_service(home: Path, log_path: Path, wait_for_demo: bool = True, env:
     env.pop("MOL_BROKER_URL", None)
     env.pop("MOL_DATABASE_URL", None)
     log = log_path.open("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "up", "--port", str(port)], env=env, cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "mol_cli", "up", "--port", str(port)], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
     url = None
     deadline = time.monotonic() + 300

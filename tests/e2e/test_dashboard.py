@@ -55,6 +55,9 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     expect(page.locator("#pick-general option[value=self]")).to_have_count(1)  # general_source: self
     expect(page.locator("#f-grad_accum")).to_have_attribute("max", "1024")
     expect(page.locator("#f-kl_direction")).to_have_value("reverse")
+    # the mixture's fields carry their reasoning from the spec's descriptions
+    expect(page.locator('[data-help-for="kl_weight"]')).to_contain_text("λ in loss = CE(domain rows)")
+    expect(page.locator('[data-help-for="kl_direction"]')).to_contain_text("mode-seeking")
     expect(page.locator('[data-group="LoRA"]')).to_be_hidden()
     page.check("input[name=finetune][value=lora]")
     expect(page.locator("#f-lora_rank")).to_have_value("16")

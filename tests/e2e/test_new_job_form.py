@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from api.estimate import CADENCE, SHAPE
-from mol_engine.cli import load_spec_dict, load_yaml
 from mol_engine.spec import JobSpec
+from mol_engine.spec_file import load_spec_dict, load_yaml
 
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

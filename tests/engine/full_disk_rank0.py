@@ -4,8 +4,8 @@ one-checkpoint-per-step run), for tests/engine/test_distributed.py."""
 import errno
 import sys
 
+from mol_cli.main import main
 from mol_engine import checkpoint
-from mol_engine.cli import main
 
 real_save_file, calls = checkpoint.save_file, []
 

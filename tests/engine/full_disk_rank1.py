@@ -5,8 +5,8 @@ import errno
 import os
 import sys
 
+from mol_cli.main import main
 from mol_engine import checkpoint
-from mol_engine.cli import main
 
 real_save_file, calls = checkpoint.save_file, []
 

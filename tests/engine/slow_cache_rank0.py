@@ -5,8 +5,8 @@ import os
 import sys
 import time
 
+from mol_cli.main import main
 from mol_engine import train
-from mol_engine.cli import main
 
 real_load_or_build = train.load_or_build
 

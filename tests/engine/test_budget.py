@@ -8,8 +8,9 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from mol_engine.budget import BEST_FILE, best_checkpoint, first_crossing, read_best
+from mol_engine.budget import best_checkpoint, first_crossing, read_best
 from mol_engine.callbacks import Callback
+from mol_engine.run_dir import BEST_FILE
 from mol_engine.spec import JobSpec, format_validation_error
 from mol_engine.train import train
 

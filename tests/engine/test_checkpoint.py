@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mol_engine import checkpoint
 from mol_engine.checkpoint import CheckpointError, load_checkpoint, prune_checkpoints, save_checkpoint
-from mol_engine.checkpoint_layout import checkpoint_dirs, latest_checkpoint
+from mol_engine.run_dir import RunDir
 from mol_engine.train import train
 
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -34,7 +34,7 @@ def saver(tiny_model_dir, tmp_path):
 
 
 def names(out: Path) -> list[str]:
-    return [p.name for p in checkpoint_dirs(out)]
+    return [p.name for p in RunDir(out).checkpoint_dirs()]
 
 
 def test_retention_keeps_the_newest_and_the_protected(saver, tmp_path):
@@ -70,8 +70,8 @@ def test_full_disk_fails_that_checkpoint_and_keeps_the_earlier_ones(saver, tmp_p
         saver(3, keep=1)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1", "step-2"]  # no temp, no prune
     monkeypatch.undo()
-    assert latest_checkpoint(tmp_path).name == "step-2"
-    assert saver.restore(latest_checkpoint(tmp_path))["step"] == 2
+    assert RunDir(tmp_path).latest_checkpoint().name == "step-2"
+    assert saver.restore(RunDir(tmp_path).latest_checkpoint())["step"] == 2
 
 
 def test_other_write_errors_name_themselves(saver, tmp_path, monkeypatch):
@@ -94,7 +94,7 @@ def test_resume_reads_only_complete_checkpoints(saver, tmp_path):
     truncated = root / "step-3"
     truncated.mkdir()
     (truncated / checkpoint.STATE_FILE).write_text('{"step": 3, "optimizer_gr')
-    assert latest_checkpoint(tmp_path).name == "step-2"
+    assert RunDir(tmp_path).latest_checkpoint().name == "step-2"
     assert names(tmp_path) == ["step-1", "step-2", "step-3"]  # listed (it has a state file), never resumed from
     saver(6, keep=1)
     assert not (root / ".step-5-x1y2").exists()  # the next save clears what a killed writer left

@@ -4,7 +4,8 @@ import re
 import pytest
 import yaml
 
-from mol_engine.cli import load_spec, main, parse_overrides
+from mol_cli.main import main
+from mol_engine.spec_file import load_spec, parse_overrides
 
 
 def write_spec(path, tiny_model_dir, corpora, **extra):

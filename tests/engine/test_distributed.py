@@ -38,7 +38,7 @@ def launch(target: list[str], spec_path, out, *extra, env: dict[str, str] | None
 
 
 def torchrun(spec_path, out, *extra):
-    done = launch(["-m", "mol_engine"], spec_path, out, *extra)
+    done = launch(["-m", "mol_cli"], spec_path, out, *extra)
     assert done.returncode == 0, done.stderr[-3000:]
 
 

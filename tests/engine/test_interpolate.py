@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mol_engine.cli import main
+from mol_cli.main import main
 from mol_engine.export import export_checkpoint
 from mol_engine.interpolate import (
     InterpolationError,

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from mol_engine.cli import main as cli
+from mol_cli.main import main as cli
 from mol_engine.replicate import grids, machine_note, run_all, targets, write_report
 from mol_engine.sweep import SweepError
 

@@ -12,10 +12,10 @@ import yaml
 from safetensors.torch import load_file
 from test_distributed import KEYS, ROOT, launch, points, torchrun
 
+from mol_cli.main import main
 from mol_engine.callbacks import JsonlLogger
 from mol_engine.checkpoint import MetadataReader, load_checkpoint, read_sharded_weights
-from mol_engine.checkpoint_layout import is_sharded_checkpoint, latest_checkpoint
-from mol_engine.cli import main
+from mol_engine.run_dir import RunDir, is_sharded_checkpoint
 from mol_engine.spec import JobSpec
 from mol_engine.train import train
 
@@ -81,7 +81,8 @@ def test_resume_at_one_process_from_two_process_shards(runs, tmp_path):
     single = runs["single"]
     train(single, tmp_path / "run", [JsonlLogger(tmp_path / "run")], resume=True)
     assert_follows(points(runs["one"]), points(tmp_path / "run"), rel=1e-4)
-    assert not is_sharded_checkpoint(latest_checkpoint(tmp_path / "run"))  # one process writes the usual format
+    # one process writes the usual format
+    assert not is_sharded_checkpoint(RunDir(tmp_path / "run").latest_checkpoint())
 
 
 def test_fsdp_resumes_from_a_one_process_checkpoint(runs, tmp_path):

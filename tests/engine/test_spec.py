@@ -1,7 +1,19 @@
-import pytest
-from pydantic import ValidationError
+from typing import get_args
 
-from mol_engine.spec import JobSpec, format_validation_error
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from mol_engine import budget, modeling, objective, trackers
+from mol_engine.spec import (
+    Attention,
+    BestMetric,
+    JobSpec,
+    KLDirection,
+    LoraSpec,
+    Method,
+    Tracker,
+    format_validation_error,
+)
 
 BASE = {"base_model": "m", "domain_data": ["d.jsonl"], "general_data": ["g.jsonl"]}
 
@@ -69,3 +81,26 @@ def test_attention_and_compile_refuse_what_cannot_run_naming_the_field():
     assert errors(attention="flash").startswith("attention:") and errors(compile="yes").startswith("compile:")
     fine = JobSpec(**(BASE | {"device": "cuda", "attention": "flex", "compile": "on", "packing": "document"}))
     assert (fine.attention, fine.compile) == ("flex", "on")
+
+
+@pytest.mark.parametrize("model", [JobSpec, LoraSpec])
+def test_every_field_says_what_it_is(model: type[BaseModel]):
+    """issue 20: each description feeds /docs, GET /v1/jobspec and the New job form's help."""
+    missing = [name for name, field in model.model_fields.items() if not (field.description or "").strip()]
+    assert not missing, f"{model.__name__} fields without a description: {missing}"
+
+
+def test_the_schema_offers_each_vocabulary_as_spelled_in_the_spec():
+    """The dashboard reads the choices from the schema's enums: they are the spec's aliases, in order."""
+    properties = JobSpec.model_json_schema()["properties"]
+    assert properties["method"]["enum"] == list(get_args(Method))
+    assert properties["kl_direction"]["enum"] == list(get_args(KLDirection))
+    assert properties["report_to"]["items"]["enum"] == list(get_args(Tracker))
+
+
+def test_tables_keyed_by_a_vocabulary_cover_it():
+    """A choice added to a spec vocabulary fails here until every table keyed by it knows the new choice."""
+    assert set(trackers.PACKAGE) == set(trackers.OUTPUT_DIRS) == set(get_args(Tracker))
+    assert set(budget.METRICS) == set(get_args(BestMetric))
+    assert set(objective.ROUTES) == {*get_args(Method), "eval"}
+    assert set(modeling.ATTENTION) == set(get_args(Attention)) - {"auto"}

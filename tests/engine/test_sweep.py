@@ -4,7 +4,8 @@ import math
 import pytest
 import yaml
 
-from mol_engine.cli import main, parse_grid
+from mol_cli.main import main
+from mol_engine.spec_file import parse_grid
 from mol_engine.sweep import SweepError, expand_grid, pareto_frontier, ranked, result_point
 
 BASE = {"name": "legal", "base_model": "m", "domain_data": ["d"], "general_data": ["g"], "seed": 7}

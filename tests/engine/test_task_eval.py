@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mol_engine.cli import main
+from mol_cli.main import main
 from mol_engine.data import DataError
 from mol_engine.export import export_checkpoint
 from mol_engine.task_eval import TaskError, check_task_file, evaluate_task, load_model, write_task_config

@@ -1,12 +1,13 @@
 import json
 import threading
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from mol_engine.callbacks import Callback, JsonlLogger
+from mol_engine.callbacks import Callback, EngineEventKind, JsonlLogger
 from mol_engine.export import export_checkpoint
 from mol_engine.train import TrainError, lr_factor, train
 
@@ -45,7 +46,7 @@ def test_mol_run_logs_every_curve_from_the_base_model(make_spec, tmp_path):
     logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     events = [e["kind"] for e in logged]
     assert next(e for e in events if e != "token-store") == "config" and events[-1] == "succeeded"
-    assert "checkpoint" in events
+    assert "checkpoint" in events and set(events) <= set(get_args(EngineEventKind))  # the vocabulary says all
     # each evaluation and save says how long it took: the service's time estimates count them apart from steps
     timed = [e for e in logged if e["kind"] in ("eval", "checkpoint")]
     assert [e["kind"] for e in timed] == ["eval", "eval", "checkpoint", "eval", "checkpoint"]

@@ -13,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from api.cli import worker_command, worker_env
+from api.service import worker_command, worker_env
 from store.settings import Settings
 from tests.redis_db import claim_redis_db
 

@@ -27,8 +27,9 @@ import redis
 import sqlalchemy
 
 from api.app import create_app
-from store.db import Base, Job, MetricPoint, init_db, make_engine
+from store.db import Job, MetricPoint, init_db, make_engine
 from store.settings import Settings
+from tests.empty_database import empty_database
 from tests.live_server import serving
 from tests.worker.conftest import TOKEN
 
@@ -83,7 +84,7 @@ def service_env(service_env, postgres_url, request):
     """The harness's environment on PostgreSQL (emptied for each test), fast leases, and the private Redis if the
     test asks for one."""
     engine = sqlalchemy.create_engine(postgres_url)
-    Base.metadata.drop_all(engine)
+    empty_database(engine)
     engine.dispose()
     env = service_env | {"MOL_DATABASE_URL": postgres_url, "MOL_LEASE_TIMEOUT_S": str(LEASE_TIMEOUT_S),
                          "MOL_HEARTBEAT_S": str(HEARTBEAT_S)}
@@ -165,7 +166,7 @@ def test_redis_killed_and_restarted_empty_loses_no_job(api, workers, submit, wai
 
 
 def _start_api(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "api.cli", "api", "--port", str(port)], env=os.environ | env,
+    proc = subprocess.Popen([sys.executable, "-m", "mol_cli", "api", "--port", str(port)], env=os.environ | env,
                             cwd=ROOT, stdout=log.open("a"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while True:
@@ -366,7 +367,7 @@ def test_a_database_blip_ends_no_stream_silently_and_loses_no_row(postgres_url, 
     event, and the reconnection with Last-Event-ID (refused while the database is away) delivers the rest. Each
     stream's rows, across its connections, are every step once, in order. Rows are written behind the proxy."""
     engine = sqlalchemy.create_engine(postgres_url)
-    Base.metadata.drop_all(engine)
+    empty_database(engine)
     engine.dispose()
     writer = init_db(make_engine(postgres_url))  # the runner's side: not behind the proxy
     with writer.begin() as db:

@@ -1,11 +1,10 @@
-"""The ``mol`` console script: the engine's commands (train, export, demo) plus the service's (up, worker, token).
-
-The engine's CLI (``python -m mol_engine``) knows nothing of the service; this module adds to its parser.
+"""The service on one machine, as the ``mol`` commands run it: the local owner's token (``mol up``), the demo
+built in the background and registered as the owner's datasets, the API served with uvicorn, and the command line
+and environment of a Celery worker process (``mol worker``, and the one ``mol up`` supervises).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -13,12 +12,9 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from mol_engine import cli as engine_cli
-from mol_engine.spec import MAX_NPROC
 from store.settings import Settings
 
-from .client import add_client_parser, file_sha256
-from .client import main as client_main
+from .client import file_sha256
 
 LOCAL_OWNER = "local"
 
@@ -39,7 +35,6 @@ def worker_env(gpus: str | None = None, procs: int | None = None) -> dict[str, s
             raise ValueError(f"--gpus: expected distinct GPU indices such as 0,1,2,3 (got '{gpus}')")
         return {"CUDA_VISIBLE_DEVICES": ",".join(ids), "MOL_WORKER_CAPACITY": str(len(ids))}
     return {"MOL_WORKER_CAPACITY": str(procs or 1)}
-
 
 
 def register_demo_datasets(sessions, settings: Settings, owner: str, source=None) -> None:
@@ -151,15 +146,19 @@ def _end_by_finally(signum: int, _frame) -> None:
     raise SystemExit(0)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
+def serve_local(host: str, port: int) -> None:
+    """``mol up``: the API and dashboard on ``host:port`` with one supervised worker (restarted if it dies) and the
+    demo (built in the background when it is not yet); prints the URL with the local owner's token."""
     import uvicorn
+
+    from store.db import open_database
 
     from .app import create_app
     from .supervisor import Supervisor
 
     settings = Settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    sessions = _sessions(settings)
+    sessions = open_database(settings.db_url)
     token = local_token(sessions, settings)
     stop_demo = start_demo(sessions, settings, LOCAL_OWNER) if settings.demo_model else lambda: None
     signal.signal(signal.SIGTERM, _end_by_finally)
@@ -168,146 +167,25 @@ def cmd_up(args: argparse.Namespace) -> int:
     try:
         app = create_app(settings)
         _say(f"worker: started; its log: {settings.worker_log_file}")
-        print(f"API: Authorization: Bearer {token}   (docs at http://{args.host}:{args.port}/docs)", flush=True)
-        print(f"MoL Studio is up: http://{args.host}:{args.port}/?token={token}", flush=True)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        print(f"API: Authorization: Bearer {token}   (docs at http://{host}:{port}/docs)", flush=True)
+        print(f"MoL Studio is up: http://{host}:{port}/?token={token}", flush=True)
+        uvicorn.run(app, host=host, port=port, log_level="warning")
     finally:
         stop_demo()  # a background build ends at its next step
         worker.stop()  # SIGTERM, and wait for it (killed after 30 s)
-    return 0
 
 
-def cmd_api(args: argparse.Namespace) -> int:
+def serve_api(host: str, port: int) -> None:
+    """``mol api``: the API alone on ``host:port`` (deployments: the workers run apart)."""
     import uvicorn
 
     from .app import create_app
 
-    uvicorn.run(create_app(Settings()), host=args.host, port=args.port, log_level="info")
-    return 0
+    uvicorn.run(create_app(Settings()), host=host, port=port, log_level="info")
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    try:
-        os.environ.update(worker_env(args.gpus, args.procs))
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    settings = Settings()
-    os.execv(sys.executable, worker_command(settings, args.name))
-    return 0  # not reached
-
-
-def _sessions(settings: Settings):
-    from store.db import open_database
-
-    return open_database(settings.db_url)
-
-
-def _database_errors_in_one_line(name: str, command: Callable[[argparse.Namespace], int]):
-    """``command``, which prints ``mol <name>: cannot reach the database at …`` and returns 1 when the database
-    does not answer at start, instead of raising (a traceback)."""
-
-    def run(args: argparse.Namespace) -> int:
-        from store.db import DatabaseUnreachable
-
-        try:
-            return command(args)
-        except DatabaseUnreachable as err:
-            print(f"mol {name}: {err}", file=sys.stderr)
-            return 1
-
-    return run
-
-
-def cmd_token_create(args: argparse.Namespace) -> int:
-    from .auth import create_token
-
-    with _sessions(Settings()).begin() as db:
-        print(create_token(db, args.owner))
-    return 0
-
-
-def cmd_token_list(args: argparse.Namespace) -> int:
-    """Prints each stored token's owner, creation time and fingerprint (never the token)."""
-    from .auth import fingerprint, list_tokens
-
-    with _sessions(Settings()).begin() as db:
-        rows = list_tokens(db)
-        for row in rows:
-            print(f"{row.owner}\t{row.created_at:%Y-%m-%d %H:%M:%S}\t{fingerprint(row)}")
-    if not rows:
-        print("no stored tokens (tokens in MOL_TOKENS are not listed)", file=sys.stderr)
-    return 0
-
-
-def cmd_token_revoke(args: argparse.Namespace) -> int:
-    """Revokes the tokens of an owner, or the one with a fingerprint; 1 when none matches."""
-    from .auth import fingerprint, revoke_tokens
-
-    with _sessions(Settings()).begin() as db:
-        try:
-            rows = revoke_tokens(db, args.which)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
-        for row in rows:
-            print(f"revoked {row.owner} {fingerprint(row)}")
-    if not rows:
-        print(f"error: no stored token of owner or fingerprint '{args.which}'", file=sys.stderr)
-        return 1
-    return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = engine_cli.build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    p = sub.add_parser("up", help="run the service: API, dashboard and one worker (SQLite + filesystem broker "
-                                  "unless MOL_DATABASE_URL / MOL_BROKER_URL say otherwise)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=_database_errors_in_one_line("up", cmd_up))
-    p = sub.add_parser("api", help="run the API alone (deployments: workers run apart, with `mol worker`)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.set_defaults(func=_database_errors_in_one_line("api", cmd_api))
-    p = sub.add_parser("worker", help="run one worker (one job at a time, on up to as many processes as it has GPUs)")
-    p.add_argument("--name", default="worker", help="worker name, unique per host")
-    capacity = p.add_mutually_exclusive_group()
-    capacity.add_argument("--gpus", help="the GPUs this worker owns, e.g. 0,1,2,3: it runs jobs with nproc up to "
-                                         "their number, one process per GPU (sets CUDA_VISIBLE_DEVICES)")
-    capacity.add_argument("--procs", type=int, choices=range(1, MAX_NPROC + 1), metavar="N",
-                          help="run jobs with nproc up to N on this machine's devices as they are (CPU: gloo)")
-    p.set_defaults(func=cmd_worker)
-    p = sub.add_parser("token", help="API tokens")
-    token_sub = p.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="create a token for OWNER and print it (stored hashed)")
-    create.add_argument("owner")
-    create.set_defaults(func=_database_errors_in_one_line("token create", cmd_token_create))
-    listing = token_sub.add_parser("list", help="list stored tokens: owner, created, fingerprint")
-    listing.set_defaults(func=_database_errors_in_one_line("token list", cmd_token_list))
-    revoke = token_sub.add_parser("revoke", help="revoke every token of an owner, or one by its fingerprint")
-    revoke.add_argument("which", metavar="OWNER|FINGERPRINT")
-    revoke.set_defaults(func=_database_errors_in_one_line("token revoke", cmd_token_revoke))
-    add_client_parser(sub)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mol`` console script; 2 with the message when the MOL_* settings are invalid."""
-    from pydantic import ValidationError
-
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["client"]:  # the client needs nothing of the engine: no transformers to load
-        return client_main(argv[1:])
-    try:
-        return engine_cli.main(argv, parser=build_parser())
-    except ValidationError as err:
-        if err.title != Settings.__name__:
-            raise
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in err.errors())
-        print(f"error: invalid MOL_* settings: {problems}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def exec_worker(name: str, gpus: str | None = None, procs: int | None = None) -> None:
+    """``mol worker``: this process becomes the Celery worker ``name`` with the capacity of :func:`worker_env`
+    (ValueError for bad ``gpus``, before anything changes)."""
+    os.environ.update(worker_env(gpus, procs))
+    os.execv(sys.executable, worker_command(Settings(), name))

@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .client import MolClient, say, upload_file
+from api.client import MolClient
+
+from .client import say, upload_file
 
 FIELDS = {"domain_data": "domain", "general_data": "general", "eval_data": "eval", "sample_prompts": "prompts"}
 DATASET_ID = re.compile(r"ds_[A-Za-z0-9]+$")

@@ -1,6 +1,6 @@
 """``mol client`` commands for the rest of the API (docs/api.md): datasets, models, checkpoints, sweeps,
 interpolations, task evaluations, webhooks and completions. Each prints a table or a line, or with ``--json`` the
-API's answer; api/client.py holds the HTTP client, the job commands and the parser they join.
+API's answer; client.py holds the job commands, the helpers these build on and the ``client`` group they join.
 """
 
 from __future__ import annotations
@@ -12,7 +12,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .client import ApiError, MolClient, checked, command, emit, load_spec, say, table
+from api.client import ApiError, MolClient, checked
+from mol_engine.spec_file import parse_grid, read_spec_file
+
+from ..subcommand import Subparsers
+from .client import command, emit, say, table
 
 # --- datasets -----------------------------------------------------------------------------------------------------
 
@@ -96,33 +100,12 @@ def cmd_checkpoints(client: MolClient, args: argparse.Namespace) -> int:
 
 # --- sweeps -------------------------------------------------------------------------------------------------------
 
-def grid_value(text: str) -> int | float | str:
-    """A grid value as typed: a number when it reads as one, else the text (``4:1`` stays a ratio)."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_grid(items: list[str]) -> dict[str, list[Any]]:
-    """``KEY=V1,V2`` items as a grid; ValueError naming the item that is not so written."""
-    grid: dict[str, list[Any]] = {}
-    for item in items:
-        key, sep, values = item.partition("=")
-        if not sep or not key.strip() or not values.strip():
-            raise ValueError(f"--grid: expected KEY=V1,V2,... such as ratio=4:1,1:1 (got '{item}')")
-        grid[key.strip()] = [grid_value(v.strip()) for v in values.split(",")]
-    return grid
-
-
 def sweep_body(client: MolClient, path: Path, grid: list[str], name: str | None) -> dict[str, Any]:
     """POST /v1/sweeps's body from a file holding ``base`` and ``grid`` (a sweep) or a job spec (the base, with
     ``--grid``), the base's datasets resolved as ``submit`` resolves them."""
     from .client_refs import resolve_spec
 
-    loaded = load_spec(path)
+    loaded = read_spec_file(path)
     body = dict(loaded) if "base" in loaded and "grid" in loaded else {"base": loaded, "grid": {}}
     body["grid"] = dict(body["grid"] or {}) | parse_grid(grid)
     if not body["grid"]:
@@ -284,7 +267,7 @@ def cmd_chat(client: MolClient, args: argparse.Namespace) -> int:
 
 # --- the parser ---------------------------------------------------------------------------------------------------
 
-def _group(commands: argparse._SubParsersAction, name: str, help: str) -> argparse._SubParsersAction:
+def _group(commands: Subparsers, name: str, help: str) -> Subparsers:
     return commands.add_parser(name, help=help, description=help).add_subparsers(dest=f"{name}_command",
                                                                                  required=True)
 
@@ -294,7 +277,7 @@ def _csv(kind):
     return lambda text: [kind(v.strip()) for v in text.split(",") if v.strip()]
 
 
-def add_resource_commands(commands: argparse._SubParsersAction) -> None:
+def add_resource_commands(commands: Subparsers) -> None:
     """The resource commands (``datasets list``, ``sweeps create``...) under ``mol client``."""
     sub = _group(commands, "datasets", "your datasets: list, get, preview, delete")
     command(sub, "list", cmd_datasets_list, "list your datasets, newest first")

@@ -1,7 +1,9 @@
+"""``python -m mol_cli``: the ``mol`` command, also as torchrun's target (``torchrun ... -m mol_cli train ...``)."""
+
 import os
 import sys
 
-from .cli import main
+from .main import main
 
 code = main()
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:
