@@ -13,10 +13,13 @@ from test_dashboard import FRONTEND, SHOTS, page  # noqa: F401  (page: the Chrom
 from test_sweep_view import live_api  # noqa: F401  (the live API fixture)
 
 from store.db import Job, JobEvent, MetricPoint
+from store.jobs import FINAL, STATUSES
 
 RULES = """
 globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [a, b] } };
 const root = process.argv[1];
+const { words } = await import(`${root}/api.js`);
+Object.assign(words, JSON.parse(process.argv[2]));  // as the app loads them after sign-in (GET /v1/vocabularies)
 const { phaseLine } = await import(`${root}/views/job.js`);
 const { modelLabel, defaultModel } = await import(`${root}/views/playground.js`);
 const { noModelMessage } = await import(`${root}/views/no_model.js`);
@@ -42,7 +45,8 @@ console.log(JSON.stringify({
 
 
 def test_phase_checkpoint_and_no_model_rules():
-    run = subprocess.run(["node", "--input-type=module", "-e", RULES, str(FRONTEND)], capture_output=True,
+    words = json.dumps({"job_statuses": list(STATUSES), "final_statuses": list(FINAL)})
+    run = subprocess.run(["node", "--input-type=module", "-e", RULES, str(FRONTEND), words], capture_output=True,
                          text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr
     seen = json.loads(run.stdout)
