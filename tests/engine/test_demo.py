@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -57,7 +58,7 @@ def test_build_writes_a_loadable_model_and_corpora(built: tuple[DemoPaths, list[
     assert paths == DemoPaths.under(paths.root)
     for name in FILES:
         assert (paths.root / name).is_file(), name
-    assert (paths.root / demo.MARKER).is_file()
+    assert (paths.root / demo.paths.MARKER).is_file()
     assert all((paths.root / name).stat().st_mode & 0o044 == 0o044 for name in FILES)  # readable by a worker
     assert any(f"step {QUICK_STEPS}/{QUICK_STEPS}" in m for m in messages)
 
@@ -98,7 +99,7 @@ def test_saved_tokenizer_round_trips_and_adds_no_special_tokens(built: tuple[Dem
 
 
 def test_build_tokenizer_vocabulary_and_specials() -> None:
-    tokenizer = demo.build_tokenizer(["the quick brown fox jumps over the lazy dog"] * 20, vocab_size=300)
+    tokenizer = demo.tokenizer.build_tokenizer(["the quick brown fox jumps over the lazy dog"] * 20, vocab_size=300)
     assert len(tokenizer) <= 300
     assert tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|pad|>"]) == [0, 1]
     assert tokenizer.decode(tokenizer.encode("Zebra 42 ü")) == "Zebra 42 ü"  # bytes never seen in training
@@ -122,9 +123,9 @@ def test_corpora_shapes_and_eval_is_answerable_from_domain(built: tuple[DemoPath
 
 
 def test_general_text_is_disjoint_from_pretraining_text() -> None:
-    docs = demo.general_documents()
+    docs = demo.corpora.general_documents()
     assert docs == sorted(set(docs)) and len(docs) > 1000
-    pretrain, general = demo.split_general(docs)
+    pretrain, general = demo.corpora.split_general(docs)
     assert not set(pretrain) & set(general)
     assert 0.1 < len(general) / len(docs) < 0.3
 
@@ -150,9 +151,33 @@ def test_complete_demo_is_reused_and_other_settings_rebuild(tmp_path: Path) -> N
 
     build_demo(root, pretrain_steps=2, log=messages.append)
     assert any("step 2/2" in m for m in messages)
-    assert json.loads((root / demo.MARKER).read_text())["pretrain_steps"] == 2
+    assert json.loads((root / demo.paths.MARKER).read_text())["pretrain_steps"] == 2
     # no temporary build directory or progress file left; the lock file stays (removing it would race)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".demo.lock", "demo"]
+
+
+def test_pretraining_runs_through_the_engines_train_as_one_process(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's base is pretrained by mol_engine.train.train (no loop of its own), on the CPU, as one process even
+    inside a torchrun job (the other ranks wait on the build lock, so it must not join their process group)."""
+    import mol_engine.train
+
+    seen: list[tuple] = []
+    real_train = mol_engine.train.train
+
+    def spy(spec, out_dir, callbacks=(), resume=False):
+        seen.append((spec, os.environ.get("WORLD_SIZE")))
+        return real_train(spec, out_dir, callbacks, resume)
+
+    monkeypatch.setattr(mol_engine.train, "train", spy)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    paths = build_demo(tmp_path / "demo", pretrain_steps=2)
+    [(spec, world_size)] = seen
+    assert (spec.method, spec.device, spec.precision, spec.max_steps, world_size) == ("domain_only", "cpu", "fp32", 2,
+                                                                                      "1")
+    assert os.environ["WORLD_SIZE"] == "2"
+    assert sorted(p.name for p in paths.root.iterdir()) == ["DEMO_COMPLETE", "domain.jsonl", "eval.jsonl",
+                                                            "general.jsonl", "model"]  # no run left behind
 
 
 def test_incomplete_demo_is_replaced(tmp_path: Path) -> None:
@@ -160,24 +185,24 @@ def test_incomplete_demo_is_replaced(tmp_path: Path) -> None:
     root.mkdir()
     (root / "domain.jsonl").write_text("half written")
     paths = build_demo(root, pretrain_steps=1)
-    assert paths.domain.read_text() != "half written" and (root / demo.MARKER).is_file()
+    assert paths.domain.read_text() != "half written" and (root / demo.paths.MARKER).is_file()
 
 
 def test_default_directory_follows_mol_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MOL_HOME", str(tmp_path))
-    assert demo.default_demo_dir() == tmp_path / "demo"
+    assert demo.paths.default_demo_dir() == tmp_path / "demo"
     monkeypatch.delenv("MOL_HOME")
-    assert demo.default_demo_dir() == Path(".mol") / "demo"
+    assert demo.paths.default_demo_dir() == Path(".mol") / "demo"
 
 
 def test_tiny_config_sets_token_ids_and_size() -> None:
-    config = demo.tiny_llama_config(2048, bos_token_id=5, eos_token_id=6, pad_token_id=7)
+    config = demo.model.tiny_llama_config(2048, bos_token_id=5, eos_token_id=6, pad_token_id=7)
     assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (5, 6, 7)
     assert config.tie_word_embeddings and config.attention_dropout == 0
     with torch.device("meta"):
         params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
     assert 1e6 < params < 3e6
-    assert [demo.number_words(n) for n in (0, 7, 18)] == ["zero", "seven", "eighteen"]
+    assert [demo.corpora.number_words(n) for n in (0, 7, 18)] == ["zero", "seven", "eighteen"]
 
 
 # ------------------------------------------------------------------------- shared cache, lock, progress
@@ -185,40 +210,42 @@ VERSIONS = {"python": "3.12", "torch": "2.13.0", "transformers": "4.57.0", "toke
 
 
 def test_cache_key_names_what_decides_the_build() -> None:
-    key = demo.demo_key(400, 0, VERSIONS)
-    assert key == demo.demo_key(400, 0, dict(reversed(VERSIONS.items()))) and len(key) == 12
-    others = [demo.demo_key(401, 0, VERSIONS), demo.demo_key(400, 1, VERSIONS),
-              demo.demo_key(400, 0, VERSIONS | {"torch": "2.14.0"}),
-              demo.demo_key(400, 0, VERSIONS | {"python": "3.13"})]
+    key = demo.cache.demo_key(400, 0, VERSIONS)
+    assert key == demo.cache.demo_key(400, 0, dict(reversed(VERSIONS.items()))) and len(key) == 12
+    others = [demo.cache.demo_key(401, 0, VERSIONS), demo.cache.demo_key(400, 1, VERSIONS),
+              demo.cache.demo_key(400, 0, VERSIONS | {"torch": "2.14.0"}),
+              demo.cache.demo_key(400, 0, VERSIONS | {"python": "3.13"})]
     assert len({key, *others}) == 5
 
 
 def test_cache_root_follows_the_override_then_xdg_then_home(tmp_path: Path) -> None:
-    assert demo.demo_cache_root({"MOL_DEMO_CACHE": str(tmp_path), "XDG_CACHE_HOME": "/x"}) == tmp_path
-    assert demo.demo_cache_root({"XDG_CACHE_HOME": "/x"}) == Path("/x/mol-studio")
-    assert demo.demo_cache_root({}) == Path.home() / ".cache" / "mol-studio"
-    assert demo.shared_demo_dir(7, cache_root=tmp_path).name == f"demo-{demo.demo_key(7, 0, demo.build_versions())}"
+    assert demo.cache.demo_cache_root({"MOL_DEMO_CACHE": str(tmp_path), "XDG_CACHE_HOME": "/x"}) == tmp_path
+    assert demo.cache.demo_cache_root({"XDG_CACHE_HOME": "/x"}) == Path("/x/mol-studio")
+    assert demo.cache.demo_cache_root({}) == Path.home() / ".cache" / "mol-studio"
+    key = demo.cache.demo_key(7, 0, demo.cache.build_versions())
+    assert demo.cache.shared_demo_dir(7, cache_root=tmp_path).name == f"demo-{key}"
 
 
 def test_status_gives_progress_and_eta_from_the_pace_so_far() -> None:
     record = {"phase": "pretraining", "step": 100, "total": 400, "started": 1000.0, "pretrain_started": 1030.0,
               "updated": 1080.0}
-    status = demo.read_status(record, complete=False, now=1080.0)
+    status = demo.progress.read_status(record, complete=False, now=1080.0)
     assert (status.state, status.step, status.total, status.elapsed_s, status.eta_s) == ("building", 100, 400, 80, 150)
     assert status.message == ("The demo model is being built: pretraining step 100/400, 1 min 20 s elapsed, "
                               "about 2 min 30 s left.")
-    early = demo.read_status(record | {"phase": "training the tokenizer", "step": 0}, False, 1010.0)
+    early = demo.progress.read_status(record | {"phase": "training the tokenizer", "step": 0}, False, 1010.0)
     assert early.eta_s is None and early.message.endswith("training the tokenizer, 10 s elapsed.")
-    assert demo.read_status(record, complete=True, now=1080.0).state == "ready"
-    assert demo.read_status(None, False, 1080.0).state == "absent"
-    assert demo.read_status(record, False, 1080.0 + demo.STALE_AFTER_S + 1).state == "absent"  # a killed build
-    failed = demo.read_status(record | {"phase": "failed", "error": "OSError: disk full"}, False, 1080.0)
+    assert demo.progress.read_status(record, complete=True, now=1080.0).state == "ready"
+    assert demo.progress.read_status(None, False, 1080.0).state == "absent"
+    stale = 1080.0 + demo.progress.STALE_AFTER_S + 1
+    assert demo.progress.read_status(record, False, stale).state == "absent"  # a killed build
+    failed = demo.progress.read_status(record | {"phase": "failed", "error": "OSError: disk full"}, False, 1080.0)
     assert failed.state == "failed" and "disk full" in failed.message
 
 
 def test_progress_is_logged_every_few_seconds_and_at_the_last_step(tmp_path: Path) -> None:
     now, lines = [100.0], []
-    progress = demo.BuildProgress(tmp_path / "demo", lines.append, clock=lambda: now[0])
+    progress = demo.progress.BuildProgress(tmp_path / "demo", lines.append, clock=lambda: now[0])
     progress.phase("pretraining", total=10)
     for step in range(1, 11):
         now[0] += 1.0
@@ -226,10 +253,10 @@ def test_progress_is_logged_every_few_seconds_and_at_the_last_step(tmp_path: Pat
     assert [line.split(",")[0] for line in lines] == ["demo: pretraining step 0/10", "demo: pretraining step 5/10",
                                                       "demo: pretraining step 10/10"]
     assert lines[1] == "demo: pretraining step 5/10, 5 s elapsed, about 5 s left"
-    record = json.loads(demo.progress_path(tmp_path / "demo").read_text())
+    record = json.loads(demo.paths.progress_path(tmp_path / "demo").read_text())
     assert (record["step"], record["total"]) == (10, 10)
     progress.done()
-    assert not demo.progress_path(tmp_path / "demo").exists()
+    assert not demo.paths.progress_path(tmp_path / "demo").exists()
 
 
 def test_a_build_waits_for_the_lock_and_takes_what_the_holder_built(tmp_path: Path) -> None:
@@ -240,30 +267,31 @@ def test_a_build_waits_for_the_lock_and_takes_what_the_holder_built(tmp_path: Pa
 
     root, messages = tmp_path / "demo", []
     with ThreadPoolExecutor(1) as pool:
-        with FileLock(demo.lock_path(root)):
+        with FileLock(demo.paths.lock_path(root)):
             waiting = pool.submit(build_demo, root, pretrain_steps=3, log=messages.append)
             deadline = time.monotonic() + 30
             while not messages and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert messages and "another process is building" in messages[0] and not waiting.done()
             root.mkdir()  # what the holder's build leaves (only its marker is read)
-            (root / demo.MARKER).write_text(demo._marker_text(3, 0))
+            (root / demo.paths.MARKER).write_text(demo.build.marker_text(3, 0))
         assert waiting.result(timeout=30) == DemoPaths.under(root) and len(messages) == 1  # nothing was built
 
 
 def test_announcing_a_build_never_overwrites_a_running_one(tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    demo.announce_build(root)
-    assert demo.demo_status(tmp_path / "link", root).message == "The demo model is being built: starting, 0 s elapsed."
-    demo.BuildProgress(root, lambda _: None).phase("pretraining", total=9)
-    demo.announce_build(root)  # a second `mol up` while the first builds
-    assert demo.demo_status(tmp_path / "link", root).total == 9
+    demo.progress.announce_build(root)
+    assert (demo.progress.demo_status(tmp_path / "link", root).message
+            == "The demo model is being built: starting, 0 s elapsed.")
+    demo.progress.BuildProgress(root, lambda _: None).phase("pretraining", total=9)
+    demo.progress.announce_build(root)  # a second `mol up` while the first builds
+    assert demo.progress.demo_status(tmp_path / "link", root).total == 9
     root.mkdir()
-    (root / demo.MARKER).write_text("")
-    demo.progress_path(root).unlink()  # built: its record gone, this MOL_HOME's link not made yet
-    assert demo.demo_status(tmp_path / "link", root).phase == "registering the corpora"
-    demo.link_demo(tmp_path / "link", root)
-    assert demo.demo_status(tmp_path / "link", root).state == "ready"
+    (root / demo.paths.MARKER).write_text("")
+    demo.paths.progress_path(root).unlink()  # built: its record gone, this MOL_HOME's link not made yet
+    assert demo.progress.demo_status(tmp_path / "link", root).phase == "registering the corpora"
+    demo.cache.link_demo(tmp_path / "link", root)
+    assert demo.progress.demo_status(tmp_path / "link", root).state == "ready"
 
 
 def test_link_points_a_home_at_the_shared_build_replacing_an_old_demo_directory(tmp_path: Path) -> None:
@@ -271,10 +299,10 @@ def test_link_points_a_home_at_the_shared_build_replacing_an_old_demo_directory(
     shared.mkdir(parents=True)
     link.mkdir(parents=True)  # a demo an older version built in place
     (link / "domain.jsonl").write_text("old")
-    demo.link_demo(link, shared)
+    demo.cache.link_demo(link, shared)
     assert link.is_symlink() and link.resolve() == shared.resolve()
     assert sorted(p.name for p in link.parent.iterdir()) == ["demo"]
-    demo.link_demo(link, shared)  # again: nothing to do
+    demo.cache.link_demo(link, shared)  # again: nothing to do
     assert link.resolve() == shared.resolve()
 
 
@@ -283,6 +311,6 @@ def test_stop_ends_a_build_waiting_for_the_lock(tmp_path: Path) -> None:
 
     stop = threading.Event()
     stop.set()  # `mol up` ending
-    with FileLock(demo.lock_path(tmp_path / "demo")), pytest.raises(demo.BuildStopped):
+    with FileLock(demo.paths.lock_path(tmp_path / "demo")), pytest.raises(demo.progress.BuildStopped):
         build_demo(tmp_path / "demo", pretrain_steps=1, stop=stop)
     assert not (tmp_path / "demo").exists()
