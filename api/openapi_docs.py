@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
@@ -64,15 +64,19 @@ def install_docs(app: FastAPI) -> None:
     app.openapi = document
     app.mount(ASSETS, StaticFiles(directory=str(files("fastapi_offline") / "static")), name="docs-assets")
 
+    # the pages read their app from the request: FastAPI caches facts about each endpoint function in module-level
+    # caches, so an endpoint closing over ``app`` would keep every app ever made alive (tests make hundreds)
     @app.get("/docs", include_in_schema=False)
-    def swagger_ui() -> HTMLResponse:
+    def swagger_ui(request: Request) -> HTMLResponse:
+        app = request.app
         return same_origin_only(get_swagger_ui_html(
             openapi_url=app.openapi_url, title=f"{app.title} API", swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css", swagger_favicon_url=f"{ASSETS}/favicon.png",
             swagger_ui_parameters={"validatorUrl": None}))  # no badge from the online validator
 
     @app.get("/redoc", include_in_schema=False)
-    def redoc() -> HTMLResponse:
+    def redoc(request: Request) -> HTMLResponse:
+        app = request.app
         return same_origin_only(get_redoc_html(
             openapi_url=app.openapi_url, title=f"{app.title} API", redoc_js_url=f"{ASSETS}/redoc.standalone.js",
             redoc_favicon_url=f"{ASSETS}/favicon.png", with_google_fonts=False))
