@@ -37,7 +37,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from mol_engine.callbacks import Callback
-from mol_engine.losses import chunked_ce_sum, chunked_kl_sum, token_topk_kl
+from mol_engine.losses import chunked_ce_split, chunked_kl_sum, token_topk_kl
 from mol_engine.spec import JobSpec
 from mol_engine.train import _evaluate, setup_run
 
@@ -58,7 +58,8 @@ def head_grad_relerr(chunks: int, positions: int = 4096, hidden: int = 64, vocab
     targets = torch.randint(0, vocab, (positions,), generator=g)
     chunk = -(-positions // chunks)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        total = chunked_ce_sum(h, head, targets, chunk) + chunked_kl_sum(h, head, h, ref_head, "reverse", chunk)
+        total = (chunked_ce_split(h, head, targets, None, chunk)[0]
+                 + chunked_kl_sum(h, head, h, ref_head, "reverse", chunk))
     total.backward()
     w = head.weight.detach().double().requires_grad_()
     log_p = (h.double() @ w.T).log_softmax(-1)

@@ -249,19 +249,18 @@ def chunk_bytes(device: torch.device | None) -> int:
     return min(CUDA_CHUNK_BYTES, torch.cuda.get_device_properties(device).total_memory // 64)
 
 
-def chunked_ce_sum(hidden: Tensor, head: Head, targets: Tensor, chunk: int) -> Tensor:
-    """Σ over positions of −log p(target), with logits formed ``chunk`` positions at a time. hidden [N, H]."""
-    def piece(h: Tensor, y: Tensor) -> Tensor:
-        return token_cross_entropy(head(h), y).sum()
-
-    return _sum_over_chunks(piece, chunk, hidden, targets, head=head)
-
-
-def chunked_ce_split(hidden: Tensor, head: Head, targets: Tensor, second: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
-    """(Σ over positions of −log p(target), the part of it where ``second`` [N] bool holds), in one pass over the
-    head (chunk by chunk, as :func:`chunked_ce_sum`). The part is detached: it splits the total for reporting, and
-    the total carries the gradient of both."""
+def chunked_ce_split(hidden: Tensor, head: Head, targets: Tensor, second: Tensor | None,
+                     chunk: int) -> tuple[Tensor, Tensor]:
+    """(Σ over positions of −log p(target), the part of it where ``second`` [N] bool holds), with logits formed
+    ``chunk`` positions at a time (hidden [N, H]) in one pass over the head. The part is detached: it splits the
+    total for reporting, and the total carries the gradient of both. ``second`` None (MoL, whose CE covers the
+    domain rows alone): the part is zero and no chunk selects it."""
     part = hidden.new_zeros((), dtype=torch.float32)
+    if second is None:
+        def whole(h: Tensor, y: Tensor) -> Tensor:
+            return token_cross_entropy(head(h), y).sum()
+
+        return _sum_over_chunks(whole, chunk, hidden, targets, head=head), part
 
     def piece(h: Tensor, y: Tensor, in_part: Tensor) -> Tensor:
         losses = token_cross_entropy(head(h), y)

@@ -75,7 +75,7 @@ def batch_losses(
         general_kl = chunked_kl_sum(hidden.index_select(0, index.general), head, kl_targets, reference.head,
                                     kl_direction, chunk)
     ce_at = torch.cat([index.domain, index.general]) if ce_on_general else index.domain
-    is_general = torch.arange(len(ce_at), device=ce_at.device) >= n_domain
+    is_general = torch.arange(len(ce_at), device=ce_at.device) >= n_domain if ce_on_general else None
     domain_ce, general_ce = chunked_ce_split(hidden.index_select(0, ce_at), head, targets.index_select(0, ce_at + 1),
                                              is_general, chunk)
     return TokenSums(

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mol_engine.losses import chunked_ce_sum, chunked_kl_sum, mol_loss, token_cross_entropy, token_kl
+from mol_engine.losses import chunked_ce_split, chunked_kl_sum, mol_loss, token_cross_entropy, token_kl
 
 
 def brute_force_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ def test_chunked_sums_equal_unchunked_values_and_gradients(chunk):
     grad_full, head_grad_full = hidden.grad.clone(), head.weight.grad.clone()
     hidden.grad, head.weight.grad = None, None
 
-    chunked = chunked_ce_sum(hidden, head, targets, chunk) + chunked_kl_sum(
+    chunked = chunked_ce_split(hidden, head, targets, None, chunk)[0] + chunked_kl_sum(
         hidden, head, ref_hidden, ref_head, "reverse", chunk)
     chunked.backward()
     assert chunked.item() == pytest.approx(full.item(), rel=1e-5)
@@ -103,10 +103,21 @@ def test_chunked_sums_equal_unchunked_values_and_gradients(chunk):
     assert ref_head.weight.grad is None
 
 
+@pytest.mark.parametrize("chunk", [3, 10])
+def test_the_split_part_is_the_cross_entropy_of_its_positions_and_none_splits_nothing(chunk):
+    torch.manual_seed(2)
+    head, hidden, targets = torch.nn.Linear(8, 30, bias=False), torch.randn(10, 8), torch.randint(0, 30, (10,))
+    second = torch.arange(10) >= 6  # CPT: domain rows' positions first, then the general rows'
+    total, part = chunked_ce_split(hidden, head, targets, second, chunk)
+    whole, nothing = chunked_ce_split(hidden, head, targets, None, chunk)
+    assert total.item() == pytest.approx(whole.item(), rel=1e-6) and nothing.item() == 0.0
+    assert part.item() == pytest.approx(token_cross_entropy(head(hidden[6:]), targets[6:]).sum().item(), rel=1e-5)
+
+
 def test_empty_selection_sums_to_zero_and_keeps_graph():
     head = torch.nn.Linear(4, 6)
     hidden = torch.randn(0, 4, requires_grad=True)
-    total = chunked_ce_sum(hidden, head, torch.zeros(0, dtype=torch.long), 8)
+    total = chunked_ce_split(hidden, head, torch.zeros(0, dtype=torch.long), None, 8)[0]
     assert total.item() == 0.0 and total.requires_grad
 
 
@@ -160,7 +171,7 @@ def head_grad_relerr(chunk: int, term: str, n: int = 2048, hidden_size: int = 64
     targets = torch.randint(0, vocab, (n,), generator=g)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         if term == "ce":
-            total = chunked_ce_sum(hidden, head, targets, chunk)
+            total = chunked_ce_split(hidden, head, targets, None, chunk)[0]
         else:
             total = chunked_kl_sum(hidden, head, hidden.detach(), ref_head, "reverse", chunk)
     total.backward()
