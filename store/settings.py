@@ -117,6 +117,22 @@ class Settings(BaseSettings):
         "webhooks: internal receivers allowed besides public addresses: host names (any address they resolve to, "
         "but the cloud metadata service), addresses or networks, e.g. [\"hooks.internal\", \"10.1.0.0/16\"]; "
         "loopback, private, link-local, multicast and reserved addresses are refused otherwise"))
+    owner_running_jobs: int = Field(2, ge=1, description=(
+        "quotas: an owner's jobs that may run at once; the next waits in the queue, its reason on the job "
+        "(per-owner overrides: MOL_OWNER_LIMITS)"))
+    owner_queued_jobs: int = Field(100, ge=1, description=(
+        "quotas: an owner's jobs that may wait in the queue at once; one more is a 429 naming the limit"))
+    owner_gpu_hours_per_day: float = Field(24, gt=0, description=(
+        "quotas: accelerator-hours (processes x hours) an owner's jobs may use per UTC day; a submit once they "
+        "are used is a 429 naming the limit"))
+    owner_storage_gb: float = Field(200, gt=0, description=(
+        "quotas: what an owner's datasets and runs (checkpoints) may hold on disk; a submit or upload past it "
+        "is a 429 naming the limit"))
+    owner_max_priority: int = Field(10, ge=0, description=(
+        "quotas: the highest `priority` an owner's job may ask for (0 = default); a higher one is a 422"))
+    owner_limits: dict[str, dict[str, float]] = Field(default_factory=dict, description=(
+        "quotas: per-owner overrides of the five limits above, as JSON, e.g. "
+        "{\"alice\": {\"running_jobs\": 4, \"gpu_hours_per_day\": 100}}"))
     estimate_jobs: int = Field(5, ge=1, description=(
         "GET /v1/estimate: the newest finished jobs of the same base model and shape whose timings (medians) "
         "make an estimate"))
@@ -144,6 +160,22 @@ class Settings(BaseSettings):
                     raise ValueError(f"MOL_WEBHOOK_ALLOW_HOSTS: '{entry}' is neither a host name, an address nor a "
                                      "network (e.g. hooks.internal, 10.1.2.3, 10.1.0.0/16)") from None
         return entries
+
+    @field_validator("owner_limits")
+    @classmethod
+    def _known_limits(cls, overrides: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Refuses an override of a limit that does not exist (a typo would otherwise be ignored in silence)."""
+        from .quotas import LIMIT_NAMES
+
+        for owner, limits in overrides.items():
+            unknown = sorted(set(limits) - set(LIMIT_NAMES))
+            if unknown:
+                raise ValueError(f"MOL_OWNER_LIMITS: owner '{owner}': unknown limit {', '.join(unknown)} (known: "
+                                 f"{', '.join(LIMIT_NAMES)})")
+            negative = sorted(name for name, value in limits.items() if value < 0)
+            if negative:
+                raise ValueError(f"MOL_OWNER_LIMITS: owner '{owner}': {', '.join(negative)} must be >= 0")
+        return overrides
 
     @cached_property
     def db_url(self) -> str:
