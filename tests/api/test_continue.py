@@ -35,10 +35,10 @@ def evaluation_at(client, auth, job_id: str, step: int) -> dict:
 
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # the lineage columns are checked on both by
 def test_a_job_continues_from_a_checkpoint_anchored_to_the_original_base(client, auth, upload, settings):  # migrations
-    trained_away = tiny_job_spec(upload, lr=0.03, kl_weight=0.0)  # 2 steps that move the model off its base
+    trained_away = tiny_job_spec(upload, lr=0.03, kl_weight=0.0, sample_prompts=[])  # 2 steps off its base
     parent = client.post("/v1/jobs", headers=auth(), json=trained_away).json()["id"]
     assert run(parent, settings) == "succeeded"
-    spec = tiny_job_spec(upload)
+    spec = tiny_job_spec(upload, sample_prompts=[])  # no sample completions: the time of these tests
 
     def submit(base_model: str, owner: str = "alice", **fields):
         return client.post("/v1/jobs", headers=auth(owner), json=spec | {"base_model": base_model} | fields)
@@ -82,3 +82,19 @@ def test_a_job_continues_from_a_checkpoint_anchored_to_the_original_base(client,
     assert run(grandchild["id"], settings) == "failed"
     error = client.get(f"/v1/jobs/{grandchild['id']}", headers=auth()).json()["error"]
     assert f"job:{child}@final" in error and "step-2" in error and "no longer exists" in error
+
+
+@pytest.mark.parametrize("settings", ["sqlite"], indirect=True)
+def test_a_lora_checkpoint_is_merged_and_a_new_adapter_trains_anchored_to_the_original_base(client, auth, upload,
+                                                                                           settings):
+    lora = {"finetune": "lora", "lora": {"rank": 4}, "sample_prompts": []}
+    parent = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(upload, lr=0.05, kl_weight=0.0, **lora))
+    assert run(parent.json()["id"], settings) == "succeeded"
+    child = client.post("/v1/jobs", headers=auth(), json=tiny_job_spec(
+        upload, base_model=f"job:{parent.json()['id']}@step-2", **lora)).json()["id"]
+    assert run(child, settings) == "succeeded"
+    before, start = evaluation_at(client, auth, parent.json()["id"], 2), evaluation_at(client, auth, child, 0)
+    assert start["eval/domain_ppl"] == pytest.approx(before["eval/domain_ppl"], rel=1e-4)  # the merged weights
+    # the new adapter's base is the merged parent; disabling it would measure KL 0 against the parent itself
+    assert start["eval/general_kl"] == pytest.approx(before["eval/general_kl"], rel=1e-3)
+    assert start["eval/general_kl"] > 1e-4
