@@ -163,6 +163,16 @@ def reference_checkpoint(db: Session, settings: Settings, job: Job, ref: Checkpo
     return exported_model(checkpoint_dir(settings, parent.id, checkpoint_name(settings, parent, ref), str(ref)), dest)
 
 
+def trained_from(settings: Settings, job_id: str, base_model: str | None, models: dict[str, Path]) -> Path | None:
+    """The model directory job ``job_id`` trained from (its spec's ``base_model``): a model of ``models``, or for
+    a continued job its copy of the parent's checkpoint once made; None when there is none (a LoRA checkpoint of
+    the job loads on it, and a task evaluation's ``base`` is it)."""
+    if not is_checkpoint_ref(base_model):
+        return models.get(base_model)
+    copy = settings.run_dir(job_id).path / START_DIR
+    return copy if (copy / "config.json").is_file() else None
+
+
 def children_in_flight(db: Session, job_id: str) -> list[tuple[str, str]]:
     """(id, status) of the queued or running jobs that continue from a checkpoint of ``job_id``."""
     rows = db.execute(select(Job.id, Job.status).where(Job.parent_job_id == job_id,

@@ -98,3 +98,6 @@ def test_a_lora_checkpoint_is_merged_and_a_new_adapter_trains_anchored_to_the_or
     # the new adapter's base is the merged parent; disabling it would measure KL 0 against the parent itself
     assert start["eval/general_kl"] == pytest.approx(before["eval/general_kl"], rel=1e-3)
     assert start["eval/general_kl"] > 1e-4
+    # its adapter loads on its copy of the merged parent (playground, completions), not on a model id it lacks
+    listed = client.get("/v1/models", headers=auth(), params={"include": "checkpoints"}).json()["data"]
+    assert next(m for m in listed if m["id"] == f"{child}:step-2")["model_type"] == "llama"
