@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from mol_engine.spec import JobSpec
 from store.db import Dataset
 from store.lineage import CheckpointUnavailable, Lineage, ParentNotFound, is_checkpoint_ref, parse_ref, resolve_parent
-from store.models import available_models
+from store.models import available_models, vocab_size
 from store.settings import Settings
 
 from ..checks.job_references import check_references, demo_problem
@@ -59,7 +59,7 @@ def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings,
 
 def lineage_problems(spec: JobSpec, models: dict, lineage: Lineage | None) -> list[str]:
     """A continued job whose original base model this server no longer offers; a ``reference_model`` id that is
-    neither a model here nor a checkpoint."""
+    neither a model here nor a checkpoint, or a model of another vocabulary than the base's."""
     problems = []
     if lineage and lineage.original_base_model not in models:
         problems.append(f"base_model: '{spec.base_model}' was trained from '{lineage.original_base_model}', which "
@@ -67,4 +67,10 @@ def lineage_problems(spec: JobSpec, models: dict, lineage: Lineage | None) -> li
     if spec.reference_model and not is_checkpoint_ref(spec.reference_model) and spec.reference_model not in models:
         problems.append(f"reference_model: unknown model '{spec.reference_model}' (see GET /v1/models, or name a "
                         "checkpoint: job:<id>@best)")
+    base, anchor = models.get(lineage.original_base_model if lineage else spec.base_model), \
+        models.get(spec.reference_model)
+    if base and anchor and vocab_size(base) != vocab_size(anchor):
+        problems.append(f"reference_model: '{spec.reference_model}' has a vocabulary of {vocab_size(anchor)} tokens, "
+                        f"the base {vocab_size(base)}: the KL compares next-token distributions, so the two need "
+                        "the same tokenizer")
     return problems

@@ -10,6 +10,7 @@ import pytest
 
 from store.lineage import CheckpointRef, is_checkpoint_ref, parse_ref
 from tests.api.conftest import tiny_job_spec
+from tests.api.test_completions import variant
 from worker.runner import run
 
 
@@ -53,6 +54,8 @@ def test_a_job_continues_from_a_checkpoint_anchored_to_the_original_base(client,
     malformed = submit(f"job:{parent}@latest")
     assert malformed.status_code == 422 and malformed.json()["detail"].startswith("base_model: ")
     assert submit("tiny", reference_model="nope").json()["detail"].startswith("reference_model: unknown model")
+    variant(settings.models_dir / "tiny", settings.models_dir / "wider", config={"vocab_size": 999})
+    assert "the same tokenizer" in submit("tiny", reference_model="wider").json()["detail"]
 
     made = submit(f"job:{parent}@best")
     assert made.status_code == 201, made.text
