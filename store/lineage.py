@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mol_engine.budget import read_best
-from mol_engine.run_dir import BEST_NAME, STATE_FILE, STEP_NAME_PATTERN, is_step_name, step_name
+from mol_engine.run_dir import BEST_NAME, STATE_FILE, STEP_NAME_PATTERN, is_step_name, step_name, step_of
 
 from .db import Job, is_id
 from .settings import Settings
@@ -78,7 +78,7 @@ def owned_parent(db: Session, owner: str, ref: CheckpointRef) -> Job:
     """The job ``ref`` names when it is ``owner``'s; ParentNotFound otherwise."""
     job = db.get(Job, ref.job_id) if is_id(ref.job_id) else None
     if job is None or job.owner != owner:
-        raise ParentNotFound(ref.job_id)
+        raise ParentNotFound(f"{ref}: job '{ref.job_id}' not found")
     return job
 
 
@@ -100,7 +100,7 @@ def checkpoint_name(settings: Settings, job: Job, ref: CheckpointRef) -> str:
             raise CheckpointUnavailable(f"{ref}: job '{job.id}' has no checkpoint left")
         name = kept[-1].name
     else:
-        name = ref.checkpoint
+        name = step_name(step_of(ref.checkpoint))  # step-007 is step-7
     checkpoint_dir(settings, job.id, name, str(ref))
     return name
 
