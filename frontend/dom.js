@@ -69,4 +69,18 @@ export function jobBadge(job) {
   "stopped: over budget");
 }
 
+// Where a job continued from (GET /v1/jobs/{id}'s lineage fields): a link to its parent's page, the parent's
+// checkpoint, the original base model of the chain and what the KL is anchored to; null for a job trained from a
+// model. The job page and the compare view both show it.
+export function lineageLine(job) {
+  if (!job.parent_job_id) return null;
+  const anchor = job.spec?.reference_model ?? job.original_base_model;
+  return el("p", { class: "muted wide lineage", "data-lineage": job.parent_job_id },
+    "Continued from ", el("a", { href: `#/job/${encodeURIComponent(job.parent_job_id)}`, "data-parent": "" },
+      job.parent_job_id),
+    " at ", el("code", { "data-parent-checkpoint": "" }, job.parent_checkpoint),
+    " · original base ", el("code", { "data-original-base": "" }, job.original_base_model),
+    " · KL anchored to ", el("code", {}, anchor));
+}
+
 export const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777"];

@@ -197,7 +197,9 @@ def renamed(value: Any, names: Mapping[str, str]) -> Any:
 def reference_names(ran: Mapping[str, Any], submitted: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, str]:
     """Each path of the spec a run was given (``ran``) -> the reference the ``submitted`` spec holds in its place
     (model id, dataset id), as ``labels`` names it (a reference missing from ``labels`` stays as it is)."""
-    pairs = zip(spec_references(ran), spec_references(submitted), strict=True)
+    pairs = list(zip(spec_references(ran), spec_references(submitted), strict=True))
+    if ran.get("reference_model") and submitted.get("reference_model"):
+        pairs.append((ran["reference_model"], submitted["reference_model"]))
     return {path: labels.get(ref, ref) for path, ref in pairs if path != ref}
 
 
@@ -205,7 +207,8 @@ def render_model_card(card: Mapping[str, Any], kind: str) -> str:
     """The README.md (Hugging Face model card: YAML front matter, then Markdown) of a ``kind`` directory."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-    sections = [_header(card, kind), _base_section(card, kind), _evaluation_section(card), _data_section(card),
+    sections = [_header(card, kind), _base_section(card, kind), _lineage_section(card), _evaluation_section(card),
+                _data_section(card),
                 _spec_section(card), _software_section(card), _loading_section(card, kind)]
     return _front_matter(card, kind) + "\n\n".join(s for s in sections if s) + "\n"
 
@@ -268,6 +271,21 @@ def _base_section(card: Mapping[str, Any], kind: str) -> str:
                  "placeholder as its `base_model_name_or_path` (set it to that directory, or load the base yourself "
                  "as below).")
     return text
+
+
+def _lineage_section(card: Mapping[str, Any]) -> str:
+    """Where a model continued from another job's checkpoint comes from (``card["lineage"]``, which the service
+    adds: parent job, its checkpoint, the original base model the KL anchors to by default); none otherwise."""
+    lineage = card.get("lineage")
+    if not lineage:
+        return ""
+    anchor = card["spec"].get("reference_model") or lineage["original_base_model"]
+    return ("## Lineage\n\n"
+            f"Continued from checkpoint `{lineage['parent_checkpoint']}` of job `{lineage['parent_job_id']}`; the "
+            f"chain started from the base model `{lineage['original_base_model']}`.\n\n"
+            "| Parent job | Parent checkpoint | Original base model | KL anchored to |\n|---|---|---|---|\n"
+            f"| `{lineage['parent_job_id']}` | `{lineage['parent_checkpoint']}` | "
+            f"`{lineage['original_base_model']}` | `{anchor}` |")
 
 
 def _evaluation_section(card: Mapping[str, Any]) -> str:

@@ -174,15 +174,15 @@ class AdapterDisabledReference:
             return self._head(hidden)
 
 
-def make_reference(model: nn.Module, *, lora: bool, resident: bool, path: str, device: torch.device,
+def make_reference(model: nn.Module, *, lora: bool, resident: bool, path: str | None, device: torch.device,
                    dtype: torch.dtype, matmul_dtype: torch.dtype | None = None, compiled: bool = False,
                    load: Loader | None = None) -> Reference:
-    """The cheapest exact reference: adapters disabled with LoRA; else, for full fine-tuning, a frozen copy loaded
-    by ``load`` (:func:`load_whole` when None) from ``path`` in ``dtype`` (matmul weights in ``matmul_dtype``) when
-    the run trains against it every step (``resident``), or an on-demand one that holds no weights between uses
-    (loaded whole). A copy runs ``model``'s attention implementation, its layers compiled when ``compiled`` (as
-    ``model``'s are): the model's numerics."""
-    if lora:
+    """The cheapest exact reference: adapters disabled with LoRA when the anchor is the model's own base (``path``
+    None); else a frozen copy loaded by ``load`` (:func:`load_whole` when None) from ``path`` in ``dtype`` (matmul
+    weights in ``matmul_dtype``) when the run trains against it every step (``resident``), or an on-demand one that
+    holds no weights between uses (loaded whole). A copy runs ``model``'s attention implementation, its layers
+    compiled when ``compiled`` (as ``model``'s are): the model's numerics."""
+    if lora and path is None:
         return AdapterDisabledReference(model)
     attention = attention_of(model)
     if resident:

@@ -61,7 +61,10 @@ class JobSpec(BaseModel):
 
     name: str = Field("mol-job", min_length=1, max_length=200, description="the job's label in lists, reports "
                       "and the model card (no control characters)")
-    base_model: str = Field(min_length=1, description="Hugging Face model directory (or, via the API, a model id)")
+    base_model: str = Field(min_length=1, description=(
+        "Hugging Face model directory (or, via the API, a model id, or a kept checkpoint of one of your jobs to "
+        "continue from: job:<id>@best, job:<id>@final or job:<id>@step-N; a LoRA checkpoint is merged into its "
+        "base first and the new job trains the merged weights, with a new adapter if finetune is lora)"))
     domain_data: list[str] = Field(min_length=1, description="domain corpus files (JSONL `text`, .txt, Parquet)")
     general_data: list[str] = Field(default_factory=list, description="general corpus files")
     general_source: GeneralSource = Field(
@@ -100,6 +103,11 @@ class JobSpec(BaseModel):
         "computed once per corpus and model and reused (a KL of coarsened distributions, never above the exact "
         "one). mol only")
     reference_top_k: int = Field(64, ge=1, le=4096, description="tokens per position the cached reference keeps")
+    reference_model: str | None = Field(None, min_length=1, description=(
+        "the model the KL anchors to and eval/general_kl measures against (a directory, or via the API a model id "
+        "or job:<id>@<checkpoint>); null: the base model, and via the API for a job continued from a checkpoint the "
+        "original base of its lineage (the model the first job of the chain trained from), not the checkpoint. It "
+        "must share the base's tokenizer"))
 
     finetune: Finetune = Field(
         "full", description="full: train every weight; lora: train low-rank adapters only (settings in lora), "
@@ -296,6 +304,7 @@ class JobSpec(BaseModel):
         return self.model_copy(
             update={
                 "base_model": resolve(self.base_model),
+                "reference_model": resolve(self.reference_model) if self.reference_model else None,
                 "domain_data": [resolve(p) for p in self.domain_data],
                 "general_data": [resolve(p) for p in self.general_data],
                 "eval_data": resolve(self.eval_data) if self.eval_data else None,

@@ -242,7 +242,9 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     needs_reference = ROUTES[spec.method][1] or general is not None
     # resident only when every step trains against it; else loaded for evaluation (or the cache build) alone
     resident = ROUTES[spec.method][1] and spec.reference != "cached"
-    reference = make_reference(model, lora=lora, resident=resident, path=spec.base_model, device=device,
+    # with LoRA the base is the model with its adapters off, unless the anchor is another model (reference_model)
+    anchor = spec.reference_model if lora else anchor_model(spec)
+    reference = make_reference(model, lora=lora, resident=resident, path=anchor, device=device,
                                dtype=reference_dtype(spec, device, world),
                                matmul_dtype=None if dtype == torch.float32 else dtype,
                                compiled=compiled, load=load_frozen_for_fsdp if sharded else None) \
@@ -286,6 +288,11 @@ def _load_trained(spec: JobSpec, device: torch.device, dtype: torch.dtype, atten
         if spec.attention != "auto" or attention is None:
             raise
         return load_model(spec.base_model, device, dtype)
+
+
+def anchor_model(spec: JobSpec) -> str:
+    """The model directory the KL anchors to: ``reference_model`` when given, else the base."""
+    return spec.reference_model or spec.base_model
 
 
 def reference_dtype(spec: JobSpec, device: torch.device, world: World) -> torch.dtype:
@@ -381,7 +388,7 @@ def _token_stores(files: dict[str, list[str]], tokenizer, out: Path, world: Worl
 def _cached_reference(spec: JobSpec, reference: Reference, general: Corpus, data_file: str, vocab_size: int,
                       dtype: torch.dtype, device: torch.device, chunk: int, world: World, cb: Callback) -> TopKTargets:
     """The base's top-k targets on the general training blocks: reused from an earlier job, or built (rank 0)."""
-    key = cache_key(spec.base_model, general.train, spec.reference_top_k, dtype)
+    key = cache_key(anchor_model(spec), general.train, spec.reference_top_k, dtype)
     root = cache_root(data_file)
     # an on-demand base is loaded for a build only, and freed after it; it computes as in training (autocast)
     with main_rank_first(world, root / f".{key}.built"), released_after(reference), autocast(device, dtype):

@@ -153,6 +153,11 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(nullable=True)
     queued_at: Mapped[datetime] = mapped_column(default=utcnow)
     sweep_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)  # the sweep it belongs to
+    # lineage of a job continued from a checkpoint (store/lineage.py): its parent job, the parent's checkpoint
+    # (step-N, as resolved at submit) and the base model id the first job of the chain trained from
+    parent_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    parent_checkpoint: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    original_base_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # GET /v1/jobs pages an owner's jobs newest first by (created_at, id): one index range scan per page
     __table_args__ = (Index("ix_jobs_owner_created_id", "owner", "created_at", "id"),)
 

@@ -33,6 +33,7 @@ from mol_engine.spec import JobSpec, Method
 
 from .db import IdempotencyKey, Job, JobEvent, MetricPoint, SideTask, new_id, utcnow
 from .leases import as_utc, lease_is_dead
+from .lineage import Lineage, children_in_flight
 from .webhook_outbox import record_job_event_for_webhooks
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -70,9 +71,9 @@ def _keyed_job(db: Session, owner: str, key: str, digest: str) -> Job | None:
 
 
 def create_job(sessions: sessionmaker, owner: str, spec: JobSpec, key: str | None = None,
-               sweep_id: str | None = None) -> tuple[Job, bool]:
-    """(the job, whether it is new): a new ``queued`` job (in sweep ``sweep_id``, if given), or the one ``key``
-    made before for the same request.
+               sweep_id: str | None = None, lineage: Lineage | None = None) -> tuple[Job, bool]:
+    """(the job, whether it is new): a new ``queued`` job (in sweep ``sweep_id``, if given; continuing from a
+    checkpoint as ``lineage`` says, if given), or the one ``key`` made before for the same request.
 
     Raises KeyReused when ``key`` was used for a different request. Two requests racing with one key make one
     job: the loser's insert of the key fails and it returns the winner's job.
@@ -85,6 +86,9 @@ def create_job(sessions: sessionmaker, owner: str, spec: JobSpec, key: str | Non
                 return earlier, False
             job = Job(id=new_id("job"), owner=owner, name=spec.name, spec=spec.model_dump(mode="json"),
                       max_steps=spec.max_steps, sweep_id=sweep_id)
+            if lineage is not None:
+                job.parent_job_id, job.parent_checkpoint = lineage.parent_job_id, lineage.parent_checkpoint
+                job.original_base_model = lineage.original_base_model
             db.add(job)
             if key:
                 db.flush()  # the job row first: the key refers to it
@@ -228,17 +232,28 @@ class JobActive(Exception):
     """The job is queued or running; its status is the message."""
 
 
+class ParentInUse(Exception):
+    """A queued or running job continues from a checkpoint of the job: (its id, its status)."""
+
+    def __init__(self, child_id: str, status: str) -> None:
+        super().__init__(child_id, status)
+        self.child_id, self.status = child_id, status
+
+
 def delete_job(sessions: sessionmaker, job_id: str) -> None:
     """Delete an ended job's row with its metric points, events, side tasks and idempotency keys, in one transaction.
 
-    Raises JobActive when it is queued or running (a worker may be writing to it: cancel it first), LookupError
-    when it is gone. The job's delete is a compare-and-set on its having ended, so a job re-queued meanwhile
+    Raises JobActive when it is queued or running (a worker may be writing to it: cancel it first), ParentInUse
+    when a queued or running job continues from one of its checkpoints, LookupError when it is gone. The job's
+    delete is a compare-and-set on its having ended, so a job re-queued meanwhile
     stays whole. Its run directory is the caller's to remove, after this commits.
     """
     with sessions.begin() as db:
         status = db.scalar(select(Job.status).where(Job.id == job_id))
         if status is None:
             raise LookupError(job_id)
+        if status in FINAL and (children := children_in_flight(db, job_id)):
+            raise ParentInUse(*children[0])
         for table in (MetricPoint, JobEvent, SideTask, IdempotencyKey):
             db.execute(delete(table).where(table.job_id == job_id))
         if db.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINAL))).rowcount != 1:

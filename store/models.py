@@ -43,3 +43,11 @@ def model_type(path: Path) -> str | None:
         return json.loads((path / "config.json").read_text()).get("model_type")
     except (OSError, ValueError):
         return None
+
+
+def vocab_size(path: Path) -> int | None:
+    """The ``vocab_size`` in a model directory's config.json (None when unreadable)."""
+    try:
+        return json.loads((path / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError):
+        return None

@@ -34,6 +34,7 @@ from mol_engine.spec import JobSpec
 from store.dataset_names import relabel, stored_names
 from store.db import Dataset, Job, JobEvent, MetricPoint, sessions_for
 from store.jobs import acquire_lease, finish, renew_lease, requeue
+from store.lineage import is_checkpoint_ref, lineage_of, parse_ref, reference_checkpoint, start_model
 from store.models import available_models
 from store.settings import Settings
 from store.webhook_outbox import record_job_event_for_webhooks
@@ -127,14 +128,26 @@ class DatabaseRecorder(Callback):
 
 
 def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpec:
-    """The job's spec with model and dataset ids replaced by local paths."""
+    """The job's spec with model and dataset ids replaced by local paths: a continued job's base is its copy of the
+    parent's checkpoint (store.lineage.start_model), its reference model the original base unless the spec names
+    one (a model id, or a checkpoint copied the same way)."""
     models = available_models(settings)
     with sessions() as db:
         paths = {d.id: d.path for d in db.scalars(select(Dataset).where(Dataset.owner == job.owner))}
     spec = JobSpec.model_validate(job.spec)
+    lineage = lineage_of(job)
+    if lineage and spec.reference_model is None:  # the KL anchors to the first base of the chain
+        spec = spec.model_copy(update={"reference_model": lineage.original_base_model})
 
     def resolve(ref: str) -> str:
-        if ref == spec.base_model:
+        if ref == spec.base_model and lineage:
+            return str(start_model(settings, job))
+        if ref == spec.reference_model and is_checkpoint_ref(ref):
+            with sessions() as db:
+                return str(reference_checkpoint(db, settings, job, parse_ref(ref)))
+        if ref in (spec.base_model, spec.reference_model):
+            if ref not in models:
+                raise ValueError(f"model '{ref}' is no longer offered by this server")
             return str(models[ref])
         if ref not in paths:
             raise ValueError(f"dataset '{ref}' no longer exists")
@@ -170,10 +183,13 @@ def run(job_id: str, settings: Settings | None = None) -> str:
     if job.attempt > settings.job_attempts:
         return _fail(sessions, job_id, holder, f"gave up after {settings.job_attempts} attempts")
     labels = owner_dataset_names(sessions, job.owner)
+    heartbeat = LeaseHeartbeat(sessions, job_id, holder, settings.heartbeat_s)  # copying a parent's checkpoint
     try:
         spec = resolve_spec(sessions, job, settings)
-    except Exception as err:  # a dataset deleted since submit, a model gone
+    except Exception as err:  # a dataset deleted since submit, a model gone, a parent's checkpoint pruned
         return _fail(sessions, job_id, holder, relabel(f"{type(err).__name__}: {err}", labels))
+    finally:
+        heartbeat.close()
     if spec.nproc == 1:
         return _run_here(sessions, job_id, holder, spec, labels, settings)
     return _run_ranks(sessions, job, holder, spec.nproc, settings)

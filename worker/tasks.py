@@ -162,6 +162,7 @@ def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoin
     outcome on the side task, if given); returns ``done``, ``failed``, or ``skipped`` for a job deleted since."""
     from mol_engine.task_eval import check_task_file
     from mol_engine.task_eval import evaluate_task as score
+    from store.lineage import trained_from
     from store.models import available_models
 
     sessions = sessions_for(settings.db_url)
@@ -176,7 +177,7 @@ def record_task_evaluation(settings: Settings, job_id: str, task: str, checkpoin
         task_file = check_task_file(path or f"dataset '{task}' (deleted)")
         data["kind"], data["rows"] = task_file.kind, []
         for name in checkpoints:
-            model = available_models(settings).get(base) if name == "base" else \
+            model = trained_from(settings, job_id, base, available_models(settings)) if name == "base" else \
                 settings.run_dir(job_id).checkpoint(name)
             try:
                 data["rows"].append({"checkpoint": name} | score(model or f"base model '{base}'", task_file))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mol_engine.spec import JobSpec
+from store.lineage import is_checkpoint_ref
 from store.models import demo_status
 from store.settings import Settings
 
@@ -30,7 +31,7 @@ def demo_problem(spec: JobSpec, settings: Settings) -> list[str]:
 def check_references(spec: JobSpec, owned: dict[str, Any], models: dict[str, Path]) -> list[str]:
     """Problems with a spec's model and dataset ids (``owned``: id -> Dataset of this owner), each naming the field."""
     problems = []
-    if spec.base_model not in models:
+    if spec.base_model not in models and not is_checkpoint_ref(spec.base_model):  # checked by continued_from
         problems.append(f"base_model: unknown model '{spec.base_model}' (see GET /v1/models)")
     fields = [("domain_data", spec.domain_data, "domain"), ("general_data", spec.general_data, "general")]
     fields.append(("eval_data", [spec.eval_data] if spec.eval_data else [], "eval"))

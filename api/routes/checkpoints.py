@@ -10,6 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from mol_engine.export import ExportError, export_kind
 from mol_engine.run_dir import is_step_name
+from store.lineage import lineage_of
 
 from ..deps import OwnedJob, StreamOwner, Svc, owned_job, revocation_check
 from ..schemas.common import TARBALL, errors
@@ -42,7 +43,7 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, re
     token is revoked while it streams."""
     with svc.sessions() as db:
         job = owned_job(db, owner, job_id)
-        submitted, labels = job.spec, spec_dataset_labels(db, job)
+        submitted, labels, lineage = job.spec, spec_dataset_labels(db, job), lineage_of(job)
     run = svc.settings.run_dir(job_id)
     name = resolve_checkpoint_name(run.path, name)
     if not is_step_name(name):
@@ -56,7 +57,7 @@ def download_checkpoint(job_id: str, name: str, owner: StreamOwner, svc: Svc, re
     try:
         scratch = new_scratch(svc.settings.exports_dir, f"{job_id}-{name}-")
         source = download_source(path, format, scratch)
-        replaced = portable(path, source, format, submitted, labels)
+        replaced = portable(path, source, format, submitted, labels, lineage)
     except BaseException as err:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -18,6 +18,7 @@ from sqlalchemy import select
 from mol_engine.run_dir import RunDir
 from store.db import Job, JobEvent
 from store.dispatch import EVALUATE_TASK
+from store.lineage import trained_from
 from store.models import available_models
 
 from ..deps import DB, OwnedJob, Owner, Svc, owned_dataset, worker_task_sender
@@ -45,9 +46,10 @@ def request_task_evaluation(job_id: str, body: TaskEvaluationIn, job: OwnedJob, 
     if dataset.purpose != "task":
         raise HTTPException(422, f"task: dataset '{body.task}' was uploaded for '{dataset.purpose}', not 'task'")
     names = model_names(job, svc.settings.run_dir(job_id), body.checkpoints)
-    if BASE in names and job.spec.get("base_model") not in available_models(svc.settings):
-        raise HTTPException(422, f"checkpoints: the base model '{job.spec.get('base_model')}' cannot be loaded "
-                                 f"(not among GET /v1/models)")
+    base = job.spec.get("base_model")
+    if BASE in names and trained_from(svc.settings, job_id, base, available_models(svc.settings)) is None:
+        raise HTTPException(422, f"checkpoints: the base model '{base}' cannot be loaded (not among GET /v1/models, "
+                                 "or a checkpoint the job has not copied yet)")
     db.close()  # the rest runs in short sessions of its own
     task = queue_side_task(svc, owner, job_id, EVENT_KIND, {"task": body.task, "checkpoints": names}, send, response)
     return TaskEvaluationQueued(id=task.id, job_id=job_id, task=body.task, checkpoints=names, status=task.status)

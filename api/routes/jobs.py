@@ -19,7 +19,7 @@ from ..disk import tree_bytes
 from ..schemas.common import SSE, errors, json_body, utc_iso
 from ..schemas.jobs import EventOut, JobOut, JobPage, JobSummary, MetricPointOut
 from ..services.handover import hand_to_workers
-from ..services.submission import submit_problems
+from ..services.submission import continued_from, submit_problems
 from ..stream import job_stream
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
@@ -42,19 +42,20 @@ def job_out(job: Job) -> JobOut:
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=json_body(JobSpec),
              responses={200: {"model": JobOut, "description": "the job made earlier with this Idempotency-Key"}}
-             | errors(400, 403, 409, 503))
+             | errors(400, 403, 404, 409, 503))
 def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: Response,
                idempotency_key: IdemKey = None) -> JobOut:
     try:
         spec = JobSpec.model_validate(body)
     except ValidationError as err:
         raise HTTPException(422, format_validation_error(err)) from None
-    problems = submit_problems(db, owner, spec, svc.settings)
+    lineage = continued_from(db, owner, spec, svc.settings)  # 404 or 409 for a checkpoint that is not there
+    problems = submit_problems(db, owner, spec, svc.settings, lineage)
     db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(problems))
     try:
-        job, new = create_job(svc.sessions, owner, spec, idempotency_key)
+        job, new = create_job(svc.sessions, owner, spec, idempotency_key, lineage=lineage)
     except KeyReused:
         raise HTTPException(409, f"Idempotency-Key: '{idempotency_key}' was used for a different request in the "
                                  "last 24 h; use a new key for a new job") from None
@@ -100,12 +101,16 @@ def cancel_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
 @router.delete("/{job_id}", status_code=204, responses=errors(403, 404, 409))
 def delete_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> None:
     """Deletes an ended job: its row, metric points, events and run directory (checkpoints, logs). A queued or
-    running job is a 409: cancel it first (POST .../cancel), so no worker writes to what is being removed."""
+    running job is a 409: cancel it first (POST .../cancel), so no worker writes to what is being removed; so is a
+    job that a queued or running job continues from (base_model job:<id>@...)."""
     db.close()
     try:
         jobs.delete_job(svc.sessions, job_id)
     except jobs.JobActive as active:
         raise HTTPException(409, f"job '{job_id}' is {active}: cancel it first") from None
+    except jobs.ParentInUse as child:
+        raise HTTPException(409, f"job '{job_id}': job '{child.child_id}' ({child.status}) continues from one of its "
+                                 "checkpoints; cancel that job or delete this one once it has ended") from None
     except LookupError:
         raise HTTPException(404, f"job '{job_id}' not found") from None
     shutil.rmtree(svc.settings.run_dir(job_id).path, ignore_errors=True)

@@ -21,7 +21,7 @@ from ..deps import DB, Owner, Services, Svc
 from ..schemas.common import errors
 from ..schemas.sweeps import MAX_GRID_VALUES, SweepBoundsOut, SweepIn, SweepJobOut, SweepList, SweepOut, SweepSummary
 from ..services.handover import hand_to_workers
-from ..services.submission import submit_problems
+from ..services.submission import continued_from, submit_problems
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=errors(401, 422))
 Limit = Annotated[int, Query(ge=1, le=200, description="sweeps listed, newest first")]
@@ -47,14 +47,17 @@ def create_sweep(body: SweepIn, owner: Owner, db: DB, svc: Svc) -> SweepOut:
     except SweepError as err:
         raise HTTPException(422, str(err)) from None
     specs = [JobSpec.model_validate(spec) for spec in points]
-    problems = [p for spec in specs for p in submit_problems(db, owner, spec, svc.settings)]
+    lineages = [continued_from(db, owner, spec, svc.settings) for spec in specs]
+    problems = [p for spec, lineage in zip(specs, lineages, strict=True)
+                for p in submit_problems(db, owner, spec, svc.settings, lineage)]
     db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(dict.fromkeys(problems)))
     as_json = validated.model_dump(mode="json")
     base_spec = {key: as_json[key] for key in body.base if key in as_json}
     sweep = _insert_sweep(svc.sessions, owner, validated.name, base_spec, grid_as_validated(body.grid, points))
-    jobs = [create_job(svc.sessions, owner, spec, sweep_id=sweep.id)[0] for spec in specs]
+    jobs = [create_job(svc.sessions, owner, spec, sweep_id=sweep.id, lineage=lineage)[0]
+            for spec, lineage in zip(specs, lineages, strict=True)]
     _hand_all_to_workers(svc, sweep, jobs)
     with svc.sessions() as session:
         return sweep_out(session, sweep)

@@ -39,6 +39,10 @@ class JobOut(JobSummary):
     spec: dict[str, Any]
     disk_bytes: int | None = None  # the run directory's size, measured by GET /v1/jobs/{id}
     sweep_id: str | None = None  # the sweep (POST /v1/sweeps) that made it
+    # lineage, for a job continued from a checkpoint (base_model job:<id>@...): null for one trained from a model
+    parent_job_id: str | None = None  # the job whose checkpoint it started from
+    parent_checkpoint: str | None = None  # that checkpoint, step-N (best and final resolved when it was submitted)
+    original_base_model: str | None = None  # the model the first job of the chain trained from: the KL's default
 
 
 class JobPage(BaseModel):

@@ -12,6 +12,7 @@ import errno
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from fastapi import HTTPException
@@ -22,6 +23,7 @@ from mol_engine.export import checkpoint_card, export_checkpoint, export_kind, i
 from mol_engine.model_card import base_is_hub, portable_files, reference_names, spec_references
 from mol_engine.run_dir import is_sharded_checkpoint
 from store.db import Dataset, Job
+from store.lineage import Lineage
 
 
 def download_source(checkpoint: Path, format: str, scratch: Path) -> Path:
@@ -43,16 +45,24 @@ def spec_dataset_labels(db: Session, job: Job) -> dict[str, str]:
     return {d.id: f"{d.filename} ({d.id})" for d in found}
 
 
-def portable(checkpoint: Path, source: Path, format: str, submitted: dict, labels: dict[str, str]) -> dict[str, bytes]:
+def portable(checkpoint: Path, source: Path, format: str, submitted: dict, labels: dict[str, str],
+             lineage: Lineage | None = None) -> dict[str, bytes]:
     """The files of the downloaded ``source`` that would name server paths (card, adapter config), rewritten with
-    the ``submitted`` spec's references in their place (the model id, dataset ids named by ``labels``); none for a
-    directory without a trainer state (which the engine never leaves: its state file is written before the rename)."""
+    the ``submitted`` spec's references in their place (the model id, dataset ids named by ``labels``), the card
+    with the job's ``lineage`` when it continued from a checkpoint; none for a directory without a trainer state
+    (which the engine never leaves: its state file is written before the rename)."""
     card = checkpoint_card(checkpoint)
     if card is None:
         return {}
     if not base_is_hub(card):  # where a user finds a copy of the base: this server, not the path it read it from
         card["base_source"] = (f"the model `{submitted['base_model']}` of the MoL Studio server that trained it "
                                "(`GET /v1/models` lists it)")
+    if lineage is not None:
+        card["lineage"] = asdict(lineage)
+        card["base_source"] = (f"checkpoint `{lineage.parent_checkpoint}` of job `{lineage.parent_job_id}` on the "
+                               f"MoL Studio server that trained it, a descendant of `{lineage.original_base_model}`")
+        # the run's reference_model was the original base's directory (the worker's default): name it by its id
+        submitted = submitted | {"reference_model": submitted.get("reference_model") or lineage.original_base_model}
     kind = export_kind(checkpoint, merged=format == "merged")
     return portable_files(source, card, kind, reference_names(card["spec"], submitted, labels))
 

@@ -11,6 +11,7 @@ from mol_engine.budget import best_checkpoint_dir
 from mol_engine.generate import ModelSource
 from mol_engine.run_dir import BEST_NAME, step_of
 from store.db import Job, is_id
+from store.lineage import trained_from
 from store.models import available_models, model_type
 
 from ..schemas.models import ModelOut
@@ -32,7 +33,7 @@ def resolve_model(svc, owner: str, model_id: str) -> ModelSource:
     if path is None:
         raise HTTPException(404, f"model: '{model_id}' not found: a base model id (GET /v1/models) or a checkpoint "
                                  f"id '<job_id>:step-N' of one of your jobs")
-    return ModelSource(path, models.get(base_id))
+    return ModelSource(path, trained_from(svc.settings, job_id, base_id, models))
 
 
 def checkpoint_models(svc, owner: str) -> list[ModelOut]:
@@ -43,7 +44,7 @@ def checkpoint_models(svc, owner: str) -> list[ModelOut]:
     models = available_models(svc.settings)
     listed = []
     for job_id, job_name, spec in jobs:
-        base, run = models.get(spec.get("base_model")), svc.settings.run_dir(job_id)
+        base, run = trained_from(svc.settings, job_id, spec.get("base_model"), models), svc.settings.run_dir(job_id)
         best = best_checkpoint_dir(run.path)
         named = ([(BEST_NAME, best)] if best else []) + [(p.name, p) for p in reversed(run.checkpoint_dirs())]
         listed += [checkpoint_model(f"{job_id}:{name}", path, base, owner, job_name) for name, path in named]

@@ -4,7 +4,7 @@
 // sortable by gain or drift.
 import { api, listPages } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
-import { PALETTE, el, fmt, jobBadge } from "../dom.js";
+import { PALETTE, el, fmt, jobBadge, lineageLine } from "../dom.js";
 import { latestTaskScore, taskScoreTable } from "./task_evals.js";
 
 const CURVES = [
@@ -64,7 +64,8 @@ function summaryTable(jobs, evals) {
   if (!rows.length) return el("p", { class: "muted" }, "No evaluations yet: the figures appear once the jobs have evaluated.");
   return el("table", { class: "summary", "data-summary": "" },
     el("thead", {}, el("tr", {}, el("th", {}, "metric"), el("th", {}),
-      jobs.map((j, i) => el("th", { style: `color:${PALETTE[i % PALETTE.length]}` }, `${j.name} (${j.spec.method})`)))),
+      jobs.map((j, i) => el("th", { style: `color:${PALETTE[i % PALETTE.length]}` }, `${j.name} (${j.spec.method})`,
+        lineageLine(j))))),
     el("tbody", {}, rows));
 }
 

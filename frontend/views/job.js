@@ -1,7 +1,7 @@
 // Job page: live charts over SSE, events, spec, checkpoints and the disk they take, cancel.
 import { api, words } from "../api.js";
 import { LineChart, scatter } from "../charts.js";
-import { byteSize, duration, el, jobBadge, localTime } from "../dom.js";
+import { byteSize, duration, el, jobBadge, lineageLine, localTime } from "../dom.js";
 import { trackersSection } from "./job_files.js";
 import { watchSideTasks } from "./side_tasks.js";
 import { taskEvaluationSection } from "./task_evals.js";
@@ -338,6 +338,8 @@ export async function jobPage(view, jobId) {
       el("span", { class: "muted", "data-eta": "" }, etaText(job, pace, Date.now())),
       el("span", { class: "spacer" }), el("a", { class: "button", href: `#/log/${jobId}`, "data-action": "log" }, "Log"),
       clone, words.final_statuses.includes(job.status) ? remove : cancel);
+    const lineage = lineageLine(job);
+    if (lineage) header.append(lineage);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
     const reason = stopReason(job, checkpoints);
     if (reason) header.append(el("p", { class: "wide", "data-stop-reason": job.stop_reason }, reason));

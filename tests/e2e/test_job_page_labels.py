@@ -1,7 +1,8 @@
 """The job page's labels: as pure rules in node, what a checkpoint's download buttons say (full weights: one
 "Download"; a LoRA checkpoint: merged and adapter) and why a job its budget stopped ended; in headless Chromium
 against a live API (no worker: the jobs and checkpoints are crafted), the badge such a job has of its own in the
-jobs list and on its page, never a plain green "succeeded"."""
+jobs list and on its page, never a plain green "succeeded"; and a job continued from another's best checkpoint, its
+curve and its lineage (parent link, checkpoint, original base) on its page and in Compare."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_a_budget_stop_says_why_and_whether_a_checkpoint_is_within_the_budget():
     assert seen["finished"] is None
 
 
-def test_a_job_its_budget_stopped_has_its_own_badge(live_api, page):  # noqa: F811
+def test_a_job_its_budget_stopped_has_its_own_badge_and_a_continued_one_its_lineage(live_api, page):  # noqa: F811
     url, app = live_api
     docs = "".join(json.dumps({"text": f"document {i}"}) + "\n" for i in range(5))
     with httpx.Client(base_url=url, headers={"Authorization": "Bearer tok-a"}) as client:
@@ -72,6 +73,15 @@ def test_a_job_its_budget_stopped_has_its_own_badge(live_api, page):  # noqa: F8
             model.mkdir(parents=True)
             (model / "config.json").write_text('{"model_type": "llama"}')
             (model.parent / "trainer_state.json").write_text(json.dumps({"step": step}))
+    (runs / finished / "best.json").write_text(json.dumps({"step": 400}))
+    with httpx.Client(base_url=url, headers={"Authorization": "Bearer tok-a"}) as client:
+        continued = client.post("/v1/jobs", json=spec | {"name": "continued", "base_model": f"job:{finished}@best",
+                                                         "max_general_kl": None}).json()
+    assert (continued["parent_checkpoint"], continued["original_base_model"]) == ("step-400", "tiny")
+    with app.state.services.sessions.begin() as db:
+        db.get(Job, continued["id"]).status = "succeeded"
+        db.add_all([MetricPoint(job_id=continued["id"], step=s, values={"eval/domain_ppl": ppl, "eval/general_kl": kl})
+                    for s, ppl, kl in ((0, 12.0, 0.2), (20, 11.0, 0.1))])  # it starts where its parent ended
 
     page.goto(f"{url}/?token=tok-a#/jobs")
     badge = page.locator(f'tr[data-job="{stopped}"] .badge')
@@ -96,3 +106,15 @@ def test_a_job_its_budget_stopped_has_its_own_badge(live_api, page):  # noqa: F8
     help_text.locator("xpath=ancestor::fieldset").screenshot(path=SHOTS / "new-job-budget-help.png")
     page.goto(f"{url}/?token=tok-a#/playground")
     expect(page.locator("select").first.locator("option").first).to_have_text(re.compile("tiny"))
+
+    # a job continued from its parent's best checkpoint: its curve, and its lineage on its page and in Compare
+    page.goto(f"{url}/?token=tok-a#/job/{continued['id']}")
+    lineage = page.locator("[data-lineage]")
+    expect(lineage).to_contain_text(f"Continued from {finished} at step-400 · original base tiny · KL anchored to tiny")
+    assert lineage.locator("a[data-parent]").get_attribute("href") == f"#/job/{finished}"
+    page.wait_for_function("() => +document.querySelector('[data-chart^=\"Domain perplexity\"]')?.dataset.points"
+                           " === 2")
+    page.screenshot(path=SHOTS / "job-continued-lineage.png")
+    page.goto(f"{url}/?token=tok-a#/compare?ids={finished},{continued['id']}")
+    expect(page.locator("table[data-summary] th [data-lineage]")).to_have_count(1)  # the parent has none
+    page.locator("table[data-summary]").screenshot(path=SHOTS / "compare-continued-lineage.png")
