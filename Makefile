@@ -29,7 +29,7 @@ test: setup
 	bash scripts/ensure-chromium
 	bash scripts/ensure-firefox
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2  # two processes: much of the suite waits on servers, browsers and subprocesses
 
 lint: setup
 	$(VENV)/bin/ruff check .

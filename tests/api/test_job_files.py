@@ -25,7 +25,11 @@ def test_a_job_s_log_is_tailed_by_offset_in_bounded_whole_lines(client, auth, up
     log = svc.settings.job_log_file(job_id)
     log.parent.mkdir(parents=True)
     log.write_text("".join(lines))
-    svc.settings.job_log_chunk_kb, svc.settings.job_log_tail_kb = 0.25, 0.15  # 256 and 153 bytes: > every line
+    # chunks of 256 bytes: more than every line; a tail of 60 bytes more than the last line, whose server path is
+    # as long as the test's temporary folder (pytest-xdist's are longer): it holds that line and a step line
+    tail_bytes = len(lines[-1].encode()) + 60
+    svc.settings.job_log_chunk_kb, svc.settings.job_log_tail_kb = 0.25, tail_bytes / 1024
+    assert len(lines[-1].encode()) < 256, "the test's temporary folder is too deep for its 256-byte chunks"
     read, offset, answers = "", 0, 0
     while True:  # a client following next_offset sees every line once, each answer whole lines within the bound
         chunk = client.get(f"/v1/jobs/{job_id}/log?offset={offset}", headers=auth()).json()
@@ -38,7 +42,7 @@ def test_a_job_s_log_is_tailed_by_offset_in_bounded_whole_lines(client, auth, up
     assert read == "".join(lines).replace(domain.path, f"data.jsonl ({domain.id})")  # no server path shown
     tail = client.get(f"/v1/jobs/{job_id}/log", headers=auth()).json()
     assert tail["next_offset"] == tail["size"] and tail["text"].startswith("[step ")  # from a line's start
-    assert tail["text"].endswith(f"reading data.jsonl ({domain.id})\n") and len(tail["text"].encode()) <= 153
+    assert tail["text"].endswith(f"reading data.jsonl ({domain.id})\n") and len(tail["text"].encode()) <= tail_bytes
     with log.open("a") as handle:
         handle.write("[eval 40] domain_ppl=3.1\n")
     more = client.get(f"/v1/jobs/{job_id}/log?offset={tail['next_offset']}", headers=auth()).json()
