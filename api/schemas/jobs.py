@@ -11,6 +11,7 @@ from mol_engine.spec import Tracker
 from store.jobs import JobStatus
 
 from .common import UtcDatetime
+from .usage import JobUsageOut
 
 
 class JobSummary(BaseModel):
@@ -39,6 +40,7 @@ class JobOut(JobSummary):
     spec: dict[str, Any]
     disk_bytes: int | None = None  # the run directory's size, measured by GET /v1/jobs/{id}
     sweep_id: str | None = None  # the sweep (POST /v1/sweeps) that made it
+    usage: JobUsageOut | None = None  # what it used so far (GET /v1/jobs/{id}; store/usage.py)
 
 
 class JobPage(BaseModel):
