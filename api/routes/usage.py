@@ -22,7 +22,7 @@ MAX_DAYS = 366  # a range of days one request may ask for
 DEFAULT_DAYS = 30
 From = Annotated[date | None, Query(alias="from", description="first UTC day, YYYY-MM-DD (default: 29 days before "
                                                                "`to`)")]
-To = Annotated[date | None, Query(description="last UTC day, YYYY-MM-DD (default: today)")]
+To = Annotated[date | None, Query(alias="to", description="last UTC day, YYYY-MM-DD (default: today)")]
 
 
 def day_range(first: date | None, last: date | None, today: date) -> tuple[date, date]:
