@@ -79,6 +79,8 @@ def test_a_two_process_job_records_from_rank_0_only_and_resumes_when_a_rank_is_k
     assert steps == list(range(1, 13))  # one point per step: rank 1 recorded nothing, the resume no duplicate
     kinds = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events").json()]
     assert kinds.count("config") == 2 and kinds.count("requeued") == 1 and "resumed" in kinds
+    usage = job["usage"]  # the steps redone after the resume count once; both attempts' time counts
+    assert usage["tokens"] == job["last_metrics"]["train/tokens"] > 0 and usage["accelerator_seconds"] > 0
     assert no_process_left(job_id)
 
 
