@@ -37,6 +37,7 @@ from .routes import (
     side_tasks,
     sweeps,
     uploads,
+    usage,
     vocabularies,
     webhooks,
     workers,
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
                            allow_methods=["*"], allow_headers=["*"])
     for module in (health, models, job_spec, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations,
                    evaluations, side_tasks, completions, webhooks, workers, job_files, estimates,
-                   vocabularies):
+                   vocabularies, usage):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

@@ -207,6 +207,12 @@ class MolClient:
         same = [d for d in self.datasets() if d["sha256"] == digest and d["purpose"] == purpose]
         return (same[0] if same else None), digest
 
+    def usage(self, first: str | None = None, last: str | None = None) -> dict[str, Any]:
+        """GET /v1/usage: the owner's tokens and accelerator time by UTC day from ``first`` to ``last`` (YYYY-MM-DD;
+        the server's defaults when None), their storage and their limits."""
+        params = {key: value for key, value in (("from", first), ("to", last)) if value}
+        return self.request("GET", "/v1/usage", params=params or None)
+
     def models(self, checkpoints: bool = False) -> list[dict[str, Any]]:
         """GET /v1/models as a list, whichever shape the server answers: a bare list, or OpenAI's list object
         (``{"object": "list", "data": [...]}``)."""

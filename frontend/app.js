@@ -9,6 +9,7 @@ import { jobsPage } from "./views/jobs.js";
 import { newJobPage } from "./views/new.js";
 import { playgroundPage } from "./views/playground.js";
 import { sweepsPage } from "./views/sweeps.js";
+import { usagePage } from "./views/usage.js";
 import { workersPage } from "./views/workers.js";
 
 const view = document.getElementById("view");
@@ -96,6 +97,7 @@ function route() {
     datasets: () => datasetsPage(view),
     sweeps: () => sweepsPage(view),
     workers: () => workersPage(view),
+    usage: () => usagePage(view),
     log: () => logPage(view, parts[1]),
   };
   const page = pages[parts[0]] ?? pages.jobs;

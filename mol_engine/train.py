@@ -122,6 +122,7 @@ class Run:
     feed: StepFeed  # each step's micro-batches from ``batches``, the next one built while a step runs
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> held-out figures (model card)
     prompts: list[str] = field(default_factory=list)  # completed at every evaluation (mol_engine/samples.py)
+    tokens: int = 0  # real tokens (all ranks) of the steps done so far: ``train/tokens``, kept in each checkpoint
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.dtype)
@@ -423,6 +424,7 @@ def _restore(run: Run, cb: Callback) -> int:
     state = load_checkpoint(ckpt, run.model, run.optimizer, run.scheduler, lora=run.spec.finetune == "lora")
     run.feed.load_state(state["data"])
     run.evaluations = {int(s): v for s, v in state.get("evaluations", {}).items()}
+    run.tokens = int(state.get("tokens", 0))  # 0 for a checkpoint older than the counter
     cb.on_rewind(state["step"])
     cb.on_event({"step": state["step"], "kind": "resumed", "message": f"resumed from {ckpt.name}"})
     return int(state["step"])
@@ -469,6 +471,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+    run.tokens += round(counts[3])
     domain_ce, general_ce, general_kl = (s / max(c, 1) for s, c in zip(sums, counts[:3], strict=True))
     metrics = {"train/domain_ce": domain_ce}
     if counts[2]:
@@ -481,6 +484,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         "train/lr": lr,
         "train/grad_norm": grad_norm,
         "train/tokens_per_s": counts[3] / (time.perf_counter() - started),
+        "train/tokens": run.tokens,  # cumulative: what the service meters as the job's processed tokens
     }
 
 
@@ -571,7 +575,7 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
     """
     started = time.perf_counter()  # the event's seconds: what the service's time estimates count per save
     spec = run.spec.model_dump(mode="json")
-    state = {"data": run.feed.state(), "spec": spec, "finetune": run.spec.finetune,
+    state = {"data": run.feed.state(), "spec": spec, "finetune": run.spec.finetune, "tokens": run.tokens,
              "base_model": run.spec.base_model, "evaluations": {str(s): v for s, v in run.evaluations.items()},
              "model_card": build_card(spec, step, run.evaluations)}
     keep, protect = run.spec.keep_checkpoints, {run.spec.max_steps}

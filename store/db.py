@@ -1,5 +1,5 @@
 """Database: SQLAlchemy tables (tokens, datasets, uploads, sweeps, jobs, metric points, events, side tasks,
-webhooks) and a session factory.
+webhooks, usage) and a session factory.
 
 The database is the source of truth; ``init_db`` brings its schema to this version at start with Alembic's
 revisions (store/migrate.py, store/migrations/), and refuses one from a newer MoL Studio.
@@ -11,14 +11,16 @@ import functools
 import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -263,6 +265,32 @@ class WebhookDelivery(Base):
     def due_at(self) -> datetime | None:
         """When it is tried next; None once it succeeded or failed for good."""
         return self.next_attempt_at if self.status == "pending" else None
+
+
+class UsageRecord(Base):
+    """What one attempt of a job used on one UTC day (store/usage.py meters it): ``seconds`` of wall time its runner
+    held the lease, on ``processes`` processes, and the ``tokens`` of the steps it completed first (a step redone
+    after a resume counts once). No key to ``jobs``: the figures outlive a deleted job, for the day's quota."""
+
+    __tablename__ = "usage_records"
+    job_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    processes: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # only grows: the attempt's lease time that day
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    __table_args__ = (Index("ix_usage_records_owner_day", "owner", "day"),)
+
+
+class JobStorage(Base):
+    """A job's run directory (checkpoints, logs) on disk, as its runner last measured it (store/usage.py)."""
+
+    __tablename__ = "job_storage"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200), index=True)
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    measured_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class WorkerSeen(Base):

@@ -47,7 +47,7 @@ def main(job_id: str, lease_owner: str, report: Path) -> int:
         job = db.get(Job, job_id)
     labels = owner_dataset_names(sessions, job.owner)
     is_main = os.environ.get("RANK", "0") == "0"
-    recorder = DatabaseRecorder(sessions, job_id, lease_owner, None, labels) if is_main else None
+    recorder = DatabaseRecorder(sessions, job_id, lease_owner, None, labels, settings) if is_main else None
     try:
         spec = resolve_spec(sessions, job, settings)
         callbacks = [recorder, ConsoleLogger()] if recorder else []

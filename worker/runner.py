@@ -37,24 +37,55 @@ from store.jobs import acquire_lease, finish, renew_lease, requeue
 from store.lineage import is_checkpoint_ref, lineage_of, parse_ref, reference_checkpoint, start_model
 from store.models import available_models
 from store.settings import Settings
+from store.usage import LeaseMeter, attempt_of, record_storage, record_tokens, tree_bytes
 from store.webhook_outbox import record_job_event_for_webhooks
 
 
 class LeaseHeartbeat:
-    """Refreshes the job's lease (``heartbeat_at``, while ``holder`` holds it) every ``every`` seconds, in a thread."""
+    """Refreshes the job's lease (``heartbeat_at``, while ``holder`` holds it) every ``every`` seconds, in a thread,
+    and meters the attempt's accelerator time (store/usage.py) after each beat that still held it, and at close."""
 
     def __init__(self, sessions: sessionmaker, job_id: str, holder: str, every: float) -> None:
         self.sessions, self.job_id, self.holder = sessions, job_id, holder
+        self.meter = lease_meter(sessions, job_id)
+        self._held = True
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, args=(every,), daemon=True)
         self._thread.start()
 
     def _beat(self, every: float) -> None:
         while not self._stop.wait(every):
-            renew_lease(self.sessions, self.job_id, self.holder)
+            self._held = renew_lease(self.sessions, self.job_id, self.holder)
+            self._meter()
+
+    def _meter(self) -> None:
+        if self._held:  # a lease taken over is the new runner's to meter
+            try:
+                self.meter.record()
+            except Exception:  # metering must never stop a run: the next beat writes the same figure again
+                traceback.print_exc()
 
     def close(self) -> None:
         self._stop.set()
+        self._meter()
+
+
+def lease_meter(sessions: sessionmaker, job_id: str) -> LeaseMeter:
+    """The meter of the attempt this runner holds, counted from when it took the lease."""
+    with sessions() as db:
+        key, started = attempt_of(db, job_id), db.get(Job, job_id).started_at
+    return LeaseMeter(sessions, key, started)
+
+
+def measure_run_dir(sessions: sessionmaker, job_id: str, settings: Settings) -> None:
+    """Record the job's run directory size (its storage), after a checkpoint and when the runner ends."""
+    try:
+        with sessions() as db:
+            owner = db.scalar(select(Job.owner).where(Job.id == job_id))
+        if owner is not None:
+            record_storage(sessions, job_id, owner, tree_bytes(settings.run_dir(job_id).path))
+    except Exception:  # a figure for the quota, never a reason to fail the job
+        traceback.print_exc()
 
 
 class DatabaseRecorder(Callback):
@@ -65,8 +96,11 @@ class DatabaseRecorder(Callback):
     ``interrupted`` event, not the engine's ``cancelled``: the job is not cancelled, it resumes."""
 
     def __init__(self, sessions: sessionmaker, job_id: str, holder: str, heartbeat_s: float | None,
-                 labels: dict[str, str] | None = None) -> None:
+                 labels: dict[str, str] | None = None, settings: Settings | None = None) -> None:
         self.sessions, self.job_id, self.holder = sessions, job_id, holder
+        self.settings = settings
+        with sessions() as db:
+            self.attempt = attempt_of(db, job_id)  # the key its processed tokens are counted under
         self.labels = labels or {}  # the engine names stored files; the owner sees their own names
         self._parent = os.getppid()
         self._heartbeat = LeaseHeartbeat(sessions, job_id, holder, heartbeat_s) if heartbeat_s else None
@@ -87,6 +121,9 @@ class DatabaseRecorder(Callback):
             job = db.get(Job, self.job_id)
             job.step = max(job.step, step)
             job.last_metrics = {**job.last_metrics, **metrics}
+            if isinstance(tokens := metrics.get("train/tokens"), int | float):
+                db.flush()  # the job's row first: its lock orders two writers of one job
+                record_tokens(db, self.attempt, int(tokens))
 
     def interruption(self) -> tuple[str, str] | None:
         """(cause, why in words) when this runner stops the run for another reason than the user's cancel."""
@@ -109,6 +146,8 @@ class DatabaseRecorder(Callback):
                             message=relabel(event["message"], self.labels), data=data))
             if event["kind"] == "budget":
                 record_job_event_for_webhooks(db, db.get(Job, self.job_id), "budget", data)
+        if event["kind"] == "checkpoint" and self.settings is not None:
+            measure_run_dir(self.sessions, self.job_id, self.settings)
 
     def on_rewind(self, step: int) -> None:
         with self.sessions.begin() as db:
@@ -190,9 +229,12 @@ def run(job_id: str, settings: Settings | None = None) -> str:
         return _fail(sessions, job_id, holder, relabel(f"{type(err).__name__}: {err}", labels))
     finally:
         heartbeat.close()
-    if spec.nproc == 1:
-        return _run_here(sessions, job_id, holder, spec, labels, settings)
-    return _run_ranks(sessions, job, holder, spec.nproc, settings)
+    try:
+        if spec.nproc == 1:
+            return _run_here(sessions, job_id, holder, spec, labels, settings)
+        return _run_ranks(sessions, job, holder, spec.nproc, settings)
+    finally:
+        measure_run_dir(sessions, job_id, settings)
 
 
 def _run_here(sessions: sessionmaker, job_id: str, holder: str, spec: JobSpec, labels: dict[str, str],
@@ -200,7 +242,7 @@ def _run_here(sessions: sessionmaker, job_id: str, holder: str, spec: JobSpec, l
     """Train in this process (one rank)."""
     from mol_engine.train import train
 
-    recorder = DatabaseRecorder(sessions, job_id, holder, settings.heartbeat_s, labels)
+    recorder = DatabaseRecorder(sessions, job_id, holder, settings.heartbeat_s, labels, settings)
     try:
         # progress and events also as lines on stderr: the job's log (worker/tasks.py), which the owner can tail
         result = train(spec, settings.run_dir(job_id).path, [recorder, ConsoleLogger()], resume=True)

@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.token_store import cache_root
@@ -24,6 +25,7 @@ from ..deps import DB, OwnedDataset, Owner, StreamOwner, Svc
 from ..schemas.common import DATASET_FORM, errors
 from ..schemas.datasets import DatasetOut, DatasetPreview, PreviewDocument
 from ..services.datasets import mark_existing
+from ..services.quotas import check_upload_quota
 from ..upload import BadUpload, DiskFull, UploadTooLarge, receive_upload
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=errors(401, 422))
@@ -37,8 +39,11 @@ EXISTING = {200: {"model": DatasetOut, "headers": {EXISTING_HEADER: {"schema": {
 
 
 @router.post("", status_code=201, response_model=DatasetOut, openapi_extra=DATASET_FORM,
-             responses=EXISTING | errors(403, 413, 507))
+             responses=EXISTING | errors(403, 413, 429, 507))
 async def upload_dataset(request: Request, owner: StreamOwner, svc: Svc, response: Response) -> Dataset:
+    declared = request.headers.get("content-length", "")
+    await run_in_threadpool(check_upload_quota, svc.sessions, owner, svc.settings,
+                            int(declared) if declared.isdigit() else 0)  # 429 past the storage quota
     try:
         upload = await receive_upload(request, svc.settings.datasets_dir, svc.settings.max_upload_bytes)
     except UploadTooLarge:

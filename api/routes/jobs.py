@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
@@ -13,12 +14,15 @@ from mol_engine.spec import JobSpec, Method, format_validation_error
 from store import jobs
 from store.db import MAX_SEQ, Job, JobEvent, MetricPoint, is_id
 from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs
+from store.usage import job_totals
 
 from ..deps import DB, OwnedJob, Owner, Svc
 from ..disk import tree_bytes
 from ..schemas.common import SSE, errors, json_body, utc_iso
 from ..schemas.jobs import EventOut, JobOut, JobPage, JobSummary, MetricPointOut
+from ..schemas.usage import JobUsageOut
 from ..services.handover import hand_to_workers
+from ..services.quotas import check_usage_quotas
 from ..services.submission import continued_from, submit_problems
 from ..stream import job_stream
 
@@ -42,7 +46,7 @@ def job_out(job: Job) -> JobOut:
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=json_body(JobSpec),
              responses={200: {"model": JobOut, "description": "the job made earlier with this Idempotency-Key"}}
-             | errors(400, 403, 404, 409, 503))
+             | errors(400, 403, 404, 409, 429, 503))
 def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: Response,
                idempotency_key: IdemKey = None) -> JobOut:
     try:
@@ -51,6 +55,7 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
         raise HTTPException(422, format_validation_error(err)) from None
     lineage = continued_from(db, owner, spec, svc.settings)  # 404 or 409 for a checkpoint that is not there
     problems = submit_problems(db, owner, spec, svc.settings, lineage)
+    check_usage_quotas(db, owner, svc.settings)  # 429 past today's accelerator-hours or the storage quota
     db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(problems))
@@ -82,9 +87,10 @@ def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None, s
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
-def get_job(job_id: str, job: OwnedJob, svc: Svc) -> JobOut:
+def get_job(job_id: str, job: OwnedJob, db: DB, svc: Svc) -> JobOut:
     out = job_out(job)
     out.disk_bytes = tree_bytes(svc.settings.run_dir(job_id).path)  # one job's directory: a walk of a few files
+    out.usage = JobUsageOut(**asdict(job_totals(db, job_id)))
     return out
 
 

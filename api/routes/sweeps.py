@@ -21,6 +21,7 @@ from ..deps import DB, Owner, Services, Svc
 from ..schemas.common import errors
 from ..schemas.sweeps import MAX_GRID_VALUES, SweepBoundsOut, SweepIn, SweepJobOut, SweepList, SweepOut, SweepSummary
 from ..services.handover import hand_to_workers
+from ..services.quotas import check_usage_quotas
 from ..services.submission import continued_from, submit_problems
 
 router = APIRouter(prefix="/v1/sweeps", tags=["sweeps"], responses=errors(401, 422))
@@ -36,7 +37,7 @@ def _validated_base(base: dict[str, Any]) -> JobSpec:
         raise HTTPException(422, problem) from None
 
 
-@router.post("", status_code=201, response_model=SweepOut, responses=errors(400, 403, 503))
+@router.post("", status_code=201, response_model=SweepOut, responses=errors(400, 403, 429, 503))
 def create_sweep(body: SweepIn, owner: Owner, db: DB, svc: Svc) -> SweepOut:
     """One job per grid point, on the base spec's data and seed; a grid over MOL_MAX_SWEEP_JOBS jobs is a 422.
     The sweep keeps the base and the grid as validated, not as sent."""
@@ -50,6 +51,7 @@ def create_sweep(body: SweepIn, owner: Owner, db: DB, svc: Svc) -> SweepOut:
     lineages = [continued_from(db, owner, spec, svc.settings) for spec in specs]
     problems = [p for spec, lineage in zip(specs, lineages, strict=True)
                 for p in submit_problems(db, owner, spec, svc.settings, lineage)]
+    check_usage_quotas(db, owner, svc.settings)  # 429 past today's accelerator-hours or the storage quota
     db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(dict.fromkeys(problems)))

@@ -17,6 +17,7 @@ from ..deps import DB, Owner, StreamOwner, Svc
 from ..schemas.common import RAW_BODY, errors
 from ..schemas.datasets import CompleteIn, DatasetOut, PartOut, UploadIn, UploadOut
 from ..services.datasets import mark_existing
+from ..services.quotas import check_upload_quota
 from ..upload import DiskFull
 from ..upload_parts import MAX_PARTS, TooLarge, assemble, receive_part
 
@@ -24,8 +25,9 @@ router = APIRouter(prefix="/v1/uploads", tags=["uploads"], responses=errors(401,
 Index = Annotated[int, Path(ge=0, lt=MAX_PARTS)]
 
 
-@router.post("", status_code=201, response_model=UploadOut, responses=errors(400, 403, 413))
+@router.post("", status_code=201, response_model=UploadOut, responses=errors(400, 403, 413, 429))
 def create_upload(body: UploadIn, owner: Owner, db: DB, svc: Svc) -> Upload:
+    check_upload_quota(svc.sessions, owner, svc.settings, body.bytes)  # 429 past the storage quota
     return state.create_upload(db, owner, body, svc.settings)
 
 

@@ -11,6 +11,7 @@ from mol_engine.spec import Tracker
 from store.jobs import JobStatus
 
 from .common import UtcDatetime
+from .usage import JobUsageOut
 
 
 class JobSummary(BaseModel):
@@ -43,6 +44,7 @@ class JobOut(JobSummary):
     parent_job_id: str | None = None  # the job whose checkpoint it started from
     parent_checkpoint: str | None = None  # that checkpoint, step-N (best and final resolved when it was submitted)
     original_base_model: str | None = None  # the model the first job of the chain trained from: the KL's default
+    usage: JobUsageOut | None = None  # what it used so far (GET /v1/jobs/{id}; store/usage.py)
 
 
 class JobPage(BaseModel):

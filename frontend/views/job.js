@@ -5,6 +5,7 @@ import { byteSize, duration, el, jobBadge, lineageLine, localTime } from "../dom
 import { trackersSection } from "./job_files.js";
 import { watchSideTasks } from "./side_tasks.js";
 import { taskEvaluationSection } from "./task_evals.js";
+import { jobUsageLine } from "./usage.js";
 
 
 const AFTER_STEP = "No points yet: the curve appears after the first training step.";
@@ -343,6 +344,7 @@ export async function jobPage(view, jobId) {
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
     const reason = stopReason(job, checkpoints);
     if (reason) header.append(el("p", { class: "wide", "data-stop-reason": job.stop_reason }, reason));
+    header.append(jobUsageLine(job) ?? "");
   };
   let phaseEvent = null;  // the latest of PHASE_KINDS
   let trained = 0;  // the latest training step the metric stream brought: ahead of `job`, read every 3 s

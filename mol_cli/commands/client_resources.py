@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from api.client import ApiError, MolClient, checked
+from api.client import ApiError, MolClient, checked, human_bytes
 from mol_engine.spec_file import parse_grid, read_spec_file
 
 from ..subcommand import Subparsers
@@ -265,6 +265,28 @@ def cmd_chat(client: MolClient, args: argparse.Namespace) -> int:
                           lambda choice: (choice.get("message") or choice.get("delta") or {}).get("content"))
 
 
+# --- usage --------------------------------------------------------------------------------------------------------
+
+
+def usage_text(usage: dict[str, Any]) -> str:
+    """Usage by day as a table, then the totals, the storage and today's use against the limits."""
+    limits, storage = usage["limits"], usage["storage"]
+    days = table(("DAY (UTC)", "TOKENS", "ACCELERATOR-HOURS", "JOBS"),
+                 [(d["day"], d["tokens"], round(d["accelerator_hours"], 3), d["jobs"]) for d in usage["days"]])
+    return "\n".join([
+        days if usage["days"] else f"no usage from {usage['from_day']} to {usage['to_day']}",
+        f"total: {usage['tokens']} tokens, {usage['accelerator_hours']:.3f} accelerator-hours",
+        f"storage: {human_bytes(storage['total_bytes'])} (datasets {human_bytes(storage['datasets_bytes'])}, runs "
+        f"{human_bytes(storage['runs_bytes'])})",
+        f"today ({limits['today']}): {limits['accelerator_hours_today']:.3f} of {limits['gpu_hours_per_day']:g} "
+        f"accelerator-hours; storage {limits['storage_gb_used']:.3f} of {limits['storage_gb']:g} GB"])
+
+
+def cmd_usage(client: MolClient, args: argparse.Namespace) -> int:
+    usage = client.usage(args.first, args.last)
+    return emit(args, usage, lambda: usage_text(usage))
+
+
 # --- the parser ---------------------------------------------------------------------------------------------------
 
 def _group(commands: Subparsers, name: str, help: str) -> Subparsers:
@@ -324,6 +346,10 @@ def add_resource_commands(commands: Subparsers) -> None:
     p = command(sub, "deliveries", cmd_webhooks_deliveries, "an endpoint's deliveries, newest first")
     p.add_argument("webhook")
     p.add_argument("--limit", type=int, default=50)
+    p = command(commands, "usage", cmd_usage, "your tokens and accelerator-hours by UTC day, your storage, and "
+                "today's use against your limits (GET /v1/usage)")
+    p.add_argument("--from", dest="first", metavar="YYYY-MM-DD", help="first day (default: 29 days before --to)")
+    p.add_argument("--to", dest="last", metavar="YYYY-MM-DD", help="last day (default: today, UTC)")
     for name, run, text, help in (("complete", cmd_complete, "prompt", "complete a prompt (POST /v1/completions)"),
                                   ("chat", cmd_chat, "message", "a chat reply (POST /v1/chat/completions)")):
         p = command(commands, name, run, help)

@@ -11,8 +11,9 @@ import pytest
 from sqlalchemy import select, text
 
 from mol_engine.budget import checkpoint_path
-from store.db import SCHEMA_VERSION, Base, Job, SchemaVersion, init_db, make_engine
+from store.db import SCHEMA_VERSION, Job, SchemaVersion, init_db, make_engine
 from tests.api.conftest import tiny_job_spec
+from tests.version_8 import create_version_8_tables
 from worker.runner import run
 
 train_module = importlib.import_module("mol_engine.train")
@@ -68,7 +69,7 @@ def test_a_budget_that_is_not_positive_and_finite_is_a_422_naming_it(client, aut
 
 def test_a_version_4_database_gains_the_stop_reason(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'mol.db'}")
-    Base.metadata.create_all(engine)
+    create_version_8_tables(engine)  # the models' newer tables and columns come from later revisions
     with engine.begin() as conn:  # the shape version 4 left behind, with a finished job
         conn.execute(text("ALTER TABLE jobs DROP COLUMN stop_reason"))
         conn.execute(text("INSERT INTO jobs (id, owner, name, spec, status, step, max_steps, last_metrics, "

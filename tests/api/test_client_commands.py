@@ -179,6 +179,17 @@ def test_models_list_and_get_on_a_server_and_in_openais_list_shape(served, finis
     assert client.models() == openai_shape["data"]  # GET /v1/models as OpenAI lists models: the same list
 
 
+def test_usage_of_a_job_run_by_the_runner(served, api, finished, capsys):
+    """The runner metered its real run: tokens of its steps, accelerator time, its run directory."""
+    job = api.get(f"/v1/jobs/{finished}").json()["usage"]
+    assert job["tokens"] > 0 and job["accelerator_seconds"] > 0 and job["storage_bytes"] > 0
+    usage = as_json(capsys, "usage")
+    assert usage == api.get("/v1/usage").json() and usage["tokens"] >= job["tokens"]
+    assert usage["storage"]["runs_bytes"] >= job["storage_bytes"]
+    code, out, _ = mol(capsys, "usage", "--from", usage["to_day"])
+    assert code == 0 and out.splitlines()[0].split()[:2] == ["DAY", "(UTC)"] and "accelerator-hours" in out
+
+
 def test_checkpoints_interpolations_and_evaluations_of_a_job(served, api, finished, corpora, capsys):
     code, out, _ = mol(capsys, "checkpoints", "list", finished)
     assert code == 0 and out.splitlines()[1].split() == ["step-2", "2", "full", out.split()[8], "best"]

@@ -4,6 +4,7 @@ import math
 import pytest
 
 from store.db import Job, MetricPoint
+from tests.version_8 import create_version_8_tables
 
 DOCS = "".join(json.dumps({"text": f"document number {i} about things"}) + "\n" for i in range(5))
 
@@ -117,10 +118,10 @@ def test_a_refused_enqueue_withdraws_the_jobs_not_queued(settings, base):
 def test_a_version_6_database_gains_the_sweeps(tmp_path):
     from sqlalchemy import inspect, select, text
 
-    from store.db import SCHEMA_VERSION, Base, SchemaVersion, init_db, make_engine
+    from store.db import SCHEMA_VERSION, SchemaVersion, init_db, make_engine
 
     engine = make_engine(f"sqlite:///{tmp_path / 'mol.db'}")
-    Base.metadata.create_all(engine)
+    create_version_8_tables(engine)  # the models' newer tables and columns come from later revisions
     with engine.begin() as conn:  # the shape version 6 left behind
         conn.execute(text("DROP TABLE sweeps"))
         conn.execute(text("DROP INDEX ix_jobs_sweep_id"))

@@ -4,8 +4,9 @@ from datetime import timedelta
 
 from sqlalchemy import select, text
 
-from store.db import SCHEMA_VERSION, Base, Job, SchemaVersion, WorkerSeen, init_db, make_engine, utcnow
+from store.db import SCHEMA_VERSION, Job, SchemaVersion, WorkerSeen, init_db, make_engine, utcnow
 from tests.api.conftest import tiny_job_spec
+from tests.version_8 import create_version_8_tables
 from worker.devices import describe_device
 
 
@@ -38,7 +39,7 @@ def test_workers_show_device_capacity_heartbeat_and_their_owner_s_job(client, au
 
 def test_a_version_7_database_gains_the_workers_device_and_job(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'mol.db'}")
-    Base.metadata.create_all(engine)
+    create_version_8_tables(engine)  # the models' newer tables and columns come from later revisions
     with engine.begin() as conn:  # the shape version 7 left behind, with a worker seen
         conn.execute(text("ALTER TABLE workers_seen DROP COLUMN device"))
         conn.execute(text("ALTER TABLE workers_seen DROP COLUMN job_id"))

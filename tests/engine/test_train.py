@@ -1,3 +1,4 @@
+import itertools
 import json
 import threading
 from pathlib import Path
@@ -11,7 +12,7 @@ from mol_engine.callbacks import Callback, EngineEventKind, JsonlLogger
 from mol_engine.export import export_checkpoint
 from mol_engine.train import TrainError, lr_factor, train
 
-TRAIN_KEYS = {"train/domain_ce", "train/general_kl", "train/loss", "train/lr", "train/tokens_per_s"}
+TRAIN_KEYS = {"train/domain_ce", "train/general_kl", "train/loss", "train/lr", "train/tokens_per_s", "train/tokens"}
 EVAL_KEYS = {"eval/domain_ppl", "eval/general_ppl", "eval/general_kl", "eval/qa_exact_match"}
 
 
@@ -42,6 +43,8 @@ def test_mol_run_logs_every_curve_from_the_base_model(make_spec, tmp_path):
     assert trains[0]["train/general_kl"] == pytest.approx(0.0, abs=1e-6)  # first step: model == base
     assert trains[-1]["train/general_kl"] > 0 and evals[-1]["eval/general_kl"] > 0
     assert trains[-1]["train/domain_ce"] < trains[0]["train/domain_ce"]
+    tokens = [p["train/tokens"] for p in trains]  # cumulative: what the service meters (store/usage.py)
+    assert tokens[0] > 0 and all(b > a for a, b in itertools.pairwise(tokens))
     assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == ["step-3", "step-6"]
     logged = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     events = [e["kind"] for e in logged]
@@ -68,6 +71,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(make_spec, t
 
     a, b = curve(full), curve(cut)
     assert [p["step"] for p in a] == [p["step"] for p in b]  # no duplicate or missing step
+    # train/tokens too: the cumulative count comes back from the checkpoint, as the service's metering needs
     for pa, pb in zip(a, b, strict=True):
         assert pa.keys() == pb.keys()
         for key in pa:

@@ -15,6 +15,9 @@ def test_job_runs_to_success_with_metrics_in_the_database(api, workers, submit, 
     assert steps == [1, 2, 3, 4, 5, 6]
     assert [c["name"] for c in api.get(f"/v1/jobs/{job_id}/checkpoints").json()] == [
         "step-2", "step-4", "step-6"]
+    usage = job["usage"]  # metered by the runner in its worker's child process (store/usage.py)
+    assert usage["tokens"] == job["last_metrics"]["train/tokens"] > 0 and usage["accelerator_seconds"] > 0
+    assert usage["storage_bytes"] > 0
     health = api.get("/healthz").json()
     assert health["broker"] == "ok" and len(health["workers"]) == 1
     # the worker's lines and its runner's, for this job alone (the worker's last line follows the job's end)

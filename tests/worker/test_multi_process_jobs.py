@@ -12,9 +12,10 @@ from sqlalchemy import func, select, text
 
 from api.service import worker_env
 from mol_cli.main import main
-from store.db import SCHEMA_VERSION, Base, SchemaVersion, WorkerSeen, init_db, make_engine
+from store.db import SCHEMA_VERSION, SchemaVersion, WorkerSeen, init_db, make_engine
 from store.dispatch import celery_app
 from store.settings import Settings
+from tests.version_8 import create_version_8_tables
 
 
 def status(api, job_id):
@@ -78,6 +79,8 @@ def test_a_two_process_job_records_from_rank_0_only_and_resumes_when_a_rank_is_k
     assert steps == list(range(1, 13))  # one point per step: rank 1 recorded nothing, the resume no duplicate
     kinds = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events").json()]
     assert kinds.count("config") == 2 and kinds.count("requeued") == 1 and "resumed" in kinds
+    usage = job["usage"]  # the steps redone after the resume count once; both attempts' time counts
+    assert usage["tokens"] == job["last_metrics"]["train/tokens"] > 0 and usage["accelerator_seconds"] > 0
     assert no_process_left(job_id)
 
 
@@ -93,7 +96,7 @@ def test_cancel_ends_every_rank(api, two_process_worker, submit, wait_for):
 
 def test_a_version_3_database_gains_worker_capacity(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'mol.db'}")
-    Base.metadata.create_all(engine)
+    create_version_8_tables(engine)  # the models' newer tables and columns come from later revisions
     with engine.begin() as conn:  # the shape version 3 left behind, with a worker seen
         conn.execute(text("ALTER TABLE workers_seen DROP COLUMN capacity"))
         conn.execute(text("INSERT INTO workers_seen (name, last_seen) VALUES ('old', '2026-01-01 00:00:00')"))
