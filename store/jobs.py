@@ -426,7 +426,8 @@ def end_paused_run(sessions: sessionmaker, job_id: str, holder: str) -> str | No
     ``paused`` event recorded) stands now: ``paused`` (with its webhook); ``cancelled`` when its owner cancelled
     it meanwhile; ``requeued`` when its owner resumed it meanwhile (the pause withdrawn while the run saved: the
     caller hands it to the broker, and it continues from that checkpoint); None when another runner took the job
-    over (its state is theirs to write)."""
+    over (its state is theirs to write). A run that paused used none of the job's ``job_attempts`` (those count
+    runs that crashed): its attempt is given back."""
     for _ in range(MAX_TRIES):
         job = lease_view(sessions, job_id)
         if job is None or job.lease_owner != holder or job.status != "running":
@@ -438,14 +439,18 @@ def end_paused_run(sessions: sessionmaker, job_id: str, holder: str) -> str | No
             done = _change(sessions, mine, _ended(), job, ("cancelled", "cancelled while pausing; checkpoints kept"))
         elif job.pause_requested:
             outcome = PAUSED
-            done = _change(sessions, mine, _paused(), job)
+            done = _change(sessions, mine, _paused() | _attempt_given_back(), job)
         else:
             outcome = "requeued"
-            done = _change(sessions, mine, _requeued(), job,
+            done = _change(sessions, mine, _requeued() | _attempt_given_back(), job,
                            ("requeued", "the pause was withdrawn while the run saved its checkpoint; resuming from it"))
         if done:
             return outcome
     raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while its run paused")
+
+
+def _attempt_given_back() -> dict[str, Any]:
+    return {"attempt": Job.attempt - 1}
 
 
 def end_cancelled_run(sessions: sessionmaker, job_id: str, holder: str, grace_s: float) -> bool:

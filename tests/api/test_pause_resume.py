@@ -80,13 +80,14 @@ def test_a_worker_killed_while_pausing_leaves_the_job_paused_at_its_last_checkpo
 
 @pytest.mark.parametrize("settings", ["sqlite"], indirect=True)  # sequential: one database shows it
 def test_a_run_that_paused_ends_as_its_owner_asked_last(sessions, add_job, settings):  # noqa: F811
-    asked = add_job("running", "host:1", timedelta(0), pause_requested=True)
-    withdrawn = add_job("running", "host:1", timedelta(0))  # resumed while the run saved its checkpoint
+    asked = add_job("running", "host:1", timedelta(0), pause_requested=True, attempt=1)
+    withdrawn = add_job("running", "host:1", timedelta(0), attempt=1)  # resumed while the run saved its checkpoint
     cancelled = add_job("running", "host:1", timedelta(0), pause_requested=True, cancel_requested=True)
     assert end_paused_run(sessions, asked, "host:2") is None  # not its holder
     assert [end_paused_run(sessions, j, "host:1") for j in (asked, withdrawn, cancelled)] == [
         "paused", "requeued", "cancelled"]
     assert [state(sessions, j)[0] for j in (asked, withdrawn, cancelled)] == ["paused", "queued", "cancelled"]
+    assert state(sessions, asked)[2] == state(sessions, withdrawn)[2] == 0  # a pause is no crashed attempt
     with sessions() as db:
         assert db.get(Job, asked).lease_owner is None and not db.get(Job, asked).pause_requested
 
