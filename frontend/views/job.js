@@ -341,9 +341,10 @@ export async function jobPage(view, jobId) {
     } }, job.cancel_requested ? "Cancelling…" : "Cancel");
     // pause (a queued or running job: reversible, so no confirmation) and resume (a paused one, or one pausing)
     const post = (action) => async (e) => {
-      e.target.disabled = true;
+      const button = e.currentTarget;
+      button.disabled = true;
       try { job = await api(`/v1/jobs/${jobId}/${action}`, { method: "POST" }); drawHeader(); drawPhase(); }
-      catch (err) { alert(err.message); e.target.disabled = false; }
+      catch (err) { alert(err.message); button.disabled = false; }
     };
     const pause = el("button", { "data-action": "pause", disabled: job.pause_requested || job.cancel_requested,
       onclick: post("pause") }, job.pause_requested ? "Pausing…" : "Pause");
