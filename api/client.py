@@ -254,6 +254,12 @@ class MolClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/jobs/{job_id}/cancel")
 
+    def pause(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/jobs/{job_id}/pause")
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/jobs/{job_id}/resume")
+
     def follow(self, job_id: str, retries: int = FOLLOW_RETRIES) -> Iterator[SseMessage]:
         """The job's metric and event messages live, until its ``end`` message; after a dropped connection the
         stream (or one silent for FOLLOW_SILENCE_S, or one the server ended with an ``error`` event: its database

@@ -13,9 +13,9 @@ from .run_dir import RunDir
 
 # The kinds of event a run emits (``on_event``), in about the order a run emits them: its setup (config, the
 # token stores, the general text it sampled, the reference cache, a resume), each evaluation (eval, samples,
-# drift), each save (checkpoint), a crossed forgetting budget, and its end (succeeded or cancelled)
+# drift), each save (checkpoint), a crossed forgetting budget, and its end (succeeded, cancelled or paused)
 EngineEventKind = Literal["config", "token-store", "self-sample", "reference-cache", "resumed", "eval", "samples",
-                          "drift", "checkpoint", "budget", "succeeded", "cancelled"]
+                          "drift", "checkpoint", "budget", "succeeded", "cancelled", "paused"]
 
 
 class Cancelled(Exception):
@@ -40,6 +40,12 @@ class Callback:
         phases before step 1 (self-sampling, tokenizing, caching the reference)."""
         return False
 
+    def should_pause(self) -> bool:
+        """Return True to pause the run: it saves a checkpoint at the step just taken and ends ``paused``, to be
+        continued exactly by a run with ``resume``. Checked after every optimizer step that no one asked to stop
+        (a pause asked before step 1 waits for it)."""
+        return False
+
 
 class CallbackList(Callback):
     """Fans every call out to several callbacks; stops when any of them asks to."""
@@ -61,6 +67,9 @@ class CallbackList(Callback):
 
     def should_stop(self) -> bool:
         return any(cb.should_stop() for cb in self.callbacks)
+
+    def should_pause(self) -> bool:
+        return any(cb.should_pause() for cb in self.callbacks)
 
 
 class JsonlLogger(Callback):

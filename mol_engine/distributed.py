@@ -56,11 +56,15 @@ class World:
 
     def agree(self, flag: bool, device: torch.device) -> bool:
         """Rank 0's ``flag``, on every rank."""
+        return bool(self.agree_on(int(flag), device))
+
+    def agree_on(self, choice: int, device: torch.device) -> int:
+        """Rank 0's ``choice`` (a small int: one of several answers), on every rank, in one broadcast."""
         if self.size == 1:
-            return flag
-        tensor = torch.tensor([int(flag)], device=device)
+            return choice
+        tensor = torch.tensor([choice], device=device)
         dist.broadcast(tensor, src=0)
-        return bool(tensor.item())
+        return int(tensor.item())
 
     def close(self) -> None:
         if self.owns_group:

@@ -78,7 +78,7 @@ class TrainError(RuntimeError):
 
 @dataclass
 class TrainResult:
-    status: Literal["succeeded", "cancelled"]
+    status: Literal["succeeded", "cancelled", "paused"]  # paused: a checkpoint at ``step``, to resume from
     step: int
     out_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)  # the last value of every metric
@@ -192,14 +192,28 @@ def _steps(run: Run, cb: Callback, resume: bool) -> TrainResult:
         if budget_stop and step < spec.max_steps:
             reason = "budget"
             break
-        if world.agree(cb.should_stop(), run.device) and step < spec.max_steps:
-            status = "cancelled"
+        request = STOP_REQUESTS[world.agree_on(stop_request(cb), run.device)]  # rank 0's, on every rank
+        if request and step < spec.max_steps:
+            status = request
+            if request == "paused" and (saved is None or step_of(saved) != step):
+                saved = _save(run, step, cb, keep_previous=True)  # the point to resume from; the one before stays
             break
     message = {"cancelled": f"stopped at step {step} (checkpoints kept)",
+               "paused": f"paused at step {step}: checkpoint step-{step} saved; a resumed run continues from it",
                "budget": f"stopped by the forgetting budget at step {step} (checkpoints kept)"}.get(
         reason or status, f"finished at step {step}")
     cb.on_event({"step": step, "kind": status, "message": message} | ({"reason": reason} if reason else {}))
     return TrainResult(status, step, out, last, saved or RunDir(out).latest_checkpoint(), reason)
+
+
+STOP_REQUESTS = (None, "cancelled", "paused")  # what a caller asks after a step, by its index (one broadcast)
+
+
+def stop_request(cb: Callback) -> int:
+    """The index in STOP_REQUESTS of what ``cb`` asks after a step: a cancel wins over a pause."""
+    if cb.should_stop():
+        return STOP_REQUESTS.index("cancelled")
+    return STOP_REQUESTS.index("paused") if cb.should_pause() else 0
 
 
 def _crosses_budget_now(run: Run, step: int, cb: Callback) -> bool:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
     select,
 )
 from sqlalchemy.engine import Engine, make_url
@@ -147,6 +148,8 @@ class Job(Base):
     stop_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)  # why it succeeded early: budget
     last_metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # a pause asked of a running job: its runner saves a checkpoint at its next step and ends it ``paused``
+    pause_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())  # as 0004
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(nullable=True)

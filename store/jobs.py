@@ -4,6 +4,13 @@
     queued --cancel--> cancelled                running --requeue / dead lease--> queued (resumes)
     running --cancel--> running with cancel_requested (its runner stops at its next step), or cancelled at
                         once when its lease is dead, or when its runner did not stop within the grace
+    queued --pause--> paused                    running --pause--> running with pause_requested (its runner
+                        saves a checkpoint at its next step and ends the run paused), or paused at once when its
+                        lease is dead (it resumes from its last complete checkpoint)
+    paused --resume--> queued (resumes from its checkpoint)          paused --cancel--> cancelled
+
+``paused`` is neither active (no worker writes to a paused job, its lease is free) nor final (it may resume):
+the owner resumes it, cancels it, or deletes it as an ended one.
 
 Each change is one ``UPDATE ... WHERE`` on the state it was decided from (compare-and-set), with its event in
 the same transaction (and its webhook outbox rows, store/webhook_outbox.py), so it cannot overwrite a change
@@ -36,16 +43,21 @@ from .leases import as_utc, lease_is_dead
 from .lineage import Lineage, children_in_flight
 from .webhook_outbox import record_job_event_for_webhooks
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "paused", "succeeded", "failed", "cancelled"]
 STATUSES: tuple[str, ...] = get_args(JobStatus)
 ACTIVE = ("queued", "running")  # someone may still write to the job
-FINAL = ("succeeded", "failed", "cancelled")  # nobody will
+FINAL = ("succeeded", "failed", "cancelled")  # nobody will, ever
+PAUSED = "paused"  # nobody writes to it until its owner resumes it: neither active nor final
+UNFINISHED = (*ACTIVE, PAUSED)  # may still train: what its datasets must outlive
+DELETABLE = (*FINAL, PAUSED)  # no worker writes to it: its rows and run directory may go
 RunEnd = Literal["succeeded", "failed", "cancelled"]  # how a runner's run ends (the engine's result, or a failure)
 # The kinds of a job's events: the engine's, and the service's own: a failure, a run interrupted (its worker gone,
-# its lease taken over) or put back in the queue (a rank died, a dead lease), and the side tasks' results
-ServiceEventKind = Literal["failed", "interrupted", "requeued", "lease_lost", "interpolation", "task-evaluation"]
+# its lease taken over) or put back in the queue (a rank died, a dead lease), the owner's resume of a paused job
+# (the engine's own ``resumed`` follows when a worker continues it), and the side tasks' results
+ServiceEventKind = Literal["failed", "interrupted", "requeued", "lease_lost", "resumed", "interpolation",
+                           "task-evaluation"]
 EventKind = Literal[EngineEventKind, ServiceEventKind]
-EVENT_KINDS: tuple[str, ...] = get_args(EngineEventKind) + get_args(ServiceEventKind)
+EVENT_KINDS: tuple[str, ...] = tuple(dict.fromkeys(get_args(EngineEventKind) + get_args(ServiceEventKind)))
 
 IDEMPOTENCY_TTL = timedelta(hours=24)  # as Stripe: a key may be reused for another request after a day
 
@@ -156,11 +168,12 @@ class JobEnded(Exception):
 MAX_TRIES = 5  # a compare-and-set retried after a concurrent change; more than 2 changes in a row do not happen
 
 # What a state change is decided from: read in one short session, then checked again by the UPDATE's WHERE
-_LEASE_VIEW = (Job.id, Job.status, Job.lease_owner, Job.heartbeat_at, Job.cancel_requested, Job.step)
+_LEASE_VIEW = (Job.id, Job.status, Job.lease_owner, Job.heartbeat_at, Job.cancel_requested, Job.step,
+               Job.pause_requested)
 
 
 def lease_view(sessions: sessionmaker, job_id: str) -> Row | None:
-    """(id, status, lease_owner, heartbeat_at, cancel_requested, step) of the job, or None."""
+    """(id, status, lease_owner, heartbeat_at, cancel_requested, step, pause_requested) of the job, or None."""
     with sessions() as db:
         return db.execute(select(*_LEASE_VIEW).where(Job.id == job_id)).first()
 
@@ -177,21 +190,29 @@ def _still_queued(job: Row) -> ColumnElement[bool]:
 
 
 def _change(sessions: sessionmaker, where: ColumnElement[bool], values: dict[str, Any], job: Row,
-            event: tuple[str, str] | None = None) -> bool:
-    """Whether the one UPDATE ``where`` -> ``values`` took the job; if so, with the event (kind, message)."""
+            event: tuple[str, str] | None = None, webhook: str | None = None) -> bool:
+    """Whether the one UPDATE ``where`` -> ``values`` took the job; if so, with the event (kind, message) and the
+    webhook of kind ``webhook`` (every cancel, pause and resume the API or its sweeper makes passes here; a
+    change to ``cancelled`` or ``paused`` sends its own by default)."""
+    webhook = webhook or (values.get("status") if values.get("status") in ("cancelled", PAUSED) else None)
     with sessions.begin() as db:
         if db.execute(update(Job).where(where).values(**values)).rowcount != 1:
             return False
         if event:
             db.add(JobEvent(job_id=job.id, step=job.step, kind=event[0], message=event[1], data={}))
-        if values.get("status") == "cancelled":  # every cancel the API or its sweeper makes passes here
-            record_job_event_for_webhooks(db, db.get(Job, job.id), "cancelled")
+        if webhook:
+            record_job_event_for_webhooks(db, db.get(Job, job.id), webhook)
     return True
 
 
 def _ended() -> dict[str, Any]:
     """The values of a job that ends cancelled."""
     return {"status": "cancelled", "cancel_requested": True, "finished_at": utcnow(), "lease_owner": None}
+
+
+def _paused() -> dict[str, Any]:
+    """The values of a paused job: no lease, no pause pending (it was honoured)."""
+    return {"status": PAUSED, "pause_requested": False, "lease_owner": None}
 
 
 def _requeued() -> dict[str, Any]:
@@ -207,8 +228,9 @@ def lease_lost(job: Row) -> str:
 
 
 def cancel_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> Job:
-    """The job after a cancel: ``cancelled`` at once when nobody runs it (queued, or its lease is dead), else still
-    ``running`` with ``cancel_requested`` set for its runner. Raises JobEnded when it had already ended."""
+    """The job after a cancel: ``cancelled`` at once when nobody runs it (queued, paused, or its lease is dead),
+    else still ``running`` with ``cancel_requested`` set for its runner. Raises JobEnded when it had already
+    ended."""
     for _ in range(MAX_TRIES):
         job = lease_view(sessions, job_id)
         if job is None:
@@ -220,6 +242,9 @@ def cancel_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> J
                            ("cancelled", f"cancelled; no worker was running it ({lease_lost(job)})"))
         elif job.status == "running":
             done = _change(sessions, and_(Job.id == job_id, Job.status == "running"), {"cancel_requested": True}, job)
+        elif job.status == PAUSED:
+            done = _change(sessions, and_(Job.id == job_id, Job.status == PAUSED), _ended(), job,
+                           ("cancelled", "cancelled while paused; checkpoints kept"))
         else:
             raise JobEnded(job.status)
         if done:
@@ -228,12 +253,75 @@ def cancel_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> J
     raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while being cancelled")
 
 
+class PauseRefused(Exception):
+    """The job cannot be paused now (its cancel is pending); the message says why."""
+
+
+def pause_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> Job:
+    """The job after a pause: ``paused`` at once when nobody runs it (queued, or its lease is dead: it resumes from
+    its last complete checkpoint), else still ``running`` with ``pause_requested`` set for its runner, which saves
+    a checkpoint at its next step and ends the run paused. A paused job comes back unchanged. Raises JobEnded
+    when it had ended, PauseRefused when its cancel is pending."""
+    for _ in range(MAX_TRIES):
+        job = lease_view(sessions, job_id)
+        if job is None:
+            raise LookupError(job_id)
+        if job.status in FINAL:
+            raise JobEnded(job.status)
+        if job.cancel_requested:
+            raise PauseRefused("it is being cancelled")
+        if job.status == PAUSED:
+            done = True
+        elif job.status == "queued":
+            done = _change(sessions, and_(_still_queued(job), Job.cancel_requested.is_(False)), _paused(), job,
+                           ("paused", "paused while it waited for a worker; resume it to queue it again"))
+        elif lease_is_dead(job.lease_owner, job.heartbeat_at, lease_timeout_s):
+            done = _change(sessions, and_(_same_lease(job), Job.cancel_requested.is_(False)), _paused(), job,
+                           ("paused", f"paused; no worker was running it ({lease_lost(job)}); it resumes from its "
+                                      "last checkpoint"))
+        else:
+            done = _change(sessions, and_(Job.id == job_id, Job.status == "running", Job.cancel_requested.is_(False)),
+                           {"pause_requested": True}, job)
+        if done:
+            with sessions() as db:
+                return db.get(Job, job_id)
+    raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while being paused")
+
+
+def resume_job(sessions: sessionmaker, job_id: str) -> tuple[Job, bool]:
+    """(the job after a resume, whether it went back to the queue): a paused job is ``queued`` again with a
+    ``resumed`` event and webhook (the caller hands it to the broker: it continues from its checkpoint); a pause
+    not yet honoured by a running job's runner is withdrawn; a queued or running job comes back unchanged.
+    Raises JobEnded when it had ended."""
+    for _ in range(MAX_TRIES):
+        job = lease_view(sessions, job_id)
+        if job is None:
+            raise LookupError(job_id)
+        if job.status in FINAL:
+            raise JobEnded(job.status)
+        requeued = job.status == PAUSED
+        if requeued:
+            done = _change(sessions, and_(Job.id == job_id, Job.status == PAUSED),
+                           _requeued() | {"pause_requested": False}, job,
+                           ("resumed", "resumed by its owner; it waits for a worker to continue from its checkpoint"),
+                           webhook="resumed")
+        elif job.pause_requested:
+            done = _change(sessions, and_(Job.id == job_id, Job.status == job.status, Job.pause_requested),
+                           {"pause_requested": False}, job)
+        else:
+            done = True
+        if done:
+            with sessions() as db:
+                return db.get(Job, job_id), requeued
+    raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while being resumed")
+
+
 class JobActive(Exception):
     """The job is queued or running; its status is the message."""
 
 
 class ParentInUse(Exception):
-    """A queued or running job continues from a checkpoint of the job: (its id, its status)."""
+    """An unfinished job continues from a checkpoint of the job: (its id, its status)."""
 
     def __init__(self, child_id: str, status: str) -> None:
         super().__init__(child_id, status)
@@ -241,29 +329,31 @@ class ParentInUse(Exception):
 
 
 def delete_job(sessions: sessionmaker, job_id: str) -> None:
-    """Delete an ended job's row with its metric points, events, side tasks and idempotency keys, in one transaction.
+    """Delete an ended or paused job's row with its metric points, events, side tasks and idempotency keys, in one
+    transaction.
 
     Raises JobActive when it is queued or running (a worker may be writing to it: cancel it first), ParentInUse
-    when a queued or running job continues from one of its checkpoints, LookupError when it is gone. The job's
-    delete is a compare-and-set on its having ended, so a job re-queued meanwhile
-    stays whole. Its run directory is the caller's to remove, after this commits.
+    when an unfinished job continues from one of its checkpoints, LookupError when it is gone. The job's delete
+    is a compare-and-set on its having ended or paused (no worker writes to it), so a job re-queued or resumed
+    meanwhile stays whole. Its run directory is the caller's to remove, after this commits.
     """
     with sessions.begin() as db:
         status = db.scalar(select(Job.status).where(Job.id == job_id))
         if status is None:
             raise LookupError(job_id)
-        if status in FINAL and (children := children_in_flight(db, job_id)):
+        if status in DELETABLE and (children := children_in_flight(db, job_id)):
             raise ParentInUse(*children[0])
         for table in (MetricPoint, JobEvent, SideTask, IdempotencyKey):
             db.execute(delete(table).where(table.job_id == job_id))
-        if db.execute(delete(Job).where(Job.id == job_id, Job.status.in_(FINAL))).rowcount != 1:
+        if db.execute(delete(Job).where(Job.id == job_id, Job.status.in_(DELETABLE))).rowcount != 1:
             raise JobActive(status)  # rolls the children's deletes back
 
 
 def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> dict[str, str]:
     """The jobs nobody runs any more that it moved, id -> new status: a running job whose lease is dead goes back
-    to ``queued`` with a ``lease_lost`` event saying why (or to ``cancelled`` if its cancel was requested); a
-    queued job whose cancel was requested (a worker re-queued it) is ``cancelled``."""
+    to ``queued`` with a ``lease_lost`` event saying why (or to ``cancelled`` if its cancel was requested, or to
+    ``paused`` if its pause was: its worker died while pausing, and it resumes from its last complete checkpoint);
+    a queued job whose cancel was requested (a worker re-queued it) is ``cancelled``."""
     with sessions() as db:
         jobs = db.execute(select(*_LEASE_VIEW).where(or_(Job.status == "running",
                                                          and_(Job.status == "queued", Job.cancel_requested)))).all()
@@ -278,6 +368,11 @@ def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> dict[
             status = "cancelled"
             done = _change(sessions, _same_lease(job), _ended(), job,
                            ("cancelled", f"cancelled; its worker stopped before the job did ({lease_lost(job)})"))
+        elif job.pause_requested:
+            status = PAUSED
+            done = _change(sessions, and_(_same_lease(job), Job.cancel_requested.is_(False)), _paused(), job,
+                           ("paused", f"paused; its worker stopped while pausing ({lease_lost(job)}); it resumes "
+                                      "from its last complete checkpoint"))
         else:
             status = "queued"
             done = _change(sessions, _same_lease(job), _requeued(), job,
@@ -291,12 +386,13 @@ def release_dead_leases(sessions: sessionmaker, lease_timeout_s: float) -> dict[
 
 def acquire_lease(sessions: sessionmaker, job_id: str, holder: str, lease_timeout_s: float) -> bool:
     """Whether ``holder`` took the job: it was queued, or running with a heartbeat older than ``lease_timeout_s``
-    (its runner taken for dead), and no cancel is pending. One compare-and-set; the attempt counts up."""
+    (its runner taken for dead), and no cancel or pause is pending (a dead runner's pending pause makes the job
+    ``paused``: release_dead_leases). One compare-and-set; the attempt counts up."""
     stale = utcnow() - timedelta(seconds=lease_timeout_s)
     with sessions.begin() as db:
         taken = db.execute(
             update(Job)
-            .where(Job.id == job_id, Job.cancel_requested.is_(False))
+            .where(Job.id == job_id, Job.cancel_requested.is_(False), Job.pause_requested.is_(False))
             .where(or_(Job.status == "queued",
                        (Job.status == "running") & or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale)))
             .values(status="running", lease_owner=holder, heartbeat_at=utcnow(), attempt=Job.attempt + 1,
@@ -337,6 +433,38 @@ def requeue(sessions: sessionmaker, job_id: str, holder: str, reason: str) -> bo
         return False
     return _change(sessions, and_(_same_holder(job), Job.status == "running"), _requeued(), job,
                    ("requeued", f"{reason}; resuming from the last checkpoint"))
+
+
+def end_paused_run(sessions: sessionmaker, job_id: str, holder: str) -> str | None:
+    """How the job whose run ``holder`` ended paused (its checkpoint saved at its last step; the engine's
+    ``paused`` event recorded) stands now: ``paused`` (with its webhook); ``cancelled`` when its owner cancelled
+    it meanwhile; ``requeued`` when its owner resumed it meanwhile (the pause withdrawn while the run saved: the
+    caller hands it to the broker, and it continues from that checkpoint); None when another runner took the job
+    over (its state is theirs to write). A run that paused used none of the job's ``job_attempts`` (those count
+    runs that crashed): its attempt is given back."""
+    for _ in range(MAX_TRIES):
+        job = lease_view(sessions, job_id)
+        if job is None or job.lease_owner != holder or job.status != "running":
+            return None
+        mine = and_(_same_holder(job), Job.status == "running", Job.cancel_requested == job.cancel_requested,
+                    Job.pause_requested == job.pause_requested)
+        if job.cancel_requested:
+            outcome = "cancelled"
+            done = _change(sessions, mine, _ended(), job, ("cancelled", "cancelled while pausing; checkpoints kept"))
+        elif job.pause_requested:
+            outcome = PAUSED
+            done = _change(sessions, mine, _paused() | _attempt_given_back(), job)
+        else:
+            outcome = "requeued"
+            done = _change(sessions, mine, _requeued() | _attempt_given_back(), job,
+                           ("requeued", "the pause was withdrawn while the run saved its checkpoint; resuming from it"))
+        if done:
+            return outcome
+    raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while its run paused")
+
+
+def _attempt_given_back() -> dict[str, Any]:
+    return {"attempt": Job.attempt - 1}
 
 
 def end_cancelled_run(sessions: sessionmaker, job_id: str, holder: str, grace_s: float) -> bool:

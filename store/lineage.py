@@ -174,7 +174,8 @@ def trained_from(settings: Settings, job_id: str, base_model: str | None, models
 
 
 def children_in_flight(db: Session, job_id: str) -> list[tuple[str, str]]:
-    """(id, status) of the queued or running jobs that continue from a checkpoint of ``job_id``."""
+    """(id, status) of the unfinished (queued, running or paused) jobs that continue from a checkpoint of
+    ``job_id``: a paused one may not have copied it yet."""
     rows = db.execute(select(Job.id, Job.status).where(Job.parent_job_id == job_id,
-                                                       Job.status.in_(("queued", "running"))))
+                                                       Job.status.in_(("queued", "running", "paused"))))
     return [(row.id, row.status) for row in rows]

@@ -12,10 +12,12 @@ from sqlalchemy.orm import Session
 
 from .db import Job, WebhookDelivery, WebhookEndpoint, new_id, utcnow
 
-WebhookEventType = Literal["job.succeeded", "job.failed", "job.cancelled", "job.budget_crossed"]
-# a job's end status or engine event kind -> the event type endpoints receive
+WebhookEventType = Literal["job.succeeded", "job.failed", "job.cancelled", "job.budget_crossed", "job.paused",
+                           "job.resumed"]
+# a job's end status, pause or resume, or engine event kind -> the event type endpoints receive
 EVENT_TYPES: dict[str, WebhookEventType] = {"succeeded": "job.succeeded", "failed": "job.failed",
-                                            "cancelled": "job.cancelled", "budget": "job.budget_crossed"}
+                                            "cancelled": "job.cancelled", "budget": "job.budget_crossed",
+                                            "paused": "job.paused", "resumed": "job.resumed"}
 
 def job_payload(job: Job, event_type: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
     """The body of a job event: ``{"type", "timestamp", "data": {job_id, name, status, ...}}``."""
@@ -32,7 +34,7 @@ def wants(endpoint: WebhookEndpoint, event_type: str) -> bool:
 
 def record_job_event_for_webhooks(db: Session, job: Job, kind: str, data: dict[str, Any] | None = None) -> int:
     """Adds to ``db``'s transaction one pending delivery of ``job``'s event ``kind`` (succeeded, failed,
-    cancelled, budget) per endpoint of its owner that wants it; returns how many."""
+    cancelled, budget, paused, resumed) per endpoint of its owner that wants it; returns how many."""
     event_type = EVENT_TYPES[kind]
     endpoints = [e for e in db.scalars(select(WebhookEndpoint).where(WebhookEndpoint.owner == job.owner))
                  if wants(e, event_type)]

@@ -6,7 +6,8 @@ compare-and-set) makes sure one job never runs twice at once, whatever the broke
 
 A job with ``nproc: 1`` trains in this process. With more, this process keeps the lease (and its heartbeat)
 and starts ``torchrun`` for the ranks (worker/ranks.py): rank 0 records metrics and events and reads the cancel
-flag, the engine agrees on stopping across ranks, and rank 0's last word comes back in a small report file.
+and pause flags, the engine agrees on stopping (or pausing) across ranks, and rank 0's last word comes back in a
+small report file.
 A rank that dies makes torchrun fail: the job goes back to the queue and resumes from its last checkpoint,
 until ``job_attempts`` attempts are used up.
 """
@@ -33,7 +34,7 @@ from mol_engine.callbacks import Callback, ConsoleLogger
 from mol_engine.spec import JobSpec
 from store.dataset_names import relabel, stored_names
 from store.db import Dataset, Job, JobEvent, MetricPoint, sessions_for
-from store.jobs import acquire_lease, finish, renew_lease, requeue
+from store.jobs import acquire_lease, end_paused_run, finish, renew_lease, requeue
 from store.lineage import is_checkpoint_ref, lineage_of, parse_ref, reference_checkpoint, start_model
 from store.models import available_models
 from store.settings import Settings
@@ -89,7 +90,8 @@ def measure_run_dir(sessions: sessionmaker, job_id: str, settings: Settings) -> 
 
 
 class DatabaseRecorder(Callback):
-    """Writes metric points and events to the database, reads the cancel flag, and (given ``heartbeat_s``)
+    """Writes metric points and events to the database, reads the cancel and pause flags (in one read after each
+    step: ``should_pause`` answers from the read ``should_stop`` made), and (given ``heartbeat_s``)
     heartbeats the lease; rank 0 of a several-process job records without a heartbeat (its runner beats).
 
     A run it stops for another reason than the user's cancel (its worker gone, its lease taken over) ends with an
@@ -105,6 +107,7 @@ class DatabaseRecorder(Callback):
         self._parent = os.getppid()
         self._heartbeat = LeaseHeartbeat(sessions, job_id, holder, heartbeat_s) if heartbeat_s else None
         self.lease_lost = False
+        self._pause = False  # pause_requested as should_stop last read it
 
     def close(self) -> None:
         if self._heartbeat:
@@ -159,11 +162,15 @@ class DatabaseRecorder(Callback):
         if self.orphaned:  # the worker that started us is gone: stop, a new one resumes
             return True
         with self.sessions() as db:
-            cancel, owner = db.execute(select(Job.cancel_requested, Job.lease_owner)
-                                       .where(Job.id == self.job_id)).one()
+            cancel, pause, owner = db.execute(select(Job.cancel_requested, Job.pause_requested, Job.lease_owner)
+                                              .where(Job.id == self.job_id)).one()
         if owner != self.holder:  # our lease was taken for dead (a long stall) and the job re-queued: stop at once
             self.lease_lost = True
+        self._pause = bool(pause)
         return bool(cancel) or self.lease_lost
+
+    def should_pause(self) -> bool:
+        return self._pause
 
 
 def resolve_spec(sessions: sessionmaker, job: Job, settings: Settings) -> JobSpec:
@@ -209,9 +216,10 @@ def _fail(sessions: sessionmaker, job_id: str, holder: str, error: str) -> str:
 
 
 def run(job_id: str, settings: Settings | None = None) -> str:
-    """Run (or resume) one job to its end; returns its final status, ``skipped`` if it is not ours to run,
-    ``orphaned`` if our worker died, ``requeued`` if a rank died and the job waits to resume, or ``lease-lost``
-    if another runner took the job over (this one was taken for dead)."""
+    """Run (or resume) one job to its end or its pause; returns its status then (``paused`` included),
+    ``skipped`` if it is not ours to run, ``orphaned`` if our worker died, ``requeued`` if a rank died (or the
+    owner withdrew a pause while the run saved it) and the job waits to resume, or ``lease-lost`` if another
+    runner took the job over (this one was taken for dead)."""
     settings = settings or Settings()
     sessions = sessions_for(settings.db_url)
     holder = f"{socket.gethostname()}:{os.getpid()}"
@@ -253,6 +261,8 @@ def _run_here(sessions: sessionmaker, job_id: str, holder: str, spec: JobSpec, l
     recorder.close()
     if result.status == "cancelled" and recorder.orphaned:
         return "orphaned"  # not a user's cancel: leave the job running for the next worker to resume
+    if result.status == "paused":
+        return end_paused_run(sessions, job_id, holder) or "lease-lost"
     if not finish(sessions, job_id, result.status, holder, stop_reason=result.reason):
         return "lease-lost"  # another worker resumes (or has resumed) the job: its state is theirs to write
     return result.status
@@ -285,6 +295,8 @@ def _run_ranks(sessions: sessionmaker, job: Job, holder: str, nproc: int, settin
                 return "orphaned"
         heartbeat.close()
         rank0 = json.loads(report.read_text()) if report.is_file() else {}
+    if ranks.returncode == 0 and rank0.get("status") == "paused":
+        return end_paused_run(sessions, job.id, holder) or "lease-lost"
     if ranks.returncode == 0 and rank0.get("status") in ("succeeded", "cancelled", "failed"):
         if not finish(sessions, job.id, rank0["status"], holder, rank0.get("error"), rank0.get("reason")):
             return "lease-lost"

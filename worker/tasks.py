@@ -2,7 +2,8 @@
 
 The task starts the engine in a child process with its own process group (``python -m worker.runner``),
 watches it, and, when the user cancels, gives it ``cancel_grace_s`` to stop cooperatively before ending the
-whole group. Killing the worker kills the child too (it notices its parent is gone); the job stays
+whole group. A pause needs no grace: the runner saves a checkpoint at its next step and ends the job ``paused``,
+and the worker is free. Killing the worker kills the child too (it notices its parent is gone); the job stays
 ``running`` with a dead lease, and the reconciler of the next worker start re-queues it to resume.
 
 Each job has at most one message waiting in the broker: the reconciler sends one only for a job that needs it
@@ -75,7 +76,7 @@ def run_job(self, job_id: str) -> str:
     finally:
         _current_job = None
         _beat(sessions, settings)
-    if outcome == "requeued":  # a rank died: the runner put the job back in the queue to resume
+    if outcome == "requeued":  # a rank died (or a pause was withdrawn): the runner put the job back to resume
         _send(job_sender(settings), job_id, nproc)
     return outcome
 

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from mol_engine.data import DataError, DocumentReader, iter_qa
 from mol_engine.token_store import cache_root
 from store.db import Dataset, Job
-from store.jobs import ACTIVE
+from store.jobs import UNFINISHED
 
 from ..checks.job_references import dataset_refs
 from ..checks.names import name_problem
@@ -110,7 +110,7 @@ def documents_of(path: Path, purpose: str) -> Iterator[str]:
 @router.delete("/{dataset_id}", status_code=204, responses=errors(403, 404, 409))
 def delete_dataset(dataset_id: str, dataset: OwnedDataset, owner: Owner, db: DB, svc: Svc) -> None:
     """Deletes the dataset, and its file and token stores when the store made them (not the demo's own)."""
-    active = db.scalars(select(Job).where(Job.owner == owner, Job.status.in_(ACTIVE))).all()
+    active = db.scalars(select(Job).where(Job.owner == owner, Job.status.in_(UNFINISHED))).all()
     users = [job.id for job in active if dataset_id in dataset_refs(job.spec)]
     if users:
         raise HTTPException(409, f"dataset '{dataset_id}' is used by active job(s) {', '.join(users)}")

@@ -1,7 +1,8 @@
-"""POST/GET /v1/jobs, cancel, metrics and events (JSON, or a live SSE stream)."""
+"""POST/GET /v1/jobs, cancel, pause and resume, metrics and events (JSON, or a live SSE stream)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from mol_engine.spec import JobSpec, Method, format_validation_error
 from store import jobs
 from store.db import MAX_SEQ, Job, JobEvent, MetricPoint, is_id
-from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs
+from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs, send_job
 from store.usage import job_totals
 
 from ..deps import DB, OwnedJob, Owner, Svc
@@ -26,6 +27,7 @@ from ..services.quotas import check_usage_quotas
 from ..services.submission import continued_from, submit_problems
 from ..stream import job_stream
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=errors(401, 422))
 # The database compares it with a 32-bit column: a larger one is a 422 naming it, not a 500
 After = Annotated[int, Query(ge=0, le=MAX_SEQ, description="only rows after this seq")]
@@ -104,16 +106,48 @@ def cancel_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
         raise HTTPException(409, f"job '{job_id}' is already {ended}") from None
 
 
+@router.post("/{job_id}/pause", response_model=JobOut, responses=errors(403, 404, 409))
+def pause_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
+    """Paused at once when nobody runs the job; a running one saves a checkpoint at its next step, ends
+    ``paused`` and frees its worker. A paused job comes back unchanged; an ended one, or one being cancelled, is
+    a 409."""
+    db.close()
+    try:
+        return job_out(jobs.pause_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
+    except jobs.JobEnded as ended:
+        raise HTTPException(409, f"job '{job_id}' has already ended ({ended}): only a queued or running job "
+                                 "pauses") from None
+    except jobs.PauseRefused as refused:
+        raise HTTPException(409, f"job '{job_id}' cannot be paused: {refused}") from None
+
+
+@router.post("/{job_id}/resume", response_model=JobOut, responses=errors(403, 404, 409))
+def resume_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
+    """A paused job goes back to the queue and continues from the checkpoint of its pause; a pause a running job
+    has not reached yet is withdrawn; a queued or running job comes back unchanged. An ended job is a 409."""
+    db.close()
+    try:
+        job, requeued = jobs.resume_job(svc.sessions, job_id)
+    except jobs.JobEnded as ended:
+        raise HTTPException(409, f"job '{job_id}' has already ended ({ended}): only a paused job resumes") from None
+    if requeued:
+        try:
+            send_job(svc.enqueue, job_id, job.spec)
+        except Exception:  # the broker is down: the job stays queued and a worker's reconciler sends it later
+            log.exception("job %s: resumed, but the broker refused it; a worker's reconciler will send it", job_id)
+    return job_out(job)
+
+
 @router.delete("/{job_id}", status_code=204, responses=errors(403, 404, 409))
 def delete_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> None:
-    """Deletes an ended job: its row, metric points, events and run directory (checkpoints, logs). A queued or
-    running job is a 409: cancel it first (POST .../cancel), so no worker writes to what is being removed; so is a
-    job that a queued or running job continues from (base_model job:<id>@...)."""
+    """Deletes an ended or paused job: its row, metric points, events and run directory (checkpoints, logs). A
+    queued or running job is a 409: cancel (or pause) it first, so no worker writes to what is being removed; so is
+    a job that an unfinished job continues from (base_model job:<id>@...)."""
     db.close()
     try:
         jobs.delete_job(svc.sessions, job_id)
     except jobs.JobActive as active:
-        raise HTTPException(409, f"job '{job_id}' is {active}: cancel it first") from None
+        raise HTTPException(409, f"job '{job_id}' is {active}: cancel it first (or pause it)") from None
     except jobs.ParentInUse as child:
         raise HTTPException(409, f"job '{job_id}': job '{child.child_id}' ({child.status}) continues from one of its "
                                  "checkpoints; cancel that job or delete this one once it has ended") from None

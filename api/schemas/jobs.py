@@ -29,6 +29,7 @@ class JobSummary(BaseModel):
     last_metrics: dict[str, Any]
     error: str | None
     cancel_requested: bool
+    pause_requested: bool = False  # a running job's runner saves a checkpoint at its next step and pauses
     attempt: int
     created_at: UtcDatetime
     started_at: UtcDatetime | None

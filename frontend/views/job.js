@@ -97,10 +97,18 @@ function diskUsed(job, checkpoints) {
 const PHASE_KINDS = ["token-store", "self-sample", "reference-cache", "config", "resumed"];
 
 // The line under a job's title, {phase, text, fraction?}: the latest preparation event while there is no step yet
-// (a token store being built with its share done), the training step once steps run; null once the job has
-// ended (its badge and step say it). `ev` is the latest event of PHASE_KINDS, if any.
+// (a token store being built with its share done), the training step once steps run, a pause asked or made; null
+// once the job has ended (its badge and step say it). `ev` is the latest event of PHASE_KINDS, if any.
 export function phaseLine(job, ev) {
   if (words.final_statuses.includes(job.status)) return null;
+  if (job.status === "paused") {
+    return { phase: "paused", text: `Paused at step ${job.step} of ${job.max_steps}: no worker holds it. Resume it `
+      + "to continue from its checkpoint." };
+  }
+  if (job.pause_requested) {
+    return { phase: "pausing", text: `Pausing: a checkpoint is saved after the step in progress (step ${job.step}), `
+      + "then the worker is free." };
+  }
   if (job.status === "queued") return { phase: "queued", text: "Waiting for a worker to take the job." };
   if (job.step > 0) {
     return { phase: "training", text: `Training: step ${job.step} of ${job.max_steps} `
@@ -115,6 +123,15 @@ export function phaseLine(job, ev) {
     return { phase: "starting", text: "Starting: the model and data are ready, the first training step comes next." };
   }
   return { phase: "preparing", text: ev.message };
+}
+
+// Which of a job's buttons its header shows, by its status: an ended job can only be deleted; a paused one resumed,
+// cancelled or deleted (no worker writes to it); a queued or running one paused or cancelled (one pausing resumed).
+export function jobActions(job, buttons) {
+  const { pause, resume, cancel, remove } = buttons;
+  if (words.final_statuses.includes(job.status)) return [remove];
+  if (job.status === "paused") return [resume, cancel, remove];
+  return job.pause_requested ? [pause, resume, cancel] : [pause, cancel];  // resume: withdraw the pause
 }
 
 // Shows phaseLine's line in `box`, with a progress bar while a store is built.
@@ -323,6 +340,16 @@ export async function jobPage(view, jobId) {
       try { job = await api(`/v1/jobs/${jobId}/cancel`, { method: "POST" }); drawHeader(); }
       catch (err) { alert(err.message); cancel.disabled = false; }
     } }, job.cancel_requested ? "Cancelling…" : "Cancel");
+    // pause (a queued or running job: reversible, so no confirmation) and resume (a paused one, or one pausing)
+    const post = (action) => async (e) => {
+      const button = e.currentTarget;
+      button.disabled = true;
+      try { job = await api(`/v1/jobs/${jobId}/${action}`, { method: "POST" }); drawHeader(); drawPhase(); }
+      catch (err) { alert(err.message); button.disabled = false; }
+    };
+    const pause = el("button", { "data-action": "pause", disabled: job.pause_requested || job.cancel_requested,
+      onclick: post("pause") }, job.pause_requested ? "Pausing…" : "Pause");
+    const resume = el("button", { "data-action": "resume", onclick: post("resume") }, "Resume");
     // an ended job only: the server refuses (409) to delete one a worker may still write to
     const remove = el("button", { class: "danger", "data-action": "delete", onclick: async () => {
       if (!window.confirm(`Delete the job ${job.name} with its checkpoints, metrics and logs? This cannot be undone.`)) {
@@ -338,7 +365,7 @@ export async function jobPage(view, jobId) {
       el("span", { class: "muted" }, `step ${job.step} / ${job.max_steps} · ${job.spec.method} on ${job.spec.base_model}`),
       el("span", { class: "muted", "data-eta": "" }, etaText(job, pace, Date.now())),
       el("span", { class: "spacer" }), el("a", { class: "button", href: `#/log/${jobId}`, "data-action": "log" }, "Log"),
-      clone, words.final_statuses.includes(job.status) ? remove : cancel);
+      clone, ...jobActions(job, { pause, resume, cancel, remove }));
     const lineage = lineageLine(job);
     if (lineage) header.append(lineage);
     if (job.error) header.append(el("p", { class: "error wide" }, job.error));
@@ -377,7 +404,8 @@ export async function jobPage(view, jobId) {
     const stamp = el("time", { datetime: ev.created_at }, localTime(ev.created_at, { timeStyle: "medium" }));
     log.prepend(el("li", { "data-kind": ev.kind },
       el("span", { class: "muted" }, stamp, ` · step ${ev.step} · ${ev.kind} · `), ev.message));
-    if (ev.kind === "checkpoint" || ev.kind === "interrupted" || words.final_statuses.includes(ev.kind)) lastCheckpoints += 1;
+    if (ev.kind === "checkpoint" || ev.kind === "interrupted" || ev.kind === "paused" || ev.kind === "resumed"
+      || words.final_statuses.includes(ev.kind)) lastCheckpoints += 1;
     if (PHASE_KINDS.includes(ev.kind)) { phaseEvent = ev; drawPhase(); }
     pace = trackPace(pace, ev);
     if (ev.kind === "samples") samples.add(ev);

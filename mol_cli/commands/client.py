@@ -1,6 +1,6 @@
 """``mol client``: the REST API from a terminal, as the OpenAI and Together CLIs are (upload, submit, follow, list,
-cancel, download here; datasets, models, checkpoints, sweeps, interpolations, evaluations, webhooks and completions
-in client_resources.py). ``--json`` prints the API's answers for scripts.
+cancel, pause, resume, download here; datasets, models, checkpoints, sweeps, interpolations, evaluations,
+webhooks and completions in client_resources.py). ``--json`` prints the API's answers for scripts.
 
 Nothing of the server is imported (the HTTP client is api/client.py's; a spec file is read by the engine's one
 reader, mol_engine/spec_file.py), so the client runs on a laptop against a remote MoL Studio. ``MOL_API_URL``
@@ -117,6 +117,18 @@ def cmd_cancel(client: MolClient, args: argparse.Namespace) -> int:
                                                              if job["status"] == "running" else ""))
 
 
+def cmd_pause(client: MolClient, args: argparse.Namespace) -> int:
+    job = client.pause(args.job)
+    pausing = job["status"] == "running" and job.get("pause_requested")
+    return emit(args, job, f"{job['id']} {job['status']}" + (" (saves a checkpoint at its next step, then pauses)"
+                                                             if pausing else ""))
+
+
+def cmd_resume(client: MolClient, args: argparse.Namespace) -> int:
+    job = client.resume(args.job)
+    return emit(args, job, f"{job['id']} {job['status']}")
+
+
 def cmd_download(client: MolClient, args: argparse.Namespace) -> int:
     bars: list[Progress] = []
 
@@ -170,8 +182,8 @@ def register(sub: Subparsers) -> None:
     from .client_resources import add_resource_commands  # they build on this module's helpers
 
     group = sub.add_parser("client", help="use a MoL Studio API from the terminal (MOL_API_URL, MOL_TOKEN): upload, "
-                                          "submit, follow, list, cancel, download, datasets, models, checkpoints, "
-                                          "sweeps, interpolations, evaluations, webhooks, complete, chat")
+                                          "submit, follow, list, cancel, pause, resume, download, datasets, models, "
+                                          "checkpoints, sweeps, interpolations, evaluations, webhooks, complete, chat")
     group.add_argument("--url", default=os.environ.get("MOL_API_URL", DEFAULT_URL),
                        help="the API's base URL (default: MOL_API_URL, else %(default)s)")
     group.add_argument("--token", default=os.environ.get("MOL_TOKEN"), help="bearer token (default: MOL_TOKEN)")
@@ -191,6 +203,12 @@ def register(sub: Subparsers) -> None:
     p = command(commands, "list", cmd_list, "list your jobs, newest first")
     p.add_argument("--limit", type=int, default=50)
     p = command(commands, "cancel", cmd_cancel, "cancel a job")
+    p.add_argument("job")
+    p = command(commands, "pause", cmd_pause, "pause a job: a running one saves a checkpoint at its next step and "
+                "frees its worker (resume continues from it)")
+    p.add_argument("job")
+    p = command(commands, "resume", cmd_resume, "resume a paused job: it goes back to the queue and continues from "
+                "the checkpoint of its pause")
     p.add_argument("job")
     p = command(commands, "download", cmd_download, "download a checkpoint as .tar.gz (progress on stderr); prints "
                 "its path")

@@ -1,5 +1,6 @@
-"""`mol client` against a live uvicorn server: upload, submit, list, cancel, follow, download, and errors that print
-the server's detail (exit 1, no traceback). The commands run in-process through the `mol` entry point."""
+"""`mol client` against a live uvicorn server: upload, submit, list, pause, resume, cancel, follow, download, and
+errors that print the server's detail (exit 1, no traceback). The commands run in-process through the `mol` entry
+point."""
 
 import hashlib
 import io
@@ -91,11 +92,16 @@ def test_upload_submit_list_and_cancel(server, capsys, tmp_path):
         header, row = table.splitlines()[:2]
         assert code == 0 and header.split()[:3] == ["ID", "NAME", "STATUS"] and row.split()[:3] == [job_id, "cli",
                                                                                                     "queued"]
-        code, out, _ = mol(capsys, "cancel", job_id)
+        for command, status in (("pause", "paused"), ("resume", "queued"), ("pause", "paused")):
+            code, out, err = mol(capsys, command, job_id)
+            assert code == 0 and out.strip() == f"{job_id} {status}", err
+        code, out, _ = mol(capsys, "cancel", job_id)  # a paused job cancels at once
         assert code == 0 and out.strip() == f"{job_id} cancelled"
         assert http.get(f"/v1/jobs/{job_id}").json()["status"] == "cancelled"
         code, _, err = mol(capsys, "cancel", job_id)  # a 409: the server's detail, exit 1
         assert code == 1 and f"job '{job_id}' is already cancelled" in err and "Traceback" not in err
+        code, _, err = mol(capsys, "resume", job_id)
+        assert code == 1 and "only a paused job resumes" in err and "(HTTP 409)" in err
 
 
 def test_errors_print_the_detail_and_exit_1_without_a_traceback(server, capsys, tmp_path):

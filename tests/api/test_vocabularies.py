@@ -8,7 +8,8 @@ from store.jobs import FINAL, STATUSES
 
 def test_the_vocabularies_are_the_stores_and_the_engines(client, auth):
     words = client.get("/v1/vocabularies", headers=auth()).json()
-    assert words["job_statuses"] == list(STATUSES) == ["queued", "running", "succeeded", "failed", "cancelled"]
+    assert words["job_statuses"] == list(STATUSES) == ["queued", "running", "paused", "succeeded", "failed",
+                                                       "cancelled"]
     assert words["final_statuses"] == list(FINAL) and words["active_statuses"] == ["queued", "running"]
     assert set(get_args(EngineEventKind)) < set(words["event_kinds"])
     assert {"requeued", "lease_lost", "interrupted", "failed"} < set(words["event_kinds"])
@@ -16,5 +17,5 @@ def test_the_vocabularies_are_the_stores_and_the_engines(client, auth):
 
 
 def test_the_status_filter_takes_exactly_the_stores_statuses(client, auth):
-    assert client.get("/v1/jobs?status=paused", headers=auth()).status_code == 422
+    assert client.get("/v1/jobs?status=stopped", headers=auth()).status_code == 422
     assert all(client.get(f"/v1/jobs?status={s}", headers=auth()).status_code == 200 for s in STATUSES)

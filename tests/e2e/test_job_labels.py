@@ -20,7 +20,7 @@ globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [
 const root = process.argv[1];
 const { words } = await import(`${root}/api.js`);
 Object.assign(words, JSON.parse(process.argv[2]));  // as the app loads them after sign-in (GET /v1/vocabularies)
-const { phaseLine } = await import(`${root}/views/job.js`);
+const { jobActions, phaseLine } = await import(`${root}/views/job.js`);
 const { modelLabel, defaultModel } = await import(`${root}/views/playground.js`);
 const { noModelMessage } = await import(`${root}/views/no_model.js`);
 const running = { status: "running", step: 0, max_steps: 200 };
@@ -35,6 +35,11 @@ console.log(JSON.stringify({
     phaseLine(running, { kind: "config", message: "method=mol ..." }),
     phaseLine({ ...running, step: 50 }, store({ done: true }, "token store d.tokens: 812 tokens")),
     phaseLine({ status: "succeeded", step: 200, max_steps: 200 }, store({ done: true }, "token store"))],
+  paused: [phaseLine({ status: "paused", step: 40, max_steps: 200 }, null),
+    phaseLine({ ...running, step: 40, pause_requested: true }, null)],
+  actions: [{ status: "succeeded" }, { status: "paused" }, { status: "running" },
+    { status: "running", pause_requested: true }].map((job) => jobActions(job,
+    { pause: "pause", resume: "resume", cancel: "cancel", remove: "delete" })),
   labels: models.map(modelLabel),
   picks: [defaultModel(models, { jobId: "job_a" }), defaultModel(models), defaultModel(models, { wanted: "tiny" }),
     defaultModel(models, { jobId: "job_gone" }), defaultModel(models.slice(0, 1))],
@@ -58,6 +63,11 @@ def test_phase_checkpoint_and_no_model_rules():
     assert ready["phase"] == "starting" and "first training step comes next" in ready["text"]
     assert training == {"phase": "training", "text": "Training: step 50 of 200 (25%)."}  # the store line is gone
     assert ended is None  # the badge and the step say it
+    paused, pausing = seen["paused"]
+    assert paused["phase"] == "paused" and paused["text"].startswith("Paused at step 40 of 200")
+    assert pausing["phase"] == "pausing" and "checkpoint is saved" in pausing["text"]
+    assert seen["actions"] == [["delete"], ["resume", "cancel", "delete"], ["pause", "cancel"],
+                               ["pause", "resume", "cancel"]]
     assert seen["labels"] == ["base tiny", "newer · step 5", "legal · best (step 200)", "legal · step 200"]
     assert seen["picks"] == ["job_a:best", "job_b:step-5", "tiny", "job_b:step-5", "tiny"]
     building, off, unknown = seen["demo"]

@@ -78,6 +78,46 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(make_spec, t
             assert pb[key] == pytest.approx(pa[key], rel=1e-4, abs=1e-6), (pa["step"], key)
 
 
+class PauseAfter(StopAfter):
+    def should_stop(self) -> bool:
+        return False
+
+    def should_pause(self) -> bool:
+        return self.last >= self.step
+
+
+def test_a_paused_run_saves_at_its_step_and_resumes_into_the_uninterrupted_curve(make_spec, tmp_path):
+    spec = make_spec(max_steps=4, save_every=3, eval_every=4)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(spec, full, [JsonlLogger(full)])
+    paused = train(spec, cut, [JsonlLogger(cut), PauseAfter(2)])
+    assert paused.status == "paused" and paused.step == 2 and paused.checkpoint.name == "step-2"  # not a save step
+    events = [json.loads(line) for line in (cut / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["kind"] == "paused" and "step-2 saved" in events[-1]["message"]
+    resumed = train(spec, cut, [JsonlLogger(cut)], resume=True)
+    assert resumed.status == "succeeded" and resumed.step == 4
+
+    def curve(out):
+        return [{k: v for k, v in p.items() if k != "train/tokens_per_s"} for p in read_metrics(out)]
+
+    a, b = curve(full), curve(cut)
+    assert [p["step"] for p in a] == [p["step"] for p in b]  # no duplicate or missing step
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.keys() == pb.keys()
+        for key in pa:
+            assert pb[key] == pytest.approx(pa[key], rel=1e-4, abs=1e-6), (pa["step"], key)
+
+
+def test_a_cancel_wins_over_a_pause_asked_at_the_same_step(make_spec, tmp_path):
+    class Both(PauseAfter):
+        def should_stop(self) -> bool:
+            return self.last >= self.step
+
+    result = train(make_spec(max_steps=5, save_every=3), tmp_path, [Both(1)])
+    assert result.status == "cancelled" and result.step == 1
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
 def test_fresh_run_refuses_a_directory_with_checkpoints(make_spec, tmp_path):
     train(make_spec(max_steps=1, save_every=1), tmp_path)
     with pytest.raises(TrainError, match="already holds checkpoints"):

@@ -1,5 +1,11 @@
 import json
 
+import pytest
+
+from mol_engine.callbacks import JsonlLogger
+from mol_engine.spec import JobSpec
+from mol_engine.train import train
+
 
 def status(api, job_id):
     return api.get(f"/v1/jobs/{job_id}").json()
@@ -65,3 +71,33 @@ def test_sse_delivers_every_point_once_across_a_reconnect(api, workers, submit, 
     assert seqs == sorted(set(seqs))
     assert seqs == [p["seq"] for p in api.get(f"/v1/jobs/{job_id}/metrics").json()]
     assert status(api, job_id)["status"] == "succeeded"
+
+
+def test_a_paused_job_frees_its_worker_and_resumes_into_the_uninterrupted_curve(api, workers, submit, wait_for,
+                                                                                   tiny_model_dir, corpora, tmp_path):
+    workers.start()
+    fields = {"max_steps": 30, "eval_every": 30, "save_every": 30}  # no checkpoint but the pause's before the end
+    job_id = submit(**fields)
+    wait_for(lambda: status(api, job_id)["step"] >= 1, every=0.05, what="the job's first step")
+    assert api.post(f"/v1/jobs/{job_id}/pause").json()["status"] in ("running", "paused")
+    job = wait_for(lambda: (j := status(api, job_id))["status"] != "running" and j, timeout=60, what="the pause")
+    at = job["step"]
+    assert job["status"] == "paused" and 1 <= at < 30, job
+    assert [c["name"] for c in api.get(f"/v1/jobs/{job_id}/checkpoints").json()] == [f"step-{at}"]
+    wait_for(lambda: not api.get("/v1/workers").json()["data"][0]["busy"], timeout=30, what="its worker free")
+    assert api.post(f"/v1/jobs/{job_id}/resume").json()["status"] == "queued"
+    wait_for(lambda: status(api, job_id)["status"] == "succeeded", what="the resumed job")
+    resumed = [(p["step"], p["train/loss"]) for p in api.get(f"/v1/jobs/{job_id}/metrics").json()
+               if "train/loss" in p]
+    # the same spec uninterrupted, here (the engine alone: the service adds nothing to the numbers)
+    purposes = {d["id"]: d["purpose"] for d in api.get("/v1/datasets").json()}
+    spec = JobSpec.model_validate(api.get(f"/v1/jobs/{job_id}").json()["spec"]).resolve_paths(
+        lambda ref: str(tiny_model_dir) if ref == "tiny" else str(corpora[purposes[ref]]))
+    whole = JsonlLogger(tmp_path / "whole")
+    train(spec, tmp_path / "whole", [whole])
+    uninterrupted = [json.loads(line) for line in whole.metrics_path.read_text().splitlines()]
+    assert [s for s, _ in resumed] == list(range(1, 31))  # no step missing or counted twice
+    assert [loss for _, loss in resumed] == pytest.approx(
+        [p["train/loss"] for p in uninterrupted if "train/loss" in p], rel=1e-4, abs=1e-6)
+    kinds = [e["kind"] for e in api.get(f"/v1/jobs/{job_id}/events").json()]
+    assert kinds.count("paused") == 1 and kinds.index("paused") < kinds.index("resumed")
