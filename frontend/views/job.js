@@ -100,6 +100,9 @@ const PHASE_KINDS = ["token-store", "self-sample", "reference-cache", "config", 
 // ended (its badge and step say it). `ev` is the latest event of PHASE_KINDS, if any.
 export function phaseLine(job, ev) {
   if (words.final_statuses.includes(job.status)) return null;
+  if (job.status === "queued" && job.queue_position) {  // its place in the scheduler's order, and why it waits
+    return { phase: "queued", text: `Queued, #${job.queue_position} in line: ${job.wait_reason}.` };
+  }
   if (job.status === "queued") return { phase: "queued", text: "Waiting for a worker to take the job." };
   if (job.step > 0) {
     return { phase: "training", text: `Training: step ${job.step} of ${job.max_steps} `

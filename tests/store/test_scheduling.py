@@ -46,7 +46,7 @@ def test_fewest_running_first_then_least_recently_served():
 
 
 def test_priority_orders_an_owners_own_jobs_and_breaks_ties_between_owners():
-    waiting = jobs("a", 2) + [Waiting("a_urgent", "a", 1, 5, T0 + timedelta(minutes=9))]
+    waiting = [*jobs("a", 2), Waiting("a_urgent", "a", 1, 5, T0 + timedelta(minutes=9))]
     assert ids(queue_order(waiting, {}, {}, lambda _: 5)) == ["a_urgent", "a0", "a1"]
     # two owners never served: the higher priority first; it buys no second turn
     waiting = jobs("a", 2) + jobs("b", 2, start=10, priority=3)
