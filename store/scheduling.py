@@ -28,8 +28,8 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from .db import IdempotencyKey, Job
-from .jobs import acquire_lease
+from .db import IdempotencyKey, Job, utcnow
+from .jobs import IDEMPOTENCY_TTL, acquire_lease
 from .leases import as_utc
 from .quotas import SETTING_OF, QuotaExceeded, limits_for
 from .settings import Settings
@@ -182,8 +182,10 @@ def _reason(placed: Placed, running: dict[str, int], settings: Settings) -> str:
 
 def check_queued_quota(db: Session, settings: Settings, owner: str, adding: int, key: str | None = None) -> None:
     """Raises QuotaExceeded (a 429 naming ``queued_jobs``) when ``adding`` more queued jobs would take ``owner``
-    past their limit; a retry of a request already made (its ``Idempotency-Key`` known) adds none."""
-    if key is not None and db.get(IdempotencyKey, (owner, key)) is not None:
+    past their limit; a retry of a request already made (its ``Idempotency-Key`` known, for a day) adds none."""
+    if key is not None and db.scalar(select(IdempotencyKey.job_id).where(
+            IdempotencyKey.owner == owner, IdempotencyKey.key == key,
+            IdempotencyKey.created_at >= utcnow() - IDEMPOTENCY_TTL)) is not None:
         return
     limit = limits_for(settings, owner).queued_jobs
     queued = db.scalar(select(func.count()).select_from(Job).where(Job.owner == owner, Job.status == "queued"))
