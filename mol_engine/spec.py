@@ -209,6 +209,10 @@ class JobSpec(BaseModel):
     nproc: int = Field(
         1, ge=1, le=MAX_NPROC, description="processes (one per GPU) the service runs the job on, under torchrun on "
         "one node; `mol train` ignores it (the launcher sets the process count). batch_size is per process")
+    priority: int = Field(
+        0, ge=0, description="the service's scheduling only (`mol train` and the engine ignore it): the order of "
+        "this owner's queued jobs, highest first, which also breaks ties between owners served equally; it never "
+        "gives an owner a larger share of the workers. At most the owner's max_priority (MOL_OWNER_MAX_PRIORITY)")
     loss_chunk_tokens: int | None = Field(
         None, ge=1, description="positions per loss chunk (the head's logits are formed a chunk at a time); None "
         "sizes chunks to the device: up to 64 MiB of fp32 logits and 512 positions on a CPU, up to 1 GiB (and 1/64 "

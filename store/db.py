@@ -181,6 +181,11 @@ class Job(Base):
         """The spec's method (a ``mol_engine.spec.Method``)."""
         return self.spec.get("method")
 
+    @property
+    def priority(self) -> int:
+        """The spec's scheduling priority (0 for specs stored before the field existed)."""
+        return int(self.spec.get("priority") or 0)
+
 
 class IdempotencyKey(Base):
     """An ``Idempotency-Key`` a client sent with ``POST /v1/jobs``: the job it made and a hash of the request,

@@ -41,6 +41,14 @@ def queue_for(nproc: int) -> str:
     return DEFAULT_QUEUE if nproc == 1 else f"{DEFAULT_QUEUE}-{nproc}"
 
 
+def nproc_of_queue(queue: str | None) -> int | None:
+    """The process count whose jobs ``queue`` holds (:func:`queue_for` read backwards), or None for another."""
+    if queue == DEFAULT_QUEUE:
+        return 1
+    count = (queue or "").removeprefix(f"{DEFAULT_QUEUE}-")
+    return int(count) if count != queue and count.isdigit() else None
+
+
 def queues_up_to(capacity: int) -> list[str]:
     """The queues a worker that can give a job ``capacity`` processes consumes: its jobs' queues, then the side
     tasks' queue."""
@@ -84,11 +92,12 @@ def _configured(settings: Settings) -> Celery:
 
 
 def job_sender(settings: Settings) -> Callable[..., None]:
-    """A function ``send(job_id, nproc=1)`` that queues one job id on the queue of its process count."""
+    """A function ``send(job_id, nproc=1)`` that queues a token for the queue of ``nproc`` processes, sent for
+    ``job_id`` (a worker that takes it runs the job the scheduler then chooses: store/scheduling.py)."""
     app = celery_app(settings)
 
     def send(job_id: str, nproc: int = 1) -> None:
-        app.send_task(TASK_NAME, args=[job_id], queue=queue_for(nproc))
+        app.send_task(TASK_NAME, args=[job_id], kwargs={"nproc": nproc}, queue=queue_for(nproc))
 
     return send
 

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(10, gt=0, description=(
         "how often a running job's runner renews its lease; also how often the API's sweeper looks for dead ones"))
     lease_timeout_s: float = Field(120, gt=0, description="a running job without heartbeat this long is stale")
+    scheduler_retry_s: float = Field(5, gt=0, le=300, description=(
+        "how long a worker waits before taking another task after a token found only jobs of owners at their "
+        "running limit (the token goes back to the queue)"))
     cancel_grace_s: float = Field(10, gt=0, description=(
         "how long a cancelled run may take to stop by itself before its process group is killed"))
     stream_poll_s: float = Field(0.5, gt=0, description=(

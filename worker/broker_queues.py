@@ -1,6 +1,6 @@
-"""What the broker still holds: the job ids of the messages waiting in its queues, which the reconciler
-(worker/tasks.py) compares with the jobs the database says are queued, to re-send only the lost ones. (The
-queues themselves and the task names are the store's: store/dispatch.py.)"""
+"""What the broker still holds: the tokens (run_job messages) waiting in each job queue, which the reconciler
+(worker/tasks.py) compares with the jobs the database says are queued, to send only those lost. (The queues
+themselves and the task names are the store's: store/dispatch.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from store.dispatch import DEFAULT_QUEUE, TASK_NAME
+from store.dispatch import DEFAULT_QUEUE, TASK_NAME, nproc_of_queue
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,18 +31,20 @@ def message_job_id(raw: str | bytes) -> str | None:
         return None
 
 
-def waiting_job_ids(settings: Settings) -> set[str] | None:
-    """Job ids of the messages waiting in the broker's queues (not yet delivered), or None for a broker this
-    cannot read (the caller then cannot tell a lost message from a waiting one). Raises when the broker is down."""
-    if settings.uses_filesystem_broker:
-        return _ids(_read(path) for path in _files(settings.broker_dir / "out"))
+def waiting_tokens(settings: Settings) -> dict[int, int] | None:
+    """The tokens waiting (not yet delivered) in the broker's job queues, by the process count of their queue, or
+    None for a broker this cannot read (the caller then cannot tell a lost token from a waiting one). Raises when
+    the broker is down."""
+    if settings.uses_filesystem_broker:  # kombu names a message file <time>_<uuid>.<queue>.msg
+        return _counts((path.name.partition(".")[2].removesuffix(".msg"), _read(path))
+                       for path in _files(settings.broker_dir / "out"))
     if settings.broker.startswith("redis"):
         import redis
 
         client = redis.Redis.from_url(settings.broker, socket_timeout=10)
         try:
             keys = [k for k in client.scan_iter(match=f"{DEFAULT_QUEUE}*", count=1000) if client.type(k) == b"list"]
-            return _ids(raw for key in keys for raw in client.lrange(key, 0, -1))
+            return _counts((key.decode(), raw) for key in keys for raw in client.lrange(key, 0, -1))
         finally:
             client.close()
     return None
@@ -60,5 +62,11 @@ def _read(path: Path) -> bytes:
         return b""
 
 
-def _ids(messages: Iterable[bytes]) -> set[str]:
-    return {job_id for raw in messages if (job_id := message_job_id(raw))}
+def _counts(messages: Iterable[tuple[str, bytes]]) -> dict[int, int]:
+    """(queue, message) pairs -> our tokens per process count of their queue."""
+    counts: dict[int, int] = {}
+    for queue, raw in messages:
+        nproc = nproc_of_queue(queue)
+        if nproc and message_job_id(raw):
+            counts[nproc] = counts.get(nproc, 0) + 1
+    return counts

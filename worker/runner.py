@@ -1,7 +1,9 @@
 """Run one job: take the job's lease, train with callbacks that write to the database, finish.
 
-Started by the Celery task as ``python -m worker.runner JOB_ID`` in its own process group, so a cancelled
-job's whole process tree can be ended after a grace period. The lease (owner + heartbeat, taken with
+Started by the Celery task as ``python -m worker.runner --next NPROC`` in its own process group, so a cancelled
+job's whole process tree can be ended after a grace period: it takes the job the scheduler chooses from the queue
+of NPROC processes (store/scheduling.py), says which on its first line of stdout, and appends its stderr to that
+job's log. (``python -m worker.runner JOB_ID`` runs one given job.) The lease (owner + heartbeat, taken with
 compare-and-set) makes sure one job never runs twice at once, whatever the broker redelivers.
 
 A job with ``nproc: 1`` trains in this process. With more, this process keeps the lease (and its heartbeat)
@@ -37,6 +39,7 @@ from store.db import Dataset, Job, JobEvent, MetricPoint, sessions_for
 from store.jobs import acquire_lease, end_paused_run, finish, renew_lease, requeue
 from store.lineage import is_checkpoint_ref, lineage_of, parse_ref, reference_checkpoint, start_model
 from store.models import available_models
+from store.scheduling import take_next
 from store.settings import Settings
 from store.usage import LeaseMeter, attempt_of, record_storage, record_tokens, tree_bytes
 from store.webhook_outbox import record_job_event_for_webhooks
@@ -222,9 +225,39 @@ def run(job_id: str, settings: Settings | None = None) -> str:
     runner took the job over (this one was taken for dead)."""
     settings = settings or Settings()
     sessions = sessions_for(settings.db_url)
-    holder = f"{socket.gethostname()}:{os.getpid()}"
+    holder = _holder()
     if not acquire_lease(sessions, job_id, holder, settings.lease_timeout_s):
         return "skipped"
+    return _run_leased(sessions, job_id, holder, settings)
+
+
+def _holder() -> str:
+    """This runner's name on the leases it takes: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def run_next(nproc: int, settings: Settings | None = None) -> str:
+    """Take the job the scheduler chooses from the queue of ``nproc`` processes (store.scheduling.take_next), say
+    ``job <id>`` on stdout's first line, append stderr to its log, and run it as :func:`run`; ``skipped`` (the only
+    line) when no job may run now."""
+    settings = settings or Settings()
+    sessions = sessions_for(settings.db_url)
+    holder = _holder()
+    job_id = take_next(sessions, settings, nproc, holder)
+    if job_id is None:
+        return "skipped"
+    path = settings.job_log_file(job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    log = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(log, 2)  # our traceback, progress and events, and those of the ranks we start, into the job's log
+    os.close(log)
+    print(f"job {job_id}", flush=True)
+    return _run_leased(sessions, job_id, holder, settings)
+
+
+def _run_leased(sessions: sessionmaker, job_id: str, holder: str, settings: Settings) -> str:
+    """Run the job ``holder`` has just leased (see :func:`run`)."""
     with sessions() as db:
         job = db.get(Job, job_id)
     if job.attempt > settings.job_attempts:
@@ -322,4 +355,4 @@ def _stop_ranks(ranks: subprocess.Popen, exit_after: bool = False, wait_s: float
 
 
 if __name__ == "__main__":
-    print(run(sys.argv[1]))
+    print(run_next(int(sys.argv[2])) if sys.argv[1] == "--next" else run(sys.argv[1]))

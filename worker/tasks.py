@@ -1,16 +1,19 @@
-"""The Celery task that runs one job, and the reconciler that re-queues jobs nobody is running.
+"""The Celery task that runs the next job of a queue, and the reconciler that keeps the queues' tokens in step.
 
-The task starts the engine in a child process with its own process group (``python -m worker.runner``),
-watches it, and, when the user cancels, gives it ``cancel_grace_s`` to stop cooperatively before ending the
-whole group. A pause needs no grace: the runner saves a checkpoint at its next step and ends the job ``paused``,
-and the worker is free. Killing the worker kills the child too (it notices its parent is gone); the job stays
-``running`` with a dead lease, and the reconciler of the next worker start re-queues it to resume.
+A message on a job queue is a token for that queue (its process count), not for one job: the task that takes it
+starts ``python -m worker.runner --next NPROC`` in a child process with its own process group, which takes the job
+the scheduler chooses at that moment (store/scheduling.py: fair share across owners, then priority, then age)
+under its lease; the task watches it, and when the user cancels gives it ``cancel_grace_s`` to stop cooperatively
+before ending the whole group. A pause needs no grace: the runner saves a checkpoint at its next step and ends the job
+``paused``, and the worker is free. Killing the worker kills the child too (it notices its parent is gone); the job
+stays ``running`` with a dead lease, and the reconciler of the next worker start re-queues it to resume.
 
-Each job has at most one message waiting in the broker: the reconciler sends one only for a job that needs it
-(re-queued from a dead lease, queued again after it ran, or queued for longer than ``lease_timeout_s``) and
-whose message the broker no longer holds (a Redis wipe, a send that failed, a delivery to a worker that died).
-A stale delivery costs a database read: the task starts no process for a job that has ended or runs under a
-live lease.
+The tokens of a queue number at least its queued jobs: each submit sends one, and so does each re-queue. A token
+that finds no queued job is dropped (its job was cancelled); one that finds only jobs of owners at their running
+limit goes back to the queue and the worker waits ``scheduler_retry_s`` before its next task. The reconciler sends
+a queue the tokens it lacks (a Redis wipe, a send that failed, a delivery to a worker that died): the queued jobs
+that need one (re-queued from a dead lease, queued again after they ran, or queued for longer than
+``lease_timeout_s``) less the tokens the broker holds beyond those of the jobs queued more recently.
 """
 
 from __future__ import annotations
@@ -35,12 +38,13 @@ from sqlalchemy.orm import sessionmaker
 
 from mol_engine.run_dir import checkpoint_names, step_of
 from store.db import Dataset, Job, JobEvent, SideTask, WorkerSeen, sessions_for, utcnow
-from store.dispatch import EVALUATE_TASK, INTERPOLATE_TASK, TASK_NAME, job_sender
-from store.jobs import ACTIVE, end_cancelled_run, mark_sent, release_dead_leases
-from store.leases import as_utc, lease_is_dead
+from store.dispatch import EVALUATE_TASK, INTERPOLATE_TASK, TASK_NAME, job_sender, nproc_of_queue
+from store.jobs import end_cancelled_run, mark_sent, release_dead_leases
+from store.leases import as_utc
+from store.scheduling import next_job
 from store.settings import Settings
 
-from .broker_queues import waiting_job_ids
+from .broker_queues import waiting_tokens
 from .devices import describe_device
 
 log = logging.getLogger(__name__)
@@ -55,24 +59,47 @@ def _settings() -> Settings:
 
 
 @shared_task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True)
-def run_job(self, job_id: str) -> str:
-    """Run ``job_id`` in a child process until it ends; returns the runner's final word."""
+def run_job(self, job_id: str, nproc: int | None = None) -> str:
+    """Run the job the scheduler chooses now from the queue of ``nproc`` processes (else the queue the message came
+    on, else ``job_id``'s: a hint, the job the token was sent for) until it ends; returns the runner's final word,
+    ``skipped`` (no job queued: a surplus token, dropped) or ``waiting`` (only jobs of owners at their running
+    limit: the token goes back to the queue)."""
     settings = _settings()
     sessions = sessions_for(settings.db_url)
-    with sessions() as db:
-        job = db.get(Job, job_id)
-        if job is None:
-            log.info("job %s skipped: the job was deleted", job_id)
+    nproc = nproc or nproc_of_queue((self.request.delivery_info or {}).get("routing_key")) or \
+        _hint_nproc(sessions, job_id)
+    for _ in range(3):  # a job chosen here may be leased by another worker first: choose again
+        with sessions() as db:
+            chosen, queued = next_job(db, settings, nproc)
+        if not queued:
+            log.info("token for %s-process jobs (sent for %s) dropped: no job is queued", nproc, job_id)
             return "skipped"
-        if _is_stale_delivery(job, settings):
-            return "skipped"
-        nproc = _nproc(job)
+        if chosen is None:
+            break
+        outcome = _run_next(sessions, settings, nproc)
+        if outcome is not None:
+            return outcome
+    _send(job_sender(settings), job_id, nproc)  # the queued jobs still need this token: back to the queue
+    time.sleep(settings.scheduler_retry_s)  # ... and this worker waits before it takes one again
+    return "waiting"
+
+
+def _run_next(sessions: sessionmaker, settings: Settings, nproc: int) -> str | None:
+    """Start a runner that takes the next job of ``nproc`` processes and watch it to its end; its final word, or
+    None when it took no job (another worker leased the ones that may run first)."""
     global _current_job
+    child = subprocess.Popen([sys.executable, "-m", "worker.runner", "--next", str(nproc)], start_new_session=True,
+                             stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    first = (child.stdout.readline() if child.stdout else "").strip()
+    if not first.startswith("job "):
+        child.wait()
+        return None
+    job_id = first.removeprefix("job ")
     _current_job = job_id
     _beat(sessions, settings)  # GET /v1/workers shows the job now, not at the next heartbeat
     try:
         with _job_log(settings, job_id) as job_log:
-            outcome = _watch_runner(sessions, settings, job_id, job_log)
+            outcome = _watch_runner(sessions, settings, job_id, child, job_log)
     finally:
         _current_job = None
         _beat(sessions, settings)
@@ -81,10 +108,17 @@ def run_job(self, job_id: str) -> str:
     return outcome
 
 
+def _hint_nproc(sessions: sessionmaker, job_id: str) -> int:
+    """The processes ``job_id`` asks for (one if it is gone)."""
+    with sessions() as db:
+        job = db.get(Job, job_id)
+    return _nproc(job) if job is not None else 1
+
+
 @contextlib.contextmanager
 def _job_log(settings: Settings, job_id: str) -> Iterator[TextIO]:
-    """The job's log (GET /v1/jobs/{id}/log), opened to append this attempt's lines: the runner's stderr (progress,
-    events, warnings, a traceback) and this worker's own lines about it, each of these stamped."""
+    """The job's log (GET /v1/jobs/{id}/log), opened to append this worker's own lines about this attempt (the
+    runner appends its stderr: progress, events, warnings, a traceback), each of these stamped."""
     path = settings.job_log_file(job_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", buffering=1) as handle:
@@ -97,11 +131,10 @@ def _log_line(handle: TextIO, text: str) -> None:
     handle.flush()
 
 
-def _watch_runner(sessions: sessionmaker, settings: Settings, job_id: str, job_log: TextIO) -> str:
-    """Run ``python -m worker.runner JOB_ID`` (its stderr into ``job_log``) until it ends, ending its process group
-    ``cancel_grace_s`` after the user cancelled; returns the runner's last word (``cancelled`` when it was ended)."""
-    child = subprocess.Popen([sys.executable, "-m", "worker.runner", job_id], start_new_session=True,
-                             stdout=subprocess.PIPE, stderr=job_log, text=True, env=os.environ.copy())
+def _watch_runner(sessions: sessionmaker, settings: Settings, job_id: str, child: subprocess.Popen,
+                  job_log: TextIO) -> str:
+    """Watch the runner of ``job_id`` until it ends, ending its process group ``cancel_grace_s`` after the user
+    cancelled; returns the runner's last word (``cancelled`` when it was ended)."""
     cancel_seen: float | None = None
     while child.poll() is None:
         time.sleep(0.5)
@@ -227,15 +260,6 @@ def _side_task_ends(sessions: sessionmaker, event: JobEvent, side_task: str | No
     return outcome
 
 
-def _is_stale_delivery(job: Job | None, settings: Settings) -> bool:
-    """Whether a delivered message is certainly not runnable: its job is gone or ended, or runs under a live lease.
-    (Whether we may run it is decided by the runner's lease; this only spares starting a process for nothing.)"""
-    if job is None or job.status not in ACTIVE:
-        return True
-    heartbeat = job.heartbeat_at.replace(tzinfo=utcnow().tzinfo) if job.heartbeat_at else None
-    return job.status == "running" and not lease_is_dead(job.lease_owner, heartbeat, settings.lease_timeout_s)
-
-
 def _nproc(job: Job) -> int:
     """The processes ``job`` asks for (specs stored before the field existed ask for one)."""
     return int((job.spec or {}).get("nproc", 1))
@@ -255,29 +279,41 @@ def _end_group(child: subprocess.Popen) -> None:
 
 
 def reconcile(settings: Settings | None = None, enqueue: Callable[..., None] | None = None) -> list[str]:
-    """Release dead leases (``store.jobs.release_dead_leases``, as the API's sweeper does), then send a message
-    for each job left behind (re-queued from a dead lease, queued again after it ran, or queued for long) whose
-    message the broker does not hold, with ``enqueue(job_id, nproc=N)`` (default: this worker's broker); returns
-    the ids sent."""
+    """Release dead leases (``store.jobs.release_dead_leases``, as the API's sweeper does), then send each job queue
+    the tokens it lacks, with ``enqueue(job_id, nproc=N)`` (default: this worker's broker), each naming one of the
+    jobs that needs it; returns the ids named.
+
+    The jobs that need a token are those left behind (re-queued from a dead lease, queued again after they ran, or
+    queued for longer than ``lease_timeout_s``); those queued more recently may still have theirs on the way from
+    the API, so the tokens the broker holds count for them first: a queue is sent ``needing - (waiting - recent)``.
+    """
     settings = settings or _settings()
     sessions = sessions_for(settings.db_url)
     released = {job_id for job_id, status in release_dead_leases(sessions, settings.lease_timeout_s).items()
                 if status == "queued"}
     stuck_since = utcnow() - timedelta(seconds=settings.lease_timeout_s)
+    needing: dict[int, list[str]] = {}
+    recent: dict[int, int] = {}
     with sessions() as db:
-        # a job that ran before (released from a dead lease, here or by the API's sweeper) has no message in
-        # flight; a new one's message may still be on its way from the API: it gets lease_timeout_s
-        candidates = {job.id: _nproc(job) for job in db.scalars(select(Job).where(Job.status == "queued"))
-                      if job.id in released or job.attempt > 0 or as_utc(job.queued_at) < stuck_since}
-    if not candidates:
+        for job in db.scalars(select(Job).where(Job.status == "queued", Job.cancel_requested.is_(False))
+                              .order_by(Job.created_at, Job.id)):
+            # a job that ran before (released from a dead lease, here or by the API's sweeper) has no token in
+            # flight; a new one's may still be on its way from the API: it gets lease_timeout_s
+            if job.id in released or job.attempt > 0 or as_utc(job.queued_at) < stuck_since:
+                needing.setdefault(_nproc(job), []).append(job.id)
+            else:
+                recent[_nproc(job)] = recent.get(_nproc(job), 0) + 1
+    if not needing:
         return []
     try:
-        waiting = waiting_job_ids(settings)  # None: a broker whose queues cannot be read; send them all
+        waiting = waiting_tokens(settings)  # None: a broker whose queues cannot be read; send them all
     except Exception:  # any broker client error: nothing can be sent now; the reconciler thread must live on
         log.exception("could not read the job queues; the next reconcile pass will try again")
         return []
-    lost = [job_id for job_id in candidates if waiting is None or job_id not in waiting]
-    sent = [job_id for job_id in lost if _send(enqueue or job_sender(settings), job_id, candidates[job_id])]
+    sent = []
+    for nproc, job_ids in needing.items():
+        spare = 0 if waiting is None else max(0, waiting.get(nproc, 0) - recent.get(nproc, 0))
+        sent += [job_id for job_id in job_ids[spare:] if _send(enqueue or job_sender(settings), job_id, nproc)]
     if sent:
         mark_sent(sessions, sent)  # the next grace period counts from this send
     return sent

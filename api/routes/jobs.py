@@ -10,11 +10,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from mol_engine.spec import JobSpec, Method, format_validation_error
 from store import jobs
 from store.db import MAX_SEQ, Job, JobEvent, MetricPoint, is_id
 from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs, send_job
+from store.quotas import QuotaExceeded
+from store.scheduling import Place, check_queued_quota, queue_places
+from store.settings import Settings
 from store.usage import job_totals
 
 from ..deps import DB, OwnedJob, Owner, Svc
@@ -42,8 +46,22 @@ IdemKey = Annotated[str | None, Header(min_length=1, max_length=255, pattern=r"^
                                        description="retrying with the same key and body returns the same job")]
 
 
-def job_out(job: Job) -> JobOut:
-    return JobOut.model_validate(job)
+def job_out(job: Job, places: dict[str, Place] | None = None) -> JobOut:
+    """The job as answers show it; a queued one with its place in the queue (``places``: store.scheduling's)."""
+    return with_place(JobOut.model_validate(job), places)
+
+
+def with_place(out: JobSummary, places: dict[str, Place] | None) -> JobSummary:
+    """``out`` with its queue position and wait reason, if ``places`` has it (a queued job)."""
+    place = (places or {}).get(out.id)
+    if place is not None:
+        out.queue_position, out.wait_reason = place.position, place.reason
+    return out
+
+
+def places_of(db: Session, settings: Settings, jobs: list[Job]) -> dict[str, Place]:
+    """The queue's places (one read of the queued jobs) when any of ``jobs`` is queued, else none."""
+    return queue_places(db, settings) if any(j.status == "queued" for j in jobs) else {}
 
 
 @router.post("", status_code=201, response_model=JobOut, openapi_extra=json_body(JobSpec),
@@ -57,10 +75,14 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
         raise HTTPException(422, format_validation_error(err)) from None
     lineage = continued_from(db, owner, spec, svc.settings)  # 404 or 409 for a checkpoint that is not there
     problems = submit_problems(db, owner, spec, svc.settings, lineage)
-    check_usage_quotas(db, owner, svc.settings)  # 429 past today's accelerator-hours or the storage quota
-    db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(problems))
+    check_usage_quotas(db, owner, svc.settings)  # 429 past today's accelerator-hours or the storage quota
+    try:
+        check_queued_quota(db, svc.settings, owner, adding=1, key=idempotency_key)
+    except QuotaExceeded as err:
+        raise HTTPException(429, str(err)) from None
+    db.close()  # the rest runs in short sessions of its own
     try:
         job, new = create_job(svc.sessions, owner, spec, idempotency_key, lineage=lineage)
     except KeyReused:
@@ -68,13 +90,14 @@ def submit_job(body: dict[str, Any], owner: Owner, db: DB, svc: Svc, response: R
                                  "last 24 h; use a new key for a new job") from None
     if not new:
         response.status_code = 200
-        return job_out(job)
-    hand_to_workers(svc, job)
-    return job_out(job)
+    else:
+        hand_to_workers(svc, job)
+    with svc.sessions() as session:
+        return job_out(job, places_of(session, svc.settings, [job]))
 
 
 @router.get("", response_model=JobPage)
-def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None, status: StatusIs = None,
+def list_jobs(owner: Owner, db: DB, svc: Svc, limit: Limit = 50, after: AfterJob = None, status: StatusIs = None,
               method: MethodIs = None, q: NameHas = None) -> JobPage:
     """The owner's jobs newest first, those that pass every filter given; filters and paging combine (pass the
     same filters with each page's ``after``)."""
@@ -84,13 +107,14 @@ def list_jobs(owner: Owner, db: DB, limit: Limit = 50, after: AfterJob = None, s
         if cursor is None or cursor.owner != owner:
             raise HTTPException(422, f"after: no job '{after}' to list after; pass the last_id of a page")
     jobs, more = page_of_jobs(db, owner, limit, cursor, JobFilter(status, method, q))
-    return JobPage(data=[JobSummary.model_validate(j) for j in jobs], has_more=more,
+    places = places_of(db, svc.settings, jobs)
+    return JobPage(data=[with_place(JobSummary.model_validate(j), places) for j in jobs], has_more=more,
                    first_id=jobs[0].id if jobs else None, last_id=jobs[-1].id if jobs else None)
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(job_id: str, job: OwnedJob, db: DB, svc: Svc) -> JobOut:
-    out = job_out(job)
+    out = job_out(job, places_of(db, svc.settings, [job]))
     out.disk_bytes = tree_bytes(svc.settings.run_dir(job_id).path)  # one job's directory: a walk of a few files
     out.usage = JobUsageOut(**asdict(job_totals(db, job_id)))
     return out

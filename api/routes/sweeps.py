@@ -16,6 +16,8 @@ from mol_engine.spec import JobSpec, format_validation_error
 from mol_engine.sweep import GRID_KEYS, SweepError, expand_grid, pareto_frontier, ranked, result_point
 from store.db import Job, MetricPoint, Sweep, is_id
 from store.jobs import create_job, withdraw_job
+from store.quotas import QuotaExceeded
+from store.scheduling import check_queued_quota
 
 from ..deps import DB, Owner, Services, Svc
 from ..schemas.common import errors
@@ -39,7 +41,8 @@ def _validated_base(base: dict[str, Any]) -> JobSpec:
 
 @router.post("", status_code=201, response_model=SweepOut, responses=errors(400, 403, 429, 503))
 def create_sweep(body: SweepIn, owner: Owner, db: DB, svc: Svc) -> SweepOut:
-    """One job per grid point, on the base spec's data and seed; a grid over MOL_MAX_SWEEP_JOBS jobs is a 422.
+    """One job per grid point, on the base spec's data and seed; a grid over MOL_MAX_SWEEP_JOBS jobs is a 422, and
+    one that would take the owner past their queued jobs (MOL_OWNER_QUEUED_JOBS) a 429.
     The sweep keeps the base and the grid as validated, not as sent."""
     base = body.base | ({"name": body.name} if body.name else {})
     validated = _validated_base(base)
@@ -51,10 +54,14 @@ def create_sweep(body: SweepIn, owner: Owner, db: DB, svc: Svc) -> SweepOut:
     lineages = [continued_from(db, owner, spec, svc.settings) for spec in specs]
     problems = [p for spec, lineage in zip(specs, lineages, strict=True)
                 for p in submit_problems(db, owner, spec, svc.settings, lineage)]
-    check_usage_quotas(db, owner, svc.settings)  # 429 past today's accelerator-hours or the storage quota
-    db.close()  # the rest runs in short sessions of its own
     if problems:
         raise HTTPException(422, "\n".join(dict.fromkeys(problems)))
+    check_usage_quotas(db, owner, svc.settings)  # 429 past today's accelerator-hours or the storage quota
+    try:
+        check_queued_quota(db, svc.settings, owner, adding=len(specs))
+    except QuotaExceeded as err:
+        raise HTTPException(429, str(err)) from None
+    db.close()  # the rest runs in short sessions of its own
     as_json = validated.model_dump(mode="json")
     base_spec = {key: as_json[key] for key in body.base if key in as_json}
     sweep = _insert_sweep(svc.sessions, owner, validated.name, base_spec, grid_as_validated(body.grid, points))

@@ -35,6 +35,12 @@ class JobSummary(BaseModel):
     started_at: UtcDatetime | None
     finished_at: UtcDatetime | None
     stop_reason: str | None = None  # why a succeeded job ended before max_steps: "budget" (its forgetting budget)
+    priority: int = 0  # the spec's: orders the owner's own queued jobs (store/scheduling.py)
+    queue_position: int | None = Field(None, description=(
+        "a queued job's place (1 = next) in the order the scheduler takes the queued jobs of its process count: "
+        "fair share across owners, then priority, then age; null unless queued"))
+    wait_reason: str | None = Field(None, description="why a queued job waits, in words (a free worker, or its "
+                                    "owner's running limit); null unless queued")
 
 
 class JobOut(JobSummary):

@@ -10,6 +10,7 @@ from mol_engine.spec import JobSpec
 from store.db import Dataset
 from store.lineage import CheckpointUnavailable, Lineage, ParentNotFound, is_checkpoint_ref, parse_ref, resolve_parent
 from store.models import available_models, vocab_size
+from store.quotas import SETTING_OF, limits_for
 from store.settings import Settings
 
 from ..checks.job_references import check_references, demo_problem
@@ -44,9 +45,10 @@ def continued_from(db: Session, owner: str, spec: JobSpec, settings: Settings) -
 def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings,
                     lineage: Lineage | None = None) -> list[str]:
     """Why ``spec`` cannot run for ``owner`` (a dataset not theirs or of the wrong purpose, an unknown model, a
-    seq_len beyond the model's context or a micro-batch too large, more processes than any worker has), one line
-    each: what POST /v1/jobs and POST /v1/sweeps check. A job continuing from a checkpoint (``lineage``) is
-    checked against its original base model, which must still be offered (it is the default KL anchor)."""
+    seq_len beyond the model's context or a micro-batch too large, more processes than any worker has, a priority
+    above the owner's highest), one line each: what POST /v1/jobs and POST /v1/sweeps check. A job continuing from
+    a checkpoint (``lineage``) is checked against its original base model, which must still be offered (it is the
+    default KL anchor)."""
     owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
     models = available_models(settings)
     problems = lineage_problems(spec, models, lineage)
@@ -54,7 +56,7 @@ def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings,
         models = models | {spec.base_model: models[lineage.original_base_model]}
     problems += check_references(spec, owned, models) + demo_problem(spec, settings)
     problems += shape_problems(spec, models, settings.max_microbatch_tokens)
-    return problems + nproc_problem(spec.nproc, largest_nproc(db, settings))
+    return problems + nproc_problem(spec.nproc, largest_nproc(db, settings)) + priority_problem(spec, owner, settings)
 
 
 def lineage_problems(spec: JobSpec, models: dict, lineage: Lineage | None) -> list[str]:
@@ -74,3 +76,12 @@ def lineage_problems(spec: JobSpec, models: dict, lineage: Lineage | None) -> li
                         f"the base {vocab_size(base)}: the KL compares next-token distributions, so the two need "
                         "the same tokenizer")
     return problems
+
+
+def priority_problem(spec: JobSpec, owner: str, settings: Settings) -> list[str]:
+    """The line saying ``spec.priority`` is above the highest ``owner`` may ask for, if it is."""
+    highest = limits_for(settings, owner).max_priority
+    if spec.priority <= highest:
+        return []
+    return [f"priority: {spec.priority} is above the highest priority you may ask for, {highest} "
+            f"({SETTING_OF['max_priority']}, or MOL_OWNER_LIMITS for you)"]

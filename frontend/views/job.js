@@ -109,6 +109,9 @@ export function phaseLine(job, ev) {
     return { phase: "pausing", text: `Pausing: a checkpoint is saved after the step in progress (step ${job.step}), `
       + "then the worker is free." };
   }
+  if (job.status === "queued" && job.queue_position) {  // its place in the scheduler's order, and why it waits
+    return { phase: "queued", text: `Queued, #${job.queue_position} in line: ${job.wait_reason}.` };
+  }
   if (job.status === "queued") return { phase: "queued", text: "Waiting for a worker to take the job." };
   if (job.step > 0) {
     return { phase: "training", text: `Training: step ${job.step} of ${job.max_steps} `

@@ -8,6 +8,13 @@ function eta(job) {
   return `ETA ${duration((elapsed / job.step) * (job.max_steps - job.step))}`;
 }
 
+// A queued job's place in the scheduler's order (GET /v1/jobs: queue_position), with why it waits as a second line.
+function queuePlace(job) {
+  if (job.status !== "queued" || !job.queue_position) return "";
+  return el("span", { class: "muted queue-place", "data-queue-position": job.queue_position, title: job.wait_reason },
+    el("br"), `#${job.queue_position} in queue: ${job.wait_reason}`);
+}
+
 function row(job, selected, onToggle) {
   const m = job.last_metrics || {};
   return el("tr", { "data-job": job.id },
@@ -19,7 +26,7 @@ function row(job, selected, onToggle) {
     el("td", {}, jobBadge(job)),
     el("td", { class: "progress-cell" },
       el("progress", { max: job.max_steps, value: job.step }),
-      el("span", { class: "muted" }, ` ${job.step} / ${job.max_steps} ${eta(job)}`)),
+      el("span", { class: "muted" }, ` ${job.step} / ${job.max_steps} ${eta(job)}`), queuePlace(job)),
     // the latest evaluation, which every method records alike (training losses differ between methods)
     el("td", { class: "num", "data-metric": "eval/domain_ppl" }, fmt(m["eval/domain_ppl"])),
     el("td", { class: "num", "data-metric": "eval/general_kl" }, fmt(m["eval/general_kl"])),

@@ -40,6 +40,8 @@ console.log(JSON.stringify({
   actions: [{ status: "succeeded" }, { status: "paused" }, { status: "running" },
     { status: "running", pause_requested: true }].map((job) => jobActions(job,
     { pause: "pause", resume: "resume", cancel: "cancel", remove: "delete" })),
+  queuedAt: phaseLine({ status: "queued", step: 0, max_steps: 200, queue_position: 3,
+    wait_reason: "waiting for a free worker: 2 jobs ahead" }, null),
   labels: models.map(modelLabel),
   picks: [defaultModel(models, { jobId: "job_a" }), defaultModel(models), defaultModel(models, { wanted: "tiny" }),
     defaultModel(models, { jobId: "job_gone" }), defaultModel(models.slice(0, 1))],
@@ -57,6 +59,8 @@ def test_phase_checkpoint_and_no_model_rules():
     seen = json.loads(run.stdout)
     queued, starting, building, stored, ready, training, ended = seen["phases"]
     assert queued == {"phase": "queued", "text": "Waiting for a worker to take the job."}
+    assert seen["queuedAt"] == {"phase": "queued",
+                                "text": "Queued, #3 in line: waiting for a free worker: 2 jobs ahead."}
     assert starting["phase"] == "starting" and building == {"phase": "building", "text": "tokenizing d.jsonl: 40%",
                                                              "fraction": 0.4}
     assert stored == {"phase": "preparing", "text": "token store d.tokens: 812 tokens"}  # the latest, so not stale

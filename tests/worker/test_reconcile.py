@@ -12,6 +12,7 @@ from store.db import Job, JobEvent, init_db, make_engine, utcnow
 from store.dispatch import job_sender
 from store.settings import Settings
 from worker import tasks
+from worker.broker_queues import waiting_tokens
 
 
 def test_a_refused_resend_keeps_the_job_queued_for_the_next_pass(tmp_path):
@@ -138,3 +139,25 @@ def test_the_reconciler_releases_a_dead_lease_as_the_api_does(tmp_path):
                       "job_beats": ("running", "host:job_beats")}, status
     assert kinds == {"job_cancelled": ["cancelled"], "job_lost": ["lease_lost"], "job_beats": []}, kinds
     assert sent == ["job_lost"]  # a cancelled job is not handed to the broker
+
+
+def test_a_token_that_finds_only_jobs_of_owners_at_their_running_limit_goes_back_to_the_queue(tmp_path, monkeypatch):
+    """Owner a runs 1 job, their limit: the token of a's next job starts no process, and is sent again (the job
+    still needs it); a token with no queued job left is dropped."""
+    settings = Settings(home=tmp_path, lease_timeout_s=60, owner_running_jobs=1, scheduler_retry_s=0.01)
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions.begin() as db:
+        db.add(Job(id="job_runs", owner="a", name="a", spec={}, max_steps=1, status="running", started_at=utcnow(),
+                   lease_owner=f"{socket.gethostname()}:{os.getpid()}", heartbeat_at=utcnow()))
+        db.add(Job(id="job_held", owner="a", name="a", spec={}, max_steps=1))
+
+    def no_process(*_args, **_kwargs):
+        raise AssertionError("a token for a held job started a process")
+
+    monkeypatch.setattr(tasks, "_settings", lambda: settings)
+    monkeypatch.setattr(tasks.subprocess, "Popen", no_process)
+    assert tasks.run_job("job_held") == "waiting"
+    assert waiting_tokens(settings) == {1: 1}
+    with sessions.begin() as db:
+        db.execute(update(Job).where(Job.id == "job_held").values(status="cancelled"))
+    assert tasks.run_job("job_held") == "skipped"
