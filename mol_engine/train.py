@@ -61,7 +61,7 @@ from .objective import ROUTES, objective
 from .prefetch import StepFeed, prepare
 from .reference import Reference, make_reference, released_after
 from .reference_cache import TopKTargets, cache_key, load_or_build
-from .run_dir import RunDir, step_of
+from .run_dir import RunDir, step_name, step_of
 from .samples import Sample, complete, job_prompts, samples_event
 from .self_sample import self_corpus_path, self_general_corpus
 from .spec import JobSpec
@@ -199,7 +199,7 @@ def _steps(run: Run, cb: Callback, resume: bool) -> TrainResult:
                 saved = _save(run, step, cb, keep_previous=True)  # the point to resume from; the one before stays
             break
     message = {"cancelled": f"stopped at step {step} (checkpoints kept)",
-               "paused": f"paused at step {step}: checkpoint step-{step} saved; a resumed run continues from it",
+               "paused": f"paused at step {step}: checkpoint {step_name(step)} saved; a resumed run continues from it",
                "budget": f"stopped by the forgetting budget at step {step} (checkpoints kept)"}.get(
         reason or status, f"finished at step {step}")
     cb.on_event({"step": step, "kind": status, "message": message} | ({"reason": reason} if reason else {}))

@@ -1,5 +1,6 @@
 """Worker tasks for a job deleted through the API skip it quietly, with a log line, instead of raising: the job's
-task and its runner, an interpolation and a task evaluation, deleted before the task starts or while it runs."""
+token (dropped: no job is queued), its runner, an interpolation and a task evaluation, deleted before the task
+starts or while it runs."""
 
 import json
 import logging
@@ -26,7 +27,8 @@ def test_each_task_entry_skips_a_deleted_job_with_a_log_line(client, auth, uploa
     assert tasks.interpolate(job_id, "step-2", [0, 1], "side_gone") == "skipped"
     assert tasks.evaluate_task(job_id, task, ["base"], "side_gone") == "skipped"
     assert [r.getMessage() for r in caplog.records] == [
-        f"job {job_id} skipped: the job was deleted", f"interpolation of job {job_id} skipped: the job was deleted",
+        f"token for 1-process jobs (sent for {job_id}) dropped: no job is queued",
+        f"interpolation of job {job_id} skipped: the job was deleted",
         f"task evaluation of job {job_id} skipped: the job was deleted"]
 
 
