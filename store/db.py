@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+import sqlite3
+import time
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
@@ -354,12 +356,27 @@ def make_engine(url: str, pool_size: int = 20, max_overflow: int = 20, pool_time
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection, _record) -> None:
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _wal(cursor)
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True, **pool, **JSON_CODEC)
+
+
+def _wal(cursor, tries: int = 50) -> None:
+    """Switch the SQLite database to WAL. Connections switching a new database at once (the API and workers
+    starting) each hold a read lock and wait for the write lock: SQLite answers one of them ``database is locked``
+    at once, without its busy timeout, rather than deadlock (4 threads on a new file: 43 of 200 tries). So each
+    tries again, for up to ~5 s; once one has switched, the mode is the file's and the others' switch is a read."""
+    for attempt in range(tries):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or attempt == tries - 1:
+                raise
+            time.sleep(0.1)
 
 
 class DatabaseUnreachable(RuntimeError):
