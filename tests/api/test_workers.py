@@ -14,7 +14,7 @@ def test_workers_show_device_capacity_heartbeat_and_their_owner_s_job(client, au
     now = utcnow()
     with client.app.state.services.sessions.begin() as db:
         db.add_all([WorkerSeen(name="gpu-1:10", last_seen=now, capacity=2, device="cuda: 2 x NVIDIA H100 (GPUs 0,1)",
-                               job_id=job_id),
+                               memory_mib=81559, job_id=job_id),
                     WorkerSeen(name="cpu-1:11", last_seen=now - timedelta(seconds=5), device="cpu (8 cores)"),
                     WorkerSeen(name="gone:12", last_seen=now - timedelta(seconds=settings.lease_timeout_s + 60)),
                     WorkerSeen(name="ancient:13", last_seen=now - timedelta(hours=settings.workers_listed_h + 1))])
@@ -26,7 +26,7 @@ def test_workers_show_device_capacity_heartbeat_and_their_owner_s_job(client, au
     assert [w["name"] for w in body["data"]] == ["gpu-1:10", "cpu-1:11", "gone:12"]  # alive first; ancient gone
     assert rows["gpu-1:10"] | {"last_seen": None} == {
         "name": "gpu-1:10", "alive": True, "device": "cuda: 2 x NVIDIA H100 (GPUs 0,1)", "capacity": 2,
-        "last_seen": None, "busy": True, "job_id": job_id, "job_name": "mine"}
+        "memory_mib": 81559, "last_seen": None, "busy": True, "job_id": job_id, "job_name": "mine"}
     assert rows["cpu-1:11"]["busy"] is False and rows["cpu-1:11"]["job_id"] is None
     assert rows["gone:12"]["alive"] is False and rows["gone:12"]["device"] is None
     # another owner sees the worker busy, not whose job it runs
@@ -42,6 +42,7 @@ def test_a_version_7_database_gains_the_workers_device_and_job(tmp_path):
     with engine.begin() as conn:  # the shape version 7 left behind, with a worker seen
         conn.execute(text("ALTER TABLE workers_seen DROP COLUMN device"))
         conn.execute(text("ALTER TABLE workers_seen DROP COLUMN job_id"))
+        conn.execute(text("ALTER TABLE workers_seen DROP COLUMN memory_mib"))  # revision 0006 adds it
         conn.execute(text("INSERT INTO workers_seen (name, last_seen, capacity) VALUES ('old', '2026-01-01', 1)"))
         conn.execute(text("INSERT INTO schema_version (version) VALUES (7)"))
     sessions = init_db(engine)
