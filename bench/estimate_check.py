@@ -157,12 +157,59 @@ def fit(rows: list[dict]) -> dict:
                 / (r["peak_mib"] * 2**20) - 1 for r in rows]
 
     mem = least_squares(memory_errors, x0=[16, 4, 0, 32], bounds=([0, 0, 0, 0], [200, 50, 5, 500]))
-    flops = np.array([step_flops(r["spec"], r["shape"]) for r in rows])
-    seconds = np.array([r["step_s"] for r in rows])
+    full = [r for r in rows if r["spec"].finetune == "full"]
+    flops = np.array([step_flops(r["spec"], r["shape"]) for r in full])
+    seconds = np.array([r["step_s"] for r in full])
     timing = least_squares(lambda x: (x[1] + flops / (x[0] * 1e9)) / seconds - 1, x0=[20, 0.01],
                            bounds=([0.1, 0], [1e4, 10]))
+    lora = [step_flops(r["spec"], r["shape"]) / (timing.x[0] * 1e9 * max(r["step_s"] - timing.x[1], 1e-9))
+            for r in rows if r["spec"].finetune == "lora"]
     return {"alpha": mem.x[0], "beta": mem.x[1], "gamma": mem.x[2], "overhead_mib": mem.x[3],
-            "gflops": timing.x[0], "step_overhead_s": timing.x[1]}
+            "gflops": timing.x[0], "step_overhead_s": timing.x[1],
+            "lora_rate": statistics.median(lora) if lora else float("nan")}
+
+
+# The one GPU measurement there is (docs/performance.md, "On a GPU", 2026-11-29, an H200, code of then): a random-init
+# Qwen2.5-0.5B shape, seq 2048, batch 8, full fine-tuning; peak GiB by variant. Loss chunks were then ~110 positions.
+H200_POINT = {"shape": {"model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
+                        "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936,
+                        "tie_word_embeddings": True},
+              "peaks": {("cpt", "exact"): 31.58, ("mol", "exact"): 32.52, ("mol", "cached"): 31.58}, "chunk": 110}
+
+
+def gpu_point() -> list[str]:
+    """The CUDA bytes per activation element that make the model give the H200's CPT peak, and the other two
+    variants' estimates against theirs with it."""
+    from dataclasses import replace
+
+    import mol_engine.estimate as model
+
+    shape = model_shape(H200_POINT["shape"])
+
+    def spec(method: str, reference: str) -> JobSpec:
+        return JobSpec(base_model="m", domain_data=["d"], general_data=["g"], method=method, reference=reference,
+                       seq_len=2048, batch_size=8, loss_chunk_tokens=H200_POINT["chunk"])
+
+    def peak(method: str, reference: str, element: float) -> float:
+        saved = dict(model.ACTIVATION_BYTES)
+        model.ACTIVATION_BYTES["cuda"] = element
+        try:
+            return estimate(spec(method, reference), shape, replace(DEVICES["H200"])).peak_bytes / 2**30
+        finally:
+            model.ACTIVATION_BYTES.update(saved)
+
+    target = H200_POINT["peaks"][("cpt", "exact")]
+    low, high = 0.5, 8.0
+    for _ in range(60):  # the peak grows with the element's bytes: bisect
+        middle = (low + high) / 2
+        low, high = (middle, high) if peak("cpt", "exact", middle) < target else (low, middle)
+    lines = [f"CUDA bytes per activation element fitted to the H200's CPT peak ({target} GiB): {low:.3f}"]
+    for (method, reference), measured in H200_POINT["peaks"].items():
+        est = peak(method, reference, low)
+        lines.append(f"H200 {method}/{reference}: estimated {est:.2f} GiB, measured {measured} GiB, ratio "
+                     f"{est / measured:.3f}; with the module's {model.ACTIVATION_BYTES['cuda']}: "
+                     f"{peak(method, reference, model.ACTIVATION_BYTES['cuda']):.2f} GiB")
+    return lines
 
 
 def main() -> None:
@@ -171,12 +218,17 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, help="write the table into DOCS/performance.md")
     parser.add_argument("--quick", action="store_true", help="three shapes")
     parser.add_argument("--fit", action="store_true", help="fit the constants and print them")
+    parser.add_argument("--gpu-point", action="store_true", help="only fit the CUDA bytes per activation element "
+                        "to the one H200 measurement (no run)")
     parser.add_argument("--steps", type=int, default=3, help="steps per shape (the first allocates AdamW's state)")
     parser.add_argument("--measured", type=Path, help="a JSON file of measurements: read if it exists (no "
                         "shape runs again), else written as the shapes run")
     args = parser.parse_args()
     if args.probe:
         print(json.dumps(probe(json.loads(args.probe))))
+        return
+    if args.gpu_point:
+        print("\n".join(gpu_point()))
         return
     started, load = time.time(), os.getloadavg()
     shapes = QUICK if args.quick else SHAPES

@@ -74,7 +74,13 @@ class DeviceKind:
 
 
 GPU_MFU = 0.11  # measured: CPT on an H200 at 0.5B, seq 2048 (docs/performance.md, code of 2026-11-29)
-CPU_FLOPS = 2.0e10  # measured: fitted by bench/estimate_check.py on this machine (2 shared cores, fp32)
+CPU_FLOPS = 65e9  # measured: full fine-tuning steps on this machine's 2 cores, fp32, quiet (docs/performance.md)
+# seconds a step costs beside its FLOPs (the host's work, the Python of 50-odd modules): measured on the CPU (the
+# tiny model's step), assumed none on a GPU, where the host prepares the next step while this one runs
+STEP_OVERHEAD_S = {"cpu": 0.016, "cuda": 0.0}
+# the share of the FLOP rate a LoRA step achieves: PEFT's adapters add two thin matmuls and a few elementwise ops per
+# linear, which a CPU runs far below its rate (measured: 0.55 of full fine-tuning's FLOP/s); assumed 1 on a GPU
+LORA_RATE = {"cpu": 0.55, "cuda": 1.0}
 _GPU = {  # name -> (dense bf16 peak FLOP/s, memory bytes), vendor datasheets (as bench/gpu_check.py's PEAK_BF16)
     "H200": (989e12, 141 * 10**9), "H100 PCIe": (756e12, 80 * 10**9), "H100": (989e12, 80 * 10**9),
     "GH200": (989e12, 96 * 10**9), "B200": (2250e12, 180 * 10**9), "A100": (312e12, 80 * 10**9),
@@ -173,8 +179,8 @@ def model_shape(config: dict[str, Any]) -> ModelShape:
             intermediate=int(config.get("intermediate_size") or 4 * hidden), vocab=int(config["vocab_size"]),
             tied=bool(config.get("tie_word_embeddings", False)),
             qkv_bias=bool(config.get("attention_bias", config.get("model_type") == "qwen2")))
-    except (KeyError, TypeError, ValueError) as err:
-        raise EstimateError(f"base_model: config.json lacks what the estimate needs ({err})") from None
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as err:
+        raise EstimateError(f"base_model: config.json lacks what the estimate needs ({err!r})") from None
 
 
 def read_model_shape(model_dir: str | Path) -> ModelShape:
@@ -338,7 +344,8 @@ def estimate(spec: JobSpec, shape: ModelShape, device: DeviceKind) -> Estimate:
         device = DEVICES["cpu"]
     parts, phase = memory_parts(spec, shape, device)
     flops = step_flops(spec, shape)
-    step_s = flops / device.flops
+    rate = device.flops * (LORA_RATE[device.kind] if spec.finetune == "lora" else 1.0)
+    step_s = flops / rate + STEP_OVERHEAD_S[device.kind] * spec.grad_accum
     eval_s = eval_seconds(spec, shape, device)
     save_s = checkpoint_bytes(spec, shape) / SAVE_BYTES_PER_S
     job_s = spec.max_steps * step_s + evaluations(spec.max_steps, spec.eval_every) * eval_s \
