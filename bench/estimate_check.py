@@ -12,7 +12,7 @@ reference's build loads the base once and frees it: a different moment than the 
 is told to return every block over 1 MiB at once (``memory.PROBE_ENV``), so that RSS follows the live tensors.
 The step time is the median of the steps after the first (which allocates AdamW's state).
 
-With ``--fit`` the activation coefficients (α, β, γ), the constant overhead and the CPU's achieved FLOP/s and
+With ``--fit`` the activation scale, the constant overhead and the CPU's achieved FLOP/s and
 per-step overhead are fitted (least squares on the relative errors) and printed for ``mol_engine/estimate.py``;
 without it the module's own constants are checked. The table goes to docs/performance.md (``--docs``).
 """
@@ -146,17 +146,18 @@ def measure(paths: dict[str, str], shape: tuple, out: Path, steps: int) -> dict:
 
 
 def fit(rows: list[dict]) -> dict:
-    """α, β, γ and the overhead (memory), FLOP/s and per-step seconds (time), minimising relative errors."""
+    """The activation scale and the overhead (memory), FLOP/s, per-step seconds and LoRA's share of the rate (time),
+    minimising relative errors."""
     import numpy as np
     from scipy.optimize import least_squares
 
     cpu = DEVICES["cpu"]
 
     def memory_errors(x):
-        return [sum(memory_parts(r["spec"], r["shape"], cpu, (x[0], x[1], x[2], x[3] * 2**20))[0].values())
+        return [sum(memory_parts(r["spec"], r["shape"], cpu, (x[0], x[1] * 2**20))[0].values())
                 / (r["peak_mib"] * 2**20) - 1 for r in rows]
 
-    mem = least_squares(memory_errors, x0=[16, 4, 0, 32], bounds=([0, 0, 0, 0], [200, 50, 5, 500]))
+    mem = least_squares(memory_errors, x0=[1, 32], bounds=([0, 0], [20, 500]), diff_step=1e-3)
     full = [r for r in rows if r["spec"].finetune == "full"]
     flops = np.array([step_flops(r["spec"], r["shape"]) for r in full])
     seconds = np.array([r["step_s"] for r in full])
@@ -164,7 +165,7 @@ def fit(rows: list[dict]) -> dict:
                            bounds=([0.1, 0], [1e4, 10]))
     lora = [step_flops(r["spec"], r["shape"]) / (timing.x[0] * 1e9 * max(r["step_s"] - timing.x[1], 1e-9))
             for r in rows if r["spec"].finetune == "lora"]
-    return {"alpha": mem.x[0], "beta": mem.x[1], "gamma": mem.x[2], "overhead_mib": mem.x[3],
+    return {"activation_scale": mem.x[0], "overhead_mib": mem.x[1],
             "gflops": timing.x[0], "step_overhead_s": timing.x[1],
             "lora_rate": statistics.median(lora) if lora else float("nan")}
 

@@ -13,13 +13,16 @@ Memory per process, in bytes, as the engine holds it (``mol_engine/train.py``, `
   (fp32 on a CPU; on CUDA bf16 matmul weights beside fp32 embeddings and norms; bf16 under FSDP); none with LoRA
   (the adapters are disabled instead), with ``reference: cached`` (its top-k targets, a batch at a time) or for
   ``cpt`` / ``domain_only`` (the base is loaded only to evaluate, when nothing is being trained).
-- **activations**: per token and decoder layer, (α·hidden + β·intermediate + γ·heads·seq_len) elements of
-  ``ACTIVATION_BYTES``, with α, β, γ fitted to measured peaks (``bench/estimate_check.py``), for the micro-batch's
-  batch_size x seq_len tokens; with gradient checkpointing each layer keeps its fp32 input alone and one layer's
-  activations live again while it is recomputed.
-- **loss chunk**: the logits of ``loss_chunk_tokens`` positions over the vocabulary, a few [chunk, vocab] tensors
-  (``losses.chunk_size`` sizes them by the device when unset), and the [tokens, hidden] gradient of the hidden
-  states the chunked loss forms in forward; the exact reference's hidden states for the general rows.
+- **activations**: per token and decoder layer, k x (7·hidden + 2·kv_dim + 4·intermediate) elements of
+  ``ACTIVATION_BYTES``: what a Llama layer keeps for its backward pass (the two norms' inputs and outputs, the
+  rotated q and k, v, the attention output; the MLP's gate and up outputs, the gate's activation and the product),
+  with SDPA's fused kernels keeping no [T, T] scores; k is fitted to measured peaks (``bench/estimate_check.py``),
+  for the micro-batch's batch_size x seq_len tokens; with gradient checkpointing each layer keeps its fp32 input
+  alone, and one layer's activations live again while it is recomputed in the backward pass.
+- **loss chunk**: the logits of ``loss_chunk_tokens`` positions over the vocabulary: a CE chunk's logits and fp32
+  gradient buffer, twice that for a KL chunk (``losses.chunk_size`` sizes chunks by the device when unset), and
+  the [tokens, hidden] gradient of the hidden states the chunked loss forms in forward; the exact reference's
+  hidden states for the general rows.
 - **FSDP** (``nproc`` > 1, full fine-tuning or ``distributed: fsdp``): parameters, gradients, optimizer state and
   the reference are sharded (divided by nproc), plus the unsharded layers being gathered and the root group
   (embeddings, head) that stays gathered through the step; **DDP**: nothing divided, and its gradient buckets
@@ -47,10 +50,10 @@ from typing import Any
 from .spec import JobSpec
 
 GiB = 2**30
-# fitted by bench/estimate_check.py on this machine's CPU (fp32): elements per token and decoder layer kept for the
-# backward pass, per hidden unit, per intermediate unit and per attention head x position; and a constant (bytes)
-# a run holds beside the modelled tensors (allocator slack, the corpora's maps, the batch built ahead)
-ALPHA, BETA, GAMMA = 16.0, 4.0, 0.0
+# fitted by bench/estimate_check.py on this machine's CPU (fp32): the multiplier of the activation elements a layer
+# is counted to keep (see the top), and a constant (bytes) a run holds beside the modelled tensors (the corpora's
+# token maps, the batch built ahead, allocator slack)
+ACTIVATION_SCALE = 1.0
 OVERHEAD_BYTES = 32 * 2**20
 # bytes of one saved activation element: fp32 on a CPU; on CUDA under bf16 autocast a mix (matmul inputs and
 # outputs in bf16, the fp32 residual stream and norms): 2.5 assumed from the layout, see docs/performance.md
@@ -220,6 +223,14 @@ def uses_fsdp(spec: JobSpec) -> bool:
     return spec.nproc > 1 and (spec.distributed == "fsdp" or (spec.distributed == "auto" and spec.finetune == "full"))
 
 
+def layer_elements(shape: ModelShape) -> int:
+    """Elements per token one decoder layer keeps for backward (before ``ACTIVATION_SCALE``): each norm's input and
+    output, the rotated q and k, v, the attention output (SDPA's kernels keep no [T, T] scores); the MLP's gate and
+    up outputs, the gate's activation and their product."""
+    q, kv = shape.heads * shape.head_dim, shape.kv_heads * shape.head_dim
+    return 4 * shape.hidden + 2 * q + 2 * kv + 4 * shape.intermediate
+
+
 def chunk_positions(spec: JobSpec, vocab: int, device: DeviceKind) -> int:
     """Positions per loss chunk, as ``losses.chunk_size`` picks them on ``device``."""
     if spec.loss_chunk_tokens:
@@ -231,10 +242,10 @@ def chunk_positions(spec: JobSpec, vocab: int, device: DeviceKind) -> int:
 
 
 def memory_parts(spec: JobSpec, shape: ModelShape, device: DeviceKind,
-                 coefficients: tuple[float, float, float, float] | None = None) -> tuple[dict[str, int], str]:
+                 coefficients: tuple[float, float] | None = None) -> tuple[dict[str, int], str]:
     """(the parts of the peak bytes per process, the phase it is reached in) of ``spec`` on ``device``.
-    ``coefficients`` (α, β, γ, overhead bytes) replace the fitted ones (the bench fits them with it)."""
-    alpha, beta, gamma, overhead = coefficients or (ALPHA, BETA, GAMMA, OVERHEAD_BYTES)
+    ``coefficients`` (activation scale, overhead bytes) replace the fitted ones (the bench fits them with it)."""
+    scale, overhead = coefficients or (ACTIVATION_SCALE, OVERHEAD_BYTES)
     cuda, lora = device.kind == "cuda", spec.finetune == "lora"
     compute = 2 if (cuda and spec.precision != "fp32") or spec.precision == "bf16" else 4
     fsdp = uses_fsdp(spec)
@@ -261,17 +272,14 @@ def memory_parts(spec: JobSpec, shape: ModelShape, device: DeviceKind,
         weights += gather * (shape.embedding * (1 if shape.tied else 2) + 2 * shape.layer_params)
     tokens = spec.batch_size * spec.seq_len
     element = ACTIVATION_BYTES[device.kind] if compute == 2 else 4.0
-    per_layer = tokens * (alpha * shape.hidden + beta * shape.intermediate + gamma * shape.heads * spec.seq_len)
-    per_layer *= element
-    if spec.gradient_checkpointing:
-        activations = tokens * shape.layers * shape.hidden * 4 + per_layer
-    else:
-        activations = shape.layers * per_layer
+    per_layer = tokens * scale * layer_elements(shape) * element
+    inputs = tokens * shape.layers * shape.hidden * 4 if spec.gradient_checkpointing else 0  # fp32 layer inputs
+    forward_activations = inputs or shape.layers * per_layer
     chunk = chunk_positions(spec, shape.vocab, device)
     exact_kl = kl and spec.reference == "exact"
-    # a chunk's logits (compute dtype) and its fp32 gradient buffer; the exact KL adds the reference's logits and
-    # their fp32 log-probabilities
-    chunk_bytes = min(chunk, tokens) * shape.vocab * ((compute + 4) * (2 if exact_kl else 1))
+    # a chunk's logits (compute dtype) and its fp32 gradient buffer; a KL chunk (exact or cached) holds as many again:
+    # the reference's logits and fp32 log-probabilities, or the bucket sums' [chunk, vocab] temporaries
+    chunk_bytes = min(chunk, tokens) * shape.vocab * ((compute + 4) * (2 if kl else 1))
     hidden_grad = tokens * shape.hidden * 4
     head_grad = 0 if lora else 4 * shape.embedding / shards
     ref_hidden = n_general * spec.seq_len * shape.hidden * compute if exact_kl else 0
@@ -280,9 +288,9 @@ def memory_parts(spec: JobSpec, shape: ModelShape, device: DeviceKind,
     held = {"parameters": weights, "optimizer": optimizer, "reference": reference, "overhead": overhead + ddp_buckets}
     earlier_grads = grads if spec.grad_accum > 1 else head_grad
     phases = {
-        "forward": {**held, "gradients": earlier_grads, "activations": activations,
+        "forward": {**held, "gradients": earlier_grads, "activations": forward_activations,
                     "loss_chunk": chunk_bytes + hidden_grad + ref_hidden + cached_batch},
-        "backward": {**held, "gradients": grads, "activations": per_layer + hidden_grad, "loss_chunk": 0},
+        "backward": {**held, "gradients": grads, "activations": per_layer + inputs + hidden_grad, "loss_chunk": 0},
         "optimizer": {**held, "gradients": grads + optimizer_temp, "activations": 0, "loss_chunk": 0},
     }
     phase = max(phases, key=lambda p: sum(phases[p].values()))
