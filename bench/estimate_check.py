@@ -262,14 +262,19 @@ def main() -> None:
         params = r["shape"].params / 1e6
         lines.append(f"| {model} ({params:.1f}M) | {finetune} | {reference} | {'on' if ckpt else 'off'} | {batch} x "
                      f"{seq} | {est.peak_bytes / 2**20:.0f} | {r['peak_mib']:.0f} | {mem_ratio:.2f} | "
-                     f"{est.step_s:.3f} | {r['step_s']:.3f} | {time_ratio:.2f} |")
+                     f"{est.step_s:.3f} | {r['step_s']:.3f} | {time_ratio:.2f} | {r['load']:.1f} |")
     load_after = os.getloadavg()
     head = ("| model | fine-tuning | reference | checkpointing | batch x seq | estimated peak MiB | measured peak "
-            "MiB | ratio | estimated step s | measured step s | ratio |\n|---|---|---|---|---|---|---|---|---|---|---|")
+            "MiB | ratio | estimated step s | measured step s | ratio | load average |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     table = head + "\n" + "\n".join(lines)
     print(table)
-    summary = (f"Worst memory error {worst:.0%} over {len(rows)} shapes; load average {load[0]:.2f} before, "
-               f"{load_after[0]:.2f} after; {time.time() - started:.0f} s.")
+    summary = (f"Worst memory error {worst:.0%} over {len(rows)} shapes (goal: 25%). MoL throughout, fp32, 3 steps per "
+               f"shape in a fresh process; peak = highest RSS during the steps less the RSS before setup; step time "
+               f"= median of the steps after the first, measured at the load average in the last column (2 cores, "
+               f"shared), so the time ratios say how load stretches a step. "
+               + (f"Measured in {time.time() - started:.0f} s, load {load[0]:.2f} before, {load_after[0]:.2f} after."
+                  if saved is None else f"Measurements read from {args.measured}."))
     print(summary)
     if args.docs:
         text = (f"## Pre-flight estimate against measurement (`python bench/estimate_check.py`)\n\n{table}\n\n"

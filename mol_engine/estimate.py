@@ -13,7 +13,7 @@ Memory per process, in bytes, as the engine holds it (``mol_engine/train.py``, `
   (fp32 on a CPU; on CUDA bf16 matmul weights beside fp32 embeddings and norms; bf16 under FSDP); none with LoRA
   (the adapters are disabled instead), with ``reference: cached`` (its top-k targets, a batch at a time) or for
   ``cpt`` / ``domain_only`` (the base is loaded only to evaluate, when nothing is being trained).
-- **activations**: per token and decoder layer, k x (7·hidden + 2·kv_dim + 4·intermediate) elements of
+- **activations**: per token and decoder layer, k x (4·hidden + 2·q_dim + 2·kv_dim + 4·intermediate) elements of
   ``ACTIVATION_BYTES``: what a Llama layer keeps for its backward pass (the two norms' inputs and outputs, the
   rotated q and k, v, the attention output; the MLP's gate and up outputs, the gate's activation and the product),
   with SDPA's fused kernels keeping no [T, T] scores; k is fitted to measured peaks (``bench/estimate_check.py``),
@@ -53,11 +53,12 @@ GiB = 2**30
 # fitted by bench/estimate_check.py on this machine's CPU (fp32): the multiplier of the activation elements a layer
 # is counted to keep (see the top), and a constant (bytes) a run holds beside the modelled tensors (the corpora's
 # token maps, the batch built ahead, allocator slack)
-ACTIVATION_SCALE = 1.0
-OVERHEAD_BYTES = 32 * 2**20
+ACTIVATION_SCALE = 1.17
+OVERHEAD_BYTES = 40 * 2**20
 # bytes of one saved activation element: fp32 on a CPU; on CUDA under bf16 autocast a mix (matmul inputs and
-# outputs in bf16, the fp32 residual stream and norms): 2.5 assumed from the layout, see docs/performance.md
-ACTIVATION_BYTES = {"cpu": 4.0, "cuda": 2.5}
+# outputs in bf16, the fp32 residual stream and norms): fitted to the one GPU peak measured (an H200, code of
+# 2026-11-29: bench/estimate_check.py --gpu-point), not to the code of now
+ACTIVATION_BYTES = {"cpu": 4.0, "cuda": 2.36}
 CPU_CHUNK_BYTES, CPU_CHUNK_POSITIONS, CUDA_CHUNK_BYTES = 64 * 2**20, 512, 2**30  # as losses.chunk_size
 SAVE_BYTES_PER_S = 1e9  # assumed checkpoint write rate
 DECODE_STEP_S = {"cpu": 0.0, "cuda": 1e-4}  # assumed floor per generated token and layer (kernel launches)
