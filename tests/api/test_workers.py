@@ -6,7 +6,7 @@ from sqlalchemy import select, text
 
 from store.db import SCHEMA_VERSION, Base, Job, SchemaVersion, WorkerSeen, init_db, make_engine, utcnow
 from tests.api.conftest import tiny_job_spec
-from worker.devices import describe_device
+from worker.devices import describe_device, device_memory_mib, host_memory_mib
 
 
 def test_workers_show_device_capacity_heartbeat_and_their_owner_s_job(client, auth, upload, settings):
@@ -60,3 +60,17 @@ def test_a_worker_describes_its_device_without_torch():
     assert describe_device({"CUDA_VISIBLE_DEVICES": "3"}, {}) == "cuda (GPUs 3)"  # no nvidia-smi here
     assert describe_device({"CUDA_VISIBLE_DEVICES": ""}, names).startswith("cpu (")
     assert describe_device({}, {}).startswith("cpu (")
+
+
+def test_a_worker_says_the_memory_one_job_process_has(tmp_path):
+    memories = {"0": 81559, "1": 81559, "2": 24564}
+    assert device_memory_mib({"CUDA_VISIBLE_DEVICES": "0,1"}, memories, host=64_000) == 81559
+    assert device_memory_mib({}, memories, host=64_000) == 24564  # the smallest GPU: each process takes one
+    assert device_memory_mib({"CUDA_VISIBLE_DEVICES": "3"}, {}, host=64_000) is None  # a GPU of unknown memory
+    assert device_memory_mib({"CUDA_VISIBLE_DEVICES": ""}, memories, host=64_000) == 64_000  # CPU: the host's RAM
+    assert device_memory_mib({}, {}, host=64_000) == 64_000
+    limit = tmp_path / "memory.max"
+    limit.write_text(f"{2**30}\n")
+    assert host_memory_mib(limit) == 1024  # a container's cgroup limit below the host's RAM
+    limit.write_text("max\n")
+    assert host_memory_mib(limit) > 1024
