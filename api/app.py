@@ -33,6 +33,7 @@ from .routes import (
     job_spec,
     jobs,
     models,
+    preflight,
     session,
     side_tasks,
     sweeps,
@@ -98,7 +99,7 @@ def create_app(settings: Settings | None = None, enqueue: Callable[[str], None] 
                            allow_methods=["*"], allow_headers=["*"])
     for module in (health, models, job_spec, session, datasets, uploads, jobs, sweeps, checkpoints, interpolations,
                    evaluations, side_tasks, completions, webhooks, workers, job_files, estimates,
-                   vocabularies, usage):
+                   preflight, vocabularies, usage):
         app.include_router(module.router)
     install_docs(app)
     frontend = Path(__file__).resolve().parent.parent / "frontend"

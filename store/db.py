@@ -309,6 +309,8 @@ class WorkerSeen(Base):
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     capacity: Mapped[int] = mapped_column(Integer, default=1)  # processes (GPUs) it gives one job: largest nproc
     device: Mapped[str | None] = mapped_column(String(200), nullable=True)  # "cpu (8 cores)", "cuda: 2 x NVIDIA H100"
+    # MiB one job process has: its GPU's total memory (the smallest visible), or the host's RAM on a CPU worker
+    memory_mib: Mapped[int | None] = mapped_column(Integer, nullable=True)
     job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the job it runs now, if any
 
 

@@ -141,6 +141,9 @@ class Settings(BaseSettings):
         "make an estimate"))
     estimate_scan_jobs: int = Field(200, ge=1, description=(
         "GET /v1/estimate: the owner's newest succeeded jobs it reads (with their specs) to find comparable ones"))
+    estimate_memory_margin: float = Field(0.1, ge=0, lt=1, description=(
+        "POST /v1/estimates and the submit check: the fraction of a worker's memory the pre-flight estimate of a "
+        "job's peak must leave free to count as fitting it (the estimate's error, the CUDA context, fragmentation)"))
 
     @field_validator("cors_origins")
     @classmethod

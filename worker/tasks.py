@@ -45,13 +45,14 @@ from store.scheduling import next_job
 from store.settings import Settings
 
 from .broker_queues import waiting_tokens
-from .devices import describe_device
+from .devices import describe_device, device_memory_mib
 
 log = logging.getLogger(__name__)
 # What the heartbeat records (GET /v1/workers). The worker runs its tasks in its own process (``--pool=solo``,
 # api/service.py), so the heartbeat thread and the task see the same values.
 _current_job: str | None = None
 _device: str | None = None
+_memory_mib: int | None = None  # worker.devices.device_memory_mib, read once with the device
 
 
 def _settings() -> Settings:
@@ -330,7 +331,7 @@ def _beat(sessions: sessionmaker, settings: Settings) -> None:
     try:
         with sessions.begin() as db:
             db.merge(WorkerSeen(name=_worker_name(), last_seen=utcnow(), capacity=settings.worker_capacity,
-                                device=_device, job_id=_current_job))
+                                device=_device, memory_mib=_memory_mib, job_id=_current_job))
     except Exception:  # any database error: the heartbeat thread and the job's task must outlive it
         log.exception("could not record this worker's heartbeat; the next beat tries again")
 
@@ -354,8 +355,8 @@ def _reconcile_on_start(**_kwargs) -> None:
     reconcile(settings)
 
     def loop() -> None:
-        global _device
-        _device = describe_device()
+        global _device, _memory_mib
+        _device, _memory_mib = describe_device(), device_memory_mib()
         last_reconcile = time.monotonic()
         while True:
             _beat(sessions, settings)

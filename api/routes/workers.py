@@ -30,7 +30,8 @@ def list_workers(owner: Owner, db: DB, svc: Svc, limit: Limit = 50) -> WorkerLis
     running = {w.job_id for w in rows if w.job_id}
     mine = {job.id: job.name for job in db.scalars(select(Job).where(Job.id.in_(running), Job.owner == owner))}
     workers = [WorkerStatusOut(name=w.name, alive=as_utc(w.last_seen) >= now - timedelta(seconds=within),
-                               device=w.device, capacity=w.capacity, last_seen=w.last_seen, busy=w.job_id is not None,
+                               device=w.device, capacity=w.capacity, memory_mib=w.memory_mib,
+                               last_seen=w.last_seen, busy=w.job_id is not None,
                                job_id=w.job_id if w.job_id in mine else None, job_name=mine.get(w.job_id))
                for w in rows]
     workers.sort(key=lambda w: not w.alive)  # stable: within each group, the latest heartbeat first

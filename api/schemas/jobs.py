@@ -130,6 +130,57 @@ class EstimateOut(BaseModel):
     message: str
 
 
+class PreflightIn(BaseModel):
+    """``POST /v1/estimates``: a job spec as POST /v1/jobs takes it, and the device to estimate it on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: dict[str, Any] = Field(description="the job spec, as submitted to POST /v1/jobs")
+    device: str | None = Field(None, max_length=200, description="cpu, a GPU's name (NVIDIA H100 80GB HBM3, H200, "
+                               "A100, ...) or a live worker's name; null: the live worker with the most memory, "
+                               "else a CPU")
+
+
+class WorkerFitOut(BaseModel):
+    """A live worker that advertises its memory and has the processes the job asks for: the estimate's peak there
+    and whether it fits with ``MOL_ESTIMATE_MEMORY_MARGIN`` left free."""
+
+    name: str
+    device: str
+    memory_bytes: int
+    peak_bytes: int
+    fits: bool
+
+
+class PreflightOut(BaseModel):
+    """``POST /v1/estimates``: the pre-flight estimate (docs/performance.md, "Pre-flight estimate") of the spec on
+    ``device``: peak memory per process with its parts at the moment of the step it is reached (``phase``),
+    seconds per optimizer step, per evaluation, per save and for the whole job (setup not included), where the
+    rate comes from (measured or assumed), and each live worker's fit."""
+
+    device: str
+    worker: str | None
+    device_memory_bytes: int | None  # null: a CPU named without a worker (the host's memory is not known here)
+    fits: bool | None
+    margin: float
+    peak_bytes: int
+    parts: dict[str, int]  # parameters, gradients, optimizer, reference, activations, loss_chunk, overhead
+    phase: str
+    dtype: str
+    sharding: str
+    nproc: int
+    step_s: float
+    eval_s: float
+    save_s: float
+    job_s: float
+    flops_per_step: float
+    evaluations: int
+    saves: int
+    rate_source: str
+    workers: list[WorkerFitOut]
+    message: str
+
+
 class VocabulariesOut(BaseModel):
     """The words job answers use (GET /v1/vocabularies), each from the one place it is defined."""
 

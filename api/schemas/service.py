@@ -37,6 +37,7 @@ class WorkerStatusOut(BaseModel):
     alive: bool
     device: str | None  # "cpu (8 cores)", "cuda: 2 x NVIDIA H100 (GPUs 0,1)"; null until its first heartbeat says
     capacity: int  # processes (GPUs) it gives one job
+    memory_mib: int | None = None  # what one job process has: its GPU's memory, or the host's RAM; null: not said
     last_seen: UtcDatetime
     busy: bool
     job_id: str | None

@@ -13,6 +13,7 @@ from store.models import available_models, vocab_size
 from store.quotas import SETTING_OF, limits_for
 from store.settings import Settings
 
+from ..checks.job_memory import memory_problems
 from ..checks.job_references import check_references, demo_problem
 from ..checks.job_resources import largest_nproc, nproc_problem, shape_problems
 
@@ -42,21 +43,30 @@ def continued_from(db: Session, owner: str, spec: JobSpec, settings: Settings) -
     return found
 
 
-def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings,
-                    lineage: Lineage | None = None) -> list[str]:
+def submit_problems(db: Session, owner: str, spec: JobSpec, settings: Settings, lineage: Lineage | None = None,
+                    memory: bool = True) -> list[str]:
     """Why ``spec`` cannot run for ``owner`` (a dataset not theirs or of the wrong purpose, an unknown model, a
     seq_len beyond the model's context or a micro-batch too large, more processes than any worker has, a priority
-    above the owner's highest), one line each: what POST /v1/jobs and POST /v1/sweeps check. A job continuing from
-    a checkpoint (``lineage``) is checked against its original base model, which must still be offered (it is the
-    default KL anchor)."""
+    above the owner's highest, and with ``memory`` a peak that fits no live worker's memory), one line each: what
+    POST /v1/jobs and POST /v1/sweeps check (POST /v1/estimates all but the memory, which it reports). A job
+    continuing from a checkpoint (``lineage``) is checked against its original base model, which must still be
+    offered (it is the default KL anchor)."""
     owned = {d.id: d for d in db.scalars(select(Dataset).where(Dataset.owner == owner))}
-    models = available_models(settings)
-    problems = lineage_problems(spec, models, lineage)
-    if lineage and lineage.original_base_model in models:  # the checkpoint has the original base's shape
-        models = models | {spec.base_model: models[lineage.original_base_model]}
+    problems = lineage_problems(spec, available_models(settings), lineage)
+    models = models_for(spec, settings, lineage)
     problems += check_references(spec, owned, models) + demo_problem(spec, settings)
     problems += shape_problems(spec, models, settings.max_microbatch_tokens)
-    return problems + nproc_problem(spec.nproc, largest_nproc(db, settings)) + priority_problem(spec, owner, settings)
+    problems += nproc_problem(spec.nproc, largest_nproc(db, settings)) + priority_problem(spec, owner, settings)
+    return problems + (memory_problems(db, spec, models, settings) if memory and not problems else [])
+
+
+def models_for(spec: JobSpec, settings: Settings, lineage: Lineage | None) -> dict:
+    """The models offered, id -> directory; for a job continuing from a checkpoint (``lineage``) its ``base_model``
+    (``job:<id>@...``) too, as its original base model: the checkpoint has that model's shape."""
+    models = available_models(settings)
+    if lineage and lineage.original_base_model in models:
+        models = models | {spec.base_model: models[lineage.original_base_model]}
+    return models
 
 
 def lineage_problems(spec: JobSpec, models: dict, lineage: Lineage | None) -> list[str]:

@@ -304,6 +304,7 @@ export async function newJobPage(view, from = null) {
     groups,
     advancedSection(schema),
     general,
+    el("p", { class: "estimate muted", "data-preflight": "" }),
     el("p", { class: "estimate muted", "data-estimate": "" }),
     el("button", { type: "submit", class: "primary" }, "Start training"));
   const yaml = yamlView(form, schema, () => specFrom(form, source?.spec),
@@ -341,6 +342,7 @@ export async function newJobPage(view, from = null) {
     clearTimeout(pending);
     pending = setTimeout(estimate, 300);
     form.querySelector("[data-estimate]").textContent = "Run time: estimating…";  // never the last shape's
+    form.querySelector("[data-preflight]").textContent = "Memory: estimating…";
   };
   form.addEventListener("input", (e) => {
     if (e.target.name && e.target.closest(".field")) touch(form, e.target.name);

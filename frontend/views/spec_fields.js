@@ -152,6 +152,27 @@ export function estimateText(job, baseline = null) {
   return `Run time once a worker takes it: ${part(job)}${baseline ? `; its CPT baseline: ${part(baseline)}` : ""}.`;
 }
 
+// What the form says of memory and modelled time: POST /v1/estimates' answer (api/preflight.py) for the spec on the
+// live worker with the most memory (a CPU when none is live): the peak per process against that worker's memory.
+export function preflightText(answer) {
+  const gib = (n) => (n >= 2 ** 30 ? `${(n / 2 ** 30).toFixed(1)} GiB` : `${Math.round(n / 2 ** 20)} MiB`);
+  const where = answer.worker ? `worker ${answer.worker} (${answer.device})` : answer.device;
+  const memory = answer.device_memory_bytes ? ` of its ${gib(answer.device_memory_bytes)}` : "";
+  const verdict = answer.fits === null ? "" : answer.fits ? ", fits" : ": does not fit";
+  const live = answer.workers.length ? ` It fits ${answer.workers.filter((w) => w.fits).length} of `
+    + `${answer.workers.length} live worker${answer.workers.length === 1 ? "" : "s"}.` : "";
+  return `Memory: about ${gib(answer.peak_bytes)} per process on ${where}${memory}${verdict}; modelled time `
+    + `${answer.step_s < 1 ? answer.step_s.toFixed(2) : answer.step_s.toFixed(1)} s per step, about `
+    + `${duration(answer.job_s)} for the job (setup aside).${live}`;
+}
+
+// The parts of the estimated peak, largest first, for the line's tooltip.
+export function preflightParts(answer) {
+  const parts = Object.entries(answer.parts).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
+  return [answer.message, `at the end of the ${answer.phase} pass`, ...parts.map(([name, n]) => `${name}: `
+    + `${(n / 2 ** 20).toFixed(0)} MiB`), `rate: ${answer.rate_source}`].join("\n");
+}
+
 // The YAML view: the spec the form describes as a file, following the form while it is not being edited; Apply puts
 // an edited one into the form (``apply(spec)``), Revert drops the edits. A submit with edits not applied is refused:
 // neither the form nor the file silently wins.
@@ -196,10 +217,24 @@ export function yamlView(form, schema, current, apply) {
   return node;
 }
 
-// Shows GET /v1/estimate's answer for the spec (and its CPT baseline's, when one goes with it) above the button.
+// Shows GET /v1/estimate's answer for the spec (and its CPT baseline's, when one goes with it) above the button,
+// and above it POST /v1/estimates' modelled peak memory and time (a spec the server refuses says why there).
 export function estimator(form, current) {
   const box = form.querySelector("[data-estimate]");
+  const memoryBox = form.querySelector("[data-preflight]");
   let asked = 0;
+  const preflight = async (spec, mine) => {
+    if (!memoryBox) return;
+    try {
+      const answer = await api("/v1/estimates", { method: "POST", json: { spec } });
+      if (mine !== asked) return;
+      memoryBox.textContent = preflightText(answer);
+      memoryBox.title = preflightParts(answer);
+      memoryBox.dataset.fits = answer.fits === null ? "" : String(answer.fits);
+    } catch (err) {
+      if (mine === asked) memoryBox.textContent = `Memory: no estimate yet (${err.message})`;
+    }
+  };
   return async () => {
     const mine = ++asked;
     let spec;
@@ -208,7 +243,8 @@ export function estimator(form, current) {
     } catch {
       return;  // a field that does not parse: its error shows at submit
     }
-    if (!spec.base_model) { box.textContent = ""; return; }
+    if (!spec.base_model) { box.textContent = ""; if (memoryBox) memoryBox.textContent = ""; return; }
+    preflight(spec, mine);
     const baseline = form.elements.with_cpt.checked && spec.method !== "cpt";
     try {
       const [job, cpt] = await Promise.all([api(`/v1/estimate?${estimateQuery(spec)}`),

@@ -70,6 +70,8 @@ def test_submit_watch_compare_download(service, page, tmp_path):
     names = set(page.eval_on_selector_all("#new-job [name]", "nodes => nodes.map((n) => n.name)"))
     assert sorted(set(leaf_paths(JobSpec.model_json_schema())) - names) == ["general_source"]  # the self option
     expect(page.locator("[data-estimate]")).to_contain_text("no estimate yet")  # no job has run here yet
+    # the modelled peak per process (POST /v1/estimates) against the live worker's memory
+    expect(page.locator("[data-preflight]")).to_contain_text(re.compile(r"Memory: about [\d.]+ [MG]iB per process"))
     page.screenshot(path=SHOTS / "new-job.png", full_page=True)
     bad = tmp_path / "broken.jsonl"
     bad.write_text('{"text": "fine"}\n{"text": oops}\n')

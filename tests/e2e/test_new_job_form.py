@@ -46,6 +46,12 @@ console.log(JSON.stringify({
   query: f.estimateQuery({ base_model: "demo", seq_len: 64, gradient_checkpointing: false, name: "x", lr: 0.1 }),
   none: f.estimateText({ seconds: null, based_on: 0 }),
   both: f.estimateText({ seconds: 200, based_on: 2 }, { seconds: 30, based_on: 1 }),
+  preflight: f.preflightText({ worker: "gpu-1:1", device: "H100", device_memory_bytes: 80 * 2 ** 30, fits: false,
+    peak_bytes: 90 * 2 ** 30, step_s: 0.5, job_s: 600, workers: [{ fits: false }, { fits: true }] }),
+  preflight_cpu: f.preflightText({ worker: null, device: "cpu", device_memory_bytes: null, fits: null,
+    peak_bytes: 300 * 2 ** 20, step_s: 1.25, job_s: 30, workers: [] }),
+  preflight_parts: f.preflightParts({ message: "m", phase: "forward", rate_source: "assumed: x",
+    parts: { parameters: 2 ** 20, reference: 0, activations: 3 * 2 ** 20 } }),
   pace, eta: etaSeconds(job, pace, Date.parse(at(45))),
   before: etaSeconds({ ...job, step: 0 }, pace, Date.parse(at(3))),
 }));
@@ -108,6 +114,14 @@ def test_the_demo_starts_on_the_demo_example_and_estimates_ask_for_the_shape(see
     assert seen["none"] == "Run time once a worker takes it: no estimate yet (nothing like it has finished here)."
     assert seen["both"] == ("Run time once a worker takes it: about 3 min (measured on 2 finished jobs like it); its "
                             "CPT baseline: about 30 s (measured on 1 finished job like it).")
+    # POST /v1/estimates' answer: the modelled peak against the worker's memory, and its parts largest first
+    assert seen["preflight"] == ("Memory: about 90.0 GiB per process on worker gpu-1:1 (H100) of its 80.0 GiB: does "
+                                 "not fit; modelled time 0.50 s per step, about 10 min for the job (setup aside). It "
+                                 "fits 1 of 2 live workers.")
+    assert seen["preflight_cpu"] == ("Memory: about 300 MiB per process on cpu; modelled time 1.3 s per step, about "
+                                     "30 s for the job (setup aside).")
+    assert seen["preflight_parts"] == "m\nat the end of the forward pass\nactivations: 3 MiB\nparameters: 1 MiB\n" \
+        "rate: assumed: x"
 
 
 def test_the_eta_is_the_runs_own_pace_with_its_evaluations_and_saves_to_come(seen):
