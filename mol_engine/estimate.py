@@ -78,13 +78,13 @@ class DeviceKind:
 
 
 GPU_MFU = 0.11  # measured: CPT on an H200 at 0.5B, seq 2048 (docs/performance.md, code of 2026-11-29)
-CPU_FLOPS = 65e9  # measured: full fine-tuning steps on this machine's 2 cores, fp32, quiet (docs/performance.md)
+CPU_FLOPS = 85.7e9  # fitted: 14 shapes' steps on this machine's 2 cores, fp32, quiet (docs/performance.md)
 # seconds a step costs beside its FLOPs (the host's work, the Python of 50-odd modules): measured on the CPU (the
 # tiny model's step), assumed none on a GPU, where the host prepares the next step while this one runs
-STEP_OVERHEAD_S = {"cpu": 0.016, "cuda": 0.0}
+STEP_OVERHEAD_S = {"cpu": 0.0133, "cuda": 0.0}
 # the share of the FLOP rate a LoRA step achieves: PEFT's adapters add two thin matmuls and a few elementwise ops per
-# linear, which a CPU runs far below its rate (measured: 0.55 of full fine-tuning's FLOP/s); assumed 1 on a GPU
-LORA_RATE = {"cpu": 0.55, "cuda": 1.0}
+# linear, which a CPU runs below its rate (fitted: 0.73 of full fine-tuning's FLOP/s); assumed 1 on a GPU
+LORA_RATE = {"cpu": 0.73, "cuda": 1.0}
 _GPU = {  # name -> (dense bf16 peak FLOP/s, memory bytes), vendor datasheets (as bench/gpu_check.py's PEAK_BF16)
     "H200": (989e12, 141 * 10**9), "H100 PCIe": (756e12, 80 * 10**9), "H100": (989e12, 80 * 10**9),
     "GH200": (989e12, 96 * 10**9), "B200": (2250e12, 180 * 10**9), "A100": (312e12, 80 * 10**9),
