@@ -253,6 +253,16 @@ def cancel_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> J
     raise RuntimeError(f"job {job_id} changed state {MAX_TRIES} times while being cancelled")
 
 
+def unended_view(sessions: sessionmaker, job_id: str) -> Row:
+    """:func:`lease_view` of a job that has not ended; LookupError when it is gone, JobEnded when it ended."""
+    job = lease_view(sessions, job_id)
+    if job is None:
+        raise LookupError(job_id)
+    if job.status in FINAL:
+        raise JobEnded(job.status)
+    return job
+
+
 class PauseRefused(Exception):
     """The job cannot be paused now (its cancel is pending); the message says why."""
 
@@ -263,11 +273,7 @@ def pause_job(sessions: sessionmaker, job_id: str, lease_timeout_s: float) -> Jo
     a checkpoint at its next step and ends the run paused. A paused job comes back unchanged. Raises JobEnded
     when it had ended, PauseRefused when its cancel is pending."""
     for _ in range(MAX_TRIES):
-        job = lease_view(sessions, job_id)
-        if job is None:
-            raise LookupError(job_id)
-        if job.status in FINAL:
-            raise JobEnded(job.status)
+        job = unended_view(sessions, job_id)
         if job.cancel_requested:
             raise PauseRefused("it is being cancelled")
         if job.status == PAUSED:
@@ -294,11 +300,7 @@ def resume_job(sessions: sessionmaker, job_id: str) -> tuple[Job, bool]:
     not yet honoured by a running job's runner is withdrawn; a queued or running job comes back unchanged.
     Raises JobEnded when it had ended."""
     for _ in range(MAX_TRIES):
-        job = lease_view(sessions, job_id)
-        if job is None:
-            raise LookupError(job_id)
-        if job.status in FINAL:
-            raise JobEnded(job.status)
+        job = unended_view(sessions, job_id)
         requeued = job.status == PAUSED
         if requeued:
             done = _change(sessions, and_(Job.id == job_id, Job.status == PAUSED),
