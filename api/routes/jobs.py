@@ -114,10 +114,22 @@ def list_jobs(owner: Owner, db: DB, svc: Svc, limit: Limit = 50, after: AfterJob
 
 @router.get("/{job_id}", response_model=JobOut, responses=errors(404))
 def get_job(job_id: str, job: OwnedJob, db: DB, svc: Svc) -> JobOut:
-    out = job_out(job, places_of(db, svc.settings, [job]))
-    out.disk_bytes = tree_bytes(svc.settings.run_dir(job_id).path)  # one job's directory: a walk of a few files
-    out.usage = JobUsageOut(**asdict(job_totals(db, job_id)))
+    return whole_job_out(db, svc.settings, job)
+
+
+def whole_job_out(db: Session, settings: Settings, job: Job) -> JobOut:
+    """The job as GET /v1/jobs/{id} answers it: with its place in the queue, its disk and its usage (so a page
+    that redraws from a pause, resume or cancel answer loses none of them)."""
+    out = job_out(job, places_of(db, settings, [job]))
+    out.disk_bytes = tree_bytes(settings.run_dir(job.id).path)  # one job's directory: a walk of a few files
+    out.usage = JobUsageOut(**asdict(job_totals(db, job.id)))
     return out
+
+
+def answered(svc: Svc, job: Job) -> JobOut:
+    """:func:`whole_job_out` read in a short session of its own (the routes that change a job closed theirs)."""
+    with svc.sessions() as db:
+        return whole_job_out(db, svc.settings, job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, responses=errors(403, 404, 409))
@@ -125,9 +137,10 @@ def cancel_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
     """Cancelled at once when nobody runs the job; a running one stops at its next step (api/jobs.py)."""
     db.close()
     try:
-        return job_out(jobs.cancel_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
+        job = jobs.cancel_job(svc.sessions, job_id, svc.settings.lease_timeout_s)
     except jobs.JobEnded as ended:
         raise HTTPException(409, f"job '{job_id}' is already {ended}") from None
+    return answered(svc, job)
 
 
 @router.post("/{job_id}/pause", response_model=JobOut, responses=errors(403, 404, 409))
@@ -137,12 +150,13 @@ def pause_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
     a 409."""
     db.close()
     try:
-        return job_out(jobs.pause_job(svc.sessions, job_id, svc.settings.lease_timeout_s))
+        job = jobs.pause_job(svc.sessions, job_id, svc.settings.lease_timeout_s)
     except jobs.JobEnded as ended:
         raise HTTPException(409, f"job '{job_id}' has already ended ({ended}): only a queued or running job "
                                  "pauses") from None
     except jobs.PauseRefused as refused:
         raise HTTPException(409, f"job '{job_id}' cannot be paused: {refused}") from None
+    return answered(svc, job)
 
 
 @router.post("/{job_id}/resume", response_model=JobOut, responses=errors(403, 404, 409))
@@ -159,7 +173,7 @@ def resume_job(job_id: str, _job: OwnedJob, db: DB, svc: Svc) -> JobOut:
             send_job(svc.enqueue, job_id, job.spec)
         except Exception:  # the broker is down: the job stays queued and a worker's reconciler sends it later
             log.exception("job %s: resumed, but the broker refused it; a worker's reconciler will send it", job_id)
-    return job_out(job)
+    return answered(svc, job)
 
 
 @router.delete("/{job_id}", status_code=204, responses=errors(403, 404, 409))

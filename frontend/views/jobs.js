@@ -12,7 +12,7 @@ function eta(job) {
 function queuePlace(job) {
   if (job.status !== "queued" || !job.queue_position) return "";
   return el("span", { class: "muted queue-place", "data-queue-position": job.queue_position, title: job.wait_reason },
-    el("br"), `#${job.queue_position} in queue: ${job.wait_reason}`);
+    el("br"), `#${job.queue_position} in line: ${job.wait_reason}`);
 }
 
 function row(job, selected, onToggle) {

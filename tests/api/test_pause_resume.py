@@ -116,6 +116,8 @@ def test_pause_and_resume_routes_answer_the_job_or_a_409_naming_its_status(clien
     assert paused.status_code == 200 and paused.json()["status"] == "paused" and queued == []
     resumed = client.post(f"/v1/jobs/{job_id}/resume", headers=auth())
     assert resumed.status_code == 200 and resumed.json()["status"] == "queued" and queued == [job_id]  # sent
+    # the whole job, as GET answers it: a page that redraws from the answer keeps its place in line and usage
+    assert resumed.json()["queue_position"] == 1 and resumed.json()["usage"] == paused.json()["usage"] is not None
     for action in ("pause", "resume"):
         answer = client.post(f"/v1/jobs/{ended}/{action}", headers=auth())
         assert answer.status_code == 409 and "already ended (cancelled)" in answer.json()["detail"]
