@@ -37,6 +37,21 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_SAMPLE_PROMPTS = 16  # prompts completed at every evaluation, listed or in a file: each costs a generation
 MAX_SAMPLE_PROMPT_CHARS = 4_000  # one prompt; the model sees at most its context minus the completion
 SamplePrompt = Annotated[str, Field(min_length=1, max_length=MAX_SAMPLE_PROMPT_CHARS)]
+MAX_EVAL_TASKS = 8  # task files scored at every evaluation: each costs its N items per evaluation
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+TASK_METRICS = ("acc", "exact_match")  # a multiple-choice task's accuracy, an exact-match task's
+TaskMetric = Annotated[str, Field(pattern=r"^task/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/(acc|exact_match)$")]
+
+
+def task_entry(entry: str) -> tuple[str, str]:
+    """(name, reference) of an ``eval_tasks`` entry: ``NAME=REF`` names it; a bare ``REF`` (a path, a dataset id)
+    is named by its file name without the extension. Its scores are logged as ``task/<name>/acc`` (multiple
+    choice) or ``task/<name>/exact_match``."""
+    name, sep, ref = entry.partition("=")
+    if sep and TASK_NAME.fullmatch(name):
+        return name, ref
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", entry.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]) or "task"
+    return (stem if stem[0].isalnum() else f"t{stem}")[:64], entry
 
 
 class LoraSpec(BaseModel):
@@ -179,9 +194,20 @@ class JobSpec(BaseModel):
         "that cross the budget: the early rise of the KL, which then falls, crosses none (4: the least that "
         "stopped no demo run that ends within its budget, evaluated every 10 to 100 steps); 1 judges each "
         "evaluation alone")
-    best_metric: BestMetric = Field(
+    best_metric: BestMetric | TaskMetric = Field(
         "domain_ppl", description="the figure that picks the best checkpoint within the budget: domain_ppl "
-        "(lowest) or qa_exact_match (highest; needs eval_data)")
+        "(lowest), qa_exact_match (highest; needs eval_data), or a task's score task/<name>/acc (multiple choice) "
+        "or task/<name>/exact_match (highest; the task must be in eval_tasks)")
+    eval_tasks: Annotated[list[str], Field(max_length=MAX_EVAL_TASKS)] = Field(
+        default_factory=list, description="task files (lm-eval, as task evaluation: JSONL of {question, choices, "
+        "answer} or {question, answer}; paths, or via the API task dataset ids) scored at every evaluation, the "
+        "base's at step 0, as task/<name>/acc (multiple choice) or task/<name>/exact_match; an entry NAME=REF names "
+        "the task, else it is named by its file name (its dataset id via the API). Cost: a task of N items adds N "
+        "scored items (N x its choices log-likelihoods, or N greedy generations) per evaluation")
+    max_task_drop: float | None = Field(
+        None, gt=0, le=100, description="forgetting budget on eval_tasks: the most points (percent) any task's score "
+        "may fall below the base's (step 0) score; crossed when some task is more than this below it for "
+        "budget_patience evaluations in a row, then on_budget acts as for max_general_kl; null: no such budget")
 
     seed: int = Field(0, description="seeds the held-out split, the order of the training blocks, the sampled "
                       "general text and torch's generator (adapter initialisation, dropout): a rerun repeats the job")
@@ -285,9 +311,30 @@ class JobSpec(BaseModel):
                              "(or general_source: self)")
         if self.best_metric == "qa_exact_match" and not self.eval_data:
             raise ValueError("best_metric 'qa_exact_match' needs eval_data (a QA set)")
+        self._check_tasks()
         if self.method != "domain_only" and self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 so each step holds domain and general rows")
         return self
+
+    def _check_tasks(self) -> None:
+        """eval_tasks' names are distinct; best_metric and max_task_drop refer to tasks there are."""
+        names = self.task_names()
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"eval_tasks: two tasks are named {', '.join(twice)}; name them apart with NAME=REF")
+        if self.best_metric.startswith("task/") and self.best_metric.split("/")[1] not in names:
+            raise ValueError(f"best_metric '{self.best_metric}' names a task not in eval_tasks "
+                             f"({', '.join(names) or 'none'}): add it there or pick another metric")
+        if self.max_task_drop is not None and not names:
+            raise ValueError("max_task_drop needs eval_tasks (the tasks whose drop it bounds)")
+
+    def task_names(self) -> list[str]:
+        """Each ``eval_tasks`` entry's name, as its metrics are logged (``task/<name>/...``)."""
+        return [task_entry(e)[0] for e in self.eval_tasks]
+
+    def task_refs(self) -> list[str]:
+        """Each ``eval_tasks`` entry's reference (a path, or a dataset id via the API), its name dropped."""
+        return [task_entry(e)[1] for e in self.eval_tasks]
 
     @property
     def uses_general(self) -> bool:
@@ -314,6 +361,8 @@ class JobSpec(BaseModel):
                 "eval_data": resolve(self.eval_data) if self.eval_data else None,
                 "sample_prompts": resolve(self.sample_prompts) if isinstance(self.sample_prompts, str)
                 else self.sample_prompts,
+                # each task keeps its name (a dataset id's, not its stored file's): NAME=PATH
+                "eval_tasks": [f"{name}={resolve(ref)}" for name, ref in map(task_entry, self.eval_tasks)],
             }
         )
 

@@ -224,3 +224,31 @@ def _run_lm_eval(model: Any, tokenizer: Any, folder: str, name: str, limit: int 
     return simple_evaluate(model=lm, tasks=[name], task_manager=manager, num_fewshot=0, limit=limit,
                            log_samples=samples, bootstrap_iters=0, random_seed=0, numpy_random_seed=0,
                            torch_random_seed=0, fewshot_random_seed=0)
+
+
+def metric_name(task_name: str, task_file: TaskFile) -> str:
+    """The metric a task's score is logged as during training: ``task/<name>/acc`` (multiple choice) or
+    ``task/<name>/exact_match``."""
+    return f"task/{task_name}/{'acc' if task_file.kind == 'multiple_choice' else 'exact_match'}"
+
+
+def load_tasks(entries: list[tuple[str, str]], best_metric: str = "") -> dict[str, TaskFile]:
+    """A job's ``eval_tasks`` as (name, path) pairs, each file checked: metric name -> task file. TaskError when
+    ``best_metric`` names a task's score its kind does not give (``acc`` of an exact-match task)."""
+    tasks = {}
+    for name, path in entries:
+        task_file = check_task_file(path)
+        tasks[metric_name(name, task_file)] = task_file
+    if best_metric.startswith("task/") and best_metric not in tasks:
+        given = [m for m in tasks if m.split("/")[1] == best_metric.split("/")[1]]
+        raise TaskError(f"best_metric '{best_metric}': that task is scored as {', '.join(given)} (its file's kind)")
+    return tasks
+
+
+def task_scores(tasks: dict[str, TaskFile], model: Any, tokenizer: Any) -> dict[str, float]:
+    """Each task's score on a model already loaded (and in eval mode), by :func:`evaluate_task`: metric name ->
+    accuracy or exact match, in [0, 1]."""
+    scores = {}
+    for metric, task_file in tasks.items():
+        scores[metric] = evaluate_task(None, task_file, model=model, tokenizer=tokenizer)[metric.rsplit("/", 1)[1]]
+    return scores

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .batches import Batch, MixedBatches
-from .budget import best_checkpoint, budget_message, first_crossing, write_best
+from .budget import best_checkpoint, budget_message, first_crossing, task_drops, write_best
 from .callbacks import Callback, CallbackList, Cancelled
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_sharded_checkpoint
 from .context import model_context, seq_len_problem
@@ -64,7 +64,8 @@ from .reference_cache import TopKTargets, cache_key, load_or_build
 from .run_dir import RunDir, step_name, step_of
 from .samples import Sample, complete, job_prompts, samples_event
 from .self_sample import self_corpus_path, self_general_corpus
-from .spec import JobSpec
+from .spec import JobSpec, task_entry
+from .task_eval import load_tasks, task_scores
 from .threads import use_threads
 from .token_store import TokenStore, cache_root, open_or_build
 from .trackers import check_trackers, close_trackers, make_trackers
@@ -122,6 +123,7 @@ class Run:
     feed: StepFeed  # each step's micro-batches from ``batches``, the next one built while a step runs
     evaluations: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> held-out figures (model card)
     prompts: list[str] = field(default_factory=list)  # completed at every evaluation (mol_engine/samples.py)
+    tasks: dict = field(default_factory=dict)  # metric name -> TaskFile scored at every evaluation (eval_tasks)
     tokens: int = 0  # real tokens (all ranks) of the steps done so far: ``train/tokens``, kept in each checkpoint
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -217,14 +219,18 @@ def stop_request(cb: Callback) -> int:
 
 
 def _crosses_budget_now(run: Run, step: int, cb: Callback) -> bool:
-    """Whether this step's evaluation crosses ``max_general_kl``, the ``budget_patience``-th in a row over it (rank
-    0's figures decide for every rank); if so, a ``budget`` event says so."""
-    budget, patience = run.spec.max_general_kl, run.spec.budget_patience
-    if budget is None or not run.world.agree(first_crossing(run.evaluations, budget, patience) == step, run.device):
+    """Whether this step's evaluation crosses the budget (``max_general_kl`` or ``max_task_drop``), the
+    ``budget_patience``-th in a row over it (rank 0's figures decide for every rank); if so, a ``budget`` event says
+    so."""
+    budget, patience, drop = run.spec.max_general_kl, run.spec.budget_patience, run.spec.max_task_drop
+    if budget is None and drop is None:
         return False
-    stop, kl = run.spec.on_budget == "stop", run.evaluations[step].get("eval/general_kl")
-    message = budget_message(step, run.evaluations[step], budget, stop, patience)
+    if not run.world.agree(first_crossing(run.evaluations, budget, patience, drop) == step, run.device):
+        return False
+    stop, kl, base = run.spec.on_budget == "stop", run.evaluations[step].get("eval/general_kl"), run.evaluations.get(0)
+    message = budget_message(step, run.evaluations[step], budget, stop, patience, base, drop)
     cb.on_event({"step": step, "kind": "budget", "message": message, "general_kl": kl, "max_general_kl": budget,
+                 "max_task_drop": drop, "task_drops": task_drops(run.evaluations[step], base or {}),
                  "budget_patience": patience, "on_budget": run.spec.on_budget})
     return True
 
@@ -288,10 +294,11 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     qa = read_qa(spec.eval_data) if spec.eval_data else []
     heldout = (general if general is not None else domain).heldout
     prompts = job_prompts(spec.sample_prompts, qa, spec.qa_prompt, heldout, tokenizer)
+    tasks = load_tasks([task_entry(e) for e in spec.eval_tasks], spec.best_metric) if spec.eval_tasks else {}
     feed = StepFeed(batches, spec.grad_accum, functools.partial(prepare, eos_id=eos_id, cached=cached),
                     pin_for=device if device.type == "cuda" else None)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
-               optimizer, scheduler, chunk, eos_id, world, step_losses, feed, prompts=prompts)
+               optimizer, scheduler, chunk, eos_id, world, step_losses, feed, prompts=prompts, tasks=tasks)
 
 
 def _load_trained(spec: JobSpec, device: torch.device, dtype: torch.dtype, attention: str | None) -> nn.Module:
@@ -545,6 +552,7 @@ def _evaluate(run: Run, step: int, cb: Callback) -> dict[str, float]:
                     run.model, run.tokenizer, run.qa, prompt=spec.qa_prompt, max_new_tokens=spec.qa_max_new_tokens,
                     device=run.device)
         drift = _drift(run, step, general, reference)
+    metrics |= _score_tasks(run)
     samples = _complete_samples(run)
     run.model.train()
     run.evaluations[step] = metrics
@@ -567,6 +575,17 @@ def _drift(run: Run, step: int, general, reference: Reference | None) -> list[Pa
     passages = passage_kls(run.model, reference, general, batch_size=run.spec.batch_size, eos_id=run.eos_id,
                            chunk=run.chunk, kl_direction=run.spec.kl_direction, device=run.device)
     return passages if run.world.is_main else None
+
+
+def _score_tasks(run: Run) -> dict[str, float]:
+    """Each of ``eval_tasks``' scores (mol_engine/task_eval.py, lm-eval) on the model in eval mode: rank 0's, as the
+    samples (under FSDP every rank scores, as each layer's forward is a collective). A task of N items adds N
+    scored items to each evaluation."""
+    if not run.tasks or not (run.world.is_main or is_sharded(run.step_losses)):
+        return {}
+    with run.autocast(), gathered(run.step_losses), for_generation(run.model):
+        scores = task_scores(run.tasks, run.model, run.tokenizer)
+    return scores if run.world.is_main else {}
 
 
 def _complete_samples(run: Run) -> list[Sample] | None:
@@ -603,7 +622,8 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
     else:
         path = _save_on_rank_0(run, step, state, keep, protect)
     if run.world.is_main:
-        write_best(run.out, best, run.spec.best_metric, run.spec.max_general_kl, run.evaluations.get(best))
+        write_best(run.out, best, run.spec.best_metric, run.spec.max_general_kl, run.evaluations.get(best),
+                   run.spec.max_task_drop)
     cb.on_event({"step": step, "kind": "checkpoint", "message": f"saved {path.name}", "name": path.name,
                  "seconds": round(time.perf_counter() - started, 3)})
     return path
@@ -614,7 +634,8 @@ def _best_step(run: Run, step: int) -> int | None:
     evaluated at their step. (One pruned earlier was worse than the best then, which only improves since.)"""
     kept = {step_of(p) for p in RunDir(run.out).checkpoint_dirs()} | {step}
     history = {s: run.evaluations[s] for s in kept if s in run.evaluations}
-    return best_checkpoint(history, run.spec.max_general_kl, run.spec.best_metric)
+    return best_checkpoint(history, run.spec.max_general_kl, run.spec.best_metric, run.evaluations.get(0),
+                           run.spec.max_task_drop)
 
 
 def _save_on_rank_0(run: Run, step: int, state: dict, keep: int | None, protect: set[int]) -> Path:
