@@ -114,10 +114,12 @@ def _choice_index(answer: Any, choices: list[str]) -> int:
     if isinstance(answer, int) and not isinstance(answer, bool):
         if 0 <= answer < len(choices):
             return answer
-        raise ValueError(f"answer {answer} is outside the choices (a 0-based index below {len(choices)})")
+        raise ValueError(f"answer {answer} is outside the choices (a 0-based index below {len(choices)}); "
+                         f"fix: give the right choice's 0-based index (0 to {len(choices) - 1}) or its exact text")
     if isinstance(answer, str) and answer in choices:
         return choices.index(answer)
-    raise ValueError(f"answer {json.dumps(answer)} is not one of the choices {json.dumps(choices)}")
+    raise ValueError(f"answer {json.dumps(answer)} is not one of the choices {json.dumps(choices)}; fix: give the "
+                     f"right choice's exact text (case and spaces count) or its 0-based index, or add it to choices")
 
 
 def write_task_config(task_file: TaskFile, folder: str | Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mol_engine.spec import JobSpec
+from mol_engine.spec import JobSpec, task_entry
 from store.lineage import is_checkpoint_ref
 from store.models import demo_status
 from store.settings import Settings
@@ -15,6 +15,7 @@ def dataset_refs(spec: dict[str, Any]) -> set[str]:
     """Every dataset id a stored job spec refers to."""
     refs = set(spec.get("domain_data", [])) | set(spec.get("general_data", []))
     refs |= {spec["sample_prompts"]} if isinstance(spec.get("sample_prompts"), str) else set()
+    refs |= {task_entry(e)[1] for e in spec.get("eval_tasks", []) if isinstance(e, str)}
     return refs | ({spec["eval_data"]} if spec.get("eval_data") else set())
 
 
@@ -36,9 +37,10 @@ def check_references(spec: JobSpec, owned: dict[str, Any], models: dict[str, Pat
     fields = [("domain_data", spec.domain_data, "domain"), ("general_data", spec.general_data, "general")]
     fields.append(("eval_data", [spec.eval_data] if spec.eval_data else [], "eval"))
     fields.append(("sample_prompts", [spec.sample_prompts] if isinstance(spec.sample_prompts, str) else [], "prompts"))
+    fields.append(("eval_tasks", spec.task_refs(), "task"))
     for field, ids, purpose in fields:
         for i, dataset_id in enumerate(ids):
-            where = f"{field}[{i}]" if field.endswith("_data") and field != "eval_data" else field
+            where = f"{field}[{i}]" if field in ("domain_data", "general_data", "eval_tasks") else field
             dataset = owned.get(dataset_id)
             if dataset is None:
                 problems.append(f"{where}: unknown dataset '{dataset_id}'")

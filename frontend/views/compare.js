@@ -192,24 +192,60 @@ export async function comparePage(view, ids) {
     el("section", { class: "card" }, el("h2", {}, "Evaluation curves"), charts),
     el("section", { class: "card" }, el("h2", {}, "Trade-off"),
       el("p", { class: "muted" }, "One point per job and evaluation, labelled with its step. Up is a better fit to the domain, right is more drift"
-        + " from the base model on general text: MoL should climb as high as CPT while staying to the left."), tradeoff));
+        + " from the base model on general text: MoL should climb as high as CPT while staying to the left. With "
+        + "eval_tasks, either axis may be a task's score instead (its drop below the base, or its gain)."), tradeoff));
 
   const steps = [...new Set(evals.flatMap((e) => e.map((p) => p.step)))].sort((a, b) => a - b);
-  for (const [name, title, y, log, range] of CURVES) {
+  const taskCurves = taskMetricNames(evals).map((m) => [m, `Task score ${m} (eval_tasks)`, "fraction correct", false,
+    [0, 1]]);
+  for (const [name, title, y, log, range] of [...CURVES, ...taskCurves]) {
     if (!evals.some((e) => e.some((p) => name in p))) continue;
     const chart = new LineChart(charts, { title, y, log, range,
       series: jobs.map((j, i) => ({ label: `${j.name} (${j.spec.method})`, color: PALETTE[i % PALETTE.length] })) });
     chart.set(steps, evals.map((e) => steps.map((s) => e.find((p) => p.step === s)?.[name] ?? null)));
   }
-  scatter(tradeoff, {
-    title: "Domain gain against general drift",
-    xLabel: "general drift: KL to the base (nats / token)",
-    yLabel: "domain gain: ln(base ppl / ppl)",
-    groups: jobs.map((j, i) => {
-      const base = evals[i].find((p) => p.step === 0)?.["eval/domain_ppl"];
-      return { label: `${j.name} (${j.spec.method})`, color: PALETTE[i % PALETTE.length],
-        points: base ? evals[i].filter((p) => "eval/general_kl" in p)
-          .map((p) => ({ x: p["eval/general_kl"], y: Math.log(base / p["eval/domain_ppl"]), label: p.step })) : [] };
-    }),
-  });
+  const axes = tradeoffAxes(evals);
+  const pick = (which) => el("select", { "aria-label": `${which} axis`, "data-axis": which },
+    axes[which].map((a, i) => el("option", { value: i }, a.label)));
+  const [xPick, yPick] = [pick("x"), pick("y")];
+  const plot = el("div");
+  const draw = () => {
+    const [x, y] = [axes.x[xPick.value], axes.y[yPick.value]];
+    plot.replaceChildren();
+    scatter(plot, { title: `${y.title} against ${x.title}`, xLabel: x.label, yLabel: y.label,
+      groups: jobs.map((j, i) => ({ label: `${j.name} (${j.spec.method})`, color: PALETTE[i % PALETTE.length],
+        points: tradeoffPoints(evals[i], x, y) })) });
+  };
+  xPick.onchange = draw;
+  yPick.onchange = draw;
+  tradeoff.replaceChildren(el("div", { class: "toolbar" }, "right: ", xPick, " up: ", yPick), plot);
+  draw();
+}
+
+// The task scores (eval_tasks: task/<name>/acc or task/<name>/exact_match) some evaluation of ``evals`` holds.
+export function taskMetricNames(evals) {
+  return [...new Set(evals.flat().flatMap((p) => Object.keys(p).filter((k) => k.startsWith("task/"))))].sort();
+}
+
+// The trade-off plot's axis choices, {x: [...], y: [...]}, each {title, label, value(point, base)}: drift (right)
+// is the KL to the base or a task's drop below the base's score; gain (up) the domain gain or a task's gain.
+export function tradeoffAxes(evals) {
+  const tasks = taskMetricNames(evals);
+  const points = (m, sign) => (p, base) => sign * 100 * (p[m] - base[m]);
+  return {
+    x: [{ title: "general drift", label: "general drift: KL to the base (nats / token)",
+      value: (p) => p["eval/general_kl"] },
+    ...tasks.map((m) => ({ title: `${m} drop`, label: `${m}: points below the base`, value: points(m, -1) }))],
+    y: [{ title: "Domain gain", label: "domain gain: ln(base ppl / ppl)",
+      value: (p, base) => Math.log(base["eval/domain_ppl"] / p["eval/domain_ppl"]) },
+    ...tasks.map((m) => ({ title: `${m} gain`, label: `${m}: points over the base`, value: points(m, 1) }))],
+  };
+}
+
+// One job's trade-off points on axes ``x`` and ``y``: each evaluation where both are finite, against its step 0.
+export function tradeoffPoints(jobEvals, x, y) {
+  const base = jobEvals.find((p) => p.step === 0);
+  if (!base) return [];
+  return jobEvals.map((p) => ({ x: x.value(p, base), y: y.value(p, base), label: p.step }))
+    .filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
 }

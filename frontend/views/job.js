@@ -38,8 +38,32 @@ export function chartsFor(spec) {
       series: [{ label: "general KL", color: "#dc2626" }] }, ["eval/general_kl"]],
     spec.eval_data && [{ title: "QA exact match", y: "fraction correct", range: [0, 1], empty: AFTER_EVAL,
       series: [{ label: "exact match", color: "#ca8a04" }] }, ["eval/qa_exact_match"]],
+    spec.eval_tasks?.length && [{ title: "Task scores (eval_tasks; step 0: the base)", y: "fraction correct",
+      range: [0, 1], empty: AFTER_EVAL, series: spec.eval_tasks.map((e, i) => ({ label: taskName(e),
+        color: TASK_COLORS[i % TASK_COLORS.length] })) }, spec.eval_tasks.map((e) => taskMetrics(taskName(e)))],
   ].filter(Boolean).map(([options, names]) => [{ ...options, series: options.series.filter(Boolean) },
     names.filter(Boolean)]);
+}
+
+const TASK_COLORS = ["#0d9488", "#db2777", "#65a30d", "#7c3aed", "#b45309", "#0284c7", "#be123c", "#4b5563"];
+
+// An eval_tasks entry's name, as the engine names its metrics (mol_engine/spec.py task_entry): NAME=REF's NAME,
+// else the file name without its extensions (a dataset id as it is).
+export function taskName(entry) {
+  const eq = entry.indexOf("=");
+  if (eq > 0 && /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(entry.slice(0, eq))) return entry.slice(0, eq);
+  const stem = entry.replace(/\/+$/, "").split("/").pop().split(".")[0].replace(/[^A-Za-z0-9_.-]/g, "_") || "task";
+  return (/^[A-Za-z0-9]/.test(stem) ? stem : `t${stem}`).slice(0, 64);
+}
+
+// The metrics a task's score may come as: acc (multiple choice) or exact_match; a series reads whichever is there.
+export function taskMetrics(name) {
+  return [`task/${name}/acc`, `task/${name}/exact_match`];
+}
+
+// A series' value in a metrics point: one metric name, or the first present of several.
+export function seriesValue(point, name) {
+  return Array.isArray(name) ? name.map((n) => point[n]).find((v) => v !== undefined) : point[name];
 }
 
 function chartSet(parent, spec) {
@@ -399,7 +423,8 @@ export async function jobPage(view, jobId) {
     const point = JSON.parse(e.data);
     if (point.step > trained && "train/lr" in point) { trained = point.step; drawPhase(); }
     for (const [chart, names] of set) {
-      if (names.some((n) => n in point)) chart.push(point.step, names.map((n) => point[n]));
+      const values = names.map((n) => seriesValue(point, n));
+      if (values.some((v) => v !== undefined)) chart.push(point.step, values);
     }
   });
   source.addEventListener("event", (e) => {

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from api.client import MolClient
+from mol_engine.spec import task_entry
 
 from .client import say, upload_file
 
@@ -69,8 +70,9 @@ class References:
 
 
 def resolve_spec(client: MolClient, spec: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """``spec`` with each dataset it names (domain_data, general_data, eval_data, a sample_prompts file) as an id,
-    uploading local files that are not stored yet; paths are tried from the current directory, then ``base_dir``."""
+    """``spec`` with each dataset it names (domain_data, general_data, eval_data, a sample_prompts file, the
+    eval_tasks) as an id, uploading local files that are not stored yet; paths are tried from the current
+    directory, then ``base_dir``."""
     refs = References(client, base_dir)
     resolved = dict(spec)
     for field, purpose in FIELDS.items():
@@ -80,4 +82,13 @@ def resolve_spec(client: MolClient, spec: dict[str, Any], base_dir: Path) -> dic
         elif isinstance(value, list) and field in ("domain_data", "general_data"):  # sample_prompts: inline prompts
             resolved[field] = [refs.dataset_id(v, f"{field}[{i}]", purpose) if isinstance(v, str) else v
                                for i, v in enumerate(value)]
+    if isinstance(spec.get("eval_tasks"), list):
+        resolved["eval_tasks"] = [task_id(refs, v, i) if isinstance(v, str) else v
+                                  for i, v in enumerate(spec["eval_tasks"])]
     return resolved
+
+
+def task_id(refs: References, entry: str, i: int) -> str:
+    """An ``eval_tasks`` entry as ``NAME=ID``: the task keeps its name (its file's, or the one given), not its id's."""
+    name, ref = task_entry(entry)
+    return f"{name}={refs.dataset_id(ref, f'eval_tasks[{i}]', 'task')}"

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 from test_new_job_form import leaf_paths
 
-from mol_engine.spec import JobSpec
+from mol_engine.spec import JobSpec, task_entry
 
 CHROMIUM = "/usr/bin/chromium"
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"
@@ -215,8 +215,8 @@ globalThis.window = { uPlot: { rangeNum: (a, b) => [a, b], rangeLog: (a, b) => [
 const root = process.argv[1];
 const { slotFor, defaultDataset, fieldRule, fieldSchema } = await import(`${root}/views/new.js`);
 const schema = JSON.parse(process.argv[2]);  // the JobSpec schema, as GET /v1/jobspec serves it
-const { chartsFor } = await import(`${root}/views/job.js`);
-const { figures } = await import(`${root}/views/compare.js`);
+const { chartsFor, taskName, seriesValue } = await import(`${root}/views/job.js`);
+const { figures, tradeoffAxes, tradeoffPoints } = await import(`${root}/views/compare.js`);
 const { niceTicks, axisRange, tickLabels } = await import(`${root}/charts.js`);
 const slots = ["base_model", "domain_data", "general_data", "eval_data", "reference", "batch_size", "kl_weight",
   "lora.rank", "name", "max_general_kl", "on_budget", "best_metric"];
@@ -243,6 +243,16 @@ console.log(JSON.stringify({
   ticks: niceTicks(-0.0719, 4.71), one_step: axisRange(0, 0, { integer: true }), one_value: axisRange(5, 5),
   labels: tickLabels([6.8801, 6.8802, 6.8803]), figures: figures(evals, { name: "eval/domain_ppl", lower: true }),
   budget: ["max_general_kl", "on_budget", "best_metric"].map((f) => fieldRule(fieldSchema(schema, f))),
+  task_names: ["arith=ds_1", "/x/qa.v1.jsonl", "ds_2", "/x/_odd name.jsonl"].map(taskName),
+  tasks: titles({ method: "mol", eval_tasks: ["arith=ds_1", "ds_2"] }).at(-1),
+  task_value: seriesValue({ "task/a/exact_match": 0.5 }, ["task/a/acc", "task/a/exact_match"]),
+  task_axes: (() => {
+    const job = [{ step: 0, "eval/domain_ppl": 10, "eval/general_kl": 0, "task/a/acc": 0.8 },
+      { step: 5, "eval/domain_ppl": 5, "eval/general_kl": 0.2, "task/a/acc": 0.6 }];
+    const axes = tradeoffAxes([job]);
+    return { x: axes.x.map((a) => a.label), y: axes.y.map((a) => a.title),
+      points: tradeoffPoints(job, axes.x[1], axes.y[0]).map((p) => [Math.round(p.x), +p.y.toFixed(3), p.label]) };
+  })(),
 }));
 """
 
@@ -273,3 +283,12 @@ def test_form_chart_and_summary_rules():
     assert (on_budget["choices"], on_budget["fallback"], on_budget["nullable"]) == (["warn", "stop"], "warn", False)
     assert (best["choices"], best["fallback"]) == (["domain_ppl", "qa_exact_match"], "domain_ppl")
     assert "needs eval_data" in best["help"]
+    # eval_tasks: a chart of their scores, named as the engine names them (mol_engine/spec.py task_entry)
+    entries = ["arith=ds_1", "/x/qa.v1.jsonl", "ds_2", "/x/_odd name.jsonl"]
+    assert seen["task_names"] == [task_entry(e)[0] for e in entries] == ["arith", "qa", "ds_2", "t_odd_name"]
+    assert seen["tasks"] == ["Task scores (eval_tasks; step 0: the base)", ["arith", "ds_2"],
+                             [["task/arith/acc", "task/arith/exact_match"], ["task/ds_2/acc", "task/ds_2/exact_match"]]]
+    assert seen["task_value"] == 0.5
+    assert seen["task_axes"] == {
+        "x": ["general drift: KL to the base (nats / token)", "task/a/acc: points below the base"],
+        "y": ["Domain gain", "task/a/acc gain"], "points": [[0, 0.0, 0], [20, 0.693, 5]]}

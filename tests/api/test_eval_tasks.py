@@ -1,0 +1,33 @@
+"""eval_tasks via the API: the owner's task datasets only (422 naming the entry otherwise), a best_metric naming a
+task not among them refused, and a task file whose answer is not among its choices refused at upload (422 naming
+the line and the fix)."""
+
+import json
+
+from tests.api.conftest import tiny_job_spec
+
+TASK = json.dumps({"question": "What is 1 plus 2?", "choices": ["3", "river"], "answer": 0}) + "\n"
+
+
+def test_eval_tasks_must_be_the_owners_task_datasets(client, auth, upload):
+    task = upload(TASK, purpose="task").json()["id"]
+    theirs = upload(TASK, purpose="task", owner="bob").json()["id"]
+    spec = tiny_job_spec(upload)
+    for tasks, problem in [([spec["domain_data"][0]], "eval_tasks[0]: dataset '{}' was uploaded for 'domain'"),
+                           ([f"arith={task}", theirs], "eval_tasks[1]: unknown dataset '{}'")]:
+        answer = client.post("/v1/jobs", headers=auth(), json=spec | {"eval_tasks": tasks})
+        assert answer.status_code == 422 and problem.format(tasks[-1]) in answer.text
+    answer = client.post("/v1/jobs", headers=auth(), json=spec | {"eval_tasks": [task], "best_metric": "task/x/acc"})
+    assert answer.status_code == 422 and "names a task not in eval_tasks" in answer.text
+    answer = client.post("/v1/jobs", headers=auth(), json=spec | {"eval_tasks": [f"arith={task}"],
+                                                                   "best_metric": "task/arith/acc",
+                                                                   "max_task_drop": 5})
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["spec"]["eval_tasks"] == [f"arith={task}"]
+
+
+def test_a_task_answer_outside_its_choices_is_refused_at_upload_naming_the_line_and_the_fix(upload):
+    bad = TASK + json.dumps({"question": "Which is green?", "choices": ["winter", "garden"], "answer": "grass"})
+    answer = upload(bad + "\n", purpose="task")
+    assert answer.status_code == 422, answer.text
+    assert "line 2" in answer.text and "0-based index" in answer.text
