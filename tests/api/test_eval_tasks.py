@@ -31,3 +31,13 @@ def test_a_task_answer_outside_its_choices_is_refused_at_upload_naming_the_line_
     answer = upload(bad + "\n", purpose="task")
     assert answer.status_code == 422, answer.text
     assert "line 2" in answer.text and "0-based index" in answer.text
+
+
+def test_the_client_keeps_each_tasks_name_when_it_sends_ids(tmp_path):
+    from mol_cli.commands.client_refs import resolve_spec
+
+    class Client:  # an id needs no call; a local file would be uploaded (tests/api/test_client_commands.py)
+        pass
+
+    spec = resolve_spec(Client(), {"eval_tasks": ["arith=ds_abc", "ds_xyz"]}, tmp_path)
+    assert spec["eval_tasks"] == ["arith=ds_abc", "ds_xyz=ds_xyz"]
