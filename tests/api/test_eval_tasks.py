@@ -4,12 +4,14 @@ the line and the fix)."""
 
 import json
 
+from store.db import Dataset, Job, init_db, make_engine
 from tests.api.conftest import tiny_job_spec
+from worker.runner import resolve_spec
 
 TASK = json.dumps({"question": "What is 1 plus 2?", "choices": ["3", "river"], "answer": 0}) + "\n"
 
 
-def test_eval_tasks_must_be_the_owners_task_datasets(client, auth, upload):
+def test_eval_tasks_must_be_the_owners_task_datasets(client, auth, upload, settings):
     task = upload(TASK, purpose="task").json()["id"]
     theirs = upload(TASK, purpose="task", owner="bob").json()["id"]
     spec = tiny_job_spec(upload)
@@ -24,6 +26,10 @@ def test_eval_tasks_must_be_the_owners_task_datasets(client, auth, upload):
                                                                    "max_task_drop": 5})
     assert answer.status_code == 201, answer.text
     assert answer.json()["spec"]["eval_tasks"] == [f"arith={task}"]
+    sessions = init_db(make_engine(settings.db_url))
+    with sessions() as db:  # the worker hands the engine the stored file, the task keeping its name
+        spec = resolve_spec(sessions, db.get(Job, answer.json()["id"]), settings)
+        assert spec.eval_tasks == [f"arith={db.get(Dataset, task).path}"]
 
 
 def test_a_task_answer_outside_its_choices_is_refused_at_upload_naming_the_line_and_the_fix(upload):
