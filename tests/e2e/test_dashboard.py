@@ -243,6 +243,9 @@ console.log(JSON.stringify({
   ticks: niceTicks(-0.0719, 4.71), one_step: axisRange(0, 0, { integer: true }), one_value: axisRange(5, 5),
   labels: tickLabels([6.8801, 6.8802, 6.8803]), figures: figures(evals, { name: "eval/domain_ppl", lower: true }),
   budget: ["max_general_kl", "on_budget", "best_metric"].map((f) => fieldRule(fieldSchema(schema, f))),
+  auto: chartsFor({ method: "mol", kl_weight: "auto", target_general_kl: 0.05 }).map(([o, names]) =>
+    [o.title, o.limit?.value ?? null, names]),
+  weight: fieldRule(fieldSchema(schema, "kl_weight")),
 }));
 """
 
@@ -273,3 +276,11 @@ def test_form_chart_and_summary_rules():
     assert (on_budget["choices"], on_budget["fallback"], on_budget["nullable"]) == (["warn", "stop"], "warn", False)
     assert (best["choices"], best["fallback"]) == (["domain_ppl", "qa_exact_match"], "domain_ppl")
     assert "needs eval_data" in best["help"]
+    # the KL set-point (kl_weight: auto): λ's own chart, the target on the KL charts; a text input taking a number
+    auto = {title: (target, names) for title, target, names in seen["auto"]}
+    assert auto["KL weight λ (set-point controller)"] == (None, ["train/kl_weight"])
+    assert auto["Training KL to the base (general rows)"][0] == 0.05
+    assert "KL weight λ (set-point controller)" not in mol
+    weight = seen["weight"]
+    assert (weight["number"], weight["numeric"], weight["words"]) == (False, True, ["auto"])
+    assert weight["hint"] == "from 0 to 1,000, or auto"
