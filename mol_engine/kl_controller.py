@@ -12,7 +12,7 @@ the figure the step already reads from the device, so every rank computes the sa
 
 starting from λ = INITIAL_WEIGHT (1, MoL's default). A KL above the target raises λ (a stronger pull to the base),
 one below lowers it (more room to learn the domain); the error is clipped so one noisy step moves λ by at most
-MAX_ERROR / HORIZON (2%), i.e. proportional control in log space. The new λ weighs the *next* step's KL term.
+MAX_ERROR / HORIZON (0.4%), i.e. proportional control in log space. The new λ weighs the *next* step's KL term.
 Its state (λ, the running KL) is kept in each checkpoint, so a resumed run goes on exactly as an uninterrupted one.
 """
 
@@ -24,7 +24,7 @@ INITIAL_WEIGHT = 1.0
 MIN_WEIGHT = 0.01  # λ's bounds: a floor keeps some anchor, a ceiling keeps the CE term from vanishing
 MAX_WEIGHT = 100.0
 MAX_ERROR = 0.2  # PPO's clip of the proportional error
-HORIZON = 10.0  # steps: the error moves log λ by about error / HORIZON per step (λ can grow 2% a step)
+HORIZON = 50.0  # steps: the error moves log λ by about error / HORIZON per step (λ can grow 0.4% a step)
 EMA_DECAY = 0.5  # the running KL: a short EMA of the per-step KL, which is noisy on small batches
 
 

@@ -126,7 +126,7 @@ class JobSpec(BaseModel):
         "train/kl_weight. Only mol has a KL term")
     target_general_kl: float | None = Field(
         None, gt=0, le=100, description="with kl_weight: auto, the KL to the base (nats/token) on general text the "
-        "run should settle at: each step λ rises (at most 2%) while the running KL on the general rows is above it "
+        "run should settle at: each step λ rises (at most 0.4%) while the running KL on the general rows is above it "
         "and falls while it is below, from 1 and within [0.01, 100] (PPO's adaptive KL controller). Give both "
         "fields or neither")
     kl_direction: KLDirection = Field(
