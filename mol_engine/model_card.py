@@ -253,12 +253,20 @@ def _header(card: Mapping[str, Any], kind: str) -> str:
     lora = f" (rank {spec['lora']['rank']}, alpha {spec['lora']['alpha']:g})" if card["finetune"] == "lora" else ""
     method = METHODS.get(card["method"], card["method"])
     if card["method"] == "mol":
-        method += f" (`kl_weight` {spec['kl_weight']:g}, {spec['kl_direction']} KL, domain:general rows " \
+        method += f" (`kl_weight` {weight_text(spec)}, {spec['kl_direction']} KL, domain:general rows " \
                   f"{spec['ratio']}, reference `{spec['reference']}`)"
     return (f"# {card['name']}, step {card['step']}\n\n"
             f"{what}{lora} of `{card['base_model']}` after {card['step']} of {spec['max_steps']} optimizer steps of "
             f"domain-adaptive continued pre-training with MoL Studio: "
             f"method `{card['method']}`, {method}.")
+
+
+def weight_text(spec: Mapping[str, Any]) -> str:
+    """The spec's λ in words: ``0.5``, or ``auto (target_general_kl 0.05)`` for the KL set-point."""
+    if spec["kl_weight"] == "auto":
+        target = spec.get("target_general_kl")
+        return "auto" if target is None else f"auto (target_general_kl {target:g})"
+    return f"{spec['kl_weight']:g}"
 
 
 def _base_section(card: Mapping[str, Any], kind: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from .callbacks import JsonlLogger
 from .local_runs import resolve_local, run_dir_name
+from .model_card import weight_text
 from .run_dir import RunDir
 from .spec import JobSpec
 from .spec_file import load_spec
@@ -80,6 +81,7 @@ def run_all(out: Path, base: Mapping[str, Any], extra: Mapping[str, list] | None
         seconds = time.perf_counter() - started
         curves = _evaluations(run_dir)  # from the file: a reused run trains no step
         result = {"run": label(values), **values, "kl_weight": spec["kl_weight"],
+                  "target_general_kl": spec.get("target_general_kl"),
                   **{k: curves[-1].get(k) for k in FINAL_KEYS}, "wall_s": None if reused else round(seconds, 1),
                   "load": round(os.getloadavg()[0], 1), "curves": curves}
         results.append(result)
@@ -228,7 +230,7 @@ def write_report(results: list[dict], docs: Path, steps: int, machine: str = "")
              "| method | ratio | KL weight | domain ppl | general ppl | KL to base | QA exact match | domain gain "
              "| Pareto | wall time |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in finals:
-        weight = f"{r['kl_weight']:g}" if r["method"] == "mol" and r.get("kl_weight") is not None else "–"
+        weight = weight_text(r) if r["method"] == "mol" and r.get("kl_weight") is not None else "–"
         gain = "–" if r["gain"] is None else f"{r['gain']:.4f}"
         lines.append(f"| {r['method']} | {r['ratio']} | {weight} | {r['eval/domain_ppl']:.3f} | "
                      f"{r['eval/general_ppl']:.2f} | {r['eval/general_kl']:.4f} | {r['eval/qa_exact_match']:.2f} | "

@@ -14,7 +14,18 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WrapValidator,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 # the spec's vocabularies: each closed set of choices, spelled once
 Method = Literal["mol", "cpt", "domain_only"]
@@ -52,6 +63,29 @@ def task_entry(entry: str) -> tuple[str, str]:
         return name, ref
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", entry.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]) or "task"
     return (stem if stem[0].isalnum() else f"t{stem}")[:64], entry
+
+
+MAX_KL_WEIGHT = 1000
+_FixedWeight = Annotated[float, Field(ge=0, le=MAX_KL_WEIGHT)]
+_FIXED_WEIGHT = TypeAdapter(_FixedWeight, config=ConfigDict(allow_inf_nan=False))
+
+
+def _fixed_or_auto(value: object, _handler: Callable) -> float | str:
+    """``auto``, or a number's own checks with their usual messages (``Input should be greater than or equal to
+    0``), not a union's two lines."""
+    if value == "auto":
+        return "auto"
+    try:
+        return _FIXED_WEIGHT.validate_python(value)
+    except ValidationError as err:
+        first = err.errors()[0]
+        if first["type"] in ("float_type", "float_parsing"):
+            raise PydanticCustomError("kl_weight", "Input should be a number or 'auto'") from None
+        raise PydanticCustomError(first["type"], first["msg"]) from None
+
+
+# λ: a number, or auto (the KL set-point, mol_engine/kl_controller.py)
+KLWeight = Annotated[_FixedWeight | Literal["auto"], WrapValidator(_fixed_or_auto)]
 
 
 class LoraSpec(BaseModel):
@@ -99,12 +133,19 @@ class JobSpec(BaseModel):
         "least one of each; domain_only ignores it). Each term is averaged over its own tokens, so the ratio does "
         "not weigh CE against KL (kl_weight does): it splits each step's rows, and with them its compute and how "
         "many tokens each term's estimate rests on. The paper found 1:1 the best balance")
-    kl_weight: float = Field(
-        1.0, ge=0, le=1000, description="λ in loss = CE(domain rows) + λ·KL(general rows, to the base): how much "
+    kl_weight: KLWeight = Field(
+        1.0, description="λ in loss = CE(domain rows) + λ·KL(general rows, to the base): how much "
         "domain cross-entropy one nat of KL to the base is worth, i.e. the trade between learning the domain and "
         "keeping the base's general behaviour. Higher keeps the model closer to the base (lower eval/general_kl, "
         "less forgetting) and learns the domain more slowly; lower learns faster and drifts further; 0 drops the "
-        "anchor (the general rows then train nothing); 1 adds the two unweighted. Only mol has a KL term")
+        "anchor (the general rows then train nothing); 1 adds the two unweighted; auto: a controller sets λ each step "
+        "so that the KL settles near target_general_kl (the drift you accept rather than a weight), logged as "
+        "train/kl_weight. Only mol has a KL term")
+    target_general_kl: float | None = Field(
+        None, gt=0, le=100, description="with kl_weight: auto, the KL to the base (nats/token) on general text the "
+        "run should settle at: each step λ rises (at most 0.4%) while the running KL on the general rows is above it "
+        "and falls while it is below, from 1 and within [0.01, 100] (PPO's adaptive KL controller). Give both "
+        "fields or neither")
     kl_direction: KLDirection = Field(
         "reverse", description="which KL the general rows minimise. reverse, the default, KL(p_model ‖ p_base): "
         "mode-seeking, it penalises the model for putting probability where the base puts little, and lets it "
@@ -312,6 +353,9 @@ class JobSpec(BaseModel):
         if self.best_metric == "qa_exact_match" and not self.eval_data:
             raise ValueError("best_metric 'qa_exact_match' needs eval_data (a QA set)")
         self._check_tasks()
+        if (self.kl_weight == "auto") != (self.target_general_kl is not None):
+            raise ValueError("kl_weight: auto and target_general_kl go together: give target_general_kl (the KL "
+                             "to settle at) with kl_weight: auto, or a numeric kl_weight without target_general_kl")
         if self.method != "domain_only" and self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 so each step holds domain and general rows")
         return self

@@ -41,6 +41,7 @@ from .distributed import (
 )
 from .drift import PassageKL, drift_event, passage_kls
 from .evaluate import heldout_metrics, qa_exact_match
+from .kl_controller import KLController
 from .losses import chunk_size
 from .model_card import build_card
 from .modeling import (
@@ -125,6 +126,11 @@ class Run:
     prompts: list[str] = field(default_factory=list)  # completed at every evaluation (mol_engine/samples.py)
     tasks: dict = field(default_factory=dict)  # metric name -> TaskFile scored at every evaluation (eval_tasks)
     tokens: int = 0  # real tokens (all ranks) of the steps done so far: ``train/tokens``, kept in each checkpoint
+    kl_controller: KLController | None = None  # kl_weight: auto (the KL set-point), kept in each checkpoint
+
+    def kl_weight(self) -> float:
+        """λ for the next step: the spec's, or the controller's under ``kl_weight: auto``."""
+        return self.kl_controller.weight if self.kl_controller else float(self.spec.kl_weight)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.device, self.dtype)
@@ -298,7 +304,8 @@ def setup_run(spec: JobSpec, out: Path, cb: Callback | None = None, world: World
     feed = StepFeed(batches, spec.grad_accum, functools.partial(prepare, eos_id=eos_id, cached=cached),
                     pin_for=device if device.type == "cuda" else None)
     return Run(spec, out, device, dtype, tokenizer, model, reference, cached, domain, general, qa, batches,
-               optimizer, scheduler, chunk, eos_id, world, step_losses, feed, prompts=prompts, tasks=tasks)
+               optimizer, scheduler, chunk, eos_id, world, step_losses, feed, prompts=prompts, tasks=tasks,
+               kl_controller=_kl_controller(spec))
 
 
 def _load_trained(spec: JobSpec, device: torch.device, dtype: torch.dtype, attention: str | None) -> nn.Module:
@@ -310,6 +317,13 @@ def _load_trained(spec: JobSpec, device: torch.device, dtype: torch.dtype, atten
         if spec.attention != "auto" or attention is None:
             raise
         return load_model(spec.base_model, device, dtype)
+
+
+def _kl_controller(spec: JobSpec) -> KLController | None:
+    """The KL set-point's controller for ``kl_weight: auto`` under MoL (the only method with a KL term), else None."""
+    if spec.kl_weight != "auto" or spec.method != "mol":
+        return None
+    return KLController(target=spec.target_general_kl)
 
 
 def anchor_model(spec: JobSpec) -> str:
@@ -335,7 +349,9 @@ def config_message(spec: JobSpec, rows: tuple[int, int], held: str, eval_referen
     the spec's ``attention`` and ``compile``."""
     words = [f"method={spec.method}"]
     if spec.method == "mol":
-        words += [f"kl_direction={spec.kl_direction}", f"kl_weight={spec.kl_weight}", f"reference={spec.reference}"]
+        words += [f"kl_direction={spec.kl_direction}", f"kl_weight={spec.kl_weight}"]
+        words += [f"target_general_kl={spec.target_general_kl}"] if spec.kl_weight == "auto" else []
+        words += [f"reference={spec.reference}"]
     words += [f"rows/micro-batch domain:general={rows[0]}:{rows[1]}", f"finetune={spec.finetune}", f"holds={held}",
               f"eval_reference={eval_reference}", f"device={device}", f"dtype={str(dtype).removeprefix('torch.')}",
               f"trainable={params[0]:,}/{params[1]:,} params", f"processes={processes}",
@@ -446,6 +462,8 @@ def _restore(run: Run, cb: Callback) -> int:
     run.feed.load_state(state["data"])
     run.evaluations = {int(s): v for s, v in state.get("evaluations", {}).items()}
     run.tokens = int(state.get("tokens", 0))  # 0 for a checkpoint older than the counter
+    if run.kl_controller and state.get("kl_controller"):
+        run.kl_controller = KLController.from_state(state["kl_controller"], run.kl_controller.target)
     cb.on_rewind(state["step"])
     cb.on_event({"step": state["step"], "kind": "resumed", "message": f"resumed from {ckpt.name}"})
     return int(state["step"])
@@ -468,6 +486,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     """
     spec = run.spec
     started = time.perf_counter()
+    kl_weight = run.kl_weight()  # set by the previous step's figures under kl_weight: auto: no read of its own
     host = run.feed.next_step(ahead=step < spec.max_steps)
     counts = _step_token_counts(host, spec.method)
     if run.world.size > 1:  # summed over ranks on the device; read below with the step's figures
@@ -481,7 +500,7 @@ def train_step(run: Run, step: int) -> dict[str, float]:
         sync = i == len(host) - 1 or not hasattr(run.step_losses, "no_sync")
         with run.autocast(), contextlib.nullcontext() if sync else run.step_losses.no_sync():
             parts = run.step_losses(batch.to(run.device))
-            loss = objective(parts, n_ce, n_kl, spec.kl_weight)
+            loss = objective(parts, n_ce, n_kl, kl_weight)
             loss.backward()
         sums += torch.stack([parts.domain_ce, parts.general_ce, parts.general_kl]).detach()
     params = [p for g in run.optimizer.param_groups for p in g["params"]]
@@ -497,11 +516,15 @@ def train_step(run: Run, step: int) -> dict[str, float]:
     metrics = {"train/domain_ce": domain_ce}
     if counts[2]:
         metrics["train/general_kl"] = general_kl
+        if run.kl_controller:  # the all-ranks KL every rank read: all ranks move λ alike, for the next step
+            run.kl_controller.update(general_kl)
+    if run.kl_controller:
+        metrics["train/kl_weight"] = kl_weight
     if counts[1]:
         metrics["train/general_ce"] = general_ce
     ce_part = (sums[0] + sums[1]) / max(counts[0] + counts[1], 1)
     return metrics | {
-        "train/loss": ce_part + spec.kl_weight * general_kl * (counts[2] > 0),
+        "train/loss": ce_part + kl_weight * general_kl * (counts[2] > 0),
         "train/lr": lr,
         "train/grad_norm": grad_norm,
         "train/tokens_per_s": counts[3] / (time.perf_counter() - started),
@@ -611,6 +634,8 @@ def _save(run: Run, step: int, cb: Callback, keep_previous: bool = False) -> Pat
     state = {"data": run.feed.state(), "spec": spec, "finetune": run.spec.finetune, "tokens": run.tokens,
              "base_model": run.spec.base_model, "evaluations": {str(s): v for s, v in run.evaluations.items()},
              "model_card": build_card(spec, step, run.evaluations)}
+    if run.kl_controller:
+        state["kl_controller"] = run.kl_controller.state()
     keep, protect = run.spec.keep_checkpoints, {run.spec.max_steps}
     best = _best_step(run, step)
     protect |= {best} if best is not None else set()

@@ -14,19 +14,24 @@ const AFTER_EVAL = "No points yet: the curve appears with the first evaluation."
 // The charts a job draws, by what its method and spec record: general rows get CE under CPT and KL under MoL,
 // held-out general figures need a general corpus (not domain_only), QA needs a QA set. Each entry:
 // [chart options, metric names feeding its series].
-// KL charts carry the forgetting budget (max_general_kl), when the spec sets one, as a dashed line.
+// KL charts carry the forgetting budget (max_general_kl), when the spec sets one, else the KL set-point's target
+// (kl_weight: auto), as a dashed line; a set-point run also charts the λ its controller chose each step.
 export function chartsFor(spec) {
   const { method } = spec;
   const usesGeneral = method !== "domain_only";
+  const auto = method === "mol" && spec.kl_weight === "auto";
   const limit = spec.max_general_kl
     ? { value: spec.max_general_kl, label: `budget ${spec.max_general_kl} (${spec.on_budget})`, color: "#7f1d1d" }
-    : null;
+    : auto && spec.target_general_kl
+      ? { value: spec.target_general_kl, label: `target ${spec.target_general_kl}`, color: "#15803d" } : null;
   return [
     [{ title: "Training cross-entropy", y: "nats / token", empty: AFTER_STEP, series: [
       { label: "domain rows", color: "#2563eb" }, method === "cpt" && { label: "general rows", color: "#ea580c" }] },
     ["train/domain_ce", method === "cpt" && "train/general_ce"]],
     method === "mol" && [{ title: "Training KL to the base (general rows)", y: "nats / token", empty: AFTER_STEP, limit,
       series: [{ label: "general KL", color: "#dc2626" }] }, ["train/general_kl"]],
+    auto && [{ title: "KL weight λ (set-point controller)", y: "λ", empty: AFTER_STEP,
+      series: [{ label: "kl_weight", color: "#7c3aed" }] }, ["train/kl_weight"]],
     [{ title: "Learning rate", y: "lr", empty: AFTER_STEP, series: [{ label: "lr", color: "#9333ea" }] }, ["train/lr"]],
     [{ title: "Throughput", y: "tokens / s", empty: AFTER_STEP, series: [{ label: "tokens/s", color: "#0891b2" }] },
       ["train/tokens_per_s"]],

@@ -30,7 +30,7 @@ const GROUPS = [
     ["warmup_steps", "Warm-up steps"], ["batch_size", "Rows per micro-batch"], ["grad_accum", "Gradient accumulation"],
     ["seq_len", "Sequence length"]] },
   { legend: "Mixture and KL", describe: true, fields: [["ratio", "Ratio domain:general"], ["kl_weight", "KL weight λ"],
-    ["kl_direction", "KL direction"]] },
+    ["target_general_kl", "Target KL (kl_weight auto)"], ["kl_direction", "KL direction"]] },
   { legend: "LoRA", when: ["finetune", "lora"], fields: [["lora.rank", "LoRA rank"], ["lora.alpha", "LoRA alpha"]] },
   { legend: "Forgetting budget", describe: true, fields: [["max_general_kl", "Max KL to the base"],
     ["on_budget", "When crossed"], ["best_metric", "Best checkpoint by"]] },
@@ -68,15 +68,20 @@ function resolve(schema, node) {
   return ref ? { ...schema.$defs[ref.split("/").pop()], ...node } : node;
 }
 
-// {min, max, int, choices, fallback, nullable, hint, help} of a field: pydantic writes ge/le as minimum/maximum,
-// gt/lt as exclusive ones, and an optional number as anyOf [number, null].
+// {min, max, int, choices, fallback, nullable, hint, help, words} of a field: pydantic writes ge/le as
+// minimum/maximum, gt/lt as exclusive ones, an optional number as anyOf [number, null], and a number that may also
+// be a word (kl_weight: a number or "auto") as anyOf [number, {const: word}]: a text input that sends numbers as
+// numbers (``numeric``).
 export function fieldRule(prop) {
   const typed = prop.anyOf?.find((t) => t.type && t.type !== "null") ?? prop;
   const min = typed.minimum ?? typed.exclusiveMinimum;
   const max = typed.maximum ?? typed.exclusiveMaximum;
-  return { min, max, int: typed.type === "integer", number: typed.type === "integer" || typed.type === "number",
+  const words = (prop.anyOf ?? []).filter((t) => t.const !== undefined).map((t) => t.const);
+  const numeric = typed.type === "integer" || typed.type === "number";
+  const hint = [rangeHint(typed), ...words].filter(Boolean).join(", or ");
+  return { min, max, int: typed.type === "integer", number: numeric && !words.length, numeric, words,
     choices: typed.enum ?? null, fallback: prop.default ?? typed.default,
-    nullable: Boolean(prop.anyOf?.some((t) => t.type === "null")), hint: rangeHint(typed), help: prop.description };
+    nullable: Boolean(prop.anyOf?.some((t) => t.type === "null")), hint, help: prop.description };
 }
 
 // "from 1 to 1,024", "above 0, at most 1", "at least 0": the range a field accepts, in words.
@@ -101,7 +106,7 @@ function inputFor(name, label, rule, describe = false) {
     ? el("select", { id, name }, rule.choices.map((c) => el("option", { value: c, selected: c === rule.fallback }, c)))
     : el("input", { id, name, type: rule.number ? "number" : "text", step: rule.int ? 1 : "any", min: rule.min,
       max: rule.max, value: rule.fallback ?? "", placeholder: rule.nullable ? "none" : null,
-      "data-nullable": rule.nullable });
+      "data-nullable": rule.nullable, "data-numeric": rule.numeric && rule.words.length > 0 });
   return el("div", { class: "field" }, el("label", { for: id }, label), input,
     rule.hint ? el("small", { class: "range muted" }, rule.hint) : null,
     describe && rule.help ? el("small", { class: "help muted", "data-help-for": name }, rule.help) : null,

@@ -86,7 +86,8 @@ export function readControl(form, name) {
     }
   }
   if (kind === "multiline") return first.value;  // its newlines and spaces are the value
-  return first.type === "number" && Number.isFinite(Number(raw)) ? Number(raw) : raw;
+  const numeric = first.type === "number" || "numeric" in first.dataset;  // a number, or a word (kl_weight: auto)
+  return numeric && Number.isFinite(Number(raw)) ? Number(raw) : raw;
 }
 
 // Sets a control to ``value`` (null: empty).

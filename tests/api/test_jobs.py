@@ -36,7 +36,10 @@ def test_submit_validates_stores_and_enqueues(client, auth, datasets, queued):
      ({"base_model": "gpt-9"}, "base_model: unknown model 'gpt-9'"),
      ({"domain_data": ["ds_nope"]}, "domain_data[0]: unknown dataset 'ds_nope'"),
      ({"method": "sft"}, "method: Input should be 'mol', 'cpt' or 'domain_only'"),
-     ({"device": "cuda:0", "nproc": 2}, "nproc: 2 processes cannot all run on device 'cuda:0'")],
+     ({"device": "cuda:0", "nproc": 2}, "nproc: 2 processes cannot all run on device 'cuda:0'"),
+     ({"kl_weight": "auto"}, "kl_weight: auto and target_general_kl go together"),
+     ({"target_general_kl": 0.05}, "kl_weight: auto and target_general_kl go together"),
+     ({"kl_weight": "high"}, "kl_weight: Input should be a number or 'auto'")],
 )
 def test_bad_specs_name_the_field(client, auth, datasets, queued, change, message):
     response = client.post("/v1/jobs", headers=auth(), json=spec(datasets, **change))

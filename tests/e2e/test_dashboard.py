@@ -253,6 +253,9 @@ console.log(JSON.stringify({
     return { x: axes.x.map((a) => a.label), y: axes.y.map((a) => a.title),
       points: tradeoffPoints(job, axes.x[1], axes.y[0]).map((p) => [Math.round(p.x), +p.y.toFixed(3), p.label]) };
   })(),
+  auto: chartsFor({ method: "mol", kl_weight: "auto", target_general_kl: 0.05 }).map(([o, names]) =>
+    [o.title, o.limit?.value ?? null, names]),
+  weight: fieldRule(fieldSchema(schema, "kl_weight")),
 }));
 """
 
@@ -292,3 +295,11 @@ def test_form_chart_and_summary_rules():
     assert seen["task_axes"] == {
         "x": ["general drift: KL to the base (nats / token)", "task/a/acc: points below the base"],
         "y": ["Domain gain", "task/a/acc gain"], "points": [[0, 0.0, 0], [20, 0.693, 5]]}
+    # the KL set-point (kl_weight: auto): λ's own chart, the target on the KL charts; a text input taking a number
+    auto = {title: (target, names) for title, target, names in seen["auto"]}
+    assert auto["KL weight λ (set-point controller)"] == (None, ["train/kl_weight"])
+    assert auto["Training KL to the base (general rows)"][0] == 0.05
+    assert "KL weight λ (set-point controller)" not in mol
+    weight = seen["weight"]
+    assert (weight["number"], weight["numeric"], weight["words"]) == (False, True, ["auto"])
+    assert weight["hint"] == "from 0 to 1,000, or auto"

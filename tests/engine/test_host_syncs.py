@@ -69,12 +69,14 @@ def uncounted(owner, name: str, monkeypatch) -> None:
 
 
 @pytest.mark.filterwarnings(r"ignore:Seems like `optimizer.step\(\)` has been overridden")
-@pytest.mark.parametrize(("method", "reference"), [("mol", "exact"), ("mol", "cached"), ("cpt", "exact")])
-def test_a_step_reads_the_device_once(make_spec, corpora, tmp_path, counted, monkeypatch, method, reference):
+@pytest.mark.parametrize(("method", "reference", "weight"),  # auto: the KL set-point moves λ from the same read
+                         [("mol", "exact", {}), ("mol", "cached", {"kl_weight": "auto", "target_general_kl": 0.05}),
+                          ("cpt", "exact", {})])
+def test_a_step_reads_the_device_once(make_spec, corpora, tmp_path, counted, monkeypatch, method, reference, weight):
     uncounted(modeling_llama, "create_causal_mask", monkeypatch)  # the body's read (see above)
     general = shutil.copy(corpora["general"], tmp_path / "general.jsonl")  # a cache of its own
-    run = setup_run(make_spec(method=method, reference=reference, general_data=[str(general)], grad_accum=2),
-                    tmp_path / "run")
+    run = setup_run(make_spec(method=method, reference=reference, general_data=[str(general)], grad_accum=2,
+                              **weight), tmp_path / "run")
     # AdamW's step counters are host tensors on a GPU (its ``item`` reads wait for nothing); on the CPU they look
     # like device reads, so the optimizer's update runs outside the count
     uncounted(run.optimizer, "step", monkeypatch)

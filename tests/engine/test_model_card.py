@@ -24,6 +24,7 @@ from mol_engine.model_card import (
     portable_files,
     reference_names,
     render_model_card,
+    weight_text,
 )
 from mol_engine.train import train
 
@@ -157,3 +158,8 @@ def test_a_run_writes_the_card_into_its_checkpoints_and_exports(make_spec, corpo
     torch.testing.assert_close(via_adapter["model"](ids).logits, expected, rtol=1e-4, atol=1e-4)
     assert (tmp_path / "cwd" / "merged" / "model.safetensors").is_file()
     assert not torch.allclose(AutoModelForCausalLM.from_pretrained(tiny_model_dir)(ids).logits, expected)
+
+
+def test_the_weight_reads_as_the_spec_states_it():
+    assert weight_text({"kl_weight": 0.5}) == "0.5"
+    assert weight_text({"kl_weight": "auto", "target_general_kl": 0.05}) == "auto (target_general_kl 0.05)"

@@ -53,6 +53,18 @@ def test_one_indexed_gpu_for_several_processes_is_refused_naming_both_fields():
     assert JobSpec(**(BASE | {"device": "cuda:1", "nproc": 1})).device == "cuda:1"
 
 
+def test_kl_set_point_takes_auto_with_a_target_and_names_both_fields_otherwise():
+    """issue 22, item 4: the user states the drift they accept (target_general_kl) with kl_weight: auto."""
+    spec = JobSpec(**(BASE | {"kl_weight": "auto", "target_general_kl": 0.05}))
+    assert (spec.kl_weight, spec.target_general_kl) == ("auto", 0.05)
+    assert JobSpec(**(BASE | {"kl_weight": "0.5"})).kl_weight == 0.5  # numbers as before
+    for fields in ({"kl_weight": "auto"}, {"target_general_kl": 0.05}, {"kl_weight": 2, "target_general_kl": 0.05}):
+        assert "kl_weight: auto and target_general_kl go together" in errors(**fields)
+    assert errors(kl_weight="big") == "kl_weight: Input should be a number or 'auto'"
+    assert errors(kl_weight=1001) == "kl_weight: Input should be less than or equal to 1000"
+    assert errors(kl_weight="auto", target_general_kl=0).startswith("target_general_kl:")
+
+
 def test_general_data_required_unless_self_or_domain_only():
     assert "general_data is required" in errors(general_data=[])
     assert JobSpec(**(BASE | {"general_data": [], "general_source": "self"})).uses_general

@@ -200,3 +200,22 @@ def test_second_job_on_the_same_files_reuses_their_token_stores(make_spec, corpo
     first = store_events(tmp_path / "one")
     assert [e["done"] for e in first] == [True, True] and all(e["tokens"] > 0 for e in first)
     assert store_events(tmp_path / "two") == []
+
+
+def test_kl_set_point_logs_its_weight_and_resumes_it_exactly(make_spec, tmp_path):
+    """kl_weight: auto moves λ by the controller's rule from each step's KL, applied from the next step, logs it
+    every step, and a paused run resumes with the controller's state (the same curve as an uninterrupted run)."""
+    from mol_engine.kl_controller import KLController
+
+    spec = make_spec(max_steps=4, save_every=3, eval_every=4, kl_weight="auto", target_general_kl=1e-3)
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(spec, full, [JsonlLogger(full)])
+    trains = [p for p in read_metrics(full) if "train/loss" in p]
+    replay = KLController(target=1e-3)
+    for point in trains:  # the weight each step used: the rule applied to the steps before it
+        assert point["train/kl_weight"] == pytest.approx(replay.weight)
+        replay.update(point["train/general_kl"])
+    assert trains[0]["train/kl_weight"] == 1.0 and len({p["train/kl_weight"] for p in trains}) == 4
+    assert train(spec, cut, [JsonlLogger(cut), PauseAfter(2)]).status == "paused"
+    train(spec, cut, [JsonlLogger(cut)], resume=True)
+    assert_same_curve(full, cut)
