@@ -27,6 +27,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from .task_names import task_entry
+
 # the spec's vocabularies: each closed set of choices, spelled once
 Method = Literal["mol", "cpt", "domain_only"]
 GeneralSource = Literal["corpus", "self"]
@@ -49,20 +51,10 @@ MAX_SAMPLE_PROMPTS = 16  # prompts completed at every evaluation, listed or in a
 MAX_SAMPLE_PROMPT_CHARS = 4_000  # one prompt; the model sees at most its context minus the completion
 SamplePrompt = Annotated[str, Field(min_length=1, max_length=MAX_SAMPLE_PROMPT_CHARS)]
 MAX_EVAL_TASKS = 8  # task files scored at every evaluation: each costs its N items per evaluation
-TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TASK_METRICS = ("acc", "exact_match")  # a multiple-choice task's accuracy, an exact-match task's
 TaskMetric = Annotated[str, Field(pattern=r"^task/[A-Za-z0-9][A-Za-z0-9_.-]{0,63}/(acc|exact_match)$")]
 
 
-def task_entry(entry: str) -> tuple[str, str]:
-    """(name, reference) of an ``eval_tasks`` entry: ``NAME=REF`` names it; a bare ``REF`` (a path, a dataset id)
-    is named by its file name without the extension. Its scores are logged as ``task/<name>/acc`` (multiple
-    choice) or ``task/<name>/exact_match``."""
-    name, sep, ref = entry.partition("=")
-    if sep and TASK_NAME.fullmatch(name):
-        return name, ref
-    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", entry.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]) or "task"
-    return (stem if stem[0].isalnum() else f"t{stem}")[:64], entry
 
 
 MAX_KL_WEIGHT = 1000

@@ -65,8 +65,9 @@ from .reference_cache import TopKTargets, cache_key, load_or_build
 from .run_dir import RunDir, step_name, step_of
 from .samples import Sample, complete, job_prompts, samples_event
 from .self_sample import self_corpus_path, self_general_corpus
-from .spec import JobSpec, task_entry
+from .spec import JobSpec
 from .task_eval import load_tasks, task_scores
+from .task_names import task_entry
 from .threads import use_threads
 from .token_store import TokenStore, cache_root, open_or_build
 from .trackers import check_trackers, close_trackers, make_trackers

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mol_engine.spec import JobSpec, task_entry
+from mol_engine.spec import JobSpec
+from mol_engine.task_names import task_entry
 from store.lineage import is_checkpoint_ref
 from store.models import demo_status
 from store.settings import Settings

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from api.client import MolClient
-from mol_engine.spec import task_entry
+from mol_engine.task_names import task_entry
 
 from .client import say, upload_file
 

@@ -198,15 +198,15 @@ def test_progress_writes_one_final_line_when_not_on_a_terminal():
     assert out.getvalue().endswith("B/s\n") and out.getvalue().count("\n") == 1
 
 
-def test_the_client_imports_nothing_of_the_server_and_of_the_engine_only_its_spec_reader_and_run_names():
+def test_the_client_imports_nothing_of_the_server_and_of_the_engine_only_its_spec_reader_and_names():
     code = ("import sys, mol_cli.main, mol_cli.commands.client_refs\n"  # with every client command registered
             "mol_cli.main.build_parser([mol_cli.main.client]).parse_args(['client', 'list'])\n"
             "print(' '.join(sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert "httpx" in loaded and not [m for m in loaded if m.split(".")[0] in ("torch", "transformers", "fastapi",
                                                                                "sqlalchemy", "pydantic", "store")]
-    assert {m for m in loaded if m.split(".")[0] == "mol_engine"} == {"mol_engine", "mol_engine.spec_file",
-                                                                      "mol_engine.run_dir"}  # step-N names
+    assert {m for m in loaded if m.split(".")[0] == "mol_engine"} == {  # step-N names, eval_tasks' names
+        "mol_engine", "mol_engine.spec_file", "mol_engine.run_dir", "mol_engine.task_names"}
     assert "mol_cli.commands.client_resources" in loaded
     assert [m for m in loaded if m.split(".")[0] == "api"] == ["api", "api.client"]
 

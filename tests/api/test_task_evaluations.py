@@ -37,7 +37,8 @@ def test_a_task_file_is_checked_at_upload_and_previewed(client, auth, upload):
     bad = upload(lines([TASK[0], {"question": "q", "choices": ["a", "b"], "answer": 3}, "{oops"]), purpose="task",
                  filename="quiz.jsonl")
     assert bad.status_code == 422 and bad.json()["detail"].splitlines() == [
-        "quiz.jsonl, line 2: answer 3 is outside the choices (a 0-based index below 2)",
+        "quiz.jsonl, line 2: answer 3 is outside the choices (a 0-based index below 2); fix: give the right "
+        "choice's 0-based index (0 to 1) or its exact text",
         "quiz.jsonl, line 3: invalid JSON (Expecting property name enclosed in double quotes)"]
     good = upload(lines(TASK), purpose="task", filename="quiz.jsonl")
     assert good.status_code == 201 and good.json()["documents"] == 3

@@ -12,7 +12,8 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 from test_new_job_form import leaf_paths
 
-from mol_engine.spec import JobSpec, task_entry
+from mol_engine.spec import JobSpec
+from mol_engine.task_names import task_entry
 
 CHROMIUM = "/usr/bin/chromium"
 FRONTEND = Path(__file__).resolve().parents[2] / "frontend"

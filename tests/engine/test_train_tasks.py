@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from mol_engine import train as train_module
 from mol_engine.budget import best_checkpoint, first_crossing
 from mol_engine.callbacks import Callback
-from mol_engine.spec import JobSpec, task_entry
+from mol_engine.spec import JobSpec
+from mol_engine.task_names import task_entry
 from mol_engine.train import train
 
 MC = [{"question": "What is 1 plus 2?", "choices": ["3", "river"], "answer": 0},
