@@ -13,9 +13,9 @@ from mol_engine.spec import Tracker
 from mol_engine.trackers import OUTPUT_DIRS
 from store.dataset_names import relabel, stored_names
 from store.jobs import FINAL
+from store.usage import tree_bytes
 
 from ..deps import DB, OwnedJob, Owner, StreamOwner, Svc, owned_job, revocation_check
-from ..disk import tree_bytes
 from ..job_log import OffsetPastEnd, read_log
 from ..schemas.common import TARBALL, errors
 from ..schemas.jobs import JobLogOut, TrackerOut

@@ -19,10 +19,9 @@ from store.jobs import JobFilter, JobStatus, KeyReused, create_job, page_of_jobs
 from store.quotas import QuotaExceeded
 from store.scheduling import Place, check_queued_quota, queue_places
 from store.settings import Settings
-from store.usage import job_totals
+from store.usage import job_totals, tree_bytes
 
 from ..deps import DB, OwnedJob, Owner, Svc
-from ..disk import tree_bytes
 from ..schemas.common import SSE, errors, json_body, utc_iso
 from ..schemas.jobs import EventOut, JobOut, JobPage, JobSummary, MetricPointOut
 from ..schemas.usage import JobUsageOut

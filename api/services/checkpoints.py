@@ -11,8 +11,8 @@ from mol_engine.budget import read_best
 from mol_engine.export import is_adapter, tied_aliases
 from mol_engine.run_dir import BEST_NAME, RunDir, is_sharded_checkpoint, step_name, step_of
 from store.settings import Settings
+from store.usage import tree_bytes
 
-from ..disk import tree_bytes
 from ..schemas.jobs import CheckpointOut
 
 

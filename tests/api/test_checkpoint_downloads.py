@@ -15,9 +15,9 @@ import pytest
 
 from api.app import create_app
 from api.auth import create_token, revoke_tokens
-from api.disk import tree_bytes
 from api.services import checkpoint_downloads
 from mol_engine.model_card import front_matter
+from store.usage import tree_bytes
 from tests.api.test_results import DOCS, finished_job  # noqa: F401  (the fixture that runs a job)
 from tests.api.test_slow_clients import WEIGHTS, add_checkpoint
 from tests.live_server import serving

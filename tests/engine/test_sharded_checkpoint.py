@@ -189,10 +189,10 @@ def test_full_disk_on_rank_1_stops_both_ranks_and_keeps_the_last_checkpoint(runs
 def test_the_api_download_gathers_the_shards(runs, tmp_path):
     """The checkpoint download tars an exported directory for a sharded checkpoint, never the weightless model/.
     (Here rather than in tests/api: the API test would need a torchrun of its own to make a sharded checkpoint.)"""
-    from api.disk import tree_bytes
     from api.services.checkpoint_downloads import download_source
     from api.services.checkpoints import download_bytes
     from mol_engine.model_card import front_matter
+    from store.usage import tree_bytes
 
     step = runs["two"] / "checkpoints" / "step-2"
     source = download_source(step, "merged", tmp_path)
